@@ -1,0 +1,40 @@
+# kelp — task runner. `just --list` shows every recipe.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+python := env_var_or_default("PYTHON", "python3")
+run_dir := env_var_or_default("KELP_RUN_DIR", ".kelp/run")
+data_dir := env_var_or_default("KELP_DATA_DIR", ".kelp/data")
+
+# Show the recipes.
+default:
+    @just --list
+
+# Install kelp and its test dependencies into the current Python environment.
+install:
+    {{python}} -m pip install -q -e '.[test]'
+
+# Start broker, gateway and sidecar with embedded defaults; Ctrl-C stops all three.
+up *ARGS:
+    {{python}} -m kelp up --data-dir {{data_dir}} --run-dir {{run_dir}} {{ARGS}}
+
+# Run the test suite.
+test *ARGS:
+    {{python}} -m pytest {{ARGS}}
+
+# Run the benchmarks (figures printed against raw baselines measured in the same run).
+bench *ARGS:
+    {{python}} -m bench {{ARGS}}
+
+# Regenerate the gRPC code in kelp/rpc from proto/ (never edit the output by hand).
+proto:
+    rm -rf kelp/rpc
+    mkdir -p kelp/rpc
+    {{python}} -m grpc_tools.protoc -I proto \
+        --python_betterproto2_out=kelp/rpc \
+        --python_betterproto2_opt=client_generation=async,server_generation=async \
+        $(find proto -name '*.proto' | sort)
+
+# Lint.
+lint:
+    {{python}} -m ruff check .

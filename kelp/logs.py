@@ -1,0 +1,56 @@
+"""Structured, quiet-by-default logging shared by every kelp process.
+
+Lines are logfmt (``ts=... level=info proc=broker msg="..." key=value``) so people can read them
+and tools can parse them. Nothing per-request is logged at INFO: hot paths log at DEBUG only, and
+callers guard expensive formatting with ``log.isEnabledFor``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any
+
+_RESERVED = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
+
+
+def _quote(value: Any) -> str:
+    text = str(value)
+    if text and all(c.isalnum() or c in "._-:/@" for c in text):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+class LogfmtFormatter(logging.Formatter):
+    def __init__(self, process: str) -> None:
+        super().__init__()
+        self.process = process
+
+    def format(self, record: logging.LogRecord) -> str:
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        parts = [
+            f"ts={ts}.{int(record.msecs):03d}Z",
+            f"level={record.levelname.lower()}",
+            f"proc={self.process}",
+            f"logger={record.name}",
+            f"msg={_quote(record.getMessage())}",
+        ]
+        for key, value in record.__dict__.items():
+            if key not in _RESERVED and not key.startswith("_"):
+                parts.append(f"{key}={_quote(value)}")
+        if record.exc_info:
+            parts.append(f"exc={_quote(self.formatException(record.exc_info))}")
+        return " ".join(parts)
+
+
+def setup(process: str, level: str = "info") -> None:
+    """Configure the root logger for one process (``level``: debug, info, warning, error)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(LogfmtFormatter(process))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # Third-party libraries chatter at INFO about every connection.
+    for noisy in ("grpclib", "hpack", "asyncio", "trio_asyncio", "h2"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
