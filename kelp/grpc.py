@@ -192,7 +192,9 @@ class Channel:
         else:
             self._channel = grpclib.client.Channel(address.host, address.port)
 
-    async def call(self, path: str, request: Any, reply_type: type, *, timeout: float = 10.0) -> Any:
+    async def call(
+        self, path: str, request: Any, reply_type: type, *, timeout: float = 10.0
+    ) -> Any:
         return await trio_asyncio.aio_as_trio(self._unary)(path, request, reply_type, timeout)
 
     async def _unary(self, path: str, request: Any, reply_type: type, timeout: float) -> Any:

@@ -1,0 +1,71 @@
+"""``python -m broker``: the kelp broker process."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import trio
+
+from broker.service import BrokerService
+from broker.topics import TopicRegistry
+from kelp import grpc, httpd, logs, process
+
+log = logging.getLogger("kelp.broker")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m broker", description=__doc__)
+    parser.add_argument("--data-dir", type=Path, default=Path(".kelp/data"),
+                        help="where partition logs and metadata live (default: .kelp/data)")
+    parser.add_argument("--grpc", default="127.0.0.1:17777",
+                        help="gRPC listen address, HOST:PORT or unix:PATH
+                        "(default: 127.0.0.1:17777)")
+    parser.add_argument("--http", default="127.0.0.1:8082",
+                        help="HTTP health/metrics address HOST:PORT (default: 127.0.0.1:8082)")
+    parser.add_argument("--default-partitions", type=int, default=1,
+                        help="partitions of auto-created topics and of CreateTopics with -1 "
+                        "(default: 1)")
+    parser.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error"])
+    return parser.parse_args(argv)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    registry = TopicRegistry(args.data_dir, default_partitions=args.default_partitions)
+    await trio.to_thread.run_sync(registry.open)
+    service = BrokerService(registry, auto_create_partitions=args.default_partitions)
+
+    async def health(request: httpd.Request) -> httpd.Response:
+        return httpd.Response.json({"status": "ok", "topics": len(registry.topics),
+                                    "partitions": registry.partition_count(),
+                                    **service.counters()})
+
+    async def metrics(request: httpd.Request) -> httpd.Response:
+        lines = [f"kelp_broker_{name} {value}" for name, value in service.counters().items()]
+        lines.append(f"kelp_broker_topics {len(registry.topics)}")
+        return httpd.Response.text("\n".join(lines) + "\n")
+
+    grpc_address = grpc.Address.parse(args.grpc)
+    http_host, http_port = process.split_host_port(args.http)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(grpc.serve, service.mapping(), grpc_address)
+            await nursery.start(httpd.serve_http, {"/health": health, "/metrics": metrics},
+                                http_host, http_port)
+            log.info("ready", extra={"grpc": str(grpc_address), "http": args.http,
+                                     "data_dir": str(args.data_dir)})
+    finally:
+        # Only after every task that could touch a log has ended.
+        registry.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logs.setup("broker", args.log_level)
+    process.run(lambda: serve(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,271 @@
+"""The broker's gRPC service: thin trio handlers over the topic registry and partition logs.
+
+Append and Fetch are long-lived bidirectional streams (one per gateway connection slot). Each
+stream owns a nursery: a reply that must wait (an fsync, a long-poll fetch) runs as a task in
+it, so when the gateway goes away every task that stream started is cancelled with it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpclib.const
+import trio
+from kio.schema.errors import ErrorCode
+
+from broker.log import OffsetOutOfRange
+from broker.topics import TopicError, TopicRegistry
+from kelp import __version__, grpc
+from kelp.process import count_tasks
+from kelp.recordbatch import CorruptBatch
+from kelp.rpc.broker import v1 as pb
+
+log = logging.getLogger("kelp.broker.service")
+
+EARLIEST = -2
+LATEST = -1
+MAX_TIMESTAMP = -3
+# A fetch never parks longer than this, whatever the client asks.
+MAX_FETCH_WAIT_S = 30.0
+
+
+class BrokerService:
+    def __init__(self, registry: TopicRegistry, *, auto_create_partitions: int = 1) -> None:
+        self.registry = registry
+        self.auto_create_partitions = auto_create_partitions
+        # Introspection for /health and the tests: what is open and parked right now.
+        self.open_streams = 0
+        self.pending_appends = 0
+        self.pending_fetches = 0
+
+    def mapping(self) -> dict[str, grpclib.const.Handler]:
+        unary: dict[str, tuple[Callable[[Any], Awaitable[Any]], type, type]] = {
+            "Health": (self.health, pb.HealthRequest, pb.HealthReply),
+            "CreateTopics": (self.create_topics, pb.CreateTopicsRequest, pb.CreateTopicsReply),
+            "DescribeTopics": (self.describe_topics, pb.DescribeTopicsRequest,
+                               pb.DescribeTopicsReply),
+            "ListOffsets": (self.list_offsets, pb.ListOffsetsRequest, pb.ListOffsetsReply),
+        }
+        mapping = {
+            f"/broker.v1.Broker/{name}": grpc.unary_handler(fn, req, rep)
+            for name, (fn, req, rep) in unary.items()
+        }
+        mapping["/broker.v1.Broker/Append"] = grpc.stream_handler(
+            self.serve_append, pb.AppendRequest, pb.AppendReply)
+        mapping["/broker.v1.Broker/Fetch"] = grpc.stream_handler(
+            self.serve_fetch, pb.FetchRequest, pb.FetchReply)
+        return mapping
+
+    def counters(self) -> dict[str, int]:
+        return {
+            "open_streams": self.open_streams,
+            "pending_appends": self.pending_appends,
+            "pending_fetches": self.pending_fetches,
+            "tasks": count_tasks(),
+        }
+
+    # -- control (unary) ------------------------------------------------------------------
+
+    async def health(self, request: pb.HealthRequest) -> pb.HealthReply:
+        return pb.HealthReply(status="ok", version=__version__, topics=len(self.registry.topics),
+                              partitions=self.registry.partition_count(),
+                              counters=self.counters())
+
+    async def create_topics(self, request: pb.CreateTopicsRequest) -> pb.CreateTopicsReply:
+        results = []
+        for spec in request.topics:
+            try:
+                topic = self.registry.create(spec.name, spec.partitions, dict(spec.configs),
+                                             validate_only=request.validate_only)
+                results.append(pb.TopicResult(name=spec.name, partitions=topic.partition_count,
+                                              topic_id=topic.topic_id.bytes))
+            except TopicError as exc:
+                results.append(pb.TopicResult(name=spec.name, error_code=exc.code,
+                                              error_message=str(exc)))
+        return pb.CreateTopicsReply(results=results)
+
+    async def describe_topics(self, request: pb.DescribeTopicsRequest) -> pb.DescribeTopicsReply:
+        names = list(request.names) or sorted(self.registry.topics)
+        infos = []
+        for name in names:
+            topic = self.registry.get(name)
+            error = ErrorCode.none
+            if topic is None and request.auto_create:
+                try:
+                    topic = self.registry.create(name, self.auto_create_partitions)
+                except TopicError as exc:
+                    error = exc.code
+            if topic is None:
+                infos.append(pb.TopicInfo(name=name, error_code=error or
+                                          ErrorCode.unknown_topic_or_partition))
+                continue
+            infos.append(pb.TopicInfo(name=name, topic_id=topic.topic_id.bytes,
+                                      partitions=topic.partition_count,
+                                      configs=dict(topic.configs), internal=topic.internal))
+        return pb.DescribeTopicsReply(topics=infos)
+
+    async def list_offsets(self, request: pb.ListOffsetsRequest) -> pb.ListOffsetsReply:
+        answers = []
+        for query in request.queries:
+            ref = query.partition
+            answer = pb.ListOffsetsReplyAnswer(partition=ref, offset=-1, timestamp=-1)
+            try:
+                plog = self.registry.partition(ref.topic, ref.partition)
+            except TopicError as exc:
+                answer.error_code = exc.code
+                answers.append(answer)
+                continue
+            if query.timestamp == EARLIEST:
+                answer.offset = plog.log_start_offset
+            elif query.timestamp == LATEST:
+                answer.offset = plog.high_watermark
+            elif query.timestamp == MAX_TIMESTAMP or query.timestamp >= 0:
+                threshold = 0 if query.timestamp == MAX_TIMESTAMP else query.timestamp
+                found = plog.offset_for_timestamp(threshold)
+                if found is not None:
+                    answer.offset, answer.timestamp = found
+            else:
+                answer.error_code = ErrorCode.invalid_request
+            answers.append(answer)
+        return pb.ListOffsetsReply(answers=answers)
+
+    # -- append stream ----------------------------------------------------------------------
+
+    async def serve_append(self, recv: Callable[[], Awaitable[pb.AppendRequest | None]],
+                           send: Callable[[pb.AppendReply], None]) -> None:
+        self.open_streams += 1
+        try:
+            async with trio.open_nursery() as nursery:
+                while (request := await recv()) is not None:
+                    # Written here, in arrival order; only the wait for fsync is a task.
+                    reply, durable = self._append(request)
+                    if durable is None:
+                        if request.acks != 0:
+                            send(reply)
+                    else:
+                        nursery.start_soon(self._reply_when_durable, reply, durable, send)
+        finally:
+            self.open_streams -= 1
+
+    def _append(self, request: pb.AppendRequest) -> tuple[pb.AppendReply, Any]:
+        reply = pb.AppendReply(request_id=request.request_id, base_offset=-1, log_append_time=-1)
+        try:
+            plog = self.registry.partition(request.topic, request.partition)
+            result = plog.append(request.records)
+        except TopicError as exc:
+            reply.error_code, reply.error_message = exc.code, str(exc)
+            return reply, None
+        except CorruptBatch as exc:
+            reply.error_code, reply.error_message = ErrorCode.corrupt_message, str(exc)
+            return reply, None
+        except OSError as exc:
+            log.error("append failed", extra={"topic": request.topic, "error": str(exc)})
+            reply.error_code, reply.error_message = ErrorCode.kafka_storage_error, str(exc)
+            return reply, None
+        reply.base_offset = result.base_offset
+        reply.log_start_offset = plog.log_start_offset
+        if request.acks == -1:
+            return reply, (plog, result.write_mark)
+        return reply, None
+
+    async def _reply_when_durable(self, reply: pb.AppendReply, durable: Any,
+                                  send: Callable[[pb.AppendReply], None]) -> None:
+        plog, mark = durable
+        self.pending_appends += 1
+        try:
+            await plog.wait_durable(mark)
+        except OSError as exc:
+            reply.error_code, reply.error_message = ErrorCode.kafka_storage_error, str(exc)
+        finally:
+            self.pending_appends -= 1
+        send(reply)
+
+    # -- fetch stream -----------------------------------------------------------------------
+
+    async def serve_fetch(self, recv: Callable[[], Awaitable[pb.FetchRequest | None]],
+                          send: Callable[[pb.FetchReply], None]) -> None:
+        self.open_streams += 1
+        scopes: dict[int, trio.CancelScope] = {}
+        try:
+            async with trio.open_nursery() as nursery:
+                while (request := await recv()) is not None:
+                    if request.cancel:
+                        scope = scopes.get(request.request_id)
+                        if scope is not None:
+                            scope.cancel()
+                        continue
+                    scope = trio.CancelScope()
+                    scopes[request.request_id] = scope
+                    nursery.start_soon(self._fetch_task, request, scope, scopes, send)
+                nursery.cancel_scope.cancel()  # the gateway closed the stream
+        finally:
+            self.open_streams -= 1
+
+    async def _fetch_task(self, request: pb.FetchRequest, scope: trio.CancelScope,
+                          scopes: dict[int, trio.CancelScope],
+                          send: Callable[[pb.FetchReply], None]) -> None:
+        self.pending_fetches += 1
+        try:
+            with scope:
+                send(await self.fetch(request))
+        finally:
+            self.pending_fetches -= 1
+            scopes.pop(request.request_id, None)
+
+    async def fetch(self, request: pb.FetchRequest) -> pb.FetchReply:
+        """Answer once ``min_bytes`` are available or ``max_wait_ms`` has passed."""
+        deadline = trio.current_time() + min(max(request.max_wait_ms, 0) / 1000, MAX_FETCH_WAIT_S)
+        min_bytes = max(request.min_bytes, 1)
+        while True:
+            available, errors = self._available(request)
+            if errors or available >= min_bytes or trio.current_time() >= deadline:
+                break
+            woken = trio.Event()
+            logs = [self.registry.partition(p.topic, p.partition) for p in request.partitions
+                    if self.registry.get(p.topic) is not None]
+            for plog in logs:
+                plog.add_append_listener(woken.set)
+            try:
+                with trio.move_on_at(deadline):
+                    await woken.wait()
+            finally:
+                for plog in logs:
+                    plog.remove_append_listener(woken.set)
+        return await self._read(request)
+
+    def _available(self, request: pb.FetchRequest) -> tuple[int, bool]:
+        total, errors = 0, False
+        for part in request.partitions:
+            try:
+                total += self.registry.partition(part.topic, part.partition).bytes_after(
+                    part.offset)
+            except (TopicError, OffsetOutOfRange):
+                errors = True
+        return total, errors
+
+    async def _read(self, request: pb.FetchRequest) -> pb.FetchReply:
+        budget = request.max_bytes if request.max_bytes > 0 else 50 * 1024 * 1024
+        results = []
+        for part in request.partitions:
+            out = pb.FetchedPartition(topic=part.topic, partition=part.partition,
+                                      high_watermark=-1, log_start_offset=-1)
+            try:
+                plog = self.registry.partition(part.topic, part.partition)
+                out.high_watermark = plog.high_watermark
+                out.log_start_offset = plog.log_start_offset
+                # Kafka returns at least one batch even past the budget, but only for the first
+                # partition that has data; later ones respect what remains.
+                limit = min(part.max_bytes, budget) if part.max_bytes > 0 else budget
+                if budget > 0 or not any(r.records for r in results):
+                    read = await plog.read(part.offset, limit)
+                    out.records = read.records
+                    out.high_watermark = read.high_watermark
+                    budget -= len(read.records)
+            except TopicError as exc:
+                out.error_code = exc.code
+            except OffsetOutOfRange:
+                out.error_code = ErrorCode.offset_out_of_range
+            results.append(out)
+        return pb.FetchReply(request_id=request.request_id, partitions=results)

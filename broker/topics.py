@@ -1,0 +1,146 @@
+"""Topic metadata and the partition logs it owns.
+
+The catalogue (name, id, partition count, configs) lives in ``<data>/topics.json``, replaced
+atomically (write, fsync, rename, fsync the directory) so a crash leaves the old or the new
+catalogue, never half of one. Partition logs live in ``<data>/<topic>-<partition>/``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kio.schema.errors import ErrorCode
+
+from broker.log import LogConfig, PartitionLog
+
+log = logging.getLogger("kelp.broker.topics")
+
+_LEGAL_NAME = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
+MAX_PARTITIONS = 10_000
+
+
+class TopicError(Exception):
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def check_topic_name(name: str) -> None:
+    if name in (".", "..") or not _LEGAL_NAME.match(name):
+        raise TopicError(
+            ErrorCode.invalid_topic_exception,
+            f"illegal topic name {name!r}: use 1-249 of [a-zA-Z0-9._-], not '.' or '..'",
+        )
+
+
+@dataclass
+class Topic:
+    name: str
+    topic_id: uuid.UUID
+    partition_count: int
+    configs: dict[str, str] = field(default_factory=dict)
+    logs: list[PartitionLog] = field(default_factory=list)
+
+    @property
+    def internal(self) -> bool:
+        return self.name.startswith("__")
+
+    def log_config(self) -> LogConfig:
+        segment_bytes = int(self.configs.get("segment.bytes", LogConfig.segment_bytes))
+        return LogConfig(segment_bytes=segment_bytes)
+
+
+class TopicRegistry:
+    def __init__(self, data_dir: Path, default_partitions: int = 1) -> None:
+        self.data_dir = data_dir
+        self.default_partitions = default_partitions
+        self.topics: dict[str, Topic] = {}
+        self._catalogue = data_dir / "topics.json"
+
+    def open(self) -> None:
+        """Load the catalogue and recover every partition log."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self._catalogue.exists():
+            for entry in json.loads(self._catalogue.read_text())["topics"]:
+                topic = Topic(entry["name"], uuid.UUID(entry["id"]), entry["partitions"],
+                              entry.get("configs", {}))
+                self._open_logs(topic)
+                self.topics[topic.name] = topic
+        log.info("topics loaded", extra={"topics": len(self.topics),
+                                         "partitions": self.partition_count()})
+
+    def close(self) -> None:
+        for topic in self.topics.values():
+            for plog in topic.logs:
+                plog.close()
+
+    def partition_count(self) -> int:
+        return sum(topic.partition_count for topic in self.topics.values())
+
+    def _open_logs(self, topic: Topic) -> None:
+        config = topic.log_config()
+        while len(topic.logs) < topic.partition_count:
+            index = len(topic.logs)
+            topic.logs.append(PartitionLog.open(self.data_dir / f"{topic.name}-{index}", config))
+
+    def _save(self) -> None:
+        entries = [
+            {"name": t.name, "id": str(t.topic_id), "partitions": t.partition_count,
+             "configs": t.configs}
+            for t in self.topics.values()
+        ]
+        tmp = self._catalogue.with_suffix(".json.tmp")
+        with open(tmp, "w") as out:
+            json.dump({"topics": entries}, out, indent=1)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, self._catalogue)
+        dir_fd = os.open(self.data_dir, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def create(self, name: str, partitions: int, configs: dict[str, str] | None = None,
+               *, validate_only: bool = False) -> Topic:
+        """Create a topic; raises ``TopicError`` with Kafka's error code when it cannot."""
+        check_topic_name(name)
+        if name in self.topics:
+            raise TopicError(ErrorCode.topic_already_exists, f"topic {name!r} already exists")
+        if partitions == -1:
+            partitions = self.default_partitions
+        if not 1 <= partitions <= MAX_PARTITIONS:
+            raise TopicError(ErrorCode.invalid_partitions,
+                             f"partition count must be 1..{MAX_PARTITIONS}, got {partitions}")
+        configs = dict(configs or {})
+        if "segment.bytes" in configs:
+            try:
+                if int(configs["segment.bytes"]) < 14:
+                    raise ValueError
+            except ValueError:
+                raise TopicError(ErrorCode.invalid_config,
+                                 "segment.bytes must be an integer >= 14") from None
+        topic = Topic(name, uuid.uuid4(), partitions, configs)
+        if validate_only:
+            return topic
+        self._open_logs(topic)
+        self.topics[name] = topic
+        self._save()
+        log.info("topic created", extra={"topic": name, "partitions": partitions})
+        return topic
+
+    def get(self, name: str) -> Topic | None:
+        return self.topics.get(name)
+
+    def partition(self, name: str, index: int) -> PartitionLog:
+        topic = self.topics.get(name)
+        if topic is None or not 0 <= index < topic.partition_count:
+            raise TopicError(ErrorCode.unknown_topic_or_partition,
+                             f"unknown topic or partition {name}-{index}")
+        return topic.logs[index]

@@ -1,0 +1,77 @@
+"""``python -m gateway``: the kelp Kafka gateway process."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import trio
+
+from gateway.broker_client import BrokerClient
+from gateway.context import GatewayConfig, GatewayContext
+from gateway.server import KafkaServer
+from kelp import grpc, httpd, logs, process
+from kelp.process import count_tasks
+
+log = logging.getLogger("kelp.gateway")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m gateway", description=__doc__)
+    parser.add_argument("--listen", default="127.0.0.1:9092",
+                        help="Kafka listener HOST:PORT (default: 127.0.0.1:9092)")
+    parser.add_argument("--advertise", default=None,
+                        help="HOST:PORT clients are told to connect to "
+                        "(default: the listen address)")
+    parser.add_argument("--broker", default="127.0.0.1:17777",
+                        help="broker gRPC address, HOST:PORT or unix:PATH "
+                        "(default: 127.0.0.1:17777)")
+    parser.add_argument("--http", default="127.0.0.1:8081",
+                        help="HTTP address HOST:PORT for /health (default: 127.0.0.1:8081)")
+    parser.add_argument("--max-request-bytes", type=int, default=100 * 1024 * 1024,
+                        help="largest Kafka request frame accepted (default: 104857600)")
+    parser.add_argument("--max-message-bytes", type=int, default=1024 * 1024 + 12,
+                        help="largest record batch accepted (default: 1048588)")
+    parser.add_argument("--no-auto-create-topics", action="store_true",
+                        help="do not create topics on Metadata requests for unknown topics")
+    parser.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error"])
+    return parser.parse_args(argv)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    listen_host, listen_port = process.split_host_port(args.listen)
+    http_host, http_port = process.split_host_port(args.http)
+    broker = BrokerClient(grpc.Address.parse(args.broker))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(broker.run)
+        bound = listen_port
+        advertised = (process.split_host_port(args.advertise) if args.advertise
+                      else (listen_host, listen_port))
+        config = GatewayConfig(
+            advertised_host=advertised[0], advertised_port=advertised[1],
+            auto_create_topics=not args.no_auto_create_topics,
+            max_request_bytes=args.max_request_bytes, max_message_bytes=args.max_message_bytes)
+        server = KafkaServer(GatewayContext(config, broker))
+        bound = await nursery.start(server.serve, listen_host, listen_port)
+
+        async def health(request: httpd.Request) -> httpd.Response:
+            return httpd.Response.json({
+                "status": "ok", "connections": server.connections, "inflight": server.inflight,
+                "protocol_errors": server.protocol_errors, "broker_pending": broker.pending,
+                "tasks": count_tasks()})
+
+        await nursery.start(httpd.serve_http, {"/health": health}, http_host, http_port)
+        log.info("ready", extra={"kafka": f"{listen_host}:{bound}",
+                                 "advertised": f"{config.advertised_host}:{config.advertised_port}",
+                                 "broker": args.broker, "http": args.http})
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logs.setup("gateway", args.log_level)
+    process.run(lambda: serve(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""The gateway's connection to the broker: two long-lived streams and unary control calls.
+
+Appends and fetches from every Kafka connection share one Append and one Fetch stream; replies
+are matched to waiters by request id. ``submit_append`` is synchronous up to the point where the
+request is queued on the stream, so appends queued in order reach the broker in order. A fetch
+cancelled by its Kafka client (disconnect) tells the broker to drop it too.
+
+If the broker goes away, waiters get ``BrokerUnavailable`` (the handlers answer with a retriable
+Kafka error) and ``run`` reconnects with backoff.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import Any
+
+import trio
+
+from kelp import grpc
+from kelp.rpc.broker import v1 as pb
+
+log = logging.getLogger("kelp.gateway.broker")
+
+_SERVICE = "/broker.v1.Broker/"
+CONNECT_WAIT_S = 10.0
+
+
+class BrokerUnavailable(Exception):
+    pass
+
+
+class _Waiter:
+    """One outstanding stream request: set once, by the reply or by a stream failure."""
+
+    __slots__ = ("done", "error", "reply")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.reply: Any = None
+        self.error: Exception | None = None
+
+    async def wait(self) -> Any:
+        await self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.reply
+
+
+class BrokerClient:
+    def __init__(self, address: grpc.Address) -> None:
+        self.address = address
+        self._channel: grpc.Channel | None = None
+        self._append: grpc.ClientStream[pb.AppendRequest, pb.AppendReply] | None = None
+        self._fetch: grpc.ClientStream[pb.FetchRequest, pb.FetchReply] | None = None
+        self._connected = trio.Event()
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, _Waiter] = {}
+
+    @property
+    def pending(self) -> int:
+        return len(self._waiting)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep the streams open until cancelled, reconnecting when the broker goes away."""
+        task_status.started()
+        backoff = 0.05
+        self._channel = grpc.Channel(self.address)
+        try:
+            while True:
+                try:
+                    await self._serve_streams()
+                    backoff = 0.05
+                except Exception as exc:
+                    log.warning("broker stream failed", extra={"broker": str(self.address),
+                                                              "error": repr(exc)})
+                finally:
+                    self._fail_waiters(BrokerUnavailable(f"broker {self.address} unavailable"))
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+        finally:
+            self._channel.close()
+
+    async def _serve_streams(self) -> None:
+        assert self._channel is not None
+        async with (
+            self._channel.open_stream(_SERVICE + "Append", pb.AppendRequest, pb.AppendReply) as ap,
+            self._channel.open_stream(_SERVICE + "Fetch", pb.FetchRequest, pb.FetchReply) as fe,
+        ):
+            self._append, self._fetch = ap, fe
+            self._connected.set()
+            log.info("connected to broker", extra={"broker": str(self.address)})
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._read_replies, ap, nursery.cancel_scope)
+                    nursery.start_soon(self._read_replies, fe, nursery.cancel_scope)
+            finally:
+                self._append = self._fetch = None
+                self._connected = trio.Event()
+        raise BrokerUnavailable("broker closed the streams")
+
+    async def _read_replies(self, stream: grpc.ClientStream[Any, Any],
+                            scope: trio.CancelScope) -> None:
+        while (reply := await stream.recv()) is not None:
+            waiter = self._waiting.pop(reply.request_id, None)
+            if waiter is not None:
+                waiter.reply = reply
+                waiter.done.set()
+        scope.cancel()  # one stream ended: reconnect both
+
+    def _fail_waiters(self, error: Exception) -> None:
+        waiting, self._waiting = self._waiting, {}
+        for waiter in waiting.values():
+            waiter.error = error
+            waiter.done.set()
+
+    async def wait_connected(self) -> None:
+        with trio.move_on_after(CONNECT_WAIT_S):
+            await self._connected.wait()
+        if not self._connected.is_set():
+            raise BrokerUnavailable(f"broker {self.address} unavailable")
+
+    # -- data path --------------------------------------------------------------------------
+
+    def submit_append(self, topic: str, partition: int, records: bytes,
+                      acks: int) -> _Waiter | None:
+        """Queue an append now (order preserved); await the returned waiter for the reply.
+
+        Returns None for acks=0, which gets no reply. Raises ``BrokerUnavailable``.
+        """
+        stream = self._append
+        if stream is None:
+            raise BrokerUnavailable(f"broker {self.address} unavailable")
+        request_id = next(self._ids)
+        waiter = None
+        if acks != 0:
+            waiter = self._waiting[request_id] = _Waiter()
+        stream.send(pb.AppendRequest(request_id=request_id, topic=topic, partition=partition,
+                                     records=records, acks=acks))
+        return waiter
+
+    async def fetch(self, request: pb.FetchRequest) -> pb.FetchReply:
+        await self.wait_connected()
+        stream = self._fetch
+        if stream is None:
+            raise BrokerUnavailable(f"broker {self.address} unavailable")
+        request.request_id = next(self._ids)
+        waiter = self._waiting[request.request_id] = _Waiter()
+        stream.send(request)
+        try:
+            return await waiter.wait()
+        finally:
+            if not waiter.done.is_set():  # cancelled: let the broker drop it as well
+                self._waiting.pop(request.request_id, None)
+                if self._fetch is stream:
+                    stream.send(pb.FetchRequest(request_id=request.request_id, cancel=True))
+
+    # -- control ------------------------------------------------------------------------------
+
+    async def call(self, method: str, request: Any, reply_type: type, *,
+                   timeout: float = 10.0) -> Any:
+        assert self._channel is not None, "BrokerClient.run() not started"
+        try:
+            return await self._channel.call(_SERVICE + method, request, reply_type,
+                                            timeout=timeout)
+        # Refused, reset, stream terminated, a grpc status: to the caller all the same.
+        except Exception as exc:
+            raise BrokerUnavailable(f"broker {self.address}: {exc}") from exc

@@ -1,0 +1,61 @@
+"""What every request handler shares: configuration, the broker client, a topic cache."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+from gateway.broker_client import BrokerClient
+from kelp.rpc.broker import v1 as pb
+
+NODE_ID = 0
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    advertised_host: str = "127.0.0.1"
+    advertised_port: int = 9092
+    auto_create_topics: bool = True
+    max_request_bytes: int = 100 * 1024 * 1024
+    # Kafka's message.max.bytes default: the largest record batch a producer may send.
+    max_message_bytes: int = 1024 * 1024 + 12
+    cluster_id: str = "kelp-cluster"
+    max_inflight_requests: int = 64
+
+
+@dataclass(frozen=True, slots=True)
+class TopicMeta:
+    name: str
+    topic_id: uuid.UUID
+    partitions: int
+    internal: bool
+
+
+@dataclass
+class GatewayContext:
+    config: GatewayConfig
+    broker: BrokerClient
+    # Topic metadata seen in the broker's replies; Fetch v13+ names topics by id.
+    topics_by_id: dict[uuid.UUID, TopicMeta] = field(default_factory=dict)
+
+    async def describe_topics(self, names: list[str], *,
+                              auto_create: bool = False) -> list[tuple[int, TopicMeta | None]]:
+        """(error code, metadata) per name, or for every topic when ``names`` is empty."""
+        reply = await self.broker.call(
+            "DescribeTopics", pb.DescribeTopicsRequest(names=names, auto_create=auto_create),
+            pb.DescribeTopicsReply)
+        out: list[tuple[int, TopicMeta | None]] = []
+        for info in reply.topics:
+            if info.error_code:
+                out.append((info.error_code, TopicMeta(info.name, uuid.UUID(int=0), 0, False)))
+                continue
+            meta = TopicMeta(info.name, uuid.UUID(bytes=info.topic_id), info.partitions,
+                             info.internal)
+            self.topics_by_id[meta.topic_id] = meta
+            out.append((0, meta))
+        return out
+
+    async def topic_by_id(self, topic_id: uuid.UUID) -> TopicMeta | None:
+        if topic_id not in self.topics_by_id:
+            await self.describe_topics([])
+        return self.topics_by_id.get(topic_id)

@@ -1,0 +1,29 @@
+"""Request handlers, one module per API family.
+
+A handler is ``handle(ctx, request) -> Awaitable[response entity | None]``. It is *called* in
+the connection's read loop, in request order, and may do synchronous work there (Produce queues
+its appends, so a connection's appends reach the broker in the order they were sent); what it
+returns is awaited in a task of its own, so slow requests (a long-poll fetch) never hold up the
+others. ``None`` means no response (Produce with acks=0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from gateway.context import GatewayContext
+from gateway.handlers import admin, api_versions, fetch, metadata, produce
+from gateway.kafka.apis import ApiKey
+from gateway.kafka.connection import Request
+
+Handler = Callable[[GatewayContext, Request], Awaitable[Any]]
+
+HANDLERS: dict[int, Handler] = {
+    ApiKey.API_VERSIONS: api_versions.handle,
+    ApiKey.METADATA: metadata.handle,
+    ApiKey.PRODUCE: produce.handle,
+    ApiKey.FETCH: fetch.handle,
+    ApiKey.LIST_OFFSETS: fetch.handle_list_offsets,
+    ApiKey.CREATE_TOPICS: admin.handle_create_topics,
+}

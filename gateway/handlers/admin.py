@@ -1,0 +1,62 @@
+"""CreateTopics. Replication factor 1 (or -1, the default) is the only one a single broker has."""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from typing import Any
+
+from kio.schema.errors import ErrorCode
+
+from gateway.broker_client import BrokerUnavailable
+from gateway.context import GatewayContext
+from gateway.kafka import apis, messages
+from gateway.kafka.connection import Request
+from kelp.rpc.broker import v1 as pb
+
+
+async def handle_create_topics(ctx: GatewayContext, request: Request) -> Any:
+    body = request.body
+    response_type = messages.response_type(apis.ApiKey.CREATE_TOPICS, request.version)
+    result_type = messages.nested(response_type, "CreatableTopicResult")
+    errors: dict[str, tuple[int, str]] = {}
+    specs = []
+    for topic in body.topics:
+        if topic.replication_factor not in (-1, 1):
+            errors[topic.name] = (ErrorCode.invalid_replication_factor,
+                                  f"replication factor {topic.replication_factor} is not "
+                                  "available: this cluster has one broker")
+        elif topic.assignments:
+            errors[topic.name] = (ErrorCode.invalid_request,
+                                  "manual replica assignment is not supported")
+        else:
+            specs.append(pb.TopicSpec(
+                name=topic.name, partitions=topic.num_partitions,
+                configs={c.name: c.value for c in topic.configs if c.value is not None}))
+    results: dict[str, pb.TopicResult] = {}
+    if specs:
+        try:
+            reply = await ctx.broker.call(
+                "CreateTopics",
+                pb.CreateTopicsRequest(topics=specs, validate_only=body.validate_only),
+                pb.CreateTopicsReply)
+            results = {r.name: r for r in reply.results}
+        except BrokerUnavailable as exc:
+            errors.update({s.name: (ErrorCode.request_timed_out, str(exc)) for s in specs})
+
+    out = []
+    for topic in body.topics:
+        created = results.get(topic.name)
+        if created is not None and not created.error_code:
+            out.append(messages.build(
+                result_type, name=topic.name, topic_id=uuid.UUID(bytes=created.topic_id),
+                error_code=ErrorCode.none, error_message=None,
+                num_partitions=created.partitions, replication_factor=1, configs=None))
+            continue
+        code, message = errors.get(topic.name, (ErrorCode.unknown_server_error, "no result"))
+        if created is not None:
+            code, message = created.error_code, created.error_message
+        out.append(messages.build(
+            result_type, name=topic.name, topic_id=uuid.UUID(int=0), error_code=ErrorCode(code),
+            error_message=message, num_partitions=-1, replication_factor=-1, configs=None))
+    return messages.build(response_type, throttle_time=datetime.timedelta(0), topics=tuple(out))

@@ -1,0 +1,111 @@
+"""Fetch (long-poll on the broker) and ListOffsets.
+
+Record batches come back from the broker byte for byte as stored and go to the client as they
+are: never decoded, never rebuilt. Fetch sessions are not kept: every response carries session
+id 0, which tells clients to send full fetch requests (KIP-227's sessionless mode).
+"""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from typing import Any
+
+from kio.schema.errors import ErrorCode
+
+from gateway.broker_client import BrokerUnavailable
+from gateway.context import GatewayContext
+from gateway.kafka import apis, messages
+from gateway.kafka.connection import Request
+from kelp.rpc.broker import v1 as pb
+
+
+async def handle(ctx: GatewayContext, request: Request) -> Any:
+    body = request.body
+    by_id = messages.has_field(type(body.topics[0]) if body.topics else type(body), "topic_id")
+    wanted: list[tuple[str, uuid.UUID | None, Any]] = []  # (name, id, partitions)
+    unknown_ids: list[tuple[uuid.UUID, Any]] = []
+    for topic in body.topics:
+        if by_id:
+            meta = await ctx.topic_by_id(topic.topic_id)
+            if meta is None:
+                unknown_ids.append((topic.topic_id, topic.partitions))
+                continue
+            wanted.append((meta.name, topic.topic_id, topic.partitions))
+        else:
+            wanted.append((topic.topic, None, topic.partitions))
+
+    broker_request = pb.FetchRequest(
+        partitions=[pb.FetchPartition(topic=name, partition=p.partition, offset=p.fetch_offset,
+                                      max_bytes=p.partition_max_bytes)
+                    for name, _id, parts in wanted for p in parts],
+        max_wait_ms=int(body.max_wait.total_seconds() * 1000),
+        min_bytes=body.min_bytes, max_bytes=body.max_bytes)
+    results: dict[tuple[str, int], pb.FetchedPartition] = {}
+    if broker_request.partitions:
+        try:
+            reply = await ctx.broker.fetch(broker_request)
+            results = {(r.topic, r.partition): r for r in reply.partitions}
+        except BrokerUnavailable:
+            pass  # every partition answers NOT_LEADER_OR_FOLLOWER below; clients retry
+
+    response_type = messages.response_type(apis.ApiKey.FETCH, request.version)
+    topic_type = messages.nested(response_type, "FetchableTopicResponse")
+    partition_type = messages.nested(response_type, "PartitionData")
+
+    def partition_data(index: int, found: pb.FetchedPartition | None,
+                       missing_error: ErrorCode) -> Any:
+        if found is None:
+            return messages.build(partition_type, partition_index=index, error_code=missing_error,
+                                  high_watermark=-1, aborted_transactions=None, records=None)
+        return messages.build(
+            partition_type, partition_index=index, error_code=ErrorCode(found.error_code),
+            high_watermark=found.high_watermark, last_stable_offset=found.high_watermark,
+            log_start_offset=found.log_start_offset, aborted_transactions=None,
+            preferred_read_replica=-1, records=found.records)
+
+    topics = [
+        messages.build(topic_type, topic=name, topic_id=topic_id, partitions=tuple(
+            partition_data(p.partition, results.get((name, p.partition)),
+                           ErrorCode.not_leader_or_follower) for p in parts))
+        for name, topic_id, parts in wanted
+    ]
+    topics += [
+        messages.build(topic_type, topic_id=topic_id, partitions=tuple(
+            partition_data(p.partition, None, ErrorCode.unknown_topic_id) for p in parts))
+        for topic_id, parts in unknown_ids
+    ]
+    return messages.build(response_type, throttle_time=datetime.timedelta(0),
+                          error_code=ErrorCode.none, session_id=0, responses=tuple(topics))
+
+
+async def handle_list_offsets(ctx: GatewayContext, request: Request) -> Any:
+    body = request.body
+    queries = [pb.ListOffsetsRequestQuery(
+        partition=pb.PartitionRef(topic=t.name, partition=p.partition_index),
+        timestamp=p.timestamp) for t in body.topics for p in t.partitions]
+    answers: dict[tuple[str, int], pb.ListOffsetsReplyAnswer] = {}
+    try:
+        reply = await ctx.broker.call("ListOffsets", pb.ListOffsetsRequest(queries=queries),
+                                      pb.ListOffsetsReply)
+        answers = {(a.partition.topic, a.partition.partition): a for a in reply.answers}
+    except BrokerUnavailable:
+        pass
+
+    response_type = messages.response_type(apis.ApiKey.LIST_OFFSETS, request.version)
+    topic_type = messages.nested(response_type, "ListOffsetsTopicResponse")
+    partition_type = messages.nested(response_type, "ListOffsetsPartitionResponse")
+
+    def answer(name: str, index: int) -> Any:
+        found = answers.get((name, index))
+        if found is None:
+            return messages.build(partition_type, partition_index=index,
+                                  error_code=ErrorCode.not_leader_or_follower)
+        return messages.build(partition_type, partition_index=index,
+                              error_code=ErrorCode(found.error_code), timestamp=found.timestamp,
+                              offset=found.offset, leader_epoch=0)
+
+    return messages.build(
+        response_type, throttle_time=datetime.timedelta(0),
+        topics=tuple(topic_type(name=t.name, partitions=tuple(
+            answer(t.name, p.partition_index) for p in t.partitions)) for t in body.topics))

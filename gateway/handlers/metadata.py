@@ -1,0 +1,65 @@
+"""Metadata: one node (this gateway, at its advertised address) leads every partition."""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from typing import Any
+
+from kio.schema.errors import ErrorCode
+
+from gateway.broker_client import BrokerUnavailable
+from gateway.context import NODE_ID, GatewayContext, TopicMeta
+from gateway.kafka import apis, messages
+from gateway.kafka.connection import Request
+
+_NO_OPERATIONS = -(2**31)
+
+
+async def handle(ctx: GatewayContext, request: Request) -> Any:
+    body = request.body
+    if body.topics is None or (request.version == 0 and not body.topics):
+        names: list[str] = []  # all topics (v0 spells "all" as an empty list)
+    else:
+        names = [t.name for t in body.topics if t.name is not None]
+        if not names and not any(getattr(t, "topic_id", None) for t in body.topics):
+            return build_response(ctx, request.version, [])
+        for wanted in body.topics:  # v10+ may name topics by id
+            if wanted.name is None and getattr(wanted, "topic_id", None) is not None:
+                meta = await ctx.topic_by_id(wanted.topic_id)
+                if meta is not None:
+                    names.append(meta.name)
+    auto_create = getattr(body, "allow_auto_topic_creation", True) and ctx.config.auto_create_topics
+    try:
+        described = await ctx.describe_topics(names, auto_create=bool(names) and auto_create)
+    except BrokerUnavailable:
+        described = [(ErrorCode.leader_not_available, TopicMeta(n, uuid.UUID(int=0), 0, False))
+                     for n in names]
+    return build_response(ctx, request.version, described)
+
+
+def build_response(ctx: GatewayContext, version: int,
+                   described: list[tuple[int, TopicMeta | None]]) -> Any:
+    response_type = messages.response_type(apis.ApiKey.METADATA, version)
+    broker_type = messages.nested(response_type, "MetadataResponseBroker")
+    topic_type = messages.nested(response_type, "MetadataResponseTopic")
+    partition_type = messages.nested(response_type, "MetadataResponsePartition")
+    topics = []
+    for error, meta in described:
+        assert meta is not None
+        partitions = tuple(
+            messages.build(partition_type, error_code=ErrorCode.none, partition_index=index,
+                           leader_id=NODE_ID, leader_epoch=0, replica_nodes=(NODE_ID,),
+                           isr_nodes=(NODE_ID,), offline_replicas=())
+            for index in range(meta.partitions)
+        )
+        topics.append(messages.build(
+            topic_type, error_code=error, name=meta.name, topic_id=meta.topic_id,
+            is_internal=meta.internal, partitions=partitions,
+            topic_authorized_operations=_NO_OPERATIONS))
+    broker = messages.build(broker_type, node_id=NODE_ID, host=ctx.config.advertised_host,
+                            port=ctx.config.advertised_port, rack=None)
+    return messages.build(
+        response_type, throttle_time=datetime.timedelta(0), brokers=(broker,),
+        cluster_id=ctx.config.cluster_id, controller_id=NODE_ID, topics=tuple(topics),
+        cluster_authorized_operations=_NO_OPERATIONS, error_code=ErrorCode.none)

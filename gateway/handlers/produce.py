@@ -1,0 +1,85 @@
+"""Produce: queue each partition's batches on the broker's append stream, in request order.
+
+``handle`` is deliberately not ``async``: it runs in the connection's read loop, so the appends
+of one connection are queued in the order the client sent them (Kafka's ordering guarantee for
+``max.in.flight > 1``), and returns an awaitable that collects the broker's replies.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Awaitable
+from typing import Any
+
+from kio.schema.errors import ErrorCode
+
+from gateway.broker_client import BrokerUnavailable
+from gateway.context import GatewayContext
+from gateway.kafka import apis, messages
+from gateway.kafka.connection import Request
+from kelp import recordbatch
+
+VALID_ACKS = (0, 1, -1)
+
+
+def handle(ctx: GatewayContext, request: Request) -> Awaitable[Any]:
+    body = request.body
+    acks = body.acks
+    # (topic, partition, error or None, error message, waiter)
+    outcomes: list[tuple[str, int, int, str | None, Any]] = []
+    for topic in body.topic_data:
+        for part in topic.partition_data:
+            error, message, waiter = ErrorCode.none, None, None
+            if acks not in VALID_ACKS:
+                error = ErrorCode.invalid_required_acks
+                message = f"acks must be 0, 1 or -1, not {acks}"
+            elif not part.records:
+                error, message = ErrorCode.corrupt_message, "no record batches"
+            else:
+                too_large = _oversized_batch(part.records, ctx.config.max_message_bytes)
+                if too_large:
+                    error, message = ErrorCode.message_too_large, too_large
+            if error == ErrorCode.none:
+                try:
+                    waiter = ctx.broker.submit_append(topic.name, part.index, part.records, acks)
+                except BrokerUnavailable as exc:
+                    error, message = ErrorCode.not_leader_or_follower, str(exc)
+            outcomes.append((topic.name, part.index, error, message, waiter))
+    return _collect(request, acks, outcomes)
+
+
+def _oversized_batch(records: bytes, limit: int) -> str | None:
+    try:
+        for _position, header in recordbatch.iter_batches(records, verify_crc=False):
+            if header.size > limit:
+                return f"record batch of {header.size} bytes exceeds max.message.bytes {limit}"
+    except recordbatch.CorruptBatch:
+        return None  # the broker validates fully and answers CORRUPT_MESSAGE
+    return None
+
+
+async def _collect(request: Request, acks: int,
+                   outcomes: list[tuple[str, int, int, str | None, Any]]) -> Any:
+    if acks == 0:
+        return None  # the protocol: no response at all
+    response_type = messages.response_type(apis.ApiKey.PRODUCE, request.version)
+    topic_type = messages.nested(response_type, "TopicProduceResponse")
+    partition_type = messages.nested(response_type, "PartitionProduceResponse")
+    by_topic: dict[str, list[Any]] = {}
+    for topic, index, error, message, waiter in outcomes:
+        base_offset, log_start = -1, -1
+        if waiter is not None:
+            try:
+                reply = await waiter.wait()
+                error, message = reply.error_code, reply.error_message or None
+                base_offset, log_start = reply.base_offset, reply.log_start_offset
+            except BrokerUnavailable as exc:
+                error, message = ErrorCode.not_leader_or_follower, str(exc)
+        by_topic.setdefault(topic, []).append(messages.build(
+            partition_type, index=index, error_code=error, base_offset=base_offset,
+            log_append_time=None, log_start_offset=log_start, record_errors=(),
+            error_message=message))
+    return messages.build(
+        response_type, throttle_time=datetime.timedelta(0),
+        responses=tuple(topic_type(name=name, partition_responses=tuple(parts))
+                        for name, parts in by_topic.items()))

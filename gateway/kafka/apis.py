@@ -1,0 +1,42 @@
+"""The Kafka APIs kelp serves and the version ranges it advertises.
+
+Advertise only what is implemented, in ranges that start low: librdkafka 2.0 enables features
+only when an advertised range overlaps an old one (Produce 3 and Fetch 4 for v2 record batches,
+ListOffsets 1 for offsets-for-times; see shared/CLIENTS.md). The floors are where kio's schemas
+start (Produce 3, Fetch 4, ListOffsets 1, CreateTopics 2).
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ApiKey(IntEnum):
+    PRODUCE = 0
+    FETCH = 1
+    LIST_OFFSETS = 2
+    METADATA = 3
+    API_VERSIONS = 18
+    CREATE_TOPICS = 19
+
+
+SUPPORTED: dict[int, tuple[int, int]] = {
+    ApiKey.PRODUCE: (3, 11),
+    ApiKey.FETCH: (4, 17),
+    ApiKey.LIST_OFFSETS: (1, 9),
+    ApiKey.METADATA: (0, 13),
+    ApiKey.API_VERSIONS: (0, 4),
+    ApiKey.CREATE_TOPICS: (2, 7),
+}
+
+
+def supports(api_key: int, version: int) -> bool:
+    span = SUPPORTED.get(api_key)
+    return span is not None and span[0] <= version <= span[1]
+
+
+def api_name(api_key: int) -> str:
+    try:
+        return ApiKey(api_key).name
+    except ValueError:
+        return f"api_key_{api_key}"

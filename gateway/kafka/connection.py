@@ -1,0 +1,88 @@
+"""The small public face of the codec: a Kafka connection as a state machine over bytes.
+
+Feed it received bytes; take whole, decoded requests out; hand it response bodies and send the
+bytes it returns. Raises ``ProtocolError`` for anything that must close the connection: an
+oversized or garbage frame, an unknown API, a version kelp does not serve. ApiVersions at an
+unsupported version is the one exception: the protocol says to answer it in the v0 format with
+UNSUPPORTED_VERSION so the client retries lower.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.kafka import apis, headers, messages
+from gateway.kafka.framing import FrameBuffer, FrameTooLarge, frame
+
+
+class ProtocolError(Exception):
+    """The peer broke the protocol; log this and close the connection."""
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    header: headers.RequestHeader
+    body: Any  # a kio request entity, or None for the ApiVersions fallback
+    size: int
+
+    @property
+    def api_key(self) -> int:
+        return self.header.api_key
+
+    @property
+    def version(self) -> int:
+        return self.header.api_version
+
+    @property
+    def unsupported_api_versions(self) -> bool:
+        return self.body is None
+
+
+class KafkaConnection:
+    def __init__(self, max_frame_size: int) -> None:
+        self._frames = FrameBuffer(max_frame_size)
+
+    def receive_data(self, data: bytes) -> None:
+        self._frames.feed(data)
+
+    def next_request(self) -> Request | None:
+        """The next whole request, or None until more bytes arrive."""
+        try:
+            payload = self._frames.next_frame()
+        except FrameTooLarge as exc:
+            raise ProtocolError(str(exc)) from exc
+        if payload is None:
+            return None
+        try:
+            api_key, version, correlation_id = headers.peek_ids(payload)
+        except headers.MalformedHeader as exc:
+            raise ProtocolError(str(exc)) from exc
+        if not apis.supports(api_key, version):
+            if api_key == apis.ApiKey.API_VERSIONS and version > 0:
+                header = headers.RequestHeader(api_key, version, correlation_id, None)
+                return Request(header, None, len(payload))
+            raise ProtocolError(
+                f"unsupported API {apis.api_name(api_key)} v{version} "
+                f"(correlation id {correlation_id})"
+            )
+        try:
+            flexible = messages.is_flexible(api_key, version)
+            header, offset = headers.parse_request_header(payload, flexible=flexible)
+            body = messages.decode_request(api_key, version, payload, offset)
+        except Exception as exc:  # kio raises a variety of errors on garbage
+            raise ProtocolError(
+                f"malformed {apis.api_name(api_key)} v{version} request: {exc!r}"
+            ) from exc
+        return Request(header, body, len(payload))
+
+    def encode_response(self, request: Request, body: Any) -> bytes:
+        """Frame a response entity for ``request`` with the right header version."""
+        flexible = (
+            request.api_key != apis.ApiKey.API_VERSIONS  # always header v0, even when flexible
+            and messages.is_flexible(request.api_key, request.version)
+        )
+        return frame(
+            headers.response_header(request.header.correlation_id, flexible=flexible)
+            + messages.encode(body)
+        )

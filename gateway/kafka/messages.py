@@ -1,0 +1,75 @@
+"""Request and response bodies through kio (Kafka's JSON schemas as Python types).
+
+kio's decoder is native and fast; its encoder is pure Python, fine for everything whose cost
+is per partition rather than per record (record batches travel as opaque bytes).
+
+Handlers build responses with ``build`` so one handler serves every version: fields a version
+does not have are dropped, and nested types are looked up in the response's own module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import io
+import sys
+from typing import Any
+
+from kio.index import load_request_schema, load_response_schema
+from kio.serial import entity_reader, entity_writer
+
+
+@functools.cache
+def request_type(api_key: int, version: int) -> type:
+    return load_request_schema(api_key, version)
+
+
+@functools.cache
+def response_type(api_key: int, version: int) -> type:
+    return load_response_schema(api_key, version)
+
+
+@functools.cache
+def _reader(entity_type: type) -> Any:
+    return entity_reader(entity_type)
+
+
+@functools.cache
+def _writer(entity_type: type) -> Any:
+    return entity_writer(entity_type)
+
+
+@functools.cache
+def _field_names(entity_type: type) -> frozenset[str]:
+    return frozenset(f.name for f in dataclasses.fields(entity_type))
+
+
+def is_flexible(api_key: int, version: int) -> bool:
+    return bool(request_type(api_key, version).__flexible__)
+
+
+def decode_request(api_key: int, version: int, frame: bytes, offset: int) -> Any:
+    """Decode the body at ``offset``; raises on malformed bytes."""
+    entity, _size = _reader(request_type(api_key, version))(frame, offset)
+    return entity
+
+
+def encode(entity: Any) -> bytes:
+    buffer = io.BytesIO()
+    _writer(type(entity))(buffer, entity)
+    return buffer.getvalue()
+
+
+def build(entity_type: type, **fields: Any) -> Any:
+    """Construct ``entity_type`` from whichever of ``fields`` this version has."""
+    names = _field_names(entity_type)
+    return entity_type(**{k: v for k, v in fields.items() if k in names})
+
+
+def nested(entity_type: type, name: str) -> type:
+    """The nested type ``name`` of the same API version as ``entity_type``."""
+    return getattr(sys.modules[entity_type.__module__], name)
+
+
+def has_field(entity_type: type, name: str) -> bool:
+    return name in _field_names(entity_type)

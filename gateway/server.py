@@ -1,0 +1,136 @@
+"""Kafka connections over trio: read, dispatch concurrently, answer in request order.
+
+Each connection owns a nursery with a writer task and one task per in-flight request. The read
+loop decodes a request, *calls* its handler (which may queue work synchronously, so order is
+kept where it matters) and puts a response slot in a bounded channel; the writer sends slots in
+the order they were queued as each completes. The channel's bound is the connection's in-flight
+limit: a client that pipelines faster than kelp answers stops being read (backpressure).
+
+A client that disconnects, or breaks the protocol, gets its connection closed and everything it
+started cancelled at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import trio
+
+from gateway.context import GatewayContext
+from gateway.handlers import HANDLERS
+from gateway.kafka import apis
+from gateway.kafka.connection import KafkaConnection, ProtocolError, Request
+
+log = logging.getLogger("kelp.gateway.server")
+
+RECEIVE_SIZE = 256 * 1024
+
+
+class _Slot:
+    """A response in the making; the writer waits on ``done`` in request order."""
+
+    __slots__ = ("done", "payload")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.payload: bytes | None = None
+
+
+class KafkaServer:
+    def __init__(self, ctx: GatewayContext) -> None:
+        self.ctx = ctx
+        self.connections = 0
+        self.inflight = 0
+        self.protocol_errors = 0
+
+    async def serve(self, host: str, port: int, *,
+                    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        bound = listeners[0].socket.getsockname()[1]
+        async with trio.open_nursery() as nursery:
+            task_status.started(bound)
+            await trio.serve_listeners(self.handle_connection, listeners,
+                                       handler_nursery=nursery)
+
+    async def handle_connection(self, stream: trio.SocketStream) -> None:
+        peer = _peer(stream)
+        self.connections += 1
+        kafka = KafkaConnection(self.ctx.config.max_request_bytes)
+        try:
+            async with stream, trio.open_nursery() as nursery:
+                slots_in, slots_out = trio.open_memory_channel[_Slot](
+                    self.ctx.config.max_inflight_requests)
+                nursery.start_soon(self._write_responses, stream, slots_out)
+                try:
+                    await self._read_requests(stream, kafka, slots_in, nursery, peer)
+                finally:
+                    # Disconnect or protocol error: nothing this connection started outlives it.
+                    nursery.cancel_scope.cancel()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
+            pass  # the client went away mid-write
+        finally:
+            self.connections -= 1
+
+    async def _read_requests(self, stream: trio.SocketStream, kafka: KafkaConnection,
+                             slots: trio.MemorySendChannel[_Slot], nursery: trio.Nursery,
+                             peer: str) -> None:
+        while True:
+            data = await stream.receive_some(RECEIVE_SIZE)
+            if not data:
+                return
+            kafka.receive_data(data)
+            while True:
+                try:
+                    request = kafka.next_request()
+                except ProtocolError as exc:
+                    self.protocol_errors += 1
+                    log.warning("closing connection: protocol error",
+                                extra={"peer": peer, "error": str(exc)})
+                    return
+                if request is None:
+                    break
+                slot = _Slot()
+                handler = HANDLERS[request.api_key]
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("request", extra={"peer": peer, "api": apis.api_name(request.api_key),
+                                                "version": request.version})
+                pending = handler(self.ctx, request)  # may do its synchronous part right here
+                await slots.send(slot)
+                nursery.start_soon(self._complete, kafka, request, pending, slot, peer)
+
+    async def _complete(self, kafka: KafkaConnection, request: Request, pending: Any,
+                        slot: _Slot, peer: str) -> None:
+        self.inflight += 1
+        try:
+            body = await pending
+            if body is not None:
+                slot.payload = kafka.encode_response(request, body)
+        except Exception:
+            # A bug, not the client's fault: say so loudly and drop the connection, as Kafka
+            # does when it cannot answer.
+            log.exception("handler failed", extra={"peer": peer,
+                                                   "api": apis.api_name(request.api_key),
+                                                   "version": request.version})
+            raise
+        finally:
+            self.inflight -= 1
+            slot.done.set()
+
+    async def _write_responses(self, stream: trio.SocketStream,
+                               slots: trio.MemoryReceiveChannel[_Slot]) -> None:
+        async for slot in slots:
+            await slot.done.wait()
+            if slot.payload is not None:
+                await stream.send_all(slot.payload)
+                slot.payload = None
+
+
+def _peer(stream: trio.SocketStream) -> str:
+    try:
+        host, port = stream.socket.getpeername()[:2]
+        return f"{host}:{port}"
+    except OSError:
+        return "?"
+
+

@@ -1,0 +1,117 @@
+"""Kafka v2 record batches: the header, validation, and the two fields a broker rewrites.
+
+Sans-IO: bytes in, values out. The log stores batches exactly as produced; only ``baseOffset``
+(bytes 0-7) and ``partitionLeaderEpoch`` (bytes 12-15) change, and both lie outside the CRC-32C,
+which covers bytes 21..end. Layout (big-endian)::
+
+    0  baseOffset            int64      21 attributes          int16
+    8  batchLength           int32      23 lastOffsetDelta     int32
+    12 partitionLeaderEpoch  int32      27 baseTimestamp       int64
+    16 magic                 int8       35 maxTimestamp        int64
+    17 crc                   uint32     43 producerId          int64
+                                        51 producerEpoch       int16
+                                        53 baseSequence        int32
+                                        57 recordCount         int32  (records follow at 61)
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import crc32c
+
+HEADER_SIZE = 61
+# The bytes a reader needs to know a batch's size: baseOffset + batchLength.
+LENGTH_PREFIX = 12
+_HEADER = struct.Struct(">qiiBIhiqqqhii")
+_OFFSET = struct.Struct(">q")
+_EPOCH = struct.Struct(">i")
+
+TIMESTAMP_TYPE_BIT = 0x08  # attributes bit 3: 1 = LogAppendTime
+TRANSACTIONAL_BIT = 0x10
+CONTROL_BIT = 0x20
+COMPRESSION_MASK = 0x07
+
+
+class CorruptBatch(ValueError):
+    """The bytes are not a valid v2 record batch (Kafka's CORRUPT_MESSAGE)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BatchHeader:
+    base_offset: int
+    batch_length: int  # bytes after the length field: the batch is batch_length + 12 bytes
+    partition_leader_epoch: int
+    magic: int
+    crc: int
+    attributes: int
+    last_offset_delta: int
+    base_timestamp: int
+    max_timestamp: int
+    producer_id: int
+    producer_epoch: int
+    base_sequence: int
+    record_count: int
+
+    @property
+    def size(self) -> int:
+        return self.batch_length + LENGTH_PREFIX
+
+    @property
+    def last_offset(self) -> int:
+        return self.base_offset + self.last_offset_delta
+
+    @property
+    def compression(self) -> int:
+        return self.attributes & COMPRESSION_MASK
+
+
+def parse_header(data: bytes | memoryview, position: int = 0) -> BatchHeader:
+    """Parse the 61-byte header at ``position``; raises ``CorruptBatch`` if it is not v2."""
+    if len(data) - position < HEADER_SIZE:
+        raise CorruptBatch(f"batch header truncated: {len(data) - position} < {HEADER_SIZE} bytes")
+    header = BatchHeader(*_HEADER.unpack_from(data, position))
+    if header.magic != 2:
+        raise CorruptBatch(f"unsupported magic {header.magic} (only v2 record batches)")
+    if header.batch_length < HEADER_SIZE - LENGTH_PREFIX:
+        raise CorruptBatch(f"batch length {header.batch_length} shorter than a header")
+    if header.last_offset_delta < 0 or header.record_count < 0:
+        raise CorruptBatch("negative lastOffsetDelta or record count")
+    return header
+
+
+def crc_matches(data: bytes | memoryview, position: int, header: BatchHeader) -> bool:
+    """Does the stored CRC-32C match attributes..end of the batch at ``position``?"""
+    view = memoryview(data)[position + 21 : position + header.size]
+    return crc32c.crc32c(view) == header.crc
+
+
+def iter_batches(
+    data: bytes | memoryview, *, verify_crc: bool = True
+) -> Iterator[tuple[int, BatchHeader]]:
+    """Yield ``(position, header)`` for each whole batch in ``data``.
+
+    Raises ``CorruptBatch`` on a bad header, a batch running past the end, or a CRC mismatch.
+    """
+    position = 0
+    end = len(data)
+    while position < end:
+        header = parse_header(data, position)
+        if position + header.size > end:
+            raise CorruptBatch(
+                f"batch at byte {position} needs {header.size} bytes, {end - position} present"
+            )
+        if verify_crc and not crc_matches(data, position, header):
+            raise CorruptBatch(f"CRC-32C mismatch in batch at byte {position}")
+        yield position, header
+        position += header.size
+
+
+def rewrite_offset_and_epoch(
+    buffer: bytearray, position: int, base_offset: int, leader_epoch: int = 0
+) -> None:
+    """Assign the broker's base offset and leader epoch in place (both outside the CRC)."""
+    _OFFSET.pack_into(buffer, position, base_offset)
+    _EPOCH.pack_into(buffer, position + 12, leader_epoch)

@@ -1,0 +1,136 @@
+"""Start real kelp processes for tests, on free loopback ports, and always clean them up."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+READY_TIMEOUT_S = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Proc:
+    name: str
+    command: list[str]
+    log_path: Path
+    popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log_file = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its life
+        self.popen = subprocess.Popen(
+            self.command, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log_file,
+            stderr=subprocess.STDOUT, start_new_session=True)
+        log_file.close()
+        self.wait_for_log("msg=ready")
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_for_log(self, needle: str, timeout: float = READY_TIMEOUT_S, *,
+                     start_at: int = 0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if needle in self.log_text()[start_at:]:
+                return
+            if self.popen is not None and self.popen.poll() is not None:
+                raise RuntimeError(f"{self.name} exited ({self.popen.returncode}):\n"
+                                   f"{self.log_text()[-4000:]}")
+            time.sleep(0.05)
+        raise TimeoutError(f"{self.name}: no {needle!r} in {timeout}s:\n{self.log_text()[-4000:]}")
+
+    def signal(self, signum: int) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            os.killpg(self.popen.pid, signum)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM, then SIGKILL if it lingers; returns the exit code."""
+        if self.popen is None:
+            return None
+        if self.popen.poll() is None:
+            self.signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.signal(signal.SIGKILL)
+                self.popen.wait(5)
+        return self.popen.returncode
+
+    def kill(self) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            self.signal(signal.SIGKILL)
+            self.popen.wait(5)
+
+
+@dataclass
+class Cluster:
+    """A broker and a gateway on free ports, with data in ``workdir``."""
+
+    workdir: Path
+    gateway_args: list[str] = field(default_factory=list)
+    kafka_port: int = field(default_factory=free_port)
+    gateway_http_port: int = field(default_factory=free_port)
+    broker_port: int = field(default_factory=free_port)
+    broker_http_port: int = field(default_factory=free_port)
+
+    def __post_init__(self) -> None:
+        self.data_dir = self.workdir / "data"
+        self.broker = Proc("broker", [
+            sys.executable, "-m", "broker", "--data-dir", str(self.data_dir),
+            "--grpc", f"127.0.0.1:{self.broker_port}",
+            "--http", f"127.0.0.1:{self.broker_http_port}"], self.workdir / "broker.log")
+        self.gateway = Proc("gateway", [
+            sys.executable, "-m", "gateway", "--listen", f"127.0.0.1:{self.kafka_port}",
+            "--broker", f"127.0.0.1:{self.broker_port}",
+            "--http", f"127.0.0.1:{self.gateway_http_port}", *self.gateway_args],
+            self.workdir / "gateway.log")
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.kafka_port}"
+
+    def start(self) -> Cluster:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.broker.start()
+        self.gateway.start()
+        return self
+
+    def stop(self) -> None:
+        self.gateway.stop()
+        self.broker.stop()
+
+    def kill(self) -> None:
+        self.gateway.kill()
+        self.broker.kill()
+
+    def restart_broker(self, *, hard: bool) -> None:
+        if hard:
+            self.broker.kill()
+        else:
+            self.broker.stop()
+        self.broker.start()
+
+    def broker_health(self) -> dict:
+        return _get_json(f"http://127.0.0.1:{self.broker_http_port}/health")
+
+    def gateway_health(self) -> dict:
+        return _get_json(f"http://127.0.0.1:{self.gateway_http_port}/health")
+
+
+def _get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read())

@@ -1,0 +1,115 @@
+"""The partition log: offsets, reads from inside batches, rolling, recovery of a torn tail."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import trio
+
+from broker.log import LogConfig, OffsetOutOfRange, PartitionLog
+from kelp.recordbatch import CorruptBatch
+from tests.batches import make_batch, read_batches
+
+
+def batch_of(n: int, tag: str = "v") -> bytes:
+    return make_batch([(f"k{i}".encode(), f"{tag}{i}".encode()) for i in range(n)])
+
+
+async def test_offsets_are_assigned_and_bytes_kept(tmp_path):
+    plog = PartitionLog.open(tmp_path / "p")
+    original = batch_of(3)
+    assert plog.append(original).base_offset == 0
+    assert plog.append(batch_of(2)).base_offset == 3
+    assert plog.high_watermark == 5
+    read = await plog.read(0, 1 << 20)
+    first = read.records[: len(original)]
+    # Byte for byte but for the base offset (0 here) and the leader epoch.
+    assert first[8:12] == original[8:12] and first[16:] == original[16:]
+    assert [b.base_offset for b in read_batches(read.records)] == [0, 3]
+
+
+async def test_read_inside_a_batch_returns_the_whole_batch(tmp_path):
+    plog = PartitionLog.open(tmp_path / "p")
+    plog.append(batch_of(5))
+    plog.append(batch_of(5))
+    read = await plog.read(7, 1 << 20)
+    (batch,) = read_batches(read.records)
+    assert batch.base_offset == 5 and len(batch.records) == 5
+
+
+async def test_max_bytes_returns_whole_batches_and_at_least_one(tmp_path):
+    plog = PartitionLog.open(tmp_path / "p")
+    sizes = [len(batch_of(10)) for _ in range(3)]
+    for _ in range(3):
+        plog.append(batch_of(10))
+    assert len((await plog.read(0, 1)).records) == sizes[0]
+    assert len((await plog.read(0, sizes[0] + sizes[1] - 1)).records) == sizes[0]
+    assert len((await plog.read(0, sizes[0] + sizes[1])).records) == sizes[0] + sizes[1]
+
+
+async def test_out_of_range_and_end_of_log(tmp_path):
+    plog = PartitionLog.open(tmp_path / "p")
+    plog.append(batch_of(2))
+    assert (await plog.read(2, 100)).records == b""
+    with pytest.raises(OffsetOutOfRange):
+        await plog.read(3, 100)
+    with pytest.raises(OffsetOutOfRange):
+        await plog.read(-1, 100)
+
+
+async def test_corrupt_batch_is_refused_and_nothing_written(tmp_path):
+    plog = PartitionLog.open(tmp_path / "p")
+    bad = bytearray(batch_of(2))
+    bad[-1] ^= 1
+    with pytest.raises(CorruptBatch):
+        plog.append(bytes(bad))
+    assert plog.high_watermark == 0 and plog.size_bytes == 0
+
+
+async def test_segments_roll_and_reads_cross_them(tmp_path):
+    plog = PartitionLog.open(tmp_path / "p", LogConfig(segment_bytes=200))
+    for i in range(10):
+        plog.append(batch_of(2, tag=str(i)))
+    assert len(plog.segments) > 1
+    offsets, position = [], 0
+    while position < plog.high_watermark:
+        batches = read_batches((await plog.read(position, 1 << 20)).records)
+        offsets += [b.base_offset for b in batches]
+        position = batches[-1].base_offset + len(batches[-1].records)
+    assert offsets == list(range(0, 20, 2))
+
+
+async def test_recovery_restores_state_and_truncates_a_torn_tail(tmp_path):
+    plog = PartitionLog.open(tmp_path / "p")
+    for _ in range(3):
+        plog.append(batch_of(4))
+    await plog.wait_durable(plog.append(batch_of(4)).write_mark)
+    path = plog.active.path
+    good_size = plog.size_bytes
+    plog.close()
+    with open(path, "ab") as torn:  # half of a batch, as a crash mid-write leaves it
+        torn.write(batch_of(4)[:40])
+    reopened = PartitionLog.open(tmp_path / "p")
+    assert reopened.high_watermark == 16
+    assert os.path.getsize(path) == good_size
+    assert reopened.append(batch_of(1)).base_offset == 16
+    reopened.close()
+
+
+async def test_group_commit_shares_fsyncs(tmp_path):
+    plog = PartitionLog.open(tmp_path / "p")
+    marks = [plog.append(batch_of(1)).write_mark for _ in range(20)]
+    async with trio.open_nursery() as nursery:
+        for mark in marks:
+            nursery.start_soon(plog.wait_durable, mark)
+    assert plog._synced >= marks[-1]
+    plog.close()
+
+
+async def test_append_wakes_listeners(tmp_path):
+    plog = PartitionLog.open(tmp_path / "p")
+    woken = trio.Event()
+    plog.add_append_listener(woken.set)
+    plog.append(batch_of(1))
+    assert woken.is_set()
