@@ -20,7 +20,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-dir", type=Path, default=Path(".kelp/data"),
                         help="where partition logs and metadata live (default: .kelp/data)")
     parser.add_argument("--grpc", default="127.0.0.1:17777",
-                        help="gRPC listen address, HOST:PORT or unix:PATH
+                        help="gRPC listen address, HOST:PORT or unix:PATH "
                         "(default: 127.0.0.1:17777)")
     parser.add_argument("--http", default="127.0.0.1:8082",
                         help="HTTP health/metrics address HOST:PORT (default: 127.0.0.1:8082)")
