@@ -19,7 +19,7 @@ from broker.log import OffsetOutOfRange
 from broker.topics import TopicError, TopicRegistry
 from kelp import __version__, grpc
 from kelp.process import count_tasks
-from kelp.recordbatch import CorruptBatch
+from kelp.recordbatch import CorruptBatch, UnsupportedMagic
 from kelp.rpc.broker import v1 as pb
 
 log = logging.getLogger("kelp.broker.service")
@@ -156,6 +156,10 @@ class BrokerService:
             result = plog.append(request.records)
         except TopicError as exc:
             reply.error_code, reply.error_message = exc.code, str(exc)
+            return reply, None
+        except UnsupportedMagic as exc:
+            reply.error_code = ErrorCode.unsupported_for_message_format
+            reply.error_message = str(exc)
             return reply, None
         except CorruptBatch as exc:
             reply.error_code, reply.error_message = ErrorCode.corrupt_message, str(exc)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
+from kio.schema.errors import ErrorCode
+
 from gateway.broker_client import BrokerClient
 from kelp.rpc.broker import v1 as pb
 
@@ -38,21 +40,23 @@ class GatewayContext:
     # Topic metadata seen in the broker's replies; Fetch v13+ names topics by id.
     topics_by_id: dict[uuid.UUID, TopicMeta] = field(default_factory=dict)
 
-    async def describe_topics(self, names: list[str], *,
-                              auto_create: bool = False) -> list[tuple[int, TopicMeta | None]]:
+    async def describe_topics(
+        self, names: list[str], *, auto_create: bool = False
+    ) -> list[tuple[ErrorCode, TopicMeta | None]]:
         """(error code, metadata) per name, or for every topic when ``names`` is empty."""
         reply = await self.broker.call(
             "DescribeTopics", pb.DescribeTopicsRequest(names=names, auto_create=auto_create),
             pb.DescribeTopicsReply)
-        out: list[tuple[int, TopicMeta | None]] = []
+        out: list[tuple[ErrorCode, TopicMeta | None]] = []
         for info in reply.topics:
             if info.error_code:
-                out.append((info.error_code, TopicMeta(info.name, uuid.UUID(int=0), 0, False)))
+                missing = TopicMeta(info.name, uuid.UUID(int=0), 0, False)
+                out.append((ErrorCode(info.error_code), missing))
                 continue
             meta = TopicMeta(info.name, uuid.UUID(bytes=info.topic_id), info.partitions,
                              info.internal)
             self.topics_by_id[meta.topic_id] = meta
-            out.append((0, meta))
+            out.append((ErrorCode.none, meta))
         return out
 
     async def topic_by_id(self, topic_id: uuid.UUID) -> TopicMeta | None:

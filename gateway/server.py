@@ -97,22 +97,23 @@ class KafkaServer:
                                                 "version": request.version})
                 pending = handler(self.ctx, request)  # may do its synchronous part right here
                 await slots.send(slot)
-                nursery.start_soon(self._complete, kafka, request, pending, slot, peer)
+                nursery.start_soon(self._complete, kafka, request, pending, slot, peer,
+                                   nursery.cancel_scope)
 
     async def _complete(self, kafka: KafkaConnection, request: Request, pending: Any,
-                        slot: _Slot, peer: str) -> None:
+                        slot: _Slot, peer: str, connection_scope: trio.CancelScope) -> None:
         self.inflight += 1
         try:
             body = await pending
             if body is not None:
                 slot.payload = kafka.encode_response(request, body)
         except Exception:
-            # A bug, not the client's fault: say so loudly and drop the connection, as Kafka
-            # does when it cannot answer.
+            # A bug, not the client's fault: say so loudly and drop this connection (as Kafka
+            # does when it cannot answer); the gateway and its other clients carry on.
             log.exception("handler failed", extra={"peer": peer,
                                                    "api": apis.api_name(request.api_key),
                                                    "version": request.version})
-            raise
+            connection_scope.cancel()
         finally:
             self.inflight -= 1
             slot.done.set()

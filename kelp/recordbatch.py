@@ -39,6 +39,11 @@ class CorruptBatch(ValueError):
     """The bytes are not a valid v2 record batch (Kafka's CORRUPT_MESSAGE)."""
 
 
+class UnsupportedMagic(CorruptBatch):
+    """A magic 0/1 message set: valid once, but kelp stores v2 batches only
+    (Kafka's UNSUPPORTED_FOR_MESSAGE_FORMAT)."""
+
+
 @dataclass(frozen=True, slots=True)
 class BatchHeader:
     base_offset: int
@@ -73,6 +78,9 @@ def parse_header(data: bytes | memoryview, position: int = 0) -> BatchHeader:
     if len(data) - position < HEADER_SIZE:
         raise CorruptBatch(f"batch header truncated: {len(data) - position} < {HEADER_SIZE} bytes")
     header = BatchHeader(*_HEADER.unpack_from(data, position))
+    if header.magic in (0, 1):
+        raise UnsupportedMagic(f"magic {header.magic} message sets are not supported; "
+                               "produce v2 record batches (Kafka >= 0.11 clients)")
     if header.magic != 2:
         raise CorruptBatch(f"unsupported magic {header.magic} (only v2 record batches)")
     if header.batch_length < HEADER_SIZE - LENGTH_PREFIX:

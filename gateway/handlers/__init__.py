@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from gateway.context import GatewayContext
-from gateway.handlers import admin, api_versions, fetch, metadata, produce
+from gateway.handlers import admin, api_versions, coordinator, fetch, metadata, produce
 from gateway.kafka.apis import ApiKey
 from gateway.kafka.connection import Request
 
@@ -26,4 +26,5 @@ HANDLERS: dict[int, Handler] = {
     ApiKey.FETCH: fetch.handle,
     ApiKey.LIST_OFFSETS: fetch.handle_list_offsets,
     ApiKey.CREATE_TOPICS: admin.handle_create_topics,
+    ApiKey.FIND_COORDINATOR: coordinator.handle,
 }

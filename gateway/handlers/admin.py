@@ -55,7 +55,7 @@ async def handle_create_topics(ctx: GatewayContext, request: Request) -> Any:
             continue
         code, message = errors.get(topic.name, (ErrorCode.unknown_server_error, "no result"))
         if created is not None:
-            code, message = created.error_code, created.error_message
+            code, message = ErrorCode(created.error_code), created.error_message
         out.append(messages.build(
             result_type, name=topic.name, topic_id=uuid.UUID(int=0), error_code=ErrorCode(code),
             error_message=message, num_partitions=-1, replication_factor=-1, configs=None))

@@ -39,7 +39,7 @@ async def handle(ctx: GatewayContext, request: Request) -> Any:
 
 
 def build_response(ctx: GatewayContext, version: int,
-                   described: list[tuple[int, TopicMeta | None]]) -> Any:
+                   described: list[tuple[ErrorCode, TopicMeta | None]]) -> Any:
     response_type = messages.response_type(apis.ApiKey.METADATA, version)
     broker_type = messages.nested(response_type, "MetadataResponseBroker")
     topic_type = messages.nested(response_type, "MetadataResponseTopic")

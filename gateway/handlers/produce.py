@@ -71,7 +71,7 @@ async def _collect(request: Request, acks: int,
         if waiter is not None:
             try:
                 reply = await waiter.wait()
-                error, message = reply.error_code, reply.error_message or None
+                error, message = ErrorCode(reply.error_code), reply.error_message or None
                 base_offset, log_start = reply.base_offset, reply.log_start_offset
             except BrokerUnavailable as exc:
                 error, message = ErrorCode.not_leader_or_follower, str(exc)

@@ -2,8 +2,10 @@
 
 Advertise only what is implemented, in ranges that start low: librdkafka 2.0 enables features
 only when an advertised range overlaps an old one (Produce 3 and Fetch 4 for v2 record batches,
-ListOffsets 1 for offsets-for-times; see shared/CLIENTS.md). The floors are where kio's schemas
-start (Produce 3, Fetch 4, ListOffsets 1, CreateTopics 2).
+ListOffsets 1 for offsets-for-times; see shared/CLIENTS.md). librdkafka also compresses with
+gzip/snappy only when Produce overlaps v0, and with lz4 only when FindCoordinator v0 is served:
+so Produce starts at 0 (``legacy`` handles v0-v2) and FindCoordinator at 0. Other floors are
+where kio's schemas start (Fetch 4, ListOffsets 1, CreateTopics 2).
 """
 
 from __future__ import annotations
@@ -16,15 +18,17 @@ class ApiKey(IntEnum):
     FETCH = 1
     LIST_OFFSETS = 2
     METADATA = 3
+    FIND_COORDINATOR = 10
     API_VERSIONS = 18
     CREATE_TOPICS = 19
 
 
 SUPPORTED: dict[int, tuple[int, int]] = {
-    ApiKey.PRODUCE: (3, 11),
+    ApiKey.PRODUCE: (0, 11),
     ApiKey.FETCH: (4, 17),
     ApiKey.LIST_OFFSETS: (1, 9),
     ApiKey.METADATA: (0, 13),
+    ApiKey.FIND_COORDINATOR: (0, 6),
     ApiKey.API_VERSIONS: (0, 4),
     ApiKey.CREATE_TOPICS: (2, 7),
 }

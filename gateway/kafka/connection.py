@@ -84,5 +84,5 @@ class KafkaConnection:
         )
         return frame(
             headers.response_header(request.header.correlation_id, flexible=flexible)
-            + messages.encode(body)
+            + messages.encode_response(request.api_key, request.version, body)
         )

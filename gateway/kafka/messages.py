@@ -18,15 +18,24 @@ from typing import Any
 from kio.index import load_request_schema, load_response_schema
 from kio.serial import entity_reader, entity_writer
 
+from gateway.kafka import legacy
+
+PRODUCE = 0
+
+
+def _is_legacy(api_key: int, version: int) -> bool:
+    return api_key == PRODUCE and version in legacy.LEGACY_PRODUCE_VERSIONS
+
 
 @functools.cache
 def request_type(api_key: int, version: int) -> type:
-    return load_request_schema(api_key, version)
+    """kio's request type; Produce v0-v2 share v3's (see ``legacy``)."""
+    return load_request_schema(api_key, 3 if _is_legacy(api_key, version) else version)
 
 
 @functools.cache
 def response_type(api_key: int, version: int) -> type:
-    return load_response_schema(api_key, version)
+    return load_response_schema(api_key, 3 if _is_legacy(api_key, version) else version)
 
 
 @functools.cache
@@ -50,8 +59,16 @@ def is_flexible(api_key: int, version: int) -> bool:
 
 def decode_request(api_key: int, version: int, frame: bytes, offset: int) -> Any:
     """Decode the body at ``offset``; raises on malformed bytes."""
+    if _is_legacy(api_key, version):
+        return legacy.decode_produce(frame, offset)
     entity, _size = _reader(request_type(api_key, version))(frame, offset)
     return entity
+
+
+def encode_response(api_key: int, version: int, entity: Any) -> bytes:
+    if _is_legacy(api_key, version):
+        return legacy.encode_produce_response(version, entity)
+    return encode(entity)
 
 
 def encode(entity: Any) -> bytes:

@@ -120,3 +120,25 @@ def test_disconnect_mid_fetch_leaves_no_task_behind(cluster: Cluster, topic_name
     assert wait_until(lambda: cluster.gateway_health()["tasks"] <= baseline_gateway, timeout=3)
     assert wait_until(lambda: cluster.broker_health()["tasks"] <= baseline_broker, timeout=3)
     client.close()
+
+
+def test_produce_v0_with_an_old_message_set_gets_a_clear_error(cluster: Cluster,
+                                                              topic_name: str) -> None:
+    client = RawClient(cluster.bootstrap)
+    client.request(MetadataRequest(topics=(MetadataRequestTopic(name=topic_name),)))
+    # A magic-1 message (what a pre-0.11 client sends with Produce v2).
+    message = struct.pack(">bbq", 1, 0, 0) + struct.pack(">i", -1) + struct.pack(">i", 1) + b"v"
+    message = struct.pack(">I", 0) + message
+    entry = struct.pack(">qi", 0, len(message)) + message
+    name = topic_name.encode()
+    body = (struct.pack(">hi", 1, 5000) + struct.pack(">ih", 1, len(name)) + name
+            + struct.pack(">iii", 1, 0, len(entry)) + entry)
+    payload = struct.pack(">hhih", 0, 2, 5, 1) + b"x" + body
+    client.send_bytes(struct.pack(">i", len(payload)) + payload)
+    reply = client.read_frame()
+    correlation, _topics, _len = struct.unpack_from(">iih", reply)
+    position = 4 + 4 + 2 + len(name) + 4
+    partition, error, offset = struct.unpack_from(">ihq", reply, position)
+    assert (correlation, partition, offset) == (5, 0, -1)
+    assert error == ErrorCode.unsupported_for_message_format
+    client.close()

@@ -12,10 +12,20 @@ import subprocess
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
+from kelp import recordbatch
 from tests.kelp_procs import Cluster
 
 RECORDS = 100_000
 CODECS = ["none", "gzip", "snappy", "lz4", "zstd"]
+CODEC_IDS = {"none": 0, "gzip": 1, "snappy": 2, "lz4": 3, "zstd": 4}
+
+
+def stored_codecs(cluster: Cluster, topic: str) -> set[int]:
+    """The compression of every batch kelp stored: proves the codec really was exercised."""
+    codecs = set()
+    for segment in sorted((cluster.data_dir / f"{topic}-0").glob("*.log")):
+        codecs |= {h.compression for _, h in recordbatch.iter_batches(segment.read_bytes())}
+    return codecs
 
 
 def expected_records(count: int) -> list[tuple[bytes, bytes, list[tuple[str, bytes]]]]:
@@ -74,6 +84,7 @@ def test_confluent_kafka_round_trip(cluster: Cluster, topic_name: str, codec: st
     got = confluent_consume(cluster.bootstrap, topic_name, RECORDS)
     assert len(got) == RECORDS
     assert got == records
+    assert stored_codecs(cluster, topic_name) == {CODEC_IDS[codec]}
 
 
 @pytest.mark.parametrize("codec", CODECS)
@@ -94,14 +105,17 @@ def test_kcat_round_trip(cluster: Cluster, topic_name: str, codec: str, tmp_path
     assert len(got) == RECORDS
     headers = f"origin=kcat,codec={codec}"
     assert got == [f"{line}\t{headers}" for line in lines]
+    assert stored_codecs(cluster, topic_name) == {CODEC_IDS[codec]}
 
 
 def test_kafka_python_round_trip(cluster: Cluster, topic_name: str) -> None:
-    from kafka import KafkaConsumer, KafkaProducer, TopicPartition as KTopicPartition
+    from kafka import KafkaConsumer, KafkaProducer
+    from kafka import TopicPartition as KTopicPartition
 
     records = expected_records(2000)
+    # Idempotence (InitProducerId, on by default in kafka-python 3) is the API-surface issue's.
     producer = KafkaProducer(bootstrap_servers=cluster.bootstrap, acks="all",
-                             compression_type="gzip")
+                             compression_type="gzip", enable_idempotence=False)
     futures = [producer.send(topic_name, key=k, value=v, headers=h, partition=0)
                for k, v, h in records]
     producer.flush(60)
@@ -123,7 +137,8 @@ def test_kafka_python_round_trip(cluster: Cluster, topic_name: str) -> None:
 
 
 def test_aiokafka_round_trip(cluster: Cluster, topic_name: str) -> None:
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition as ATopicPartition
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from aiokafka import TopicPartition as ATopicPartition
 
     records = expected_records(2000)
 
