@@ -75,12 +75,15 @@ class BatchHeader:
 
 def parse_header(data: bytes | memoryview, position: int = 0) -> BatchHeader:
     """Parse the 61-byte header at ``position``; raises ``CorruptBatch`` if it is not v2."""
-    if len(data) - position < HEADER_SIZE:
-        raise CorruptBatch(f"batch header truncated: {len(data) - position} < {HEADER_SIZE} bytes")
-    header = BatchHeader(*_HEADER.unpack_from(data, position))
-    if header.magic in (0, 1):
-        raise UnsupportedMagic(f"magic {header.magic} message sets are not supported; "
+    available = len(data) - position
+    # Magic sits at byte 16 in every message format, so old formats are named as such even
+    # when they are shorter than a v2 header.
+    if available > 16 and data[position + 16] in (0, 1):
+        raise UnsupportedMagic(f"magic {data[position + 16]} message sets are not supported; "
                                "produce v2 record batches (Kafka >= 0.11 clients)")
+    if available < HEADER_SIZE:
+        raise CorruptBatch(f"batch header truncated: {available} < {HEADER_SIZE} bytes")
+    header = BatchHeader(*_HEADER.unpack_from(data, position))
     if header.magic != 2:
         raise CorruptBatch(f"unsupported magic {header.magic} (only v2 record batches)")
     if header.batch_length < HEADER_SIZE - LENGTH_PREFIX:
