@@ -6,6 +6,7 @@ broker -> segment file path costs with no protocol, no validation and no framing
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 import time
@@ -44,10 +45,12 @@ async def measure(total_bytes: int) -> float:
         path = os.path.join(tmp, "sink.bin")
         async with trio.open_nursery() as nursery:
             sink_listeners = await nursery.start(
-                trio.serve_tcp, lambda s: _sink(s, path, total_bytes, done), 0, "127.0.0.1")
+                functools.partial(trio.serve_tcp, host="127.0.0.1"),
+                lambda s: _sink(s, path, total_bytes, done), 0)
             sink_port = sink_listeners[0].socket.getsockname()[1]
             relay_listeners = await nursery.start(
-                trio.serve_tcp, lambda s: _relay(s, sink_port), 0, "127.0.0.1")
+                functools.partial(trio.serve_tcp, host="127.0.0.1"),
+                lambda s: _relay(s, sink_port), 0)
             relay_port = relay_listeners[0].socket.getsockname()[1]
             payload = os.urandom(CHUNK)
             started = time.perf_counter()

@@ -77,7 +77,7 @@ class BrokerService:
         results = []
         for spec in request.topics:
             try:
-                topic = self.registry.create(spec.name, spec.partitions, dict(spec.configs),
+                topic = await self.registry.create(spec.name, spec.partitions, dict(spec.configs),
                                              validate_only=request.validate_only)
                 results.append(pb.TopicResult(name=spec.name, partitions=topic.partition_count,
                                               topic_id=topic.topic_id.bytes))
@@ -94,7 +94,7 @@ class BrokerService:
             error = ErrorCode.none
             if topic is None and request.auto_create:
                 try:
-                    topic = self.registry.create(name, self.auto_create_partitions)
+                    topic = await self.registry.create(name, self.auto_create_partitions)
                 except TopicError as exc:
                     error = exc.code
             if topic is None:

@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import trio
 from kio.schema.errors import ErrorCode
 
 from broker.log import LogConfig, PartitionLog
@@ -62,6 +63,7 @@ class TopicRegistry:
         self.default_partitions = default_partitions
         self.topics: dict[str, Topic] = {}
         self._catalogue = data_dir / "topics.json"
+        self._save_lock = trio.Lock()
 
     def open(self) -> None:
         """Load the catalogue and recover every partition log."""
@@ -107,8 +109,8 @@ class TopicRegistry:
         finally:
             os.close(dir_fd)
 
-    def create(self, name: str, partitions: int, configs: dict[str, str] | None = None,
-               *, validate_only: bool = False) -> Topic:
+    async def create(self, name: str, partitions: int, configs: dict[str, str] | None = None,
+                     *, validate_only: bool = False) -> Topic:
         """Create a topic; raises ``TopicError`` with Kafka's error code when it cannot."""
         check_topic_name(name)
         if name in self.topics:
@@ -131,7 +133,14 @@ class TopicRegistry:
             return topic
         self._open_logs(topic)
         self.topics[name] = topic
-        self._save()
+        try:
+            async with self._save_lock:  # one catalogue write at a time, off the event loop
+                await trio.to_thread.run_sync(self._save)
+        except BaseException:
+            del self.topics[name]
+            for plog in topic.logs:
+                plog.close()
+            raise
         log.info("topic created", extra={"topic": name, "partitions": partitions})
         return topic
 

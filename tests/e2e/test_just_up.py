@@ -1,0 +1,60 @@
+"""The README's first command on a fresh clone: ``just up`` reaches ready and serves kcat.
+
+The clone is fresh (``git clone`` of the committed tree) and so is the virtualenv; it sees the
+already-installed dependencies (``--system-site-packages``) so the test does not download the
+world, but kelp itself is installed from the clone by the README's own ``pip install -e .``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.kelp_procs import REPO, free_port
+
+
+def test_just_up_on_a_fresh_clone(tmp_path: Path) -> None:
+    clone = tmp_path / "kelp"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
+                   check=True)
+    env = {**os.environ, "PATH": f"{venv / 'bin'}:{os.environ['PATH']}",
+           "VIRTUAL_ENV": str(venv)}
+    env.pop("PYTHONPATH", None)
+    subprocess.run(["python3", "-m", "pip", "install", "-q", "-e", "."],
+                   cwd=clone, env=env, check=True, timeout=300)
+
+    ports = {name: free_port() for name in
+             ("kafka", "registry", "broker", "broker-http", "sidecar-http")}
+    args = [f"--{name}=127.0.0.1:{port}" for name, port in ports.items()]
+    log_path = tmp_path / "up.log"
+    with open(log_path, "wb") as log:
+        up = subprocess.Popen(["just", "up", *args], cwd=clone, env=env,
+                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while b"kelp is ready" not in log_path.read_bytes():
+            assert up.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.1)
+        bootstrap = f"127.0.0.1:{ports['kafka']}"
+        metadata = subprocess.run(["kcat", "-L", "-b", bootstrap], capture_output=True,
+                                  text=True, timeout=30, check=True).stdout
+        assert f"broker 0 at {bootstrap}" in metadata
+
+        os.killpg(up.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        assert up.wait(30) == 0, log_path.read_text()
+    finally:
+        if up.poll() is None:
+            os.killpg(up.pid, signal.SIGKILL)
+            up.wait(10)
+        # Every kelp process of this test runs the venv's python: none may outlive it.
+        leftovers = subprocess.run(["pgrep", "-f", str(venv)], capture_output=True, text=True)
+        subprocess.run(["pkill", "-KILL", "-f", str(venv)], check=False)
+    assert leftovers.stdout.strip() == "", f"left running: {leftovers.stdout}"
+    assert "stopping" in log_path.read_text()
