@@ -1,0 +1,184 @@
+"""Every advertised version of every API answers in a shape kio (Kafka's schemas) decodes.
+
+Clients pick different versions (Java Fetch 17, librdkafka Fetch 16, kcat Fetch 11, aiokafka
+Fetch 11...); this walks each advertised range so none is left to chance.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import sys
+import uuid
+
+import pytest
+from kio.index import load_request_schema
+from kio.schema.errors import ErrorCode
+
+from gateway.kafka.apis import SUPPORTED, ApiKey
+from tests.batches import make_batch, read_batches
+from tests.kafka_raw import RawClient
+from tests.kelp_procs import Cluster
+
+
+def mk(entity_type: type, **fields):
+    names = {f.name for f in dataclasses.fields(entity_type)}
+    return entity_type(**{k: v for k, v in fields.items() if k in names})
+
+
+def nested(entity_type: type, name: str) -> type:
+    return getattr(sys.modules[entity_type.__module__], name)
+
+
+def versions(api: ApiKey, floor: int = 0) -> list[int]:
+    low, high = SUPPORTED[api]
+    return list(range(max(low, floor), high + 1))
+
+
+def ensure_topic(client: RawClient, name: str) -> None:
+    """Metadata auto-creates a topic, as Kafka does; Produce alone does not."""
+    meta_type = load_request_schema(ApiKey.METADATA, 9)
+    client.request(mk(meta_type, topics=(mk(nested(meta_type, "MetadataRequestTopic"),
+                                            name=name),),
+                      allow_auto_topic_creation=True, include_topic_authorized_operations=False,
+                      include_cluster_authorized_operations=False))
+
+
+@pytest.fixture(scope="module")
+def client(cluster: Cluster):
+    raw = RawClient(cluster.bootstrap)
+    yield raw
+    raw.close()
+
+
+@pytest.mark.parametrize("version", versions(ApiKey.METADATA))
+def test_metadata(client: RawClient, topic_name: str, version: int) -> None:
+    request_type = load_request_schema(ApiKey.METADATA, version)
+    topic_type = nested(request_type, "MetadataRequestTopic")
+    request = mk(request_type, topics=(mk(topic_type, name=topic_name, topic_id=None),),
+                 allow_auto_topic_creation=True, include_cluster_authorized_operations=False,
+                 include_topic_authorized_operations=False)
+    response = client.request(request)
+    (topic,) = response.topics
+    assert topic.name == topic_name and topic.error_code == ErrorCode.none
+    assert [p.partition_index for p in topic.partitions] == [0]
+    assert response.brokers[0].node_id == 0
+    if version >= 10:
+        assert topic.topic_id != uuid.UUID(int=0)
+
+
+@pytest.mark.parametrize("version", versions(ApiKey.PRODUCE, floor=3))
+def test_produce_then_fetch_every_version(client: RawClient, topic_name: str,
+                                          version: int) -> None:
+    ensure_topic(client, topic_name)
+    batch = make_batch([(b"k", f"v{version}".encode())], headers=[(b"h", b"1")])
+    request_type = load_request_schema(ApiKey.PRODUCE, version)
+    topic_data = nested(request_type, "TopicProduceData")
+    partition_data = nested(request_type, "PartitionProduceData")
+    response = client.request(mk(
+        request_type, transactional_id=None, acks=-1,
+        timeout=datetime.timedelta(seconds=5),
+        topic_data=(mk(topic_data, name=topic_name, partition_data=(
+            mk(partition_data, index=0, records=batch),)),)))
+    (part,) = response.responses[0].partition_responses
+    assert part.error_code == ErrorCode.none and part.base_offset == 0
+
+    for fetch_version in versions(ApiKey.FETCH):
+        assert _fetch(client, topic_name, fetch_version) == [(b"k", f"v{version}".encode())]
+
+
+def _fetch(client: RawClient, topic_name: str, version: int) -> list:
+    topic_id = None
+    if version >= 13:
+        meta_type = load_request_schema(ApiKey.METADATA, 12)
+        meta = client.request(mk(meta_type, topics=(mk(
+            nested(meta_type, "MetadataRequestTopic"), name=topic_name, topic_id=None),),
+            allow_auto_topic_creation=False, include_topic_authorized_operations=False))
+        topic_id = meta.topics[0].topic_id
+    request_type = load_request_schema(ApiKey.FETCH, version)
+    fetch_topic = nested(request_type, "FetchTopic")
+    fetch_partition = nested(request_type, "FetchPartition")
+    request = mk(request_type, replica_id=-1, max_wait=datetime.timedelta(milliseconds=100),
+                 min_bytes=1, max_bytes=1 << 20, isolation_level=0, session_id=0,
+                 session_epoch=-1, forgotten_topics_data=(), rack_id="",
+                 topics=(mk(fetch_topic, topic=topic_name, topic_id=topic_id, partitions=(
+                     mk(fetch_partition, partition=0, fetch_offset=0,
+                        partition_max_bytes=1 << 20),)),))
+    response = client.request(request)
+    (topic,) = response.responses
+    (part,) = topic.partitions
+    assert part.error_code == ErrorCode.none, (version, part.error_code)
+    assert part.high_watermark == 1
+    return [(r.key, r.value) for b in read_batches(part.records) for r in b.records]
+
+
+@pytest.mark.parametrize("version", versions(ApiKey.FETCH, floor=13))
+def test_fetch_by_unknown_topic_id(client: RawClient, version: int) -> None:
+    request_type = load_request_schema(ApiKey.FETCH, version)
+    request = mk(request_type, max_wait=datetime.timedelta(milliseconds=10), min_bytes=1,
+                 forgotten_topics_data=(), topics=(mk(
+                     nested(request_type, "FetchTopic"), topic_id=uuid.uuid4(), partitions=(
+                         mk(nested(request_type, "FetchPartition"), partition=0, fetch_offset=0,
+                            partition_max_bytes=1000),)),))
+    (topic,) = client.request(request).responses
+    assert topic.partitions[0].error_code == ErrorCode.unknown_topic_id
+
+
+@pytest.mark.parametrize("version", versions(ApiKey.LIST_OFFSETS))
+def test_list_offsets(client: RawClient, topic_name: str, version: int) -> None:
+    ensure_topic(client, topic_name)
+    client.request(mk(load_request_schema(ApiKey.PRODUCE, 9), acks=1, transactional_id=None,
+                      timeout=datetime.timedelta(seconds=5), topic_data=(
+        mk(nested(load_request_schema(ApiKey.PRODUCE, 9), "TopicProduceData"), name=topic_name,
+           partition_data=(mk(nested(load_request_schema(ApiKey.PRODUCE, 9),
+                                     "PartitionProduceData"), index=0,
+                              records=make_batch([(b"a", b"1"), (b"b", b"2")])),)),)))
+    request_type = load_request_schema(ApiKey.LIST_OFFSETS, version)
+    topic_type = nested(request_type, "ListOffsetsTopic")
+    partition_type = nested(request_type, "ListOffsetsPartition")
+    answers = {}
+    for timestamp in (-2, -1):
+        response = client.request(mk(request_type, replica_id=-1, isolation_level=0, topics=(
+            mk(topic_type, name=topic_name, partitions=(
+                mk(partition_type, partition_index=0, timestamp=timestamp),)),)))
+        part = response.topics[0].partitions[0]
+        assert part.error_code == ErrorCode.none
+        answers[timestamp] = part.offset
+    assert answers == {-2: 0, -1: 2}
+
+
+@pytest.mark.parametrize("version", versions(ApiKey.CREATE_TOPICS))
+def test_create_topics(client: RawClient, topic_name: str, version: int) -> None:
+    request_type = load_request_schema(ApiKey.CREATE_TOPICS, version)
+    topic_type = nested(request_type, "CreatableTopic")
+
+    def create(name: str, partitions: int, replication: int):
+        response = client.request(mk(
+            request_type, timeout=datetime.timedelta(seconds=5), validate_only=False,
+            topics=(mk(topic_type, name=name, num_partitions=partitions,
+                       replication_factor=replication, assignments=(), configs=()),)))
+        return response.topics[0]
+
+    assert create(topic_name, 3, 1).error_code == ErrorCode.none
+    assert create(topic_name, 3, 1).error_code == ErrorCode.topic_already_exists
+    assert create(topic_name + "-x", 1, 3).error_code == ErrorCode.invalid_replication_factor
+    assert create("bad/name", 1, 1).error_code == ErrorCode.invalid_topic_exception
+    assert create(topic_name + "-y", 0, 1).error_code == ErrorCode.invalid_partitions
+
+
+@pytest.mark.parametrize("version", versions(ApiKey.FIND_COORDINATOR))
+def test_find_coordinator(client: RawClient, cluster: Cluster, version: int) -> None:
+    request_type = load_request_schema(ApiKey.FIND_COORDINATOR, version)
+    response = client.request(mk(request_type, key="g", key_type=0, coordinator_keys=("g",)))
+    found = response.coordinators[0] if version >= 4 else response
+    assert found.error_code == ErrorCode.none
+    assert (found.node_id, found.port) == (0, cluster.kafka_port)
+
+
+@pytest.mark.parametrize("version", versions(ApiKey.API_VERSIONS))
+def test_api_versions(client: RawClient, version: int) -> None:
+    request_type = load_request_schema(ApiKey.API_VERSIONS, version)
+    response = client.request(mk(request_type, client_software_name="matrix",
+                                 client_software_version="1"))
+    assert response.error_code == ErrorCode.none
+    assert {k.api_key for k in response.api_keys} == set(SUPPORTED)
