@@ -2,15 +2,23 @@
 
 One ``PartitionLog`` per partition directory. Appends validate each batch (magic, length,
 CRC-32C), rewrite only its base offset and leader epoch, and write it to the active segment
-*before* anyone is told it exists: a process crash after the write loses nothing acknowledged,
-and ``acks=-1`` additionally waits for ``fdatasync`` (group commit: appends that arrive while a
-sync runs share the next one). The high-water mark is everything written, synced or not.
+*before* anyone is told it exists: a process crash after the write loses nothing acknowledged.
+``wait_durable`` adds ``fdatasync`` with group commit (appends that arrive while a sync runs
+share the next one). The high-water mark is everything written, synced or not.
 
-Segments are named by base offset (``00000000000000000000.log``). Each segment keeps an
-in-memory batch index (last offset, file position, max timestamp per batch) rebuilt by scanning
-on start; recovery verifies the CRC of every batch in the last segment and truncates a torn tail.
+Files per partition::
 
-Waiting readers park on ``wait_for_append`` (a per-partition parking spot signalled by every
+    00000000000000000000.log        segments named by base offset
+    00000000000000000000.index      sparse offset -> position index (see ``index``)
+    00000000000000000000.timeindex  sparse max-timestamp -> offset index
+    recovery-point                  offset below which everything was fsynced
+    log-start-offset                first offset readers may see (DeleteRecords, retention)
+
+Recovery is a first-class path (``open``): segments wholly below the recovery point keep
+their indexes (rebuilt if damaged); the rest are scanned batch by batch with CRC checks, their
+indexes rebuilt, and a torn or corrupt tail is cut (with everything after it).
+
+Waiting readers register an append listener (a per-partition parking spot signalled by every
 append) — never a sleep loop.
 """
 
@@ -19,18 +27,25 @@ from __future__ import annotations
 import bisect
 import logging
 import os
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
 
+from broker.index import SparseIndex
 from kelp import recordbatch
 from kelp.recordbatch import CorruptBatch
 
 log = logging.getLogger("kelp.broker.log")
 
 SEGMENT_SUFFIX = ".log"
+RECOVERY_POINT = "recovery-point"
+LOG_START_OFFSET = "log-start-offset"
+# Enough of a batch header to walk the log: base offset, length, ..., lastOffsetDelta.
+_WALK = struct.Struct(">qi")
+_WALK_SIZE = 27
 # Large reads and every fsync leave the event loop; small reads are cheaper inline.
 _INLINE_READ_LIMIT = 64 * 1024
 _io_limiter = trio.CapacityLimiter(8)
@@ -40,34 +55,72 @@ def segment_name(base_offset: int) -> str:
     return f"{base_offset:020d}{SEGMENT_SUFFIX}"
 
 
+@dataclass(frozen=True)
+class LogConfig:
+    segment_bytes: int = 1 << 30
+    index_interval_bytes: int = 4096
+
+
 @dataclass
 class Segment:
-    """One segment file and the index of the batches in it."""
+    """One segment file with its sparse indexes and summary."""
 
     base_offset: int
     path: Path
     fd: int
+    offset_index: SparseIndex
+    time_index: SparseIndex
     size: int = 0
-    last_offsets: list[int] = field(default_factory=list)
-    positions: list[int] = field(default_factory=list)
-    max_timestamps: list[int] = field(default_factory=list)
+    next_offset: int = -1
+    max_timestamp: int = -1
+    _indexed_position: int = field(default=-(1 << 62))
+
+    def __post_init__(self) -> None:
+        if self.next_offset < 0:
+            self.next_offset = self.base_offset
 
     @property
-    def next_offset(self) -> int:
-        return self.last_offsets[-1] + 1 if self.last_offsets else self.base_offset
+    def empty(self) -> bool:
+        return self.size == 0
 
-    def add_batch(self, position: int, header: recordbatch.BatchHeader) -> None:
-        self.positions.append(position)
-        self.last_offsets.append(header.last_offset)
-        self.max_timestamps.append(header.max_timestamp)
+    def note_batch(self, position: int, header: recordbatch.BatchHeader, index_interval: int,
+                   *, update_indexes: bool = True) -> None:
+        """Account for a batch written (or found) at ``position``."""
+        self.next_offset = header.last_offset + 1
+        self.size = position + header.size
+        if header.max_timestamp > self.max_timestamp:
+            self.max_timestamp = header.max_timestamp
+            if update_indexes:
+                self.time_index.append(header.max_timestamp, header.base_offset)
+        if update_indexes and position - self._indexed_position >= index_interval:
+            self.offset_index.append(header.base_offset, position)
+            self._indexed_position = position
+
+    def find(self, offset: int) -> int | None:
+        """File position of the batch holding ``offset``, or None past the segment's end."""
+        if offset >= self.next_offset:
+            return None
+        entry = self.offset_index.floor(offset)
+        position = self.offset_index.values[entry] if entry >= 0 else 0
+        while position < self.size:
+            head = os.pread(self.fd, _WALK_SIZE, position)
+            base, length = _WALK.unpack_from(head)
+            (last_delta,) = struct.unpack_from(">i", head, 23)
+            if base + last_delta >= offset:
+                return position
+            position += length + recordbatch.LENGTH_PREFIX
+        return None
 
     def close(self) -> None:
         os.close(self.fd)
+        self.offset_index.close()
+        self.time_index.close()
 
-
-@dataclass(frozen=True)
-class LogConfig:
-    segment_bytes: int = 1 << 30
+    def delete(self) -> None:
+        self.close()
+        self.path.unlink(missing_ok=True)
+        self.offset_index.delete()
+        self.time_index.delete()
 
 
 @dataclass(frozen=True)
@@ -89,12 +142,30 @@ class OffsetOutOfRange(Exception):
     pass
 
 
+def _read_checkpoint(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _write_checkpoint(path: Path, value: int, *, sync: bool) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as out:
+        out.write(f"{value}\n")
+        if sync:
+            out.flush()
+            os.fsync(out.fileno())
+    os.replace(tmp, path)
+
+
 class PartitionLog:
     def __init__(self, directory: Path, config: LogConfig | None = None) -> None:
         self.directory = directory
         self.config = config or LogConfig()
         self.segments: list[Segment] = []
         self._segment_bases: list[int] = []
+        self._log_start = 0
         # Group commit bookkeeping: bytes written so far vs. bytes known to be on disk.
         self._written = 0
         self._synced = 0
@@ -112,23 +183,83 @@ class PartitionLog:
         """Open (or create) a partition directory, recovering its segments."""
         directory.mkdir(parents=True, exist_ok=True)
         plog = cls(directory, config)
-        paths = sorted(directory.glob("*" + SEGMENT_SUFFIX))
-        for index, path in enumerate(paths):
-            is_last = index == len(paths) - 1
-            plog._add_segment(plog._load_segment(path, verify=is_last))
-        if not plog.segments:
-            plog._add_segment(plog._create_segment(0))
+        plog._recover()
         return plog
 
-    def _load_segment(self, path: Path, *, verify: bool) -> Segment:
+    def _recover(self) -> None:
+        for stale in self.directory.glob("*.tmp"):
+            stale.unlink()
+        recovery_point = _read_checkpoint(self.directory / RECOVERY_POINT) or 0
+        paths = sorted(self.directory.glob("*" + SEGMENT_SUFFIX))
+        for number, path in enumerate(paths):
+            next_base = int(paths[number + 1].stem) if number + 1 < len(paths) else None
+            trusted = next_base is not None and next_base <= recovery_point
+            segment, damaged = self._load_segment(path, trusted=trusted)
+            self._add_segment(segment)
+            if damaged and number + 1 < len(paths):
+                # Nothing after a hole can be trusted to follow on from it.
+                for later in paths[number + 1 :]:
+                    log.warning("deleting segment after damaged one",
+                                extra={"segment": str(later)})
+                    later.unlink()
+                    later.with_suffix(".index").unlink(missing_ok=True)
+                    later.with_suffix(".timeindex").unlink(missing_ok=True)
+                break
+        if not self.segments:
+            self._add_segment(self._create_segment(0))
+        start = _read_checkpoint(self.directory / LOG_START_OFFSET)
+        first = self.segments[0].base_offset
+        self._log_start = first if start is None else min(max(start, first),
+                                                            self.high_watermark)
+        self._write_recovery_point(sync=False)
+
+    def _load_segment(self, path: Path, *, trusted: bool) -> tuple[Segment, bool]:
+        """Open one segment; returns it and whether damage was cut from its end."""
         base = int(path.stem)
         fd = os.open(path, os.O_RDWR)
-        segment = Segment(base, path, fd)
         file_size = os.fstat(fd).st_size
-        position = 0
-        reason = ""
+        if trusted:
+            offset_index = SparseIndex.load(path.with_suffix(".index"))
+            time_index = SparseIndex.load(path.with_suffix(".timeindex"))
+            if offset_index is not None and time_index is not None:
+                segment = Segment(base, path, fd, offset_index, time_index)
+                if self._resume_from_index(segment, file_size):
+                    return segment, False
+                segment.offset_index.close()
+                segment.time_index.close()
+        segment = Segment(base, path, fd, SparseIndex(path.with_suffix(".index")),
+                          SparseIndex(path.with_suffix(".timeindex")))
+        return segment, self._scan(segment, file_size, verify=not trusted)
+
+    def _resume_from_index(self, segment: Segment, file_size: int) -> bool:
+        """Trust the index up to its last entry; walk headers from there to the end."""
+        index = segment.offset_index
+        if len(index) and (index.keys[0] < segment.base_offset or index.values[-1] >= file_size):
+            return False
+        position = index.values[-1] if len(index) else 0
+        if segment.time_index.keys:
+            segment.max_timestamp = segment.time_index.keys[-1]
+        segment._indexed_position = position
+        try:
+            while position < file_size:
+                header = recordbatch.parse_header(os.pread(segment.fd, recordbatch.HEADER_SIZE,
+                                                           position))
+                if position + header.size > file_size:
+                    return False
+                segment.note_batch(position, header, self.config.index_interval_bytes,
+                                   update_indexes=False)
+                position += header.size
+        except CorruptBatch:
+            return False
+        return segment.size == file_size
+
+    def _scan(self, segment: Segment, file_size: int, *, verify: bool) -> bool:
+        """Walk every batch (checking CRCs when ``verify``), rebuild indexes, cut a bad tail."""
+        segment.offset_index.rewrite([])
+        segment.time_index.rewrite([])
+        position, reason = 0, ""
         while position < file_size:
-            head = os.pread(fd, recordbatch.HEADER_SIZE, position)
+            head = os.pread(segment.fd, recordbatch.HEADER_SIZE, position)
             try:
                 header = recordbatch.parse_header(head)
             except CorruptBatch as exc:
@@ -137,44 +268,51 @@ class PartitionLog:
             if position + header.size > file_size:
                 reason = f"batch at byte {position} runs past the end of the file"
                 break
-            if verify:
-                whole = os.pread(fd, header.size, position)
-                if not recordbatch.crc_matches(whole, 0, header):
-                    reason = f"CRC-32C mismatch in batch at byte {position}"
-                    break
-            if header.base_offset < segment.next_offset:
-                reason = f"batch at byte {position} goes backwards to offset {header.base_offset}"
+            if verify and not recordbatch.crc_matches(os.pread(segment.fd, header.size,
+                                                               position), 0, header):
+                reason = f"CRC-32C mismatch in batch at byte {position}"
                 break
-            segment.add_batch(position, header)
+            if header.base_offset < segment.next_offset:
+                reason = f"batch at byte {position} goes back to offset {header.base_offset}"
+                break
+            segment.note_batch(position, header, self.config.index_interval_bytes)
             position += header.size
         if position < file_size:
             # A torn or corrupt tail: cut it so appends continue from the last good batch.
-            log.warning(
-                "truncated damaged log tail",
-                extra={"segment": str(path), "kept_bytes": position,
-                       "cut_bytes": file_size - position, "reason": reason},
-            )
-            os.ftruncate(fd, position)
-            os.fsync(fd)
-        segment.size = position
-        return segment
+            log.warning("truncated damaged log tail", extra={
+                "segment": str(segment.path), "kept_bytes": position,
+                "cut_bytes": file_size - position, "reason": reason})
+            os.ftruncate(segment.fd, position)
+            os.fsync(segment.fd)
+            return True
+        return False
 
     def _create_segment(self, base_offset: int) -> Segment:
         path = self.directory / segment_name(base_offset)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         self._dir_dirty = True
-        return Segment(base_offset, path, fd)
+        return Segment(base_offset, path, fd, SparseIndex.create(path.with_suffix(".index")),
+                       SparseIndex.create(path.with_suffix(".timeindex")))
 
     def _add_segment(self, segment: Segment) -> None:
         self.segments.append(segment)
         self._segment_bases.append(segment.base_offset)
 
+    def _write_recovery_point(self, *, sync: bool) -> None:
+        _write_checkpoint(self.directory / RECOVERY_POINT, self.high_watermark, sync=sync)
+
     def close(self) -> None:
+        """Close files; a clean close records everything as recovered (after an fsync)."""
         if self._closed:
             return
         self._closed = True
-        for segment in self.segments:
-            segment.close()
+        try:
+            for segment in self._unsynced.values():
+                os.fdatasync(segment.fd)
+            self._write_recovery_point(sync=True)
+        finally:
+            for segment in self.segments:
+                segment.close()
 
     # -- state ----------------------------------------------------------------------------
 
@@ -189,7 +327,7 @@ class PartitionLog:
 
     @property
     def log_start_offset(self) -> int:
-        return self.segments[0].base_offset
+        return self._log_start
 
     @property
     def size_bytes(self) -> int:
@@ -220,13 +358,9 @@ class PartitionLog:
             # The disk is full or failing; undo the partial write so the log stays whole.
             os.ftruncate(segment.fd, start)
             raise OSError(f"short write: {written} of {len(buffer)} bytes")
-        offset = first_offset
-        for position, header in batches:
-            segment.positions.append(start + position)
-            segment.last_offsets.append(offset + header.last_offset_delta)
-            segment.max_timestamps.append(header.max_timestamp)
-            offset += header.last_offset_delta + 1
-        segment.size = start + len(buffer)
+        for position, _header in batches:
+            assigned = recordbatch.parse_header(buffer, position)  # with its new base offset
+            segment.note_batch(start + position, assigned, self.config.index_interval_bytes)
         self._written += len(buffer)
         self._unsynced[segment.base_offset] = segment
         self._notify_append()
@@ -249,14 +383,14 @@ class PartitionLog:
                 await self._sync_done.wait()
                 continue
             self._sync_running = True
-            target = self._written
+            target, recovery_point = self._written, self.high_watermark
             segments = list(self._unsynced.values())
             self._unsynced.clear()
             sync_dir = self._dir_dirty
             self._dir_dirty = False
             try:
                 await trio.to_thread.run_sync(self._sync_files, segments, sync_dir,
-                                              limiter=_io_limiter)
+                                              recovery_point, limiter=_io_limiter)
                 self._synced = max(self._synced, target)
             except BaseException:
                 for segment in segments:  # not durable: the next sync must retry them
@@ -268,7 +402,7 @@ class PartitionLog:
                 done, self._sync_done = self._sync_done, trio.Event()
                 done.set()
 
-    def _sync_files(self, segments: list[Segment], sync_dir: bool) -> None:
+    def _sync_files(self, segments: list[Segment], sync_dir: bool, recovery_point: int) -> None:
         for segment in segments:
             os.fdatasync(segment.fd)
         if sync_dir:
@@ -277,6 +411,8 @@ class PartitionLog:
                 os.fsync(dir_fd)
             finally:
                 os.close(dir_fd)
+        # Not fsynced itself: a stale recovery point only means more checking on start.
+        _write_checkpoint(self.directory / RECOVERY_POINT, recovery_point, sync=False)
 
     # -- waiting readers --------------------------------------------------------------------
 
@@ -292,19 +428,17 @@ class PartitionLog:
 
     # -- read -----------------------------------------------------------------------------
 
-    def _locate(self, offset: int) -> tuple[int, int] | None:
-        """(segment index, batch index) of the batch holding ``offset``, or None at the end."""
+    def _locate(self, offset: int) -> tuple[Segment, int] | None:
+        """(segment, file position) of the batch holding ``offset``, or None at the end."""
         if offset < self.log_start_offset or offset > self.high_watermark:
             raise OffsetOutOfRange(
                 f"offset {offset} outside [{self.log_start_offset}, {self.high_watermark}]"
             )
-        seg_index = bisect.bisect_right(self._segment_bases, offset) - 1
-        while seg_index < len(self.segments):
-            segment = self.segments[seg_index]
-            batch_index = bisect.bisect_left(segment.last_offsets, offset)
-            if batch_index < len(segment.last_offsets):
-                return seg_index, batch_index
-            seg_index += 1
+        number = bisect.bisect_right(self._segment_bases, offset) - 1
+        for segment in self.segments[max(number, 0) :]:
+            position = segment.find(offset)
+            if position is not None:
+                return segment, position
         return None
 
     def bytes_after(self, offset: int) -> int:
@@ -312,10 +446,9 @@ class PartitionLog:
         located = self._locate(offset)
         if located is None:
             return 0
-        seg_index, batch_index = located
-        segment = self.segments[seg_index]
-        total = segment.size - segment.positions[batch_index]
-        return total + sum(s.size for s in self.segments[seg_index + 1 :])
+        segment, position = located
+        number = self.segments.index(segment)
+        return segment.size - position + sum(s.size for s in self.segments[number + 1 :])
 
     async def read(self, offset: int, max_bytes: int) -> ReadResult:
         """Whole batches from the one holding ``offset``, up to ``max_bytes`` (at least one).
@@ -326,28 +459,28 @@ class PartitionLog:
         located = self._locate(offset)
         if located is None:
             return ReadResult(b"", hwm, start)
-        seg_index, batch_index = located
-        segment = self.segments[seg_index]
-        first = segment.positions[batch_index]
-        # The last batch boundary that fits in max_bytes, but never less than one batch.
-        positions = segment.positions
-        limit = first + max(max_bytes, 0)
-        # Batch j ends where batch j+1 starts; p is the first batch starting beyond the limit,
-        # so batches before p-1 end within it and batch p-1 may run past it.
-        p = bisect.bisect_right(positions, limit, lo=batch_index + 1)
-        if p == len(positions) and segment.size <= limit:
-            end = segment.size
-        elif p - 1 > batch_index:
-            end = positions[p - 1]
-        else:  # the first batch alone is larger than max_bytes: return it whole anyway
-            end = positions[p] if p < len(positions) else segment.size
-        size = end - first
-        if size <= _INLINE_READ_LIMIT:
-            data = os.pread(segment.fd, size, first)
-        else:
-            data = await trio.to_thread.run_sync(os.pread, segment.fd, size, first,
-                                                 limiter=_io_limiter)
+        segment, position = located
+        available = segment.size - position
+        data = await self._pread(segment.fd, min(max(max_bytes, _WALK_SIZE), available),
+                                 position)
+        # Cut at the last whole batch; if even the first is larger than max_bytes, it alone.
+        end = 0
+        while end + recordbatch.LENGTH_PREFIX <= len(data):
+            _base, length = _WALK.unpack_from(data, end)
+            if end + length + recordbatch.LENGTH_PREFIX > len(data):
+                break
+            end += length + recordbatch.LENGTH_PREFIX
+        if end == 0:
+            _base, length = _WALK.unpack_from(data, 0)
+            data = await self._pread(segment.fd, length + recordbatch.LENGTH_PREFIX, position)
+        elif end < len(data):
+            data = data[:end]
         return ReadResult(data, hwm, start)
+
+    async def _pread(self, fd: int, size: int, position: int) -> bytes:
+        if size <= _INLINE_READ_LIMIT:
+            return os.pread(fd, size, position)
+        return await trio.to_thread.run_sync(os.pread, fd, size, position, limiter=_io_limiter)
 
     def offset_for_timestamp(self, timestamp: int) -> tuple[int, int] | None:
         """First batch whose max timestamp >= ``timestamp``: (its base offset, max timestamp).
@@ -355,8 +488,15 @@ class PartitionLog:
         Batch granularity: the storage issue refines this to the exact record.
         """
         for segment in self.segments:
-            for index, max_ts in enumerate(segment.max_timestamps):
-                if max_ts >= timestamp:
-                    base = segment.last_offsets[index - 1] + 1 if index else segment.base_offset
-                    return base, max_ts
+            if segment.max_timestamp < timestamp:
+                continue
+            entry = segment.time_index.floor(timestamp - 1)
+            offset = segment.time_index.values[entry] if entry >= 0 else segment.base_offset
+            position = segment.find(max(offset, self.log_start_offset))
+            while position is not None and position < segment.size:
+                header = recordbatch.parse_header(
+                    os.pread(segment.fd, recordbatch.HEADER_SIZE, position))
+                if header.max_timestamp >= timestamp:
+                    return header.base_offset, header.max_timestamp
+                position += header.size
         return None

@@ -113,3 +113,68 @@ async def test_append_wakes_listeners(tmp_path):
     plog.add_append_listener(woken.set)
     plog.append(batch_of(1))
     assert woken.is_set()
+
+
+def fill(plog: PartitionLog, batches: int, per_batch: int = 3, *, t0: int = 1_000) -> None:
+    for number in range(batches):
+        plog.append(make_batch([(b"k", b"v" * 50)] * per_batch, timestamp=t0 + number * 10))
+
+
+async def all_offsets(plog: PartitionLog) -> list[int]:
+    offsets, position = [], plog.log_start_offset
+    while position < plog.high_watermark:
+        batches = read_batches((await plog.read(position, 1 << 20)).records)
+        offsets += [b.base_offset + i for b in batches for i in range(len(b.records))]
+        position = offsets[-1] + 1
+    return offsets
+
+
+SMALL = LogConfig(segment_bytes=2000, index_interval_bytes=300)
+
+
+async def test_reads_from_every_offset_with_sparse_indexes(tmp_path):
+    plog = PartitionLog.open(tmp_path / "p", SMALL)
+    fill(plog, 40)
+    assert len(plog.segments) > 3
+    for offset in range(plog.high_watermark):
+        (first, *_rest) = read_batches((await plog.read(offset, 1)).records)
+        assert first.base_offset <= offset < first.base_offset + len(first.records)
+    assert await all_offsets(plog) == list(range(120))
+
+
+async def test_clean_reopen_trusts_indexes_and_rebuilds_missing_ones(tmp_path):
+    plog = PartitionLog.open(tmp_path / "p", SMALL)
+    fill(plog, 40)
+    plog.close()
+    (tmp_path / "p" / "00000000000000000000.index").unlink()
+    (tmp_path / "p" / "00000000000000000000.timeindex").write_bytes(b"garbage")
+    reopened = PartitionLog.open(tmp_path / "p", SMALL)
+    assert reopened.high_watermark == 120
+    assert await all_offsets(reopened) == list(range(120))
+    assert len(reopened.segments[0].offset_index) > 0
+    reopened.close()
+
+
+async def test_damage_in_an_unsynced_middle_segment_cuts_everything_after(tmp_path):
+    plog = PartitionLog.open(tmp_path / "p", SMALL)
+    fill(plog, 40)
+    second = plog.segments[1]
+    second_start, second_end = second.base_offset, second.next_offset
+    for segment in plog.segments:
+        segment.close()  # a crash: no clean close, recovery point stays at 0
+    with open(second.path, "r+b") as damaged:
+        damaged.seek(second.size - 5)
+        damaged.write(b"\xff\xff\xff\xff\xff")
+    reopened = PartitionLog.open(tmp_path / "p", SMALL)
+    assert second_start < reopened.high_watermark < second_end
+    assert await all_offsets(reopened) == list(range(reopened.high_watermark))
+    assert len(reopened.segments) == 2
+
+
+async def test_offset_for_timestamp_matches_a_brute_force_scan(tmp_path):
+    plog = PartitionLog.open(tmp_path / "p", SMALL)
+    fill(plog, 30)  # batch n has max timestamp 1000 + 10n
+    for target in range(990, 1310, 7):
+        expected = next(((n * 3, 1000 + n * 10) for n in range(30) if 1000 + n * 10 >= target),
+                        None)
+        assert plog.offset_for_timestamp(target) == expected, target
