@@ -8,6 +8,7 @@ from pathlib import Path
 
 import trio
 
+from broker.configs import Defaults
 from broker.service import BrokerService
 from broker.topics import TopicRegistry
 from kelp import grpc, httpd, logs, process
@@ -27,14 +28,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--default-partitions", type=int, default=1,
                         help="partitions of auto-created topics and of CreateTopics with -1 "
                         "(default: 1)")
+    parser.add_argument("--config", action="append", default=[], metavar="NAME=VALUE",
+                        help="default for a topic config, e.g. retention.ms=86400000 or "
+                        "flush.ms=1000 (repeatable; topics may override)")
+    parser.add_argument("--retention-check-ms", type=int, default=60_000,
+                        help="how often each partition applies retention (default: 60000)")
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"])
     return parser.parse_args(argv)
 
 
 async def serve(args: argparse.Namespace) -> None:
-    registry = TopicRegistry(args.data_dir, default_partitions=args.default_partitions)
-    await trio.to_thread.run_sync(registry.open)
+    registry = TopicRegistry(args.data_dir, default_partitions=args.default_partitions,
+                             defaults=Defaults.from_flags(args.config),
+                             retention_check_s=args.retention_check_ms / 1000)
     service = BrokerService(registry, auto_create_partitions=args.default_partitions)
 
     async def health(request: httpd.Request) -> httpd.Response:
@@ -51,6 +58,7 @@ async def serve(args: argparse.Namespace) -> None:
     http_host, http_port = process.split_host_port(args.http)
     try:
         async with trio.open_nursery() as nursery:
+            await nursery.start(registry.run)
             await nursery.start(grpc.serve, service.mapping(), grpc_address)
             await nursery.start(httpd.serve_http, {"/health": health, "/metrics": metrics},
                                 http_host, http_port)

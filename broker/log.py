@@ -28,6 +28,7 @@ import bisect
 import logging
 import os
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,8 +58,25 @@ def segment_name(base_offset: int) -> str:
 
 @dataclass(frozen=True)
 class LogConfig:
+    """A partition's settings, from its topic's configs over the broker's defaults.
+
+    Durability: by default ``acks=-1`` waits for fdatasync (group commit). Setting
+    ``flush_ms`` or ``flush_messages`` switches a topic to the interval policy, as in Kafka:
+    acknowledgements no longer wait for fsync; a background flusher syncs at least every
+    ``flush_ms`` and after every ``flush_messages`` records. Either way every acknowledged
+    record has been written to the segment file, so a process crash loses nothing.
+    """
+
     segment_bytes: int = 1 << 30
     index_interval_bytes: int = 4096
+    retention_ms: int = 7 * 24 * 3600 * 1000  # -1: keep forever
+    retention_bytes: int = -1  # -1: no size limit
+    flush_ms: int | None = None
+    flush_messages: int | None = None
+
+    @property
+    def sync_on_ack(self) -> bool:
+        return self.flush_ms is None and self.flush_messages is None
 
 
 @dataclass
@@ -74,6 +92,9 @@ class Segment:
     next_offset: int = -1
     max_timestamp: int = -1
     _indexed_position: int = field(default=-(1 << 62))
+    # Reads in flight: a deleted segment's file descriptor closes only once they finish.
+    readers: int = 0
+    retired: bool = False
 
     def __post_init__(self) -> None:
         if self.next_offset < 0:
@@ -117,10 +138,13 @@ class Segment:
         self.time_index.close()
 
     def delete(self) -> None:
-        self.close()
+        """Remove the files now; close the descriptor when the last reader is done."""
+        self.retired = True
         self.path.unlink(missing_ok=True)
         self.offset_index.delete()
         self.time_index.delete()
+        if self.readers == 0:
+            os.close(self.fd)
 
 
 @dataclass(frozen=True)
@@ -140,6 +164,10 @@ class ReadResult:
 
 class OffsetOutOfRange(Exception):
     pass
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def _read_checkpoint(path: Path) -> int | None:
@@ -174,6 +202,8 @@ class PartitionLog:
         self._sync_running = False
         self._sync_done = trio.Event()
         self._append_listeners: set[Callable[[], None]] = set()
+        self._unsynced_messages = 0
+        self._flush_wanted = trio.Event()
         self._closed = False
 
     # -- opening and recovery -------------------------------------------------------------
@@ -314,6 +344,76 @@ class PartitionLog:
             for segment in self.segments:
                 segment.close()
 
+    # -- background maintenance -------------------------------------------------------------
+
+    async def maintain(self, retention_check_s: float) -> None:
+        """The partition's background work until cancelled: interval flushes and retention."""
+        next_retention = trio.current_time() + retention_check_s
+        while True:
+            flush_ms = self.config.flush_ms
+            wake = next_retention
+            if flush_ms is not None:
+                wake = min(wake, trio.current_time() + flush_ms / 1000)
+            with trio.move_on_at(wake):
+                await self._flush_wanted.wait()
+            self._flush_wanted = trio.Event()
+            if not self.config.sync_on_ack and self._synced < self._written:
+                await self.wait_durable(self._written)
+            if trio.current_time() >= next_retention:
+                self.apply_retention(now_ms())
+                next_retention = trio.current_time() + retention_check_s
+
+    def apply_retention(self, now: int) -> int:
+        """Delete whole segments past ``retention.ms`` or beyond ``retention.bytes``."""
+        deleted = 0
+        retention_ms, retention_bytes = self.config.retention_ms, self.config.retention_bytes
+        if retention_ms >= 0:
+            active = self.active
+            if not active.empty and active.max_timestamp < now - retention_ms:
+                self._roll()  # everything in the active segment expired: seal it to delete it
+            while len(self.segments) > 1 and self.segments[0].max_timestamp < now - retention_ms:
+                self._drop_oldest("retention.ms")
+                deleted += 1
+        if retention_bytes >= 0:
+            while (len(self.segments) > 1
+                   and self.size_bytes - self.segments[0].size >= retention_bytes):
+                self._drop_oldest("retention.bytes")
+                deleted += 1
+        if deleted:
+            self._set_log_start(max(self._log_start, self.segments[0].base_offset))
+        return deleted
+
+    def _drop_oldest(self, reason: str) -> None:
+        segment = self.segments.pop(0)
+        self._segment_bases.pop(0)
+        self._unsynced.pop(segment.base_offset, None)
+        segment.delete()
+        log.info("deleted segment", extra={"dir": str(self.directory),
+                                           "base": segment.base_offset, "reason": reason})
+
+    def _set_log_start(self, offset: int) -> None:
+        self._log_start = offset
+        _write_checkpoint(self.directory / LOG_START_OFFSET, offset, sync=False)
+
+    async def delete_records(self, before: int) -> int:
+        """Move the log start to ``before`` (-1: the high-water mark); returns the new start.
+
+        Raises ``OffsetOutOfRange`` above the high-water mark. Whole segments below the new
+        start are deleted; the checkpoint is fsynced before the call returns.
+        """
+        if before == -1:
+            before = self.high_watermark
+        if before < 0 or before > self.high_watermark:
+            raise OffsetOutOfRange(f"offset {before} outside [0, {self.high_watermark}]")
+        if before > self._log_start:
+            self._log_start = before
+            path = self.directory / LOG_START_OFFSET
+            await trio.to_thread.run_sync(lambda: _write_checkpoint(path, before, sync=True),
+                                          limiter=_io_limiter)
+            while len(self.segments) > 1 and self.segments[0].next_offset <= before:
+                self._drop_oldest("delete-records")
+        return self._log_start
+
     # -- state ----------------------------------------------------------------------------
 
     @property
@@ -363,6 +463,12 @@ class PartitionLog:
             segment.note_batch(start + position, assigned, self.config.index_interval_bytes)
         self._written += len(buffer)
         self._unsynced[segment.base_offset] = segment
+        flush_messages = self.config.flush_messages
+        if flush_messages is not None:
+            self._unsynced_messages += sum(h.record_count for _, h in batches)
+            if self._unsynced_messages >= flush_messages:
+                self._unsynced_messages = 0
+                self._flush_wanted.set()
         self._notify_append()
         return AppendResult(first_offset, next_offset - 1, self._written)
 
@@ -461,8 +567,18 @@ class PartitionLog:
             return ReadResult(b"", hwm, start)
         segment, position = located
         available = segment.size - position
-        data = await self._pread(segment.fd, min(max(max_bytes, _WALK_SIZE), available),
-                                 position)
+        segment.readers += 1
+        try:
+            data = await self._read_batches(segment, position, min(max(max_bytes, _WALK_SIZE),
+                                                                  available))
+        finally:
+            segment.readers -= 1
+            if segment.retired and segment.readers == 0:
+                os.close(segment.fd)
+        return ReadResult(data, hwm, start)
+
+    async def _read_batches(self, segment: Segment, position: int, size: int) -> bytes:
+        data = await self._pread(segment.fd, size, position)
         # Cut at the last whole batch; if even the first is larger than max_bytes, it alone.
         end = 0
         while end + recordbatch.LENGTH_PREFIX <= len(data):
@@ -472,10 +588,10 @@ class PartitionLog:
             end += length + recordbatch.LENGTH_PREFIX
         if end == 0:
             _base, length = _WALK.unpack_from(data, 0)
-            data = await self._pread(segment.fd, length + recordbatch.LENGTH_PREFIX, position)
+            return await self._pread(segment.fd, length + recordbatch.LENGTH_PREFIX, position)
         elif end < len(data):
             data = data[:end]
-        return ReadResult(data, hwm, start)
+        return data
 
     async def _pread(self, fd: int, size: int, position: int) -> bytes:
         if size <= _INLINE_READ_LIMIT:

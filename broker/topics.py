@@ -18,7 +18,8 @@ from pathlib import Path
 import trio
 from kio.schema.errors import ErrorCode
 
-from broker.log import LogConfig, PartitionLog
+from broker.configs import Defaults, InvalidConfig, validate
+from broker.log import PartitionLog
 
 log = logging.getLogger("kelp.broker.topics")
 
@@ -47,23 +48,46 @@ class Topic:
     partition_count: int
     configs: dict[str, str] = field(default_factory=dict)
     logs: list[PartitionLog] = field(default_factory=list)
+    # Cancels this topic's background tasks (its partitions' flushers and retention).
+    tasks: trio.CancelScope = field(default_factory=trio.CancelScope)
 
     @property
     def internal(self) -> bool:
         return self.name.startswith("__")
 
-    def log_config(self) -> LogConfig:
-        segment_bytes = int(self.configs.get("segment.bytes", LogConfig.segment_bytes))
-        return LogConfig(segment_bytes=segment_bytes)
-
 
 class TopicRegistry:
-    def __init__(self, data_dir: Path, default_partitions: int = 1) -> None:
+    def __init__(self, data_dir: Path, default_partitions: int = 1,
+                 defaults: Defaults | None = None, retention_check_s: float = 60.0) -> None:
         self.data_dir = data_dir
         self.default_partitions = default_partitions
+        self.defaults = defaults or Defaults.from_flags([])
+        self.retention_check_s = retention_check_s
+        self._nursery: trio.Nursery | None = None
         self.topics: dict[str, Topic] = {}
         self._catalogue = data_dir / "topics.json"
         self._save_lock = trio.Lock()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Open every partition and own their background tasks until cancelled.
+
+        Closing the logs is the caller's job, once every task that could touch them is gone.
+        """
+        await trio.to_thread.run_sync(self.open)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                for topic in self.topics.values():
+                    nursery.start_soon(self._maintain, topic)
+                task_status.started()
+        finally:
+            self._nursery = None
+
+    async def _maintain(self, topic: Topic) -> None:
+        with topic.tasks:
+            async with trio.open_nursery() as nursery:
+                for plog in topic.logs:
+                    nursery.start_soon(plog.maintain, self.retention_check_s)
 
     def open(self) -> None:
         """Load the catalogue and recover every partition log."""
@@ -86,7 +110,7 @@ class TopicRegistry:
         return sum(topic.partition_count for topic in self.topics.values())
 
     def _open_logs(self, topic: Topic) -> None:
-        config = topic.log_config()
+        config = self.defaults.log_config(topic.configs)
         while len(topic.logs) < topic.partition_count:
             index = len(topic.logs)
             topic.logs.append(PartitionLog.open(self.data_dir / f"{topic.name}-{index}", config))
@@ -120,14 +144,10 @@ class TopicRegistry:
         if not 1 <= partitions <= MAX_PARTITIONS:
             raise TopicError(ErrorCode.invalid_partitions,
                              f"partition count must be 1..{MAX_PARTITIONS}, got {partitions}")
-        configs = dict(configs or {})
-        if "segment.bytes" in configs:
-            try:
-                if int(configs["segment.bytes"]) < 14:
-                    raise ValueError
-            except ValueError:
-                raise TopicError(ErrorCode.invalid_config,
-                                 "segment.bytes must be an integer >= 14") from None
+        try:
+            configs = validate(dict(configs or {}))
+        except InvalidConfig as exc:
+            raise TopicError(ErrorCode.invalid_config, str(exc)) from None
         topic = Topic(name, uuid.uuid4(), partitions, configs)
         if validate_only:
             return topic
@@ -141,6 +161,8 @@ class TopicRegistry:
             for plog in topic.logs:
                 plog.close()
             raise
+        if self._nursery is not None:
+            self._nursery.start_soon(self._maintain, topic)
         log.info("topic created", extra={"topic": name, "partitions": partitions})
         return topic
 

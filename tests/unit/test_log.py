@@ -178,3 +178,61 @@ async def test_offset_for_timestamp_matches_a_brute_force_scan(tmp_path):
         expected = next(((n * 3, 1000 + n * 10) for n in range(30) if 1000 + n * 10 >= target),
                         None)
         assert plog.offset_for_timestamp(target) == expected, target
+
+
+async def test_retention_by_time_deletes_whole_old_segments(tmp_path):
+    plog = PartitionLog.open(tmp_path / "p", LogConfig(segment_bytes=2000, retention_ms=500))
+    fill(plog, 40, t0=1_000)  # batch n: timestamp 1000 + 10n
+    segments = len(plog.segments)
+    # "now" such that only batches at or after t=1200 are younger than 500 ms.
+    deleted = plog.apply_retention(now=1_700)
+    assert 0 < deleted < segments
+    assert all(s.max_timestamp >= 1_200 for s in plog.segments)
+    assert plog.log_start_offset == plog.segments[0].base_offset > 0
+    with pytest.raises(OffsetOutOfRange):
+        await plog.read(0, 100)
+    assert await all_offsets(plog) == list(range(plog.log_start_offset, 120))
+    # Everything expired: the active segment is sealed and goes too; appends continue.
+    plog.apply_retention(now=10_000_000)
+    assert plog.log_start_offset == plog.high_watermark == 120
+    assert plog.append(batch_of(1)).base_offset == 120
+
+
+async def test_retention_by_size_keeps_the_newest_bytes(tmp_path):
+    plog = PartitionLog.open(tmp_path / "p", LogConfig(segment_bytes=2000,
+                                                       retention_ms=-1, retention_bytes=4000))
+    fill(plog, 60)
+    plog.apply_retention(now=0)
+    assert plog.size_bytes - plog.segments[0].size < 4000 <= plog.size_bytes
+    assert await all_offsets(plog) == list(range(plog.log_start_offset, 180))
+
+
+async def test_delete_records_moves_log_start_and_survives_restart(tmp_path):
+    plog = PartitionLog.open(tmp_path / "p", SMALL)
+    fill(plog, 40)
+    assert await plog.delete_records(50) == 50
+    with pytest.raises(OffsetOutOfRange):
+        await plog.read(49, 100)
+    first = read_batches((await plog.read(50, 1)).records)[0]
+    assert first.base_offset <= 50 < first.base_offset + len(first.records)
+    with pytest.raises(OffsetOutOfRange):
+        await plog.delete_records(121)
+    plog.close()
+    reopened = PartitionLog.open(tmp_path / "p", SMALL)
+    assert reopened.log_start_offset == 50
+    reopened.close()
+
+
+async def test_interval_policy_flushes_in_the_background(tmp_path):
+    plog = PartitionLog.open(tmp_path / "p", LogConfig(flush_messages=5, flush_ms=60_000))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(plog.maintain, 3600.0)
+        plog.append(batch_of(2))
+        await trio.sleep(0.05)
+        assert plog._synced == 0  # 2 records < flush.messages
+        plog.append(batch_of(4))
+        with trio.fail_after(5):
+            while plog._synced < plog._written:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    plog.close()
