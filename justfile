@@ -34,6 +34,8 @@ proto:
         --python_betterproto2_out=kelp/rpc \
         --python_betterproto2_opt=client_generation=async,server_generation=async \
         $(find proto -name '*.proto' | sort)
+    # The compiler does not always write empty package markers; make every level importable.
+    find kelp/rpc -type d ! -name __pycache__ -exec touch {}/__init__.py \;
 
 # Lint.
 lint:

@@ -24,6 +24,12 @@ from kelp.rpc.broker import v1 as pb
 
 log = logging.getLogger("kelp.broker.service")
 
+TOPIC_RESOURCE = 2
+BROKER_RESOURCE = 4
+SOURCE_TOPIC = 1
+SOURCE_STATIC_BROKER = 4
+SOURCE_DEFAULT = 5
+OP_SET, OP_DELETE, OP_APPEND, OP_SUBTRACT = range(4)
 EARLIEST = -2
 LATEST = -1
 MAX_TIMESTAMP = -3
@@ -47,6 +53,11 @@ class BrokerService:
             "DescribeTopics": (self.describe_topics, pb.DescribeTopicsRequest,
                                pb.DescribeTopicsReply),
             "ListOffsets": (self.list_offsets, pb.ListOffsetsRequest, pb.ListOffsetsReply),
+            "DeleteRecords": (self.delete_records, pb.DeleteRecordsRequest,
+                              pb.DeleteRecordsReply),
+            "DescribeConfigs": (self.describe_configs, pb.DescribeConfigsRequest,
+                                pb.DescribeConfigsReply),
+            "AlterConfigs": (self.alter_configs, pb.AlterConfigsRequest, pb.AlterConfigsReply),
         }
         mapping = {
             f"/broker.v1.Broker/{name}": grpc.unary_handler(fn, req, rep)
@@ -131,6 +142,79 @@ class BrokerService:
             answers.append(answer)
         return pb.ListOffsetsReply(answers=answers)
 
+    async def delete_records(self, request: pb.DeleteRecordsRequest) -> pb.DeleteRecordsReply:
+        results = []
+        for target in request.targets:
+            ref = target.partition
+            result = pb.DeleteRecordsReplyResult(partition=ref, low_watermark=-1)
+            try:
+                plog = self.registry.partition(ref.topic, ref.partition)
+                result.low_watermark = await plog.delete_records(target.offset)
+            except TopicError as exc:
+                result.error_code, result.error_message = exc.code, str(exc)
+            except OffsetOutOfRange as exc:
+                result.error_code = ErrorCode.offset_out_of_range
+                result.error_message = str(exc)
+            results.append(result)
+        return pb.DeleteRecordsReply(results=results)
+
+    async def describe_configs(self, request: pb.DescribeConfigsRequest
+                               ) -> pb.DescribeConfigsReply:
+        resources = []
+        for wanted in request.resources:
+            out = pb.DescribeConfigsReplyResource(type=wanted.type, name=wanted.name)
+            defaults = self.registry.defaults.values
+            if wanted.type == TOPIC_RESOURCE:
+                topic = self.registry.get(wanted.name)
+                if topic is None:
+                    out.error_code = ErrorCode.unknown_topic_or_partition
+                    out.error_message = f"unknown topic {wanted.name!r}"
+                    resources.append(out)
+                    continue
+                entries = {name: pb.ConfigEntry(name=name, value=value,
+                                                source=SOURCE_DEFAULT)
+                           for name, value in defaults.items()}
+                entries.update({name: pb.ConfigEntry(name=name, value=value,
+                                                     source=SOURCE_TOPIC)
+                                for name, value in topic.configs.items()})
+            elif wanted.type == BROKER_RESOURCE:
+                entries = {name: pb.ConfigEntry(name=name, value=value, read_only=True,
+                                                source=SOURCE_STATIC_BROKER)
+                           for name, value in defaults.items()}
+            else:
+                out.error_code = ErrorCode.invalid_request
+                out.error_message = f"unsupported config resource type {wanted.type}"
+                resources.append(out)
+                continue
+            keys = list(wanted.keys) or sorted(entries)
+            out.entries = [entries[k] for k in keys if k in entries]
+            resources.append(out)
+        return pb.DescribeConfigsReply(resources=resources)
+
+    async def alter_configs(self, request: pb.AlterConfigsRequest) -> pb.AlterConfigsReply:
+        resources = []
+        for wanted in request.resources:
+            out = pb.AlterConfigsReplyResource(type=wanted.type, name=wanted.name)
+            resources.append(out)
+            if wanted.type != TOPIC_RESOURCE:
+                out.error_code = ErrorCode.invalid_request
+                out.error_message = "only topic configs can be altered at run time"
+                continue
+            topic = self.registry.get(wanted.name)
+            if topic is None:
+                out.error_code = ErrorCode.unknown_topic_or_partition
+                out.error_message = f"unknown topic {wanted.name!r}"
+                continue
+            configs = {} if wanted.replace_all else dict(topic.configs)
+            try:
+                for op in wanted.ops:
+                    apply_config_op(configs, op, self.registry.defaults.values)
+                await self.registry.alter_configs(wanted.name, configs,
+                                                  validate_only=request.validate_only)
+            except TopicError as exc:
+                out.error_code, out.error_message = exc.code, str(exc)
+        return pb.AlterConfigsReply(resources=resources)
+
     # -- append stream ----------------------------------------------------------------------
 
     async def serve_append(self, recv: Callable[[], Awaitable[pb.AppendRequest | None]],
@@ -170,7 +254,7 @@ class BrokerService:
             return reply, None
         reply.base_offset = result.base_offset
         reply.log_start_offset = plog.log_start_offset
-        if request.acks == -1:
+        if request.acks == -1 and plog.config.sync_on_ack:
             return reply, (plog, result.write_mark)
         return reply, None
 
@@ -273,3 +357,25 @@ class BrokerService:
                 out.error_code = ErrorCode.offset_out_of_range
             results.append(out)
         return pb.FetchReply(request_id=request.request_id, partitions=results)
+
+
+def apply_config_op(configs: dict[str, str], op: pb.AlterConfigsRequestOp,
+                    defaults: dict[str, str]) -> None:
+    """One IncrementalAlterConfigs operation; list values are comma-separated, as in Kafka."""
+    if op.op == OP_SET:
+        if op.value is None:
+            raise TopicError(ErrorCode.invalid_config, f"{op.name}: SET needs a value")
+        configs[op.name] = op.value
+    elif op.op == OP_DELETE:
+        configs.pop(op.name, None)
+    elif op.op in (OP_APPEND, OP_SUBTRACT):
+        current = configs.get(op.name, defaults.get(op.name, ""))
+        items = [item for item in current.split(",") if item]
+        change = [item for item in (op.value or "").split(",") if item]
+        if op.op == OP_APPEND:
+            items += [item for item in change if item not in items]
+        else:
+            items = [item for item in items if item not in change]
+        configs[op.name] = ",".join(items)
+    else:
+        raise TopicError(ErrorCode.invalid_request, f"unknown config operation {op.op}")

@@ -80,6 +80,7 @@ class TopicRegistry:
                 for topic in self.topics.values():
                     nursery.start_soon(self._maintain, topic)
                 task_status.started()
+                await trio.sleep_forever()  # topics created later start their tasks here
         finally:
             self._nursery = None
 
@@ -165,6 +166,30 @@ class TopicRegistry:
             self._nursery.start_soon(self._maintain, topic)
         log.info("topic created", extra={"topic": name, "partitions": partitions})
         return topic
+
+    async def alter_configs(self, name: str, configs: dict[str, str], *,
+                            validate_only: bool = False) -> None:
+        """Replace a topic's own configs (durably); its partitions take them at once."""
+        topic = self.topics.get(name)
+        if topic is None:
+            raise TopicError(ErrorCode.unknown_topic_or_partition, f"unknown topic {name!r}")
+        try:
+            validate(configs)
+            log_config = self.defaults.log_config(configs)
+        except InvalidConfig as exc:
+            raise TopicError(ErrorCode.invalid_config, str(exc)) from None
+        if validate_only:
+            return
+        previous, topic.configs = topic.configs, dict(configs)
+        try:
+            async with self._save_lock:
+                await trio.to_thread.run_sync(self._save)
+        except BaseException:
+            topic.configs = previous
+            raise
+        for plog in topic.logs:
+            plog.config = log_config
+        log.info("topic configs altered", extra={"topic": name})
 
     def get(self, name: str) -> Topic | None:
         return self.topics.get(name)

@@ -31,12 +31,13 @@ class Proc:
     popen: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        seen = len(self.log_text())  # a restart must wait for a *new* ready line
         log_file = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its life
         self.popen = subprocess.Popen(
             self.command, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log_file,
             stderr=subprocess.STDOUT, start_new_session=True)
         log_file.close()
-        self.wait_for_log("msg=ready")
+        self.wait_for_log("msg=ready", start_at=seen)
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -82,6 +83,7 @@ class Cluster:
 
     workdir: Path
     gateway_args: list[str] = field(default_factory=list)
+    broker_args: list[str] = field(default_factory=list)
     kafka_port: int = field(default_factory=free_port)
     gateway_http_port: int = field(default_factory=free_port)
     broker_port: int = field(default_factory=free_port)
@@ -92,7 +94,8 @@ class Cluster:
         self.broker = Proc("broker", [
             sys.executable, "-m", "broker", "--data-dir", str(self.data_dir),
             "--grpc", f"127.0.0.1:{self.broker_port}",
-            "--http", f"127.0.0.1:{self.broker_http_port}"], self.workdir / "broker.log")
+            "--http", f"127.0.0.1:{self.broker_http_port}", *self.broker_args],
+            self.workdir / "broker.log")
         self.gateway = Proc("gateway", [
             sys.executable, "-m", "gateway", "--listen", f"127.0.0.1:{self.kafka_port}",
             "--broker", f"127.0.0.1:{self.broker_port}",

@@ -13,7 +13,15 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from gateway.context import GatewayContext
-from gateway.handlers import admin, api_versions, coordinator, fetch, metadata, produce
+from gateway.handlers import (
+    admin,
+    api_versions,
+    configs,
+    coordinator,
+    fetch,
+    metadata,
+    produce,
+)
 from gateway.kafka.apis import ApiKey
 from gateway.kafka.connection import Request
 
@@ -27,4 +35,8 @@ HANDLERS: dict[int, Handler] = {
     ApiKey.LIST_OFFSETS: fetch.handle_list_offsets,
     ApiKey.CREATE_TOPICS: admin.handle_create_topics,
     ApiKey.FIND_COORDINATOR: coordinator.handle,
+    ApiKey.DELETE_RECORDS: admin.handle_delete_records,
+    ApiKey.DESCRIBE_CONFIGS: configs.handle_describe,
+    ApiKey.ALTER_CONFIGS: configs.handle_alter,
+    ApiKey.INCREMENTAL_ALTER_CONFIGS: configs.handle_incremental_alter,
 }

@@ -60,3 +60,33 @@ async def handle_create_topics(ctx: GatewayContext, request: Request) -> Any:
             result_type, name=topic.name, topic_id=uuid.UUID(int=0), error_code=ErrorCode(code),
             error_message=message, num_partitions=-1, replication_factor=-1, configs=None))
     return messages.build(response_type, throttle_time=datetime.timedelta(0), topics=tuple(out))
+
+
+async def handle_delete_records(ctx: GatewayContext, request: Request) -> Any:
+    body = request.body
+    targets = [pb.DeleteRecordsRequestTarget(
+        partition=pb.PartitionRef(topic=t.name, partition=p.partition_index), offset=p.offset)
+        for t in body.topics for p in t.partitions]
+    results: dict[tuple[str, int], pb.DeleteRecordsReplyResult] = {}
+    try:
+        reply = await ctx.broker.call("DeleteRecords", pb.DeleteRecordsRequest(targets=targets),
+                                      pb.DeleteRecordsReply)
+        results = {(r.partition.topic, r.partition.partition): r for r in reply.results}
+    except BrokerUnavailable:
+        pass
+    response_type = messages.response_type(apis.ApiKey.DELETE_RECORDS, request.version)
+    topic_type = messages.nested(response_type, "DeleteRecordsTopicResult")
+    partition_type = messages.nested(response_type, "DeleteRecordsPartitionResult")
+
+    def result(name: str, index: int) -> Any:
+        found = results.get((name, index))
+        if found is None:
+            return partition_type(partition_index=index, low_watermark=-1,
+                                  error_code=ErrorCode.request_timed_out)
+        return partition_type(partition_index=index, low_watermark=found.low_watermark,
+                              error_code=ErrorCode(found.error_code))
+
+    return messages.build(response_type, throttle_time=datetime.timedelta(0), topics=tuple(
+        topic_type(name=t.name, partitions=tuple(result(t.name, p.partition_index)
+                                                 for p in t.partitions))
+        for t in body.topics))

@@ -4,12 +4,26 @@
 # This file has been @generated
 
 __all__ = (
+    "AlterConfigsReply",
+    "AlterConfigsReplyResource",
+    "AlterConfigsRequest",
+    "AlterConfigsRequestOp",
+    "AlterConfigsRequestResource",
     "AppendReply",
     "AppendRequest",
     "BrokerBase",
     "BrokerStub",
+    "ConfigEntry",
     "CreateTopicsReply",
     "CreateTopicsRequest",
+    "DeleteRecordsReply",
+    "DeleteRecordsReplyResult",
+    "DeleteRecordsRequest",
+    "DeleteRecordsRequestTarget",
+    "DescribeConfigsReply",
+    "DescribeConfigsReplyResource",
+    "DescribeConfigsRequest",
+    "DescribeConfigsRequestResource",
     "DescribeTopicsReply",
     "DescribeTopicsRequest",
     "FetchPartition",
@@ -45,6 +59,80 @@ if TYPE_CHECKING:
 
 _COMPILER_VERSION = "0.10.1"
 betterproto2.check_compiler_version(_COMPILER_VERSION)
+
+
+@dataclass(eq=False, repr=False)
+class AlterConfigsReply(betterproto2.Message):
+    resources: "list[AlterConfigsReplyResource]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+
+default_message_pool.register_message("broker.v1", "AlterConfigsReply", AlterConfigsReply)
+
+
+@dataclass(eq=False, repr=False)
+class AlterConfigsReplyResource(betterproto2.Message):
+    type: "int" = betterproto2.field(1, betterproto2.TYPE_INT32)
+
+    name: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    error_code: "int" = betterproto2.field(3, betterproto2.TYPE_INT32)
+
+    error_message: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message(
+    "broker.v1", "AlterConfigsReply.Resource", AlterConfigsReplyResource
+)
+
+
+@dataclass(eq=False, repr=False)
+class AlterConfigsRequest(betterproto2.Message):
+    resources: "list[AlterConfigsRequestResource]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+    validate_only: "bool" = betterproto2.field(2, betterproto2.TYPE_BOOL)
+
+
+default_message_pool.register_message("broker.v1", "AlterConfigsRequest", AlterConfigsRequest)
+
+
+@dataclass(eq=False, repr=False)
+class AlterConfigsRequestOp(betterproto2.Message):
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    value: "str | None" = betterproto2.field(2, betterproto2.TYPE_STRING, optional=True)
+
+    op: "int" = betterproto2.field(3, betterproto2.TYPE_INT32)
+    """
+    0 set, 1 delete (back to default), 2 append, 3 subtract
+    """
+
+
+default_message_pool.register_message("broker.v1", "AlterConfigsRequest.Op", AlterConfigsRequestOp)
+
+
+@dataclass(eq=False, repr=False)
+class AlterConfigsRequestResource(betterproto2.Message):
+    type: "int" = betterproto2.field(1, betterproto2.TYPE_INT32)
+
+    name: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    ops: "list[AlterConfigsRequestOp]" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+    replace_all: "bool" = betterproto2.field(4, betterproto2.TYPE_BOOL)
+    """
+    legacy AlterConfigs: the ops are the whole new set
+    """
+
+
+default_message_pool.register_message(
+    "broker.v1", "AlterConfigsRequest.Resource", AlterConfigsRequestResource
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -88,41 +176,168 @@ default_message_pool.register_message("broker.v1", "AppendRequest", AppendReques
 
 
 @dataclass(eq=False, repr=False)
+class ConfigEntry(betterproto2.Message):
+    """
+    Config resources use Kafka's numbering: 2 = topic, 4 = broker.
+    """
+
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    value: "str | None" = betterproto2.field(2, betterproto2.TYPE_STRING, optional=True)
+    """
+    unset: null (e.g. sensitive)
+    """
+
+    source: "int" = betterproto2.field(3, betterproto2.TYPE_INT32)
+    """
+    Kafka's ConfigSource: 1 topic, 4 static broker, 5 default
+    """
+
+    read_only: "bool" = betterproto2.field(4, betterproto2.TYPE_BOOL)
+
+    sensitive: "bool" = betterproto2.field(5, betterproto2.TYPE_BOOL)
+
+
+default_message_pool.register_message("broker.v1", "ConfigEntry", ConfigEntry)
+
+
+@dataclass(eq=False, repr=False)
 class CreateTopicsReply(betterproto2.Message):
-    results: "list[TopicResult]" = betterproto2.field(
-        1, betterproto2.TYPE_MESSAGE, repeated=True
-    )
+    results: "list[TopicResult]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
 
 
-default_message_pool.register_message(
-    "broker.v1", "CreateTopicsReply", CreateTopicsReply
-)
+default_message_pool.register_message("broker.v1", "CreateTopicsReply", CreateTopicsReply)
 
 
 @dataclass(eq=False, repr=False)
 class CreateTopicsRequest(betterproto2.Message):
-    topics: "list[TopicSpec]" = betterproto2.field(
-        1, betterproto2.TYPE_MESSAGE, repeated=True
-    )
+    topics: "list[TopicSpec]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
 
     validate_only: "bool" = betterproto2.field(2, betterproto2.TYPE_BOOL)
 
 
+default_message_pool.register_message("broker.v1", "CreateTopicsRequest", CreateTopicsRequest)
+
+
+@dataclass(eq=False, repr=False)
+class DeleteRecordsReply(betterproto2.Message):
+    results: "list[DeleteRecordsReplyResult]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+
+default_message_pool.register_message("broker.v1", "DeleteRecordsReply", DeleteRecordsReply)
+
+
+@dataclass(eq=False, repr=False)
+class DeleteRecordsReplyResult(betterproto2.Message):
+    partition: "PartitionRef | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
+
+    error_code: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
+
+    error_message: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+    low_watermark: "int" = betterproto2.field(4, betterproto2.TYPE_INT64)
+    """
+    the new log start offset
+    """
+
+
 default_message_pool.register_message(
-    "broker.v1", "CreateTopicsRequest", CreateTopicsRequest
+    "broker.v1", "DeleteRecordsReply.Result", DeleteRecordsReplyResult
+)
+
+
+@dataclass(eq=False, repr=False)
+class DeleteRecordsRequest(betterproto2.Message):
+    targets: "list[DeleteRecordsRequestTarget]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+
+default_message_pool.register_message("broker.v1", "DeleteRecordsRequest", DeleteRecordsRequest)
+
+
+@dataclass(eq=False, repr=False)
+class DeleteRecordsRequestTarget(betterproto2.Message):
+    partition: "PartitionRef | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
+
+    offset: "int" = betterproto2.field(2, betterproto2.TYPE_INT64)
+    """
+    delete everything before this offset; -1 = high-water mark
+    """
+
+
+default_message_pool.register_message(
+    "broker.v1", "DeleteRecordsRequest.Target", DeleteRecordsRequestTarget
+)
+
+
+@dataclass(eq=False, repr=False)
+class DescribeConfigsReply(betterproto2.Message):
+    resources: "list[DescribeConfigsReplyResource]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+
+default_message_pool.register_message("broker.v1", "DescribeConfigsReply", DescribeConfigsReply)
+
+
+@dataclass(eq=False, repr=False)
+class DescribeConfigsReplyResource(betterproto2.Message):
+    type: "int" = betterproto2.field(1, betterproto2.TYPE_INT32)
+
+    name: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    error_code: "int" = betterproto2.field(3, betterproto2.TYPE_INT32)
+
+    error_message: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+
+    entries: "list[ConfigEntry]" = betterproto2.field(5, betterproto2.TYPE_MESSAGE, repeated=True)
+
+
+default_message_pool.register_message(
+    "broker.v1", "DescribeConfigsReply.Resource", DescribeConfigsReplyResource
+)
+
+
+@dataclass(eq=False, repr=False)
+class DescribeConfigsRequest(betterproto2.Message):
+    resources: "list[DescribeConfigsRequestResource]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+
+default_message_pool.register_message("broker.v1", "DescribeConfigsRequest", DescribeConfigsRequest)
+
+
+@dataclass(eq=False, repr=False)
+class DescribeConfigsRequestResource(betterproto2.Message):
+    type: "int" = betterproto2.field(1, betterproto2.TYPE_INT32)
+
+    name: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    keys: "list[str]" = betterproto2.field(3, betterproto2.TYPE_STRING, repeated=True)
+    """
+    empty = all
+    """
+
+
+default_message_pool.register_message(
+    "broker.v1", "DescribeConfigsRequest.Resource", DescribeConfigsRequestResource
 )
 
 
 @dataclass(eq=False, repr=False)
 class DescribeTopicsReply(betterproto2.Message):
-    topics: "list[TopicInfo]" = betterproto2.field(
-        1, betterproto2.TYPE_MESSAGE, repeated=True
-    )
+    topics: "list[TopicInfo]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
 
 
-default_message_pool.register_message(
-    "broker.v1", "DescribeTopicsReply", DescribeTopicsReply
-)
+default_message_pool.register_message("broker.v1", "DescribeTopicsReply", DescribeTopicsReply)
 
 
 @dataclass(eq=False, repr=False)
@@ -138,9 +353,7 @@ class DescribeTopicsRequest(betterproto2.Message):
     """
 
 
-default_message_pool.register_message(
-    "broker.v1", "DescribeTopicsRequest", DescribeTopicsRequest
-)
+default_message_pool.register_message("broker.v1", "DescribeTopicsRequest", DescribeTopicsRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -229,9 +442,7 @@ class HealthReply(betterproto2.Message):
     counters: "dict[str, int]" = betterproto2.field(
         5,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(
-            betterproto2.TYPE_STRING, betterproto2.TYPE_INT64
-        ),
+        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_INT64),
     )
     """
     introspection: open streams, pending fetches, tasks
@@ -284,9 +495,7 @@ class ListOffsetsRequest(betterproto2.Message):
     )
 
 
-default_message_pool.register_message(
-    "broker.v1", "ListOffsetsRequest", ListOffsetsRequest
-)
+default_message_pool.register_message("broker.v1", "ListOffsetsRequest", ListOffsetsRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -329,9 +538,7 @@ class TopicInfo(betterproto2.Message):
     configs: "dict[str, str]" = betterproto2.field(
         5,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(
-            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
-        ),
+        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
     )
 
     internal: "bool" = betterproto2.field(6, betterproto2.TYPE_BOOL)
@@ -371,9 +578,7 @@ class TopicSpec(betterproto2.Message):
     configs: "dict[str, str]" = betterproto2.field(
         3,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(
-            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
-        ),
+        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
     )
 
 
@@ -461,6 +666,60 @@ class BrokerStub(betterproto2_grpclib.ServiceStub):
             metadata=metadata,
         )
 
+    async def delete_records(
+        self,
+        message: "DeleteRecordsRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "DeleteRecordsReply":
+
+        return await self._unary_unary(
+            "/broker.v1.Broker/DeleteRecords",
+            message,
+            DeleteRecordsReply,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def describe_configs(
+        self,
+        message: "DescribeConfigsRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "DescribeConfigsReply":
+
+        return await self._unary_unary(
+            "/broker.v1.Broker/DescribeConfigs",
+            message,
+            DescribeConfigsReply,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def alter_configs(
+        self,
+        message: "AlterConfigsRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "AlterConfigsReply":
+
+        return await self._unary_unary(
+            "/broker.v1.Broker/AlterConfigs",
+            message,
+            AlterConfigsReply,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
     async def append(
         self,
         messages: "AsyncIterable[AppendRequest] | Iterable[AppendRequest]",
@@ -515,19 +774,27 @@ class BrokerBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def create_topics(
-        self, message: "CreateTopicsRequest"
-    ) -> "CreateTopicsReply":
+    async def create_topics(self, message: "CreateTopicsRequest") -> "CreateTopicsReply":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def describe_topics(
-        self, message: "DescribeTopicsRequest"
-    ) -> "DescribeTopicsReply":
+    async def describe_topics(self, message: "DescribeTopicsRequest") -> "DescribeTopicsReply":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def list_offsets(self, message: "ListOffsetsRequest") -> "ListOffsetsReply":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def delete_records(self, message: "DeleteRecordsRequest") -> "DeleteRecordsReply":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def describe_configs(self, message: "DescribeConfigsRequest") -> "DescribeConfigsReply":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def alter_configs(self, message: "AlterConfigsRequest") -> "AlterConfigsReply":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -541,9 +808,7 @@ class BrokerBase(betterproto2_grpclib.ServiceBase):
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
         yield AppendReply()
 
-    async def fetch(
-        self, messages: "AsyncIterator[FetchRequest]"
-    ) -> "AsyncIterator[FetchReply]":
+    async def fetch(self, messages: "AsyncIterator[FetchRequest]") -> "AsyncIterator[FetchReply]":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
         yield FetchReply()
@@ -565,8 +830,7 @@ class BrokerBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_describe_topics(
-        self,
-        stream: "grpclib.server.Stream[DescribeTopicsRequest, DescribeTopicsReply]",
+        self, stream: "grpclib.server.Stream[DescribeTopicsRequest, DescribeTopicsReply]"
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -581,6 +845,30 @@ class BrokerBase(betterproto2_grpclib.ServiceBase):
         response = await self.list_offsets(request)
         await stream.send_message(response)
 
+    async def __rpc_delete_records(
+        self, stream: "grpclib.server.Stream[DeleteRecordsRequest, DeleteRecordsReply]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.delete_records(request)
+        await stream.send_message(response)
+
+    async def __rpc_describe_configs(
+        self, stream: "grpclib.server.Stream[DescribeConfigsRequest, DescribeConfigsReply]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.describe_configs(request)
+        await stream.send_message(response)
+
+    async def __rpc_alter_configs(
+        self, stream: "grpclib.server.Stream[AlterConfigsRequest, AlterConfigsReply]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.alter_configs(request)
+        await stream.send_message(response)
+
     async def __rpc_append(
         self, stream: "grpclib.server.Stream[AppendRequest, AppendReply]"
     ) -> None:
@@ -591,9 +879,7 @@ class BrokerBase(betterproto2_grpclib.ServiceBase):
             request,
         )
 
-    async def __rpc_fetch(
-        self, stream: "grpclib.server.Stream[FetchRequest, FetchReply]"
-    ) -> None:
+    async def __rpc_fetch(self, stream: "grpclib.server.Stream[FetchRequest, FetchReply]") -> None:
         request = stream.__aiter__()
         await self._call_rpc_handler_server_stream(
             self.fetch,
@@ -626,6 +912,24 @@ class BrokerBase(betterproto2_grpclib.ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 ListOffsetsRequest,
                 ListOffsetsReply,
+            ),
+            "/broker.v1.Broker/DeleteRecords": grpclib.const.Handler(
+                self.__rpc_delete_records,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                DeleteRecordsRequest,
+                DeleteRecordsReply,
+            ),
+            "/broker.v1.Broker/DescribeConfigs": grpclib.const.Handler(
+                self.__rpc_describe_configs,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                DescribeConfigsRequest,
+                DescribeConfigsReply,
+            ),
+            "/broker.v1.Broker/AlterConfigs": grpclib.const.Handler(
+                self.__rpc_alter_configs,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                AlterConfigsRequest,
+                AlterConfigsReply,
             ),
             "/broker.v1.Broker/Append": grpclib.const.Handler(
                 self.__rpc_append,

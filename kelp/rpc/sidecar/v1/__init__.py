@@ -63,9 +63,7 @@ class StatsReply(betterproto2.Message):
     counters: "dict[str, int]" = betterproto2.field(
         2,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(
-            betterproto2.TYPE_STRING, betterproto2.TYPE_INT64
-        ),
+        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_INT64),
     )
     """
     reads, bytes, errors, fallbacks ...
@@ -144,9 +142,7 @@ class SidecarBase(betterproto2_grpclib.ServiceBase):
         response = await self.health(request)
         await stream.send_message(response)
 
-    async def __rpc_stats(
-        self, stream: "grpclib.server.Stream[StatsRequest, StatsReply]"
-    ) -> None:
+    async def __rpc_stats(self, stream: "grpclib.server.Stream[StatsRequest, StatsReply]") -> None:
         request = await stream.recv_message()
         assert request is not None
         response = await self.stats(request)
