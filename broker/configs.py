@@ -80,6 +80,8 @@ class Defaults:
 
     def log_config(self, topic_configs: dict[str, str]) -> LogConfig:
         merged = self.effective(topic_configs)
-        fields = {attr: int(merged[name]) for name, (attr, _) in _LOG_INT.items()
-                  if name in merged}
-        return LogConfig(**fields)
+        fields: dict[str, int | bool] = {attr: int(merged[name])
+                                         for name, (attr, _) in _LOG_INT.items()
+                                         if name in merged}
+        fields["compacted"] = "compact" in merged.get("cleanup.policy", "delete")
+        return LogConfig(**fields)  # type: ignore[arg-type]
