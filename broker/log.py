@@ -29,14 +29,14 @@ import logging
 import os
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
 
 from broker.index import SparseIndex
-from kelp import recordbatch
+from kelp import recordbatch, records
 from kelp.recordbatch import CorruptBatch
 
 log = logging.getLogger("kelp.broker.log")
@@ -604,21 +604,57 @@ class PartitionLog:
             return os.pread(fd, size, position)
         return await trio.to_thread.run_sync(os.pread, fd, size, position, limiter=_io_limiter)
 
-    def offset_for_timestamp(self, timestamp: int) -> tuple[int, int] | None:
-        """First batch whose max timestamp >= ``timestamp``: (its base offset, max timestamp).
+    def _batches_from(self, segment: Segment, offset: int) -> Iterator[
+            tuple[Segment, int, recordbatch.BatchHeader]]:
+        """Walk batch headers from the batch holding ``offset`` to the end of the log."""
+        number = self.segments.index(segment)
+        position = segment.find(offset)
+        for current in self.segments[number:]:
+            if current is not segment:
+                position = 0
+            while position is not None and position < current.size:
+                header = recordbatch.parse_header(
+                    os.pread(current.fd, recordbatch.HEADER_SIZE, position))
+                yield current, position, header
+                position += header.size
 
-        Batch granularity: the storage issue refines this to the exact record.
+    async def _records_of(self, segment: Segment, position: int,
+                          header: recordbatch.BatchHeader) -> list[records.Record]:
+        if header.size <= _INLINE_READ_LIMIT:
+            return list(records.iter_records(os.pread(segment.fd, header.size, position)))
+
+        def decode() -> list[records.Record]:
+            return list(records.iter_records(os.pread(segment.fd, header.size, position)))
+
+        return await trio.to_thread.run_sync(decode, limiter=_io_limiter)
+
+    async def offset_for_timestamp(self, timestamp: int) -> tuple[int, int] | None:
+        """The first record (offset, timestamp) whose timestamp is >= ``timestamp``.
+
+        The time index finds the segment and a starting batch; batch max timestamps skip to
+        the first candidate batch; its records decide the exact offset.
         """
         for segment in self.segments:
             if segment.max_timestamp < timestamp:
                 continue
             entry = segment.time_index.floor(timestamp - 1)
-            offset = segment.time_index.values[entry] if entry >= 0 else segment.base_offset
-            position = segment.find(max(offset, self.log_start_offset))
-            while position is not None and position < segment.size:
-                header = recordbatch.parse_header(
-                    os.pread(segment.fd, recordbatch.HEADER_SIZE, position))
-                if header.max_timestamp >= timestamp:
-                    return header.base_offset, header.max_timestamp
-                position += header.size
+            start = segment.time_index.values[entry] if entry >= 0 else segment.base_offset
+            start = max(start, self.log_start_offset, segment.base_offset)
+            for where, position, header in self._batches_from(segment, start):
+                if header.max_timestamp < timestamp:
+                    continue
+                for record in await self._records_of(where, position, header):
+                    if record.offset >= self.log_start_offset and record.timestamp >= timestamp:
+                        return record.offset, record.timestamp
+            return None
         return None
+
+    async def max_timestamp_offset(self) -> tuple[int, int] | None:
+        """The (offset, timestamp) of the record with the largest timestamp (the earliest
+        such record on ties), as ListOffsets' MAX_TIMESTAMP asks."""
+        best = max((s for s in self.segments if not s.empty), default=None,
+                   key=lambda s: s.max_timestamp)
+        if best is None or self.high_watermark <= self.log_start_offset:
+            return None
+        found = await self.offset_for_timestamp(best.max_timestamp)
+        return found

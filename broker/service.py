@@ -133,8 +133,10 @@ class BrokerService:
             elif query.timestamp == LATEST:
                 answer.offset = plog.high_watermark
             elif query.timestamp == MAX_TIMESTAMP or query.timestamp >= 0:
-                threshold = 0 if query.timestamp == MAX_TIMESTAMP else query.timestamp
-                found = plog.offset_for_timestamp(threshold)
+                if query.timestamp == MAX_TIMESTAMP:
+                    found = await plog.max_timestamp_offset()
+                else:
+                    found = await plog.offset_for_timestamp(query.timestamp)
                 if found is not None:
                     answer.offset, answer.timestamp = found
             else:

@@ -28,6 +28,19 @@ def make_batch(records: Sequence[tuple[bytes | None, bytes | None]], *, base_off
     return bytes(data)
 
 
+def make_batch_with_timestamps(timestamps: Sequence[int]) -> bytes:
+    """One batch whose records carry the given CreateTime timestamps (ms), in that order."""
+    batch = NewRecordBatch(
+        producer_id=-1, producer_epoch=-1, base_sequence=-1, attributes=0,
+        records=tuple(
+            Record(attributes=0, offset=index, key=b"k", value=b"v%d" % index, headers=(),
+                   timestamp=datetime.datetime.fromtimestamp(ts / 1000, tz=datetime.UTC))
+            for index, ts in enumerate(timestamps)))
+    buffer = io.BytesIO()
+    write_batch(buffer, batch)
+    return buffer.getvalue()
+
+
 def read_batches(data: bytes) -> list[RecordBatch]:
     """Decode every batch in ``data`` with kio (which checks nothing for us: we compare)."""
     out, position = [], 0

@@ -13,7 +13,7 @@ from collections import Counter
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
-from kelp import recordbatch
+from kelp import recordbatch, records
 from tests.kelp_procs import Cluster
 
 RECORDS = 100_000
@@ -28,9 +28,14 @@ def assert_stored_with(cluster: Cluster, topic: str, codec: str) -> None:
     last batch), so a few uncompressed records are allowed; no other codec is.
     """
     records_by_codec: Counter[int] = Counter()
+    decoded = 0
     for segment in sorted((cluster.data_dir / f"{topic}-0").glob("*.log")):
-        for _, header in recordbatch.iter_batches(segment.read_bytes()):
+        data = segment.read_bytes()
+        for position, header in recordbatch.iter_batches(data):
             records_by_codec[header.compression] += header.record_count
+            # kelp's own record decoder reads what the real client compressed.
+            decoded += len(list(records.iter_records(data[position : position + header.size])))
+    assert decoded == RECORDS
     wanted = CODEC_IDS[codec]
     assert set(records_by_codec) <= {0, wanted}, records_by_codec
     assert records_by_codec[wanted] >= 0.95 * RECORDS, records_by_codec

@@ -6,10 +6,12 @@ import os
 
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from broker.log import LogConfig, OffsetOutOfRange, PartitionLog
 from kelp.recordbatch import CorruptBatch
-from tests.batches import make_batch, read_batches
+from tests.batches import make_batch, make_batch_with_timestamps, read_batches
 
 
 def batch_of(n: int, tag: str = "v") -> bytes:
@@ -171,13 +173,30 @@ async def test_damage_in_an_unsynced_middle_segment_cuts_everything_after(tmp_pa
     assert len(reopened.segments) == 2
 
 
-async def test_offset_for_timestamp_matches_a_brute_force_scan(tmp_path):
-    plog = PartitionLog.open(tmp_path / "p", SMALL)
-    fill(plog, 30)  # batch n has max timestamp 1000 + 10n
-    for target in range(990, 1310, 7):
-        expected = next(((n * 3, 1000 + n * 10) for n in range(30) if 1000 + n * 10 >= target),
-                        None)
-        assert plog.offset_for_timestamp(target) == expected, target
+@given(timestamps=st.lists(st.lists(st.integers(0, 1000), min_size=1, max_size=5),
+                          min_size=1, max_size=25),
+       targets=st.lists(st.integers(-5, 1010), min_size=1, max_size=10))
+@settings(max_examples=40, deadline=None)
+def test_offset_for_timestamp_matches_a_brute_force_scan(tmp_path_factory, timestamps, targets):
+    """Record timestamps in any order (CreateTime); the answer is the first record >= t."""
+    directory = tmp_path_factory.mktemp("ts")
+    plog = PartitionLog.open(directory / "p", LogConfig(segment_bytes=600,
+                                                        index_interval_bytes=100))
+    flat = []
+    for batch_ts in timestamps:
+        plog.append(make_batch_with_timestamps(batch_ts))
+        flat += batch_ts
+
+    async def check() -> None:
+        for target in targets:
+            expected = next(((offset, ts) for offset, ts in enumerate(flat) if ts >= target),
+                            None)
+            assert await plog.offset_for_timestamp(target) == expected, target
+        top = max(flat)
+        assert await plog.max_timestamp_offset() == (flat.index(top), top)
+
+    trio.run(check)
+    plog.close()
 
 
 async def test_retention_by_time_deletes_whole_old_segments(tmp_path):

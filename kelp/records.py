@@ -1,0 +1,126 @@
+"""The records inside a v2 batch: decompression and decoding (sans-IO).
+
+Only code that must look inside batches uses this (ListOffsets by time, compaction, schema
+validation); the produce and fetch paths never do. Codecs follow Kafka: gzip, snappy (raw or
+the xerial framing the Java client writes), lz4 (frame format), zstd.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import cramjam
+
+from kelp import recordbatch
+
+NONE, GZIP, SNAPPY, LZ4, ZSTD = range(5)
+_XERIAL_MAGIC = b"\x82SNAPPY\x00"
+
+
+class UnsupportedCodec(recordbatch.CorruptBatch):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes | None], ...]
+
+
+def decompress(codec: int, data: bytes | memoryview) -> bytes:
+    if codec == NONE:
+        return bytes(data)
+    if codec == GZIP:
+        return bytes(cramjam.gzip.decompress(data))
+    if codec == SNAPPY:
+        return _snappy(bytes(data))
+    if codec == LZ4:
+        return bytes(cramjam.lz4.decompress(data))
+    if codec == ZSTD:
+        return bytes(cramjam.zstd.decompress(data))
+    raise UnsupportedCodec(f"unknown compression codec {codec}")
+
+
+def compress(codec: int, data: bytes) -> bytes:
+    """The inverse, for code that rebuilds batches (compaction)."""
+    if codec == NONE:
+        return data
+    if codec == GZIP:
+        return bytes(cramjam.gzip.compress(data))
+    if codec == SNAPPY:
+        return bytes(cramjam.snappy.compress_raw(data))
+    if codec == LZ4:
+        return bytes(cramjam.lz4.compress(data))
+    if codec == ZSTD:
+        return bytes(cramjam.zstd.compress(data))
+    raise UnsupportedCodec(f"unknown compression codec {codec}")
+
+
+def _snappy(data: bytes) -> bytes:
+    if not data.startswith(_XERIAL_MAGIC):
+        return bytes(cramjam.snappy.decompress_raw(data))
+    out, position = [], 16  # magic, version, compatible version
+    while position < len(data):
+        (size,) = struct.unpack_from(">i", data, position)
+        position += 4
+        out.append(bytes(cramjam.snappy.decompress_raw(data[position : position + size])))
+        position += size
+    return b"".join(out)
+
+
+def _varint(data: bytes, position: int) -> tuple[int, int]:
+    """A zigzag-encoded varint (Kafka's signed varint/varlong)."""
+    raw = shift = 0
+    while True:
+        byte = data[position]
+        position += 1
+        raw |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return (raw >> 1) ^ -(raw & 1), position
+        shift += 7
+        if shift > 63:
+            raise recordbatch.CorruptBatch("varint too long")
+
+
+def _bytes(data: bytes, position: int) -> tuple[bytes | None, int]:
+    length, position = _varint(data, position)
+    if length < 0:
+        return None, position
+    end = position + length
+    if end > len(data):
+        raise recordbatch.CorruptBatch("record field runs past the batch")
+    return data[position:end], end
+
+
+def iter_records(batch: bytes | memoryview) -> Iterator[Record]:
+    """Decode every record of one whole batch (header included)."""
+    header = recordbatch.parse_header(batch)
+    data = decompress(header.compression, memoryview(batch)[recordbatch.HEADER_SIZE :
+                                                           header.size])
+    log_append_time = bool(header.attributes & recordbatch.TIMESTAMP_TYPE_BIT)
+    position = 0
+    try:
+        for _ in range(header.record_count):
+            _length, position = _varint(data, position)
+            position += 1  # attributes: unused
+            timestamp_delta, position = _varint(data, position)
+            offset_delta, position = _varint(data, position)
+            key, position = _bytes(data, position)
+            value, position = _bytes(data, position)
+            count, position = _varint(data, position)
+            headers = []
+            for _ in range(count):
+                name, position = _bytes(data, position)
+                header_value, position = _bytes(data, position)
+                headers.append(((name or b"").decode("utf-8", "replace"), header_value))
+            timestamp = (header.max_timestamp if log_append_time
+                         else header.base_timestamp + timestamp_delta)
+            yield Record(header.base_offset + offset_delta, timestamp, key, value,
+                         tuple(headers))
+    except IndexError:
+        raise recordbatch.CorruptBatch("records run past the end of the batch") from None
