@@ -84,4 +84,5 @@ class Defaults:
                                          for name, (attr, _) in _LOG_INT.items()
                                          if name in merged}
         fields["compacted"] = "compact" in merged.get("cleanup.policy", "delete")
+        fields["log_append_time"] = merged.get("message.timestamp.type") == "LogAppendTime"
         return LogConfig(**fields)  # type: ignore[arg-type]

@@ -75,6 +75,8 @@ class LogConfig:
     flush_messages: int | None = None
     # Compaction removes whole batches, so only compacted logs may skip offsets between them.
     compacted: bool = False
+    # message.timestamp.type=LogAppendTime: the broker stamps each batch as it appends it.
+    log_append_time: bool = False
 
     @property
     def sync_on_ack(self) -> bool:
@@ -153,6 +155,7 @@ class Segment:
 class AppendResult:
     base_offset: int
     last_offset: int
+    log_append_time: int  # -1 unless the log stamps LogAppendTime
     # A ticket for ``wait_durable``: the log's write counter after this append.
     write_mark: int
 
@@ -455,8 +458,11 @@ class PartitionLog:
             self._roll()
         segment = self.active
         first_offset = next_offset = segment.next_offset
+        append_time = now_ms() if self.config.log_append_time else -1
         for position, header in batches:
             recordbatch.rewrite_offset_and_epoch(buffer, position, next_offset)
+            if append_time >= 0:
+                recordbatch.stamp_log_append_time(buffer, position, header, append_time)
             next_offset += header.last_offset_delta + 1
         start = segment.size
         written = os.pwrite(segment.fd, buffer, start)
@@ -476,7 +482,7 @@ class PartitionLog:
                 self._unsynced_messages = 0
                 self._flush_wanted.set()
         self._notify_append()
-        return AppendResult(first_offset, next_offset - 1, self._written)
+        return AppendResult(first_offset, next_offset - 1, append_time, self._written)
 
     def _roll(self) -> None:
         old = self.active

@@ -255,6 +255,7 @@ class BrokerService:
             reply.error_code, reply.error_message = ErrorCode.kafka_storage_error, str(exc)
             return reply, None
         reply.base_offset = result.base_offset
+        reply.log_append_time = result.log_append_time
         reply.log_start_offset = plog.log_start_offset
         if request.acks == -1 and plog.config.sync_on_ack:
             return reply, (plog, result.write_mark)

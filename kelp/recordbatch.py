@@ -120,6 +120,19 @@ def iter_batches(
         position += header.size
 
 
+def stamp_log_append_time(buffer: bytearray, position: int, header: BatchHeader,
+                          now_ms: int) -> None:
+    """Make a batch LogAppendTime: set the attribute bit and maxTimestamp, re-sign the CRC.
+
+    Both fields lie inside the CRC, so this is the one rewrite that needs a new checksum —
+    what Kafka does for topics with ``message.timestamp.type=LogAppendTime``.
+    """
+    struct.pack_into(">h", buffer, position + 21, header.attributes | TIMESTAMP_TYPE_BIT)
+    struct.pack_into(">q", buffer, position + 35, now_ms)
+    crc = crc32c.crc32c(memoryview(buffer)[position + 21 : position + header.size])
+    struct.pack_into(">I", buffer, position + 17, crc)
+
+
 def rewrite_offset_and_epoch(
     buffer: bytearray, position: int, base_offset: int, leader_epoch: int = 0
 ) -> None:

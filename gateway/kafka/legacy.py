@@ -84,7 +84,9 @@ def encode_produce_response(version: int, response: Any) -> bytes:
         for part in topic.partition_responses:
             out.append(struct.pack(">ihq", part.index, part.error_code.value, part.base_offset))
             if version >= 2:
-                out.append(struct.pack(">q", -1))  # log_append_time: CreateTime topics
+                append_time = part.log_append_time
+                millis = -1 if append_time is None else int(append_time.timestamp() * 1000)
+                out.append(struct.pack(">q", millis))
     if version >= 1:
         out.append(struct.pack(">i", int(response.throttle_time.total_seconds() * 1000)))
     return b"".join(out)
