@@ -83,6 +83,9 @@ class Defaults:
         fields: dict[str, int | bool] = {attr: int(merged[name])
                                          for name, (attr, _) in _LOG_INT.items()
                                          if name in merged}
-        fields["compacted"] = "compact" in merged.get("cleanup.policy", "delete")
+        policy = set(merged.get("cleanup.policy", "delete").split(","))
+        fields["compacted"] = "compact" in policy
+        fields["compact_and_delete"] = policy == {"compact", "delete"}
+        fields["delete_retention_ms"] = int(merged.get("delete.retention.ms", 86_400_000))
         fields["log_append_time"] = merged.get("message.timestamp.type") == "LogAppendTime"
         return LogConfig(**fields)  # type: ignore[arg-type]

@@ -77,6 +77,8 @@ class LogConfig:
     compacted: bool = False
     # message.timestamp.type=LogAppendTime: the broker stamps each batch as it appends it.
     log_append_time: bool = False
+    compact_and_delete: bool = False  # cleanup.policy=compact,delete: retention applies too
+    delete_retention_ms: int = 24 * 3600 * 1000  # how long compaction keeps tombstones
 
     @property
     def sync_on_ack(self) -> bool:
@@ -143,12 +145,26 @@ class Segment:
 
     def delete(self) -> None:
         """Remove the files now; close the descriptor when the last reader is done."""
-        self.retired = True
         self.path.unlink(missing_ok=True)
         self.offset_index.delete()
         self.time_index.delete()
+        self.retire()
+
+    def retire(self) -> None:
+        """Stop using this segment object; its descriptor closes after the last reader."""
+        self.retired = True
+        self.offset_index.close()
+        self.time_index.close()
         if self.readers == 0:
             os.close(self.fd)
+
+    def batches(self) -> Iterator[tuple[int, bytes]]:
+        """(position, bytes) of every batch, one pread each (for cleaning, in a thread)."""
+        position = 0
+        while position < self.size:
+            _base, length = _WALK.unpack_from(os.pread(self.fd, 12, position))
+            yield position, os.pread(self.fd, length + recordbatch.LENGTH_PREFIX, position)
+            position += length + recordbatch.LENGTH_PREFIX
 
 
 @dataclass(frozen=True)
@@ -222,7 +238,8 @@ class PartitionLog:
         return plog
 
     def _recover(self) -> None:
-        for stale in self.directory.glob("*.tmp"):
+        # Leftovers of an interrupted checkpoint write or compaction: the originals are whole.
+        for stale in [*self.directory.glob("*.tmp"), *self.directory.glob("*.cleaned")]:
             stale.unlink()
         recovery_point = _read_checkpoint(self.directory / RECOVERY_POINT) or 0
         paths = sorted(self.directory.glob("*" + SEGMENT_SUFFIX))
@@ -369,7 +386,10 @@ class PartitionLog:
             if not self.config.sync_on_ack and self._synced < self._written:
                 await self.wait_durable(self._written)
             if trio.current_time() >= next_retention:
-                self.apply_retention(now_ms())
+                if self.config.compacted:
+                    await self.compact(now_ms(), self.config.delete_retention_ms)
+                if not self.config.compacted or self.config.compact_and_delete:
+                    self.apply_retention(now_ms())
                 next_retention = trio.current_time() + retention_check_s
 
     def apply_retention(self, now: int) -> int:
@@ -391,6 +411,37 @@ class PartitionLog:
         if deleted:
             self._set_log_start(max(self._log_start, self.segments[0].base_offset))
         return deleted
+
+    async def compact(self, now: int, delete_retention_ms: int) -> int:
+        """Keep only the latest record per key in sealed segments; returns records removed.
+
+        The scan and the rewrite run in a worker thread (appends only touch the active
+        segment); each rewritten segment is fsynced and renamed over the old one, then swapped
+        in here. Readers in flight keep reading the old file until they finish. Tombstones
+        (null values) go once older than ``delete_retention_ms``.
+        """
+        sealed = self.segments[:-1]
+        if not sealed:
+            return 0
+        cleaned = await trio.to_thread.run_sync(
+            _clean_segments, sealed, now - delete_retention_ms, limiter=_io_limiter)
+        removed = 0
+        for old, count in cleaned:
+            if old not in self.segments:  # deleted meanwhile (retention, DeleteRecords)
+                old.path.with_suffix(".cleaned").unlink(missing_ok=True)
+                continue
+            os.replace(old.path.with_suffix(".cleaned"), old.path)
+            fd = os.open(old.path, os.O_RDWR)
+            fresh = Segment(old.base_offset, old.path, fd, SparseIndex(old.offset_index.path),
+                            SparseIndex(old.time_index.path))
+            self._scan(fresh, os.fstat(fd).st_size, verify=False)
+            self.segments[self.segments.index(old)] = fresh
+            self._unsynced.pop(old.base_offset, None)
+            old.retire()
+            removed += count
+        if removed:
+            log.info("compacted", extra={"dir": str(self.directory), "removed": removed})
+        return removed
 
     def _drop_oldest(self, reason: str) -> None:
         segment = self.segments.pop(0)
@@ -664,3 +715,34 @@ class PartitionLog:
             return None
         found = await self.offset_for_timestamp(best.max_timestamp)
         return found
+
+
+def _clean_segments(segments: list[Segment], tombstone_horizon: int) -> list[tuple[Segment, int]]:
+    """Write ``<segment>.cleaned`` for each segment that loses records; runs in a thread."""
+    latest: dict[bytes, int] = {}
+    for segment in segments:
+        for _position, batch in segment.batches():
+            for record in records.iter_records(batch):
+                if record.key is not None:
+                    latest[record.key] = record.offset
+    cleaned = []
+    for segment in segments:
+        out, removed = bytearray(), 0
+        for _position, batch in segment.batches():
+            every = list(records.iter_records(batch))
+            kept = [r for r in every
+                    if (r.key is None or latest.get(r.key) == r.offset)
+                    and not (r.value is None and r.timestamp < tombstone_horizon)]
+            removed += len(every) - len(kept)
+            if len(kept) == len(every):
+                out += batch
+            elif kept:
+                out += records.rebuild_batch(batch, kept)
+        if removed:
+            path = segment.path.with_suffix(".cleaned")
+            with open(path, "wb") as target:
+                target.write(out)
+                target.flush()
+                os.fsync(target.fileno())
+            cleaned.append((segment, removed))
+    return cleaned

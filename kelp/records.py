@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import cramjam
+import crc32c
 
 from kelp import recordbatch
 
@@ -124,3 +125,52 @@ def iter_records(batch: bytes | memoryview) -> Iterator[Record]:
                          tuple(headers))
     except IndexError:
         raise recordbatch.CorruptBatch("records run past the end of the batch") from None
+
+
+def _zigzag(value: int) -> bytes:
+    raw = (value << 1) ^ (value >> 63)
+    out = bytearray()
+    while raw >= 0x80:
+        out.append((raw & 0x7F) | 0x80)
+        raw >>= 7
+    out.append(raw)
+    return bytes(out)
+
+
+def _field(value: bytes | None) -> bytes:
+    return _zigzag(-1) if value is None else _zigzag(len(value)) + value
+
+
+def encode_record(record: Record, base_offset: int, base_timestamp: int) -> bytes:
+    body = b"".join((
+        b"\x00",  # attributes
+        _zigzag(record.timestamp - base_timestamp),
+        _zigzag(record.offset - base_offset),
+        _field(record.key),
+        _field(record.value),
+        _zigzag(len(record.headers)),
+        *(_field(name.encode()) + _field(value) for name, value in record.headers),
+    ))
+    return _zigzag(len(body)) + body
+
+
+def rebuild_batch(original: bytes | memoryview, kept: list[Record]) -> bytes:
+    """The batch ``original`` holding only ``kept`` (a subset of its records).
+
+    Base offset, base and max timestamps, last offset delta, producer fields and attributes
+    stay as they were, so offsets keep their meaning (gaps are allowed) and producer state
+    survives; the records are re-encoded, recompressed with the same codec and the CRC is new.
+    """
+    header = recordbatch.parse_header(original)
+    log_append_time = bool(header.attributes & recordbatch.TIMESTAMP_TYPE_BIT)
+    body = b"".join(
+        encode_record(Record(r.offset, header.base_timestamp if log_append_time else r.timestamp,
+                             r.key, r.value, r.headers),
+                      header.base_offset, header.base_timestamp)
+        for r in kept)
+    body = compress(header.compression, body)
+    batch = bytearray(bytes(original[: recordbatch.HEADER_SIZE]) + body)
+    struct.pack_into(">i", batch, 8, len(batch) - recordbatch.LENGTH_PREFIX)
+    struct.pack_into(">i", batch, 57, len(kept))
+    struct.pack_into(">I", batch, 17, crc32c.crc32c(memoryview(batch)[21:]))
+    return bytes(batch)

@@ -269,3 +269,51 @@ async def test_log_append_time_stamps_batches_and_keeps_them_valid(tmp_path):
     assert header.attributes & recordbatch.TIMESTAMP_TYPE_BIT
     assert header.max_timestamp == result.log_append_time
     assert {r.timestamp for r in records.iter_records(data)} == {result.log_append_time}
+
+
+async def test_compaction_keeps_the_latest_value_per_key(tmp_path):
+    from kelp import records
+
+    config = LogConfig(segment_bytes=700, compacted=True, delete_retention_ms=1_000)
+    plog = PartitionLog.open(tmp_path / "p", config)
+    written: list[tuple[int, bytes, bytes | None]] = []
+    for round_number in range(30):
+        pairs = [(b"key-%d" % ((round_number * 3 + i) % 7), b"v%d" % round_number)
+                 for i in range(3)]
+        if round_number == 10:
+            pairs.append((b"key-0", None))  # a tombstone, old enough to go
+        plog.append(make_batch(pairs, timestamp=1_000 + round_number))
+        written += [(len(written) + i, key, value) for i, (key, value) in enumerate(pairs)]
+    sealed_end = plog.active.base_offset
+    assert await plog.compact(now=10_000_000, delete_retention_ms=1_000) > 0
+
+    # The cleaner sees only sealed segments: each key keeps its last value there.
+    last_sealed = {key: (offset, value) for offset, key, value in written if offset < sealed_end}
+    expected = {k: v for k, v in last_sealed.items() if v[1] is not None}
+    survivors = {}
+    for segment in plog.segments[:-1]:
+        for _, batch in segment.batches():
+            for record in records.iter_records(batch):
+                assert record.key not in survivors, "two values for one key in the clean part"
+                survivors[record.key] = (record.offset, record.value)
+    assert survivors == expected
+    # Reads still work across the gaps, and the log recovers as it now stands.
+    read_back = await offsets_with_gaps(plog)
+    assert read_back == sorted(o for o, _ in expected.values()) + list(
+        range(sealed_end, len(written)))
+    plog.close()
+    reopened = PartitionLog.open(tmp_path / "p", config)
+    assert await offsets_with_gaps(reopened) == read_back
+    reopened.close()
+
+
+async def offsets_with_gaps(plog: PartitionLog) -> list[int]:
+    from kelp import recordbatch, records
+
+    offsets, position = [], plog.log_start_offset
+    while position < plog.high_watermark:
+        data = (await plog.read(position, 1 << 20)).records
+        for start, header in recordbatch.iter_batches(data):
+            offsets += [r.offset for r in records.iter_records(data[start:start + header.size])]
+            position = header.last_offset + 1
+    return offsets

@@ -38,3 +38,21 @@ def test_xerial_snappy_framing():
     framed = b"\x82SNAPPY\x00" + (1).to_bytes(4, "big") + (1).to_bytes(4, "big")
     framed += len(block).to_bytes(4, "big") + block
     assert records.decompress(records.SNAPPY, framed) == payload
+
+
+@pytest.mark.parametrize("codec", [records.NONE, records.GZIP, records.ZSTD])
+def test_rebuilt_batch_keeps_offsets_and_is_valid(codec):
+    plain = bytearray(make_batch([(b"k%d" % i, b"v%d" % i) for i in range(10)], base_offset=50,
+                                 headers=[(b"h", b"x")]))
+    if codec != records.NONE:
+        body = records.compress(codec, bytes(plain[recordbatch.HEADER_SIZE :]))
+        plain = bytearray(plain[: recordbatch.HEADER_SIZE] + body)
+        plain[8:12] = (len(plain) - 12).to_bytes(4, "big")
+        plain[21:23] = codec.to_bytes(2, "big")
+    every = list(records.iter_records(bytes(plain)))
+    kept = [every[2], every[7]]
+    rebuilt = records.rebuild_batch(bytes(plain), kept)
+    header = recordbatch.parse_header(rebuilt)
+    assert recordbatch.crc_matches(rebuilt, 0, header)
+    assert header.record_count == 2 and header.last_offset == 59 and header.compression == codec
+    assert list(records.iter_records(rebuilt)) == kept
