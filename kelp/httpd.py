@@ -1,0 +1,420 @@
+"""A small HTTP/1.1 server, and a GET client, on trio and h11.
+
+Every kelp process answers a little HTTP for people and scripts: health, stats, metrics, the
+sidecar's read API. That traffic is light, so this is deliberately not a framework: routes are
+exact paths, handlers are ``async def handler(request) -> Response``, and everything a client
+controls is bounded (header bytes, body bytes, time to send a request, time to take a response,
+concurrent connections). h11 does the protocol (a sans-IO state machine); this module only moves
+bytes between it and a trio stream.
+
+Every connection task lives in the nursery of :func:`serve_http` (via ``trio.serve_listeners``),
+so cancelling the server ends every connection with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http
+import json
+import logging
+import urllib.parse
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import h11
+import trio
+
+log = logging.getLogger("kelp.httpd")
+
+RECEIVE_SIZE = 64 * 1024
+JSON_TYPE = "application/json"
+
+
+@dataclass(frozen=True)
+class Request:
+    """One parsed request. ``path`` is the target's path exactly as sent (not percent-decoded:
+    routes match it byte for byte); ``query`` maps each parameter to its *last* value and
+    ``query_items`` keeps every pair in order, for handlers that must reject repeats."""
+
+    method: str
+    path: str
+    query: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    query_items: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int = 200
+    body: bytes = b""
+    content_type: str = "application/octet-stream"
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def json(cls, obj: Any, status: int = 200, *,
+             headers: Mapping[str, str] | None = None) -> Response:
+        body = json.dumps(obj, separators=(",", ":"), sort_keys=True).encode() + b"\n"
+        return cls(status, body, JSON_TYPE, dict(headers or {}))
+
+    @classmethod
+    def text(cls, text: str, status: int = 200, *,
+             content_type: str = "text/plain; charset=utf-8",
+             headers: Mapping[str, str] | None = None) -> Response:
+        return cls(status, text.encode(), content_type, dict(headers or {}))
+
+    @classmethod
+    def error(cls, status: int, message: str, **details: Any) -> Response:
+        """The one error shape every kelp endpoint uses: ``{"error": message, ...details}``."""
+        return cls.json({"error": message, **details}, status)
+
+    def json_body(self) -> Any:
+        return json.loads(self.body)
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+@dataclass(frozen=True)
+class Route:
+    """A handler and the methods it accepts. A bare handler in a routes mapping means GET/HEAD."""
+
+    handler: Handler
+    methods: frozenset[str] = frozenset({"GET", "HEAD"})
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one client may cost the server. The defaults suit health and stats endpoints."""
+
+    max_header_bytes: int = 16 * 1024
+    max_body_bytes: int = 1024 * 1024
+    # A whole request must arrive within this long of the connection being ready for it. This
+    # is also how long an idle keep-alive connection lives, and it stops slow-loris senders.
+    read_timeout: float = 30.0
+    write_timeout: float = 30.0
+    # A handler that takes longer gets cancelled and the client gets a 503.
+    handler_timeout: float = 60.0
+    max_connections: int = 256
+
+
+class _RequestTooLarge(Exception):
+    pass
+
+
+async def serve_http(
+    routes: Mapping[str, Handler | Route],
+    host: str,
+    port: int,
+    *,
+    limits: Limits = Limits(),
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``routes`` on ``host:port`` until cancelled; ``task_status.started(bound_port)``.
+
+    With ``port=0`` the kernel picks the port. When ``host`` resolves to several addresses
+    (``localhost`` as ::1 and 127.0.0.1) each listener would get a *different* ephemeral port,
+    so then only the first is kept: the reported port must be the one that answers.
+    """
+    table = {path: r if isinstance(r, Route) else Route(r) for path, r in routes.items()}
+    try:
+        listeners = await trio.open_tcp_listeners(port, host=host or None)
+    except OSError as exc:  # name the address: "address already in use" alone helps nobody
+        raise OSError(exc.errno, f"cannot listen for HTTP on {host}:{port}: "
+                      f"{exc.strerror or exc}") from exc
+    if port == 0:
+        for extra in listeners[1:]:
+            await extra.aclose()
+        del listeners[1:]
+    bound = listeners[0].socket.getsockname()[1]
+    server = _Server(table, limits)
+    # The listeners already queue connections, so reporting the port before accepting is safe.
+    task_status.started(bound)
+    await trio.serve_listeners(server.handle, listeners)
+
+
+class _Server:
+    def __init__(self, routes: dict[str, Route], limits: Limits) -> None:
+        self.routes = routes
+        self.limits = limits
+        self.connections = 0
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        # trio.serve_listeners lets a handler's exception crash the whole server, so nothing but
+        # cancellation may leave this function.
+        if self.connections >= self.limits.max_connections:
+            await _refuse(stream, self.limits.write_timeout)
+            return
+        self.connections += 1
+        try:
+            await _Connection(stream, self).run()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the peer went away; nothing left to tell it
+        except Exception:
+            log.exception("http connection failed")
+        finally:
+            self.connections -= 1
+
+
+async def _refuse(stream: trio.SocketStream, timeout: float) -> None:
+    """Turn a connection away without reading its request (h11 would need the request first)."""
+    body = b'{"error":"too many connections"}\n'
+    head = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+            b"connection: close\r\ncontent-length: %d\r\n\r\n" % len(body))
+    with trio.move_on_after(timeout):
+        await stream.send_all(head + body)
+    await _linger(stream)
+
+
+async def _linger(stream: trio.SocketStream) -> None:
+    """Half-close, then drain what the client is still sending, briefly.
+
+    Closing a socket with unread bytes in the kernel makes it send RST, which can destroy a
+    response the client has not read yet (a 413 sent mid-upload, a 400 for garbage). This is the
+    "lingering close" every HTTP server does; it is bounded in time and bytes.
+    """
+    with trio.move_on_after(1.0), contextlib.suppress(
+            trio.BrokenResourceError, trio.ClosedResourceError):
+        await stream.send_eof()
+        drained = 0
+        while drained < 1024 * 1024 and (chunk := await stream.receive_some(RECEIVE_SIZE)):
+            drained += len(chunk)
+
+
+class _Connection:
+    """One client connection: requests are read and answered one at a time (keep-alive)."""
+
+    def __init__(self, stream: trio.SocketStream, server: _Server) -> None:
+        self.stream = stream
+        self.server = server
+        self.limits = server.limits
+        self.conn = h11.Connection(
+            h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes)
+
+    async def run(self) -> None:
+        while True:
+            request: Request | None = None
+            error: Response | None = None
+            with trio.move_on_after(self.limits.read_timeout) as reading:
+                try:
+                    request = await self._read_request()
+                except h11.RemoteProtocolError as exc:
+                    error = Response.error(exc.error_status_hint, f"bad request: {exc}")
+                except _RequestTooLarge as exc:
+                    error = Response.error(413, str(exc))
+                except ValueError as exc:  # an undecodable target or query
+                    error = Response.error(400, f"bad request: {exc}")
+            if reading.cancelled_caught:
+                if self.conn.their_state is h11.IDLE and not self.conn.trailing_data[0]:
+                    return  # an idle keep-alive connection: close quietly
+                error = Response.error(
+                    408, f"request not received within {self.limits.read_timeout}s")
+            if error is not None:
+                await self._fail(error)
+                return
+            if request is None:
+                return  # the client closed between requests
+            response = await self._dispatch(request)
+            await self._send_response(response, head_only=request.method == "HEAD")
+            if self.conn.our_state is h11.MUST_CLOSE:
+                return
+            try:
+                self.conn.start_next_cycle()
+            except h11.LocalProtocolError:
+                return  # the exchange cannot continue (e.g. the client is still sending)
+
+    async def _next_event(self) -> Any:
+        while True:
+            event = self.conn.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            if self.conn.they_are_waiting_for_100_continue:
+                await self._send(h11.InformationalResponse(status_code=100, headers=[]))
+            # b"" at end of stream tells h11 the peer closed.
+            self.conn.receive_data(await self.stream.receive_some(RECEIVE_SIZE))
+
+    async def _read_request(self) -> Request | None:
+        head = await self._next_event()
+        if isinstance(head, h11.ConnectionClosed):
+            return None
+        if not isinstance(head, h11.Request):
+            raise h11.RemoteProtocolError(f"unexpected {type(head).__name__}")
+        # h11 bounds only a header block that arrives in pieces; one that arrives whole in a
+        # single read is parsed whatever its size, so measure it here too.
+        size = len(head.method) + len(head.target) + sum(
+            len(name) + len(value) + 4 for name, value in head.headers)
+        if size > self.limits.max_header_bytes:
+            raise h11.RemoteProtocolError(
+                f"request head exceeds {self.limits.max_header_bytes} bytes",
+                error_status_hint=431)
+        declared = _header(head.headers, b"content-length")
+        if declared is not None and int(declared) > self.limits.max_body_bytes:
+            # Refuse before reading (and before a 100-continue invites the body).
+            raise _RequestTooLarge(
+                f"body of {int(declared)} bytes exceeds {self.limits.max_body_bytes}")
+        body = bytearray()
+        while not isinstance(event := await self._next_event(), h11.EndOfMessage):
+            if isinstance(event, h11.Data):
+                body += event.data
+                if len(body) > self.limits.max_body_bytes:
+                    raise _RequestTooLarge(f"body exceeds {self.limits.max_body_bytes} bytes")
+        return _parse_request(head, bytes(body))
+
+    async def _dispatch(self, request: Request) -> Response:
+        route = self.server.routes.get(request.path)
+        if route is None:
+            return Response.error(404, f"no such path: {request.path}",
+                                  paths=sorted(self.server.routes))
+        if request.method not in route.methods:
+            allowed = ", ".join(sorted(route.methods))
+            return Response.json({"error": f"method {request.method} not allowed",
+                                  "allowed": sorted(route.methods)}, 405,
+                                 headers={"allow": allowed})
+        try:
+            with trio.move_on_after(self.limits.handler_timeout) as scope:
+                response = await route.handler(request)
+        except Exception as exc:
+            log.exception("http handler failed", extra={"path": request.path})
+            return Response.error(500, "internal error", detail=f"{type(exc).__name__}: {exc}")
+        if scope.cancelled_caught:
+            return Response.error(
+                503, f"handler did not answer within {self.limits.handler_timeout}s")
+        if not isinstance(response, Response):
+            log.error("http handler returned %r", type(response), extra={"path": request.path})
+            return Response.error(500, "internal error",
+                                  detail=f"handler returned {type(response).__name__}")
+        return response
+
+    async def _send_response(self, response: Response, *, head_only: bool = False,
+                             close: bool = False) -> None:
+        try:
+            event = _response_event(response, close=close)
+        except h11.LocalProtocolError as exc:  # a handler put something illegal in a header
+            log.error("http handler built a bad response: %s", exc)
+            event = _response_event(Response.error(500, "internal error"), close=close)
+            response = Response()
+        with trio.move_on_after(self.limits.write_timeout) as writing:
+            await self._send(event)
+            if response.body and not head_only:
+                await self._send(h11.Data(data=response.body))
+            await self._send(h11.EndOfMessage())
+        if writing.cancelled_caught:
+            raise trio.BrokenResourceError("client did not take the response in time")
+
+    async def _fail(self, response: Response) -> None:
+        """Answer a request we could not read, then close without resetting the connection."""
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("http request rejected", extra={"status": response.status})
+        if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            await self._send_response(response, close=True)
+        await _linger(self.stream)
+
+    async def _send(self, event: Any) -> None:
+        data = self.conn.send(event)
+        if data:
+            await self.stream.send_all(data)
+
+
+def _header(headers: Any, name: bytes) -> bytes | None:
+    """First value of a header in h11's list (names arrive lower-cased)."""
+    for key, value in headers:
+        if key == name:
+            return bytes(value)
+    return None
+
+
+def _parse_request(head: h11.Request, body: bytes) -> Request:
+    """Raises ``ValueError`` (a 400) for a target or query that is not valid text."""
+    target = head.target.decode("ascii")
+    # Absolute-form targets ("http://host/path") are legal HTTP/1.1; routes see only the path.
+    parts = urllib.parse.urlsplit(target)
+    query_items = tuple(urllib.parse.parse_qsl(
+        parts.query, keep_blank_values=True, errors="strict", max_num_fields=100))
+    headers: dict[str, str] = {}
+    for name, value in head.headers:
+        key, text = name.decode("latin-1"), value.decode("latin-1")
+        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+    return Request(method=head.method.decode("ascii"), path=parts.path or "/",
+                   query=dict(query_items), headers=headers, body=body,
+                   query_items=query_items)
+
+
+def _response_event(response: Response, *, close: bool) -> h11.Response:
+    headers = [("content-type", response.content_type),
+               ("content-length", str(len(response.body)))]
+    headers += [(k, v) for k, v in response.headers.items()
+                if k.lower() not in ("content-type", "content-length", "connection")]
+    if close:
+        headers.append(("connection", "close"))
+    try:
+        reason = http.HTTPStatus(response.status).phrase.encode()
+    except ValueError:
+        reason = b""
+    return h11.Response(status_code=response.status, headers=headers, reason=reason)
+
+
+class HttpClientError(Exception):
+    """A GET that produced no HTTP response; the message says which step failed and why."""
+
+
+async def http_get(host: str, port: int, target: str = "/", *, timeout: float = 5.0,
+                   max_body_bytes: int = 1024 * 1024) -> Response:
+    """GET ``http://host:port/target`` on a fresh connection, all within ``timeout`` seconds.
+
+    Any status comes back as a :class:`Response`; a refused connection, a timeout or a
+    malformed reply raises :class:`HttpClientError`. For probes and tests, not bulk transfer.
+    """
+    url = f"http://{_authority(host, port)}{target}"
+    try:
+        with trio.fail_after(timeout):
+            stream = await trio.open_tcp_stream(host, port)
+            async with stream:
+                return await _exchange(stream, host, port, target, max_body_bytes)
+    except trio.TooSlowError:
+        raise HttpClientError(f"GET {url}: no response within {timeout}s") from None
+    except OSError as exc:
+        raise HttpClientError(f"GET {url}: cannot connect: {_os_reason(exc)}") from exc
+    except (h11.ProtocolError, trio.BrokenResourceError, _RequestTooLarge) as exc:
+        raise HttpClientError(f"GET {url}: bad response: {exc}") from exc
+
+
+def _os_reason(exc: OSError) -> str:
+    """trio reports "all attempts to connect failed" and keeps the reasons in the cause; a
+    person wants the reasons ("Connection refused")."""
+    cause = exc.__cause__
+    leaves = cause.exceptions if isinstance(cause, BaseExceptionGroup) else [cause]
+    reasons = sorted({leaf.strerror or str(leaf) for leaf in leaves
+                      if isinstance(leaf, OSError)})
+    return "; ".join(reasons) if reasons else str(exc)
+
+
+def _authority(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def _exchange(stream: trio.SocketStream, host: str, port: int, target: str,
+                    max_body_bytes: int) -> Response:
+    conn = h11.Connection(h11.CLIENT)
+    request = h11.Request(method="GET", target=target, headers=[
+        ("host", _authority(host, port)), ("user-agent", "kelp"), ("connection", "close")])
+    await stream.send_all(conn.send(request) + conn.send(h11.EndOfMessage()))
+    head: h11.Response | None = None
+    body = bytearray()
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(await stream.receive_some(RECEIVE_SIZE))
+        elif isinstance(event, h11.Response):
+            head = event
+        elif isinstance(event, h11.Data):
+            body += event.data
+            if len(body) > max_body_bytes:
+                raise _RequestTooLarge(f"body exceeds {max_body_bytes} bytes")
+        elif isinstance(event, h11.EndOfMessage) and head is not None:
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in head.headers}
+            return Response(head.status_code, bytes(body), headers.get("content-type", ""),
+                            headers)
+        elif isinstance(event, h11.ConnectionClosed):
+            raise h11.RemoteProtocolError("connection closed before a response")
+        # InformationalResponse (1xx): keep reading for the real one.
