@@ -1,0 +1,1 @@
+"""The RDMA read path: the sidecar process (``python -m rdma``) and, later, UCX and the mount."""
