@@ -33,6 +33,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "flush.ms=1000 (repeatable; topics may override)")
     parser.add_argument("--retention-check-ms", type=int, default=60_000,
                         help="how often each partition applies retention (default: 60000)")
+    parser.add_argument("--append-delay-ms", type=float, default=0.0,
+                        help="testing: delay every append as a slow disk would (default: 0)")
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"])
     return parser.parse_args(argv)
@@ -42,7 +44,8 @@ async def serve(args: argparse.Namespace) -> None:
     registry = TopicRegistry(args.data_dir, default_partitions=args.default_partitions,
                              defaults=Defaults.from_flags(args.config),
                              retention_check_s=args.retention_check_ms / 1000)
-    service = BrokerService(registry, auto_create_partitions=args.default_partitions)
+    service = BrokerService(registry, auto_create_partitions=args.default_partitions,
+                            append_delay_s=args.append_delay_ms / 1000)
 
     async def health(request: httpd.Request) -> httpd.Response:
         return httpd.Response.json({"status": "ok", "topics": len(registry.topics),

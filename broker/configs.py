@@ -17,12 +17,13 @@ _LOG_INT = {
     "retention.bytes": ("retention_bytes", -1),
     "flush.ms": ("flush_ms", 0),
     "flush.messages": ("flush_messages", 1),
+    "max.message.bytes": ("max_message_bytes", 0),
 }
 _CHOICES = {
     "cleanup.policy": {"delete", "compact", "compact,delete", "delete,compact"},
     "message.timestamp.type": {"CreateTime", "LogAppendTime"},
 }
-_OTHER_INT = {"max.message.bytes": 0, "delete.retention.ms": 0, "min.compaction.lag.ms": 0,
+_OTHER_INT = {"delete.retention.ms": 0, "min.compaction.lag.ms": 0,
               "segment.ms": 1, "min.insync.replicas": 1}
 BUILTIN_DEFAULTS = {
     "cleanup.policy": "delete",

@@ -77,6 +77,7 @@ class LogConfig:
     compacted: bool = False
     # message.timestamp.type=LogAppendTime: the broker stamps each batch as it appends it.
     log_append_time: bool = False
+    max_message_bytes: int = 1024 * 1024 + 12  # largest batch a producer may append
     compact_and_delete: bool = False  # cleanup.policy=compact,delete: retention applies too
     delete_retention_ms: int = 24 * 3600 * 1000  # how long compaction keeps tombstones
 
@@ -184,6 +185,10 @@ class ReadResult:
 
 
 class OffsetOutOfRange(Exception):
+    pass
+
+
+class MessageTooLarge(ValueError):
     pass
 
 
@@ -505,6 +510,10 @@ class PartitionLog:
             raise CorruptBatch("empty record set")
         buffer = bytearray(records)
         batches = list(recordbatch.iter_batches(buffer))
+        for _position, header in batches:
+            if header.size > self.config.max_message_bytes:
+                raise MessageTooLarge(f"record batch of {header.size} bytes exceeds "
+                                      f"max.message.bytes {self.config.max_message_bytes}")
         if self.active.size >= self.config.segment_bytes:
             self._roll()
         segment = self.active

@@ -15,7 +15,7 @@ import grpclib.const
 import trio
 from kio.schema.errors import ErrorCode
 
-from broker.log import OffsetOutOfRange
+from broker.log import MessageTooLarge, OffsetOutOfRange
 from broker.topics import TopicError, TopicRegistry
 from kelp import __version__, grpc
 from kelp.process import count_tasks
@@ -38,9 +38,12 @@ MAX_FETCH_WAIT_S = 30.0
 
 
 class BrokerService:
-    def __init__(self, registry: TopicRegistry, *, auto_create_partitions: int = 1) -> None:
+    def __init__(self, registry: TopicRegistry, *, auto_create_partitions: int = 1,
+                 append_delay_s: float = 0.0) -> None:
         self.registry = registry
         self.auto_create_partitions = auto_create_partitions
+        # A test knob that makes every append slow, as a slow disk would.
+        self.append_delay_s = append_delay_s
         # Introspection for /health and the tests: what is open and parked right now.
         self.open_streams = 0
         self.pending_appends = 0
@@ -225,6 +228,8 @@ class BrokerService:
         try:
             async with trio.open_nursery() as nursery:
                 while (request := await recv()) is not None:
+                    if self.append_delay_s:
+                        await trio.sleep(self.append_delay_s)
                     # Written here, in arrival order; only the wait for fsync is a task.
                     reply, durable = self._append(request)
                     if durable is None:
@@ -242,6 +247,9 @@ class BrokerService:
             result = plog.append(request.records)
         except TopicError as exc:
             reply.error_code, reply.error_message = exc.code, str(exc)
+            return reply, None
+        except MessageTooLarge as exc:
+            reply.error_code, reply.error_message = ErrorCode.message_too_large, str(exc)
             return reply, None
         except UnsupportedMagic as exc:
             reply.error_code = ErrorCode.unsupported_for_message_format

@@ -30,8 +30,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="HTTP address HOST:PORT for /health (default: 127.0.0.1:8081)")
     parser.add_argument("--max-request-bytes", type=int, default=100 * 1024 * 1024,
                         help="largest Kafka request frame accepted (default: 104857600)")
-    parser.add_argument("--max-message-bytes", type=int, default=1024 * 1024 + 12,
-                        help="largest record batch accepted (default: 1048588)")
     parser.add_argument("--no-auto-create-topics", action="store_true",
                         help="do not create topics on Metadata requests for unknown topics")
     parser.add_argument("--log-level", default="info",
@@ -51,14 +49,15 @@ async def serve(args: argparse.Namespace) -> None:
         config = GatewayConfig(
             advertised_host=advertised[0], advertised_port=advertised[1],
             auto_create_topics=not args.no_auto_create_topics,
-            max_request_bytes=args.max_request_bytes, max_message_bytes=args.max_message_bytes)
+            max_request_bytes=args.max_request_bytes)
         server = KafkaServer(GatewayContext(config, broker))
         bound = await nursery.start(server.serve, listen_host, listen_port)
 
         async def health(request: httpd.Request) -> httpd.Response:
             return httpd.Response.json({
                 "status": "ok", "connections": server.connections, "inflight": server.inflight,
-                "protocol_errors": server.protocol_errors, "broker_pending": broker.pending,
+                "protocol_errors": server.protocol_errors, "throttled": server.throttled,
+                "broker_pending": broker.pending,
                 "tasks": count_tasks()})
 
         await nursery.start(httpd.serve_http, {"/health": health}, http_host, http_port)

@@ -19,8 +19,8 @@ class GatewayConfig:
     advertised_port: int = 9092
     auto_create_topics: bool = True
     max_request_bytes: int = 100 * 1024 * 1024
-    # Kafka's message.max.bytes default: the largest record batch a producer may send.
-    max_message_bytes: int = 1024 * 1024 + 12
+    # Request bytes one connection may have in flight before kelp stops reading it.
+    max_inflight_bytes: int = 64 * 1024 * 1024
     cluster_id: str = "kelp-cluster"
     max_inflight_requests: int = 64
 

@@ -43,6 +43,7 @@ class KafkaServer:
         self.connections = 0
         self.inflight = 0
         self.protocol_errors = 0
+        self.throttled = 0
 
     async def serve(self, host: str, port: int, *,
                     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
@@ -75,7 +76,11 @@ class KafkaServer:
     async def _read_requests(self, stream: trio.SocketStream, kafka: KafkaConnection,
                              slots: trio.MemorySendChannel[_Slot], nursery: trio.Nursery,
                              peer: str) -> None:
+        budget = _Budget(self.ctx.config.max_inflight_bytes)
         while True:
+            # Backpressure: a throttled or over-budget connection is simply not read.
+            await budget.wait_until_muted_ends()
+            await budget.wait_for_room()
             data = await stream.receive_some(RECEIVE_SIZE)
             if not data:
                 return
@@ -97,16 +102,22 @@ class KafkaServer:
                                                 "version": request.version})
                 pending = handler(self.ctx, request)  # may do its synchronous part right here
                 await slots.send(slot)
+                budget.take(request.size)
                 nursery.start_soon(self._complete, kafka, request, pending, slot, peer,
-                                   nursery.cancel_scope)
+                                   nursery.cancel_scope, budget)
 
     async def _complete(self, kafka: KafkaConnection, request: Request, pending: Any,
-                        slot: _Slot, peer: str, connection_scope: trio.CancelScope) -> None:
+                        slot: _Slot, peer: str, connection_scope: trio.CancelScope,
+                        budget: _Budget) -> None:
         self.inflight += 1
         try:
             body = await pending
             if body is not None:
                 slot.payload = kafka.encode_response(request, body)
+                throttle = getattr(body, "throttle_time", None)
+                if throttle:
+                    self.throttled += 1
+                    budget.mute_for(throttle.total_seconds())
         except Exception:
             # A bug, not the client's fault: say so loudly and drop this connection (as Kafka
             # does when it cannot answer); the gateway and its other clients carry on.
@@ -116,6 +127,7 @@ class KafkaServer:
             connection_scope.cancel()
         finally:
             self.inflight -= 1
+            budget.give_back(request.size)
             slot.done.set()
 
     async def _write_responses(self, stream: trio.SocketStream,
@@ -125,6 +137,35 @@ class KafkaServer:
             if slot.payload is not None:
                 await stream.send_all(slot.payload)
                 slot.payload = None
+
+
+class _Budget:
+    """A connection's in-flight request bytes, and when it may be read again."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.muted_until = 0.0
+        self._freed = trio.Event()
+
+    def take(self, size: int) -> None:
+        self.used += size
+
+    def give_back(self, size: int) -> None:
+        self.used -= size
+        self._freed.set()
+        self._freed = trio.Event()
+
+    def mute_for(self, seconds: float) -> None:
+        self.muted_until = max(self.muted_until, trio.current_time() + seconds)
+
+    async def wait_until_muted_ends(self) -> None:
+        if self.muted_until > trio.current_time():
+            await trio.sleep_until(self.muted_until)
+
+    async def wait_for_room(self) -> None:
+        while self.used >= self.limit:
+            await self._freed.wait()
 
 
 def _peer(stream: trio.SocketStream) -> str:

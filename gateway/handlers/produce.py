@@ -8,6 +8,7 @@ of one connection are queued in the order the client sent them (Kafka's ordering
 from __future__ import annotations
 
 import datetime
+import time
 from collections.abc import Awaitable
 from typing import Any
 
@@ -17,9 +18,16 @@ from gateway.broker_client import BrokerUnavailable
 from gateway.context import GatewayContext
 from gateway.kafka import apis, messages
 from gateway.kafka.connection import Request
-from kelp import recordbatch
 
 VALID_ACKS = (0, 1, -1)
+# Backpressure: when the broker takes longer than this to take a produce, the client is told
+# to back off (throttle_time_ms) for the excess, and its connection is not read meanwhile.
+THROTTLE_AFTER_S = 0.1
+MAX_THROTTLE_S = 5.0
+
+
+def throttle_for(waited_s: float) -> datetime.timedelta:
+    return datetime.timedelta(seconds=min(max(waited_s - THROTTLE_AFTER_S, 0), MAX_THROTTLE_S))
 
 
 def handle(ctx: GatewayContext, request: Request) -> Awaitable[Any]:
@@ -35,31 +43,18 @@ def handle(ctx: GatewayContext, request: Request) -> Awaitable[Any]:
                 message = f"acks must be 0, 1 or -1, not {acks}"
             elif not part.records:
                 error, message = ErrorCode.corrupt_message, "no record batches"
-            else:
-                too_large = _oversized_batch(part.records, ctx.config.max_message_bytes)
-                if too_large:
-                    error, message = ErrorCode.message_too_large, too_large
             if error == ErrorCode.none:
                 try:
                     waiter = ctx.broker.submit_append(topic.name, part.index, part.records, acks)
                 except BrokerUnavailable as exc:
                     error, message = ErrorCode.not_leader_or_follower, str(exc)
             outcomes.append((topic.name, part.index, error, message, waiter))
-    return _collect(request, acks, outcomes)
-
-
-def _oversized_batch(records: bytes, limit: int) -> str | None:
-    try:
-        for _position, header in recordbatch.iter_batches(records, verify_crc=False):
-            if header.size > limit:
-                return f"record batch of {header.size} bytes exceeds max.message.bytes {limit}"
-    except recordbatch.CorruptBatch:
-        return None  # the broker validates fully and answers CORRUPT_MESSAGE
-    return None
+    return _collect(request, acks, outcomes, time.monotonic())
 
 
 async def _collect(request: Request, acks: int,
-                   outcomes: list[tuple[str, int, int, str | None, Any]]) -> Any:
+                   outcomes: list[tuple[str, int, int, str | None, Any]],
+                   started: float) -> Any:
     if acks == 0:
         return None  # the protocol: no response at all
     response_type = messages.response_type(apis.ApiKey.PRODUCE, request.version)
@@ -83,6 +78,6 @@ async def _collect(request: Request, acks: int,
             log_append_time=append_time, log_start_offset=log_start, record_errors=(),
             error_message=message))
     return messages.build(
-        response_type, throttle_time=datetime.timedelta(0),
+        response_type, throttle_time=throttle_for(time.monotonic() - started),
         responses=tuple(topic_type(name=name, partition_responses=tuple(parts))
                         for name, parts in by_topic.items()))
