@@ -1,0 +1,96 @@
+"""compose/compose.yaml must start processes that exist, with flags they accept.
+
+There is no Docker engine here, so the file is checked against the code instead: every service
+runs ``python -m <module>`` from the one image, every ``--flag`` it passes appears in that
+module's ``--help``, the whole argument list gets through the module's own ``parse_args``, and
+the Dockerfile copies the module's package into the image.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.kelp_procs import REPO
+
+COMPOSE = REPO / "compose" / "compose.yaml"
+DOCKERFILE = REPO / "compose" / "Dockerfile"
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _services() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE.read_text())["services"]
+
+
+SERVICES = _services()
+
+
+def _command(name: str) -> list[str]:
+    command = SERVICES[name]["command"]
+    # Exec form only: a shell string would need shell parsing to check, and a shell as PID 1
+    # would swallow SIGTERM.
+    assert isinstance(command, list), f"{name}: command must be an exec-form list"
+    assert command[:2] == ["python", "-m"], f"{name}: expected python -m <module>, got {command}"
+    return command
+
+
+def _flags(arguments: list[str]) -> list[str]:
+    return [arg.split("=", 1)[0] for arg in arguments if arg.startswith("--")]
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=30)
+
+
+def test_the_three_processes_are_there() -> None:
+    assert {name: _command(name)[2] for name in SERVICES} == {
+        "broker": "broker", "gateway": "gateway", "sidecar": "rdma"}
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_every_flag_appears_in_the_module_help(name: str) -> None:
+    command = _command(name)
+    shown = _run("-m", command[2], "--help")
+    assert shown.returncode == 0, shown.stderr
+    flags = _flags(command[3:])
+    assert flags, f"{name} passes no flags"
+    for flag in flags:
+        # Whole flag only: "--http" must not be satisfied by "--http-port".
+        assert re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", shown.stdout), (
+            f"{name}: {flag} is not in `python -m {command[2]} --help`:\n{shown.stdout}")
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_the_arguments_parse(name: str) -> None:
+    command = _command(name)
+    module = command[2]
+    check = ("import sys\n"
+             f"from {module}.__main__ import parse_args\n"
+             "parse_args(sys.argv[1:])\n")
+    parsed = _run("-c", check, *command[3:])
+    assert parsed.returncode == 0, f"{name}: {command[3:]} rejected:\n{parsed.stderr}"
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_every_service_uses_the_one_image(name: str) -> None:
+    service = SERVICES[name]
+    assert service["image"] == "kelp:local"
+    assert (COMPOSE.parent / service["build"]["context"]).resolve() == REPO
+    assert (REPO / service["build"]["dockerfile"]).resolve() == DOCKERFILE
+
+
+def test_the_image_contains_every_module_a_service_runs() -> None:
+    copied = {Path(line.split()[1]).parts[0] for line in DOCKERFILE.read_text().splitlines()
+              if line.startswith("COPY ")}
+    for name in SERVICES:
+        module = _command(name)[2]
+        assert module in copied, f"{name}: compose/Dockerfile does not COPY {module}/"
+        assert (REPO / module / "__main__.py").exists()
