@@ -1,23 +1,40 @@
-"""``python -m bench`` (``just bench``): run the benchmarks and print a summary of ratios."""
+"""``python -m bench [NAME ...]`` (``just bench``): run benchmarks, print a table of ratios.
+
+Names: ``produce`` (librdkafka through gateway and broker vs a raw two-hop trio pipe),
+``storage`` (the log engine vs plain file IO). No name runs them all.
+"""
 
 from __future__ import annotations
 
 import argparse
 
-from bench import produce
+from bench import produce, storage
+
+BENCHMARKS = {
+    "produce": lambda args: produce.run(records=args.records, record_bytes=args.record_bytes),
+    "storage": lambda args: storage.run(total_mb=args.storage_mb),
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("names", nargs="*", metavar="NAME",
+                        help=f"benchmarks to run: {', '.join(BENCHMARKS)} (default: all)")
     parser.add_argument("--records", type=int, default=200_000,
                         help="records per produce run (default: 200000)")
     parser.add_argument("--record-bytes", type=int, default=1024)
+    parser.add_argument("--storage-mb", type=int, default=256)
     args = parser.parse_args()
-    rows = produce.run(records=args.records, record_bytes=args.record_bytes)
+    unknown = set(args.names) - set(BENCHMARKS)
+    if unknown:
+        parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
+    rows = []
+    for name in args.names or list(BENCHMARKS):
+        rows += BENCHMARKS[name](args)
     print()
-    print(f"{'benchmark':40} {'kelp':>22} {'raw baseline':>22} {'ratio':>7}")
+    print(f"{'benchmark':40} {'kelp':>26} {'raw baseline':>14} {'kelp/raw':>9}")
     for name, kelp_figure, raw_figure, ratio in rows:
-        print(f"{name:40} {kelp_figure:>22} {raw_figure:>22} {ratio:>6.2f}x")
+        print(f"{name:40} {kelp_figure:>26} {raw_figure:>14} {ratio:>8.2f}x")
 
 
 if __name__ == "__main__":
