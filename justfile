@@ -26,6 +26,10 @@ test *ARGS:
 bench *ARGS:
     {{python}} -m bench {{ARGS}}
 
+# Long crash harness: 50 SIGKILL cycles per durability policy (CI runs 10).
+soak:
+    KELP_CRASH_CYCLES=50 {{python}} -m pytest tests/integration/test_crash_harness.py -s
+
 # Regenerate the gRPC code in kelp/rpc from proto/ (never edit the output by hand).
 proto:
     rm -rf kelp/rpc

@@ -12,6 +12,7 @@ from broker.log import LogConfig
 
 _LOG_INT = {
     "segment.bytes": ("segment_bytes", 14),
+    "segment.ms": ("segment_ms", 1),
     "index.interval.bytes": ("index_interval_bytes", 0),
     "retention.ms": ("retention_ms", -1),
     "retention.bytes": ("retention_bytes", -1),
@@ -24,7 +25,7 @@ _CHOICES = {
     "message.timestamp.type": {"CreateTime", "LogAppendTime"},
 }
 _OTHER_INT = {"delete.retention.ms": 0, "min.compaction.lag.ms": 0,
-              "segment.ms": 1, "min.insync.replicas": 1}
+              "min.insync.replicas": 1}
 BUILTIN_DEFAULTS = {
     "cleanup.policy": "delete",
     "message.timestamp.type": "CreateTime",

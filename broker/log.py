@@ -68,6 +68,7 @@ class LogConfig:
     """
 
     segment_bytes: int = 1 << 30
+    segment_ms: int = 7 * 24 * 3600 * 1000  # roll a segment this long after its first append
     index_interval_bytes: int = 4096
     retention_ms: int = 7 * 24 * 3600 * 1000  # -1: keep forever
     retention_bytes: int = -1  # -1: no size limit
@@ -99,6 +100,8 @@ class Segment:
     next_offset: int = -1
     max_timestamp: int = -1
     _indexed_position: int = field(default=-(1 << 62))
+    # Wall-clock ms of the first append (the file's mtime for a recovered segment): segment.ms.
+    first_append_ms: int = -1
     # Reads in flight: a deleted segment's file descriptor closes only once they finish.
     readers: int = 0
     retired: bool = False
@@ -274,18 +277,21 @@ class PartitionLog:
         """Open one segment; returns it and whether damage was cut from its end."""
         base = int(path.stem)
         fd = os.open(path, os.O_RDWR)
-        file_size = os.fstat(fd).st_size
+        stat = os.fstat(fd)
+        file_size = stat.st_size
         if trusted:
             offset_index = SparseIndex.load(path.with_suffix(".index"))
             time_index = SparseIndex.load(path.with_suffix(".timeindex"))
             if offset_index is not None and time_index is not None:
                 segment = Segment(base, path, fd, offset_index, time_index)
                 if self._resume_from_index(segment, file_size):
+                    segment.first_append_ms = int(stat.st_mtime * 1000)
                     return segment, False
                 segment.offset_index.close()
                 segment.time_index.close()
         segment = Segment(base, path, fd, SparseIndex(path.with_suffix(".index")),
-                          SparseIndex(path.with_suffix(".timeindex")))
+                          SparseIndex(path.with_suffix(".timeindex")),
+                          first_append_ms=int(stat.st_mtime * 1000))
         return segment, self._scan(segment, file_size, verify=not trusted)
 
     def _resume_from_index(self, segment: Segment, file_size: int) -> bool:
@@ -514,7 +520,9 @@ class PartitionLog:
             if header.size > self.config.max_message_bytes:
                 raise MessageTooLarge(f"record batch of {header.size} bytes exceeds "
                                       f"max.message.bytes {self.config.max_message_bytes}")
-        if self.active.size >= self.config.segment_bytes:
+        active = self.active
+        if active.size >= self.config.segment_bytes or (
+                active.size and now_ms() - active.first_append_ms >= self.config.segment_ms):
             self._roll()
         segment = self.active
         first_offset = next_offset = segment.next_offset
@@ -525,6 +533,8 @@ class PartitionLog:
                 recordbatch.stamp_log_append_time(buffer, position, header, append_time)
             next_offset += header.last_offset_delta + 1
         start = segment.size
+        if start == 0:
+            segment.first_append_ms = now_ms()
         written = os.pwrite(segment.fd, buffer, start)
         if written != len(buffer):
             # The disk is full or failing; undo the partial write so the log stays whole.

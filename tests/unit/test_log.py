@@ -317,3 +317,20 @@ async def offsets_with_gaps(plog: PartitionLog) -> list[int]:
             offsets += [r.offset for r in records.iter_records(data[start:start + header.size])]
             position = header.last_offset + 1
     return offsets
+
+
+async def test_segments_roll_by_age(tmp_path):
+    plog = PartitionLog.open(tmp_path / "p", LogConfig(segment_ms=1))
+    plog.append(batch_of(2))
+    await trio.sleep(0.01)
+    plog.append(batch_of(2))
+    assert len(plog.segments) == 2 and plog.active.base_offset == 2
+
+
+async def test_oversized_batches_are_refused(tmp_path):
+    from broker.log import MessageTooLarge
+
+    plog = PartitionLog.open(tmp_path / "p", LogConfig(max_message_bytes=100))
+    with pytest.raises(MessageTooLarge):
+        plog.append(make_batch([(b"k", b"v" * 200)]))
+    assert plog.high_watermark == 0
