@@ -76,7 +76,7 @@ async def run_up(args: argparse.Namespace) -> int:
                 f"  gateway http    {args.registry}  (/health)\n"
                 f"  broker grpc     {args.broker}\n"
                 f"  broker http     {args.broker_http}  (/health, /metrics)\n"
-                f"  sidecar http    {args.sidecar_http}  (/health, /stats, /capabilities)\n"
+                f"  sidecar http    {args.sidecar_http}  (/health /stats /ping /read ...)\n"
                 f"  sidecar socket  {args.run_dir / 'sidecar.sock'}\n"
                 f"  data dir        {args.data_dir}\n"
                 "Ctrl-C stops all three.", flush=True)
