@@ -1,0 +1,63 @@
+"""Idle: with a consumer long-polling an empty partition, the three processes barely run."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+from confluent_kafka import OFFSET_END, Consumer, TopicPartition
+
+from tests.kelp_procs import Cluster, Proc, free_port
+
+MEASURE_S = 30.0
+CPU_BOUND_PERCENT = 1.0
+
+
+def cpu_seconds(proc: Proc) -> float:
+    assert proc.popen is not None
+    with open(f"/proc/{proc.popen.pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_idle_processes_use_under_one_percent_cpu(tmp_path: Path, topic_name: str) -> None:
+    cluster = Cluster(tmp_path / "c").start()
+    sidecar = Proc("sidecar", [
+        sys.executable, "-m", "rdma", "--socket", str(tmp_path / "sidecar.sock"),
+        "--http", f"127.0.0.1:{free_port()}", "--broker", f"127.0.0.1:{cluster.broker_port}",
+        "--broker-http", f"127.0.0.1:{cluster.broker_http_port}"], tmp_path / "sidecar.log")
+    consumer = None
+    stop = threading.Event()
+    poller = None
+    try:
+        sidecar.start()
+        consumer = Consumer({"bootstrap.servers": cluster.bootstrap, "group.id": "idle",
+                             "fetch.wait.max.ms": 500})
+        consumer.assign([TopicPartition(topic_name, 0, OFFSET_END)])
+
+        def poll() -> None:
+            while not stop.is_set():
+                consumer.poll(0.2)
+
+        poller = threading.Thread(target=poll)
+        poller.start()
+        time.sleep(3)  # settle: metadata, topic creation, first fetches
+        procs = (cluster.broker, cluster.gateway, sidecar)
+        before = sum(cpu_seconds(p) for p in procs)
+        time.sleep(MEASURE_S)
+        used = sum(cpu_seconds(p) for p in procs) - before
+        percent = used / MEASURE_S * 100
+        print(f"idle CPU of broker+gateway+sidecar: {percent:.2f}% over {MEASURE_S:.0f}s")
+        assert cluster.broker_health()["pending_fetches"] >= 0
+        assert percent < CPU_BOUND_PERCENT
+    finally:
+        stop.set()
+        if poller is not None:
+            poller.join()
+        if consumer is not None:
+            consumer.close()
+        sidecar.stop()
+        cluster.stop()
