@@ -25,6 +25,7 @@ append) — never a sleep loop.
 from __future__ import annotations
 
 import bisect
+import json
 import logging
 import os
 import struct
@@ -34,8 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
+from kio.schema.errors import ErrorCode
 
 from broker.index import SparseIndex
+from broker.producers import ProducerError, ProducerStateTable
 from kelp import recordbatch, records
 from kelp.recordbatch import CorruptBatch
 
@@ -43,6 +46,7 @@ log = logging.getLogger("kelp.broker.log")
 
 SEGMENT_SUFFIX = ".log"
 RECOVERY_POINT = "recovery-point"
+PRODUCER_SNAPSHOT = "producer-state.json"
 LOG_START_OFFSET = "log-start-offset"
 # Enough of a batch header to walk the log: base offset, length, ..., lastOffsetDelta.
 _WALK = struct.Struct(">qi")
@@ -231,6 +235,7 @@ class PartitionLog:
         self._sync_running = False
         self._sync_done = trio.Event()
         self._append_listeners: set[Callable[[], None]] = set()
+        self.producers = ProducerStateTable()
         self._unsynced_messages = 0
         self._flush_wanted = trio.Event()
         self._closed = False
@@ -271,7 +276,26 @@ class PartitionLog:
         first = self.segments[0].base_offset
         self._log_start = first if start is None else min(max(start, first),
                                                             self.high_watermark)
+        self._rebuild_producers()
         self._write_recovery_point(sync=False)
+
+    def _rebuild_producers(self) -> None:
+        """Producer state from the snapshot, then from the headers of every later batch."""
+        snapshot_path = self.directory / PRODUCER_SNAPSHOT
+        start = self.log_start_offset
+        try:
+            snapshot = json.loads(snapshot_path.read_text())
+            if start <= snapshot["offset"] <= self.high_watermark:
+                self.producers = ProducerStateTable.from_json(snapshot["producers"])
+                start = snapshot["offset"]
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            pass
+        located = self._locate(start) if start < self.high_watermark else None
+        if located is None:
+            return
+        for _segment, _position, header in self._batches_from(located[0], start):
+            if header.base_offset >= start:
+                self.producers.record(header)
 
     def _load_segment(self, path: Path, *, trusted: bool) -> tuple[Segment, bool]:
         """Open one segment; returns it and whether damage was cut from its end."""
@@ -366,7 +390,16 @@ class PartitionLog:
         self._segment_bases.append(segment.base_offset)
 
     def _write_recovery_point(self, *, sync: bool) -> None:
+        self._write_producer_snapshot(self._producer_snapshot())
         _write_checkpoint(self.directory / RECOVERY_POINT, self.high_watermark, sync=sync)
+
+    def _producer_snapshot(self) -> str:
+        return json.dumps({"offset": self.high_watermark, "producers": self.producers.to_json()})
+
+    def _write_producer_snapshot(self, snapshot: str) -> None:
+        tmp = self.directory / (PRODUCER_SNAPSHOT + ".tmp")
+        tmp.write_text(snapshot)
+        os.replace(tmp, self.directory / PRODUCER_SNAPSHOT)
 
     def close(self) -> None:
         """Close files; a clean close records everything as recovered (after an fsync)."""
@@ -516,6 +549,15 @@ class PartitionLog:
             raise CorruptBatch("empty record set")
         buffer = bytearray(records)
         batches = list(recordbatch.iter_batches(buffer))
+        retried = [self.producers.check(header) for _, header in batches]
+        if any(retried):
+            if not all(retried):
+                raise ProducerError(ErrorCode.out_of_order_sequence_number,
+                                    "a request mixing retried and new batches")
+            # A retry of batches already stored: answer with their offsets, write nothing.
+            first, last = retried[0], retried[-1]
+            assert first is not None and last is not None
+            return AppendResult(first.base_offset, last.last_offset, -1, self._written)
         for _position, header in batches:
             if header.size > self.config.max_message_bytes:
                 raise MessageTooLarge(f"record batch of {header.size} bytes exceeds "
@@ -543,6 +585,7 @@ class PartitionLog:
         for position, _header in batches:
             assigned = recordbatch.parse_header(buffer, position)  # with its new base offset
             segment.note_batch(start + position, assigned, self.config.index_interval_bytes)
+            self.producers.record(assigned)
         self._written += len(buffer)
         self._unsynced[segment.base_offset] = segment
         flush_messages = self.config.flush_messages
@@ -572,13 +615,14 @@ class PartitionLog:
                 continue
             self._sync_running = True
             target, recovery_point = self._written, self.high_watermark
+            snapshot = self._producer_snapshot()
             segments = list(self._unsynced.values())
             self._unsynced.clear()
             sync_dir = self._dir_dirty
             self._dir_dirty = False
             try:
                 await trio.to_thread.run_sync(self._sync_files, segments, sync_dir,
-                                              recovery_point, limiter=_io_limiter)
+                                              recovery_point, snapshot, limiter=_io_limiter)
                 self._synced = max(self._synced, target)
             except BaseException:
                 for segment in segments:  # not durable: the next sync must retry them
@@ -590,7 +634,8 @@ class PartitionLog:
                 done, self._sync_done = self._sync_done, trio.Event()
                 done.set()
 
-    def _sync_files(self, segments: list[Segment], sync_dir: bool, recovery_point: int) -> None:
+    def _sync_files(self, segments: list[Segment], sync_dir: bool, recovery_point: int,
+                    producer_snapshot: str) -> None:
         for segment in segments:
             os.fdatasync(segment.fd)
         if sync_dir:
@@ -599,7 +644,8 @@ class PartitionLog:
                 os.fsync(dir_fd)
             finally:
                 os.close(dir_fd)
-        # Not fsynced itself: a stale recovery point only means more checking on start.
+        # Neither is fsynced: a stale one only means more checking and rebuilding on start.
+        self._write_producer_snapshot(producer_snapshot)
         _write_checkpoint(self.directory / RECOVERY_POINT, recovery_point, sync=False)
 
     # -- waiting readers --------------------------------------------------------------------

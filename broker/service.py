@@ -16,6 +16,8 @@ import trio
 from kio.schema.errors import ErrorCode
 
 from broker.log import MessageTooLarge, OffsetOutOfRange
+from broker.producer_ids import ProducerIds
+from broker.producers import ProducerError
 from broker.topics import TopicError, TopicRegistry
 from kelp import __version__, grpc
 from kelp.process import count_tasks
@@ -41,6 +43,7 @@ class BrokerService:
     def __init__(self, registry: TopicRegistry, *, auto_create_partitions: int = 1,
                  append_delay_s: float = 0.0) -> None:
         self.registry = registry
+        self.producer_ids = ProducerIds(registry.data_dir)
         self.auto_create_partitions = auto_create_partitions
         # A test knob that makes every append slow, as a slow disk would.
         self.append_delay_s = append_delay_s
@@ -61,6 +64,8 @@ class BrokerService:
             "DescribeConfigs": (self.describe_configs, pb.DescribeConfigsRequest,
                                 pb.DescribeConfigsReply),
             "AlterConfigs": (self.alter_configs, pb.AlterConfigsRequest, pb.AlterConfigsReply),
+            "InitProducerId": (self.init_producer_id, pb.InitProducerIdRequest,
+                               pb.InitProducerIdReply),
         }
         mapping = {
             f"/broker.v1.Broker/{name}": grpc.unary_handler(fn, req, rep)
@@ -220,6 +225,16 @@ class BrokerService:
                 out.error_code, out.error_message = exc.code, str(exc)
         return pb.AlterConfigsReply(resources=resources)
 
+    async def init_producer_id(self, request: pb.InitProducerIdRequest
+                               ) -> pb.InitProducerIdReply:
+        if request.transactional_id:
+            # Transactions need a transaction coordinator, which kelp does not have yet.
+            return pb.InitProducerIdReply(error_code=ErrorCode.coordinator_not_available,
+                                          producer_id=-1, producer_epoch=-1)
+        producer_id, epoch = await self.producer_ids.init(request.producer_id,
+                                                          request.producer_epoch)
+        return pb.InitProducerIdReply(producer_id=producer_id, producer_epoch=epoch)
+
     # -- append stream ----------------------------------------------------------------------
 
     async def serve_append(self, recv: Callable[[], Awaitable[pb.AppendRequest | None]],
@@ -246,6 +261,9 @@ class BrokerService:
             plog = self.registry.partition(request.topic, request.partition)
             result = plog.append(request.records)
         except TopicError as exc:
+            reply.error_code, reply.error_message = exc.code, str(exc)
+            return reply, None
+        except ProducerError as exc:
             reply.error_code, reply.error_message = exc.code, str(exc)
             return reply, None
         except MessageTooLarge as exc:

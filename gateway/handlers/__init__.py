@@ -21,6 +21,7 @@ from gateway.handlers import (
     fetch,
     metadata,
     produce,
+    producers,
 )
 from gateway.kafka.apis import ApiKey
 from gateway.kafka.connection import Request
@@ -36,6 +37,7 @@ HANDLERS: dict[int, Handler] = {
     ApiKey.CREATE_TOPICS: admin.handle_create_topics,
     ApiKey.FIND_COORDINATOR: coordinator.handle,
     ApiKey.DELETE_RECORDS: admin.handle_delete_records,
+    ApiKey.INIT_PRODUCER_ID: producers.handle_init_producer_id,
     ApiKey.DESCRIBE_CONFIGS: configs.handle_describe,
     ApiKey.ALTER_CONFIGS: configs.handle_alter,
     ApiKey.INCREMENTAL_ALTER_CONFIGS: configs.handle_incremental_alter,

@@ -182,3 +182,21 @@ def test_api_versions(client: RawClient, version: int) -> None:
                                  client_software_version="1"))
     assert response.error_code == ErrorCode.none
     assert {k.api_key for k in response.api_keys} == set(SUPPORTED)
+
+
+@pytest.mark.parametrize("version", versions(ApiKey.INIT_PRODUCER_ID))
+def test_init_producer_id(client: RawClient, version: int) -> None:
+    request_type = load_request_schema(ApiKey.INIT_PRODUCER_ID, version)
+
+    def init(producer_id: int = -1, epoch: int = -1):
+        return client.request(mk(request_type, transactional_id=None,
+                                 transaction_timeout=datetime.timedelta(seconds=60),
+                                 producer_id=producer_id, producer_epoch=epoch))
+
+    first, second = init(), init()
+    assert first.error_code == second.error_code == ErrorCode.none
+    assert first.producer_id >= 0 and second.producer_id != first.producer_id
+    assert first.producer_epoch == 0
+    if version >= 3:  # KIP-360: an existing producer gets its epoch bumped
+        bumped = init(first.producer_id, first.producer_epoch)
+        assert (bumped.producer_id, bumped.producer_epoch) == (first.producer_id, 1)

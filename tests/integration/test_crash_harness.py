@@ -2,7 +2,9 @@
 with SIGKILL and restarted, again and again. Every record whose delivery report said "stored
 at offset N" must be at offset N afterwards — under the default durability policy (fsync
 before the ack) and the interval policy (ack after the write; a process crash loses nothing
-because the bytes were already in the file).
+because the bytes were already in the file). The producer is idempotent, so the retries that
+follow each kill must not store anything twice: the broker rebuilds producer state from the
+log and answers a retry of a stored batch with its original offsets.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ CYCLES = int(os.environ.get("KELP_CRASH_CYCLES", "10"))
 
 def run_harness(cluster: Cluster, topic: str, cycles: int) -> tuple[int, int]:
     producer = Producer({"bootstrap.servers": cluster.bootstrap, "acks": "all",
+                         "enable.idempotence": True,
                          "linger.ms": 2, "message.timeout.ms": 60000,
                          "retry.backoff.ms": 50, "reconnect.backoff.ms": 20,
                          "reconnect.backoff.max.ms": 200})
@@ -73,6 +76,9 @@ def run_harness(cluster: Cluster, topic: str, cycles: int) -> tuple[int, int]:
 
     lost = {o: v for o, v in acknowledged.items() if stored.get(o) != v}
     assert not lost, f"{len(lost)} acknowledged records lost or moved, e.g. {sorted(lost)[:5]}"
+    duplicated = len(stored) - len(set(stored.values()))
+    assert duplicated == 0, f"{duplicated} records stored twice"
+    assert len(stored) == sent, f"{sent} produced, {len(stored)} stored"
     assert not failed, failed[:3]
     return len(acknowledged), len(stored)
 

@@ -126,9 +126,9 @@ def test_kafka_python_round_trip(cluster: Cluster, topic_name: str) -> None:
     from kafka import TopicPartition as KTopicPartition
 
     records = expected_records(2000)
-    # Idempotence (InitProducerId, on by default in kafka-python 3) is the API-surface issue's.
+    # kafka-python 3 is idempotent by default: InitProducerId and sequences are exercised.
     producer = KafkaProducer(bootstrap_servers=cluster.bootstrap, acks="all",
-                             compression_type="gzip", enable_idempotence=False)
+                             compression_type="gzip")
     futures = [producer.send(topic_name, key=k, value=v, headers=h, partition=0)
                for k, v, h in records]
     producer.flush(60)

@@ -32,6 +32,8 @@ __all__ = (
     "FetchedPartition",
     "HealthReply",
     "HealthRequest",
+    "InitProducerIdReply",
+    "InitProducerIdRequest",
     "ListOffsetsReply",
     "ListOffsetsReplyAnswer",
     "ListOffsetsRequest",
@@ -461,6 +463,33 @@ default_message_pool.register_message("broker.v1", "HealthRequest", HealthReques
 
 
 @dataclass(eq=False, repr=False)
+class InitProducerIdReply(betterproto2.Message):
+    error_code: "int" = betterproto2.field(1, betterproto2.TYPE_INT32)
+
+    producer_id: "int" = betterproto2.field(2, betterproto2.TYPE_INT64)
+
+    producer_epoch: "int" = betterproto2.field(3, betterproto2.TYPE_INT32)
+
+
+default_message_pool.register_message("broker.v1", "InitProducerIdReply", InitProducerIdReply)
+
+
+@dataclass(eq=False, repr=False)
+class InitProducerIdRequest(betterproto2.Message):
+    transactional_id: "str | None" = betterproto2.field(1, betterproto2.TYPE_STRING, optional=True)
+
+    producer_id: "int" = betterproto2.field(2, betterproto2.TYPE_INT64)
+    """
+    -1 for a new producer; else bump this one's epoch
+    """
+
+    producer_epoch: "int" = betterproto2.field(3, betterproto2.TYPE_INT32)
+
+
+default_message_pool.register_message("broker.v1", "InitProducerIdRequest", InitProducerIdRequest)
+
+
+@dataclass(eq=False, repr=False)
 class ListOffsetsReply(betterproto2.Message):
     answers: "list[ListOffsetsReplyAnswer]" = betterproto2.field(
         1, betterproto2.TYPE_MESSAGE, repeated=True
@@ -720,6 +749,24 @@ class BrokerStub(betterproto2_grpclib.ServiceStub):
             metadata=metadata,
         )
 
+    async def init_producer_id(
+        self,
+        message: "InitProducerIdRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "InitProducerIdReply":
+
+        return await self._unary_unary(
+            "/broker.v1.Broker/InitProducerId",
+            message,
+            InitProducerIdReply,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
     async def append(
         self,
         messages: "AsyncIterable[AppendRequest] | Iterable[AppendRequest]",
@@ -798,6 +845,10 @@ class BrokerBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def init_producer_id(self, message: "InitProducerIdRequest") -> "InitProducerIdReply":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def append(
         self, messages: "AsyncIterator[AppendRequest]"
     ) -> "AsyncIterator[AppendReply]":
@@ -869,6 +920,14 @@ class BrokerBase(betterproto2_grpclib.ServiceBase):
         response = await self.alter_configs(request)
         await stream.send_message(response)
 
+    async def __rpc_init_producer_id(
+        self, stream: "grpclib.server.Stream[InitProducerIdRequest, InitProducerIdReply]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.init_producer_id(request)
+        await stream.send_message(response)
+
     async def __rpc_append(
         self, stream: "grpclib.server.Stream[AppendRequest, AppendReply]"
     ) -> None:
@@ -930,6 +989,12 @@ class BrokerBase(betterproto2_grpclib.ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 AlterConfigsRequest,
                 AlterConfigsReply,
+            ),
+            "/broker.v1.Broker/InitProducerId": grpclib.const.Handler(
+                self.__rpc_init_producer_id,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                InitProducerIdRequest,
+                InitProducerIdReply,
             ),
             "/broker.v1.Broker/Append": grpclib.const.Handler(
                 self.__rpc_append,
