@@ -9,6 +9,9 @@ from pathlib import Path
 import trio
 
 from broker.configs import Defaults
+from broker.group_service import GroupService
+from broker.groups import Coordinator
+from broker.offsets import OffsetStore
 from broker.service import BrokerService
 from broker.topics import TopicRegistry
 from kelp import grpc, httpd, logs, process
@@ -33,6 +36,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "flush.ms=1000 (repeatable; topics may override)")
     parser.add_argument("--retention-check-ms", type=int, default=60_000,
                         help="how often each partition applies retention (default: 60000)")
+    parser.add_argument("--group-initial-rebalance-delay-ms", type=int, default=3000,
+                        help="how long a new group waits for more members before its first "
+                        "rebalance completes (Kafka's group.initial.rebalance.delay.ms; "
+                        "default: 3000)")
     parser.add_argument("--append-delay-ms", type=float, default=0.0,
                         help="testing: delay every append as a slow disk would (default: 0)")
     parser.add_argument("--log-level", default="info",
@@ -44,6 +51,12 @@ async def serve(args: argparse.Namespace) -> None:
     registry = TopicRegistry(args.data_dir, default_partitions=args.default_partitions,
                              defaults=Defaults.from_flags(args.config),
                              retention_check_s=args.retention_check_ms / 1000)
+    offsets_config = registry.defaults.log_config({"cleanup.policy": "compact"})
+    # '@' cannot appear in a topic name, so this directory never collides with a topic's.
+    store = await trio.to_thread.run_sync(OffsetStore, args.data_dir / "@consumer-offsets",
+                                          offsets_config)
+    coordinator = Coordinator(
+        store, initial_rebalance_delay_s=args.group_initial_rebalance_delay_ms / 1000)
     service = BrokerService(registry, auto_create_partitions=args.default_partitions,
                             append_delay_s=args.append_delay_ms / 1000)
 
@@ -62,7 +75,11 @@ async def serve(args: argparse.Namespace) -> None:
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(registry.run)
-            await nursery.start(grpc.serve, service.mapping(), grpc_address)
+            nursery.start_soon(coordinator.run)
+            nursery.start_soon(store.log.maintain, registry.retention_check_s)
+            await nursery.start(grpc.serve,
+                                {**service.mapping(), **GroupService(coordinator).mapping()},
+                                grpc_address)
             await nursery.start(httpd.serve_http, {"/health": health, "/metrics": metrics},
                                 http_host, http_port)
             log.info("ready", extra={"grpc": str(grpc_address), "http": args.http,
@@ -70,6 +87,7 @@ async def serve(args: argparse.Namespace) -> None:
     finally:
         # Only after every task that could touch a log has ended.
         registry.close()
+        store.close()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from kio.schema.errors import ErrorCode
@@ -11,6 +12,8 @@ from gateway.broker_client import BrokerClient
 from kelp.rpc.broker import v1 as pb
 
 NODE_ID = 0
+# The client address of the connection a handler serves (for DescribeGroups' client_host).
+current_peer: ContextVar[str] = ContextVar("current_peer", default="")
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Any
 
 import trio
 
-from gateway.context import GatewayContext
+from gateway.context import GatewayContext, current_peer
 from gateway.handlers import HANDLERS
 from gateway.kafka import apis
 from gateway.kafka.connection import KafkaConnection, ProtocolError, Request
@@ -56,6 +56,7 @@ class KafkaServer:
 
     async def handle_connection(self, stream: trio.SocketStream) -> None:
         peer = _peer(stream)
+        current_peer.set(peer.rsplit(":", 1)[0])  # inherited by every task of this connection
         self.connections += 1
         kafka = KafkaConnection(self.ctx.config.max_request_bytes)
         try:

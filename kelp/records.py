@@ -174,3 +174,15 @@ def rebuild_batch(original: bytes | memoryview, kept: list[Record]) -> bytes:
     struct.pack_into(">i", batch, 57, len(kept))
     struct.pack_into(">I", batch, 17, crc32c.crc32c(memoryview(batch)[21:]))
     return bytes(batch)
+
+
+def build_batch(pairs: list[tuple[bytes | None, bytes | None]], timestamp: int) -> bytes:
+    """A fresh uncompressed v2 batch (base offset 0, no producer) holding ``pairs``."""
+    body = b"".join(encode_record(Record(index, timestamp, key, value, ()), 0, timestamp)
+                    for index, (key, value) in enumerate(pairs))
+    header = struct.pack(">qiiBIhiqqqhii", 0, 0, 0, 2, 0, 0, len(pairs) - 1, timestamp,
+                         timestamp, -1, -1, -1, len(pairs))
+    batch = bytearray(header + body)
+    struct.pack_into(">i", batch, 8, len(batch) - recordbatch.LENGTH_PREFIX)
+    struct.pack_into(">I", batch, 17, crc32c.crc32c(memoryview(batch)[21:]))
+    return bytes(batch)

@@ -56,3 +56,13 @@ def test_rebuilt_batch_keeps_offsets_and_is_valid(codec):
     assert recordbatch.crc_matches(rebuilt, 0, header)
     assert header.record_count == 2 and header.last_offset == 59 and header.compression == codec
     assert list(records.iter_records(rebuilt)) == kept
+
+
+def test_built_batches_are_valid_kafka():
+    from tests.batches import read_batches
+
+    batch = records.build_batch([(b"a", b"1"), (b"b", None)], timestamp=1234)
+    (decoded,) = read_batches(batch)  # kio's reader
+    assert [(r.key, r.value) for r in decoded.records] == [(b"a", b"1"), (b"b", None)]
+    header = recordbatch.parse_header(batch)
+    assert recordbatch.crc_matches(batch, 0, header) and header.max_timestamp == 1234

@@ -13,9 +13,17 @@ __all__ = (
     "AppendRequest",
     "BrokerBase",
     "BrokerStub",
+    "CommitOffsetsReply",
+    "CommitOffsetsRequest",
+    "CommittedOffset",
     "ConfigEntry",
     "CreateTopicsReply",
     "CreateTopicsRequest",
+    "DeleteGroupsReply",
+    "DeleteGroupsReplyResult",
+    "DeleteGroupsRequest",
+    "DeleteOffsetsReply",
+    "DeleteOffsetsRequest",
     "DeleteRecordsReply",
     "DeleteRecordsReplyResult",
     "DeleteRecordsRequest",
@@ -24,22 +32,45 @@ __all__ = (
     "DescribeConfigsReplyResource",
     "DescribeConfigsRequest",
     "DescribeConfigsRequestResource",
+    "DescribeGroupsReply",
+    "DescribeGroupsReplyDescribed",
+    "DescribeGroupsReplyMember",
+    "DescribeGroupsRequest",
     "DescribeTopicsReply",
     "DescribeTopicsRequest",
+    "FetchOffsetsReply",
+    "FetchOffsetsRequest",
     "FetchPartition",
     "FetchReply",
     "FetchRequest",
     "FetchedPartition",
+    "GroupMember",
+    "GroupProtocol",
     "HealthReply",
     "HealthRequest",
+    "HeartbeatReply",
+    "HeartbeatRequest",
     "InitProducerIdReply",
     "InitProducerIdRequest",
+    "JoinGroupReply",
+    "JoinGroupRequest",
+    "LeaveGroupReply",
+    "LeaveGroupReplyResult",
+    "LeaveGroupRequest",
+    "ListGroupsReply",
+    "ListGroupsReplyListed",
+    "ListGroupsRequest",
     "ListOffsetsReply",
     "ListOffsetsReplyAnswer",
     "ListOffsetsRequest",
     "ListOffsetsRequestQuery",
+    "MemberAssignment",
+    "MemberIdentity",
     "PartitionRef",
+    "SyncGroupReply",
+    "SyncGroupRequest",
     "TopicInfo",
+    "TopicPartitions",
     "TopicResult",
     "TopicSpec",
 )
@@ -178,6 +209,58 @@ default_message_pool.register_message("broker.v1", "AppendRequest", AppendReques
 
 
 @dataclass(eq=False, repr=False)
+class CommitOffsetsReply(betterproto2.Message):
+    results: "list[CommittedOffset]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+
+default_message_pool.register_message("broker.v1", "CommitOffsetsReply", CommitOffsetsReply)
+
+
+@dataclass(eq=False, repr=False)
+class CommitOffsetsRequest(betterproto2.Message):
+    group_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    generation_id: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
+    """
+    -1 with an empty member id: a standalone commit
+    """
+
+    member_id: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+    group_instance_id: "str | None" = betterproto2.field(4, betterproto2.TYPE_STRING, optional=True)
+
+    offsets: "list[CommittedOffset]" = betterproto2.field(
+        5, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+
+default_message_pool.register_message("broker.v1", "CommitOffsetsRequest", CommitOffsetsRequest)
+
+
+@dataclass(eq=False, repr=False)
+class CommittedOffset(betterproto2.Message):
+    topic: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    partition: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
+
+    offset: "int" = betterproto2.field(3, betterproto2.TYPE_INT64)
+
+    leader_epoch: "int" = betterproto2.field(4, betterproto2.TYPE_INT32)
+
+    metadata: "str | None" = betterproto2.field(5, betterproto2.TYPE_STRING, optional=True)
+
+    error_code: "int" = betterproto2.field(6, betterproto2.TYPE_INT32)
+    """
+    in replies
+    """
+
+
+default_message_pool.register_message("broker.v1", "CommittedOffset", CommittedOffset)
+
+
+@dataclass(eq=False, repr=False)
 class ConfigEntry(betterproto2.Message):
     """
     Config resources use Kafka's numbering: 2 = topic, 4 = broker.
@@ -219,6 +302,60 @@ class CreateTopicsRequest(betterproto2.Message):
 
 
 default_message_pool.register_message("broker.v1", "CreateTopicsRequest", CreateTopicsRequest)
+
+
+@dataclass(eq=False, repr=False)
+class DeleteGroupsReply(betterproto2.Message):
+    results: "list[DeleteGroupsReplyResult]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+
+default_message_pool.register_message("broker.v1", "DeleteGroupsReply", DeleteGroupsReply)
+
+
+@dataclass(eq=False, repr=False)
+class DeleteGroupsReplyResult(betterproto2.Message):
+    group_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    error_code: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
+
+
+default_message_pool.register_message(
+    "broker.v1", "DeleteGroupsReply.Result", DeleteGroupsReplyResult
+)
+
+
+@dataclass(eq=False, repr=False)
+class DeleteGroupsRequest(betterproto2.Message):
+    group_ids: "list[str]" = betterproto2.field(1, betterproto2.TYPE_STRING, repeated=True)
+
+
+default_message_pool.register_message("broker.v1", "DeleteGroupsRequest", DeleteGroupsRequest)
+
+
+@dataclass(eq=False, repr=False)
+class DeleteOffsetsReply(betterproto2.Message):
+    error_code: "int" = betterproto2.field(1, betterproto2.TYPE_INT32)
+
+    results: "list[CommittedOffset]" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+
+default_message_pool.register_message("broker.v1", "DeleteOffsetsReply", DeleteOffsetsReply)
+
+
+@dataclass(eq=False, repr=False)
+class DeleteOffsetsRequest(betterproto2.Message):
+    group_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    topics: "list[TopicPartitions]" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+
+default_message_pool.register_message("broker.v1", "DeleteOffsetsRequest", DeleteOffsetsRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -335,6 +472,66 @@ default_message_pool.register_message(
 
 
 @dataclass(eq=False, repr=False)
+class DescribeGroupsReply(betterproto2.Message):
+    groups: "list[DescribeGroupsReplyDescribed]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+
+default_message_pool.register_message("broker.v1", "DescribeGroupsReply", DescribeGroupsReply)
+
+
+@dataclass(eq=False, repr=False)
+class DescribeGroupsReplyDescribed(betterproto2.Message):
+    group_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    error_code: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
+
+    state: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+    protocol_type: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+
+    protocol_name: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
+
+    members: "list[DescribeGroupsReplyMember]" = betterproto2.field(
+        6, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+
+default_message_pool.register_message(
+    "broker.v1", "DescribeGroupsReply.Described", DescribeGroupsReplyDescribed
+)
+
+
+@dataclass(eq=False, repr=False)
+class DescribeGroupsReplyMember(betterproto2.Message):
+    member_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    group_instance_id: "str | None" = betterproto2.field(2, betterproto2.TYPE_STRING, optional=True)
+
+    client_id: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+    client_host: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+
+    metadata: "bytes" = betterproto2.field(5, betterproto2.TYPE_BYTES)
+
+    assignment: "bytes" = betterproto2.field(6, betterproto2.TYPE_BYTES)
+
+
+default_message_pool.register_message(
+    "broker.v1", "DescribeGroupsReply.Member", DescribeGroupsReplyMember
+)
+
+
+@dataclass(eq=False, repr=False)
+class DescribeGroupsRequest(betterproto2.Message):
+    group_ids: "list[str]" = betterproto2.field(1, betterproto2.TYPE_STRING, repeated=True)
+
+
+default_message_pool.register_message("broker.v1", "DescribeGroupsRequest", DescribeGroupsRequest)
+
+
+@dataclass(eq=False, repr=False)
 class DescribeTopicsReply(betterproto2.Message):
     topics: "list[TopicInfo]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
 
@@ -377,6 +574,32 @@ class FetchedPartition(betterproto2.Message):
 
 
 default_message_pool.register_message("broker.v1", "FetchedPartition", FetchedPartition)
+
+
+@dataclass(eq=False, repr=False)
+class FetchOffsetsReply(betterproto2.Message):
+    error_code: "int" = betterproto2.field(1, betterproto2.TYPE_INT32)
+
+    offsets: "list[CommittedOffset]" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+
+default_message_pool.register_message("broker.v1", "FetchOffsetsReply", FetchOffsetsReply)
+
+
+@dataclass(eq=False, repr=False)
+class FetchOffsetsRequest(betterproto2.Message):
+    group_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    all_topics: "bool" = betterproto2.field(2, betterproto2.TYPE_BOOL)
+
+    topics: "list[TopicPartitions]" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+
+default_message_pool.register_message("broker.v1", "FetchOffsetsRequest", FetchOffsetsRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -429,6 +652,28 @@ default_message_pool.register_message("broker.v1", "FetchRequest", FetchRequest)
 
 
 @dataclass(eq=False, repr=False)
+class GroupMember(betterproto2.Message):
+    member_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    group_instance_id: "str | None" = betterproto2.field(2, betterproto2.TYPE_STRING, optional=True)
+
+    metadata: "bytes" = betterproto2.field(3, betterproto2.TYPE_BYTES)
+
+
+default_message_pool.register_message("broker.v1", "GroupMember", GroupMember)
+
+
+@dataclass(eq=False, repr=False)
+class GroupProtocol(betterproto2.Message):
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    metadata: "bytes" = betterproto2.field(2, betterproto2.TYPE_BYTES)
+
+
+default_message_pool.register_message("broker.v1", "GroupProtocol", GroupProtocol)
+
+
+@dataclass(eq=False, repr=False)
 class HealthReply(betterproto2.Message):
     status: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
     """
@@ -463,6 +708,28 @@ default_message_pool.register_message("broker.v1", "HealthRequest", HealthReques
 
 
 @dataclass(eq=False, repr=False)
+class HeartbeatReply(betterproto2.Message):
+    error_code: "int" = betterproto2.field(1, betterproto2.TYPE_INT32)
+
+
+default_message_pool.register_message("broker.v1", "HeartbeatReply", HeartbeatReply)
+
+
+@dataclass(eq=False, repr=False)
+class HeartbeatRequest(betterproto2.Message):
+    group_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    generation_id: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
+
+    member_id: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+    group_instance_id: "str | None" = betterproto2.field(4, betterproto2.TYPE_STRING, optional=True)
+
+
+default_message_pool.register_message("broker.v1", "HeartbeatRequest", HeartbeatRequest)
+
+
+@dataclass(eq=False, repr=False)
 class InitProducerIdReply(betterproto2.Message):
     error_code: "int" = betterproto2.field(1, betterproto2.TYPE_INT32)
 
@@ -487,6 +754,130 @@ class InitProducerIdRequest(betterproto2.Message):
 
 
 default_message_pool.register_message("broker.v1", "InitProducerIdRequest", InitProducerIdRequest)
+
+
+@dataclass(eq=False, repr=False)
+class JoinGroupReply(betterproto2.Message):
+    error_code: "int" = betterproto2.field(1, betterproto2.TYPE_INT32)
+
+    generation_id: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
+
+    protocol_type: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+    protocol_name: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+
+    leader: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
+
+    member_id: "str" = betterproto2.field(6, betterproto2.TYPE_STRING)
+
+    members: "list[GroupMember]" = betterproto2.field(7, betterproto2.TYPE_MESSAGE, repeated=True)
+    """
+    only for the leader
+    """
+
+    skip_assignment: "bool" = betterproto2.field(8, betterproto2.TYPE_BOOL)
+
+
+default_message_pool.register_message("broker.v1", "JoinGroupReply", JoinGroupReply)
+
+
+@dataclass(eq=False, repr=False)
+class JoinGroupRequest(betterproto2.Message):
+    group_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    member_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    group_instance_id: "str | None" = betterproto2.field(3, betterproto2.TYPE_STRING, optional=True)
+
+    protocol_type: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+
+    protocols: "list[GroupProtocol]" = betterproto2.field(
+        5, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+    session_timeout_ms: "int" = betterproto2.field(6, betterproto2.TYPE_INT32)
+
+    rebalance_timeout_ms: "int" = betterproto2.field(7, betterproto2.TYPE_INT32)
+
+    require_known_member_id: "bool" = betterproto2.field(8, betterproto2.TYPE_BOOL)
+    """
+    JoinGroup v4+: answer MEMBER_ID_REQUIRED first
+    """
+
+    client_id: "str" = betterproto2.field(9, betterproto2.TYPE_STRING)
+
+    client_host: "str" = betterproto2.field(10, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message("broker.v1", "JoinGroupRequest", JoinGroupRequest)
+
+
+@dataclass(eq=False, repr=False)
+class LeaveGroupReply(betterproto2.Message):
+    error_code: "int" = betterproto2.field(1, betterproto2.TYPE_INT32)
+
+    results: "list[LeaveGroupReplyResult]" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+
+default_message_pool.register_message("broker.v1", "LeaveGroupReply", LeaveGroupReply)
+
+
+@dataclass(eq=False, repr=False)
+class LeaveGroupReplyResult(betterproto2.Message):
+    member_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    group_instance_id: "str | None" = betterproto2.field(2, betterproto2.TYPE_STRING, optional=True)
+
+    error_code: "int" = betterproto2.field(3, betterproto2.TYPE_INT32)
+
+
+default_message_pool.register_message("broker.v1", "LeaveGroupReply.Result", LeaveGroupReplyResult)
+
+
+@dataclass(eq=False, repr=False)
+class LeaveGroupRequest(betterproto2.Message):
+    group_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    members: "list[MemberIdentity]" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+
+default_message_pool.register_message("broker.v1", "LeaveGroupRequest", LeaveGroupRequest)
+
+
+@dataclass(eq=False, repr=False)
+class ListGroupsReply(betterproto2.Message):
+    groups: "list[ListGroupsReplyListed]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+
+default_message_pool.register_message("broker.v1", "ListGroupsReply", ListGroupsReply)
+
+
+@dataclass(eq=False, repr=False)
+class ListGroupsReplyListed(betterproto2.Message):
+    group_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    protocol_type: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    state: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message("broker.v1", "ListGroupsReply.Listed", ListGroupsReplyListed)
+
+
+@dataclass(eq=False, repr=False)
+class ListGroupsRequest(betterproto2.Message):
+    states: "list[str]" = betterproto2.field(1, betterproto2.TYPE_STRING, repeated=True)
+
+    types: "list[str]" = betterproto2.field(2, betterproto2.TYPE_STRING, repeated=True)
+
+
+default_message_pool.register_message("broker.v1", "ListGroupsRequest", ListGroupsRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -545,6 +936,26 @@ default_message_pool.register_message(
 
 
 @dataclass(eq=False, repr=False)
+class MemberAssignment(betterproto2.Message):
+    member_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    assignment: "bytes" = betterproto2.field(2, betterproto2.TYPE_BYTES)
+
+
+default_message_pool.register_message("broker.v1", "MemberAssignment", MemberAssignment)
+
+
+@dataclass(eq=False, repr=False)
+class MemberIdentity(betterproto2.Message):
+    member_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    group_instance_id: "str | None" = betterproto2.field(2, betterproto2.TYPE_STRING, optional=True)
+
+
+default_message_pool.register_message("broker.v1", "MemberIdentity", MemberIdentity)
+
+
+@dataclass(eq=False, repr=False)
 class PartitionRef(betterproto2.Message):
     topic: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
@@ -552,6 +963,42 @@ class PartitionRef(betterproto2.Message):
 
 
 default_message_pool.register_message("broker.v1", "PartitionRef", PartitionRef)
+
+
+@dataclass(eq=False, repr=False)
+class SyncGroupReply(betterproto2.Message):
+    error_code: "int" = betterproto2.field(1, betterproto2.TYPE_INT32)
+
+    assignment: "bytes" = betterproto2.field(2, betterproto2.TYPE_BYTES)
+
+    protocol_type: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+    protocol_name: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message("broker.v1", "SyncGroupReply", SyncGroupReply)
+
+
+@dataclass(eq=False, repr=False)
+class SyncGroupRequest(betterproto2.Message):
+    group_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    generation_id: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
+
+    member_id: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+    group_instance_id: "str | None" = betterproto2.field(4, betterproto2.TYPE_STRING, optional=True)
+
+    protocol_type: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
+
+    protocol_name: "str" = betterproto2.field(6, betterproto2.TYPE_STRING)
+
+    assignments: "list[MemberAssignment]" = betterproto2.field(
+        7, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+
+default_message_pool.register_message("broker.v1", "SyncGroupRequest", SyncGroupRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -574,6 +1021,16 @@ class TopicInfo(betterproto2.Message):
 
 
 default_message_pool.register_message("broker.v1", "TopicInfo", TopicInfo)
+
+
+@dataclass(eq=False, repr=False)
+class TopicPartitions(betterproto2.Message):
+    topic: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    partitions: "list[int]" = betterproto2.field(2, betterproto2.TYPE_INT32, repeated=True)
+
+
+default_message_pool.register_message("broker.v1", "TopicPartitions", TopicPartitions)
 
 
 @dataclass(eq=False, repr=False)
@@ -767,6 +1224,190 @@ class BrokerStub(betterproto2_grpclib.ServiceStub):
             metadata=metadata,
         )
 
+    async def join_group(
+        self,
+        message: "JoinGroupRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "JoinGroupReply":
+        """
+        Group coordination (classic protocol). JoinGroup and SyncGroup park until the rebalance
+        completes; the gateway gives them a deadline of the group's rebalance timeout.
+        """
+
+        return await self._unary_unary(
+            "/broker.v1.Broker/JoinGroup",
+            message,
+            JoinGroupReply,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def sync_group(
+        self,
+        message: "SyncGroupRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "SyncGroupReply":
+
+        return await self._unary_unary(
+            "/broker.v1.Broker/SyncGroup",
+            message,
+            SyncGroupReply,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def heartbeat(
+        self,
+        message: "HeartbeatRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "HeartbeatReply":
+
+        return await self._unary_unary(
+            "/broker.v1.Broker/Heartbeat",
+            message,
+            HeartbeatReply,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def leave_group(
+        self,
+        message: "LeaveGroupRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "LeaveGroupReply":
+
+        return await self._unary_unary(
+            "/broker.v1.Broker/LeaveGroup",
+            message,
+            LeaveGroupReply,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def commit_offsets(
+        self,
+        message: "CommitOffsetsRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "CommitOffsetsReply":
+
+        return await self._unary_unary(
+            "/broker.v1.Broker/CommitOffsets",
+            message,
+            CommitOffsetsReply,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def fetch_offsets(
+        self,
+        message: "FetchOffsetsRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "FetchOffsetsReply":
+
+        return await self._unary_unary(
+            "/broker.v1.Broker/FetchOffsets",
+            message,
+            FetchOffsetsReply,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def list_groups(
+        self,
+        message: "ListGroupsRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ListGroupsReply":
+
+        return await self._unary_unary(
+            "/broker.v1.Broker/ListGroups",
+            message,
+            ListGroupsReply,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def describe_groups(
+        self,
+        message: "DescribeGroupsRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "DescribeGroupsReply":
+
+        return await self._unary_unary(
+            "/broker.v1.Broker/DescribeGroups",
+            message,
+            DescribeGroupsReply,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def delete_groups(
+        self,
+        message: "DeleteGroupsRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "DeleteGroupsReply":
+
+        return await self._unary_unary(
+            "/broker.v1.Broker/DeleteGroups",
+            message,
+            DeleteGroupsReply,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def delete_offsets(
+        self,
+        message: "DeleteOffsetsRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "DeleteOffsetsReply":
+
+        return await self._unary_unary(
+            "/broker.v1.Broker/DeleteOffsets",
+            message,
+            DeleteOffsetsReply,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
     async def append(
         self,
         messages: "AsyncIterable[AppendRequest] | Iterable[AppendRequest]",
@@ -849,6 +1490,50 @@ class BrokerBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def join_group(self, message: "JoinGroupRequest") -> "JoinGroupReply":
+        """
+        Group coordination (classic protocol). JoinGroup and SyncGroup park until the rebalance
+        completes; the gateway gives them a deadline of the group's rebalance timeout.
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def sync_group(self, message: "SyncGroupRequest") -> "SyncGroupReply":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def heartbeat(self, message: "HeartbeatRequest") -> "HeartbeatReply":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def leave_group(self, message: "LeaveGroupRequest") -> "LeaveGroupReply":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def commit_offsets(self, message: "CommitOffsetsRequest") -> "CommitOffsetsReply":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def fetch_offsets(self, message: "FetchOffsetsRequest") -> "FetchOffsetsReply":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def list_groups(self, message: "ListGroupsRequest") -> "ListGroupsReply":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def describe_groups(self, message: "DescribeGroupsRequest") -> "DescribeGroupsReply":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def delete_groups(self, message: "DeleteGroupsRequest") -> "DeleteGroupsReply":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def delete_offsets(self, message: "DeleteOffsetsRequest") -> "DeleteOffsetsReply":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def append(
         self, messages: "AsyncIterator[AppendRequest]"
     ) -> "AsyncIterator[AppendReply]":
@@ -928,6 +1613,86 @@ class BrokerBase(betterproto2_grpclib.ServiceBase):
         response = await self.init_producer_id(request)
         await stream.send_message(response)
 
+    async def __rpc_join_group(
+        self, stream: "grpclib.server.Stream[JoinGroupRequest, JoinGroupReply]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.join_group(request)
+        await stream.send_message(response)
+
+    async def __rpc_sync_group(
+        self, stream: "grpclib.server.Stream[SyncGroupRequest, SyncGroupReply]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.sync_group(request)
+        await stream.send_message(response)
+
+    async def __rpc_heartbeat(
+        self, stream: "grpclib.server.Stream[HeartbeatRequest, HeartbeatReply]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.heartbeat(request)
+        await stream.send_message(response)
+
+    async def __rpc_leave_group(
+        self, stream: "grpclib.server.Stream[LeaveGroupRequest, LeaveGroupReply]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.leave_group(request)
+        await stream.send_message(response)
+
+    async def __rpc_commit_offsets(
+        self, stream: "grpclib.server.Stream[CommitOffsetsRequest, CommitOffsetsReply]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.commit_offsets(request)
+        await stream.send_message(response)
+
+    async def __rpc_fetch_offsets(
+        self, stream: "grpclib.server.Stream[FetchOffsetsRequest, FetchOffsetsReply]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.fetch_offsets(request)
+        await stream.send_message(response)
+
+    async def __rpc_list_groups(
+        self, stream: "grpclib.server.Stream[ListGroupsRequest, ListGroupsReply]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.list_groups(request)
+        await stream.send_message(response)
+
+    async def __rpc_describe_groups(
+        self, stream: "grpclib.server.Stream[DescribeGroupsRequest, DescribeGroupsReply]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.describe_groups(request)
+        await stream.send_message(response)
+
+    async def __rpc_delete_groups(
+        self, stream: "grpclib.server.Stream[DeleteGroupsRequest, DeleteGroupsReply]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.delete_groups(request)
+        await stream.send_message(response)
+
+    async def __rpc_delete_offsets(
+        self, stream: "grpclib.server.Stream[DeleteOffsetsRequest, DeleteOffsetsReply]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.delete_offsets(request)
+        await stream.send_message(response)
+
     async def __rpc_append(
         self, stream: "grpclib.server.Stream[AppendRequest, AppendReply]"
     ) -> None:
@@ -995,6 +1760,66 @@ class BrokerBase(betterproto2_grpclib.ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 InitProducerIdRequest,
                 InitProducerIdReply,
+            ),
+            "/broker.v1.Broker/JoinGroup": grpclib.const.Handler(
+                self.__rpc_join_group,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                JoinGroupRequest,
+                JoinGroupReply,
+            ),
+            "/broker.v1.Broker/SyncGroup": grpclib.const.Handler(
+                self.__rpc_sync_group,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                SyncGroupRequest,
+                SyncGroupReply,
+            ),
+            "/broker.v1.Broker/Heartbeat": grpclib.const.Handler(
+                self.__rpc_heartbeat,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                HeartbeatRequest,
+                HeartbeatReply,
+            ),
+            "/broker.v1.Broker/LeaveGroup": grpclib.const.Handler(
+                self.__rpc_leave_group,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                LeaveGroupRequest,
+                LeaveGroupReply,
+            ),
+            "/broker.v1.Broker/CommitOffsets": grpclib.const.Handler(
+                self.__rpc_commit_offsets,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                CommitOffsetsRequest,
+                CommitOffsetsReply,
+            ),
+            "/broker.v1.Broker/FetchOffsets": grpclib.const.Handler(
+                self.__rpc_fetch_offsets,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                FetchOffsetsRequest,
+                FetchOffsetsReply,
+            ),
+            "/broker.v1.Broker/ListGroups": grpclib.const.Handler(
+                self.__rpc_list_groups,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ListGroupsRequest,
+                ListGroupsReply,
+            ),
+            "/broker.v1.Broker/DescribeGroups": grpclib.const.Handler(
+                self.__rpc_describe_groups,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                DescribeGroupsRequest,
+                DescribeGroupsReply,
+            ),
+            "/broker.v1.Broker/DeleteGroups": grpclib.const.Handler(
+                self.__rpc_delete_groups,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                DeleteGroupsRequest,
+                DeleteGroupsReply,
+            ),
+            "/broker.v1.Broker/DeleteOffsets": grpclib.const.Handler(
+                self.__rpc_delete_offsets,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                DeleteOffsetsRequest,
+                DeleteOffsetsReply,
             ),
             "/broker.v1.Broker/Append": grpclib.const.Handler(
                 self.__rpc_append,

@@ -1,0 +1,545 @@
+"""The group coordinator (Kafka's classic protocol), owned by the broker.
+
+Gateways are stateless: every JoinGroup, SyncGroup, Heartbeat and commit reaches this one
+coordinator, so a gateway restart never disturbs a group.
+
+States: Empty -> PreparingRebalance -> CompletingRebalance -> Stable (and back), Dead once
+deleted. A JoinGroup parks until every known member has rejoined (or the rebalance timeout
+drops the ones that did not); the leader alone receives the members' metadata, and every
+member's SyncGroup parks until the leader's assignment arrives. Members are identified by the
+member id kelp hands out (never by client id, which many clients share); static members
+(KIP-345) by their group.instance.id. Protocol types other than "consumer" (Schema Registry's
+"sr") pass through untouched: kelp never looks inside metadata or assignments, except to list
+a consumer group's subscribed topics for OffsetDelete.
+
+Timers (session expiry, rebalance timeout, the delayed initial rebalance, offset retention of
+empty groups) run in one task that sleeps until the next deadline or until state changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import Enum
+
+import trio
+from kio.schema.errors import ErrorCode
+
+from broker.log import now_ms
+from broker.offsets import Committed, OffsetStore, TopicPartition
+
+log = logging.getLogger("kelp.broker.groups")
+
+MIN_SESSION_TIMEOUT_MS = 6_000
+MAX_SESSION_TIMEOUT_MS = 1_800_000
+MAX_METADATA_BYTES = 4096
+
+
+class State(Enum):
+    EMPTY = "Empty"
+    PREPARING = "PreparingRebalance"
+    COMPLETING = "CompletingRebalance"
+    STABLE = "Stable"
+    DEAD = "Dead"
+
+
+class GroupError(Exception):
+    def __init__(self, code: ErrorCode, message: str = "") -> None:
+        super().__init__(message or code.name)
+        self.code = code
+
+
+@dataclass
+class JoinResult:
+    error: ErrorCode
+    generation: int = -1
+    protocol_type: str = ""
+    protocol_name: str = ""
+    leader: str = ""
+    member_id: str = ""
+    members: list[tuple[str, str | None, bytes]] = field(default_factory=list)
+
+
+class _Parked:
+    """A JoinGroup or SyncGroup waiting for the rebalance to reach it."""
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.result: object = None
+
+    def finish(self, result: object) -> None:
+        if not self.done.is_set():
+            self.result = result
+            self.done.set()
+
+
+@dataclass
+class Member:
+    member_id: str
+    instance_id: str | None
+    client_id: str
+    client_host: str
+    session_timeout_s: float
+    rebalance_timeout_s: float
+    protocols: list[tuple[str, bytes]]
+    deadline: float = 0.0
+    assignment: bytes = b""
+    joined: bool = False
+    join: _Parked | None = None
+    sync: _Parked | None = None
+
+    def metadata_for(self, protocol: str) -> bytes:
+        return next((meta for name, meta in self.protocols if name == protocol), b"")
+
+
+@dataclass
+class Group:
+    group_id: str
+    state: State = State.EMPTY
+    protocol_type: str = ""
+    protocol_name: str = ""
+    generation: int = 0
+    leader: str = ""
+    members: dict[str, Member] = field(default_factory=dict)
+    pending: dict[str, float] = field(default_factory=dict)  # member ids handed out (v4+)
+    static: dict[str, str] = field(default_factory=dict)  # group.instance.id -> member id
+    rebalance_deadline: float = 0.0
+    initial_delay_until: float = 0.0
+    empty_since_ms: int = 0
+
+
+class Coordinator:
+    def __init__(self, store: OffsetStore, *, initial_rebalance_delay_s: float = 3.0,
+                 offsets_retention_ms: int = 7 * 24 * 3600 * 1000) -> None:
+        self.store = store
+        self.groups: dict[str, Group] = {}
+        self.initial_rebalance_delay_s = initial_rebalance_delay_s
+        self.offsets_retention_ms = offsets_retention_ms
+        self._changed = trio.Event()
+        for group_id in store.groups:  # groups known only by their offsets start Empty
+            self.groups[group_id] = Group(group_id, empty_since_ms=now_ms())
+
+    # -- timers -------------------------------------------------------------------------
+
+    def _poke(self) -> None:
+        self._changed.set()
+
+    async def run(self) -> None:
+        """Drive every deadline until cancelled (one task for all groups)."""
+        while True:
+            wake = self._next_deadline()
+            with trio.move_on_at(wake):
+                await self._changed.wait()
+            self._changed = trio.Event()
+            await self._on_timers(trio.current_time())
+
+    def _next_deadline(self) -> float:
+        deadlines = [trio.current_time() + 60.0]
+        for group in self.groups.values():
+            if group.state == State.PREPARING:
+                deadlines.append(group.initial_delay_until if self._all_joined(group)
+                                  else group.rebalance_deadline)
+            deadlines += group.pending.values()
+            deadlines += [m.deadline for m in group.members.values() if m.join is None]
+        return min(deadlines)
+
+    async def _on_timers(self, now: float) -> None:
+        for group in list(self.groups.values()):
+            for member_id in [m for m, deadline in group.pending.items() if deadline <= now]:
+                del group.pending[member_id]  # handed out by MEMBER_ID_REQUIRED, never used
+            expired = [m for m in group.members.values() if m.join is None and m.deadline <= now]
+            for member in expired:
+                log.info("member session expired", extra={"group": group.group_id,
+                                                          "member": member.member_id})
+                self._remove(group, member, ErrorCode.unknown_member_id)
+            if expired:
+                self._rebalance_after_departure(group)
+            if group.state == State.PREPARING:
+                self._maybe_complete_join(group, now)
+        await self._expire_offsets()
+
+    async def _expire_offsets(self) -> None:
+        horizon = now_ms() - self.offsets_retention_ms
+        for group in list(self.groups.values()):
+            if group.state == State.EMPTY and group.empty_since_ms < horizon:
+                offsets = self.store.get(group.group_id)
+                if offsets:
+                    await self.store.write(group.group_id, dict.fromkeys(offsets))
+                del self.groups[group.group_id]
+
+    # -- join ---------------------------------------------------------------------------
+
+    async def join(self, group_id: str, member_id: str, instance_id: str | None,
+                   protocol_type: str, protocols: list[tuple[str, bytes]],
+                   session_timeout_ms: int, rebalance_timeout_ms: int,
+                   require_known_member_id: bool, client_id: str,
+                   client_host: str) -> JoinResult:
+        if not group_id:
+            return JoinResult(ErrorCode.invalid_group_id)
+        if not MIN_SESSION_TIMEOUT_MS <= session_timeout_ms <= MAX_SESSION_TIMEOUT_MS:
+            return JoinResult(ErrorCode.invalid_session_timeout, member_id=member_id)
+        group = self.groups.get(group_id)
+        if group is None or group.state == State.DEAD:
+            group = self.groups[group_id] = Group(group_id, empty_since_ms=now_ms())
+        if not protocols or (group.members and (
+                protocol_type != group.protocol_type
+                or not self._common_protocols(group, protocols))):
+            return JoinResult(ErrorCode.inconsistent_group_protocol, member_id=member_id)
+        now = trio.current_time()
+        rebalance_s = (rebalance_timeout_ms if rebalance_timeout_ms > 0
+                       else session_timeout_ms) / 1000
+
+        if not member_id:
+            if instance_id is not None and instance_id in group.static:
+                return await self._rejoin_static(group, instance_id, protocols, client_id,
+                                                 client_host, session_timeout_ms, rebalance_s)
+            member_id = f"{client_id or 'member'}-{uuid.uuid4()}"
+            if require_known_member_id and instance_id is None:
+                group.pending[member_id] = now + session_timeout_ms / 1000
+                return JoinResult(ErrorCode.member_id_required, member_id=member_id)
+        elif member_id not in group.members and group.pending.pop(member_id, None) is None:
+            return JoinResult(ErrorCode.unknown_member_id, member_id=member_id)
+        member = group.members.get(member_id)
+        if member is None:
+            member = group.members[member_id] = Member(
+                member_id, instance_id, client_id, client_host, session_timeout_ms / 1000,
+                rebalance_s, protocols)
+            if instance_id is not None:
+                group.static[instance_id] = member_id
+            group.protocol_type = protocol_type
+            log.info("member joined", extra={"group": group_id, "member": member_id})
+        else:
+            unchanged = member.protocols == protocols
+            member.protocols = protocols
+            member.session_timeout_s = session_timeout_ms / 1000
+            member.rebalance_timeout_s = rebalance_s
+            if (group.state == State.STABLE and unchanged and member_id != group.leader):
+                # Nothing to rebalance: hand back the current generation.
+                member.deadline = now + member.session_timeout_s
+                return self._join_result(group, member)
+        return await self._park_join(group, member)
+
+    async def _rejoin_static(self, group: Group, instance_id: str,
+                             protocols: list[tuple[str, bytes]], client_id: str,
+                             client_host: str, session_timeout_ms: int,
+                             rebalance_s: float) -> JoinResult:
+        """A restarted static member takes over its old identity without a rebalance."""
+        old = group.members[group.static[instance_id]]
+        new_id = f"{instance_id}-{uuid.uuid4()}"
+        if old.join is not None:
+            old.join.finish(JoinResult(ErrorCode.fenced_instance_id, member_id=old.member_id))
+        if old.sync is not None:
+            old.sync.finish(ErrorCode.fenced_instance_id)
+        del group.members[old.member_id]
+        member = Member(new_id, instance_id, client_id, client_host, session_timeout_ms / 1000,
+                        rebalance_s, protocols, assignment=old.assignment)
+        group.members[new_id] = member
+        group.static[instance_id] = new_id
+        if group.leader == old.member_id:
+            group.leader = new_id
+        if group.state == State.STABLE and old.protocols == protocols:
+            member.deadline = trio.current_time() + member.session_timeout_s
+            result = self._join_result(group, member)
+            result.members = []  # the assignment stands: no need to compute a new one
+            return result
+        return await self._park_join(group, member)
+
+    async def _park_join(self, group: Group, member: Member) -> JoinResult:
+        if group.state != State.PREPARING:
+            self._prepare_rebalance(group)
+        elif group.initial_delay_until > trio.current_time():
+            # The delayed initial rebalance waits a little longer for each newcomer.
+            group.initial_delay_until = min(
+                trio.current_time() + self.initial_rebalance_delay_s, group.rebalance_deadline)
+        member.joined = True
+        member.join = parked = _Parked()
+        self._maybe_complete_join(group, trio.current_time())
+        self._poke()
+        await parked.done.wait()
+        assert isinstance(parked.result, JoinResult)
+        return parked.result
+
+    def _prepare_rebalance(self, group: Group) -> None:
+        now = trio.current_time()
+        if group.state == State.EMPTY:
+            group.initial_delay_until = now + self.initial_rebalance_delay_s
+        else:
+            group.initial_delay_until = 0.0
+        for member in group.members.values():
+            member.joined = False
+            if member.sync is not None:
+                member.sync.finish(ErrorCode.rebalance_in_progress)
+                member.sync = None
+        group.state = State.PREPARING
+        group.rebalance_deadline = now + max(
+            (m.rebalance_timeout_s for m in group.members.values()), default=0.0)
+        log.info("rebalancing", extra={"group": group.group_id,
+                                       "members": len(group.members)})
+
+    def _all_joined(self, group: Group) -> bool:
+        return all(m.joined for m in group.members.values())
+
+    def _maybe_complete_join(self, group: Group, now: float) -> None:
+        if group.state != State.PREPARING:
+            return
+        if not (self._all_joined(group) and now >= group.initial_delay_until) and (
+                now < group.rebalance_deadline):
+            return
+        for member in [m for m in group.members.values() if not m.joined]:
+            log.info("member did not rejoin in time", extra={"group": group.group_id,
+                                                            "member": member.member_id})
+            self._remove(group, member, ErrorCode.unknown_member_id)
+        group.generation += 1
+        if not group.members:
+            group.state, group.leader, group.protocol_name = State.EMPTY, "", ""
+            group.empty_since_ms = now_ms()
+            return
+        group.protocol_name = self._choose_protocol(group)
+        if group.leader not in group.members:
+            group.leader = next(iter(group.members))
+        group.state = State.COMPLETING
+        for member in group.members.values():
+            member.deadline = now + member.session_timeout_s
+            if member.join is not None:
+                member.join.finish(self._join_result(group, member))
+                member.join = None
+        log.info("rebalance joined", extra={"group": group.group_id,
+                                            "generation": group.generation,
+                                            "members": len(group.members),
+                                            "protocol": group.protocol_name})
+
+    def _join_result(self, group: Group, member: Member) -> JoinResult:
+        members = []
+        if member.member_id == group.leader:
+            members = [(m.member_id, m.instance_id, m.metadata_for(group.protocol_name))
+                       for m in group.members.values()]
+        return JoinResult(ErrorCode.none, group.generation, group.protocol_type,
+                          group.protocol_name, group.leader, member.member_id, members)
+
+    @staticmethod
+    def _common_protocols(group: Group, protocols: Iterable[tuple[str, bytes]]) -> set[str]:
+        common = {name for name, _ in protocols}
+        for member in group.members.values():
+            common &= {name for name, _ in member.protocols}
+        return common
+
+    @staticmethod
+    def _choose_protocol(group: Group) -> str:
+        """The protocol every member supports that most members prefer (Kafka's vote)."""
+        common = set.intersection(*({n for n, _ in m.protocols} for m in group.members.values()))
+        votes: dict[str, int] = {}
+        for member in group.members.values():
+            choice = next(n for n, _ in member.protocols if n in common)
+            votes[choice] = votes.get(choice, 0) + 1
+        return max(votes, key=lambda name: votes[name])
+
+    # -- sync, heartbeat, leave -------------------------------------------------------------
+
+    def _member(self, group_id: str, member_id: str, instance_id: str | None,
+                generation: int | None) -> tuple[Group, Member]:
+        group = self.groups.get(group_id)
+        member = group.members.get(member_id) if group is not None else None
+        if group is None or member is None:
+            if group is not None and instance_id is not None and instance_id in group.static:
+                raise GroupError(ErrorCode.fenced_instance_id)
+            raise GroupError(ErrorCode.unknown_member_id)
+        if instance_id is not None and member.instance_id not in (None, instance_id):
+            raise GroupError(ErrorCode.fenced_instance_id)
+        if generation is not None and generation != group.generation:
+            raise GroupError(ErrorCode.illegal_generation)
+        return group, member
+
+    async def sync(self, group_id: str, generation: int, member_id: str,
+                   instance_id: str | None, protocol_type: str, protocol_name: str,
+                   assignments: dict[str, bytes]) -> tuple[ErrorCode, bytes, str, str]:
+        try:
+            group, member = self._member(group_id, member_id, instance_id, generation)
+        except GroupError as exc:
+            return exc.code, b"", "", ""
+        if (protocol_type and protocol_type != group.protocol_type) or (
+                protocol_name and protocol_name != group.protocol_name):
+            return ErrorCode.inconsistent_group_protocol, b"", "", ""
+        member.deadline = trio.current_time() + member.session_timeout_s
+        if group.state == State.PREPARING:
+            return ErrorCode.rebalance_in_progress, b"", "", ""
+        if group.state == State.COMPLETING:
+            if member_id == group.leader:
+                for other in group.members.values():
+                    other.assignment = assignments.get(other.member_id, b"")
+                group.state = State.STABLE
+                for other in group.members.values():
+                    if other.sync is not None:
+                        other.sync.finish(ErrorCode.none)
+                        other.sync = None
+                log.info("group stable", extra={"group": group_id,
+                                                "generation": group.generation})
+            else:
+                member.sync = parked = _Parked()
+                await parked.done.wait()
+                if parked.result != ErrorCode.none:
+                    assert isinstance(parked.result, ErrorCode)
+                    return parked.result, b"", "", ""
+        return ErrorCode.none, member.assignment, group.protocol_type, group.protocol_name
+
+    def heartbeat(self, group_id: str, generation: int, member_id: str,
+                  instance_id: str | None) -> ErrorCode:
+        try:
+            group, member = self._member(group_id, member_id, instance_id, generation)
+        except GroupError as exc:
+            return exc.code
+        member.deadline = trio.current_time() + member.session_timeout_s
+        if group.state == State.PREPARING:
+            return ErrorCode.rebalance_in_progress
+        return ErrorCode.none
+
+    def leave(self, group_id: str, identities: list[tuple[str, str | None]]
+              ) -> tuple[ErrorCode, list[tuple[str, str | None, ErrorCode]]]:
+        group = self.groups.get(group_id)
+        if group is None:
+            return ErrorCode.unknown_member_id, [
+                (m, i, ErrorCode.unknown_member_id) for m, i in identities]
+        results = []
+        removed = False
+        for member_id, instance_id in identities:
+            if instance_id is not None and not member_id:
+                member_id = group.static.get(instance_id, "")
+            member = group.members.get(member_id)
+            if member is None:
+                results.append((member_id, instance_id, ErrorCode.unknown_member_id))
+                continue
+            if instance_id is not None and member.instance_id != instance_id:
+                results.append((member_id, instance_id, ErrorCode.fenced_instance_id))
+                continue
+            log.info("member left", extra={"group": group_id, "member": member_id})
+            self._remove(group, member, ErrorCode.unknown_member_id)
+            results.append((member_id, instance_id, ErrorCode.none))
+            removed = True
+        if removed:
+            self._rebalance_after_departure(group)
+        top = ErrorCode.none if len(identities) != 1 else results[0][2]
+        return top, results
+
+    def _remove(self, group: Group, member: Member, reason: ErrorCode) -> None:
+        group.members.pop(member.member_id, None)
+        if member.instance_id is not None and group.static.get(member.instance_id) == \
+                member.member_id:
+            del group.static[member.instance_id]
+        for parked in (member.join, member.sync):
+            if parked is not None:
+                parked.finish(JoinResult(reason, member_id=member.member_id)
+                              if parked is member.join else reason)
+
+    def _rebalance_after_departure(self, group: Group) -> None:
+        if group.state in (State.STABLE, State.COMPLETING):
+            if group.members:
+                self._prepare_rebalance(group)
+            else:
+                group.generation += 1
+                group.state, group.leader = State.EMPTY, ""
+                group.empty_since_ms = now_ms()
+        elif group.state == State.PREPARING:
+            self._maybe_complete_join(group, trio.current_time())
+        self._poke()
+
+    # -- offsets --------------------------------------------------------------------------
+
+    async def commit(self, group_id: str, generation: int, member_id: str,
+                     instance_id: str | None,
+                     offsets: dict[TopicPartition, Committed]
+                     ) -> dict[TopicPartition, ErrorCode]:
+        group = self.groups.get(group_id)
+        error = ErrorCode.none
+        if generation < 0 and not member_id:
+            # A standalone commit (assign() consumers, admin tools): fine for a group without
+            # members, which is created (Empty) if needed.
+            if group is not None and group.members:
+                error = ErrorCode.illegal_generation
+            elif group is None or group.state == State.DEAD:
+                group = self.groups[group_id] = Group(group_id, empty_since_ms=now_ms())
+        else:
+            try:
+                group, member = self._member(group_id, member_id, instance_id, generation)
+                if group.state == State.PREPARING:
+                    error = ErrorCode.rebalance_in_progress
+                else:
+                    member.deadline = trio.current_time() + member.session_timeout_s
+            except GroupError as exc:
+                error = exc.code
+        if error != ErrorCode.none:
+            return dict.fromkeys(offsets, error)
+        results = {}
+        accepted = {}
+        for where, committed in offsets.items():
+            if committed.metadata is not None and len(committed.metadata.encode()) > \
+                    MAX_METADATA_BYTES:
+                results[where] = ErrorCode.offset_metadata_too_large
+            else:
+                accepted[where] = committed
+                results[where] = ErrorCode.none
+        await self.store.write(group_id, accepted)
+        return results
+
+    def fetch_offsets(self, group_id: str, wanted: list[TopicPartition] | None
+                      ) -> dict[TopicPartition, Committed | None]:
+        committed = self.store.get(group_id)
+        if wanted is None:
+            return dict(committed)
+        return {where: committed.get(where) for where in wanted}
+
+    async def delete_offsets(self, group_id: str, wanted: list[TopicPartition]
+                             ) -> tuple[ErrorCode, dict[TopicPartition, ErrorCode]]:
+        group = self.groups.get(group_id)
+        if group is None or group.state == State.DEAD:
+            return ErrorCode.group_id_not_found, {}
+        subscribed = self._subscribed_topics(group)
+        results = {w: (ErrorCode.group_subscribed_to_topic if w[0] in subscribed
+                       else ErrorCode.none) for w in wanted}
+        await self.store.write(group_id, {w: None for w, code in results.items()
+                                          if code == ErrorCode.none
+                                          and w in self.store.get(group_id)})
+        return ErrorCode.none, results
+
+    @staticmethod
+    def _subscribed_topics(group: Group) -> set[str]:
+        """Topics named in consumer-protocol subscriptions (version, [topic], ...)."""
+        if group.protocol_type != "consumer" or group.state == State.EMPTY:
+            return set()
+        topics: set[str] = set()
+        for member in group.members.values():
+            data = member.metadata_for(group.protocol_name)
+            try:
+                (count,) = struct.unpack_from(">i", data, 2)
+                position = 6
+                for _ in range(count):
+                    (length,) = struct.unpack_from(">h", data, position)
+                    topics.add(data[position + 2 : position + 2 + length].decode())
+                    position += 2 + length
+            except (struct.error, UnicodeDecodeError):
+                continue
+        return topics
+
+    # -- admin ----------------------------------------------------------------------------
+
+    def list_groups(self, states: list[str], types: list[str]) -> list[Group]:
+        wanted_states = {s.lower() for s in states}
+        wanted_types = {t.lower() for t in types}
+        return [g for g in self.groups.values() if g.state != State.DEAD
+                and (not wanted_states or g.state.value.lower() in wanted_states)
+                and (not wanted_types or "classic" in wanted_types)]
+
+    def describe(self, group_id: str) -> Group:
+        return self.groups.get(group_id) or Group(group_id, state=State.DEAD)
+
+    async def delete_group(self, group_id: str) -> ErrorCode:
+        group = self.groups.get(group_id)
+        if group is None or group.state == State.DEAD:
+            return ErrorCode.group_id_not_found
+        if group.state != State.EMPTY:
+            return ErrorCode.non_empty_group
+        offsets = self.store.get(group_id)
+        await self.store.write(group_id, dict.fromkeys(offsets))
+        del self.groups[group_id]
+        return ErrorCode.none

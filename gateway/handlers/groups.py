@@ -1,0 +1,264 @@
+"""Consumer-group APIs: translated to the broker's coordinator, which keeps all group state.
+
+JoinGroup and SyncGroup may wait for a whole rebalance, so their broker calls get the
+group's rebalance timeout (plus a margin) as their deadline; everything else is quick.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from kio.schema.errors import ErrorCode
+
+from gateway.broker_client import BrokerUnavailable
+from gateway.context import GatewayContext, current_peer
+from gateway.kafka import apis, messages
+from gateway.kafka.connection import Request
+from kelp.rpc.broker import v1 as pb
+
+NO_TIME = datetime.timedelta(0)
+CALL_MARGIN_S = 10.0
+
+
+def _ms(value: datetime.timedelta) -> int:
+    return int(value.total_seconds() * 1000)
+
+
+def _response(api: int, request: Request) -> type:
+    return messages.response_type(api, request.version)
+
+
+async def handle_join(ctx: GatewayContext, request: Request) -> Any:
+    body = request.body
+    session_ms = _ms(body.session_timeout)
+    rebalance_ms = _ms(getattr(body, "rebalance_timeout", body.session_timeout))
+    if rebalance_ms < 0:
+        rebalance_ms = session_ms
+    response_type = _response(apis.ApiKey.JOIN_GROUP, request)
+    member_type = messages.nested(response_type, "JoinGroupResponseMember")
+    try:
+        reply = await ctx.broker.call("JoinGroup", pb.JoinGroupRequest(
+            group_id=body.group_id, member_id=body.member_id,
+            group_instance_id=getattr(body, "group_instance_id", None),
+            protocol_type=body.protocol_type,
+            protocols=[pb.GroupProtocol(name=p.name, metadata=p.metadata)
+                       for p in body.protocols],
+            session_timeout_ms=session_ms, rebalance_timeout_ms=rebalance_ms,
+            require_known_member_id=request.version >= 4,
+            client_id=request.header.client_id or "", client_host=current_peer.get()),
+            pb.JoinGroupReply, timeout=rebalance_ms / 1000 + CALL_MARGIN_S)
+    except BrokerUnavailable:
+        reply = pb.JoinGroupReply(error_code=ErrorCode.coordinator_not_available,
+                                  generation_id=-1, member_id=body.member_id)
+    return messages.build(
+        response_type, throttle_time=NO_TIME, error_code=ErrorCode(reply.error_code),
+        generation_id=reply.generation_id, protocol_type=reply.protocol_type or None,
+        protocol_name=reply.protocol_name or ("" if request.version < 7 else None),
+        leader=reply.leader, skip_assignment=False, member_id=reply.member_id,
+        members=tuple(messages.build(member_type, member_id=m.member_id,
+                                     group_instance_id=m.group_instance_id,
+                                     metadata=m.metadata) for m in reply.members))
+
+
+async def handle_sync(ctx: GatewayContext, request: Request) -> Any:
+    body = request.body
+    response_type = _response(apis.ApiKey.SYNC_GROUP, request)
+    try:
+        reply = await ctx.broker.call("SyncGroup", pb.SyncGroupRequest(
+            group_id=body.group_id, generation_id=body.generation_id, member_id=body.member_id,
+            group_instance_id=getattr(body, "group_instance_id", None),
+            protocol_type=getattr(body, "protocol_type", None) or "",
+            protocol_name=getattr(body, "protocol_name", None) or "",
+            assignments=[pb.MemberAssignment(member_id=a.member_id, assignment=a.assignment)
+                         for a in body.assignments]),
+            pb.SyncGroupReply, timeout=600.0)
+    except BrokerUnavailable:
+        reply = pb.SyncGroupReply(error_code=ErrorCode.coordinator_not_available)
+    return messages.build(
+        response_type, throttle_time=NO_TIME, error_code=ErrorCode(reply.error_code),
+        protocol_type=reply.protocol_type or None, protocol_name=reply.protocol_name or None,
+        assignment=reply.assignment)
+
+
+async def handle_heartbeat(ctx: GatewayContext, request: Request) -> Any:
+    body = request.body
+    try:
+        reply = await ctx.broker.call("Heartbeat", pb.HeartbeatRequest(
+            group_id=body.group_id, generation_id=body.generation_id, member_id=body.member_id,
+            group_instance_id=getattr(body, "group_instance_id", None)), pb.HeartbeatReply)
+        error = ErrorCode(reply.error_code)
+    except BrokerUnavailable:
+        error = ErrorCode.coordinator_not_available
+    return messages.build(_response(apis.ApiKey.HEARTBEAT, request),
+                          throttle_time=NO_TIME, error_code=error)
+
+
+async def handle_leave(ctx: GatewayContext, request: Request) -> Any:
+    body = request.body
+    if hasattr(body, "members"):  # v3+: a batch
+        identities = [pb.MemberIdentity(member_id=m.member_id,
+                                        group_instance_id=m.group_instance_id)
+                      for m in body.members]
+    else:
+        identities = [pb.MemberIdentity(member_id=body.member_id)]
+    response_type = _response(apis.ApiKey.LEAVE_GROUP, request)
+    try:
+        reply = await ctx.broker.call("LeaveGroup", pb.LeaveGroupRequest(
+            group_id=body.group_id, members=identities), pb.LeaveGroupReply)
+        top, results = ErrorCode(reply.error_code), list(reply.results)
+    except BrokerUnavailable:
+        top, results = ErrorCode.coordinator_not_available, []
+    if hasattr(body, "members"):
+        member_type = messages.nested(response_type, "MemberResponse")
+        top = ErrorCode.none if top != ErrorCode.coordinator_not_available else top
+        return messages.build(response_type, throttle_time=NO_TIME, error_code=top,
+                              members=tuple(member_type(
+                                  member_id=r.member_id, group_instance_id=r.group_instance_id,
+                                  error_code=ErrorCode(r.error_code)) for r in results))
+    return messages.build(response_type, throttle_time=NO_TIME, error_code=top)
+
+
+async def handle_offset_commit(ctx: GatewayContext, request: Request) -> Any:
+    body = request.body
+    generation = getattr(body, "generation_id_or_member_epoch",
+                         getattr(body, "generation_id", -1))
+    offsets = [pb.CommittedOffset(topic=t.name, partition=p.partition_index,
+                                  offset=p.committed_offset,
+                                  leader_epoch=getattr(p, "committed_leader_epoch", -1),
+                                  metadata=p.committed_metadata)
+               for t in body.topics for p in t.partitions]
+    try:
+        reply = await ctx.broker.call("CommitOffsets", pb.CommitOffsetsRequest(
+            group_id=body.group_id, generation_id=generation, member_id=body.member_id,
+            group_instance_id=getattr(body, "group_instance_id", None), offsets=offsets),
+            pb.CommitOffsetsReply)
+        errors = {(r.topic, r.partition): ErrorCode(r.error_code) for r in reply.results}
+    except BrokerUnavailable:
+        errors = {}
+    response_type = _response(apis.ApiKey.OFFSET_COMMIT, request)
+    topic_type = messages.nested(response_type, "OffsetCommitResponseTopic")
+    partition_type = messages.nested(response_type, "OffsetCommitResponsePartition")
+    return messages.build(response_type, throttle_time=NO_TIME, topics=tuple(
+        topic_type(name=t.name, partitions=tuple(partition_type(
+            partition_index=p.partition_index,
+            error_code=errors.get((t.name, p.partition_index),
+                                  ErrorCode.coordinator_not_available))
+            for p in t.partitions)) for t in body.topics))
+
+
+async def _fetch_group(ctx: GatewayContext, group_id: str,
+                       topics: Any) -> tuple[ErrorCode, dict[str, list[pb.CommittedOffset]]]:
+    request = pb.FetchOffsetsRequest(group_id=group_id, all_topics=topics is None)
+    if topics is not None:
+        request.topics = [pb.TopicPartitions(topic=t.name, partitions=list(t.partition_indexes))
+                          for t in topics]
+    try:
+        reply = await ctx.broker.call("FetchOffsets", request, pb.FetchOffsetsReply)
+    except BrokerUnavailable:
+        return ErrorCode.coordinator_not_available, {}
+    by_topic: dict[str, list[pb.CommittedOffset]] = {}
+    for offset in reply.offsets:
+        by_topic.setdefault(offset.topic, []).append(offset)
+    return ErrorCode(reply.error_code), by_topic
+
+
+async def handle_offset_fetch(ctx: GatewayContext, request: Request) -> Any:
+    body = request.body
+    response_type = _response(apis.ApiKey.OFFSET_FETCH, request)
+    if hasattr(body, "groups"):  # v8+: several groups at once
+        group_type = messages.nested(response_type, "OffsetFetchResponseGroup")
+        topic_type = messages.nested(response_type, "OffsetFetchResponseTopics")
+        partition_type = messages.nested(response_type, "OffsetFetchResponsePartitions")
+        groups = []
+        for group in body.groups:
+            error, by_topic = await _fetch_group(ctx, group.group_id, group.topics)
+            groups.append(group_type(group_id=group.group_id, error_code=error,
+                                     topics=_topics(by_topic, topic_type, partition_type)))
+        return response_type(throttle_time=NO_TIME, groups=tuple(groups))
+    topic_type = messages.nested(response_type, "OffsetFetchResponseTopic")
+    partition_type = messages.nested(response_type, "OffsetFetchResponsePartition")
+    error, by_topic = await _fetch_group(ctx, body.group_id, body.topics)
+    return messages.build(response_type, throttle_time=NO_TIME, error_code=error,
+                          topics=_topics(by_topic, topic_type, partition_type))
+
+
+def _topics(by_topic: dict[str, list[pb.CommittedOffset]], topic_type: type,
+            partition_type: type) -> tuple[Any, ...]:
+    return tuple(topic_type(name=name, partitions=tuple(messages.build(
+        partition_type, partition_index=o.partition, committed_offset=o.offset,
+        committed_leader_epoch=o.leader_epoch, metadata=o.metadata or "",
+        error_code=ErrorCode.none) for o in offsets)) for name, offsets in by_topic.items())
+
+
+async def handle_list_groups(ctx: GatewayContext, request: Request) -> Any:
+    body = request.body
+    response_type = _response(apis.ApiKey.LIST_GROUPS, request)
+    listed_type = messages.nested(response_type, "ListedGroup")
+    try:
+        reply = await ctx.broker.call("ListGroups", pb.ListGroupsRequest(
+            states=list(getattr(body, "states_filter", ())),
+            types=list(getattr(body, "types_filter", ()))), pb.ListGroupsReply)
+        error, groups = ErrorCode.none, list(reply.groups)
+    except BrokerUnavailable:
+        error, groups = ErrorCode.coordinator_not_available, []
+    return messages.build(response_type, throttle_time=NO_TIME, error_code=error,
+                          groups=tuple(messages.build(
+                              listed_type, group_id=g.group_id, protocol_type=g.protocol_type,
+                              group_state=g.state, group_type="classic") for g in groups))
+
+
+async def handle_describe_groups(ctx: GatewayContext, request: Request) -> Any:
+    body = request.body
+    response_type = _response(apis.ApiKey.DESCRIBE_GROUPS, request)
+    group_type = messages.nested(response_type, "DescribedGroup")
+    member_type = messages.nested(response_type, "DescribedGroupMember")
+    try:
+        reply = await ctx.broker.call("DescribeGroups", pb.DescribeGroupsRequest(
+            group_ids=list(body.groups)), pb.DescribeGroupsReply)
+        described = list(reply.groups)
+    except BrokerUnavailable:
+        described = [pb.DescribeGroupsReplyDescribed(
+            group_id=g, error_code=ErrorCode.coordinator_not_available) for g in body.groups]
+    return messages.build(response_type, throttle_time=NO_TIME, groups=tuple(messages.build(
+        group_type, error_code=ErrorCode(g.error_code), group_id=g.group_id,
+        group_state=g.state, protocol_type=g.protocol_type, protocol_data=g.protocol_name,
+        authorized_operations=-(2**31), members=tuple(messages.build(
+            member_type, member_id=m.member_id, group_instance_id=m.group_instance_id,
+            client_id=m.client_id, client_host=m.client_host, member_metadata=m.metadata,
+            member_assignment=m.assignment) for m in g.members)) for g in described))
+
+
+async def handle_delete_groups(ctx: GatewayContext, request: Request) -> Any:
+    body = request.body
+    response_type = _response(apis.ApiKey.DELETE_GROUPS, request)
+    result_type = messages.nested(response_type, "DeletableGroupResult")
+    try:
+        reply = await ctx.broker.call("DeleteGroups", pb.DeleteGroupsRequest(
+            group_ids=list(body.groups_names)), pb.DeleteGroupsReply)
+        results = [(r.group_id, ErrorCode(r.error_code)) for r in reply.results]
+    except BrokerUnavailable:
+        results = [(g, ErrorCode.coordinator_not_available) for g in body.groups_names]
+    return messages.build(response_type, throttle_time=NO_TIME, results=tuple(
+        result_type(group_id=g, error_code=code) for g, code in results))
+
+
+async def handle_offset_delete(ctx: GatewayContext, request: Request) -> Any:
+    body = request.body
+    response_type = _response(apis.ApiKey.OFFSET_DELETE, request)
+    topic_type = messages.nested(response_type, "OffsetDeleteResponseTopic")
+    partition_type = messages.nested(response_type, "OffsetDeleteResponsePartition")
+    try:
+        reply = await ctx.broker.call("DeleteOffsets", pb.DeleteOffsetsRequest(
+            group_id=body.group_id, topics=[pb.TopicPartitions(
+                topic=t.name, partitions=[p.partition_index for p in t.partitions])
+                for t in body.topics]), pb.DeleteOffsetsReply)
+        error = ErrorCode(reply.error_code)
+        results = {(r.topic, r.partition): ErrorCode(r.error_code) for r in reply.results}
+    except BrokerUnavailable:
+        error, results = ErrorCode.coordinator_not_available, {}
+    return response_type(error_code=error, throttle_time=NO_TIME, topics=tuple(
+        topic_type(name=t.name, partitions=tuple(partition_type(
+            partition_index=p.partition_index,
+            error_code=results.get((t.name, p.partition_index), ErrorCode.none))
+            for p in t.partitions)) for t in body.topics) if error == ErrorCode.none else ())
