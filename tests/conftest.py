@@ -28,7 +28,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> objec
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """One broker + gateway shared by the tests that do not restart anything."""
-    running = Cluster(tmp_path_factory.mktemp("cluster"))
+    # A short initial rebalance delay keeps group tests quick (Kafka's default is 3 s).
+    running = Cluster(tmp_path_factory.mktemp("cluster"),
+                      broker_args=["--group-initial-rebalance-delay-ms", "100"])
     try:
         yield running.start()
     finally:

@@ -200,3 +200,79 @@ def test_init_producer_id(client: RawClient, version: int) -> None:
     if version >= 3:  # KIP-360: an existing producer gets its epoch bumped
         bumped = init(first.producer_id, first.producer_epoch)
         assert (bumped.producer_id, bumped.producer_epoch) == (first.producer_id, 1)
+
+
+@pytest.mark.parametrize("version", versions(ApiKey.JOIN_GROUP))
+def test_group_lifecycle_at_every_version(client: RawClient, topic_name: str,
+                                          version: int) -> None:
+    """Join (MEMBER_ID_REQUIRED first from v4), sync, heartbeat, commit, fetch, leave."""
+    group = f"{topic_name}-g{version}"
+    join_type = load_request_schema(ApiKey.JOIN_GROUP, version)
+    protocol = nested(join_type, "JoinGroupRequestProtocol")(name="range", metadata=b"\x00meta")
+
+    def join(member_id: str):
+        return client.request(mk(join_type, group_id=group,
+                                 session_timeout=datetime.timedelta(seconds=10),
+                                 rebalance_timeout=datetime.timedelta(seconds=10),
+                                 member_id=member_id, group_instance_id=None,
+                                 protocol_type="consumer", protocols=(protocol,), reason=None))
+
+    joined = join("")
+    if version >= 4:
+        assert joined.error_code == ErrorCode.member_id_required and joined.member_id
+        joined = join(joined.member_id)
+    assert joined.error_code == ErrorCode.none, joined
+    member = joined.member_id
+    assert joined.leader == member and joined.generation_id >= 1
+    assert [(m.member_id, m.metadata) for m in joined.members] == [(member, b"\x00meta")]
+
+    sync_version = min(version, SUPPORTED[ApiKey.SYNC_GROUP][1])
+    sync_type = load_request_schema(ApiKey.SYNC_GROUP, sync_version)
+    synced = client.request(mk(sync_type, group_id=group, generation_id=joined.generation_id,
+                               member_id=member, protocol_type="consumer",
+                               protocol_name="range", assignments=(
+                                   nested(sync_type, "SyncGroupRequestAssignment")(
+                                       member_id=member, assignment=b"\x01plan"),)))
+    assert synced.error_code == ErrorCode.none and synced.assignment == b"\x01plan"
+
+    heartbeat_type = load_request_schema(ApiKey.HEARTBEAT,
+                                         min(version, SUPPORTED[ApiKey.HEARTBEAT][1]))
+    beat = client.request(mk(heartbeat_type, group_id=group,
+                             generation_id=joined.generation_id, member_id=member))
+    assert beat.error_code == ErrorCode.none
+    stale = client.request(mk(heartbeat_type, group_id=group,
+                              generation_id=joined.generation_id + 5, member_id=member))
+    assert stale.error_code == ErrorCode.illegal_generation
+
+    commit_version = min(max(version, SUPPORTED[ApiKey.OFFSET_COMMIT][0]),
+                         SUPPORTED[ApiKey.OFFSET_COMMIT][1])
+    commit_type = load_request_schema(ApiKey.OFFSET_COMMIT, commit_version)
+    committed = client.request(mk(
+        commit_type, group_id=group, generation_id_or_member_epoch=joined.generation_id,
+        member_id=member, topics=(mk(nested(commit_type, "OffsetCommitRequestTopic"),
+                                     name=topic_name, partitions=(
+            mk(nested(commit_type, "OffsetCommitRequestPartition"), partition_index=0,
+               committed_offset=42, committed_metadata="note"),)),)))
+    assert committed.topics[0].partitions[0].error_code == ErrorCode.none
+
+    fetch_version = min(max(version, SUPPORTED[ApiKey.OFFSET_FETCH][0]),
+                        SUPPORTED[ApiKey.OFFSET_FETCH][1])
+    fetch_type = load_request_schema(ApiKey.OFFSET_FETCH, fetch_version)
+    if fetch_version >= 8:
+        wanted = mk(nested(fetch_type, "OffsetFetchRequestGroup"), group_id=group,
+                    topics=(mk(nested(fetch_type, "OffsetFetchRequestTopics"),
+                               name=topic_name, partition_indexes=(0, 1)),))
+        fetched = client.request(mk(fetch_type, groups=(wanted,))).groups[0]
+    else:
+        fetched = client.request(mk(fetch_type, group_id=group, topics=(
+            mk(nested(fetch_type, "OffsetFetchRequestTopic"), name=topic_name,
+               partition_indexes=(0, 1)),)))
+    offsets = {p.partition_index: (p.committed_offset, p.metadata)
+               for p in fetched.topics[0].partitions}
+    assert offsets == {0: (42, "note"), 1: (-1, "")}
+
+    leave_type = load_request_schema(ApiKey.LEAVE_GROUP,
+                                     min(version, SUPPORTED[ApiKey.LEAVE_GROUP][1]))
+    left = client.request(mk(leave_type, group_id=group, member_id=member, members=(
+        mk(nested(leave_type, "MemberIdentity"), member_id=member),) if version >= 3 else ()))
+    assert left.error_code == ErrorCode.none
