@@ -1,0 +1,113 @@
+"""The group coordinator driven directly: rebalances, departures, expiry, static members."""
+
+from __future__ import annotations
+
+import trio
+from kio.schema.errors import ErrorCode
+
+from broker.groups import Coordinator, JoinResult, State
+from broker.log import LogConfig
+from broker.offsets import Committed, OffsetStore
+
+
+def coordinator(tmp_path, delay: float = 0.0) -> Coordinator:
+    store = OffsetStore(tmp_path / "offsets", LogConfig(compacted=True))
+    return Coordinator(store, initial_rebalance_delay_s=delay)
+
+
+async def join(c: Coordinator, member: str = "", instance: str | None = None,
+               protocols=(("range", b"m"),), session_ms: int = 6000) -> JoinResult:
+    result = await c.join("g", member, instance, "consumer", list(protocols), session_ms,
+                          10_000, True, "client", "127.0.0.1")
+    if result.error == ErrorCode.member_id_required:
+        result = await c.join("g", result.member_id, instance, "consumer", list(protocols),
+                              session_ms, 10_000, True, "client", "127.0.0.1")
+    return result
+
+
+async def test_two_members_rebalance_and_leader_assigns(tmp_path):
+    c = coordinator(tmp_path)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(c.run)
+        first = await join(c)
+        assert first.error == ErrorCode.none and first.leader == first.member_id
+        results: dict[str, JoinResult] = {}
+
+        async def rejoin_first() -> None:
+            results["first"] = await join(c, first.member_id)
+
+        async def second() -> None:
+            results["second"] = await join(c)
+
+        async with trio.open_nursery() as joins:
+            joins.start_soon(second)
+            await trio.sleep(0.05)
+            joins.start_soon(rejoin_first)
+        leader, follower = results["first"], results["second"]
+        assert leader.generation == follower.generation == first.generation + 1
+        assert len(leader.members) == 2 and follower.members == []  # only the leader sees them
+
+        synced: dict[str, bytes] = {}
+
+        async def sync_follower() -> None:
+            error, assignment, _, _ = await c.sync("g", follower.generation, follower.member_id,
+                                                   None, "consumer", "range", {})
+            assert error == ErrorCode.none
+            synced["follower"] = assignment
+
+        async with trio.open_nursery() as syncs:
+            syncs.start_soon(sync_follower)  # parks until the leader's plan arrives
+            await trio.sleep(0.05)
+            assert "follower" not in synced
+            await c.sync("g", leader.generation, leader.member_id, None, "consumer", "range",
+                         {leader.member_id: b"p0", follower.member_id: b"p1"})
+        assert synced["follower"] == b"p1" and c.groups["g"].state == State.STABLE
+
+        # The follower leaves: the leader's next heartbeat says rebalance.
+        c.leave("g", [(follower.member_id, None)])
+        assert c.heartbeat("g", leader.generation, leader.member_id, None) == \
+            ErrorCode.rebalance_in_progress
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_silent_member_expires(tmp_path):
+    c = coordinator(tmp_path)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(c.run)
+        member = await join(c, session_ms=6000)
+        c.groups["g"].members[member.member_id].deadline = trio.current_time() + 0.05
+        c._poke()
+        with trio.fail_after(2):
+            while c.groups["g"].members:
+                await trio.sleep(0.02)
+        assert c.groups["g"].state == State.EMPTY
+        nursery.cancel_scope.cancel()
+
+
+async def test_static_member_returns_without_a_rebalance(tmp_path):
+    c = coordinator(tmp_path)
+    first = await join(c, instance="pod-1")
+    await c.sync("g", first.generation, first.member_id, "pod-1", "consumer", "range",
+                 {first.member_id: b"mine"})
+    again = await join(c, instance="pod-1")  # restarted: no member id, same instance id
+    assert again.error == ErrorCode.none and again.generation == first.generation
+    assert again.member_id != first.member_id
+    error, assignment, _, _ = await c.sync("g", again.generation, again.member_id, "pod-1",
+                                           "", "", {})
+    assert (error, assignment) == (ErrorCode.none, b"mine")
+    assert c.heartbeat("g", first.generation, first.member_id, "pod-1") == \
+        ErrorCode.fenced_instance_id
+
+
+async def test_commits_survive_a_restart(tmp_path):
+    c = coordinator(tmp_path)
+    results = await c.commit("g", -1, "", None, {("t", 0): Committed(7, -1, "meta", 1)})
+    assert results == {("t", 0): ErrorCode.none}
+    c.store.close()
+    again = coordinator(tmp_path)
+    assert again.fetch_offsets("g", [("t", 0), ("t", 1)]) == {
+        ("t", 0): Committed(7, -1, "meta", 1), ("t", 1): None}
+    assert again.groups["g"].state == State.EMPTY
+    assert await again.delete_group("g") == ErrorCode.none
+    assert again.fetch_offsets("g", None) == {}
+    again.store.close()
