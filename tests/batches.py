@@ -52,3 +52,13 @@ def read_batches(data: bytes) -> list[RecordBatch]:
         out.append(batch)
         position += size
     return out
+
+
+async def log_offsets(plog) -> list[int]:
+    """Every record offset a partition log serves, read the way a consumer would."""
+    offsets, position = [], plog.log_start_offset
+    while position < plog.high_watermark:
+        batches = read_batches((await plog.read(position, 1 << 20)).records)
+        offsets += [b.base_offset + i for b in batches for i in range(len(b.records))]
+        position = offsets[-1] + 1
+    return offsets

@@ -14,8 +14,9 @@ import threading
 import time
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 
+from tests.clients import read_partition
 from tests.kelp_procs import Cluster
 
 CYCLES = int(os.environ.get("KELP_CRASH_CYCLES", "10"))
@@ -63,16 +64,7 @@ def run_harness(cluster: Cluster, topic: str, cycles: int) -> tuple[int, int]:
         worker.join()
     assert producer.flush(60) == 0
 
-    consumer = Consumer({"bootstrap.servers": cluster.bootstrap, "group.id": "harness",
-                         "enable.auto.commit": False, "check.crcs": True})
-    consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
-    stored: dict[int, bytes] = {}
-    idle = 0
-    while idle < 5:
-        batch = consumer.consume(10000, timeout=1.0)
-        idle = 0 if batch else idle + 1
-        stored.update({m.offset(): m.value() for m in batch if m.error() is None})
-    consumer.close()
+    stored = read_partition(cluster.bootstrap, topic)
 
     lost = {o: v for o, v in acknowledged.items() if stored.get(o) != v}
     assert not lost, f"{len(lost)} acknowledged records lost or moved, e.g. {sorted(lost)[:5]}"

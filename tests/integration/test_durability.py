@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 
+from tests.clients import read_partition
 from tests.kelp_procs import Cluster
 
 
@@ -29,17 +30,8 @@ def produce(bootstrap: str, topic: str, start: int, count: int, acks: str) -> li
 
 
 def consume_all(bootstrap: str, topic: str, expected: int) -> list[bytes]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{topic}-check",
-                         "enable.auto.commit": False, "check.crcs": True})
-    consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
-    values: list[bytes] = []
-    idle = 0
-    while len(values) < expected and idle < 15:
-        batch = consumer.consume(5000, timeout=1.0)
-        idle = 0 if batch else idle + 1
-        values += [m.value() for m in batch if m.error() is None]
-    consumer.close()
-    return values
+    stored = read_partition(bootstrap, topic, expected=expected, idle_polls=15)
+    return [stored[offset] for offset in sorted(stored)]
 
 
 def test_sigkill_loses_nothing_acknowledged(own_cluster: Cluster, topic_name: str) -> None:
@@ -81,15 +73,6 @@ def test_sigkill_mid_stream_keeps_every_acknowledged_record(own_cluster: Cluster
     assert producer.flush(60) == 0
     assert len(acknowledged) >= 30_000
 
-    consumer = Consumer({"bootstrap.servers": own_cluster.bootstrap, "group.id": "check",
-                         "enable.auto.commit": False, "check.crcs": True})
-    consumer.assign([TopicPartition(topic_name, 0, OFFSET_BEGINNING)])
-    stored: dict[int, bytes] = {}
-    idle = 0
-    while idle < 5:
-        batch = consumer.consume(5000, timeout=1.0)
-        idle = 0 if batch else idle + 1
-        stored.update({m.offset(): m.value() for m in batch if m.error() is None})
-    consumer.close()
+    stored = read_partition(own_cluster.bootstrap, topic_name)
     missing = {o: v for o, v in acknowledged.items() if stored.get(o) != v}
     assert not missing, f"{len(missing)} acknowledged records lost, e.g. {list(missing)[:5]}"

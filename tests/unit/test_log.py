@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from broker.log import LogConfig, OffsetOutOfRange, PartitionLog
 from kelp.recordbatch import CorruptBatch
-from tests.batches import make_batch, make_batch_with_timestamps, read_batches
+from tests.batches import log_offsets, make_batch, make_batch_with_timestamps, read_batches
 
 
 def batch_of(n: int, tag: str = "v") -> bytes:
@@ -122,15 +122,6 @@ def fill(plog: PartitionLog, batches: int, per_batch: int = 3, *, t0: int = 1_00
         plog.append(make_batch([(b"k", b"v" * 50)] * per_batch, timestamp=t0 + number * 10))
 
 
-async def all_offsets(plog: PartitionLog) -> list[int]:
-    offsets, position = [], plog.log_start_offset
-    while position < plog.high_watermark:
-        batches = read_batches((await plog.read(position, 1 << 20)).records)
-        offsets += [b.base_offset + i for b in batches for i in range(len(b.records))]
-        position = offsets[-1] + 1
-    return offsets
-
-
 SMALL = LogConfig(segment_bytes=2000, index_interval_bytes=300)
 
 
@@ -141,7 +132,7 @@ async def test_reads_from_every_offset_with_sparse_indexes(tmp_path):
     for offset in range(plog.high_watermark):
         (first, *_rest) = read_batches((await plog.read(offset, 1)).records)
         assert first.base_offset <= offset < first.base_offset + len(first.records)
-    assert await all_offsets(plog) == list(range(120))
+    assert await log_offsets(plog) == list(range(120))
 
 
 async def test_clean_reopen_trusts_indexes_and_rebuilds_missing_ones(tmp_path):
@@ -152,7 +143,7 @@ async def test_clean_reopen_trusts_indexes_and_rebuilds_missing_ones(tmp_path):
     (tmp_path / "p" / "00000000000000000000.timeindex").write_bytes(b"garbage")
     reopened = PartitionLog.open(tmp_path / "p", SMALL)
     assert reopened.high_watermark == 120
-    assert await all_offsets(reopened) == list(range(120))
+    assert await log_offsets(reopened) == list(range(120))
     assert len(reopened.segments[0].offset_index) > 0
     reopened.close()
 
@@ -169,7 +160,7 @@ async def test_damage_in_an_unsynced_middle_segment_cuts_everything_after(tmp_pa
         damaged.write(b"\xff\xff\xff\xff\xff")
     reopened = PartitionLog.open(tmp_path / "p", SMALL)
     assert second_start < reopened.high_watermark < second_end
-    assert await all_offsets(reopened) == list(range(reopened.high_watermark))
+    assert await log_offsets(reopened) == list(range(reopened.high_watermark))
     assert len(reopened.segments) == 2
 
 
@@ -210,7 +201,7 @@ async def test_retention_by_time_deletes_whole_old_segments(tmp_path):
     assert plog.log_start_offset == plog.segments[0].base_offset > 0
     with pytest.raises(OffsetOutOfRange):
         await plog.read(0, 100)
-    assert await all_offsets(plog) == list(range(plog.log_start_offset, 120))
+    assert await log_offsets(plog) == list(range(plog.log_start_offset, 120))
     # Everything expired: the active segment is sealed and goes too; appends continue.
     plog.apply_retention(now=10_000_000)
     assert plog.log_start_offset == plog.high_watermark == 120
@@ -223,7 +214,7 @@ async def test_retention_by_size_keeps_the_newest_bytes(tmp_path):
     fill(plog, 60)
     plog.apply_retention(now=0)
     assert plog.size_bytes - plog.segments[0].size < 4000 <= plog.size_bytes
-    assert await all_offsets(plog) == list(range(plog.log_start_offset, 180))
+    assert await log_offsets(plog) == list(range(plog.log_start_offset, 180))
 
 
 async def test_delete_records_moves_log_start_and_survives_restart(tmp_path):

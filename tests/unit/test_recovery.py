@@ -7,7 +7,7 @@ import random
 import pytest
 
 from broker.log import LogConfig, PartitionLog
-from tests.batches import make_batch, read_batches
+from tests.batches import log_offsets, make_batch
 
 CONFIG = LogConfig(segment_bytes=3000, index_interval_bytes=500)
 CASES = 200
@@ -25,15 +25,6 @@ def build(directory) -> list[tuple[int, int, int]]:
     for segment in plog.segments:  # a crash: no clean close, no recovery point
         segment.close()
     return layout
-
-
-async def read_everything(plog: PartitionLog) -> list[int]:
-    offsets, position = [], plog.log_start_offset
-    while position < plog.high_watermark:
-        batches = read_batches((await plog.read(position, 1 << 20)).records)
-        offsets += [b.base_offset + i for b in batches for i in range(len(b.records))]
-        position = offsets[-1] + 1
-    return offsets
 
 
 @pytest.mark.parametrize("case", range(CASES))
@@ -66,7 +57,7 @@ async def test_damaged_tail_recovers(tmp_path, case):
     before_last = [base for number, base, _ in layout if number < last_segment]
     expected_batches = before_last + survivors
     # Every batch before the damage is still there, in order, and nothing after it.
-    offsets = await read_everything(plog)
+    offsets = await log_offsets(plog)
     starts = sorted({base for base in expected_batches})
     assert [o for o in offsets if o in set(starts)] == starts
     expected_end = layout[len(expected_batches)][1] if len(expected_batches) < len(layout) \
