@@ -401,6 +401,12 @@ class PartitionLog:
         tmp.write_text(snapshot)
         os.replace(tmp, self.directory / PRODUCER_SNAPSHOT)
 
+    def retire(self) -> None:
+        """Stop serving (the topic is deleted): descriptors close after in-flight reads."""
+        self._closed = True
+        for segment in self.segments:
+            segment.retire()
+
     def close(self) -> None:
         """Close files; a clean close records everything as recovered (after an fsync)."""
         if self._closed:
@@ -545,6 +551,8 @@ class PartitionLog:
         Synchronous on purpose: there is no checkpoint between assigning offsets and writing,
         so appends to one partition land in the order they are called. Raises ``CorruptBatch``.
         """
+        if self._closed:
+            raise OffsetOutOfRange("the partition's log is closed (topic deleted)")
         if not records:
             raise CorruptBatch("empty record set")
         buffer = bytearray(records)
@@ -689,6 +697,8 @@ class PartitionLog:
 
         Raises ``OffsetOutOfRange`` below the log start or above the high-water mark.
         """
+        if self._closed:
+            raise OffsetOutOfRange("the partition's log is closed (topic deleted)")
         hwm, start = self.high_watermark, self.log_start_offset
         located = self._locate(offset)
         if located is None:

@@ -8,6 +8,7 @@ it, so when the gateway goes away every task that stream started is cancelled wi
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -59,6 +60,9 @@ class BrokerService:
             "DescribeTopics": (self.describe_topics, pb.DescribeTopicsRequest,
                                pb.DescribeTopicsReply),
             "ListOffsets": (self.list_offsets, pb.ListOffsetsRequest, pb.ListOffsetsReply),
+            "DeleteTopics": (self.delete_topics, pb.DeleteTopicsRequest, pb.DeleteTopicsReply),
+            "CreatePartitions": (self.create_partitions, pb.CreatePartitionsRequest,
+                                 pb.CreatePartitionsReply),
             "DeleteRecords": (self.delete_records, pb.DeleteRecordsRequest,
                               pb.DeleteRecordsReply),
             "DescribeConfigs": (self.describe_configs, pb.DescribeConfigsRequest,
@@ -104,6 +108,42 @@ class BrokerService:
                 results.append(pb.TopicResult(name=spec.name, error_code=exc.code,
                                               error_message=str(exc)))
         return pb.CreateTopicsReply(results=results)
+
+    async def delete_topics(self, request: pb.DeleteTopicsRequest) -> pb.DeleteTopicsReply:
+        results = []
+        targets = [(name, None) for name in request.names] + [
+            (None, uuid.UUID(bytes=raw)) for raw in request.topic_ids]
+        for name, topic_id in targets:
+            if topic_id is not None:
+                found = self.registry.by_id(topic_id)
+                if found is None:
+                    results.append(pb.TopicResult(
+                        topic_id=topic_id.bytes, error_code=ErrorCode.unknown_topic_id,
+                        error_message=f"unknown topic id {topic_id}"))
+                    continue
+                name = found.name
+            assert name is not None
+            try:
+                topic = await self.registry.delete(name)
+                results.append(pb.TopicResult(name=name, topic_id=topic.topic_id.bytes))
+            except TopicError as exc:
+                results.append(pb.TopicResult(name=name, error_code=exc.code,
+                                              error_message=str(exc)))
+        return pb.DeleteTopicsReply(results=results)
+
+    async def create_partitions(self, request: pb.CreatePartitionsRequest
+                                ) -> pb.CreatePartitionsReply:
+        results = []
+        for target in request.targets:
+            try:
+                topic = await self.registry.add_partitions(
+                    target.topic, target.count, validate_only=request.validate_only)
+                results.append(pb.TopicResult(name=target.topic,
+                                              partitions=topic.partition_count))
+            except TopicError as exc:
+                results.append(pb.TopicResult(name=target.topic, error_code=exc.code,
+                                              error_message=str(exc)))
+        return pb.CreatePartitionsReply(results=results)
 
     async def describe_topics(self, request: pb.DescribeTopicsRequest) -> pb.DescribeTopicsReply:
         names = list(request.names) or sorted(self.registry.topics)
@@ -275,6 +315,10 @@ class BrokerService:
             return reply, None
         except CorruptBatch as exc:
             reply.error_code, reply.error_message = ErrorCode.corrupt_message, str(exc)
+            return reply, None
+        except OffsetOutOfRange as exc:  # the topic was deleted under this append
+            reply.error_code = ErrorCode.unknown_topic_or_partition
+            reply.error_message = str(exc)
             return reply, None
         except OSError as exc:
             log.error("append failed", extra={"topic": request.topic, "error": str(exc)})

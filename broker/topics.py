@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,8 @@ class Topic:
     logs: list[PartitionLog] = field(default_factory=list)
     # Cancels this topic's background tasks (its partitions' flushers and retention).
     tasks: trio.CancelScope = field(default_factory=trio.CancelScope)
+    # Where partitions added later start their background tasks.
+    nursery: trio.Nursery | None = None
 
     @property
     def internal(self) -> bool:
@@ -87,8 +90,10 @@ class TopicRegistry:
     async def _maintain(self, topic: Topic) -> None:
         with topic.tasks:
             async with trio.open_nursery() as nursery:
+                topic.nursery = nursery
                 for plog in topic.logs:
                     nursery.start_soon(plog.maintain, self.retention_check_s)
+                await trio.sleep_forever()  # partitions added later start here
 
     def open(self) -> None:
         """Load the catalogue and recover every partition log."""
@@ -190,6 +195,65 @@ class TopicRegistry:
         for plog in topic.logs:
             plog.config = log_config
         log.info("topic configs altered", extra={"topic": name})
+
+    async def delete(self, name: str) -> Topic:
+        """Forget a topic at once and remove its files in the background of this call."""
+        topic = self.topics.get(name)
+        if topic is None:
+            raise TopicError(ErrorCode.unknown_topic_or_partition, f"unknown topic {name!r}")
+        del self.topics[name]
+        try:
+            async with self._save_lock:
+                await trio.to_thread.run_sync(self._save)
+        except BaseException:
+            self.topics[name] = topic
+            raise
+        topic.tasks.cancel()
+        doomed = []
+        for plog in topic.logs:
+            plog.retire()  # reads in flight finish on the files they opened
+            # Renamed first so a topic re-created with the same name starts clean at once.
+            grave = plog.directory.with_name(f"{plog.directory.name}.{uuid.uuid4().hex}.deleted")
+            plog.directory.rename(grave)
+            doomed.append(grave)
+        await trio.to_thread.run_sync(lambda: [shutil.rmtree(d, ignore_errors=True)
+                                               for d in doomed])
+        log.info("topic deleted", extra={"topic": name})
+        return topic
+
+    async def add_partitions(self, name: str, count: int, *, validate_only: bool = False
+                             ) -> Topic:
+        topic = self.topics.get(name)
+        if topic is None:
+            raise TopicError(ErrorCode.unknown_topic_or_partition, f"unknown topic {name!r}")
+        if count <= topic.partition_count:
+            raise TopicError(ErrorCode.invalid_partitions,
+                             f"topic {name!r} has {topic.partition_count} partitions; the new "
+                             f"count must be larger, not {count}")
+        if count > MAX_PARTITIONS:
+            raise TopicError(ErrorCode.invalid_partitions, f"at most {MAX_PARTITIONS}")
+        if validate_only:
+            return topic
+        first_new = topic.partition_count
+        topic.partition_count = count
+        self._open_logs(topic)
+        try:
+            async with self._save_lock:
+                await trio.to_thread.run_sync(self._save)
+        except BaseException:
+            for plog in topic.logs[first_new:]:
+                plog.close()
+            del topic.logs[first_new:]
+            topic.partition_count = first_new
+            raise
+        if topic.nursery is not None:
+            for plog in topic.logs[first_new:]:
+                topic.nursery.start_soon(plog.maintain, self.retention_check_s)
+        log.info("partitions added", extra={"topic": name, "partitions": count})
+        return topic
+
+    def by_id(self, topic_id: uuid.UUID) -> Topic | None:
+        return next((t for t in self.topics.values() if t.topic_id == topic_id), None)
 
     def get(self, name: str) -> Topic | None:
         return self.topics.get(name)

@@ -9,7 +9,7 @@ from typing import Any
 from kio.schema.errors import ErrorCode
 
 from gateway.broker_client import BrokerUnavailable
-from gateway.context import GatewayContext
+from gateway.context import NODE_ID, GatewayContext
 from gateway.kafka import apis, messages
 from gateway.kafka.connection import Request
 from kelp.rpc.broker import v1 as pb
@@ -90,3 +90,67 @@ async def handle_delete_records(ctx: GatewayContext, request: Request) -> Any:
         topic_type(name=t.name, partitions=tuple(result(t.name, p.partition_index)
                                                  for p in t.partitions))
         for t in body.topics))
+
+
+async def handle_delete_topics(ctx: GatewayContext, request: Request) -> Any:
+    body = request.body
+    if hasattr(body, "topic_names"):  # v0-5: names only
+        names, ids = list(body.topic_names), []
+    else:  # v6: each topic by name or by id
+        names = [t.name for t in body.topics if t.name]
+        ids = [t.topic_id.bytes for t in body.topics if not t.name and t.topic_id]
+    response_type = messages.response_type(apis.ApiKey.DELETE_TOPICS, request.version)
+    result_type = messages.nested(response_type, "DeletableTopicResult")
+    try:
+        reply = await ctx.broker.call("DeleteTopics", pb.DeleteTopicsRequest(
+            names=names, topic_ids=ids), pb.DeleteTopicsReply)
+        results = list(reply.results)
+    except BrokerUnavailable as exc:
+        results = [pb.TopicResult(name=n, error_code=ErrorCode.request_timed_out,
+                                  error_message=str(exc)) for n in names]
+    for result in results:
+        if result.topic_id:
+            ctx.topics_by_id.pop(uuid.UUID(bytes=result.topic_id), None)
+    return messages.build(response_type, throttle_time=datetime.timedelta(0), responses=tuple(
+        messages.build(result_type, name=r.name or None,
+                       topic_id=uuid.UUID(bytes=r.topic_id) if r.topic_id else uuid.UUID(int=0),
+                       error_code=ErrorCode(r.error_code), error_message=r.error_message or None)
+        for r in results))
+
+
+async def handle_create_partitions(ctx: GatewayContext, request: Request) -> Any:
+    body = request.body
+    response_type = messages.response_type(apis.ApiKey.CREATE_PARTITIONS, request.version)
+    result_type = messages.nested(response_type, "CreatePartitionsTopicResult")
+    errors: dict[str, tuple[ErrorCode, str | None]] = {}
+    targets = []
+    for topic in body.topics:
+        if topic.assignments:
+            errors[topic.name] = (ErrorCode.invalid_request,
+                                  "manual replica assignment is not supported")
+        else:
+            targets.append(pb.CreatePartitionsRequestTarget(topic=topic.name, count=topic.count))
+    if targets:
+        try:
+            reply = await ctx.broker.call("CreatePartitions", pb.CreatePartitionsRequest(
+                targets=targets, validate_only=body.validate_only), pb.CreatePartitionsReply)
+            errors.update({r.name: (ErrorCode(r.error_code), r.error_message or None)
+                           for r in reply.results})
+        except BrokerUnavailable as exc:
+            errors.update({t.topic: (ErrorCode.request_timed_out, str(exc)) for t in targets})
+    return messages.build(response_type, throttle_time=datetime.timedelta(0), results=tuple(
+        result_type(name=t.name, error_code=errors.get(t.name, (ErrorCode.none, None))[0],
+                    error_message=errors.get(t.name, (ErrorCode.none, None))[1])
+        for t in body.topics))
+
+
+async def handle_describe_cluster(ctx: GatewayContext, request: Request) -> Any:
+    response_type = messages.response_type(apis.ApiKey.DESCRIBE_CLUSTER, request.version)
+    broker_type = messages.nested(response_type, "DescribeClusterBroker")
+    return messages.build(
+        response_type, throttle_time=datetime.timedelta(0), error_code=ErrorCode.none,
+        error_message=None, endpoint_type=1, cluster_id=ctx.config.cluster_id,
+        controller_id=NODE_ID, brokers=(messages.build(
+            broker_type, broker_id=NODE_ID, host=ctx.config.advertised_host,
+            port=ctx.config.advertised_port, rack=None, is_fenced=False),),
+        cluster_authorized_operations=-(2**31))

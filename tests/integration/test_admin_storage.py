@@ -108,3 +108,38 @@ def test_retention_deletes_old_segments(tmp_path, topic_name: str) -> None:
         assert int(segments[0].stem) == low
     finally:
         cluster.stop()
+
+
+def test_delete_topics_and_create_partitions(cluster: Cluster, topic_name: str) -> None:
+    admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
+    admin.create_topics([NewTopic(topic_name, 2, 1)])[topic_name].result(timeout=10)
+    produce(cluster.bootstrap, topic_name, 50)
+
+    from confluent_kafka.admin import NewPartitions
+    admin.create_partitions([NewPartitions(topic_name, 5)])[topic_name].result(timeout=10)
+    produce(cluster.bootstrap, topic_name, 10, partition=4)  # a new partition takes data
+    topic = admin.list_topics(topic_name, timeout=10).topics[topic_name]
+    assert sorted(topic.partitions) == [0, 1, 2, 3, 4]
+    (fewer,) = admin.create_partitions([NewPartitions(topic_name, 3)]).values()
+    try:
+        fewer.result(timeout=10)
+        raise AssertionError("shrinking a topic was accepted")
+    except Exception as exc:
+        assert "INVALID_PARTITIONS" in str(exc) or "partitions" in str(exc)
+
+    cluster_info = admin.describe_cluster().result(timeout=10)
+    assert [node.id for node in cluster_info.nodes] == [0]
+
+    admin.delete_topics([topic_name])[topic_name].result(timeout=10)
+    assert not list((cluster.data_dir).glob(f"{topic_name}-*"))
+    (missing,) = admin.delete_topics([topic_name]).values()
+    try:
+        missing.result(timeout=10)
+        raise AssertionError("deleting a missing topic succeeded")
+    except Exception as exc:
+        assert "UNKNOWN_TOPIC" in str(exc)
+    # The name is free again, and starts empty.
+    admin.create_topics([NewTopic(topic_name, 1, 1)])[topic_name].result(timeout=10)
+    consumer = Consumer({"bootstrap.servers": cluster.bootstrap, "group.id": "recreated"})
+    assert consumer.get_watermark_offsets(TopicPartition(topic_name, 0), timeout=10) == (0, 0)
+    consumer.close()

@@ -17,6 +17,9 @@ __all__ = (
     "CommitOffsetsRequest",
     "CommittedOffset",
     "ConfigEntry",
+    "CreatePartitionsReply",
+    "CreatePartitionsRequest",
+    "CreatePartitionsRequestTarget",
     "CreateTopicsReply",
     "CreateTopicsRequest",
     "DeleteGroupsReply",
@@ -28,6 +31,8 @@ __all__ = (
     "DeleteRecordsReplyResult",
     "DeleteRecordsRequest",
     "DeleteRecordsRequestTarget",
+    "DeleteTopicsReply",
+    "DeleteTopicsRequest",
     "DescribeConfigsReply",
     "DescribeConfigsReplyResource",
     "DescribeConfigsRequest",
@@ -287,6 +292,43 @@ default_message_pool.register_message("broker.v1", "ConfigEntry", ConfigEntry)
 
 
 @dataclass(eq=False, repr=False)
+class CreatePartitionsReply(betterproto2.Message):
+    results: "list[TopicResult]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+
+
+default_message_pool.register_message("broker.v1", "CreatePartitionsReply", CreatePartitionsReply)
+
+
+@dataclass(eq=False, repr=False)
+class CreatePartitionsRequest(betterproto2.Message):
+    targets: "list[CreatePartitionsRequestTarget]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+    validate_only: "bool" = betterproto2.field(2, betterproto2.TYPE_BOOL)
+
+
+default_message_pool.register_message(
+    "broker.v1", "CreatePartitionsRequest", CreatePartitionsRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class CreatePartitionsRequestTarget(betterproto2.Message):
+    topic: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    count: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
+    """
+    the new total
+    """
+
+
+default_message_pool.register_message(
+    "broker.v1", "CreatePartitionsRequest.Target", CreatePartitionsRequestTarget
+)
+
+
+@dataclass(eq=False, repr=False)
 class CreateTopicsReply(betterproto2.Message):
     results: "list[TopicResult]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
 
@@ -414,6 +456,27 @@ class DeleteRecordsRequestTarget(betterproto2.Message):
 default_message_pool.register_message(
     "broker.v1", "DeleteRecordsRequest.Target", DeleteRecordsRequestTarget
 )
+
+
+@dataclass(eq=False, repr=False)
+class DeleteTopicsReply(betterproto2.Message):
+    results: "list[TopicResult]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+
+
+default_message_pool.register_message("broker.v1", "DeleteTopicsReply", DeleteTopicsReply)
+
+
+@dataclass(eq=False, repr=False)
+class DeleteTopicsRequest(betterproto2.Message):
+    names: "list[str]" = betterproto2.field(1, betterproto2.TYPE_STRING, repeated=True)
+
+    topic_ids: "list[bytes]" = betterproto2.field(2, betterproto2.TYPE_BYTES, repeated=True)
+    """
+    16-byte UUIDs (DeleteTopics v6 names topics by id)
+    """
+
+
+default_message_pool.register_message("broker.v1", "DeleteTopicsRequest", DeleteTopicsRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -1134,6 +1197,42 @@ class BrokerStub(betterproto2_grpclib.ServiceStub):
             metadata=metadata,
         )
 
+    async def delete_topics(
+        self,
+        message: "DeleteTopicsRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "DeleteTopicsReply":
+
+        return await self._unary_unary(
+            "/broker.v1.Broker/DeleteTopics",
+            message,
+            DeleteTopicsReply,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def create_partitions(
+        self,
+        message: "CreatePartitionsRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "CreatePartitionsReply":
+
+        return await self._unary_unary(
+            "/broker.v1.Broker/CreatePartitions",
+            message,
+            CreatePartitionsReply,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
     async def list_offsets(
         self,
         message: "ListOffsetsRequest",
@@ -1470,6 +1569,16 @@ class BrokerBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def delete_topics(self, message: "DeleteTopicsRequest") -> "DeleteTopicsReply":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def create_partitions(
+        self, message: "CreatePartitionsRequest"
+    ) -> "CreatePartitionsReply":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def list_offsets(self, message: "ListOffsetsRequest") -> "ListOffsetsReply":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
@@ -1571,6 +1680,22 @@ class BrokerBase(betterproto2_grpclib.ServiceBase):
         request = await stream.recv_message()
         assert request is not None
         response = await self.describe_topics(request)
+        await stream.send_message(response)
+
+    async def __rpc_delete_topics(
+        self, stream: "grpclib.server.Stream[DeleteTopicsRequest, DeleteTopicsReply]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.delete_topics(request)
+        await stream.send_message(response)
+
+    async def __rpc_create_partitions(
+        self, stream: "grpclib.server.Stream[CreatePartitionsRequest, CreatePartitionsReply]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.create_partitions(request)
         await stream.send_message(response)
 
     async def __rpc_list_offsets(
@@ -1730,6 +1855,18 @@ class BrokerBase(betterproto2_grpclib.ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 DescribeTopicsRequest,
                 DescribeTopicsReply,
+            ),
+            "/broker.v1.Broker/DeleteTopics": grpclib.const.Handler(
+                self.__rpc_delete_topics,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                DeleteTopicsRequest,
+                DeleteTopicsReply,
+            ),
+            "/broker.v1.Broker/CreatePartitions": grpclib.const.Handler(
+                self.__rpc_create_partitions,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                CreatePartitionsRequest,
+                CreatePartitionsReply,
             ),
             "/broker.v1.Broker/ListOffsets": grpclib.const.Handler(
                 self.__rpc_list_offsets,
