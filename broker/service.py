@@ -160,9 +160,16 @@ class BrokerService:
                 infos.append(pb.TopicInfo(name=name, error_code=error or
                                           ErrorCode.unknown_topic_or_partition))
                 continue
-            infos.append(pb.TopicInfo(name=name, topic_id=topic.topic_id.bytes,
-                                      partitions=topic.partition_count,
-                                      configs=dict(topic.configs), internal=topic.internal))
+            info = pb.TopicInfo(name=name, topic_id=topic.topic_id.bytes,
+                                partitions=topic.partition_count,
+                                configs=dict(topic.configs), internal=topic.internal)
+            if request.include_partitions:
+                info.partition_states = [
+                    pb.PartitionState(partition=index, log_start_offset=plog.log_start_offset,
+                                      high_watermark=plog.high_watermark,
+                                      size_bytes=plog.size_bytes)
+                    for index, plog in enumerate(topic.logs)]
+            infos.append(info)
         return pb.DescribeTopicsReply(topics=infos)
 
     async def list_offsets(self, request: pb.ListOffsetsRequest) -> pb.ListOffsetsReply:

@@ -276,3 +276,30 @@ def test_group_lifecycle_at_every_version(client: RawClient, topic_name: str,
     left = client.request(mk(leave_type, group_id=group, member_id=member, members=(
         mk(nested(leave_type, "MemberIdentity"), member_id=member),) if version >= 3 else ()))
     assert left.error_code == ErrorCode.none
+
+
+@pytest.mark.parametrize("version", versions(ApiKey.OFFSET_FOR_LEADER_EPOCH))
+def test_offset_for_leader_epoch(client: RawClient, topic_name: str, version: int) -> None:
+    ensure_topic(client, topic_name)
+    request_type = load_request_schema(ApiKey.OFFSET_FOR_LEADER_EPOCH, version)
+    response = client.request(mk(request_type, replica_id=-1, topics=(mk(
+        nested(request_type, "OffsetForLeaderTopic"), topic=topic_name, partitions=(
+            mk(nested(request_type, "OffsetForLeaderPartition"), partition=0,
+               current_leader_epoch=0, leader_epoch=0),
+            mk(nested(request_type, "OffsetForLeaderPartition"), partition=9,
+               current_leader_epoch=0, leader_epoch=0))),)))
+    found, missing = response.topics[0].partitions
+    assert (found.error_code, found.leader_epoch, found.end_offset) == (ErrorCode.none, 0, 0)
+    assert missing.error_code == ErrorCode.unknown_topic_or_partition
+
+
+@pytest.mark.parametrize("version", versions(ApiKey.DESCRIBE_LOG_DIRS))
+def test_describe_log_dirs(client: RawClient, topic_name: str, version: int) -> None:
+    ensure_topic(client, topic_name)
+    request_type = load_request_schema(ApiKey.DESCRIBE_LOG_DIRS, version)
+    response = client.request(mk(request_type, topics=(mk(
+        nested(request_type, "DescribableLogDirTopic"), topic=topic_name, partitions=(0,)),)))
+    (result,) = response.results
+    assert result.error_code == ErrorCode.none
+    (topic,) = result.topics
+    assert topic.name == topic_name and topic.partitions[0].partition_index == 0

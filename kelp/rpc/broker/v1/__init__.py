@@ -72,6 +72,7 @@ __all__ = (
     "MemberAssignment",
     "MemberIdentity",
     "PartitionRef",
+    "PartitionState",
     "SyncGroupReply",
     "SyncGroupRequest",
     "TopicInfo",
@@ -614,6 +615,11 @@ class DescribeTopicsRequest(betterproto2.Message):
     create missing topics with broker defaults
     """
 
+    include_partitions: "bool" = betterproto2.field(3, betterproto2.TYPE_BOOL)
+    """
+    fill TopicInfo.partition_states
+    """
+
 
 default_message_pool.register_message("broker.v1", "DescribeTopicsRequest", DescribeTopicsRequest)
 
@@ -1029,6 +1035,20 @@ default_message_pool.register_message("broker.v1", "PartitionRef", PartitionRef)
 
 
 @dataclass(eq=False, repr=False)
+class PartitionState(betterproto2.Message):
+    partition: "int" = betterproto2.field(1, betterproto2.TYPE_INT32)
+
+    log_start_offset: "int" = betterproto2.field(2, betterproto2.TYPE_INT64)
+
+    high_watermark: "int" = betterproto2.field(3, betterproto2.TYPE_INT64)
+
+    size_bytes: "int" = betterproto2.field(4, betterproto2.TYPE_INT64)
+
+
+default_message_pool.register_message("broker.v1", "PartitionState", PartitionState)
+
+
+@dataclass(eq=False, repr=False)
 class SyncGroupReply(betterproto2.Message):
     error_code: "int" = betterproto2.field(1, betterproto2.TYPE_INT32)
 
@@ -1081,6 +1101,10 @@ class TopicInfo(betterproto2.Message):
     )
 
     internal: "bool" = betterproto2.field(6, betterproto2.TYPE_BOOL)
+
+    partition_states: "list[PartitionState]" = betterproto2.field(
+        7, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
 
 default_message_pool.register_message("broker.v1", "TopicInfo", TopicInfo)

@@ -1,0 +1,82 @@
+"""OffsetForLeaderEpoch and DescribeLogDirs, answered from the broker's partition states.
+
+kelp has one leader and leader epoch 0 for every partition, so the end offset of epoch 0 (and
+of any later epoch a client asks about) is the high-water mark.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from kio.schema.errors import ErrorCode
+
+from gateway.broker_client import BrokerUnavailable
+from gateway.context import GatewayContext
+from gateway.kafka import apis, messages
+from gateway.kafka.connection import Request
+from kelp.rpc.broker import v1 as pb
+
+LEADER_EPOCH = 0
+
+
+async def _states(ctx: GatewayContext, names: list[str]
+                  ) -> dict[str, dict[int, pb.PartitionState]] | None:
+    try:
+        reply = await ctx.broker.call("DescribeTopics", pb.DescribeTopicsRequest(
+            names=names, include_partitions=True), pb.DescribeTopicsReply)
+    except BrokerUnavailable:
+        return None
+    return {t.name: {p.partition: p for p in t.partition_states}
+            for t in reply.topics if not t.error_code}
+
+
+async def handle_offset_for_leader_epoch(ctx: GatewayContext, request: Request) -> Any:
+    body = request.body
+    states = await _states(ctx, [t.topic for t in body.topics])
+    response_type = messages.response_type(apis.ApiKey.OFFSET_FOR_LEADER_EPOCH, request.version)
+    topic_type = messages.nested(response_type, "OffsetForLeaderTopicResult")
+    partition_type = messages.nested(response_type, "EpochEndOffset")
+
+    def answer(topic: str, wanted: Any) -> Any:
+        if states is None:
+            return partition_type(error_code=ErrorCode.not_leader_or_follower,
+                                  partition=wanted.partition)
+        state = states.get(topic, {}).get(wanted.partition)
+        if state is None:
+            return partition_type(error_code=ErrorCode.unknown_topic_or_partition,
+                                  partition=wanted.partition)
+        if wanted.leader_epoch < LEADER_EPOCH:
+            return partition_type(error_code=ErrorCode.none, partition=wanted.partition)
+        return partition_type(error_code=ErrorCode.none, partition=wanted.partition,
+                              leader_epoch=LEADER_EPOCH, end_offset=state.high_watermark)
+
+    return messages.build(response_type, throttle_time=datetime.timedelta(0), topics=tuple(
+        topic_type(topic=t.topic, partitions=tuple(answer(t.topic, p) for p in t.partitions))
+        for t in body.topics))
+
+
+async def handle_describe_log_dirs(ctx: GatewayContext, request: Request) -> Any:
+    body = request.body
+    wanted = None if body.topics is None else {t.topic: set(t.partitions) for t in body.topics}
+    states = await _states(ctx, sorted(wanted) if wanted else [])
+    response_type = messages.response_type(apis.ApiKey.DESCRIBE_LOG_DIRS, request.version)
+    result_type = messages.nested(response_type, "DescribeLogDirsResult")
+    topic_type = messages.nested(response_type, "DescribeLogDirsTopic")
+    partition_type = messages.nested(response_type, "DescribeLogDirsPartition")
+    if states is None:
+        return messages.build(response_type, throttle_time=datetime.timedelta(0),
+                              error_code=ErrorCode.none, results=(messages.build(
+                                  result_type, error_code=ErrorCode.kafka_storage_error,
+                                  log_dir="", topics=()),))
+    topics = tuple(
+        topic_type(name=name, partitions=tuple(
+            partition_type(partition_index=index, partition_size=state.size_bytes,
+                           offset_lag=0, is_future_key=False)
+            for index, state in sorted(partitions.items())
+            if wanted is None or not wanted[name] or index in wanted[name]))
+        for name, partitions in sorted(states.items()))
+    return messages.build(response_type, throttle_time=datetime.timedelta(0),
+                          error_code=ErrorCode.none, results=(messages.build(
+                              result_type, error_code=ErrorCode.none, log_dir="kelp",
+                              topics=topics, total_bytes=-1, usable_bytes=-1),))
