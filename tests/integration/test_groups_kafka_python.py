@@ -1,0 +1,30 @@
+"""Consumer groups with kafka-python 3 (JoinGroup v7, SyncGroup v5, LeaveGroup v5, ...)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.group_scenarios import (
+    KafkaPythonMember,
+    Ledger,
+    Member,
+    leave_join_resume,
+    running_group_cluster,
+)
+from tests.kelp_procs import Cluster
+
+
+@pytest.fixture
+def group_cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    yield from running_group_cluster(tmp_path / "cluster", request)
+
+
+def test_three_members_leave_join_and_resume(group_cluster: Cluster, topic_name: str) -> None:
+    def make(name: str, ledger: Ledger, group: str) -> Member:
+        return KafkaPythonMember(name, ledger, group_cluster.bootstrap, group, topic_name)
+
+    summary = leave_join_resume(group_cluster, topic_name, make, eager=True)
+    print(f"\nkafka-python: {summary}")
