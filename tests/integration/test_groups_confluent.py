@@ -16,11 +16,9 @@ from tests.group_scenarios import (
     PARTITIONS,
     ConfluentMember,
     Ledger,
-    LogMark,
     Member,
     assert_exactly_once,
     assert_unique_owners,
-    call_failed,
     committed_offsets,
     committed_via_consumer,
     create_topic,
@@ -38,25 +36,9 @@ from tests.kelp_procs import Cluster
 COOPERATIVE = {"partition.assignment.strategy": "cooperative-sticky"}
 
 
-@pytest.fixture(scope="module")
-def shared_group_cluster(tmp_path_factory: pytest.TempPathFactory,
-                         request: pytest.FixtureRequest) -> Iterator[Cluster]:
-    yield from running_group_cluster(tmp_path_factory.mktemp("groups-confluent"), request)
-
-
 @pytest.fixture
-def group_cluster(shared_group_cluster: Cluster,
-                  request: pytest.FixtureRequest) -> Iterator[Cluster]:
-    """The module's cluster (tests use their own topics and groups); logs shown on failure."""
-    mark = LogMark(shared_group_cluster)
-    yield shared_group_cluster
-    if call_failed(request):
-        mark.dump()
-
-
-@pytest.fixture
-def own_group_cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
-    """A private cluster, for tests that restart processes."""
+def group_cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """A private cluster per test: one test's trouble (a crashed process) stays its own."""
     yield from running_group_cluster(tmp_path / "cluster", request)
 
 
@@ -156,9 +138,9 @@ def test_static_member_restart_keeps_partitions_without_rebalance(
     assert_exactly_once(ledger, produced)
 
 
-def test_group_survives_gateway_and_broker_restart(own_group_cluster: Cluster,
+def test_group_survives_gateway_and_broker_restart(group_cluster: Cluster,
                                                    topic_name: str) -> None:
-    cluster = own_group_cluster
+    cluster = group_cluster
     bootstrap = cluster.bootstrap
     create_topic(bootstrap, topic_name)
     group = f"g-{topic_name}"
