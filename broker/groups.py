@@ -456,13 +456,16 @@ class Coordinator:
             # A standalone commit (assign() consumers, admin tools): fine for a group without
             # members, which is created (Empty) if needed.
             if group is not None and group.members:
-                error = ErrorCode.illegal_generation
+                error = ErrorCode.unknown_member_id  # as Kafka: "" is no member of it
             elif group is None or group.state == State.DEAD:
                 group = self.groups[group_id] = Group(group_id, empty_since_ms=now_ms())
         else:
             try:
                 group, member = self._member(group_id, member_id, instance_id, generation)
-                if group.state == State.PREPARING:
+                # As in Kafka: members of the current generation may still commit while a
+                # rebalance is being prepared (from their revoke callbacks); only once the
+                # new generation is formed and waits for its assignment are commits refused.
+                if group.state == State.COMPLETING:
                     error = ErrorCode.rebalance_in_progress
                 else:
                     member.deadline = trio.current_time() + member.session_timeout_s

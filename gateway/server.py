@@ -69,8 +69,11 @@ class KafkaServer:
                 finally:
                     # Disconnect or protocol error: nothing this connection started outlives it.
                     nursery.cancel_scope.cancel()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
-            pass  # the client went away mid-write
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
+            pass  # the client went away (the nursery hands these over in an ExceptionGroup)
+        except* Exception:
+            # A bug must cost this connection only, never the listener and every client.
+            log.exception("connection failed", extra={"peer": peer})
         finally:
             self.connections -= 1
 
