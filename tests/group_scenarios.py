@@ -436,7 +436,9 @@ class AsyncioThread:
     """An asyncio event loop in a thread, shared by the aiokafka members of one scenario."""
 
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
+        # A plain asyncio loop, whatever policy trio-asyncio (imported by other tests in this
+        # process) has installed: its loops cannot run in a thread of their own.
+        self.loop = asyncio.SelectorEventLoop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="aiokafka-loop",
                                        daemon=True)
         self.thread.start()
