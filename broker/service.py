@@ -36,6 +36,12 @@ OP_SET, OP_DELETE, OP_APPEND, OP_SUBTRACT = range(4)
 EARLIEST = -2
 LATEST = -1
 MAX_TIMESTAMP = -3
+# KIP-405 (tiered storage): kelp keeps every segment local, so the earliest local offset is
+# the log start, and there is no tiered or pending-upload offset to report (-1, as Kafka does
+# for a topic without remote storage).
+EARLIEST_LOCAL = -4
+LATEST_TIERED = -5
+EARLIEST_PENDING_UPLOAD = -6
 # A fetch never parks longer than this, whatever the client asks.
 MAX_FETCH_WAIT_S = 30.0
 
@@ -183,8 +189,10 @@ class BrokerService:
                 answer.error_code = exc.code
                 answers.append(answer)
                 continue
-            if query.timestamp == EARLIEST:
+            if query.timestamp in (EARLIEST, EARLIEST_LOCAL):
                 answer.offset = plog.log_start_offset
+            elif query.timestamp in (LATEST_TIERED, EARLIEST_PENDING_UPLOAD):
+                pass  # nothing is tiered: offset -1
             elif query.timestamp == LATEST:
                 answer.offset = plog.high_watermark
             elif query.timestamp == MAX_TIMESTAMP or query.timestamp >= 0:

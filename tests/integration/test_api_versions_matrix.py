@@ -137,14 +137,17 @@ def test_list_offsets(client: RawClient, topic_name: str, version: int) -> None:
     topic_type = nested(request_type, "ListOffsetsTopic")
     partition_type = nested(request_type, "ListOffsetsPartition")
     answers = {}
-    for timestamp in (-2, -1):
-        response = client.request(mk(request_type, replica_id=-1, isolation_level=0, topics=(
+    specials = [-2, -1] + ([-4] if version >= 8 else []) + ([-5] if version >= 9 else [])
+    for timestamp in specials:
+        response = client.request(mk(request_type, replica_id=-1, isolation_level=0,
+                                     timeout=datetime.timedelta(seconds=5), topics=(
             mk(topic_type, name=topic_name, partitions=(
                 mk(partition_type, partition_index=0, timestamp=timestamp),)),)))
         part = response.topics[0].partitions[0]
         assert part.error_code == ErrorCode.none
         answers[timestamp] = part.offset
-    assert answers == {-2: 0, -1: 2}
+    expected = {-2: 0, -1: 2, -4: 0, -5: -1}  # earliest, latest, earliest-local, tiered
+    assert answers == {t: expected[t] for t in specials}
 
 
 @pytest.mark.parametrize("version", versions(ApiKey.CREATE_TOPICS))
