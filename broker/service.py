@@ -76,6 +76,8 @@ class BrokerService:
             "AlterConfigs": (self.alter_configs, pb.AlterConfigsRequest, pb.AlterConfigsReply),
             "InitProducerId": (self.init_producer_id, pb.InitProducerIdRequest,
                                pb.InitProducerIdReply),
+            "DescribeProducers": (self.describe_producers, pb.DescribeProducersRequest,
+                                  pb.DescribeProducersReply),
         }
         mapping = {
             f"/broker.v1.Broker/{name}": grpc.unary_handler(fn, req, rep)
@@ -289,6 +291,24 @@ class BrokerService:
         producer_id, epoch = await self.producer_ids.init(request.producer_id,
                                                           request.producer_epoch)
         return pb.InitProducerIdReply(producer_id=producer_id, producer_epoch=epoch)
+
+    async def describe_producers(self, request: pb.DescribeProducersRequest
+                                 ) -> pb.DescribeProducersReply:
+        partitions = []
+        for ref in request.partitions:
+            out = pb.DescribeProducersReplyPartition(partition=ref)
+            try:
+                plog = self.registry.partition(ref.topic, ref.partition)
+            except TopicError as exc:
+                out.error_code, out.error_message = exc.code, str(exc)
+            else:
+                out.producers = [
+                    pb.DescribeProducersReplyProducer(
+                        producer_id=pid, producer_epoch=entry.epoch,
+                        last_sequence=entry.batches[-1].last_sequence if entry.batches else -1)
+                    for pid, entry in sorted(plog.producers.entries.items())]
+            partitions.append(out)
+        return pb.DescribeProducersReply(partitions=partitions)
 
     # -- append stream ----------------------------------------------------------------------
 

@@ -55,6 +55,7 @@ HANDLERS: dict[int, Handler] = {
     ApiKey.OFFSET_DELETE: groups.handle_offset_delete,
     ApiKey.DELETE_RECORDS: admin.handle_delete_records,
     ApiKey.INIT_PRODUCER_ID: producers.handle_init_producer_id,
+    ApiKey.DESCRIBE_PRODUCERS: producers.handle_describe_producers,
     ApiKey.DESCRIBE_CONFIGS: configs.handle_describe,
     ApiKey.ALTER_CONFIGS: configs.handle_alter,
     ApiKey.INCREMENTAL_ALTER_CONFIGS: configs.handle_incremental_alter,

@@ -306,3 +306,25 @@ def test_describe_log_dirs(client: RawClient, topic_name: str, version: int) -> 
     assert result.error_code == ErrorCode.none
     (topic,) = result.topics
     assert topic.name == topic_name and topic.partitions[0].partition_index == 0
+
+
+def test_describe_producers_shows_an_idempotent_producer(client: RawClient,
+                                                         topic_name: str) -> None:
+    ensure_topic(client, topic_name)
+    init_type = load_request_schema(ApiKey.INIT_PRODUCER_ID, 4)
+    producer = client.request(mk(init_type, transactional_id=None,
+                                 transaction_timeout=datetime.timedelta(seconds=60)))
+    produce_type = load_request_schema(ApiKey.PRODUCE, 9)
+    batch = make_batch([(b"k", b"v")] * 3,
+                       producer=(producer.producer_id, producer.producer_epoch, 0))
+    produced = client.request(mk(produce_type, acks=-1, transactional_id=None,
+                                 timeout=datetime.timedelta(seconds=5), topic_data=(
+        mk(nested(produce_type, "TopicProduceData"), name=topic_name, partition_data=(
+            mk(nested(produce_type, "PartitionProduceData"), index=0, records=batch),)),)))
+    assert produced.responses[0].partition_responses[0].error_code == ErrorCode.none
+    request_type = load_request_schema(ApiKey.DESCRIBE_PRODUCERS, 0)
+    response = client.request(mk(request_type, topics=(mk(
+        nested(request_type, "TopicRequest"), name=topic_name, partition_indexes=(0,)),)))
+    (state,) = response.topics[0].partitions[0].active_producers
+    assert (state.producer_id, state.producer_epoch, state.last_sequence) == (
+        producer.producer_id, producer.producer_epoch, 2)

@@ -41,6 +41,10 @@ __all__ = (
     "DescribeGroupsReplyDescribed",
     "DescribeGroupsReplyMember",
     "DescribeGroupsRequest",
+    "DescribeProducersReply",
+    "DescribeProducersReplyPartition",
+    "DescribeProducersReplyProducer",
+    "DescribeProducersRequest",
     "DescribeTopicsReply",
     "DescribeTopicsRequest",
     "FetchOffsetsReply",
@@ -593,6 +597,62 @@ class DescribeGroupsRequest(betterproto2.Message):
 
 
 default_message_pool.register_message("broker.v1", "DescribeGroupsRequest", DescribeGroupsRequest)
+
+
+@dataclass(eq=False, repr=False)
+class DescribeProducersReply(betterproto2.Message):
+    partitions: "list[DescribeProducersReplyPartition]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+
+default_message_pool.register_message("broker.v1", "DescribeProducersReply", DescribeProducersReply)
+
+
+@dataclass(eq=False, repr=False)
+class DescribeProducersReplyPartition(betterproto2.Message):
+    partition: "PartitionRef | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
+
+    error_code: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
+
+    error_message: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+    producers: "list[DescribeProducersReplyProducer]" = betterproto2.field(
+        4, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+
+default_message_pool.register_message(
+    "broker.v1", "DescribeProducersReply.Partition", DescribeProducersReplyPartition
+)
+
+
+@dataclass(eq=False, repr=False)
+class DescribeProducersReplyProducer(betterproto2.Message):
+    producer_id: "int" = betterproto2.field(1, betterproto2.TYPE_INT64)
+
+    producer_epoch: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
+
+    last_sequence: "int" = betterproto2.field(3, betterproto2.TYPE_INT32)
+
+
+default_message_pool.register_message(
+    "broker.v1", "DescribeProducersReply.Producer", DescribeProducersReplyProducer
+)
+
+
+@dataclass(eq=False, repr=False)
+class DescribeProducersRequest(betterproto2.Message):
+    partitions: "list[PartitionRef]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+
+default_message_pool.register_message(
+    "broker.v1", "DescribeProducersRequest", DescribeProducersRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -1347,6 +1407,24 @@ class BrokerStub(betterproto2_grpclib.ServiceStub):
             metadata=metadata,
         )
 
+    async def describe_producers(
+        self,
+        message: "DescribeProducersRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "DescribeProducersReply":
+
+        return await self._unary_unary(
+            "/broker.v1.Broker/DescribeProducers",
+            message,
+            DescribeProducersReply,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
     async def join_group(
         self,
         message: "JoinGroupRequest",
@@ -1623,6 +1701,12 @@ class BrokerBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def describe_producers(
+        self, message: "DescribeProducersRequest"
+    ) -> "DescribeProducersReply":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def join_group(self, message: "JoinGroupRequest") -> "JoinGroupReply":
         """
         Group coordination (classic protocol). JoinGroup and SyncGroup park until the rebalance
@@ -1760,6 +1844,14 @@ class BrokerBase(betterproto2_grpclib.ServiceBase):
         request = await stream.recv_message()
         assert request is not None
         response = await self.init_producer_id(request)
+        await stream.send_message(response)
+
+    async def __rpc_describe_producers(
+        self, stream: "grpclib.server.Stream[DescribeProducersRequest, DescribeProducersReply]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.describe_producers(request)
         await stream.send_message(response)
 
     async def __rpc_join_group(
@@ -1921,6 +2013,12 @@ class BrokerBase(betterproto2_grpclib.ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 InitProducerIdRequest,
                 InitProducerIdReply,
+            ),
+            "/broker.v1.Broker/DescribeProducers": grpclib.const.Handler(
+                self.__rpc_describe_producers,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                DescribeProducersRequest,
+                DescribeProducersReply,
             ),
             "/broker.v1.Broker/JoinGroup": grpclib.const.Handler(
                 self.__rpc_join_group,
