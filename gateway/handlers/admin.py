@@ -51,7 +51,7 @@ async def handle_create_topics(ctx: GatewayContext, request: Request) -> Any:
             out.append(messages.build(
                 result_type, name=topic.name, topic_id=uuid.UUID(bytes=created.topic_id),
                 error_code=ErrorCode.none, error_message=None,
-                num_partitions=created.partitions, replication_factor=1, configs=None))
+                num_partitions=created.partitions, replication_factor=1, configs=()))
             continue
         code, message = errors.get(topic.name, (ErrorCode.unknown_server_error, "no result"))
         if created is not None:
