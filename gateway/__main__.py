@@ -60,7 +60,16 @@ async def serve(args: argparse.Namespace) -> None:
                 "broker_pending": broker.pending,
                 "tasks": count_tasks()})
 
-        await nursery.start(httpd.serve_http, {"/health": health}, http_host, http_port)
+        async def versions(request: httpd.Request) -> httpd.Response:
+            wanted = request.query.get("client_id")
+            seen: dict[str, dict[str, int]] = {}
+            for (client, api), version in sorted(server.versions_seen.items()):
+                if wanted is None or client == wanted:
+                    seen.setdefault(client, {})[api] = version
+            return httpd.Response.json(seen)
+
+        await nursery.start(httpd.serve_http, {"/health": health, "/debug/versions": versions},
+                            http_host, http_port)
         log.info("ready", extra={"kafka": f"{listen_host}:{bound}",
                                  "advertised": f"{config.advertised_host}:{config.advertised_port}",
                                  "broker": args.broker, "http": args.http})

@@ -25,6 +25,7 @@ from gateway.kafka.connection import KafkaConnection, ProtocolError, Request
 log = logging.getLogger("kelp.gateway.server")
 
 RECEIVE_SIZE = 256 * 1024
+MAX_VERSION_KEYS = 10_000  # bounds the versions-seen table however many client ids appear
 
 
 class _Slot:
@@ -44,6 +45,9 @@ class KafkaServer:
         self.inflight = 0
         self.protocol_errors = 0
         self.throttled = 0
+        # (client id, API) -> the highest version that client used: proves each client runs at
+        # its preferred versions (GET /debug/versions on the gateway's HTTP port).
+        self.versions_seen: dict[tuple[str, str], int] = {}
 
     async def serve(self, host: str, port: int, *,
                     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
@@ -101,6 +105,7 @@ class KafkaServer:
                     break
                 slot = _Slot()
                 handler = HANDLERS[request.api_key]
+                self._note_version(request)
                 if log.isEnabledFor(logging.DEBUG):
                     log.debug("request", extra={"peer": peer, "api": apis.api_name(request.api_key),
                                                 "version": request.version})
@@ -109,6 +114,11 @@ class KafkaServer:
                 budget.take(request.size)
                 nursery.start_soon(self._complete, kafka, request, pending, slot, peer,
                                    nursery.cancel_scope, budget)
+
+    def _note_version(self, request: Request) -> None:
+        key = (request.header.client_id or "", apis.api_name(request.api_key))
+        if key in self.versions_seen or len(self.versions_seen) < MAX_VERSION_KEYS:
+            self.versions_seen[key] = max(self.versions_seen.get(key, -1), request.version)
 
     async def _complete(self, kafka: KafkaConnection, request: Request, pending: Any,
                         slot: _Slot, peer: str, connection_scope: trio.CancelScope,

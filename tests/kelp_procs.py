@@ -133,6 +133,11 @@ class Cluster:
     def gateway_health(self) -> dict:
         return _get_json(f"http://127.0.0.1:{self.gateway_http_port}/health")
 
+    def versions_seen(self, client_id: str) -> dict[str, int]:
+        """API name -> highest version the client with this client id used."""
+        url = f"http://127.0.0.1:{self.gateway_http_port}/debug/versions?client_id={client_id}"
+        return _get_json(url).get(client_id, {})
+
 
 def _get_json(url: str) -> dict:
     with urllib.request.urlopen(url, timeout=5) as response:

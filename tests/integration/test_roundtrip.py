@@ -14,6 +14,7 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
 from kelp import recordbatch, records
+from tests.clients.preferred import assert_preferred_versions
 from tests.kelp_procs import Cluster
 
 RECORDS = 100_000
@@ -51,6 +52,7 @@ def expected_records(count: int) -> list[tuple[bytes, bytes, list[tuple[str, byt
 
 def confluent_produce(bootstrap: str, topic: str, codec: str, records: list) -> None:
     producer = Producer({"bootstrap.servers": bootstrap, "compression.type": codec,
+                         "client.id": f"confluent-{topic}",
                          "linger.ms": 20, "acks": "all"})
     failures: list[KafkaError] = []
 
@@ -73,6 +75,7 @@ def confluent_produce(bootstrap: str, topic: str, codec: str, records: list) -> 
 
 def confluent_consume(bootstrap: str, topic: str, count: int) -> list:
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{topic}-reader",
+                         "client.id": f"confluent-{topic}",
                          "enable.auto.commit": False, "check.crcs": True,
                          "auto.offset.reset": "earliest"})
     try:
@@ -98,6 +101,8 @@ def test_confluent_kafka_round_trip(cluster: Cluster, topic_name: str, codec: st
     assert len(got) == RECORDS
     assert got == records
     assert_stored_with(cluster, topic_name, codec)
+    assert_preferred_versions(cluster, f"confluent-{topic_name}", "confluent",
+                              {"API_VERSIONS", "METADATA", "PRODUCE", "FETCH"})
 
 
 @pytest.mark.parametrize("codec", CODECS)
@@ -107,11 +112,13 @@ def test_kcat_round_trip(cluster: Cluster, topic_name: str, codec: str, tmp_path
     source.write_text("\n".join(lines) + "\n")
     subprocess.run(
         ["kcat", "-P", "-b", cluster.bootstrap, "-t", topic_name, "-p", "0", "-K", "\t",
+         "-X", f"client.id=kcat-{topic_name}",
          "-z", codec, "-H", "origin=kcat", "-H", "codec=" + codec, "-X", "acks=all",
          "-l", str(source)],
         check=True, timeout=180, capture_output=True)
     out = subprocess.run(
         ["kcat", "-C", "-b", cluster.bootstrap, "-t", topic_name, "-p", "0", "-o", "beginning",
+         "-X", f"client.id=kcat-{topic_name}",
          "-e", "-X", "check.crcs=true", "-f", "%k\t%s\t%h\n"],
         check=True, timeout=180, capture_output=True)
     got = out.stdout.decode().splitlines()
@@ -119,6 +126,8 @@ def test_kcat_round_trip(cluster: Cluster, topic_name: str, codec: str, tmp_path
     headers = f"origin=kcat,codec={codec}"
     assert got == [f"{line}\t{headers}" for line in lines]
     assert_stored_with(cluster, topic_name, codec)
+    assert_preferred_versions(cluster, f"kcat-{topic_name}", "kcat",
+                              {"API_VERSIONS", "METADATA", "PRODUCE", "FETCH"})
 
 
 def test_kafka_python_round_trip(cluster: Cluster, topic_name: str) -> None:
@@ -127,7 +136,8 @@ def test_kafka_python_round_trip(cluster: Cluster, topic_name: str) -> None:
 
     records = expected_records(2000)
     # kafka-python 3 is idempotent by default: InitProducerId and sequences are exercised.
-    producer = KafkaProducer(bootstrap_servers=cluster.bootstrap, acks="all",
+    client_id = f"kafka-python-{topic_name}"
+    producer = KafkaProducer(bootstrap_servers=cluster.bootstrap, acks="all", client_id=client_id,
                              compression_type="gzip")
     futures = [producer.send(topic_name, key=k, value=v, headers=h, partition=0)
                for k, v, h in records]
@@ -137,6 +147,7 @@ def test_kafka_python_round_trip(cluster: Cluster, topic_name: str) -> None:
     producer.close()
 
     consumer = KafkaConsumer(bootstrap_servers=cluster.bootstrap, enable_auto_commit=False,
+                             client_id=client_id,
                              check_crcs=True, consumer_timeout_ms=5000)
     consumer.assign([KTopicPartition(topic_name, 0)])
     consumer.seek_to_beginning()
@@ -147,6 +158,9 @@ def test_kafka_python_round_trip(cluster: Cluster, topic_name: str) -> None:
             break
     consumer.close()
     assert got == records
+    assert_preferred_versions(cluster, client_id, "kafka-python",
+                              {"API_VERSIONS", "METADATA", "INIT_PRODUCER_ID", "PRODUCE",
+                               "LIST_OFFSETS", "FETCH"})
 
 
 def test_aiokafka_round_trip(cluster: Cluster, topic_name: str) -> None:
@@ -157,6 +171,7 @@ def test_aiokafka_round_trip(cluster: Cluster, topic_name: str) -> None:
 
     async def run() -> list:
         producer = AIOKafkaProducer(bootstrap_servers=cluster.bootstrap, acks="all",
+                                    client_id=f"aiokafka-{topic_name}",
                                     compression_type="lz4")
         await producer.start()
         try:
@@ -167,6 +182,7 @@ def test_aiokafka_round_trip(cluster: Cluster, topic_name: str) -> None:
         finally:
             await producer.stop()
         consumer = AIOKafkaConsumer(bootstrap_servers=cluster.bootstrap,
+                                    client_id=f"aiokafka-{topic_name}",
                                     enable_auto_commit=False, check_crcs=True)
         await consumer.start()
         try:
@@ -185,3 +201,5 @@ def test_aiokafka_round_trip(cluster: Cluster, topic_name: str) -> None:
     # A plain asyncio loop, whatever policy trio-asyncio installed in this test process.
     with asyncio.Runner(loop_factory=asyncio.SelectorEventLoop) as runner:
         assert runner.run(run()) == records
+    assert_preferred_versions(cluster, f"aiokafka-{topic_name}", "aiokafka",
+                              {"API_VERSIONS", "METADATA", "PRODUCE", "LIST_OFFSETS", "FETCH"})

@@ -23,6 +23,7 @@ public class KelpJavaClient {
         int count = Integer.parseInt(args[2]);
         Properties common = new Properties();
         common.put("bootstrap.servers", bootstrap);
+        common.put("client.id", args[3]);  // the gateway reports versions used per client id
 
         try (Admin admin = Admin.create(common)) {
             admin.createTopics(List.of(new NewTopic(topic, 3, (short) 1)

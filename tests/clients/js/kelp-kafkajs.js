@@ -2,11 +2,11 @@
 // Prints "OK ..." and exits 0 on success; any mismatch exits 1 with the reason.
 const { Kafka, logLevel } = require("kafkajs");
 
-const [bootstrap, topic, countText] = process.argv.slice(2);
+const [bootstrap, topic, countText, clientId] = process.argv.slice(2);
 const count = Number(countText);
 
 async function main() {
-  const kafka = new Kafka({ clientId: "kelp-kafkajs", brokers: [bootstrap],
+  const kafka = new Kafka({ clientId, brokers: [bootstrap],
                             logLevel: logLevel.ERROR });
   const admin = kafka.admin();
   await admin.connect();
