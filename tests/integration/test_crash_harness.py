@@ -16,8 +16,8 @@ import time
 import pytest
 from confluent_kafka import Producer
 
-from tests.clients import read_partition
 from tests.kelp_procs import Cluster
+from tests.partition_reader import read_partition
 
 CYCLES = int(os.environ.get("KELP_CRASH_CYCLES", "10"))
 

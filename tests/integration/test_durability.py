@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from confluent_kafka import Producer
 
-from tests.clients import read_partition
 from tests.kelp_procs import Cluster
+from tests.partition_reader import read_partition
 
 
 def produce(bootstrap: str, topic: str, start: int, count: int, acks: str) -> list[int]:
