@@ -32,6 +32,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="largest Kafka request frame accepted (default: 104857600)")
     parser.add_argument("--no-auto-create-topics", action="store_true",
                         help="do not create topics on Metadata requests for unknown topics")
+    parser.add_argument("--drop-produce-every", type=int, default=0, metavar="N",
+                        help="testing: close the connection instead of answering every Nth "
+                        "produce (after the broker stored it), to exercise retries")
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"])
     return parser.parse_args(argv)
@@ -49,15 +52,17 @@ async def serve(args: argparse.Namespace) -> None:
         config = GatewayConfig(
             advertised_host=advertised[0], advertised_port=advertised[1],
             auto_create_topics=not args.no_auto_create_topics,
-            max_request_bytes=args.max_request_bytes)
-        server = KafkaServer(GatewayContext(config, broker))
+            max_request_bytes=args.max_request_bytes,
+            drop_produce_every=args.drop_produce_every)
+        ctx = GatewayContext(config, broker)
+        server = KafkaServer(ctx)
         bound = await nursery.start(server.serve, listen_host, listen_port)
 
         async def health(request: httpd.Request) -> httpd.Response:
             return httpd.Response.json({
                 "status": "ok", "connections": server.connections, "inflight": server.inflight,
                 "protocol_errors": server.protocol_errors, "throttled": server.throttled,
-                "broker_pending": broker.pending,
+                "broker_pending": broker.pending, "produces_dropped": ctx.produces_dropped,
                 "tasks": count_tasks()})
 
         async def versions(request: httpd.Request) -> httpd.Response:

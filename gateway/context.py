@@ -26,6 +26,9 @@ class GatewayConfig:
     max_inflight_bytes: int = 64 * 1024 * 1024
     cluster_id: str = "kelp-cluster"
     max_inflight_requests: int = 64
+    # Testing: drop the connection instead of answering every Nth produce, after the broker
+    # appended it, so producers must retry what was already stored (0: never).
+    drop_produce_every: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,10 +39,16 @@ class TopicMeta:
     internal: bool
 
 
+class DropConnection(Exception):
+    """Raised by a handler to close its connection without answering (a test knob)."""
+
+
 @dataclass
 class GatewayContext:
     config: GatewayConfig
     broker: BrokerClient
+    produces_answered: int = 0
+    produces_dropped: int = 0
     # Topic metadata seen in the broker's replies; Fetch v13+ names topics by id.
     topics_by_id: dict[uuid.UUID, TopicMeta] = field(default_factory=dict)
 

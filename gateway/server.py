@@ -17,7 +17,7 @@ from typing import Any
 
 import trio
 
-from gateway.context import GatewayContext, current_peer
+from gateway.context import DropConnection, GatewayContext, current_peer
 from gateway.handlers import HANDLERS
 from gateway.kafka import apis
 from gateway.kafka.connection import KafkaConnection, ProtocolError, Request
@@ -132,6 +132,8 @@ class KafkaServer:
                 if throttle:
                     self.throttled += 1
                     budget.mute_for(throttle.total_seconds())
+        except DropConnection:
+            connection_scope.cancel()
         except Exception:
             # A bug, not the client's fault: say so loudly and drop this connection (as Kafka
             # does when it cannot answer); the gateway and its other clients carry on.

@@ -15,7 +15,7 @@ from typing import Any
 from kio.schema.errors import ErrorCode
 
 from gateway.broker_client import BrokerUnavailable
-from gateway.context import GatewayContext
+from gateway.context import DropConnection, GatewayContext
 from gateway.kafka import apis, messages
 from gateway.kafka.connection import Request
 
@@ -49,10 +49,10 @@ def handle(ctx: GatewayContext, request: Request) -> Awaitable[Any]:
                 except BrokerUnavailable as exc:
                     error, message = ErrorCode.not_leader_or_follower, str(exc)
             outcomes.append((topic.name, part.index, error, message, waiter))
-    return _collect(request, acks, outcomes, time.monotonic())
+    return _collect(ctx, request, acks, outcomes, time.monotonic())
 
 
-async def _collect(request: Request, acks: int,
+async def _collect(ctx: GatewayContext, request: Request, acks: int,
                    outcomes: list[tuple[str, int, int, str | None, Any]],
                    started: float) -> Any:
     if acks == 0:
@@ -77,6 +77,11 @@ async def _collect(request: Request, acks: int,
             partition_type, index=index, error_code=error, base_offset=base_offset,
             log_append_time=append_time, log_start_offset=log_start, record_errors=(),
             error_message=message))
+    ctx.produces_answered += 1
+    every = ctx.config.drop_produce_every
+    if every and ctx.produces_answered % every == 0:
+        ctx.produces_dropped += 1
+        raise DropConnection("testing: dropping the connection after the append")
     return messages.build(
         response_type, throttle_time=throttle_for(time.monotonic() - started),
         responses=tuple(topic_type(name=name, partition_responses=tuple(parts))
