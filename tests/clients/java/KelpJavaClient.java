@@ -81,6 +81,27 @@ public class KelpJavaClient {
             check(total == count, "committed offsets sum to " + total);
         }
 
+        // Manual assignment from the beginning, no group: the same records again.
+        Properties assignProps = new Properties();
+        assignProps.putAll(common);
+        int again = 0;
+        try (KafkaConsumer<String, String> consumer = new KafkaConsumer<>(
+                assignProps, new StringDeserializer(), new StringDeserializer())) {
+            List<TopicPartition> all = List.of(new TopicPartition(topic, 0),
+                new TopicPartition(topic, 1), new TopicPartition(topic, 2));
+            consumer.assign(all);
+            consumer.seekToBeginning(all);
+            long deadline = System.currentTimeMillis() + 60_000;
+            while (again < count && System.currentTimeMillis() < deadline) {
+                again += consumer.poll(Duration.ofMillis(500)).count();
+            }
+            check(again == count, "assign() re-read " + again + " of " + count);
+            // Offsets by time: the first record at or after a timestamp older than all of them.
+            Map<TopicPartition, OffsetAndTimestamp> byTime = consumer.offsetsForTimes(
+                Map.of(all.get(0), 0L));
+            check(byTime.get(all.get(0)).offset() == 0, "offsetsForTimes(0) is offset 0");
+        }
+
         try (Admin admin = Admin.create(common)) {
             TopicPartition p0 = new TopicPartition(topic, 0);
             long latest = admin.listOffsets(Map.of(p0, OffsetSpec.latest())).all()
@@ -91,6 +112,9 @@ public class KelpJavaClient {
             check(maxTs >= 0 && maxTs < latest, "max-timestamp offset " + maxTs);
             check(admin.listConsumerGroups().all().get(30, TimeUnit.SECONDS).stream()
                 .anyMatch(g -> g.groupId().equals(topic + "-java")), "group listed");
+            admin.deleteTopics(List.of(topic)).all().get(30, TimeUnit.SECONDS);
+            check(!admin.listTopics().names().get(30, TimeUnit.SECONDS).contains(topic),
+                  "topic deleted");
         }
         System.out.println("OK java produced=" + count + " consumed=" + seen.size());
     }
