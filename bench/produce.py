@@ -1,4 +1,5 @@
-"""Produce path: a librdkafka producer (1 KiB records) through gateway and broker to disk."""
+"""Produce and consume paths: librdkafka (1 KiB records) through gateway and broker, each
+against the same bytes through a raw two-hop trio pipe measured in the same run."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import time
 from pathlib import Path
 
 import trio
-from confluent_kafka import Producer
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from bench import raw_pipe
 from tests.kelp_procs import Cluster
@@ -36,6 +37,25 @@ def _produce(bootstrap: str, topic: str, records: int, record_bytes: int, acks: 
     return elapsed
 
 
+def _consume(bootstrap: str, topic: str, records: int) -> float:
+    """Seconds for a librdkafka consumer to read ``records`` from the start of the topic."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{topic}-bench",
+                         "enable.auto.commit": False, "fetch.max.bytes": 52_428_800,
+                         "max.partition.fetch.bytes": 10_485_760})
+    consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+    started = time.perf_counter()
+    seen = 0
+    while seen < records:
+        # Ask for no more than what is left: consume() waits until it has them all.
+        batch = consumer.consume(min(10_000, records - seen), timeout=5.0)
+        if not batch:
+            raise RuntimeError(f"consumer stalled after {seen} records")
+        seen += sum(1 for message in batch if message.error() is None)
+    elapsed = time.perf_counter() - started
+    consumer.close()
+    return elapsed
+
+
 def run(records: int, record_bytes: int) -> list[tuple[str, str, str, float]]:
     total = records * record_bytes
     rows = []
@@ -53,6 +73,15 @@ def run(records: int, record_bytes: int) -> list[tuple[str, str, str, float]]:
                 rows.append((f"produce {record_bytes} B records, acks={acks}",
                              f"{records / seconds:,.0f} rec/s {kelp_rate:,.1f} MB/s",
                              f"{raw_rate:,.1f} MB/s", kelp_rate / raw_rate))
+            # The warm-up record is read too: the topic holds records + 1.
+            seconds = _consume(cluster.bootstrap, "bench-produce-acks-1", records + 1)
+            raw_seconds = trio.run(raw_pipe.measure, total)
+            kelp_rate, raw_rate = total / seconds / 1e6, total / raw_seconds / 1e6
+            print(f"consume: {records / seconds:,.0f} records/s {kelp_rate:,.1f} MB/s | raw "
+                  f"two-hop trio pipe {raw_rate:,.1f} MB/s")
+            rows.append((f"consume {record_bytes} B records",
+                         f"{records / seconds:,.0f} rec/s {kelp_rate:,.1f} MB/s",
+                         f"{raw_rate:,.1f} MB/s", kelp_rate / raw_rate))
         finally:
             cluster.stop()
     return rows
