@@ -788,8 +788,7 @@ class PartitionLog:
                    key=lambda s: s.max_timestamp)
         if best is None or self.high_watermark <= self.log_start_offset:
             return None
-        found = await self.offset_for_timestamp(best.max_timestamp)
-        return found
+        return await self.offset_for_timestamp(best.max_timestamp)
 
 
 def _clean_segments(segments: list[Segment], tombstone_horizon: int) -> list[tuple[Segment, int]]:

@@ -30,8 +30,6 @@ _OFFSET = struct.Struct(">q")
 _EPOCH = struct.Struct(">i")
 
 TIMESTAMP_TYPE_BIT = 0x08  # attributes bit 3: 1 = LogAppendTime
-TRANSACTIONAL_BIT = 0x10
-CONTROL_BIT = 0x20
 COMPRESSION_MASK = 0x07
 
 

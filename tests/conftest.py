@@ -49,5 +49,14 @@ def own_cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Clus
 
 
 @pytest.fixture
+def group_cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """A private cluster per group test (short initial rebalance delay): one test's trouble
+    (a crashed process) stays its own."""
+    from tests.group_scenarios import running_group_cluster
+
+    yield from running_group_cluster(tmp_path / "cluster", request)
+
+
+@pytest.fixture
 def topic_name() -> str:
     return f"t-{uuid.uuid4().hex[:12]}"

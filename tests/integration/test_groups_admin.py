@@ -3,10 +3,6 @@ OffsetFetch (single and multi-group), OffsetCommit with metadata, OffsetDelete."
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 from confluent_kafka import (
     ConsumerGroupState,
     KafkaError,
@@ -21,7 +17,6 @@ from tests.group_scenarios import (
     committed_offsets,
     create_topic,
     produce_wave,
-    running_group_cluster,
     stop_all,
     wait_consumed,
     wait_stable,
@@ -32,9 +27,6 @@ from tests.kelp_procs import Cluster
 TIMEOUT = 15
 
 
-@pytest.fixture
-def group_cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
-    yield from running_group_cluster(tmp_path / "cluster", request)
 
 
 def listed(admin: AdminClient) -> dict[str, object]:

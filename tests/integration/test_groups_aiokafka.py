@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -13,14 +12,8 @@ from tests.group_scenarios import (
     Ledger,
     Member,
     leave_join_resume,
-    running_group_cluster,
 )
 from tests.kelp_procs import Cluster
-
-
-@pytest.fixture
-def group_cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
-    yield from running_group_cluster(tmp_path / "cluster", request)
 
 
 @pytest.fixture

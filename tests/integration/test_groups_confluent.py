@@ -5,8 +5,6 @@ static membership, the 3 → 4 rebalance time, and a group surviving gateway and
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
@@ -24,7 +22,6 @@ from tests.group_scenarios import (
     create_topic,
     leave_join_resume,
     produce_wave,
-    running_group_cluster,
     stable_assignment,
     stop_all,
     wait_consumed,
@@ -36,10 +33,6 @@ from tests.kelp_procs import Cluster
 COOPERATIVE = {"partition.assignment.strategy": "cooperative-sticky"}
 
 
-@pytest.fixture
-def group_cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
-    """A private cluster per test: one test's trouble (a crashed process) stays its own."""
-    yield from running_group_cluster(tmp_path / "cluster", request)
 
 
 def kafka_python_committed(bootstrap: str, group: str) -> dict[int, tuple[int, str]]:

@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
-
 from tests.group_scenarios import (
     KafkaPythonMember,
     Ledger,
     Member,
     leave_join_resume,
-    running_group_cluster,
 )
 from tests.kelp_procs import Cluster
-
-
-@pytest.fixture
-def group_cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
-    yield from running_group_cluster(tmp_path / "cluster", request)
 
 
 def test_three_members_leave_join_and_resume(group_cluster: Cluster, topic_name: str) -> None:

@@ -19,14 +19,11 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from kio.index import load_request_schema
 from kio.schema.errors import ErrorCode
 
-from tests.group_scenarios import running_group_cluster
 from tests.kafka_raw import RawClient
 from tests.kelp_procs import Cluster
 
@@ -49,9 +46,6 @@ VERSION_SETS = [
 KIO_MAX = {JOIN: 9, SYNC: 5, HEARTBEAT: 4, LEAVE: 5, DESCRIBE: 6, LIST: 5}
 
 
-@pytest.fixture
-def group_cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
-    yield from running_group_cluster(tmp_path / "cluster", request)
 
 
 def mk(entity_type: type, **fields: object) -> object:
