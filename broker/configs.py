@@ -23,6 +23,9 @@ _LOG_INT = {
 _CHOICES = {
     "cleanup.policy": {"delete", "compact", "compact,delete", "delete,compact"},
     "message.timestamp.type": {"CreateTime", "LogAppendTime"},
+    # Schema validation happens in the gateway; the broker only stores the switch.
+    "confluent.key.schema.validation": {"true", "false"},
+    "confluent.value.schema.validation": {"true", "false"},
 }
 _OTHER_INT = {"delete.retention.ms": 0, "min.compaction.lag.ms": 0,
               "min.insync.replicas": 1}

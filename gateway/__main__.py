@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+from functools import partial
 
 import trio
 
 from gateway.broker_client import BrokerClient
 from gateway.context import GatewayConfig, GatewayContext
+from gateway.registry import api as registry_api
+from gateway.registry.api import RegistryApi
+from gateway.registry.service import Identity, SchemaRegistry
 from gateway.server import KafkaServer
 from kelp import grpc, httpd, logs, process
 from kelp.process import count_tasks
@@ -27,7 +31,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="broker gRPC address, HOST:PORT or unix:PATH "
                         "(default: 127.0.0.1:17777)")
     parser.add_argument("--http", default="127.0.0.1:8081",
-                        help="HTTP address HOST:PORT for /health (default: 127.0.0.1:8081)")
+                        help="HTTP address HOST:PORT for the Schema Registry REST API and "
+                        "/health (default: 127.0.0.1:8081)")
     parser.add_argument("--max-request-bytes", type=int, default=100 * 1024 * 1024,
                         help="largest Kafka request frame accepted (default: 104857600)")
     parser.add_argument("--no-auto-create-topics", action="store_true",
@@ -35,6 +40,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--drop-produce-every", type=int, default=0, metavar="N",
                         help="testing: close the connection instead of answering every Nth "
                         "produce (after the broker stored it), to exercise retries")
+    registry = parser.add_argument_group("schema registry")
+    registry.add_argument("--no-registry", action="store_true",
+                          help="do not serve the Schema Registry REST API")
+    registry.add_argument("--schemas-topic", default="_schemas",
+                          help="topic holding the registry's records (default: _schemas)")
+    registry.add_argument("--registry-group", default="schema-registry",
+                          help="group electing the registry leader (default: schema-registry)")
+    registry.add_argument("--registry-advertise", default=None, metavar="HOST:PORT",
+                          help="address other gateways forward registry writes to "
+                          "(default: the --http address)")
+    registry.add_argument("--registry-follower-only", action="store_true",
+                          help="never become the registry leader (forward all writes)")
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"])
     return parser.parse_args(argv)
@@ -56,6 +73,7 @@ async def serve(args: argparse.Namespace) -> None:
             drop_produce_every=args.drop_produce_every)
         ctx = GatewayContext(config, broker)
         server = KafkaServer(ctx)
+        registry: SchemaRegistry | None = None
         bound = await nursery.start(server.serve, listen_host, listen_port)
 
         async def health(request: httpd.Request) -> httpd.Response:
@@ -63,7 +81,8 @@ async def serve(args: argparse.Namespace) -> None:
                 "status": "ok", "connections": server.connections, "inflight": server.inflight,
                 "protocol_errors": server.protocol_errors, "throttled": server.throttled,
                 "broker_pending": broker.pending, "produces_dropped": ctx.produces_dropped,
-                "tasks": count_tasks()})
+                "tasks": count_tasks(),
+                "registry": registry.health() if registry is not None else None})
 
         async def versions(request: httpd.Request) -> httpd.Response:
             wanted = request.query.get("client_id")
@@ -73,8 +92,21 @@ async def serve(args: argparse.Namespace) -> None:
                     seen.setdefault(client, {})[api] = version
             return httpd.Response.json(seen)
 
-        await nursery.start(httpd.serve_http, {"/health": health, "/debug/versions": versions},
-                            http_host, http_port)
+        routes: dict[str, httpd.Handler | httpd.Route] = {
+            "/health": health, "/debug/versions": versions}
+        if not args.no_registry:
+            registry = SchemaRegistry(broker, Identity("", 0), topic=args.schemas_topic,
+                                      group=args.registry_group)
+            routes.update(RegistryApi(registry).routes())
+            ctx.registry_state = registry.state
+        http_bound = await nursery.start(partial(
+            httpd.serve_http, routes, http_host, http_port, limits=registry_api.LIMITS))
+        if registry is not None:
+            host, port = (process.split_host_port(args.registry_advertise)
+                          if args.registry_advertise else (http_host, http_bound))
+            registry.identity = Identity(host, port,
+                                         leader_eligible=not args.registry_follower_only)
+            await nursery.start(registry.run)
         log.info("ready", extra={"kafka": f"{listen_host}:{bound}",
                                  "advertised": f"{config.advertised_host}:{config.advertised_port}",
                                  "broker": args.broker, "http": args.http})

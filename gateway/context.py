@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from kio.schema.errors import ErrorCode
 
 from gateway.broker_client import BrokerClient
+from gateway.registry.state import RegistryState
+from gateway.registry.validation import TopicSettings
 from kelp.rpc.broker import v1 as pb
 
 NODE_ID = 0
@@ -51,6 +53,12 @@ class GatewayContext:
     produces_dropped: int = 0
     # Topic metadata seen in the broker's replies; Fetch v13+ names topics by id.
     topics_by_id: dict[uuid.UUID, TopicMeta] = field(default_factory=dict)
+    # The schema registry's state (None without a registry), for produce validation.
+    registry_state: RegistryState | None = None
+    topic_settings: TopicSettings = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.topic_settings = TopicSettings(self.broker)
 
     async def describe_topics(
         self, names: list[str], *, auto_create: bool = False

@@ -18,7 +18,7 @@ from typing import Any
 import trio
 
 from gateway.context import DropConnection, GatewayContext, current_peer
-from gateway.handlers import HANDLERS
+from gateway.handlers import HANDLERS, PREPARE
 from gateway.kafka import apis
 from gateway.kafka.connection import KafkaConnection, ProtocolError, Request
 
@@ -109,6 +109,9 @@ class KafkaServer:
                 if log.isEnabledFor(logging.DEBUG):
                     log.debug("request", extra={"peer": peer, "api": apis.api_name(request.api_key),
                                                 "version": request.version})
+                prepare = PREPARE.get(request.api_key)
+                if prepare is not None:
+                    await prepare(self.ctx, request)
                 pending = handler(self.ctx, request)  # may do its synchronous part right here
                 await slots.send(slot)
                 budget.take(request.size)

@@ -1,4 +1,4 @@
-"""A small HTTP/1.1 server, and a GET client, on trio and h11.
+"""A small HTTP/1.1 server, and a one-request client, on trio and h11.
 
 Every kelp process answers a little HTTP for people and scripts: health, stats, metrics, the
 sidecar's read API. That traffic is light, so this is deliberately not a framework: routes are
@@ -113,6 +113,9 @@ async def serve_http(
 ) -> None:
     """Serve ``routes`` on ``host:port`` until cancelled; ``task_status.started(bound_port)``.
 
+    A route path ending in ``/*`` serves every path below it (the handler reads
+    ``request.path``); exact paths win over prefixes.
+
     With ``port=0`` the kernel picks the port. When ``host`` resolves to several addresses
     (``localhost`` as ::1 and 127.0.0.1) each listener would get a *different* ephemeral port,
     so then only the first is kept: the reported port must be the one that answers.
@@ -138,7 +141,16 @@ class _Server:
     def __init__(self, routes: dict[str, Route], limits: Limits) -> None:
         self.routes = routes
         self.limits = limits
+        # "/a/b/*" routes match any path under /a/b/, longest prefix first.
+        self.prefixes = sorted(((p[:-1], r) for p, r in routes.items() if p.endswith("/*")),
+                               key=lambda item: -len(item[0]))
         self.connections = 0
+
+    def route_for(self, path: str) -> Route | None:
+        route = self.routes.get(path)
+        if route is None:
+            route = next((r for prefix, r in self.prefixes if path.startswith(prefix)), None)
+        return route
 
     async def handle(self, stream: trio.SocketStream) -> None:
         # trio.serve_listeners lets a handler's exception crash the whole server, so nothing but
@@ -262,7 +274,7 @@ class _Connection:
         return _parse_request(head, bytes(body))
 
     async def _dispatch(self, request: Request) -> Response:
-        route = self.server.routes.get(request.path)
+        route = self.server.route_for(request.path)
         if route is None:
             return Response.error(404, f"no such path: {request.path}",
                                   paths=sorted(self.server.routes))
@@ -355,7 +367,7 @@ def _response_event(response: Response, *, close: bool) -> h11.Response:
 
 
 class HttpClientError(Exception):
-    """A GET that produced no HTTP response; the message says which step failed and why."""
+    """A request that produced no HTTP response; the message says which step failed and why."""
 
 
 async def http_get(host: str, port: int, target: str = "/", *, timeout: float = 5.0,
@@ -365,18 +377,27 @@ async def http_get(host: str, port: int, target: str = "/", *, timeout: float = 
     Any status comes back as a :class:`Response`; a refused connection, a timeout or a
     malformed reply raises :class:`HttpClientError`. For probes and tests, not bulk transfer.
     """
+    return await http_request(host, port, "GET", target, timeout=timeout,
+                              max_body_bytes=max_body_bytes)
+
+
+async def http_request(host: str, port: int, method: str, target: str = "/", *,
+                       body: bytes = b"", headers: Mapping[str, str] | None = None,
+                       timeout: float = 5.0, max_body_bytes: int = 1024 * 1024) -> Response:
+    """One request on a fresh connection (as :func:`http_get`, with a method and a body)."""
     url = f"http://{_authority(host, port)}{target}"
     try:
         with trio.fail_after(timeout):
             stream = await trio.open_tcp_stream(host, port)
             async with stream:
-                return await _exchange(stream, host, port, target, max_body_bytes)
+                return await _exchange(stream, host, port, method, target, body,
+                                       dict(headers or {}), max_body_bytes)
     except trio.TooSlowError:
-        raise HttpClientError(f"GET {url}: no response within {timeout}s") from None
+        raise HttpClientError(f"{method} {url}: no response within {timeout}s") from None
     except OSError as exc:
-        raise HttpClientError(f"GET {url}: cannot connect: {_os_reason(exc)}") from exc
+        raise HttpClientError(f"{method} {url}: cannot connect: {_os_reason(exc)}") from exc
     except (h11.ProtocolError, trio.BrokenResourceError, _RequestTooLarge) as exc:
-        raise HttpClientError(f"GET {url}: bad response: {exc}") from exc
+        raise HttpClientError(f"{method} {url}: bad response: {exc}") from exc
 
 
 def _os_reason(exc: OSError) -> str:
@@ -393,27 +414,34 @@ def _authority(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-async def _exchange(stream: trio.SocketStream, host: str, port: int, target: str,
+async def _exchange(stream: trio.SocketStream, host: str, port: int, method: str,
+                    target: str, body_out: bytes, extra_headers: dict[str, str],
                     max_body_bytes: int) -> Response:
     conn = h11.Connection(h11.CLIENT)
-    request = h11.Request(method="GET", target=target, headers=[
-        ("host", _authority(host, port)), ("user-agent", "kelp"), ("connection", "close")])
-    await stream.send_all(conn.send(request) + conn.send(h11.EndOfMessage()))
-    head: h11.Response | None = None
+    head = [("host", _authority(host, port)), ("user-agent", "kelp"), ("connection", "close"),
+            ("content-length", str(len(body_out)))]
+    head += [(k, v) for k, v in extra_headers.items()
+             if k.lower() not in ("host", "connection", "content-length")]
+    request = h11.Request(method=method, target=target, headers=head)
+    out = conn.send(request)
+    if body_out:
+        out += conn.send(h11.Data(data=body_out))
+    await stream.send_all(out + conn.send(h11.EndOfMessage()))
+    reply: h11.Response | None = None
     body = bytearray()
     while True:
         event = conn.next_event()
         if event is h11.NEED_DATA:
             conn.receive_data(await stream.receive_some(RECEIVE_SIZE))
         elif isinstance(event, h11.Response):
-            head = event
+            reply = event
         elif isinstance(event, h11.Data):
             body += event.data
             if len(body) > max_body_bytes:
                 raise _RequestTooLarge(f"body exceeds {max_body_bytes} bytes")
-        elif isinstance(event, h11.EndOfMessage) and head is not None:
-            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in head.headers}
-            return Response(head.status_code, bytes(body), headers.get("content-type", ""),
+        elif isinstance(event, h11.EndOfMessage) and reply is not None:
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in reply.headers}
+            return Response(reply.status_code, bytes(body), headers.get("content-type", ""),
                             headers)
         elif isinstance(event, h11.ConnectionClosed):
             raise h11.RemoteProtocolError("connection closed before a response")

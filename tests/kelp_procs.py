@@ -130,6 +130,19 @@ class Cluster:
     def broker_health(self) -> dict:
         return _get_json(f"http://127.0.0.1:{self.broker_http_port}/health")
 
+    @property
+    def registry_url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway_http_port}"
+
+    def extra_gateway(self, name: str, *args: str) -> tuple[Proc, int, int]:
+        """Another gateway on the same broker (not started): (proc, kafka port, http port)."""
+        kafka_port, http_port = free_port(), free_port()
+        proc = Proc(name, [
+            sys.executable, "-m", "gateway", "--listen", f"127.0.0.1:{kafka_port}",
+            "--broker", f"127.0.0.1:{self.broker_port}", "--http", f"127.0.0.1:{http_port}",
+            *self.gateway_args, *args], self.workdir / f"{name}.log")
+        return proc, kafka_port, http_port
+
     def gateway_health(self) -> dict:
         return _get_json(f"http://127.0.0.1:{self.gateway_http_port}/health")
 

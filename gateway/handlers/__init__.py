@@ -60,3 +60,10 @@ HANDLERS: dict[int, Handler] = {
     ApiKey.ALTER_CONFIGS: configs.handle_alter,
     ApiKey.INCREMENTAL_ALTER_CONFIGS: configs.handle_incremental_alter,
 }
+
+# Work that must finish before a handler is called, still in the read loop so request order
+# holds; it may wait (e.g. for a topic's schema-validation settings, usually cached).
+Prepare = Callable[[GatewayContext, Request], Awaitable[None]]
+PREPARE: dict[int, Prepare] = {
+    ApiKey.PRODUCE: produce.prepare,
+}

@@ -59,6 +59,9 @@ def _sensitive(name: str) -> bool:
     return any(word in name for word in SENSITIVE_NAMES)
 
 
+TOPIC_RESOURCE = 2
+
+
 async def handle_alter(ctx: GatewayContext, request: Request) -> Any:
     """AlterConfigs (legacy: the given configs replace the topic's whole set)."""
     body = request.body
@@ -89,6 +92,9 @@ async def _alter(ctx: GatewayContext, request: Request, api: int,
             pb.AlterConfigsReply)
         answers = [(ErrorCode(r.error_code), r.error_message or None, r.type, r.name)
                    for r in reply.resources]
+        for r in resources:
+            if r.type == TOPIC_RESOURCE:  # schema validation may just have been switched
+                ctx.topic_settings.forget(r.name)
     except BrokerUnavailable as exc:
         answers = [(ErrorCode.request_timed_out, str(exc), r.type, r.name) for r in resources]
     return messages.build(response_type, throttle_time=datetime.timedelta(0), responses=tuple(

@@ -18,6 +18,7 @@ from gateway.broker_client import BrokerUnavailable
 from gateway.context import DropConnection, GatewayContext
 from gateway.kafka import apis, messages
 from gateway.kafka.connection import Request
+from gateway.registry import validation
 
 VALID_ACKS = (0, 1, -1)
 # Backpressure: when the broker takes longer than this to take a produce, the client is told
@@ -30,11 +31,45 @@ def throttle_for(waited_s: float) -> datetime.timedelta:
     return datetime.timedelta(seconds=min(max(waited_s - THROTTLE_AFTER_S, 0), MAX_THROTTLE_S))
 
 
+async def prepare(ctx: GatewayContext, request: Request) -> None:
+    """Make sure the validation settings of every topic written are known (cached ~2 s)."""
+    if ctx.registry_state is None:
+        return
+    stale = [t.name for t in request.body.topic_data if ctx.topic_settings.get(t.name) is None]
+    if stale:
+        await ctx.topic_settings.refresh(stale)
+
+
+def _validate(ctx: GatewayContext, topic: str, data: bytes) -> tuple[int, str | None, Any]:
+    """(error, message, record errors) for a partition's batches under schema validation."""
+    state = ctx.registry_state
+    if state is None:
+        return ErrorCode.none, None, ()
+    settings = ctx.topic_settings.get(topic)
+    if settings is None:  # the broker could not tell us: refuse rather than let bad data in
+        return (ErrorCode.request_timed_out,
+                "schema validation settings of this topic are not known yet", ())
+    if not settings.enabled:
+        return ErrorCode.none, None, ()
+
+    def known(schema_id: int, subject: str | None) -> bool:
+        if subject is None:
+            return schema_id in state.by_id
+        return any(s.id == schema_id for s in state.versions(subject))
+
+    failures = validation.check_records(topic, data, settings, known)
+    if not failures:
+        return ErrorCode.none, None, ()
+    index, reason = failures[0]
+    return (ErrorCode.invalid_record,
+            f"record {index} rejected by schema validation: {reason}", failures)
+
+
 def handle(ctx: GatewayContext, request: Request) -> Awaitable[Any]:
     body = request.body
     acks = body.acks
-    # (topic, partition, error or None, error message, waiter)
-    outcomes: list[tuple[str, int, int, str | None, Any]] = []
+    # (topic, partition, error or None, error message, waiter, record errors)
+    outcomes: list[tuple[str, int, int, str | None, Any, Any]] = []
     for topic in body.topic_data:
         for part in topic.partition_data:
             error, message, waiter = ErrorCode.none, None, None
@@ -43,17 +78,20 @@ def handle(ctx: GatewayContext, request: Request) -> Awaitable[Any]:
                 message = f"acks must be 0, 1 or -1, not {acks}"
             elif not part.records:
                 error, message = ErrorCode.corrupt_message, "no record batches"
+            record_errors: Any = ()
+            if error == ErrorCode.none:
+                error, message, record_errors = _validate(ctx, topic.name, part.records)
             if error == ErrorCode.none:
                 try:
                     waiter = ctx.broker.submit_append(topic.name, part.index, part.records, acks)
                 except BrokerUnavailable as exc:
                     error, message = ErrorCode.not_leader_or_follower, str(exc)
-            outcomes.append((topic.name, part.index, error, message, waiter))
+            outcomes.append((topic.name, part.index, error, message, waiter, record_errors))
     return _collect(ctx, request, acks, outcomes, time.monotonic())
 
 
 async def _collect(ctx: GatewayContext, request: Request, acks: int,
-                   outcomes: list[tuple[str, int, int, str | None, Any]],
+                   outcomes: list[tuple[str, int, int, str | None, Any, Any]],
                    started: float) -> Any:
     if acks == 0:
         return None  # the protocol: no response at all
@@ -61,7 +99,8 @@ async def _collect(ctx: GatewayContext, request: Request, acks: int,
     topic_type = messages.nested(response_type, "TopicProduceResponse")
     partition_type = messages.nested(response_type, "PartitionProduceResponse")
     by_topic: dict[str, list[Any]] = {}
-    for topic, index, error, message, waiter in outcomes:
+    for topic, index, error, message, waiter, failures in outcomes:
+        record_errors = _record_errors(response_type, failures)
         base_offset, log_start, append_time = -1, -1, None
         if waiter is not None:
             try:
@@ -75,7 +114,8 @@ async def _collect(ctx: GatewayContext, request: Request, acks: int,
                 error, message = ErrorCode.not_leader_or_follower, str(exc)
         by_topic.setdefault(topic, []).append(messages.build(
             partition_type, index=index, error_code=error, base_offset=base_offset,
-            log_append_time=append_time, log_start_offset=log_start, record_errors=(),
+            log_append_time=append_time, log_start_offset=log_start,
+            record_errors=record_errors,
             error_message=message))
     ctx.produces_answered += 1
     every = ctx.config.drop_produce_every
@@ -86,3 +126,13 @@ async def _collect(ctx: GatewayContext, request: Request, acks: int,
         response_type, throttle_time=throttle_for(time.monotonic() - started),
         responses=tuple(topic_type(name=name, partition_responses=tuple(parts))
                         for name, parts in by_topic.items()))
+
+
+def _record_errors(response_type: type, failures: Any) -> tuple[Any, ...]:
+    if not failures:
+        return ()
+    try:
+        error_type = messages.nested(response_type, "BatchIndexAndErrorMessage")
+    except (AttributeError, KeyError):  # versions before 8 have no per-record errors
+        return ()
+    return tuple(error_type(batch_index=i, batch_index_error_message=m) for i, m in failures)

@@ -1,0 +1,1 @@
+"""The built-in Confluent-compatible Schema Registry served by the gateway."""
