@@ -1,18 +1,21 @@
 """``python -m bench [NAME ...]`` (``just bench``): run benchmarks, print a table of ratios.
 
 Names: ``produce`` (librdkafka through gateway and broker vs a raw two-hop trio pipe),
-``storage`` (the log engine vs plain file IO). No name runs them all.
+``storage`` (the log engine vs plain file IO), ``registry`` (Schema Registry register and
+lookup latency vs the same server's /health round trip). No name runs them all. Ratios are
+always kelp's speed over the baseline's: 1.0 means as fast as the raw path.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from bench import produce, storage
+from bench import produce, registry, storage
 
 BENCHMARKS = {
     "produce": lambda args: produce.run(records=args.records, record_bytes=args.record_bytes),
     "storage": lambda args: storage.run(total_mb=args.storage_mb),
+    "registry": lambda args: registry.run(count=args.registry_requests),
 }
 
 
@@ -24,6 +27,8 @@ def main() -> None:
                         help="records per produce run (default: 200000)")
     parser.add_argument("--record-bytes", type=int, default=1024)
     parser.add_argument("--storage-mb", type=int, default=256)
+    parser.add_argument("--registry-requests", type=int, default=500,
+                        help="requests per registry operation (default: 500)")
     args = parser.parse_args()
     unknown = set(args.names) - set(BENCHMARKS)
     if unknown:
