@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from tests.kelp_procs import REPO, free_port
+from tests.registry_http import avro_record, ok
 
 
 def test_just_up_on_a_fresh_clone(tmp_path: Path) -> None:
@@ -46,6 +47,12 @@ def test_just_up_on_a_fresh_clone(tmp_path: Path) -> None:
         metadata = subprocess.run(["kcat", "-L", "-b", bootstrap], capture_output=True,
                                   text=True, timeout=30, check=True).stdout
         assert f"broker 0 at {bootstrap}" in metadata
+        # The Schema Registry answers on the gateway's HTTP port (the leader is elected
+        # through the broker's group coordinator; a write waits for it).
+        registry = f"http://127.0.0.1:{ports['registry']}"
+        schema = avro_record("UpCheck", ("ok", "boolean"))
+        registered = ok(registry, "POST", "/subjects/up-value/versions", {"schema": schema})
+        assert ok(registry, "GET", f"/schemas/ids/{registered['id']}")["schema"]
 
         os.killpg(up.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         # just reports the interrupt as 130, the shell convention for Ctrl-C.
