@@ -79,13 +79,14 @@ class SchemaRegistry:
         self._write_lock = trio.Lock()
         self._leader_known = trio.Event()
         self._synced_as_leader = False
+        self.problem: str | None = None  # why the registry cannot serve at all
 
     def health(self) -> dict[str, object]:
         return {"ready": self.ready.is_set(), "is_leader": self.is_leader,
                 "leader": self.leader.url if self.leader else None,
                 "subjects": len(self.state.subjects), "max_id": self.state.max_id,
                 "offset": self.state.next_offset, "skipped_records": self.state.skipped_records,
-                "elections": self.elections}
+                "elections": self.elections, "problem": self.problem}
 
     # -- running ---------------------------------------------------------------------------
 
@@ -105,6 +106,19 @@ class SchemaRegistry:
         result = reply.results[0]
         if result.error_code not in (ErrorCode.none, ErrorCode.topic_already_exists):
             raise BrokerUnavailable(f"cannot create {self.topic}: {result.error_message}")
+        # Someone may have created it otherwise. Over several partitions the order of writes
+        # is lost, and under a delete policy retention would one day delete schemas; Confluent
+        # refuses to run on such a topic, and so does kelp (with the reason in every answer).
+        described = await self.broker.call(
+            "DescribeTopics", pb.DescribeTopicsRequest(names=[self.topic]),
+            pb.DescribeTopicsReply)
+        info = described.topics[0]
+        policy = info.configs.get("cleanup.policy", "delete")
+        if info.partitions != 1 or "compact" not in policy:
+            self.problem = (f"The schemas topic {self.topic} has {info.partitions} partitions "
+                            f"and cleanup.policy={policy}; the registry needs exactly one "
+                            "partition and cleanup.policy=compact")
+            log.error("schema registry disabled", extra={"reason": self.problem})
 
     async def _tail(self) -> None:
         """Apply every record of ``_schemas`` in order, for as long as the gateway runs."""
@@ -160,6 +174,8 @@ class SchemaRegistry:
         self._applied = trio.Event()
 
     async def wait_ready(self, timeout: float = WRITE_TIMEOUT_S) -> None:
+        if self.problem is not None:
+            raise RegistryError(50001, self.problem)
         with trio.move_on_after(timeout):
             await self.ready.wait()
         if not self.ready.is_set():

@@ -5,7 +5,10 @@ from __future__ import annotations
 import datetime
 import struct
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
+import pytest
 from kio.schema.api_versions.v0 import ApiVersionsRequest as ApiVersionsV0
 from kio.schema.api_versions.v3 import ApiVersionsRequest as ApiVersionsV3
 from kio.schema.errors import ErrorCode
@@ -97,7 +100,20 @@ def test_unknown_api_key_is_refused(cluster: Cluster) -> None:
     _assert_closed_and_logged(cluster, client, "unsupported API api_key_999")
 
 
-def test_disconnect_mid_fetch_leaves_no_task_behind(cluster: Cluster, topic_name: str) -> None:
+@pytest.fixture
+def quiet_cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """A cluster with nothing else fetching: the registry's own reader of _schemas (a
+    long-poll fetch) would blur the counts of pending fetches and tasks."""
+    running = Cluster(tmp_path / "quiet", gateway_args=["--no-registry"])
+    try:
+        yield running.start()
+    finally:
+        running.stop()
+
+
+def test_disconnect_mid_fetch_leaves_no_task_behind(quiet_cluster: Cluster,
+                                                    topic_name: str) -> None:
+    cluster = quiet_cluster
     client = RawClient(cluster.bootstrap)
     client.request(MetadataRequest(topics=(MetadataRequestTopic(name=topic_name),)))
     baseline_gateway = cluster.gateway_health()["tasks"]

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from tests.group_scenarios import running_group_cluster
 from tests.kelp_procs import Cluster, Proc
@@ -115,3 +116,25 @@ def test_registry_survives_restart_of_every_process(group_cluster: Cluster) -> N
     fresh = ok(base, "POST", "/subjects/keep-new-value/versions",
                {"schema": avro_record("KeepNew", ("a", "int"))})
     assert fresh["id"] > max([*ids.values(), json_id])
+
+
+def test_a_schemas_topic_unfit_for_the_registry_is_refused(group_cluster: Cluster) -> None:
+    admin = AdminClient({"bootstrap.servers": group_cluster.bootstrap})
+    admin.create_topics([NewTopic("wrong-schemas", 3, 1)])["wrong-schemas"].result(10)
+    gateway, _, http_port = group_cluster.extra_gateway(
+        "gateway-wrong", "--schemas-topic", "wrong-schemas", "--registry-group", "wrong")
+    try:
+        gateway.start()
+        base = f"http://127.0.0.1:{http_port}"
+        for _ in range(100):
+            status, answer = call(base, "GET", "/subjects")
+            if status != 200:
+                break
+            time.sleep(0.05)
+        assert (status, answer["error_code"]) == (500, 50001)
+        assert "3 partitions and cleanup.policy=delete" in answer["message"]
+        status, answer = call(base, "POST", "/subjects/x/versions",
+                              {"schema": avro_record("X", ("a", "int"))})
+        assert (status, answer["error_code"]) == (500, 50001)
+    finally:
+        gateway.stop()
