@@ -104,6 +104,9 @@ async def serve(args: argparse.Namespace) -> None:
         if registry is not None:
             host, port = (process.split_host_port(args.registry_advertise)
                           if args.registry_advertise else (http_host, http_bound))
+            if host in ("", "0.0.0.0", "::"):
+                log.warning("the registry advertises a wildcard address; other gateways "
+                            "cannot forward writes to it (set --registry-advertise)")
             registry.identity = Identity(host, port,
                                          leader_eligible=not args.registry_follower_only)
             await nursery.start(registry.run)

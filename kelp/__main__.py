@@ -73,7 +73,7 @@ async def run_up(args: argparse.Namespace) -> int:
             print(
                 "kelp is ready\n"
                 f"  kafka           {args.advertise or args.kafka}\n"
-                f"  gateway http    {args.registry}  (/health)\n"
+                f"  schema registry http://{args.registry}  (gateway HTTP, /health)\n"
                 f"  broker grpc     {args.broker}\n"
                 f"  broker http     {args.broker_http}  (/health, /metrics)\n"
                 f"  sidecar http    {args.sidecar_http}  (/health /stats /ping /read ...)\n"
@@ -132,7 +132,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     up.add_argument("--run-dir", type=Path, default=Path(".kelp/run"))
     up.add_argument("--kafka", default="127.0.0.1:9092", help="Kafka listener")
     up.add_argument("--advertise", default=None, help="address given to Kafka clients")
-    up.add_argument("--registry", default="127.0.0.1:8081", help="gateway HTTP address")
+    up.add_argument("--registry", default="127.0.0.1:8081",
+                    help="gateway HTTP address: Schema Registry REST API and /health")
     up.add_argument("--broker", default="127.0.0.1:17777", help="broker gRPC address")
     up.add_argument("--broker-http", default="127.0.0.1:8082")
     up.add_argument("--sidecar-http", default="127.0.0.1:8083")

@@ -52,10 +52,14 @@ def _validate(ctx: GatewayContext, topic: str, data: bytes) -> tuple[int, str | 
     if not settings.enabled:
         return ErrorCode.none, None, ()
 
+    subject_ids: dict[str, set[int]] = {}  # per request: a batch has many records
+
     def known(schema_id: int, subject: str | None) -> bool:
         if subject is None:
             return schema_id in state.by_id
-        return any(s.id == schema_id for s in state.versions(subject))
+        if subject not in subject_ids:
+            subject_ids[subject] = {s.id for s in state.versions(subject)}
+        return schema_id in subject_ids[subject]
 
     failures = validation.check_records(topic, data, settings, known)
     if not failures:

@@ -370,6 +370,7 @@ class RegistryApi:
             out["schemaType"] = stored.schema_type
         if stored.references:
             out["references"] = [r.to_json() for r in stored.references]
+        out.update(stored.contract_json())
         out["schema"] = self._formatted(stored, request)
         return _json(out)
 

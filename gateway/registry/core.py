@@ -18,6 +18,7 @@ from gateway.registry.state import (
     Reference,
     RegistryState,
     SchemaVersion,
+    contract_text,
     schema_record,
 )
 
@@ -200,10 +201,12 @@ def plan_registration(state: RegistryState, cache: ParsedCache, subject: str,
     parsed = cache.parse(state, schema_type, text, refs)
     stored_text = parsed.normalized() if normalize else parsed.canonical()
     live = state.versions(subject)
+    contract = (contract_text(body.get("metadata")), contract_text(body.get("ruleSet")))
     for existing in live:
-        if (existing.schema_type, existing.references) == (schema_type, refs) and (
-                existing.schema == stored_text
-                or cache.of(state, existing).canonical() == parsed.canonical()):
+        if ((existing.schema_type, existing.references) == (schema_type, refs)
+                and (existing.metadata, existing.rule_set) == contract
+                and (existing.schema == stored_text
+                     or cache.of(state, existing).canonical() == parsed.canonical())):
             return Registration(existing.id, existing.version, [])
 
     requested_id = body.get("id") if isinstance(body, dict) else None
@@ -216,7 +219,7 @@ def plan_registration(state: RegistryState, cache: ParsedCache, subject: str,
         if messages:
             raise RegistryError(409, "Schema being registered is incompatible with an earlier "
                                 f"schema for subject \"{subject}\", details: {messages}")
-    identity = (schema_type, stored_text, refs)
+    identity = (schema_type, stored_text, refs, *contract)
     if requested_id is not None:
         schema_id = _positive_int(requested_id, "id")
         holder = state.by_id.get(schema_id)
@@ -232,7 +235,8 @@ def plan_registration(state: RegistryState, cache: ParsedCache, subject: str,
             raise RegistryError(42205, f"Version {version} already exists for {subject}")
     else:
         version = (every[-1].version if every else 0) + 1
-    stored = SchemaVersion(subject, version, schema_id, schema_type, stored_text, refs)
+    stored = SchemaVersion(subject, version, schema_id, schema_type, stored_text, refs,
+                           metadata=contract[0], rule_set=contract[1])
     return Registration(schema_id, version, [schema_record(stored)])
 
 
@@ -279,6 +283,7 @@ def version_json(stored: SchemaVersion, schema_text: str | None = None) -> dict[
         out["schemaType"] = stored.schema_type
     if stored.references:
         out["references"] = [r.to_json() for r in stored.references]
+    out.update(stored.contract_json())
     out["schema"] = stored.schema if schema_text is None else schema_text
     if stored.deleted:
         out["deleted"] = True

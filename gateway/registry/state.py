@@ -21,6 +21,7 @@ keeps the last record per key *bytes*, so the order matters.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
@@ -56,11 +57,34 @@ class SchemaVersion:
     schema: str
     references: tuple[Reference, ...] = ()
     deleted: bool = False
+    # Confluent's data-contract fields, kept verbatim as compact JSON text (None: absent).
+    metadata: str | None = None
+    rule_set: str | None = None
 
     @property
-    def identity(self) -> tuple[str, str, tuple[Reference, ...]]:
+    def identity(self) -> Identity:
         """Two registrations with the same identity share a schema id (across subjects)."""
-        return (self.schema_type, self.schema, self.references)
+        return (self.schema_type, self.schema, self.references, self.metadata, self.rule_set)
+
+    def contract_json(self) -> dict[str, Any]:
+        """``metadata`` and ``ruleSet`` for a JSON answer or record (only those present)."""
+        out: dict[str, Any] = {}
+        if self.metadata is not None:
+            out["metadata"] = json.loads(self.metadata)
+        if self.rule_set is not None:
+            out["ruleSet"] = json.loads(self.rule_set)
+        return out
+
+
+# (type, schema text, references, metadata, ruleSet): what makes two schemas the same one.
+Identity = tuple[str, str, tuple[Reference, ...], str | None, str | None]
+
+
+def contract_text(value: Any) -> str | None:
+    """A data-contract field as stored: compact JSON with sorted keys, None when absent."""
+    if value is None:
+        return None
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
 @dataclass
@@ -68,8 +92,7 @@ class RegistryState:
     subjects: dict[str, dict[int, SchemaVersion]] = field(default_factory=dict)
     # id -> the first version registered with it (its schema text, type and references)
     by_id: dict[int, SchemaVersion] = field(default_factory=dict)
-    ids_by_identity: dict[tuple[str, str, tuple[Reference, ...]], int] = field(
-        default_factory=dict)
+    ids_by_identity: dict[Identity, int] = field(default_factory=dict)
     global_compatibility: str | None = None
     subject_compatibility: dict[str, str] = field(default_factory=dict)
     global_mode: str | None = None
@@ -129,7 +152,9 @@ class RegistryState:
         stored = SchemaVersion(
             subject=str(value["subject"]), version=int(value["version"]), id=int(value["id"]),
             schema_type=str(value.get("schemaType") or "AVRO"), schema=str(value["schema"]),
-            references=refs, deleted=bool(value.get("deleted", False)))
+            references=refs, deleted=bool(value.get("deleted", False)),
+            metadata=contract_text(value.get("metadata")),
+            rule_set=contract_text(value.get("ruleSet")))
         self.subjects.setdefault(stored.subject, {})[stored.version] = stored
         self.by_id.setdefault(stored.id, stored)
         self.ids_by_identity.setdefault(stored.identity, stored.id)
@@ -196,8 +221,7 @@ class RegistryState:
 
 
 def _replace_deleted(stored: SchemaVersion, deleted: bool) -> SchemaVersion:
-    return SchemaVersion(stored.subject, stored.version, stored.id, stored.schema_type,
-                         stored.schema, stored.references, deleted)
+    return dataclasses.replace(stored, deleted=deleted)
 
 
 # -- records the leader writes -------------------------------------------------------------
@@ -217,6 +241,7 @@ def schema_record(stored: SchemaVersion) -> tuple[bytes, bytes]:
         value["schemaType"] = stored.schema_type
     if stored.references:
         value["references"] = [r.to_json() for r in stored.references]
+    value.update(stored.contract_json())
     value["schema"] = stored.schema
     value["deleted"] = stored.deleted
     return (_key(keytype="SCHEMA", subject=stored.subject, version=stored.version, magic=1),

@@ -217,3 +217,20 @@ def test_confluent_client_drives_the_api(base: str, topic_name: str) -> None:
     with pytest.raises(SchemaRegistryError) as failure:
         fresh.get_latest_version(subject)
     assert failure.value.error_code == 40401
+
+
+def test_data_contract_fields_are_kept(base: str, topic_name: str) -> None:
+    subject = f"{topic_name}-value"
+    metadata = {"properties": {"owner": "team-a"}}
+    rules = {"domainRules": [{"name": "checkName", "kind": "CONDITION", "mode": "WRITE",
+                              "type": "CEL", "expr": "message.name != ''"}]}
+    first = ok(base, "POST", f"/subjects/{subject}/versions",
+               {"schema": V1, "metadata": metadata, "ruleSet": rules})
+    got = ok(base, "GET", f"/subjects/{subject}/versions/1")
+    assert (got["metadata"], got["ruleSet"]) == (metadata, rules)
+    assert ok(base, "GET", f"/schemas/ids/{first['id']}")["metadata"] == metadata
+    # The same schema text with other metadata is another schema: a new version and id.
+    second = ok(base, "POST", f"/subjects/{subject}/versions",
+                {"schema": V1, "metadata": {"properties": {"owner": "team-b"}}})
+    assert second["id"] != first["id"]
+    assert ok(base, "GET", f"/subjects/{subject}/versions") == [1, 2]
