@@ -365,14 +365,7 @@ class RegistryApi:
 
     async def get_by_id(self, request: httpd.Request, id_text: str) -> httpd.Response:
         stored = self._by_id(id_text, request)
-        out: dict[str, Any] = {}
-        if stored.schema_type != "AVRO":
-            out["schemaType"] = stored.schema_type
-        if stored.references:
-            out["references"] = [r.to_json() for r in stored.references]
-        out.update(stored.contract_json())
-        out["schema"] = self._formatted(stored, request)
-        return _json(out)
+        return _json(stored.to_json(self._formatted(stored, request), located=False))
 
     async def get_by_id_schema(self, request: httpd.Request, id_text: str) -> httpd.Response:
         stored = self._by_id(id_text, request)

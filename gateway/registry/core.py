@@ -277,14 +277,7 @@ def lookup(state: RegistryState, cache: ParsedCache, subject: str, body: Any, *,
 
 def version_json(stored: SchemaVersion, schema_text: str | None = None) -> dict[str, Any]:
     """A version as the REST API shows it (``schemaType`` omitted for AVRO, as Confluent)."""
-    out: dict[str, Any] = {"subject": stored.subject, "version": stored.version,
-                           "id": stored.id}
-    if stored.schema_type != "AVRO":
-        out["schemaType"] = stored.schema_type
-    if stored.references:
-        out["references"] = [r.to_json() for r in stored.references]
-    out.update(stored.contract_json())
-    out["schema"] = stored.schema if schema_text is None else schema_text
+    out = stored.to_json(schema_text)
     if stored.deleted:
         out["deleted"] = True
     return out

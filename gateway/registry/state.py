@@ -66,6 +66,21 @@ class SchemaVersion:
         """Two registrations with the same identity share a schema id (across subjects)."""
         return (self.schema_type, self.schema, self.references, self.metadata, self.rule_set)
 
+    def to_json(self, schema_text: str | None = None, *,
+                located: bool = True) -> dict[str, Any]:
+        """The fields Confluent uses for a schema, in its order: ``subject``, ``version`` and
+        ``id`` when ``located``; ``schemaType`` (absent for AVRO), ``references``, the data
+        contract, and ``schema`` (``schema_text`` instead, e.g. in another format)."""
+        out: dict[str, Any] = ({"subject": self.subject, "version": self.version,
+                                "id": self.id} if located else {})
+        if self.schema_type != "AVRO":
+            out["schemaType"] = self.schema_type
+        if self.references:
+            out["references"] = [r.to_json() for r in self.references]
+        out.update(self.contract_json())
+        out["schema"] = self.schema if schema_text is None else schema_text
+        return out
+
     def contract_json(self) -> dict[str, Any]:
         """``metadata`` and ``ruleSet`` for a JSON answer or record (only those present)."""
         out: dict[str, Any] = {}
@@ -235,14 +250,7 @@ def _value(obj: Any) -> bytes:
 
 
 def schema_record(stored: SchemaVersion) -> tuple[bytes, bytes]:
-    value: dict[str, Any] = {"subject": stored.subject, "version": stored.version,
-                             "id": stored.id}
-    if stored.schema_type != "AVRO":
-        value["schemaType"] = stored.schema_type
-    if stored.references:
-        value["references"] = [r.to_json() for r in stored.references]
-    value.update(stored.contract_json())
-    value["schema"] = stored.schema
+    value = stored.to_json()
     value["deleted"] = stored.deleted
     return (_key(keytype="SCHEMA", subject=stored.subject, version=stored.version, magic=1),
             _value(value))
