@@ -9,6 +9,7 @@ from pathlib import Path
 import trio
 
 from broker.configs import Defaults
+from broker.exports import DEFAULT_CHUNK_BYTES, Exports, ExportsHttp
 from broker.group_service import GroupService
 from broker.groups import Coordinator
 from broker.offsets import OffsetStore
@@ -42,6 +43,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "default: 3000)")
     parser.add_argument("--append-delay-ms", type=float, default=0.0,
                         help="testing: delay every append as a slow disk would (default: 0)")
+    parser.add_argument("--chunk-bytes", type=int, default=DEFAULT_CHUNK_BYTES,
+                        help="size of the chunks segment files are exported in, for the read "
+                        f"sidecar (a power of two; default: {DEFAULT_CHUNK_BYTES})")
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"])
     return parser.parse_args(argv)
@@ -57,6 +61,7 @@ async def serve(args: argparse.Namespace) -> None:
                                           offsets_config)
     coordinator = Coordinator(
         store, initial_rebalance_delay_s=args.group_initial_rebalance_delay_ms / 1000)
+    exports = Exports(registry, chunk_bytes=args.chunk_bytes)
     service = BrokerService(registry, auto_create_partitions=args.default_partitions,
                             append_delay_s=args.append_delay_ms / 1000)
 
@@ -80,8 +85,9 @@ async def serve(args: argparse.Namespace) -> None:
             await nursery.start(grpc.serve,
                                 {**service.mapping(), **GroupService(coordinator).mapping()},
                                 grpc_address)
-            await nursery.start(httpd.serve_http, {"/health": health, "/metrics": metrics},
-                                http_host, http_port)
+            routes = {"/health": health, "/metrics": metrics,
+                      **ExportsHttp(exports).routes()}
+            await nursery.start(httpd.serve_http, routes, http_host, http_port)
             log.info("ready", extra={"grpc": str(grpc_address), "http": args.http,
                                      "data_dir": str(args.data_dir)})
     finally:

@@ -25,9 +25,12 @@ append) — never a sleep loop.
 from __future__ import annotations
 
 import bisect
+import contextlib
+import itertools
 import json
 import logging
 import os
+import secrets
 import struct
 import time
 from collections.abc import Callable, Iterator
@@ -54,6 +57,9 @@ _WALK_SIZE = 27
 # Large reads and every fsync leave the event loop; small reads are cheaper inline.
 _INLINE_READ_LIMIT = 64 * 1024
 _io_limiter = trio.CapacityLimiter(8)
+# Every Segment object gets a serial number unique in this process: the read sidecar names a
+# segment by it (with a random cookie), so a compacted segment (a new object) gets a new name.
+_segment_serials = itertools.count(1)
 
 
 def segment_name(base_offset: int) -> str:
@@ -109,6 +115,8 @@ class Segment:
     # Reads in flight: a deleted segment's file descriptor closes only once they finish.
     readers: int = 0
     retired: bool = False
+    serial: int = field(default_factory=lambda: next(_segment_serials))
+    cookie: int = field(default_factory=lambda: secrets.randbits(32))
 
     def __post_init__(self) -> None:
         if self.next_offset < 0:
@@ -173,6 +181,19 @@ class Segment:
             _base, length = _WALK.unpack_from(os.pread(self.fd, 12, position))
             yield position, os.pread(self.fd, length + recordbatch.LENGTH_PREFIX, position)
             position += length + recordbatch.LENGTH_PREFIX
+
+
+@contextlib.contextmanager
+def held(segment: Segment) -> Iterator[Segment]:
+    """Keep ``segment``'s file descriptor open while the block runs, even if retention or
+    compaction deletes the segment meanwhile (its bytes stay readable until then)."""
+    segment.readers += 1
+    try:
+        yield segment
+    finally:
+        segment.readers -= 1
+        if segment.retired and segment.readers == 0:
+            os.close(segment.fd)
 
 
 @dataclass(frozen=True)
@@ -705,15 +726,19 @@ class PartitionLog:
             return ReadResult(b"", hwm, start)
         segment, position = located
         available = segment.size - position
-        segment.readers += 1
-        try:
+        with held(segment):
             data = await self._read_batches(segment, position, min(max(max_bytes, _WALK_SIZE),
                                                                   available))
-        finally:
-            segment.readers -= 1
-            if segment.retired and segment.readers == 0:
-                os.close(segment.fd)
         return ReadResult(data, hwm, start)
+
+    def segment_by_serial(self, serial: int) -> Segment | None:
+        return next((s for s in self.segments if s.serial == serial), None)
+
+    async def read_range(self, segment: Segment, position: int, size: int) -> bytes:
+        """Exactly the bytes ``[position, position + size)`` of ``segment`` (the caller checked
+        the bounds against ``segment.size``); the segment may be deleted meanwhile."""
+        with held(segment):
+            return await self._pread(segment.fd, size, position)
 
     async def _read_batches(self, segment: Segment, position: int, size: int) -> bytes:
         data = await self._pread(segment.fd, size, position)

@@ -1,4 +1,4 @@
-"""rdma.fileid: SeaweedFS file ids, parsed strictly and formatted as SeaweedFS writes them."""
+"""kelp.fileid: SeaweedFS file ids, parsed strictly and formatted as SeaweedFS writes them."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rdma import fileid
-from rdma.fileid import FileId, FileIdError
+from kelp import fileid
+from kelp.fileid import FileId, FileIdError
 
 volumes = st.integers(0, fileid.MAX_VOLUME)
 keys = st.integers(0, fileid.MAX_KEY)
