@@ -15,6 +15,7 @@ from broker.groups import Coordinator
 from broker.offsets import OffsetStore
 from broker.service import BrokerService
 from broker.topics import TopicRegistry
+from broker.ucx_export import LEASE_MS, UcxExporter
 from kelp import grpc, httpd, logs, process
 
 log = logging.getLogger("kelp.broker")
@@ -43,6 +44,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "default: 3000)")
     parser.add_argument("--append-delay-ms", type=float, default=0.0,
                         help="testing: delay every append as a slow disk would (default: 0)")
+    parser.add_argument("--ucx", default="127.0.0.1:17779", metavar="HOST:PORT",
+                        help="UCX listener the read sidecar connects to for one-sided reads "
+                        "of segment files (default: 127.0.0.1:17779; port 0 picks one)")
+    parser.add_argument("--no-ucx", action="store_true",
+                        help="do not export segments over UCX (sidecars read over HTTP)")
+    parser.add_argument("--ucx-lease-ms", type=int, default=LEASE_MS,
+                        help="how long a sidecar's lease keeps a segment mapped "
+                        f"(default: {LEASE_MS})")
     parser.add_argument("--chunk-bytes", type=int, default=DEFAULT_CHUNK_BYTES,
                         help="size of the chunks segment files are exported in, for the read "
                         f"sidecar (a power of two; default: {DEFAULT_CHUNK_BYTES})")
@@ -62,13 +71,16 @@ async def serve(args: argparse.Namespace) -> None:
     coordinator = Coordinator(
         store, initial_rebalance_delay_s=args.group_initial_rebalance_delay_ms / 1000)
     exports = Exports(registry, chunk_bytes=args.chunk_bytes)
+    ucx_host, ucx_port = process.split_host_port(args.ucx)
+    exporter = UcxExporter(exports, ucx_host, ucx_port, enabled=not args.no_ucx,
+                           lease_ms=args.ucx_lease_ms)
     service = BrokerService(registry, auto_create_partitions=args.default_partitions,
                             append_delay_s=args.append_delay_ms / 1000)
 
     async def health(request: httpd.Request) -> httpd.Response:
         return httpd.Response.json({"status": "ok", "topics": len(registry.topics),
                                     "partitions": registry.partition_count(),
-                                    **service.counters()})
+                                    **service.counters(), **exporter.health()})
 
     async def metrics(request: httpd.Request) -> httpd.Response:
         lines = [f"kelp_broker_{name} {value}" for name, value in service.counters().items()]
@@ -82,8 +94,10 @@ async def serve(args: argparse.Namespace) -> None:
             await nursery.start(registry.run)
             nursery.start_soon(coordinator.run)
             nursery.start_soon(store.log.maintain, registry.retention_check_s)
+            await nursery.start(exporter.run)
             await nursery.start(grpc.serve,
-                                {**service.mapping(), **GroupService(coordinator).mapping()},
+                                {**service.mapping(), **GroupService(coordinator).mapping(),
+                                 **exporter.mapping()},
                                 grpc_address)
             routes = {"/health": health, "/metrics": metrics,
                       **ExportsHttp(exports).routes()}

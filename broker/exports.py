@@ -145,7 +145,17 @@ class ExportsHttp:
         self.exports = exports
 
     def routes(self) -> dict[str, httpd.Handler]:
-        return {"/segments": self.segments, "/read": self.read}
+        return {"/segments": self.segments, "/read": self.read, "/stat": self.stat}
+
+    async def stat(self, request: httpd.Request) -> httpd.Response:
+        try:
+            chunk = self.exports.resolve(request.query.get("file_id", ""))
+        except ExportError as exc:
+            return httpd.Response.error(exc.status, exc.message)
+        return httpd.Response.json({
+            "file_id": chunk.file_id, "size": chunk.length, "position": chunk.position,
+            "segment_base_offset": chunk.segment.base_offset,
+            "sealed": chunk.segment is not chunk.log.active})
 
     async def segments(self, request: httpd.Request) -> httpd.Response:
         topic = request.query.get("topic")

@@ -1,8 +1,9 @@
 """``python -m rdma``: the kelp RDMA sidecar.
 
 Serves the read API to the mount over gRPC on a Unix socket and to people over HTTP
-(/health, /stats, /ping, /capabilities, /read). The UCX data path is not built yet:
-/capabilities reports what exists and /read answers 501 after validating its parameters.
+(/health, /stats, /ping, /capabilities, /read). Reads go over UCX (one-sided GETs of the
+broker's registered segment memory: shared memory/cma or tcp here, verbs where the hardware
+has them) and fall back to the broker's HTTP /read.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 from pathlib import Path
 
 from kelp import grpc, logs, process
+from rdma.reader import ReaderConfig
 from rdma.sidecar import SidecarConfig, SidecarError, run_sidecar
 
 log = logging.getLogger("kelp.sidecar")
@@ -43,8 +45,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(default: 127.0.0.1:17777)")
     parser.add_argument("--broker-http", type=_host_port, default="127.0.0.1:8082",
                         metavar="HOST:PORT",
-                        help="broker HTTP address, probed by /ping (and, once reads exist, "
-                        "their fallback path) (default: 127.0.0.1:8082)")
+                        help="broker HTTP address: the read fallback, probed by /ping "
+                        "(default: 127.0.0.1:8082)")
+    data = parser.add_argument_group("data path")
+    data.add_argument("--no-ucx", action="store_true",
+                      help="read over the broker's HTTP /read only")
+    data.add_argument("--ucx-transports", default=None, metavar="TLS",
+                      help="UCX transports (UCX_TLS), e.g. 'sm,cma,tcp' or 'rc,tcp' "
+                      "(default: UCX's own choice, which uses verbs when present)")
+    data.add_argument("--no-fallback", action="store_true",
+                      help="fail reads that UCX cannot serve instead of using HTTP")
+    data.add_argument("--buffers", type=int, default=8,
+                      help="registered read buffers (default: 8)")
+    data.add_argument("--buffer-bytes", type=int, default=16 * 1024 * 1024,
+                      help="size of each buffer, the largest single read (default: 16 MiB)")
+    data.add_argument("--max-concurrent", type=int, default=32,
+                      help="reads in progress at once; more wait (default: 32)")
+    data.add_argument("--session-ms", type=int, default=30_000,
+                      help="how long a chunk's UCX session is reused (default: 30000)")
+    data.add_argument("--endpoint-idle-ms", type=int, default=60_000,
+                      help="close a UCX endpoint idle this long (default: 60000)")
+    data.add_argument("--lend-ms", type=int, default=30_000,
+                      help="take back a zero-copy buffer not released by then "
+                      "(default: 30000)")
+    data.add_argument("--timeout-ms", type=int, default=10_000,
+                      help="a read's deadline, both paths included (default: 10000)")
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)
@@ -57,9 +82,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def config_from_args(args: argparse.Namespace) -> SidecarConfig:
     (http_host, http_port), (bhttp_host, bhttp_port) = args.http, args.broker_http
+    reader = ReaderConfig(
+        broker=args.broker, broker_http_host=bhttp_host, broker_http_port=bhttp_port,
+        ucx=not args.no_ucx, ucx_transports=args.ucx_transports, fallback=not args.no_fallback,
+        buffers=args.buffers, buffer_bytes=args.buffer_bytes,
+        max_concurrent=args.max_concurrent, session_ms=args.session_ms,
+        endpoint_idle_ms=args.endpoint_idle_ms, lend_ms=args.lend_ms,
+        timeout_ms=args.timeout_ms)
     return SidecarConfig(socket=args.socket, http_host=http_host, http_port=http_port,
-                         broker=args.broker, broker_http_host=bhttp_host,
-                         broker_http_port=bhttp_port)
+                         reader=reader)
 
 
 def main(argv: list[str] | None = None) -> None:

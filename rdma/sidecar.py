@@ -1,11 +1,10 @@
 """The RDMA sidecar: the read API for the mount (gRPC on a Unix socket) and for people (HTTP).
 
-What exists today is the process and its contracts: Health and Stats over gRPC; ``/health``,
-``/stats``, ``/ping`` (is the broker's HTTP endpoint reachable, and how fast), ``/capabilities``
-and ``/read`` over HTTP. The data path (UCX GETs from the broker's export, with the broker's
-HTTP read as fallback) is not built yet, so ``/capabilities`` says so and ``/read`` validates its
-parameters exactly as it will once reads exist, then answers 501. Nothing is faked: a client
-never gets bytes that did not come from the broker.
+gRPC: Read (bytes, or a lent shared-memory buffer for zero-copy consumers), Release, Stat,
+Capabilities, Health, Stats. HTTP: ``/read`` (the bytes), ``/health``, ``/stats``, ``/ping``
+(is the broker's HTTP endpoint reachable, and how fast) and ``/capabilities``. The data path
+itself (UCX GETs from the broker's export, the broker's HTTP read as fallback) is
+:mod:`rdma.reader`; this module is the two front doors and their validation.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ import os
 import stat
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ import trio
 from kelp import __version__, grpc, httpd
 from kelp.reads import MAX_READ_BYTES, BadReadRequest, parse_read_request
 from kelp.rpc.sidecar import v1 as sidecar_pb
+from rdma.reader import Reader, ReaderConfig, ReadFailed
 
 log = logging.getLogger("kelp.sidecar")
 
@@ -37,11 +37,9 @@ COUNTERS = (
     "grpc_requests",
     "read_requests",        # every /read
     "read_rejected",        # invalid parameters (400)
-    "read_unavailable",     # valid, but no data path can serve it (501 today)
+    "read_failed",          # valid, but neither path could serve it
     "reads",                # served
     "read_bytes",
-    "rdma_reads",
-    "fallback_reads",       # served over the broker's HTTP read endpoint
     "pings",
     "ping_failures",
 )
@@ -52,9 +50,19 @@ class SidecarConfig:
     socket: Path
     http_host: str = "127.0.0.1"
     http_port: int = 8083
-    broker: str = "127.0.0.1:17777"
-    broker_http_host: str = "127.0.0.1"
-    broker_http_port: int = 8082
+    reader: ReaderConfig = field(default_factory=ReaderConfig)
+
+    @property
+    def broker(self) -> str:
+        return self.reader.broker
+
+    @property
+    def broker_http_host(self) -> str:
+        return self.reader.broker_http_host
+
+    @property
+    def broker_http_port(self) -> int:
+        return self.reader.broker_http_port
 
     @property
     def broker_http(self) -> str:
@@ -73,6 +81,10 @@ class Sidecar:
         self.started = time.monotonic()
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self.http_port: int | None = None
+        self.reader = Reader(config.reader)
+
+    def all_counters(self) -> dict[str, int]:
+        return {**self.counters, **self.reader.counters, "buffers_lent": self.reader.pool.lent}
 
     def uptime_ms(self) -> int:
         return int((time.monotonic() - self.started) * 1000)
@@ -85,6 +97,15 @@ class Sidecar:
                 self.grpc_health, sidecar_pb.HealthRequest, sidecar_pb.HealthReply),
             "/sidecar.v1.Sidecar/Stats": grpc.unary_handler(
                 self.grpc_stats, sidecar_pb.StatsRequest, sidecar_pb.StatsReply),
+            "/sidecar.v1.Sidecar/Capabilities": grpc.unary_handler(
+                self.grpc_capabilities, sidecar_pb.CapabilitiesRequest,
+                sidecar_pb.CapabilitiesReply),
+            "/sidecar.v1.Sidecar/Read": grpc.unary_handler(
+                self.grpc_read, sidecar_pb.ReadRequest, sidecar_pb.ReadReply),
+            "/sidecar.v1.Sidecar/Release": grpc.unary_handler(
+                self.grpc_release, sidecar_pb.ReleaseRequest, sidecar_pb.ReleaseReply),
+            "/sidecar.v1.Sidecar/Stat": grpc.unary_handler(
+                self.grpc_stat, sidecar_pb.StatRequest, sidecar_pb.StatReply),
         }
 
     async def grpc_health(self, request: sidecar_pb.HealthRequest) -> sidecar_pb.HealthReply:
@@ -94,7 +115,61 @@ class Sidecar:
 
     async def grpc_stats(self, request: sidecar_pb.StatsRequest) -> sidecar_pb.StatsReply:
         self.counters["grpc_requests"] += 1
-        return sidecar_pb.StatsReply(uptime_ms=self.uptime_ms(), counters=dict(self.counters))
+        return sidecar_pb.StatsReply(uptime_ms=self.uptime_ms(), counters=self.all_counters())
+
+    async def grpc_capabilities(self, request: sidecar_pb.CapabilitiesRequest
+                                ) -> sidecar_pb.CapabilitiesReply:
+        self.counters["grpc_requests"] += 1
+        return sidecar_pb.CapabilitiesReply(**self.reader.capabilities())
+
+    async def grpc_read(self, request: sidecar_pb.ReadRequest) -> sidecar_pb.ReadReply:
+        self.counters["grpc_requests"] += 1
+        self.counters["read_requests"] += 1
+        if request.size < 1 or request.size > MAX_READ_BYTES:
+            self.counters["read_rejected"] += 1
+            return sidecar_pb.ReadReply(status=400, error=f"size must be in 1..{MAX_READ_BYTES}")
+        pool = self.reader.pool
+        async with pool.slot() as slot:
+            try:
+                transport = await self._read(request.file_id, request.offset, request.size,
+                                             slot)
+            except ReadFailed as exc:
+                return sidecar_pb.ReadReply(status=exc.status, error=exc.message)
+            if request.zero_copy:
+                handle = pool.lend(slot, self.config.reader.lend_ms / 1000)
+                return sidecar_pb.ReadReply(status=200, transport=transport,
+                                            shared=sidecar_pb.SharedBuffer(
+                                                path=str(pool.path),
+                                                offset=slot.index * pool.size,
+                                                length=request.size, handle=handle))
+            return sidecar_pb.ReadReply(status=200, transport=transport,
+                                        data=bytes(slot.view[:request.size]))
+
+    async def grpc_release(self, request: sidecar_pb.ReleaseRequest
+                           ) -> sidecar_pb.ReleaseReply:
+        return sidecar_pb.ReleaseReply(released=await self.reader.pool.release(request.handle))
+
+    async def grpc_stat(self, request: sidecar_pb.StatRequest) -> sidecar_pb.StatReply:
+        self.counters["grpc_requests"] += 1
+        try:
+            size = await self.reader.stat(request.file_id)
+        except ReadFailed as exc:
+            return sidecar_pb.StatReply(status=exc.status, error=exc.message)
+        return sidecar_pb.StatReply(status=200, size=size)
+
+    async def _read(self, file_id: str, offset: int, size: int, slot: Any) -> str:
+        try:
+            transport = await self.reader.read(file_id, offset, size, slot)
+        except ReadFailed as exc:
+            self.counters["read_rejected" if exc.status < 500 else "read_failed"] += 1
+            raise
+        except trio.TooSlowError:
+            self.counters["read_failed"] += 1
+            raise ReadFailed(504, f"read did not finish within "
+                             f"{self.config.reader.timeout_ms} ms") from None
+        self.counters["reads"] += 1
+        self.counters["read_bytes"] += size
+        return transport
 
     # --- HTTP (people and scripts) --------------------------------------------------------
 
@@ -117,22 +192,18 @@ class Sidecar:
                                     "broker_http": self.config.broker_http})
 
     async def stats(self, request: httpd.Request) -> httpd.Response:
-        return httpd.Response.json({"uptime_ms": self.uptime_ms(), "counters": self.counters})
+        return httpd.Response.json({"uptime_ms": self.uptime_ms(),
+                                    "counters": self.all_counters()})
 
     async def capabilities(self, request: httpd.Request) -> httpd.Response:
-        # Say exactly what exists. Every flag turns true only in the change that builds it.
         return httpd.Response.json({
             "version": __version__,
-            "transports": [],
-            "ucx": False,
-            "read": False,
-            "http_fallback": False,
-            "zero_copy": False,
+            **self.reader.capabilities(),
+            "zero_copy": True,
             "grpc_socket": str(self.config.socket),
-            "grpc_methods": ["Health", "Stats"],
+            "grpc_methods": ["Capabilities", "Health", "Read", "Release", "Stat", "Stats"],
             "http_endpoints": ["/capabilities", "/health", "/ping", "/read", "/stats"],
             "file_id_format": "<volume>,<needle hex><cookie 8 hex>",
-            "max_read_bytes": MAX_READ_BYTES,
         })
 
     async def ping(self, request: httpd.Request) -> httpd.Response:
@@ -160,14 +231,19 @@ class Sidecar:
     async def read(self, request: httpd.Request) -> httpd.Response:
         self.counters["read_requests"] += 1
         try:
-            read = parse_read_request(request.query_items)
+            wanted = parse_read_request(request.query_items)
         except BadReadRequest as exc:
             self.counters["read_rejected"] += 1
             return httpd.Response.error(400, str(exc))
-        self.counters["read_unavailable"] += 1
-        return httpd.Response.error(
-            501, "reads are not implemented yet: neither the UCX data path nor the broker HTTP "
-            "fallback exists in this build (see /capabilities)", request=read.describe())
+        async with self.reader.pool.slot() as slot:
+            try:
+                transport = await self._read(str(wanted.file_id), wanted.offset, wanted.size,
+                                             slot)
+            except ReadFailed as exc:
+                return httpd.Response.error(exc.status, exc.message,
+                                            request=wanted.describe())
+            return httpd.Response(200, bytes(slot.view[:wanted.size]),
+                                  headers={"x-kelp-transport": transport})
 
 
 async def _check_socket_path(path: Path) -> None:
@@ -210,6 +286,7 @@ async def run_sidecar(
     config.socket.parent.mkdir(parents=True, exist_ok=True)
     await _check_socket_path(config.socket)
     async with trio.open_nursery() as nursery:
+        await nursery.start(sidecar.reader.run)
         await nursery.start(grpc.serve, sidecar.grpc_mapping(),
                             grpc.Address(path=str(config.socket)))
         sidecar.http_port = await nursery.start(

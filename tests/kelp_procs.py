@@ -88,13 +88,15 @@ class Cluster:
     gateway_http_port: int = field(default_factory=free_port)
     broker_port: int = field(default_factory=free_port)
     broker_http_port: int = field(default_factory=free_port)
+    broker_ucx_port: int = field(default_factory=free_port)
 
     def __post_init__(self) -> None:
         self.data_dir = self.workdir / "data"
         self.broker = Proc("broker", [
             sys.executable, "-m", "broker", "--data-dir", str(self.data_dir),
             "--grpc", f"127.0.0.1:{self.broker_port}",
-            "--http", f"127.0.0.1:{self.broker_http_port}", *self.broker_args],
+            "--http", f"127.0.0.1:{self.broker_http_port}",
+            "--ucx", f"127.0.0.1:{self.broker_ucx_port}", *self.broker_args],
             self.workdir / "broker.log")
         self.gateway = Proc("gateway", [
             sys.executable, "-m", "gateway", "--listen", f"127.0.0.1:{self.kafka_port}",

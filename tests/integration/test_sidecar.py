@@ -1,5 +1,6 @@
 """The real ``python -m rdma`` process: HTTP and gRPC surfaces, honest capabilities, strict /read
-validation, and a clean stop on SIGTERM/SIGINT. No broker runs, so /ping must say so clearly."""
+validation, and a clean stop on SIGTERM/SIGINT. No broker runs, so /ping and /read must say so
+clearly (the data path against a real broker is tests/integration/test_rdma_reads.py)."""
 
 from __future__ import annotations
 
@@ -75,11 +76,13 @@ def test_health(sidecar: Sidecar) -> None:
 def test_capabilities_are_honest(sidecar: Sidecar) -> None:
     status, body = sidecar.get("/capabilities")
     assert status == 200
+    # No endpoint has been opened yet (no broker), so no transport is claimed.
     assert body["transports"] == []
-    assert body["ucx"] is False
-    assert body["read"] is False
-    assert body["http_fallback"] is False
+    assert body["verbs"] is False
+    assert body["http_fallback"] is True
+    assert body["ucx"] is (body["reason"] == "")  # UCX is up here, or says why not
     assert body["grpc_socket"] == str(sidecar.socket)
+    assert "Read" in body["grpc_methods"]
 
 
 def test_ping_without_a_broker_reports_a_clear_error(sidecar: Sidecar) -> None:
@@ -129,10 +132,11 @@ def test_read_rejects_repeated_parameters(sidecar: Sidecar) -> None:
     "volume=3&needle=1&cookie=0x637037d6&offset=4096&size=1024",
     "volume=3&needle=0x01&cookie=1668298710&offset=4096&size=1024",
 ])
-def test_valid_read_is_not_implemented_yet(sidecar: Sidecar, query: str) -> None:
+def test_valid_read_without_a_broker_names_both_causes(sidecar: Sidecar, query: str) -> None:
     status, body = sidecar.get(f"/read?{query}")
-    assert status == 501
-    assert "not implemented" in body["error"]
+    assert status == 502
+    assert "UCX:" in body["error"] and "HTTP fallback:" in body["error"]
+    assert "refused" in body["error"].lower()
     assert body["request"] == {"file_id": VALID_FILE_ID, "volume": 3, "needle_key": "0x1",
                                "cookie": "0x637037d6", "offset": 4096, "size": 1024}
 
@@ -148,7 +152,7 @@ def test_stats_count_requests(sidecar: Sidecar) -> None:
     assert delta["http_requests"] == 3  # two reads and the first /stats
     assert delta["read_requests"] == 2
     assert delta["read_rejected"] == 1
-    assert delta["read_unavailable"] == 1
+    assert delta["read_failed"] == 1
     assert delta["reads"] == delta["read_bytes"] == 0
 
 

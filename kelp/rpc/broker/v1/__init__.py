@@ -13,6 +13,8 @@ __all__ = (
     "AppendRequest",
     "BrokerBase",
     "BrokerStub",
+    "CloseReadReply",
+    "CloseReadRequest",
     "CommitOffsetsReply",
     "CommitOffsetsRequest",
     "CommittedOffset",
@@ -75,6 +77,8 @@ __all__ = (
     "ListOffsetsRequestQuery",
     "MemberAssignment",
     "MemberIdentity",
+    "OpenReadReply",
+    "OpenReadRequest",
     "PartitionRef",
     "PartitionState",
     "SyncGroupReply",
@@ -216,6 +220,22 @@ class AppendRequest(betterproto2.Message):
 
 
 default_message_pool.register_message("broker.v1", "AppendRequest", AppendRequest)
+
+
+@dataclass(eq=False, repr=False)
+class CloseReadReply(betterproto2.Message):
+    pass
+
+
+default_message_pool.register_message("broker.v1", "CloseReadReply", CloseReadReply)
+
+
+@dataclass(eq=False, repr=False)
+class CloseReadRequest(betterproto2.Message):
+    lease_id: "int" = betterproto2.field(1, betterproto2.TYPE_UINT64)
+
+
+default_message_pool.register_message("broker.v1", "CloseReadRequest", CloseReadRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -1085,6 +1105,66 @@ default_message_pool.register_message("broker.v1", "MemberIdentity", MemberIdent
 
 
 @dataclass(eq=False, repr=False)
+class OpenReadReply(betterproto2.Message):
+    status: "int" = betterproto2.field(1, betterproto2.TYPE_INT32)
+
+    error: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    lease_id: "int" = betterproto2.field(3, betterproto2.TYPE_UINT64)
+
+    ucx_address: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    HOST:PORT of the broker's UCX listener
+    """
+
+    descriptor: "bytes" = betterproto2.field(5, betterproto2.TYPE_BYTES)
+    """
+    the mapping: address, length, packed rkey (rdma.ucx)
+    """
+
+    mapped_length: "int" = betterproto2.field(6, betterproto2.TYPE_UINT64)
+    """
+    bytes of the segment mapped (its size at open time)
+    """
+
+    chunk_position: "int" = betterproto2.field(8, betterproto2.TYPE_UINT64)
+    """
+    the chunk's offset in the segment (and the mapping)
+    """
+
+    chunk_length: "int" = betterproto2.field(9, betterproto2.TYPE_UINT64)
+    """
+    bytes the chunk holds within the mapping
+    """
+
+    lease_ms: "int" = betterproto2.field(10, betterproto2.TYPE_UINT32)
+    """
+    the mapping stays valid at least this long
+    """
+
+    segment_serial: "int" = betterproto2.field(11, betterproto2.TYPE_UINT64)
+    """
+    the segment this lease maps (one lease serves its chunks)
+    """
+
+
+default_message_pool.register_message("broker.v1", "OpenReadReply", OpenReadReply)
+
+
+@dataclass(eq=False, repr=False)
+class OpenReadRequest(betterproto2.Message):
+    """
+    Exports. Statuses are HTTP's (200, 400 bad id, 404 unknown/stale id, 503 UCX unavailable),
+    the same the broker's HTTP /read answers, so the sidecar reports either path alike.
+    """
+
+    file_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message("broker.v1", "OpenReadRequest", OpenReadRequest)
+
+
+@dataclass(eq=False, repr=False)
 class PartitionRef(betterproto2.Message):
     topic: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
@@ -1652,6 +1732,46 @@ class BrokerStub(betterproto2_grpclib.ServiceStub):
         ):
             yield response
 
+    async def open_read(
+        self,
+        message: "OpenReadRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "OpenReadReply":
+        """
+        Segment exports for the read sidecar: where a chunk lives in memory the broker has
+        registered with UCX, under a lease that keeps the mapping (and the file) alive.
+        """
+
+        return await self._unary_unary(
+            "/broker.v1.Broker/OpenRead",
+            message,
+            OpenReadReply,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def close_read(
+        self,
+        message: "CloseReadRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "CloseReadReply":
+
+        return await self._unary_unary(
+            "/broker.v1.Broker/CloseRead",
+            message,
+            CloseReadReply,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 class BrokerBase(betterproto2_grpclib.ServiceBase):
     """
@@ -1765,6 +1885,18 @@ class BrokerBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
         yield FetchReply()
+
+    async def open_read(self, message: "OpenReadRequest") -> "OpenReadReply":
+        """
+        Segment exports for the read sidecar: where a chunk lives in memory the broker has
+        registered with UCX, under a lease that keeps the mapping (and the file) alive.
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def close_read(self, message: "CloseReadRequest") -> "CloseReadReply":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def __rpc_health(
         self, stream: "grpclib.server.Stream[HealthRequest, HealthReply]"
@@ -1952,6 +2084,22 @@ class BrokerBase(betterproto2_grpclib.ServiceBase):
             request,
         )
 
+    async def __rpc_open_read(
+        self, stream: "grpclib.server.Stream[OpenReadRequest, OpenReadReply]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.open_read(request)
+        await stream.send_message(response)
+
+    async def __rpc_close_read(
+        self, stream: "grpclib.server.Stream[CloseReadRequest, CloseReadReply]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.close_read(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> "dict[str, grpclib.const.Handler]":
         return {
             "/broker.v1.Broker/Health": grpclib.const.Handler(
@@ -2091,5 +2239,17 @@ class BrokerBase(betterproto2_grpclib.ServiceBase):
                 grpclib.const.Cardinality.STREAM_STREAM,
                 FetchRequest,
                 FetchReply,
+            ),
+            "/broker.v1.Broker/OpenRead": grpclib.const.Handler(
+                self.__rpc_open_read,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                OpenReadRequest,
+                OpenReadReply,
+            ),
+            "/broker.v1.Broker/CloseRead": grpclib.const.Handler(
+                self.__rpc_close_read,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                CloseReadRequest,
+                CloseReadReply,
             ),
         }

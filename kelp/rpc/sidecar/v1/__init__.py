@@ -4,10 +4,19 @@
 # This file has been @generated
 
 __all__ = (
+    "CapabilitiesReply",
+    "CapabilitiesRequest",
     "HealthReply",
     "HealthRequest",
+    "ReadReply",
+    "ReadRequest",
+    "ReleaseReply",
+    "ReleaseRequest",
+    "SharedBuffer",
     "SidecarBase",
     "SidecarStub",
+    "StatReply",
+    "StatRequest",
     "StatsReply",
     "StatsRequest",
 )
@@ -28,6 +37,46 @@ if TYPE_CHECKING:
 
 _COMPILER_VERSION = "0.10.1"
 betterproto2.check_compiler_version(_COMPILER_VERSION)
+
+
+@dataclass(eq=False, repr=False)
+class CapabilitiesReply(betterproto2.Message):
+    ucx: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
+    """
+    the UCX data path is available
+    """
+
+    ucx_version: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    transports: "list[str]" = betterproto2.field(3, betterproto2.TYPE_STRING, repeated=True)
+    """
+    UCX transports the endpoints use, e.g. "cma/memory"
+    """
+
+    verbs: "bool" = betterproto2.field(4, betterproto2.TYPE_BOOL)
+    """
+    an InfiniBand/RoCE transport is among them
+    """
+
+    http_fallback: "bool" = betterproto2.field(5, betterproto2.TYPE_BOOL)
+
+    max_read_bytes: "int" = betterproto2.field(6, betterproto2.TYPE_UINT64)
+
+    reason: "str" = betterproto2.field(7, betterproto2.TYPE_STRING)
+    """
+    why UCX is unavailable, when it is
+    """
+
+
+default_message_pool.register_message("sidecar.v1", "CapabilitiesReply", CapabilitiesReply)
+
+
+@dataclass(eq=False, repr=False)
+class CapabilitiesRequest(betterproto2.Message):
+    pass
+
+
+default_message_pool.register_message("sidecar.v1", "CapabilitiesRequest", CapabilitiesRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -54,6 +103,106 @@ class HealthRequest(betterproto2.Message):
 
 
 default_message_pool.register_message("sidecar.v1", "HealthRequest", HealthRequest)
+
+
+@dataclass(eq=False, repr=False)
+class ReadReply(betterproto2.Message):
+    status: "int" = betterproto2.field(1, betterproto2.TYPE_INT32)
+
+    error: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    data: "bytes" = betterproto2.field(3, betterproto2.TYPE_BYTES)
+
+    shared: "SharedBuffer | None" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, optional=True)
+
+    transport: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
+    """
+    "ucx" or "http"
+    """
+
+
+default_message_pool.register_message("sidecar.v1", "ReadReply", ReadReply)
+
+
+@dataclass(eq=False, repr=False)
+class ReadRequest(betterproto2.Message):
+    """
+    Statuses are HTTP's: 200, 400 bad request, 404 unknown or stale file id, 416 past the
+    chunk's end, 502/503 neither path could read (error names both causes).
+    """
+
+    file_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    offset: "int" = betterproto2.field(2, betterproto2.TYPE_UINT64)
+
+    size: "int" = betterproto2.field(3, betterproto2.TYPE_UINT64)
+
+    zero_copy: "bool" = betterproto2.field(4, betterproto2.TYPE_BOOL)
+    """
+    answer with a shared-memory buffer instead of bytes
+    """
+
+
+default_message_pool.register_message("sidecar.v1", "ReadRequest", ReadRequest)
+
+
+@dataclass(eq=False, repr=False)
+class ReleaseReply(betterproto2.Message):
+    released: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
+
+
+default_message_pool.register_message("sidecar.v1", "ReleaseReply", ReleaseReply)
+
+
+@dataclass(eq=False, repr=False)
+class ReleaseRequest(betterproto2.Message):
+    handle: "int" = betterproto2.field(1, betterproto2.TYPE_UINT64)
+
+
+default_message_pool.register_message("sidecar.v1", "ReleaseRequest", ReleaseRequest)
+
+
+@dataclass(eq=False, repr=False)
+class SharedBuffer(betterproto2.Message):
+    path: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    a file under /dev/shm to map read-only
+    """
+
+    offset: "int" = betterproto2.field(2, betterproto2.TYPE_UINT64)
+
+    length: "int" = betterproto2.field(3, betterproto2.TYPE_UINT64)
+
+    handle: "int" = betterproto2.field(4, betterproto2.TYPE_UINT64)
+    """
+    give back with Release once read
+    """
+
+
+default_message_pool.register_message("sidecar.v1", "SharedBuffer", SharedBuffer)
+
+
+@dataclass(eq=False, repr=False)
+class StatReply(betterproto2.Message):
+    status: "int" = betterproto2.field(1, betterproto2.TYPE_INT32)
+
+    error: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    size: "int" = betterproto2.field(3, betterproto2.TYPE_UINT64)
+    """
+    bytes the chunk holds now
+    """
+
+
+default_message_pool.register_message("sidecar.v1", "StatReply", StatReply)
+
+
+@dataclass(eq=False, repr=False)
+class StatRequest(betterproto2.Message):
+    file_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message("sidecar.v1", "StatRequest", StatRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -124,6 +273,87 @@ class SidecarStub(betterproto2_grpclib.ServiceStub):
             metadata=metadata,
         )
 
+    async def capabilities(
+        self,
+        message: "CapabilitiesRequest | None" = None,
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "CapabilitiesReply":
+
+        if message is None:
+            message = CapabilitiesRequest()
+
+        return await self._unary_unary(
+            "/sidecar.v1.Sidecar/Capabilities",
+            message,
+            CapabilitiesReply,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def read(
+        self,
+        message: "ReadRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ReadReply":
+        """
+        Bytes of one chunk (a SeaweedFS file id from the broker's segment listing).
+        """
+
+        return await self._unary_unary(
+            "/sidecar.v1.Sidecar/Read",
+            message,
+            ReadReply,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def release(
+        self,
+        message: "ReleaseRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ReleaseReply":
+        """
+        Hand a zero-copy buffer back (Read with zero_copy=true lends one).
+        """
+
+        return await self._unary_unary(
+            "/sidecar.v1.Sidecar/Release",
+            message,
+            ReleaseReply,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def stat(
+        self,
+        message: "StatRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "StatReply":
+
+        return await self._unary_unary(
+            "/sidecar.v1.Sidecar/Stat",
+            message,
+            StatReply,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 class SidecarBase(betterproto2_grpclib.ServiceBase):
     async def health(self, message: "HealthRequest") -> "HealthReply":
@@ -131,6 +361,28 @@ class SidecarBase(betterproto2_grpclib.ServiceBase):
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def stats(self, message: "StatsRequest") -> "StatsReply":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def capabilities(self, message: "CapabilitiesRequest") -> "CapabilitiesReply":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def read(self, message: "ReadRequest") -> "ReadReply":
+        """
+        Bytes of one chunk (a SeaweedFS file id from the broker's segment listing).
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def release(self, message: "ReleaseRequest") -> "ReleaseReply":
+        """
+        Hand a zero-copy buffer back (Read with zero_copy=true lends one).
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def stat(self, message: "StatRequest") -> "StatReply":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -148,6 +400,34 @@ class SidecarBase(betterproto2_grpclib.ServiceBase):
         response = await self.stats(request)
         await stream.send_message(response)
 
+    async def __rpc_capabilities(
+        self, stream: "grpclib.server.Stream[CapabilitiesRequest, CapabilitiesReply]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.capabilities(request)
+        await stream.send_message(response)
+
+    async def __rpc_read(self, stream: "grpclib.server.Stream[ReadRequest, ReadReply]") -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.read(request)
+        await stream.send_message(response)
+
+    async def __rpc_release(
+        self, stream: "grpclib.server.Stream[ReleaseRequest, ReleaseReply]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.release(request)
+        await stream.send_message(response)
+
+    async def __rpc_stat(self, stream: "grpclib.server.Stream[StatRequest, StatReply]") -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.stat(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> "dict[str, grpclib.const.Handler]":
         return {
             "/sidecar.v1.Sidecar/Health": grpclib.const.Handler(
@@ -161,5 +441,29 @@ class SidecarBase(betterproto2_grpclib.ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 StatsRequest,
                 StatsReply,
+            ),
+            "/sidecar.v1.Sidecar/Capabilities": grpclib.const.Handler(
+                self.__rpc_capabilities,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                CapabilitiesRequest,
+                CapabilitiesReply,
+            ),
+            "/sidecar.v1.Sidecar/Read": grpclib.const.Handler(
+                self.__rpc_read,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ReadRequest,
+                ReadReply,
+            ),
+            "/sidecar.v1.Sidecar/Release": grpclib.const.Handler(
+                self.__rpc_release,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ReleaseRequest,
+                ReleaseReply,
+            ),
+            "/sidecar.v1.Sidecar/Stat": grpclib.const.Handler(
+                self.__rpc_stat,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                StatRequest,
+                StatReply,
             ),
         }

@@ -1,0 +1,418 @@
+"""The sidecar's data path: read one chunk's bytes into a lent shared-memory buffer.
+
+A read names a chunk by its SeaweedFS file id (from the broker's segment listing) and a range
+of it. The UCX path asks the broker for a *session* on the chunk (``OpenRead``: the segment's
+registered mapping, its packed rkey and the chunk's place in it, under a lease), then GETs the
+range one-sidedly into a slot of the buffer pool. Sessions are cached until shortly before
+their lease ends; endpoints (one per broker UCX address) are pooled and closed when idle.
+
+If UCX is disabled or unavailable, or a UCX read fails, the same range is read over the
+broker's HTTP ``/read``. A read that fails both ways reports both causes. Either way the bytes
+land in a pool slot: the HTTP API copies them out, the gRPC API can lend the slot itself
+(zero copy: a file under /dev/shm the consumer maps) until the consumer releases it.
+
+Every check that can refuse a read happens before UCX is asked to move a byte: UCX itself
+checks no bounds, so a GET past a region reads whatever is mapped there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import mmap
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from kelp import fileid, grpc, httpd
+from kelp.rpc.broker import v1 as broker_pb
+
+log = logging.getLogger("kelp.sidecar")
+
+SHM_DIR = Path("/dev/shm")
+SHM_PREFIX = "kelp-sidecar-"
+
+
+class ReadFailed(Exception):
+    """A read that could not be served; ``status`` is HTTP's (the gRPC reply carries it too)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class ReaderConfig:
+    broker: str = "127.0.0.1:17777"
+    broker_http_host: str = "127.0.0.1"
+    broker_http_port: int = 8082
+    ucx: bool = True
+    ucx_transports: str | None = None  # UCX_TLS, e.g. "sm,cma,tcp"; None: UCX's choice
+    fallback: bool = True
+    buffers: int = 8
+    buffer_bytes: int = 16 * 1024 * 1024
+    max_concurrent: int = 32
+    session_ms: int = 30_000  # below the broker's lease (60 s by default)
+    endpoint_idle_ms: int = 60_000
+    lend_ms: int = 30_000  # a zero-copy buffer not released by then is taken back
+    timeout_ms: int = 10_000
+
+
+@dataclass
+class Slot:
+    index: int
+    view: memoryview
+    handle: int = 0  # non-zero while lent to a zero-copy consumer
+    lent_until: float = 0.0
+
+
+class BufferPool:
+    """``count`` slots of ``size`` bytes in one /dev/shm file, registered with UCX when it is
+    in use so GETs land in them directly."""
+
+    def __init__(self, count: int, size: int) -> None:
+        self.count, self.size = count, size
+        self.path = SHM_DIR / f"{SHM_PREFIX}{os.getpid()}"
+        _sweep_stale_buffers()
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.ftruncate(fd, count * size)
+            self.memory = mmap.mmap(fd, count * size)
+        finally:
+            os.close(fd)
+        self._whole = memoryview(self.memory)
+        self.slots = [Slot(i, self._whole[i * size:(i + 1) * size]) for i in range(count)]
+        self._free = list(self.slots)
+        self._freed = trio.Condition()
+        self._lent: dict[int, Slot] = {}
+        self._handles = itertools.count(1)
+        self.region: Any = None  # rdma.ucx.MemoryRegion once registered
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[Slot]:
+        """A free slot for the block; it goes back unless the block lent it out."""
+        async with self._freed:
+            while not self._free:
+                await self._freed.wait()
+            slot = self._free.pop()
+        try:
+            yield slot
+        finally:
+            if not slot.handle:
+                await self._give_back(slot)
+
+    async def _give_back(self, slot: Slot) -> None:
+        slot.handle = 0
+        async with self._freed:
+            self._free.append(slot)
+            self._freed.notify()
+
+    def lend(self, slot: Slot, lend_s: float) -> int:
+        slot.handle = next(self._handles)
+        slot.lent_until = trio.current_time() + lend_s
+        self._lent[slot.handle] = slot
+        return slot.handle
+
+    async def release(self, handle: int) -> bool:
+        slot = self._lent.pop(handle, None)
+        if slot is None:
+            return False
+        await self._give_back(slot)
+        return True
+
+    async def reclaim_overdue(self) -> int:
+        now = trio.current_time()
+        overdue = [h for h, slot in self._lent.items() if slot.lent_until < now]
+        for handle in overdue:
+            await self.release(handle)
+        return len(overdue)
+
+    @property
+    def lent(self) -> int:
+        return len(self._lent)
+
+    def close(self) -> None:
+        if self.region is not None:
+            self.region.close()
+        for slot in self.slots:
+            slot.view.release()
+        self._whole.release()
+        self.memory.close()
+        self.path.unlink(missing_ok=True)
+
+
+def _sweep_stale_buffers() -> None:
+    """Remove pool files of sidecars that died without cleaning up (SeaweedFS leaked its
+    temp files until a cleanup endpoint was called)."""
+    for path in SHM_DIR.glob(f"{SHM_PREFIX}*"):
+        pid_text = path.name.removeprefix(SHM_PREFIX)
+        if not pid_text.isdigit():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+        except ProcessLookupError:
+            path.unlink(missing_ok=True)
+        except PermissionError:
+            pass  # alive, someone else's
+
+
+@dataclass
+class Session:
+    """A chunk the broker has leased to us: where it is and how to reach it."""
+
+    lease_id: int
+    endpoint: Any
+    key: Any  # rdma.ucx.RemoteKey of the segment's mapping
+    chunk_position: int
+    chunk_length: int
+    expires: float
+
+
+@dataclass
+class _Peer:
+    endpoint: Any
+    last_used: float
+    sessions: dict[str, Session] = field(default_factory=dict)
+
+
+class Reader:
+    def __init__(self, config: ReaderConfig) -> None:
+        self.config = config
+        self.pool = BufferPool(config.buffers, config.buffer_bytes)
+        self.broker = grpc.Channel(grpc.Address.parse(config.broker))
+        self.worker: Any = None
+        self.ucx_unavailable: str | None = None if config.ucx else "UCX disabled (--no-ucx)"
+        self.ucx_version = ""
+        self.transports: set[str] = set()
+        self._peers: dict[str, _Peer] = {}
+        self._limit = trio.CapacityLimiter(config.max_concurrent)
+        self.counters = {"rdma_reads": 0, "rdma_bytes": 0, "fallback_reads": 0,
+                         "fallback_bytes": 0, "rdma_failures": 0, "sessions_opened": 0,
+                         "endpoints_opened": 0, "buffers_reclaimed": 0}
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                stack.callback(self.broker.close)
+                if self.config.ucx:
+                    await self._start_ucx(stack)
+                stack.push_async_callback(self._close_peers)
+                task_status.started()
+                while True:
+                    await trio.sleep(1)
+                    await self._expire()
+        finally:
+            self.pool.close()
+
+    async def _start_ucx(self, stack: contextlib.AsyncExitStack) -> None:
+        try:
+            from rdma import ucx
+
+            settings = {"TLS": self.config.ucx_transports} if self.config.ucx_transports else {}
+            worker = await stack.enter_async_context(ucx.open_worker(settings))
+        except Exception as exc:  # UcxUnavailable, or UCX failing to start here
+            self.ucx_unavailable = f"UCX unavailable: {exc}"
+            log.warning("ucx disabled", extra={"reason": self.ucx_unavailable})
+            return
+        self.worker = worker
+        self.ucx_version = ".".join(map(str, worker.binding.version))
+        self.pool.region = worker.register(self.pool.memory, remote_write=False)
+        stack.callback(self._forget_worker)
+
+    def _forget_worker(self) -> None:
+        if self.pool.region is not None:
+            self.pool.region.close()
+            self.pool.region = None
+        self.worker = None
+
+    async def _close_peers(self) -> None:
+        with trio.CancelScope(shield=True):
+            for address in list(self._peers):
+                await self._drop_peer(address)
+
+    async def _expire(self) -> None:
+        now = trio.current_time()
+        self.counters["buffers_reclaimed"] += await self.pool.reclaim_overdue()
+        for address, peer in list(self._peers.items()):
+            for file_id, session in list(peer.sessions.items()):
+                if session.expires < now:
+                    await self._end_session(peer, file_id)
+            if not peer.sessions and now - peer.last_used > self.config.endpoint_idle_ms / 1000:
+                await self._drop_peer(address)
+
+    # -- reading --------------------------------------------------------------------------------
+
+    async def read(self, file_id: str, offset: int, size: int, slot: Slot) -> str:
+        """Read ``size`` bytes at ``offset`` of chunk ``file_id`` into ``slot``; returns the
+        transport that carried them ("ucx" or "http")."""
+        if size > self.pool.size:
+            raise ReadFailed(400, f"size {size} exceeds the sidecar's largest read "
+                             f"({self.pool.size} bytes, --buffer-bytes)")
+        try:
+            fileid.parse(file_id)
+        except fileid.FileIdError as exc:
+            raise ReadFailed(400, f"bad file_id: {exc}") from None
+        async with self._limit:
+            with trio.fail_after(self.config.timeout_ms / 1000):
+                return await self._read(file_id, offset, size, slot)
+
+    async def _read(self, file_id: str, offset: int, size: int, slot: Slot) -> str:
+        ucx_problem = self.ucx_unavailable
+        if self.worker is not None:
+            try:
+                await self._ucx_read(file_id, offset, size, slot)
+                return "ucx"
+            except ReadFailed as exc:
+                if exc.status < 500:  # the request itself is wrong: HTTP would say the same
+                    raise
+                ucx_problem = exc.message
+            self.counters["rdma_failures"] += 1
+        if not self.config.fallback:
+            raise ReadFailed(503, f"UCX read failed ({ucx_problem}) and the HTTP fallback is "
+                             "disabled")
+        try:
+            await self._http_read(file_id, offset, size, slot)
+        except ReadFailed as exc:
+            if exc.status < 500:
+                raise
+            raise ReadFailed(502, f"UCX: {ucx_problem}; HTTP fallback: {exc.message}") from None
+        return "http"
+
+    async def _ucx_read(self, file_id: str, offset: int, size: int, slot: Slot) -> None:
+        from rdma import ucx
+
+        session = await self._session(file_id, offset + size)
+        if offset + size > session.chunk_length:
+            raise ReadFailed(416, f"range {offset}+{size} runs past the end of chunk "
+                             f"{file_id} ({session.chunk_length} bytes)")
+        try:
+            await session.endpoint.get(session.key, session.chunk_position + offset,
+                                       slot.view[:size], local=self.pool.region)
+        except (ucx.UcxError, ValueError) as exc:
+            await self._forget_session(file_id)
+            raise ReadFailed(503, f"UCX GET failed: {exc}") from None
+        self.counters["rdma_reads"] += 1
+        self.counters["rdma_bytes"] += size
+
+    async def _session(self, file_id: str, needed: int) -> Session:
+        for peer in self._peers.values():
+            session = peer.sessions.get(file_id)
+            if session is not None and session.chunk_length >= needed:
+                peer.last_used = trio.current_time()
+                return session
+        # New, or the active segment's last chunk has grown since: ask the broker again.
+        await self._forget_session(file_id)
+        try:
+            reply = await self.broker.call("/broker.v1.Broker/OpenRead",
+                                           broker_pb.OpenReadRequest(file_id=file_id),
+                                           broker_pb.OpenReadReply, timeout=5)
+        except Exception as exc:  # refused, reset, timed out: the broker is not reachable
+            raise ReadFailed(503, f"broker {self.config.broker} OpenRead failed: {exc}") from None
+        if reply.status != 200:
+            raise ReadFailed(reply.status, reply.error)
+        peer = await self._peer(reply.ucx_address)
+        try:
+            key = peer.endpoint.import_key(reply.descriptor)
+        except Exception as exc:
+            await self._drop_peer(reply.ucx_address)
+            raise ReadFailed(503, f"cannot use the broker's rkey: {exc}") from None
+        lifetime = min(self.config.session_ms, reply.lease_ms * 0.8) / 1000
+        session = Session(reply.lease_id, peer.endpoint, key, reply.chunk_position,
+                          reply.chunk_length, trio.current_time() + lifetime)
+        peer.sessions[file_id] = session
+        self.counters["sessions_opened"] += 1
+        return session
+
+    async def _peer(self, address: str) -> _Peer:
+        peer = self._peers.get(address)
+        if peer is not None and peer.endpoint.error is None and not peer.endpoint.closed:
+            peer.last_used = trio.current_time()
+            return peer
+        if peer is not None:
+            await self._drop_peer(address)
+        host, _, port = address.rpartition(":")
+        try:
+            endpoint = await self.worker.connect(host, int(port))
+        except Exception as exc:
+            raise ReadFailed(503, f"cannot reach the broker's UCX listener {address}: "
+                             f"{exc}") from None
+        peer = self._peers[address] = _Peer(endpoint, trio.current_time())
+        self.counters["endpoints_opened"] += 1
+        with contextlib.suppress(Exception):
+            self.transports.update(endpoint.rma_transports())
+        return peer
+
+    async def _forget_session(self, file_id: str) -> None:
+        for peer in self._peers.values():
+            if file_id in peer.sessions:
+                await self._end_session(peer, file_id)
+
+    async def _end_session(self, peer: _Peer, file_id: str) -> None:
+        session = peer.sessions.pop(file_id)
+        session.key.close()
+        with contextlib.suppress(Exception):  # best effort: the lease expires anyway
+            await self.broker.call("/broker.v1.Broker/CloseRead",
+                                   broker_pb.CloseReadRequest(lease_id=session.lease_id),
+                                   broker_pb.CloseReadReply, timeout=2)
+
+    async def _drop_peer(self, address: str) -> None:
+        peer = self._peers.pop(address, None)
+        if peer is None:
+            return
+        for file_id in list(peer.sessions):
+            await self._end_session(peer, file_id)
+        with contextlib.suppress(Exception):
+            await peer.endpoint.close(force=peer.endpoint.error is not None, timeout=2)
+
+    async def _http_read(self, file_id: str, offset: int, size: int, slot: Slot) -> None:
+        target = f"/read?file_id={file_id}&offset={offset}&size={size}"
+        try:
+            reply = await httpd.http_get(self.config.broker_http_host,
+                                         self.config.broker_http_port, target,
+                                         timeout=self.config.timeout_ms / 1000,
+                                         max_body_bytes=size)
+        except httpd.HttpClientError as exc:
+            raise ReadFailed(503, str(exc)) from None
+        if reply.status != 200:
+            try:
+                message = reply.json_body()["error"]
+            except (ValueError, KeyError, TypeError):
+                message = reply.body[:300].decode("utf-8", "replace")
+            raise ReadFailed(reply.status if reply.status < 500 else 503,
+                             f"broker HTTP {reply.status}: {message}")
+        if len(reply.body) != size:
+            raise ReadFailed(503, f"broker HTTP answered {len(reply.body)} bytes, not {size}")
+        slot.view[:size] = reply.body
+        self.counters["fallback_reads"] += 1
+        self.counters["fallback_bytes"] += size
+
+    async def stat(self, file_id: str) -> int:
+        """The bytes chunk ``file_id`` holds now (asked of the broker over HTTP)."""
+        try:
+            reply = await httpd.http_get(self.config.broker_http_host,
+                                         self.config.broker_http_port,
+                                         f"/stat?file_id={file_id}", timeout=5)
+        except httpd.HttpClientError as exc:
+            raise ReadFailed(503, str(exc)) from None
+        if reply.status != 200:
+            raise ReadFailed(reply.status, reply.body[:300].decode("utf-8", "replace"))
+        return int(reply.json_body()["size"])
+
+    def capabilities(self) -> dict[str, Any]:
+        transports = sorted(self.transports)
+        return {"ucx": self.worker is not None, "ucx_version": self.ucx_version,
+                "transports": transports,
+                "verbs": any(t.split("/")[0] in ("rc", "rc_mlx5", "dc", "dc_mlx5", "ud",
+                                                 "ud_mlx5", "rc_verbs", "ud_verbs")
+                             for t in transports),
+                "http_fallback": self.config.fallback, "max_read_bytes": self.pool.size,
+                "reason": self.ucx_unavailable or ""}
