@@ -99,8 +99,14 @@ async def serve(args: argparse.Namespace) -> None:
                                 {**service.mapping(), **GroupService(coordinator).mapping(),
                                  **exporter.mapping()},
                                 grpc_address)
+            async def stop_ucx(request: httpd.Request) -> httpd.Response:
+                exporter.stop()
+                return httpd.Response.json({"stopped": True})
+
             routes = {"/health": health, "/metrics": metrics,
-                      **ExportsHttp(exports).routes()}
+                      **ExportsHttp(exports).routes(),
+                      # Testing: end the UCX export while HTTP reads go on (fallback drills).
+                      "/debug/ucx-stop": httpd.Route(stop_ucx, frozenset({"POST"}))}
             await nursery.start(httpd.serve_http, routes, http_host, http_port)
             log.info("ready", extra={"grpc": str(grpc_address), "http": args.http,
                                      "data_dir": str(args.data_dir)})

@@ -46,10 +46,16 @@ class _Mapping:
     leases: int = 0
     stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
-    def close(self) -> None:
+    def unregister(self) -> None:
         self.region.close()  # type: ignore[attr-defined]
+
+    def release(self) -> None:
         self.memory.close()
         self.stack.close()  # lets the segment's descriptor close if it was deleted
+
+    def close(self) -> None:
+        self.unregister()
+        self.release()
 
 
 @dataclass
@@ -73,6 +79,8 @@ class UcxExporter:
         self._leases: dict[int, _Lease] = {}
         self._lease_ids = itertools.count(1)
         self._endpoints: list[object] = []
+        self._scope = trio.CancelScope()
+        self._lingering: list[_Mapping] = []
         self.counters = {"leases_opened": 0, "leases_expired": 0, "mappings": 0}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -80,6 +88,14 @@ class UcxExporter:
         if not self.enabled:
             task_status.started()
             return
+        try:
+            await self._run(task_status)
+        finally:
+            for mapping in self._lingering:  # shutting down: the process goes with them
+                mapping.release()
+            self._lingering.clear()
+
+    async def _run(self, task_status: trio.TaskStatus[None]) -> None:
         async with contextlib.AsyncExitStack() as stack:
             try:
                 from rdma import ucx
@@ -96,21 +112,42 @@ class UcxExporter:
             self.address = f"{listener.address[0]}:{listener.address[1]}"
             log.info("ucx export listening", extra={"address": self.address})
             task_status.started()
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._expire_leases)
-                async for endpoint in listener:
-                    self._endpoints.append(endpoint)
-                    while len(self._endpoints) > MAX_IDLE_ENDPOINTS:
-                        oldest = self._endpoints.pop(0)
-                        await oldest.close(force=True)  # type: ignore[attr-defined]
+            with self._scope:
+                await self._serve(listener)
+            self.unavailable = "UCX export stopped"
+            log.warning("ucx export stopped", extra={"address": self.address})
+        # Stopped while the broker runs on. Sidecars may still hold leases and GET with their
+        # old keys: the memory must stay mapped (never reused for other bytes) until the
+        # leases end. Over cma a GET reads our address space directly; over others it fails.
+        await trio.sleep(self.lease_ms / 1000)
+        for mapping in self._lingering:
+            mapping.release()
+        self._lingering.clear()
+
+    async def _serve(self, listener: object) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._expire_leases)
+            async for endpoint in listener:  # type: ignore[attr-defined]
+                self._endpoints.append(endpoint)
+                while len(self._endpoints) > MAX_IDLE_ENDPOINTS:
+                    oldest = self._endpoints.pop(0)
+                    await oldest.close(force=True)  # type: ignore[attr-defined]
+
+    def stop(self) -> None:
+        """Stop exporting (a test knob: the HTTP read path stays, sidecars fall back)."""
+        self._scope.cancel()
 
     def _shut(self) -> None:
+        """Before the worker closes: deregister everything; memory a lease still covers stays
+        mapped (``_lingering``) until the lease would have ended."""
         self._worker = None
-        for lease_id in list(self._leases):
-            self._end_lease(lease_id)
-        for mapping in self._current.values():
-            mapping.close()
+        live = {id(lease.mapping): lease.mapping for lease in self._leases.values()}
+        live.update({id(m): m for m in self._current.values()})
+        self._leases.clear()
         self._current.clear()
+        for mapping in live.values():
+            mapping.unregister()
+            self._lingering.append(mapping)
 
     def open_read(self, file_id: str) -> pb.OpenReadReply:
         if self._worker is None:

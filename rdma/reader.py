@@ -172,6 +172,7 @@ class Session:
     chunk_position: int
     chunk_length: int
     expires: float
+    in_use: int = 0  # GETs in flight: the key must outlive them
 
 
 @dataclass
@@ -244,7 +245,7 @@ class Reader:
         self.counters["buffers_reclaimed"] += await self.pool.reclaim_overdue()
         for address, peer in list(self._peers.items()):
             for file_id, session in list(peer.sessions.items()):
-                if session.expires < now:
+                if session.expires < now and not session.in_use:
                     await self._end_session(peer, file_id)
             if not peer.sessions and now - peer.last_used > self.config.endpoint_idle_ms / 1000:
                 await self._drop_peer(address)
@@ -294,19 +295,24 @@ class Reader:
         if offset + size > session.chunk_length:
             raise ReadFailed(416, f"range {offset}+{size} runs past the end of chunk "
                              f"{file_id} ({session.chunk_length} bytes)")
+        session.in_use += 1
         try:
             await session.endpoint.get(session.key, session.chunk_position + offset,
                                        slot.view[:size], local=self.pool.region)
         except (ucx.UcxError, ValueError) as exc:
+            session.in_use -= 1
             await self._forget_session(file_id)
             raise ReadFailed(503, f"UCX GET failed: {exc}") from None
+        session.in_use -= 1
         self.counters["rdma_reads"] += 1
         self.counters["rdma_bytes"] += size
 
     async def _session(self, file_id: str, needed: int) -> Session:
         for peer in self._peers.values():
             session = peer.sessions.get(file_id)
-            if session is not None and session.chunk_length >= needed:
+            # Not one about to expire: a read started now must end well before its lease does.
+            if (session is not None and session.chunk_length >= needed
+                    and session.expires - trio.current_time() > self.config.timeout_ms / 1000):
                 peer.last_used = trio.current_time()
                 return session
         # New, or the active segment's last chunk has grown since: ask the broker again.
@@ -358,6 +364,9 @@ class Reader:
 
     async def _end_session(self, peer: _Peer, file_id: str) -> None:
         session = peer.sessions.pop(file_id)
+        if session.in_use:  # a GET still reads with this key; expiry will take it later
+            peer.sessions[f"{file_id}#retired{session.lease_id}"] = session
+            return
         session.key.close()
         with contextlib.suppress(Exception):  # best effort: the lease expires anyway
             await self.broker.call("/broker.v1.Broker/CloseRead",

@@ -145,6 +145,17 @@ class Cluster:
             *self.gateway_args, *args], self.workdir / f"{name}.log")
         return proc, kafka_port, http_port
 
+    def sidecar(self, name: str = "sidecar", *args: str) -> tuple[Proc, Path, int]:
+        """A read sidecar on this cluster's broker (not started): (proc, socket, http port)."""
+        http_port = free_port()
+        socket = self.workdir / f"{name}.sock"
+        proc = Proc(name, [
+            sys.executable, "-m", "rdma", "--socket", str(socket),
+            "--http", f"127.0.0.1:{http_port}", "--broker", f"127.0.0.1:{self.broker_port}",
+            "--broker-http", f"127.0.0.1:{self.broker_http_port}", *args],
+            self.workdir / f"{name}.log")
+        return proc, socket, http_port
+
     def gateway_health(self) -> dict:
         return _get_json(f"http://127.0.0.1:{self.gateway_http_port}/health")
 
