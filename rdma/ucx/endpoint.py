@@ -1,0 +1,428 @@
+"""Endpoints (connections to one peer worker), listeners and remote keys.
+
+An `Endpoint` is made by `Worker.connect` (client side, to a listener's ``host:port``),
+`Worker.connect_to_worker` (to a worker address exchanged out of band) or `Listener.accept`
+(server side). Everything that moves bytes is an ``async`` method that returns when UCX reports
+the request complete; each is a trio checkpoint, and cancelling one abandons the wait — never the
+memory, which stays referenced until UCX lets go of it.
+
+Failure model: when the peer dies or resets the connection, UCX calls the endpoint's error
+callback. From then on the endpoint is *failed*: operations waiting on it raise `PeerError` at
+once (UCX itself does not always complete them — over tcp with error mode NONE it leaves them
+pending for ever), new operations raise immediately, and the worker force-closes the handle.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import struct
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from rdma.ucx import errors
+from rdma.ucx.errors import PeerError, UcxError
+from rdma.ucx.memory import Descriptor, MemoryRegion
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
+    from rdma.ucx.worker import Worker
+
+
+@dataclass(frozen=True)
+class Transport:
+    """One transport/device pair an endpoint uses (``ucp_ep_query``), e.g. ``cma``/``memory``.
+
+    The connection manager lane shows up as ``tcp`` with an empty device.
+    """
+
+    name: str
+    device: str
+
+
+@dataclass(frozen=True)
+class Lane:
+    """One lane from ``ucp_ep_print_info``: transport, device and what UCX uses it for.
+
+    ``uses`` holds UCX's lane tags: ``am``, ``wireup``, ``rma``, ``rma_bw``, ``amo``, ``cm``…
+    A GET is carried by the lane tagged ``rma_bw`` (bulk) or ``rma`` (short).
+    """
+
+    transport: str
+    device: str
+    uses: tuple[str, ...]
+
+
+_LANE = re.compile(r"lane\[\d+\]:\s+\d+:(?P<tl>[\w-]+)/(?P<dev>\S+?)\.\d+\s(?P<rest>.*)$")
+_CM_LANE = re.compile(r"lane\[\d+\]:\s+cm\s+(?P<tl>\S+)")
+
+
+def parse_lanes(info: str) -> list[Lane]:
+    """Lanes from the text of ``ucp_ep_print_info`` (format of UCX 1.13 … 1.22)."""
+    lanes = []
+    for line in info.splitlines():
+        if m := _CM_LANE.search(line):
+            lanes.append(Lane(m["tl"], "", ("cm",)))
+        elif m := _LANE.search(line):
+            # The tail is "md[..] -> md[..]/tl/sysdev[..] seg N rma_bw#0 am wireup"; keep the tags.
+            rest = m["rest"].split(" seg ", 1)[-1].split()[1:]
+            uses = tuple(tag.split("#", 1)[0] for tag in rest)
+            lanes.append(Lane(m["tl"], m["dev"], uses))
+    return lanes
+
+
+def encode_sockaddr(host: str, port: int) -> bytes:
+    """A ``struct sockaddr_in``/``sockaddr_in6`` for a numeric host, as bytes."""
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} out of range")
+    try:
+        packed = socket.inet_pton(socket.AF_INET, host)
+        return struct.pack("=H", socket.AF_INET) + struct.pack("!H4s8x", port, packed)
+    except OSError:
+        pass
+    try:
+        packed = socket.inet_pton(socket.AF_INET6, host)
+    except OSError:
+        raise ValueError(f"{host!r} is not a numeric IPv4/IPv6 address") from None
+    return struct.pack("=H", socket.AF_INET6) + struct.pack("!HI16sI", port, 0, packed, 0)
+
+
+def decode_sockaddr(raw: bytes) -> tuple[str, int] | None:
+    """``(host, port)`` from the bytes of a ``sockaddr_storage``; None if not IPv4/IPv6."""
+    (family,) = struct.unpack_from("=H", raw)
+    if family == socket.AF_INET:
+        port, addr = struct.unpack_from("!H4s", raw, 2)
+        return socket.inet_ntop(socket.AF_INET, addr), port
+    if family == socket.AF_INET6:
+        port, _flow, addr = struct.unpack_from("!HI16s", raw, 2)
+        return socket.inet_ntop(socket.AF_INET6, addr), port
+    return None
+
+
+class RemoteKey:
+    """Remote memory reachable through one endpoint: an unpacked rkey plus the region bounds.
+
+    Made by `Endpoint.import_key`. Offsets given to `Endpoint.get`/`put` are relative to the
+    exported region and checked against its length before UCX sees them.
+    """
+
+    def __init__(self, endpoint: Endpoint, handle: Any, address: int, length: int) -> None:
+        self.endpoint = endpoint
+        self._handle = handle
+        self.address = address
+        self.length = length
+
+    @property
+    def closed(self) -> bool:
+        return self._handle is None
+
+    def _checked(self, offset: int, size: int) -> int:
+        if self._handle is None:
+            raise UcxError(errors.INVALID_PARAM, "remote key", "remote key is closed")
+        if offset < 0 or size < 0 or offset + size > self.length:
+            raise ValueError(
+                f"range {offset}+{size} is outside the remote region of {self.length} bytes"
+            )
+        return self.address + offset
+
+    def close(self) -> None:
+        """Destroy the unpacked key (``ucp_rkey_destroy``). Idempotent."""
+        if self._handle is not None:
+            handle, self._handle = self._handle, None
+            self.endpoint._worker._binding.lib.ucp_rkey_destroy(handle)
+            self.endpoint._rkeys.discard(self)
+
+    def __repr__(self) -> str:
+        return f"<RemoteKey {self.length} bytes at {self.address:#x}>"
+
+
+class Endpoint:
+    """A connection to one peer worker. See the module docstring for the failure model."""
+
+    def __init__(self, worker: Worker, handle: Any, ident: int, *, error_mode: str) -> None:
+        self._worker = worker
+        self._handle: Any = handle  # None once ucp_ep_close_nbx was called
+        self.ident = ident
+        self.error_mode = error_mode
+        self.error: UcxError | None = None
+        self._ops: set[int] = set()  # tokens of in-flight requests
+        self._rkeys: set[RemoteKey] = set()
+        self._closed = trio.Event()
+
+    # -- state --------------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._handle is None
+
+    def _live_handle(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        if self._handle is None:
+            raise UcxError(errors.NOT_CONNECTED, "endpoint", "endpoint is closed")
+        return self._handle
+
+    def _fail(self, status: int) -> None:
+        """Called from UCX's error callback: record, wake waiters, schedule a force close."""
+        if self.error is None:
+            self.error = PeerError(status, "endpoint", self._worker._status_text(status))
+        self._worker._fail_ops(self._ops, self.error)
+        self._worker._schedule_close(self)
+
+    # -- introspection ------------------------------------------------------------------------
+
+    def transports(self) -> list[Transport]:
+        """Transport/device pairs of every lane (``ucp_ep_query``)."""
+        handle = self._live_handle()
+        b = self._worker._binding
+        ffi, c = b.ffi, b.c
+        entries = ffi.new("ucp_transport_entry_t[]", 32)
+        attr = ffi.new("ucp_ep_attr_t *")
+        attr.field_mask = c.UCP_EP_ATTR_FIELD_TRANSPORTS
+        attr.transports.entries = entries
+        attr.transports.num_entries = 32
+        # entry_size lets an older or newer library index our array correctly.
+        attr.transports.entry_size = ffi.sizeof("ucp_transport_entry_t")
+        self._worker._check(b.lib.ucp_ep_query(handle, attr), "ucp_ep_query")
+        # A library older than the field (1.13) ignores it: the zeroed entries stay NULL.
+        return [
+            Transport(
+                ffi.string(entry.transport_name).decode(),
+                ffi.string(entry.device_name).decode() if entry.device_name else "",
+            )
+            for entry in entries[0 : min(attr.transports.num_entries, 32)]
+            if entry.transport_name
+        ]
+
+    def info(self) -> str:
+        """UCX's description of the endpoint: lanes and protocol choices (``ucp_ep_print_info``)."""
+        handle = self._live_handle()
+        b = self._worker._binding
+        return b.capture(lambda stream: b.lib.ucp_ep_print_info(handle, stream))
+
+    def lanes(self) -> list[Lane]:
+        return parse_lanes(self.info())
+
+    def rma_transports(self) -> list[str]:
+        """``transport/device`` of the lanes that carry GET/PUT, e.g. ``["cma/memory"]``.
+
+        This is the proof of which transport moves the bytes: a silent fallback to tcp shows up
+        here as ``tcp/lo``.
+        """
+        return [
+            f"{lane.transport}/{lane.device}"
+            for lane in self.lanes()
+            if any(use in ("rma", "rma_bw") for use in lane.uses)
+        ]
+
+    @property
+    def local_address(self) -> tuple[str, int] | None:
+        """Our ``(host, port)`` for a sockaddr endpoint, else None."""
+        return self._sockaddr(local=True)
+
+    @property
+    def remote_address(self) -> tuple[str, int] | None:
+        """The peer's ``(host, port)`` for a sockaddr endpoint, else None."""
+        return self._sockaddr(local=False)
+
+    def _sockaddr(self, *, local: bool) -> tuple[str, int] | None:
+        handle = self._live_handle()
+        b = self._worker._binding
+        ffi, c = b.ffi, b.c
+        attr = ffi.new("ucp_ep_attr_t *")
+        attr.field_mask = (
+            c.UCP_EP_ATTR_FIELD_LOCAL_SOCKADDR if local else c.UCP_EP_ATTR_FIELD_REMOTE_SOCKADDR
+        )
+        if b.lib.ucp_ep_query(handle, attr) != c.UCS_OK:
+            return None  # not a sockaddr endpoint
+        field = attr.local_sockaddr if local else attr.remote_sockaddr
+        return decode_sockaddr(bytes(ffi.buffer(ffi.addressof(field))))
+
+    # -- remote memory ------------------------------------------------------------------------
+
+    def import_key(self, descriptor: bytes | bytearray | memoryview) -> RemoteKey:
+        """Unpack a peer's `MemoryRegion.export()` descriptor for use on this endpoint."""
+        desc = Descriptor.decode(descriptor)
+        lib, ffi = self._worker._binding.lib, self._worker._binding.ffi
+        handle_p = ffi.new("ucp_rkey_h *")
+        status = lib.ucp_ep_rkey_unpack(self._live_handle(), desc.rkey, handle_p)
+        self._worker._check(status, "ucp_ep_rkey_unpack")
+        handle = handle_p[0]
+        key = RemoteKey(self, handle, desc.address, desc.length)
+        self._rkeys.add(key)
+        return key
+
+    async def get(
+        self,
+        key: RemoteKey,
+        offset: int,
+        dest: Buffer,
+        *,
+        local: MemoryRegion | None = None,
+    ) -> None:
+        """Read ``len(dest)`` bytes at ``offset`` of the remote region into ``dest``.
+
+        ``dest`` is any writable contiguous buffer. Passing the registered ``local`` region that
+        contains it saves UCX a registration lookup (it matters on verbs, not over shm/tcp).
+        """
+        await self._rma("get", key, offset, dest, local)
+
+    async def read(self, key: RemoteKey, offset: int, size: int) -> bytearray:
+        """`get` into a new bytearray of ``size`` bytes."""
+        dest = bytearray(size)
+        await self._rma("get", key, offset, dest, None)
+        return dest
+
+    async def put(
+        self,
+        key: RemoteKey,
+        offset: int,
+        src: Buffer,
+        *,
+        local: MemoryRegion | None = None,
+    ) -> None:
+        """Write ``src`` at ``offset`` of the remote region (needs a writable export).
+
+        Returns when the local buffer may be reused; `flush` makes the data visible remotely.
+        """
+        await self._rma("put", key, offset, src, local)
+
+    async def _rma(
+        self, op: str, key: RemoteKey, offset: int, buf: Buffer, local: MemoryRegion | None
+    ) -> None:
+        if key.endpoint is not self:
+            raise ValueError("remote key was imported on another endpoint")
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._live_handle()  # a failed endpoint raises its PeerError before "key is closed"
+        worker = self._worker
+        cdata = worker._binding.ffi.from_buffer("char[]", buf, require_writable=(op == "get"))
+        size = len(cdata)
+        remote = key._checked(offset, size)
+        memh = None
+        if local is not None:
+            if not local.contains(worker._address_of(cdata), size):
+                raise ValueError("buffer is not inside the given local region")
+            memh = local.handle
+        await worker._run_rma(op, self, cdata, size, remote, key._handle, memh)
+
+    async def flush(self) -> None:
+        """Wait until every operation posted on this endpoint completed remotely."""
+        await self._worker._run_flush(self)
+
+    # -- active messages ----------------------------------------------------------------------
+
+    async def am_send(
+        self, am_id: int, header: bytes = b"", data: Buffer = b"", *, reply: bool = False
+    ) -> None:
+        """Send an active message to the handler registered for ``am_id`` on the peer.
+
+        ``reply=True`` gives the receiver an endpoint back to us (`AmMessage.endpoint`) even if
+        it has no other way to reach this worker.
+        """
+        await self._worker._run_am_send(self, am_id, header, data, reply)
+
+    # -- closing ------------------------------------------------------------------------------
+
+    async def close(self, *, force: bool = False, timeout: float = 5.0) -> None:
+        """Close the endpoint (``ucp_ep_close_nbx``). Idempotent.
+
+        The default flushes outstanding operations and tells the peer. ``force`` (and every
+        failed endpoint) releases it at once, completing outstanding requests with
+        ``UCS_ERR_CANCELED``. After ``timeout`` seconds the wait is abandoned and the worker
+        releases the handle when it is destroyed.
+        """
+        if self._handle is not None:
+            self._worker._begin_close(self, force=force or self.error is not None)
+        with trio.move_on_after(timeout):
+            await self._closed.wait()
+
+    async def wait_closed(self) -> None:
+        """Return once the endpoint is closed: by `close`, or by the worker after the peer
+        failed (then ``error`` says why). Lets an owner drop per-connection state."""
+        await self._closed.wait()
+
+    async def __aenter__(self) -> Endpoint:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        state = "failed" if self.error else "closed" if self.closed else "open"
+        return f"<Endpoint #{self.ident} {state} error_mode={self.error_mode}>"
+
+
+class Listener:
+    """A sockaddr listener (``ucp_listener_create``). Incoming connections become endpoints
+    as soon as they arrive and wait, at most ``backlog`` of them, for `accept`; more are
+    rejected. ``address`` is the bound ``(host, port)`` — with port 0 the kernel picks one.
+    """
+
+    def __init__(
+        self,
+        worker: Worker,
+        handle: Any,
+        ident: int,
+        address: tuple[str, int],
+        backlog: int,
+        error_mode: str,
+    ) -> None:
+        self._worker = worker
+        self._handle: Any = handle
+        self.ident = ident
+        self.address = address
+        self.error_mode = error_mode
+        self._send, self._receive = trio.open_memory_channel[Endpoint](backlog)
+
+    @property
+    def closed(self) -> bool:
+        return self._handle is None
+
+    async def accept(self) -> Endpoint:
+        """Wait for the next incoming endpoint."""
+        try:
+            return await self._receive.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise UcxError(errors.NOT_CONNECTED, "accept", "listener is closed") from None
+
+    def __aiter__(self) -> Listener:
+        return self
+
+    async def __anext__(self) -> Endpoint:
+        try:
+            return await self._receive.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise StopAsyncIteration from None
+
+    def _offer(self, endpoint: Endpoint) -> bool:
+        try:
+            self._send.send_nowait(endpoint)
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            return False
+        return True
+
+    def close(self) -> None:
+        """Stop listening (``ucp_listener_destroy``). Endpoints not yet accepted are closed."""
+        if self._handle is None:
+            return
+        handle, self._handle = self._handle, None
+        self._worker._destroy_listener(self, handle)
+        self._send.close()
+        while True:
+            try:
+                endpoint = self._receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            self._worker._begin_close(endpoint, force=False)
+
+    async def __aenter__(self) -> Listener:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Listener {self.address[0]}:{self.address[1]}{' closed' if self.closed else ''}>"
