@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import mmap
 import os
 import random
 import tempfile
@@ -117,7 +118,9 @@ async def _run_all(cluster: Cluster, sidecar_socket: Path) -> dict[tuple[str, in
         host, _, port = lease.ucx_address.rpartition(":")
         endpoint = await worker.connect(host, int(port))
         key = endpoint.import_key(lease.descriptor)
-        buffers = [bytearray(CHUNK) for _ in range(max(DEPTHS))]
+        # Page-aligned destinations, as the sidecar's pool slots are (and the same kind for
+        # pread, so both paths copy into the same memory).
+        buffers = [mmap.mmap(-1, CHUNK) for _ in range(max(DEPTHS))]
         region_list = [worker.register(b, remote_write=False) for b in buffers]
         free_buffers = list(range(len(buffers)))
         transports = endpoint.rma_transports()
@@ -156,13 +159,19 @@ async def _run_all(cluster: Cluster, sidecar_socket: Path) -> dict[tuple[str, in
                     async def by_http(offset: int) -> None:
                         await trio.to_thread.run_sync(http_read, offset)
 
-                    async def by_pread(offset: int, size: int = size,
-                                       depth: int = depth) -> None:
+                    def pread_into(offset: int, size: int = size) -> None:
+                        slot = free_buffers.pop()
+                        try:
+                            os.preadv(fd, [memoryview(buffers[slot])[:size]], position + offset)
+                        finally:
+                            free_buffers.append(slot)
+
+                    async def by_pread(offset: int, depth: int = depth) -> None:
                         if depth == 1:  # a local reader calls it inline: no thread hop
-                            os.pread(fd, size, position + offset)
+                            pread_into(offset)
                             await trio.lowlevel.checkpoint()
                         else:
-                            await trio.to_thread.run_sync(os.pread, fd, size, position + offset)
+                            await trio.to_thread.run_sync(pread_into, offset)
 
                     for name, one in (("ucx", by_ucx), ("sidecar", by_sidecar),
                                       ("http", by_http), ("pread", by_pread)):
@@ -170,6 +179,8 @@ async def _run_all(cluster: Cluster, sidecar_socket: Path) -> dict[tuple[str, in
         finally:
             for region in region_list:
                 region.close()
+            for buffer in buffers:
+                buffer.close()
             key.close()
             await endpoint.close()
             broker.close()

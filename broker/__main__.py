@@ -47,6 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ucx", default="127.0.0.1:17779", metavar="HOST:PORT",
                         help="UCX listener the read sidecar connects to for one-sided reads "
                         "of segment files (default: 127.0.0.1:17779; port 0 picks one)")
+    parser.add_argument("--ucx-advertise", default=None, metavar="HOST:PORT",
+                        help="UCX address given to sidecars (default: the bound --ucx address)")
     parser.add_argument("--no-ucx", action="store_true",
                         help="do not export segments over UCX (sidecars read over HTTP)")
     parser.add_argument("--ucx-lease-ms", type=int, default=LEASE_MS,
@@ -73,7 +75,7 @@ async def serve(args: argparse.Namespace) -> None:
     exports = Exports(registry, chunk_bytes=args.chunk_bytes)
     ucx_host, ucx_port = process.split_host_port(args.ucx)
     exporter = UcxExporter(exports, ucx_host, ucx_port, enabled=not args.no_ucx,
-                           lease_ms=args.ucx_lease_ms)
+                           lease_ms=args.ucx_lease_ms, advertise=args.ucx_advertise)
     service = BrokerService(registry, auto_create_partitions=args.default_partitions,
                             append_delay_s=args.append_delay_ms / 1000)
 

@@ -67,13 +67,14 @@ class _Lease:
 
 class UcxExporter:
     def __init__(self, exports: Exports, host: str, port: int, *, enabled: bool = True,
-                 lease_ms: int = LEASE_MS) -> None:
+                 lease_ms: int = LEASE_MS, advertise: str | None = None) -> None:
         self.exports = exports
         self.host, self.port = host, port
         self.enabled = enabled
         self.lease_ms = lease_ms
         self.unavailable: str | None = None if enabled else "UCX disabled (--no-ucx)"
         self.address: str | None = None  # HOST:PORT once listening
+        self.advertise = advertise
         self.transports: list[str] = []
         self._worker: object | None = None
         self._current: dict[int, _Mapping] = {}  # segment serial -> newest mapping
@@ -113,7 +114,8 @@ class UcxExporter:
                 return
             stack.callback(self._shut)  # runs first: leases end before the worker closes
             self._worker = worker
-            self.address = f"{listener.address[0]}:{listener.address[1]}"
+            self.address = (self.advertise
+                            or f"{listener.address[0]}:{listener.address[1]}")
             log.info("ucx export listening", extra={"address": self.address})
             task_status.started()
             with self._scope:

@@ -26,7 +26,7 @@ def up_commands(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     python = sys.executable
     return [
         ("broker", [python, "-m", "broker", "--data-dir", str(args.data_dir),
-                    "--grpc", args.broker, "--http", args.broker_http,
+                    "--grpc", args.broker, "--http", args.broker_http, "--ucx", args.ucx,
                     "--log-level", args.log_level]),
         ("gateway", [python, "-m", "gateway", "--listen", args.kafka,
                      "--advertise", args.advertise or args.kafka, "--broker", args.broker,
@@ -75,7 +75,8 @@ async def run_up(args: argparse.Namespace) -> int:
                 f"  kafka           {args.advertise or args.kafka}\n"
                 f"  schema registry http://{args.registry}  (gateway HTTP, /health)\n"
                 f"  broker grpc     {args.broker}\n"
-                f"  broker http     {args.broker_http}  (/health, /metrics)\n"
+                f"  broker http     {args.broker_http}  (/health, /metrics, /segments, /read)\n"
+                f"  broker ucx      {args.ucx}  (segment exports for the sidecar)\n"
                 f"  sidecar http    {args.sidecar_http}  (/health /stats /ping /read ...)\n"
                 f"  sidecar socket  {args.run_dir / 'sidecar.sock'}\n"
                 f"  data dir        {args.data_dir}\n"
@@ -136,6 +137,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="gateway HTTP address: Schema Registry REST API and /health")
     up.add_argument("--broker", default="127.0.0.1:17777", help="broker gRPC address")
     up.add_argument("--broker-http", default="127.0.0.1:8082")
+    up.add_argument("--ucx", default="127.0.0.1:17779",
+                    help="broker UCX listener the sidecar reads segments through")
     up.add_argument("--sidecar-http", default="127.0.0.1:8083")
     up.add_argument("--log-level", default="info",
                     choices=["debug", "info", "warning", "error"])

@@ -7,15 +7,22 @@ world, but kelp itself is installed from the clone by the README's own ``pip ins
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 from tests.kelp_procs import REPO, free_port
 from tests.registry_http import avro_record, ok
+
+
+def _get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        return json.loads(reply.read())
 
 
 def test_just_up_on_a_fresh_clone(tmp_path: Path) -> None:
@@ -31,7 +38,7 @@ def test_just_up_on_a_fresh_clone(tmp_path: Path) -> None:
                    cwd=clone, env=env, check=True, timeout=300)
 
     ports = {name: free_port() for name in
-             ("kafka", "registry", "broker", "broker-http", "sidecar-http")}
+             ("kafka", "registry", "broker", "broker-http", "sidecar-http", "ucx")}
     args = [f"--{name}=127.0.0.1:{port}" for name, port in ports.items()]
     log_path = tmp_path / "up.log"
     with open(log_path, "wb") as log:
@@ -53,6 +60,19 @@ def test_just_up_on_a_fresh_clone(tmp_path: Path) -> None:
         schema = avro_record("UpCheck", ("ok", "boolean"))
         registered = ok(registry, "POST", "/subjects/up-value/versions", {"schema": schema})
         assert ok(registry, "GET", f"/schemas/ids/{registered['id']}")["schema"]
+        # The sidecar reads a segment produced through the gateway, over UCX.
+        subprocess.run(["kcat", "-P", "-b", bootstrap, "-t", "up-demo"], input=b"hello\n" * 100,
+                       timeout=30, check=True)
+        listing = _get_json(f"http://127.0.0.1:{ports['broker-http']}/segments?topic=up-demo"
+                            "&partition=0")
+        chunk = listing["segments"][0]["chunks"][0]
+        url = (f"http://127.0.0.1:{ports['sidecar-http']}/read?file_id={chunk['file_id']}"
+               f"&offset=0&size={chunk['size']}")
+        with urllib.request.urlopen(url, timeout=30) as reply:
+            assert reply.headers["x-kelp-transport"] == "ucx"
+            data = reply.read()
+        on_disk = clone / ".kelp" / "data" / "up-demo-0" / f"{0:020d}.log"
+        assert data == on_disk.read_bytes()[:chunk["size"]]
 
         os.killpg(up.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         # just reports the interrupt as 130, the shell convention for Ctrl-C.
