@@ -18,6 +18,11 @@ install:
 up *ARGS:
     {{python}} -m kelp up --data-dir {{data_dir}} --run-dir {{run_dir}} {{ARGS}}
 
+# Mount topic data read-only at MOUNTPOINT, reading through the sidecar `just up` started
+# (needs fuse3 and `pip install -e '.[mount]'`; Ctrl-C unmounts).
+mount MOUNTPOINT *ARGS:
+    {{python}} -m kelp mount {{MOUNTPOINT}} --sidecar {{run_dir}}/sidecar.sock {{ARGS}}
+
 # Run the test suite (first fetching the Java and KafkaJS clients it drives, if missing).
 test *ARGS: clients ucx
     {{python}} -m pytest {{ARGS}}

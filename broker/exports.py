@@ -145,7 +145,14 @@ class ExportsHttp:
         self.exports = exports
 
     def routes(self) -> dict[str, httpd.Handler]:
-        return {"/segments": self.segments, "/read": self.read, "/stat": self.stat}
+        return {"/topics": self.topics, "/segments": self.segments, "/read": self.read,
+                "/stat": self.stat}
+
+    async def topics(self, request: httpd.Request) -> httpd.Response:
+        registry = self.exports.registry
+        return httpd.Response.json({"topics": [
+            {"name": t.name, "partitions": t.partition_count}
+            for t in sorted(registry.topics.values(), key=lambda t: t.name)]})
 
     async def stat(self, request: httpd.Request) -> httpd.Response:
         try:

@@ -129,6 +129,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="kelp", description="kelp command line")
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="run broker, gateway and sidecar together")
+    sub.add_parser("mount", help="mount topic data read-only (kelp mount --help)",
+                   add_help=False)
     up.add_argument("--data-dir", type=Path, default=Path(".kelp/data"))
     up.add_argument("--run-dir", type=Path, default=Path(".kelp/run"))
     up.add_argument("--kafka", default="127.0.0.1:9092", help="Kafka listener")
@@ -146,6 +148,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["mount"]:  # its own parser (and pyfuse3, an optional dependency)
+        from rdma.mount.__main__ import main as mount_main
+
+        mount_main(argv[1:])
+        return
     args = parse_args(argv)
     if args.command == "up":
         os.environ.setdefault("PYTHONUNBUFFERED", "1")

@@ -193,6 +193,7 @@ class Reader:
         self.transports: set[str] = set()
         self._peers: dict[str, _Peer] = {}
         self._limit = trio.CapacityLimiter(config.max_concurrent)
+        self._connecting = trio.Lock()
         self.counters = {"rdma_reads": 0, "rdma_bytes": 0, "fallback_reads": 0,
                          "fallback_bytes": 0, "rdma_failures": 0, "sessions_opened": 0,
                          "endpoints_opened": 0, "buffers_reclaimed": 0}
@@ -339,6 +340,10 @@ class Reader:
         return session
 
     async def _peer(self, address: str) -> _Peer:
+        async with self._connecting:  # concurrent first reads share one endpoint
+            return await self._peer_locked(address)
+
+    async def _peer_locked(self, address: str) -> _Peer:
         peer = self._peers.get(address)
         if peer is not None and peer.endpoint.error is None and not peer.endpoint.closed:
             peer.last_used = trio.current_time()

@@ -13,7 +13,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,6 +102,8 @@ class Sidecar:
                 sidecar_pb.CapabilitiesReply),
             "/sidecar.v1.Sidecar/Read": grpc.unary_handler(
                 self.grpc_read, sidecar_pb.ReadRequest, sidecar_pb.ReadReply),
+            "/sidecar.v1.Sidecar/ReadStream": grpc.stream_handler(
+                self.serve_read_stream, sidecar_pb.ReadRequest, sidecar_pb.ReadReply),
             "/sidecar.v1.Sidecar/Release": grpc.unary_handler(
                 self.grpc_release, sidecar_pb.ReleaseRequest, sidecar_pb.ReleaseReply),
             "/sidecar.v1.Sidecar/Stat": grpc.unary_handler(
@@ -144,6 +146,35 @@ class Sidecar:
                                                 length=request.size, handle=handle))
             return sidecar_pb.ReadReply(status=200, transport=transport,
                                         data=bytes(slot.view[:request.size]))
+
+    async def serve_read_stream(
+            self, recv: Callable[[], Awaitable[sidecar_pb.ReadRequest | None]],
+            send: Callable[[sidecar_pb.ReadReply], None]) -> None:
+        """Reads on one stream, each in its own task; what the stream still has lent when it
+        ends (the consumer went away) goes back to the pool."""
+        pool = self.reader.pool
+        lent: set[int] = set()
+
+        async def one(request: sidecar_pb.ReadRequest) -> None:
+            reply = await self.grpc_read(request)
+            reply.request_id = request.request_id
+            if reply.shared is not None and reply.shared.handle:
+                lent.add(reply.shared.handle)
+            send(reply)
+
+        try:
+            async with trio.open_nursery() as nursery:
+                while (request := await recv()) is not None:
+                    for handle in request.release:
+                        lent.discard(handle)
+                        await pool.release(handle)
+                    if request.size:
+                        nursery.start_soon(one, request)
+                nursery.cancel_scope.cancel()  # the client closed its side
+        finally:
+            with trio.CancelScope(shield=True):
+                for handle in lent:
+                    await pool.release(handle)
 
     async def grpc_release(self, request: sidecar_pb.ReleaseRequest
                            ) -> sidecar_pb.ReleaseReply:
@@ -201,7 +232,8 @@ class Sidecar:
             **self.reader.capabilities(),
             "zero_copy": True,
             "grpc_socket": str(self.config.socket),
-            "grpc_methods": ["Capabilities", "Health", "Read", "Release", "Stat", "Stats"],
+            "grpc_methods": ["Capabilities", "Health", "Read", "ReadStream", "Release", "Stat",
+                             "Stats"],
             "http_endpoints": ["/capabilities", "/health", "/ping", "/read", "/stats"],
             "file_id_format": "<volume>,<needle hex><cookie 8 hex>",
         })

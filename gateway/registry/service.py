@@ -35,7 +35,7 @@ T = TypeVar("T")
 Records = list[tuple[bytes, bytes | None]]
 FETCH_MAX_BYTES = 8 * 1024 * 1024
 WRITE_TIMEOUT_S = 30.0
-HEARTBEAT_S = 1.0
+HEARTBEAT_S = 3.0  # Kafka's default heartbeat.interval.ms: a third of the session
 SESSION_TIMEOUT_MS = 10_000
 
 
@@ -133,7 +133,7 @@ class SchemaRegistry:
                     partitions=[pb.FetchPartition(topic=self.topic, partition=0,
                                                   offset=self.state.next_offset,
                                                   max_bytes=FETCH_MAX_BYTES)],
-                    max_wait_ms=0 if start_end is None else 5000, min_bytes=1,
+                    max_wait_ms=0 if start_end is None else 10_000, min_bytes=1,
                     max_bytes=FETCH_MAX_BYTES))
             except BrokerUnavailable as exc:
                 log.warning("schema reader: broker unavailable", extra={"error": str(exc)})

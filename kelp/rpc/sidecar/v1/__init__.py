@@ -21,6 +21,7 @@ __all__ = (
     "StatsRequest",
 )
 
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -120,6 +121,8 @@ class ReadReply(betterproto2.Message):
     "ucx" or "http"
     """
 
+    request_id: "int" = betterproto2.field(6, betterproto2.TYPE_UINT64)
+
 
 default_message_pool.register_message("sidecar.v1", "ReadReply", ReadReply)
 
@@ -140,6 +143,16 @@ class ReadRequest(betterproto2.Message):
     zero_copy: "bool" = betterproto2.field(4, betterproto2.TYPE_BOOL)
     """
     answer with a shared-memory buffer instead of bytes
+    """
+
+    request_id: "int" = betterproto2.field(5, betterproto2.TYPE_UINT64)
+    """
+    ReadStream: echoed in the reply
+    """
+
+    release: "list[int]" = betterproto2.field(6, betterproto2.TYPE_UINT64, repeated=True)
+    """
+    ReadStream: buffers to give back first (size 0: only that)
     """
 
 
@@ -315,6 +328,31 @@ class SidecarStub(betterproto2_grpclib.ServiceStub):
             metadata=metadata,
         )
 
+    async def read_stream(
+        self,
+        messages: "AsyncIterable[ReadRequest] | Iterable[ReadRequest]",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "AsyncIterator[ReadReply]":
+        """
+        The same reads on one long-lived stream (the mount's path): replies carry the request's
+        id and may come back out of order; zero-copy buffers are given back inside later
+        requests (``release``), and whatever is still lent when the stream ends is taken back.
+        """
+
+        async for response in self._stream_stream(
+            "/sidecar.v1.Sidecar/ReadStream",
+            messages,
+            ReadRequest,
+            ReadReply,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        ):
+            yield response
+
     async def release(
         self,
         message: "ReleaseRequest",
@@ -375,6 +413,18 @@ class SidecarBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def read_stream(
+        self, messages: "AsyncIterator[ReadRequest]"
+    ) -> "AsyncIterator[ReadReply]":
+        """
+        The same reads on one long-lived stream (the mount's path): replies carry the request's
+        id and may come back out of order; zero-copy buffers are given back inside later
+        requests (``release``), and whatever is still lent when the stream ends is taken back.
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+        yield ReadReply()
+
     async def release(self, message: "ReleaseRequest") -> "ReleaseReply":
         """
         Hand a zero-copy buffer back (Read with zero_copy=true lends one).
@@ -414,6 +464,16 @@ class SidecarBase(betterproto2_grpclib.ServiceBase):
         response = await self.read(request)
         await stream.send_message(response)
 
+    async def __rpc_read_stream(
+        self, stream: "grpclib.server.Stream[ReadRequest, ReadReply]"
+    ) -> None:
+        request = stream.__aiter__()
+        await self._call_rpc_handler_server_stream(
+            self.read_stream,
+            stream,
+            request,
+        )
+
     async def __rpc_release(
         self, stream: "grpclib.server.Stream[ReleaseRequest, ReleaseReply]"
     ) -> None:
@@ -451,6 +511,12 @@ class SidecarBase(betterproto2_grpclib.ServiceBase):
             "/sidecar.v1.Sidecar/Read": grpclib.const.Handler(
                 self.__rpc_read,
                 grpclib.const.Cardinality.UNARY_UNARY,
+                ReadRequest,
+                ReadReply,
+            ),
+            "/sidecar.v1.Sidecar/ReadStream": grpclib.const.Handler(
+                self.__rpc_read_stream,
+                grpclib.const.Cardinality.STREAM_STREAM,
                 ReadRequest,
                 ReadReply,
             ),

@@ -1,0 +1,1 @@
+"""kelp mount: a read-only FUSE view of topic data, read through the RDMA sidecar."""
