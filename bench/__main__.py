@@ -3,7 +3,8 @@
 Names: ``produce`` (librdkafka through gateway and broker vs a raw two-hop trio pipe),
 ``storage`` (the log engine vs plain file IO), ``registry`` (Schema Registry register and
 lookup latency vs the same server's /health round trip), ``rdma`` (sidecar reads over UCX, the
-sidecar API and the HTTP fallback vs local pread). No name runs them all. Ratios are
+sidecar API and the HTTP fallback vs local pread), ``mount`` (dd and random 4 KiB reads through
+``kelp mount`` vs the sidecar's raw reads and the local file). No name runs them all. Ratios are
 always kelp's speed over the baseline's: 1.0 means as fast as the raw path.
 """
 
@@ -11,13 +12,14 @@ from __future__ import annotations
 
 import argparse
 
-from bench import produce, rdma, registry, storage
+from bench import mount, produce, rdma, registry, storage
 
 BENCHMARKS = {
     "produce": lambda args: produce.run(records=args.records, record_bytes=args.record_bytes),
     "storage": lambda args: storage.run(total_mb=args.storage_mb),
     "registry": lambda args: registry.run(count=args.registry_requests),
     "rdma": lambda args: rdma.run(),
+    "mount": lambda args: mount.run(),
 }
 
 

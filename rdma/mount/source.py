@@ -113,6 +113,7 @@ class Source:
             for pool in self._pools.values():
                 with contextlib.suppress(BufferError):  # a view still out: the exit frees it
                     pool.close()
+            self._pools.clear()
 
     def release(self, loan: Loan) -> None:
         """Give a loan back (a stream message costs tens of microseconds: send it now)."""
