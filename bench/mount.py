@@ -16,9 +16,8 @@ from pathlib import Path
 
 import trio
 import trio_asyncio
-from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient, NewTopic
 
+from bench.rdma import fill_topic
 from rdma.mount.source import Source, SourceConfig
 from tests.kelp_procs import Cluster, Proc
 
@@ -39,23 +38,6 @@ for offset in offsets:
     os.pread(fd, 4096, offset)
 print(time.perf_counter() - started)
 """
-
-
-def _fill(cluster: Cluster) -> None:
-    admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
-    admin.create_topics([NewTopic(TOPIC, 1, 1, config={"segment.bytes": str(SEGMENT)})])[
-        TOPIC].result(10)
-    producer = Producer({"bootstrap.servers": cluster.bootstrap, "linger.ms": 5,
-                         "batch.size": 1_000_000})
-    value = os.urandom(1000)
-    for _ in range(72 * 1024):
-        while True:
-            try:
-                producer.produce(TOPIC, value=value)
-                break
-            except BufferError:
-                producer.poll(0.01)
-    producer.flush(60)
 
 
 def _dd_seconds(path: Path) -> float:
@@ -109,7 +91,7 @@ def run() -> list[tuple[str, str, str, float]]:
                                "--sidecar", str(socket)], workdir / "mount.log")
         try:
             sidecar.start()
-            _fill(cluster)
+            fill_topic(cluster.bootstrap, TOPIC, megabytes=72, segment_bytes=SEGMENT)
             mount.start()
             url = (f"http://127.0.0.1:{cluster.broker_http_port}/segments?topic={TOPIC}"
                    "&partition=0")

@@ -41,17 +41,19 @@ TOPIC = "bench-rdma"
 SECONDS = 0.6  # per measurement, after a short warm-up
 
 
-def _fill(cluster: Cluster) -> None:
-    admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
-    admin.create_topics([NewTopic(TOPIC, 1, 1, config={"segment.bytes": str(40 << 20)})])[
-        TOPIC].result(10)
-    producer = Producer({"bootstrap.servers": cluster.bootstrap, "linger.ms": 5,
+def fill_topic(bootstrap: str, topic: str, *, megabytes: int, segment_bytes: int) -> None:
+    """A one-partition topic holding ``megabytes`` of 1000-byte records, rolled at
+    ``segment_bytes`` (the segment files the rdma and mount benchmarks read)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, 1, 1, config={"segment.bytes": str(segment_bytes)})])[
+        topic].result(10)
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5,
                          "batch.size": 1_000_000})
     value = os.urandom(1000)
-    for _ in range(48 * 1024):
+    for _ in range(megabytes * 1024):
         while True:
             try:
-                producer.produce(TOPIC, value=value)
+                producer.produce(topic, value=value)
                 break
             except BufferError:
                 producer.poll(0.01)
@@ -200,7 +202,7 @@ def run() -> list[tuple[str, str, str, float]]:
         sidecar, socket, _ = cluster.sidecar("sidecar")
         try:
             sidecar.start()
-            _fill(cluster)
+            fill_topic(cluster.bootstrap, TOPIC, megabytes=48, segment_bytes=40 << 20)
             results = trio.run(_run_all, cluster, socket)
         finally:
             sidecar.stop()
