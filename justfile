@@ -23,6 +23,11 @@ up *ARGS:
 mount MOUNTPOINT *ARGS:
     {{python}} -m kelp mount {{MOUNTPOINT}} --sidecar {{run_dir}}/sidecar.sock {{ARGS}}
 
+# Load-test a running kelp (start it with `just up`): PROFILE is quick, standard or stress;
+# flags follow (`just loadtest stress --duration 120 --plot stress.png`, `--help`).
+loadtest PROFILE="quick" *ARGS:
+    {{python}} -m kelp.loadtest {{PROFILE}} {{ARGS}}
+
 # Run the test suite (first fetching the Java and KafkaJS clients it drives, if missing).
 test *ARGS: clients ucx
     {{python}} -m pytest {{ARGS}}

@@ -131,6 +131,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     up = sub.add_parser("up", help="run broker, gateway and sidecar together")
     sub.add_parser("mount", help="mount topic data read-only (kelp mount --help)",
                    add_help=False)
+    sub.add_parser("loadtest", add_help=False,
+                   help="load-test a running kelp (kelp loadtest --help)")
     up.add_argument("--data-dir", type=Path, default=Path(".kelp/data"))
     up.add_argument("--run-dir", type=Path, default=Path(".kelp/run"))
     up.add_argument("--kafka", default="127.0.0.1:9092", help="Kafka listener")
@@ -154,6 +156,10 @@ def main(argv: list[str] | None = None) -> None:
 
         mount_main(argv[1:])
         return
+    if argv[:1] == ["loadtest"]:  # its own parser too (python -m kelp.loadtest is the same)
+        from kelp.loadtest import main as loadtest_main
+
+        sys.exit(loadtest_main(argv[1:]))
     args = parse_args(argv)
     if args.command == "up":
         os.environ.setdefault("PYTHONUNBUFFERED", "1")
