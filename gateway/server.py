@@ -21,8 +21,11 @@ from gateway.context import DropConnection, GatewayContext, current_peer
 from gateway.handlers import HANDLERS, PREPARE
 from gateway.kafka import apis
 from gateway.kafka.connection import KafkaConnection, ProtocolError, Request
+from kelp.logs import RateLimited
 
 log = logging.getLogger("kelp.gateway.server")
+# A hostile client can send malformed requests as fast as it likes: one line a second at most.
+protocol_log = RateLimited(log, interval_s=1.0)
 
 RECEIVE_SIZE = 256 * 1024
 MAX_VERSION_KEYS = 10_000  # bounds the versions-seen table however many client ids appear
@@ -98,8 +101,11 @@ class KafkaServer:
                     request = kafka.next_request()
                 except ProtocolError as exc:
                     self.protocol_errors += 1
-                    log.warning("closing connection: protocol error",
-                                extra={"peer": peer, "error": str(exc)})
+                    protocol_log.warning(
+                        "closing connection: protocol error", peer=peer,
+                        api=apis.api_name(exc.api_key) if exc.api_key is not None else "?",
+                        version=exc.version if exc.version is not None else "?",
+                        error=str(exc)[:300])
                     return
                 if request is None:
                     break

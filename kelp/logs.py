@@ -54,3 +54,31 @@ def setup(process: str, level: str = "info") -> None:
     # Third-party libraries chatter at INFO about every connection.
     for noisy in ("grpclib", "hpack", "asyncio", "trio_asyncio", "h2"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class RateLimited:
+    """At most one line per ``interval_s`` from one call site; the next line counts the rest.
+
+    For events a hostile peer can cause at will (malformed requests, bad records): every one is
+    counted, none is lost silently, and none can flood the log.
+    """
+
+    def __init__(self, logger: logging.Logger, interval_s: float = 1.0) -> None:
+        self.logger = logger
+        self.interval_s = interval_s
+        self._next_at = 0.0
+        self.suppressed = 0
+
+    def log(self, level: int, msg: str, **extra: Any) -> None:
+        now = time.monotonic()
+        if now < self._next_at:
+            self.suppressed += 1
+            return
+        if self.suppressed:
+            extra["suppressed"] = self.suppressed
+            self.suppressed = 0
+        self._next_at = now + self.interval_s
+        self.logger.log(level, msg, extra=extra)
+
+    def warning(self, msg: str, **extra: Any) -> None:
+        self.log(logging.WARNING, msg, **extra)

@@ -12,12 +12,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.kafka import apis, headers, messages
+from gateway.kafka import apis, headers, messages, vet
 from gateway.kafka.framing import FrameBuffer, FrameTooLarge, frame
 
 
 class ProtocolError(Exception):
     """The peer broke the protocol; log this and close the connection."""
+
+    def __init__(self, message: str, *, api_key: int | None = None,
+                 version: int | None = None) -> None:
+        super().__init__(message)
+        self.api_key = api_key
+        self.version = version
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,16 +70,22 @@ class KafkaConnection:
                 return Request(header, None, len(payload))
             raise ProtocolError(
                 f"unsupported API {apis.api_name(api_key)} v{version} "
-                f"(correlation id {correlation_id})"
-            )
+                f"(correlation id {correlation_id})", api_key=api_key, version=version)
         try:
             flexible = messages.is_flexible(api_key, version)
             header, offset = headers.parse_request_header(payload, flexible=flexible)
+            # Vet before decoding: kio's native reader trusts counts and aborts the process
+            # when one is huge (see ``vet``). Legacy Produce has its own bounded reader.
+            if not messages.is_legacy(api_key, version):
+                vet.vet(messages.request_type(api_key, version), payload, offset)
             body = messages.decode_request(api_key, version, payload, offset)
+        except (headers.MalformedHeader, vet.Malformed) as exc:
+            raise ProtocolError(f"malformed {apis.api_name(api_key)} v{version} request: {exc}",
+                                api_key=api_key, version=version) from exc
         except Exception as exc:  # kio raises a variety of errors on garbage
             raise ProtocolError(
-                f"malformed {apis.api_name(api_key)} v{version} request: {exc!r}"
-            ) from exc
+                f"malformed {apis.api_name(api_key)} v{version} request: "
+                f"{type(exc).__name__}: {exc}", api_key=api_key, version=version) from exc
         return Request(header, body, len(payload))
 
     def encode_response(self, request: Request, body: Any) -> bytes:

@@ -23,19 +23,19 @@ from gateway.kafka import legacy
 PRODUCE = 0
 
 
-def _is_legacy(api_key: int, version: int) -> bool:
+def is_legacy(api_key: int, version: int) -> bool:
     return api_key == PRODUCE and version in legacy.LEGACY_PRODUCE_VERSIONS
 
 
 @functools.cache
 def request_type(api_key: int, version: int) -> type:
     """kio's request type; Produce v0-v2 share v3's (see ``legacy``)."""
-    return load_request_schema(api_key, 3 if _is_legacy(api_key, version) else version)
+    return load_request_schema(api_key, 3 if is_legacy(api_key, version) else version)
 
 
 @functools.cache
 def response_type(api_key: int, version: int) -> type:
-    return load_response_schema(api_key, 3 if _is_legacy(api_key, version) else version)
+    return load_response_schema(api_key, 3 if is_legacy(api_key, version) else version)
 
 
 @functools.cache
@@ -59,14 +59,14 @@ def is_flexible(api_key: int, version: int) -> bool:
 
 def decode_request(api_key: int, version: int, frame: bytes, offset: int) -> Any:
     """Decode the body at ``offset``; raises on malformed bytes."""
-    if _is_legacy(api_key, version):
+    if is_legacy(api_key, version):
         return legacy.decode_produce(frame, offset)
     entity, _size = _reader(request_type(api_key, version))(frame, offset)
     return entity
 
 
 def encode_response(api_key: int, version: int, entity: Any) -> bytes:
-    if _is_legacy(api_key, version):
+    if is_legacy(api_key, version):
         return legacy.encode_produce_response(version, entity)
     return encode(entity)
 

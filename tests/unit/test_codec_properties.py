@@ -7,12 +7,13 @@ and kio decodes back.
 
 from __future__ import annotations
 
+import datetime
 import struct
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kio.static.primitive import Records
+from kio.static.primitive import Records, i64Timedelta
 
 from gateway.kafka import apis, legacy, messages
 from gateway.kafka.connection import KafkaConnection, Request
@@ -24,6 +25,10 @@ ADVERTISED = [(api, version) for api, (low, high) in sorted(apis.SUPPORTED.items
               if not (api == apis.ApiKey.PRODUCE and version in legacy.LEGACY_PRODUCE_VERSIONS)]
 # kio registers strategies for its primitives except record sets; any bytes will do here.
 st.register_type_strategy(Records, st.binary(max_size=64).map(Records))
+# kio's own strategy reaches the edges of timedelta, where its encoder writes milliseconds its
+# decoder then refuses ("timedelta milliseconds overflow"); real clients send -1 or small values.
+st.register_type_strategy(i64Timedelta, st.integers(-(2**50), 2**50).map(
+    lambda ms: i64Timedelta.parse(datetime.timedelta(milliseconds=ms))))
 SETTINGS = settings(max_examples=10, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 

@@ -1,0 +1,264 @@
+"""Vet a request body against its schema before any decoder allocates for it (sans-IO).
+
+kio's native reader trusts the counts it reads: a compact array whose count is varint 0xffffffff
+makes it reserve 34 GB before reading one element, and the allocation failure aborts the
+process, which no ``except`` can catch. So every request body is first walked here, driven by
+the same kio schema the decoder will use, and refused as ``Malformed`` unless:
+
+- every string, bytes and records length fits in the bytes left in the frame;
+- every array count times its element's smallest encoding fits in the bytes left;
+- varints are at most five bytes;
+- null appears only where the schema allows it (a non-nullable array sent as null would reach
+  a handler as ``None``);
+- nullable structs carry a valid marker, and tagged fields stay inside their declared size.
+
+The walk allocates nothing per element; a plan (one closure per field) is built once per
+request type. It mirrors kio's encoder: legacy (int16/int32-prefixed) encodings in old
+versions, compact (varint-prefixed) ones and tagged-field sections in flexible versions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+
+from kio.serial._introspect import (
+    EntityField,
+    EntityTupleField,
+    PrimitiveTupleField,
+    classify_field,
+    get_field_tag,
+    get_schema_field_type,
+    is_optional,
+)
+
+
+class Malformed(ValueError):
+    """The bytes do not encode a request of this type."""
+
+
+# A step reads one field at ``position`` within ``data[:end]`` and returns where it ends.
+Step = Callable[[bytes, int, int], int]
+
+_FIXED_SIZES = {
+    "bool": 1, "int8": 1, "uint8": 1, "int16": 2, "uint16": 2, "error_code": 2,
+    "int32": 4, "uint32": 4, "timedelta_i32": 4, "int64": 8, "uint64": 8, "float64": 8,
+    "timedelta_i64": 8, "datetime_i64": 8, "uuid": 16,
+}
+_LENGTH_PREFIXED = {"string": 2, "bytes": 4, "records": 4}  # legacy prefix sizes
+
+
+def vet(entity_type: type, data: bytes, position: int) -> int:
+    """Check that ``data[position:]`` holds a well-formed ``entity_type``; returns its end.
+
+    Raises ``Malformed`` naming the field at fault.
+    """
+    return _plan(entity_type)(data, position, len(data))
+
+
+def read_uvarint(data: bytes, position: int, end: int) -> tuple[int, int]:
+    """An unsigned varint of at most five bytes (Kafka's limit for 32-bit values)."""
+    value = shift = 0
+    while True:
+        if position >= end:
+            raise Malformed("truncated varint")
+        byte = data[position]
+        position += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, position
+        shift += 7
+        if shift >= 35:
+            raise Malformed("varint longer than five bytes")
+
+
+def _int(data: bytes, position: int, size: int, end: int) -> int:
+    if position + size > end:
+        raise Malformed("truncated length")
+    return int.from_bytes(data[position : position + size], "big", signed=True)
+
+
+@functools.cache
+def _plan(entity_type: type) -> Step:
+    flexible = bool(entity_type.__flexible__)
+    steps: list[Step] = []
+    tagged: dict[int, Step] = {}
+    fixed_run = 0  # consecutive fixed-size fields are checked as one block
+
+    for field in dataclasses.fields(entity_type):
+        tag = get_field_tag(field)
+        step, size = _field_step(entity_type, field, flexible, tag is not None)
+        if tag is not None:
+            tagged[tag] = step
+            continue
+        if size is not None:
+            fixed_run += size
+            continue
+        if fixed_run:
+            steps.append(_skip(fixed_run))
+            fixed_run = 0
+        steps.append(step)
+    if fixed_run:
+        steps.append(_skip(fixed_run))
+    if flexible:
+        steps.append(_tagged_section(tagged))
+    name = entity_type.__name__
+
+    def walk(data: bytes, position: int, end: int) -> int:
+        for step in steps:
+            position = step(data, position, end)
+        if position > end:
+            raise Malformed(f"{name} runs past the end of the frame")
+        return position
+
+    return walk
+
+
+@functools.cache
+def min_size(entity_type: type) -> int:
+    """The fewest bytes any encoding of ``entity_type`` takes (bounds array counts)."""
+    flexible = bool(entity_type.__flexible__)
+    total = 1 if flexible else 0  # the tagged-field count
+    for field in dataclasses.fields(entity_type):
+        if get_field_tag(field) is not None:
+            continue
+        kind = classify_field(field)
+        kafka_type = field.metadata.get("kafka_type")
+        if kind.is_array:
+            total += 1 if flexible else 4
+        elif isinstance(kind, EntityField):
+            total += 1 if is_optional(field) else min_size(kind.type_)
+        elif kafka_type in _FIXED_SIZES:
+            total += _FIXED_SIZES[kafka_type]
+        else:
+            total += 1 if flexible else _LENGTH_PREFIXED[kafka_type]
+    return total
+
+
+def _field_step(owner: type, field: dataclasses.Field, flexible: bool,
+                is_tag: bool) -> tuple[Step, int | None]:
+    """The step for one field, and its size when that is fixed (None otherwise)."""
+    label = f"{owner.__name__}.{field.name}"
+    # Tagged fields are optional by their presence, never by a null encoding (as kio writes).
+    nullable = False if is_tag else is_optional(field)
+    kind = classify_field(field)
+    if isinstance(kind, EntityTupleField):
+        return _array(label, flexible, nullable, _plan(kind.type_), min_size(kind.type_)), None
+    if isinstance(kind, EntityField):
+        inner = _plan(kind.type_)
+        return (_nullable_struct(label, inner) if nullable else inner), None
+    kafka_type = get_schema_field_type(field)
+    if isinstance(kind, PrimitiveTupleField):
+        element, size = _primitive(label, kafka_type, flexible, nullable=False)
+        return _array(label, flexible, nullable, element, size or 1), None
+    return _primitive(label, kafka_type, flexible, nullable)
+
+
+def _primitive(label: str, kafka_type: str, flexible: bool,
+               nullable: bool) -> tuple[Step, int | None]:
+    size = _FIXED_SIZES.get(kafka_type)
+    if size is not None:
+        return _skip(size), size
+    if kafka_type not in _LENGTH_PREFIXED:
+        raise NotImplementedError(f"no vetting rule for kafka_type {kafka_type!r} ({label})")
+    if flexible:
+        return _compact_bytes(label, nullable), None
+    return _legacy_bytes(label, _LENGTH_PREFIXED[kafka_type], nullable), None
+
+
+def _skip(size: int) -> Step:
+    def skip(data: bytes, position: int, end: int) -> int:
+        position += size
+        if position > end:
+            raise Malformed("truncated request body")
+        return position
+
+    return skip
+
+
+def _compact_bytes(label: str, nullable: bool) -> Step:
+    def compact(data: bytes, position: int, end: int) -> int:
+        length, position = read_uvarint(data, position, end)
+        if length == 0:
+            if not nullable:
+                raise Malformed(f"{label} is null where the schema forbids null")
+            return position
+        position += length - 1
+        if position > end:
+            raise Malformed(f"{label}: length {length - 1} runs past the end of the frame")
+        return position
+
+    return compact
+
+
+def _legacy_bytes(label: str, prefix: int, nullable: bool) -> Step:
+    def legacy(data: bytes, position: int, end: int) -> int:
+        length = _int(data, position, prefix, end)
+        position += prefix
+        if length < 0:
+            if length != -1 or not nullable:
+                raise Malformed(f"{label}: invalid length {length}")
+            return position
+        position += length
+        if position > end:
+            raise Malformed(f"{label}: length {length} runs past the end of the frame")
+        return position
+
+    return legacy
+
+
+def _array(label: str, flexible: bool, nullable: bool, element: Step,
+           element_min: int) -> Step:
+    def array(data: bytes, position: int, end: int) -> int:
+        if flexible:
+            raw, position = read_uvarint(data, position, end)
+            count = raw - 1  # 0 encodes null
+        else:
+            count = _int(data, position, 4, end)
+            position += 4
+        if count < 0:
+            if count != -1 or not nullable:
+                raise Malformed(f"{label}: invalid array count {count}"
+                                if count != -1 else
+                                f"{label} is null where the schema forbids null")
+            return position
+        if count * element_min > end - position:
+            raise Malformed(f"{label}: {count} elements cannot fit in the "
+                            f"{end - position} bytes left")
+        for _ in range(count):
+            position = element(data, position, end)
+        return position
+
+    return array
+
+
+def _nullable_struct(label: str, inner: Step) -> Step:
+    def struct(data: bytes, position: int, end: int) -> int:
+        marker = _int(data, position, 1, end)
+        position += 1
+        if marker == -1:
+            return position
+        if marker != 1:
+            raise Malformed(f"{label}: invalid null marker {marker}")
+        return inner(data, position, end)
+
+    return struct
+
+
+def _tagged_section(known: dict[int, Step]) -> Step:
+    def section(data: bytes, position: int, end: int) -> int:
+        count, position = read_uvarint(data, position, end)
+        for _ in range(count):  # every field takes >= 2 bytes, so a lie runs out of data
+            tag, position = read_uvarint(data, position, end)
+            size, position = read_uvarint(data, position, end)
+            field_end = position + size
+            if field_end > end:
+                raise Malformed(f"tagged field {tag} runs past the end of the frame")
+            step = known.get(tag)
+            if step is not None and step(data, position, field_end) > field_end:
+                raise Malformed(f"tagged field {tag} overruns its size")
+            position = field_end
+        return position
+
+    return section
