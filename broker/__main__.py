@@ -12,6 +12,7 @@ from broker.configs import Defaults
 from broker.exports import DEFAULT_CHUNK_BYTES, Exports, ExportsHttp
 from broker.group_service import GroupService
 from broker.groups import Coordinator
+from broker.log import LogConfig
 from broker.offsets import OffsetStore
 from broker.service import BrokerService
 from broker.topics import TopicRegistry
@@ -42,6 +43,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="how long a new group waits for more members before its first "
                         "rebalance completes (Kafka's group.initial.rebalance.delay.ms; "
                         "default: 3000)")
+    parser.add_argument("--producer-id-expiration-ms", type=int,
+                        default=LogConfig.producer_id_expiration_ms,
+                        help="forget an idempotent producer's state after this long without "
+                        "a write (Kafka's producer.id.expiration.ms; default: 86400000)")
     parser.add_argument("--append-delay-ms", type=float, default=0.0,
                         help="testing: delay every append as a slow disk would (default: 0)")
     parser.add_argument("--ucx", default="127.0.0.1:17779", metavar="HOST:PORT",
@@ -64,7 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 async def serve(args: argparse.Namespace) -> None:
     registry = TopicRegistry(args.data_dir, default_partitions=args.default_partitions,
-                             defaults=Defaults.from_flags(args.config),
+                             defaults=Defaults.from_flags(
+                                 args.config,
+                                 producer_id_expiration_ms=args.producer_id_expiration_ms),
                              retention_check_s=args.retention_check_ms / 1000)
     offsets_config = registry.defaults.log_config({"cleanup.policy": "compact"})
     # '@' cannot appear in a topic name, so this directory never collides with a topic's.

@@ -36,6 +36,13 @@ log = logging.getLogger("kelp.broker.groups")
 MIN_SESSION_TIMEOUT_MS = 6_000
 MAX_SESSION_TIMEOUT_MS = 1_800_000
 MAX_METADATA_BYTES = 4096
+# Kafka bounds group ids only by the protocol's int16 string length; kelp keeps each group in
+# memory and in the offsets log's keys, so it refuses longer ones with INVALID_GROUP_ID.
+MAX_GROUP_ID_LENGTH = 1024
+
+
+def valid_group_id(group_id: str) -> bool:
+    return 0 < len(group_id) <= MAX_GROUP_ID_LENGTH
 
 
 class State(Enum):
@@ -177,7 +184,7 @@ class Coordinator:
                    session_timeout_ms: int, rebalance_timeout_ms: int,
                    require_known_member_id: bool, client_id: str,
                    client_host: str) -> JoinResult:
-        if not group_id:
+        if not valid_group_id(group_id):
             return JoinResult(ErrorCode.invalid_group_id)
         if not MIN_SESSION_TIMEOUT_MS <= session_timeout_ms <= MAX_SESSION_TIMEOUT_MS:
             return JoinResult(ErrorCode.invalid_session_timeout, member_id=member_id)
@@ -450,6 +457,8 @@ class Coordinator:
                      instance_id: str | None,
                      offsets: dict[TopicPartition, Committed]
                      ) -> dict[TopicPartition, ErrorCode]:
+        if not valid_group_id(group_id):
+            return dict.fromkeys(offsets, ErrorCode.invalid_group_id)
         group = self.groups.get(group_id)
         error = ErrorCode.none
         if generation < 0 and not member_id:

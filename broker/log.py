@@ -41,7 +41,7 @@ import trio
 from kio.schema.errors import ErrorCode
 
 from broker.index import SparseIndex
-from broker.producers import ProducerError, ProducerStateTable
+from broker.producers import DEFAULT_EXPIRATION_MS, ProducerError, ProducerStateTable
 from kelp import recordbatch, records
 from kelp.recordbatch import CorruptBatch
 
@@ -91,6 +91,8 @@ class LogConfig:
     max_message_bytes: int = 1024 * 1024 + 12  # largest batch a producer may append
     compact_and_delete: bool = False  # cleanup.policy=compact,delete: retention applies too
     delete_retention_ms: int = 24 * 3600 * 1000  # how long compaction keeps tombstones
+    # A broker setting (Kafka's producer.id.expiration.ms): idle producers' state is dropped.
+    producer_id_expiration_ms: int = DEFAULT_EXPIRATION_MS
 
     @property
     def sync_on_ack(self) -> bool:
@@ -177,10 +179,15 @@ class Segment:
     def batches(self) -> Iterator[tuple[int, bytes]]:
         """(position, bytes) of every batch, one pread each (for cleaning, in a thread)."""
         position = 0
-        while position < self.size:
+        while position + recordbatch.LENGTH_PREFIX <= self.size:
             _base, length = _WALK.unpack_from(os.pread(self.fd, 12, position))
-            yield position, os.pread(self.fd, length + recordbatch.LENGTH_PREFIX, position)
-            position += length + recordbatch.LENGTH_PREFIX
+            end = position + length + recordbatch.LENGTH_PREFIX
+            if length < recordbatch.HEADER_SIZE - recordbatch.LENGTH_PREFIX or end > self.size:
+                log.warning("unreadable batch length; not reading further", extra={
+                    "segment": str(self.path), "position": position, "length": length})
+                return
+            yield position, os.pread(self.fd, end - position, position)
+            position = end
 
 
 @contextlib.contextmanager
@@ -314,9 +321,13 @@ class PartitionLog:
         located = self._locate(start) if start < self.high_watermark else None
         if located is None:
             return
-        for _segment, _position, header in self._batches_from(located[0], start):
-            if header.base_offset >= start:
-                self.producers.record(header)
+        try:
+            for _segment, _position, header in self._batches_from(located[0], start):
+                if header.base_offset >= start:
+                    self.producers.record(header)
+        except CorruptBatch as exc:  # recovery checked these; say so rather than not start
+            log.warning("producer state rebuilt only up to an unreadable batch", extra={
+                "dir": str(self.directory), "reason": str(exc)})
 
     def _load_segment(self, path: Path, *, trusted: bool) -> tuple[Segment, bool]:
         """Open one segment; returns it and whether damage was cut from its end."""
@@ -461,6 +472,7 @@ class PartitionLog:
                     await self.compact(now_ms(), self.config.delete_retention_ms)
                 if not self.config.compacted or self.config.compact_and_delete:
                     self.apply_retention(now_ms())
+                self.producers.expire(now_ms(), self.config.producer_id_expiration_ms)
                 next_retention = trio.current_time() + retention_check_s
 
     def apply_retention(self, now: int) -> int:
@@ -604,8 +616,9 @@ class PartitionLog:
                 recordbatch.stamp_log_append_time(buffer, position, header, append_time)
             next_offset += header.last_offset_delta + 1
         start = segment.size
+        append_ms = now_ms()
         if start == 0:
-            segment.first_append_ms = now_ms()
+            segment.first_append_ms = append_ms
         written = os.pwrite(segment.fd, buffer, start)
         if written != len(buffer):
             # The disk is full or failing; undo the partial write so the log stays whole.
@@ -614,7 +627,7 @@ class PartitionLog:
         for position, _header in batches:
             assigned = recordbatch.parse_header(buffer, position)  # with its new base offset
             segment.note_batch(start + position, assigned, self.config.index_interval_bytes)
-            self.producers.record(assigned)
+            self.producers.record(assigned, append_ms)
         self._written += len(buffer)
         self._unsynced[segment.base_offset] = segment
         flush_messages = self.config.flush_messages
@@ -777,12 +790,14 @@ class PartitionLog:
 
     async def _records_of(self, segment: Segment, position: int,
                           header: recordbatch.BatchHeader) -> list[records.Record]:
-        if header.size <= _INLINE_READ_LIMIT:
-            return list(records.iter_records(os.pread(segment.fd, header.size, position)))
-
+        """The batch's records; none (and a log line) if it cannot be read."""
         def decode() -> list[records.Record]:
-            return list(records.iter_records(os.pread(segment.fd, header.size, position)))
+            batch = os.pread(segment.fd, header.size, position)
+            topic, partition = topic_partition(self.directory)
+            return records.records_or_skip(batch, log, topic=topic, partition=partition) or []
 
+        if header.size <= _INLINE_READ_LIMIT:
+            return decode()
         return await trio.to_thread.run_sync(decode, limiter=_io_limiter)
 
     async def offset_for_timestamp(self, timestamp: int) -> tuple[int, int] | None:
@@ -821,14 +836,18 @@ def _clean_segments(segments: list[Segment], tombstone_horizon: int) -> list[tup
     latest: dict[bytes, int] = {}
     for segment in segments:
         for _position, batch in segment.batches():
-            for record in records.iter_records(batch):
+            # An unreadable batch is kept as it is (and logged): never lose bytes we cannot read.
+            for record in _readable(segment, batch) or ():
                 if record.key is not None:
                     latest[record.key] = record.offset
     cleaned = []
     for segment in segments:
         out, removed = bytearray(), 0
         for _position, batch in segment.batches():
-            every = list(records.iter_records(batch))
+            every = _readable(segment, batch)
+            if every is None:
+                out += batch
+                continue
             kept = [r for r in every
                     if (r.key is None or latest.get(r.key) == r.offset)
                     and not (r.value is None and r.timestamp < tombstone_horizon)]
@@ -845,3 +864,14 @@ def _clean_segments(segments: list[Segment], tombstone_horizon: int) -> list[tup
                 os.fsync(target.fileno())
             cleaned.append((segment, removed))
     return cleaned
+
+
+def _readable(segment: Segment, batch: bytes) -> list[records.Record] | None:
+    topic, partition = topic_partition(segment.path.parent)
+    return records.records_or_skip(batch, log, topic=topic, partition=partition)
+
+
+def topic_partition(directory: Path) -> tuple[str, int]:
+    """(topic, partition) of a partition directory named ``<topic>-<partition>``."""
+    topic, _, number = directory.name.rpartition("-")
+    return (topic, int(number)) if topic and number.isdigit() else (directory.name, 0)

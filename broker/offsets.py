@@ -9,11 +9,14 @@ replayed; compaction keeps it to one record per key.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from broker.log import LogConfig, PartitionLog, now_ms
+from broker.log import LogConfig, PartitionLog, now_ms, topic_partition
 from kelp import records
+
+log = logging.getLogger("kelp.broker.offsets")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,21 +41,37 @@ class OffsetStore:
         self._replay()
 
     def _replay(self) -> None:
+        """Rebuild every group's offsets; a record that cannot be read is skipped with a log
+        line, so one damaged commit cannot keep the broker from starting."""
+        name, partition = topic_partition(self.log.directory)
         for segment in self.log.segments:
             for _position, batch in segment.batches():
-                for record in records.iter_records(batch):
+                for record in records.records_or_skip(batch, log, topic=name,
+                                                      partition=partition) or ():
                     if record.key is None or record.offset < self.log.log_start_offset:
                         continue
-                    group, topic, partition = json.loads(record.key)
-                    offsets = self.groups.setdefault(group, {})
-                    if record.value is None:
-                        offsets.pop((topic, partition), None)
-                    else:
-                        value = json.loads(record.value)
-                        offsets[(topic, partition)] = Committed(value["o"], value["e"],
-                                                                value["m"], value["ts"])
+                    try:
+                        self._apply(record)
+                    except (ValueError, KeyError, TypeError) as exc:
+                        log.warning("skipping unreadable record", extra={
+                            "topic": name, "partition": partition, "offset": record.offset,
+                            "reason": f"not a commit record ({type(exc).__name__})"})
         for group in [g for g, offsets in self.groups.items() if not offsets]:
             del self.groups[group]
+
+    def _apply(self, record: records.Record) -> None:
+        group, topic, partition = json.loads(record.key or b"")
+        if not (isinstance(group, str) and isinstance(topic, str) and isinstance(partition, int)):
+            raise TypeError("key is not [group, topic, partition]")
+        offsets = self.groups.setdefault(group, {})
+        if record.value is None:
+            offsets.pop((topic, partition), None)
+            return
+        value = json.loads(record.value)
+        committed = Committed(int(value["o"]), int(value["e"]), value["m"], int(value["ts"]))
+        if committed.metadata is not None and not isinstance(committed.metadata, str):
+            raise TypeError("metadata is not a string")
+        offsets[(topic, partition)] = committed
 
     async def write(self, group: str, changes: dict[TopicPartition, Committed | None]) -> None:
         """Store commits (or tombstones for None) durably, then make them visible."""

@@ -24,7 +24,7 @@ from broker.log import PartitionLog
 
 log = logging.getLogger("kelp.broker.topics")
 
-_LEGAL_NAME = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
+_LEGAL_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
 MAX_PARTITIONS = 10_000
 
 
@@ -35,7 +35,8 @@ class TopicError(Exception):
 
 
 def check_topic_name(name: str) -> None:
-    if name in (".", "..") or not _LEGAL_NAME.match(name):
+    # fullmatch: with match and "$", "abc\n" passed (``$`` matches before a final newline).
+    if name in (".", "..") or not _LEGAL_NAME.fullmatch(name):
         raise TopicError(
             ErrorCode.invalid_topic_exception,
             f"illegal topic name {name!r}: use 1-249 of [a-zA-Z0-9._-], not '.' or '..'",

@@ -7,6 +7,7 @@ the xerial framing the Java client writes), lz4 (frame format), zstd.
 
 from __future__ import annotations
 
+import logging
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,6 +35,21 @@ class Record:
 
 
 def decompress(codec: int, data: bytes | memoryview) -> bytes:
+    """The records body of a batch compressed with ``codec``; ``CorruptBatch`` if it is not."""
+    try:
+        return _decompress(codec, data)
+    except recordbatch.CorruptBatch:
+        raise
+    except Exception as exc:  # each codec library raises its own error types on bad input
+        raise recordbatch.CorruptBatch(
+            f"{_CODEC_NAMES.get(codec, codec)} body does not decompress: "
+            f"{type(exc).__name__}") from None
+
+
+_CODEC_NAMES = {GZIP: "gzip", SNAPPY: "snappy", LZ4: "lz4", ZSTD: "zstd"}
+
+
+def _decompress(codec: int, data: bytes | memoryview) -> bytes:
     if codec == NONE:
         return bytes(data)
     if codec == GZIP:
@@ -125,6 +141,23 @@ def iter_records(batch: bytes | memoryview) -> Iterator[Record]:
                          tuple(headers))
     except IndexError:
         raise recordbatch.CorruptBatch("records run past the end of the batch") from None
+
+
+def records_or_skip(batch: bytes | memoryview, log: logging.Logger, *, topic: str,
+                    partition: int) -> list[Record] | None:
+    """Every record of ``batch``, or None with one log line if it cannot be read.
+
+    For the readers that must go on past a record they cannot read (the registry's tailer,
+    the offsets replay, compaction, timestamp search): the line names topic, partition, offset
+    and the reason, never a raw traceback.
+    """
+    try:
+        return list(iter_records(batch))
+    except recordbatch.CorruptBatch as exc:
+        offset = struct.unpack_from(">q", batch, 0)[0] if len(batch) >= 8 else -1
+        log.warning("skipping unreadable record batch", extra={
+            "topic": topic, "partition": partition, "offset": offset, "reason": str(exc)})
+        return None
 
 
 def _zigzag(value: int) -> bytes:

@@ -9,6 +9,10 @@ _FIXED = struct.Struct(">hhi")
 _CORRELATION = struct.Struct(">i")
 
 
+# Kafka allows any int16 length; kelp keeps client ids in per-client tables, so it bounds them.
+MAX_CLIENT_ID_LENGTH = 1024
+
+
 class MalformedHeader(ValueError):
     pass
 
@@ -64,6 +68,8 @@ def parse_request_header(frame: bytes, *, flexible: bool) -> tuple[RequestHeader
     (length,) = struct.unpack_from(">h", frame, position)
     position += 2
     client_id = None
+    if length > MAX_CLIENT_ID_LENGTH:
+        raise MalformedHeader(f"client id of {length} bytes exceeds {MAX_CLIENT_ID_LENGTH}")
     if length >= 0:
         if position + length > len(frame):
             raise MalformedHeader("client id runs past the frame")

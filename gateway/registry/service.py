@@ -149,7 +149,10 @@ class SchemaRegistry:
                 log.warning("schema reader: fetch failed", extra={"error": part.error_code})
                 await trio.sleep(0.5)
                 continue
+            before = self.state.next_offset
             self._apply(part.records)
+            if part.records and self.state.next_offset == before:
+                await trio.sleep(1.0)  # a batch whose header cannot be read: do not spin
             if start_end is None:
                 start_end = part.high_watermark
             if not self.ready.is_set() and self.state.next_offset >= start_end:
@@ -159,19 +162,37 @@ class SchemaRegistry:
                     "offset": self.state.next_offset})
 
     def _apply(self, data: bytes) -> None:
+        """Apply the records of fetched batches; a batch that cannot be read is skipped with
+        a log line (a poisoned ``_schemas`` must not stop the registry, let alone the gateway).
+        """
         if not data:
             return
-        for position, header in recordbatch.iter_batches(data):
+        try:
+            self._apply_batches(data)
+        except recordbatch.CorruptBatch as exc:  # a header so broken its length is unknown
+            log.warning("unreadable record batch header", extra={
+                "topic": self.topic, "partition": 0, "offset": self.state.next_offset,
+                "reason": str(exc)})
+        self._applied.set()
+        self._applied = trio.Event()
+
+    def _apply_batches(self, data: bytes) -> None:
+        for position, header in recordbatch.iter_batches(data, verify_crc=False):
             if header.last_offset < self.state.next_offset:
                 continue
             batch = memoryview(data)[position:position + header.size]
-            for record in records.iter_records(batch):
+            found = None
+            if recordbatch.crc_matches(data, position, header):
+                found = records.records_or_skip(batch, log, topic=self.topic, partition=0)
+            else:
+                log.warning("skipping unreadable record batch", extra={
+                    "topic": self.topic, "partition": 0, "offset": header.base_offset,
+                    "reason": "CRC-32C mismatch"})
+            for record in found or ():
                 if record.offset >= self.state.next_offset:
                     self.state.apply(record.offset, record.key, record.value)
             # Compaction leaves gaps: the batch's last offset may have no record left.
             self.state.next_offset = max(self.state.next_offset, header.last_offset + 1)
-        self._applied.set()
-        self._applied = trio.Event()
 
     async def wait_ready(self, timeout: float = WRITE_TIMEOUT_S) -> None:
         if self.problem is not None:

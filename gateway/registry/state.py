@@ -129,9 +129,11 @@ class RegistryState:
             if not isinstance(key_obj, dict) or "keytype" not in key_obj:
                 raise ValueError("key is not a JSON object with a keytype")
             self._apply(key_obj, value_obj)
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             self.skipped_records += 1
-            log.warning("skipping _schemas record", extra={"offset": offset, "error": str(exc)})
+            reason = str(exc) if isinstance(exc, ValueError) else f"bad {type(exc).__name__}"
+            log.warning("skipping unreadable record", extra={
+                "topic": "_schemas", "partition": 0, "offset": offset, "reason": reason[:200]})
 
     def _apply(self, key: dict[str, Any], value: Any) -> None:
         keytype = key["keytype"]

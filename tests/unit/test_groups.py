@@ -111,3 +111,30 @@ async def test_commits_survive_a_restart(tmp_path):
     assert await again.delete_group("g") == ErrorCode.none
     assert again.fetch_offsets("g", None) == {}
     again.store.close()
+
+
+def test_offsets_replay_skips_records_it_cannot_read(tmp_path, caplog):
+    from kelp import records
+
+    store = OffsetStore(tmp_path / "offsets", LogConfig(compacted=True))
+    good = records.build_batch([(b'["g","t",0]', b'{"o":5,"e":-1,"m":null,"ts":1}')], 1)
+    bad_json = records.build_batch([(b"not json", b"{}"), (b'["g","t",1]', b"[1]")], 1)
+    store.log.append(bad_json)
+    store.log.append(good)
+    # A CRC-valid batch whose gzip body is garbage: written straight to the segment, as a
+    # damaged disk or an old bug would leave it.
+    poisoned = bytearray(records.build_batch([(b'["g","t",2]', b"{}")], 1))
+    poisoned[22] |= 1  # attributes: gzip
+    import struct
+
+    import crc32c
+    struct.pack_into(">I", poisoned, 17, crc32c.crc32c(bytes(poisoned[21:])))
+    struct.pack_into(">q", poisoned, 0, store.log.high_watermark)
+    segment = store.log.active
+    import os
+    os.pwrite(segment.fd, bytes(poisoned), segment.size)
+    store.log.close()
+    reopened = OffsetStore(tmp_path / "offsets", LogConfig(compacted=True))
+    assert reopened.get("g") == {("t", 0): Committed(5, -1, None, 1)}
+    assert "skipping unreadable record" in caplog.text
+    reopened.close()

@@ -67,3 +67,30 @@ def test_state_survives_a_restart(tmp_path, clean):
     with pytest.raises(ProducerError):
         reopened.append(idem(7, 0, 20))
     reopened.close()
+
+
+def test_idle_producers_expire_and_the_table_is_bounded(tmp_path):
+    from broker.producers import ProducerStateTable
+    from kelp.recordbatch import parse_header
+
+    table = ProducerStateTable(max_producers=100)
+    for pid in range(250):  # made-up producer ids at sequence 0, as an attacker would send
+        table.record(parse_header(idem(pid, 0, 0, 1)), now_ms=1_000 + pid)
+    assert len(table.entries) == 100
+    assert min(table.entries) == 150  # the least recently active went first
+    table.record(parse_header(idem(150, 0, 1, 1)), now_ms=10_000)  # 150 is active again
+    # At 1399 with a 200 ms expiry, everyone who last wrote at or before 1199 goes: pids
+    # 151-199 (150 wrote again at 10 000); 200-249 stay.
+    assert table.expire(now_ms=1_399, expiration_ms=200) == 49
+    assert 150 in table.entries and 151 not in table.entries and 249 in table.entries
+    assert table.expire(now_ms=10_200, expiration_ms=200) == 51 and not table.entries
+
+
+def test_expiry_survives_the_snapshot(tmp_path):
+    plog = PartitionLog.open(tmp_path / "p")
+    plog.append(idem(7, 0, 0))
+    plog.close()
+    reopened = PartitionLog.open(tmp_path / "p")
+    assert reopened.producers.entries[7].last_ms > 0
+    assert reopened.producers.expire(reopened.producers.entries[7].last_ms + 1, 1) == 1
+    reopened.close()
