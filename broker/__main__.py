@@ -68,6 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def serve(args: argparse.Namespace) -> None:
+    # Before anything reads or writes the directory: a second broker on it stops here.
+    process.lock_directory(args.data_dir)
     registry = TopicRegistry(args.data_dir, default_partitions=args.default_partitions,
                              defaults=Defaults.from_flags(
                                  args.config,
@@ -117,8 +119,8 @@ async def serve(args: argparse.Namespace) -> None:
                       # Testing: end the UCX export while HTTP reads go on (fallback drills).
                       "/debug/ucx-stop": httpd.Route(stop_ucx, frozenset({"POST"}))}
             await nursery.start(httpd.serve_http, routes, http_host, http_port)
-            log.info("ready", extra={"grpc": str(grpc_address), "http": args.http,
-                                     "data_dir": str(args.data_dir)})
+            process.ready(log, grpc=str(grpc_address), http=args.http,
+                          data_dir=str(args.data_dir))
     finally:
         # Only after every task that could touch a log has ended.
         registry.close()

@@ -110,9 +110,9 @@ async def serve(args: argparse.Namespace) -> None:
             registry.identity = Identity(host, port,
                                          leader_eligible=not args.registry_follower_only)
             await nursery.start(registry.run)
-        log.info("ready", extra={"kafka": f"{listen_host}:{bound}",
-                                 "advertised": f"{config.advertised_host}:{config.advertised_port}",
-                                 "broker": args.broker, "http": args.http})
+        process.ready(log, kafka=f"{listen_host}:{bound}",
+                      advertised=f"{config.advertised_host}:{config.advertised_port}",
+                      broker=args.broker, http=args.http)
 
 
 def main(argv: list[str] | None = None) -> None:

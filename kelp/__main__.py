@@ -2,8 +2,8 @@
 
 Each process is also startable alone (``python -m broker``, ``python -m gateway``,
 ``python -m rdma``); ``up`` starts them as children with the default addresses of DESIGN §1,
-waits until each logs ``ready``, prints where each listens, and stops all three on Ctrl-C
-(SIGTERM to each, SIGKILL after a grace period).
+waits until each logs ``ready``, prints where each listens, restarts a child that dies, and
+stops all three on Ctrl-C (SIGTERM to each, SIGKILL after a grace period; see ``supervisor``).
 """
 
 from __future__ import annotations
@@ -11,15 +11,12 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import subprocess
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 import trio
 
-READY_TIMEOUT_S = 30.0
-STOP_GRACE_S = 10.0
+from kelp.supervisor import Supervisor, check_ports, first_of, say
 
 
 def up_commands(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
@@ -37,92 +34,47 @@ def up_commands(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     ]
 
 
-async def _relay(name: str, stream: trio.abc.ReceiveStream, ready: trio.Event) -> None:
-    """Copy a child's log lines to our stderr, prefixed, and notice its ready line."""
-    buffered = b""
-    async for chunk in stream:
-        buffered += chunk
-        *lines, buffered = buffered.split(b"\n")
-        for line in lines:
-            text = line.decode("utf-8", "replace")
-            if "msg=ready" in text:
-                ready.set()
-            print(f"{name:8}| {text}", file=sys.stderr, flush=True)
-
-
 async def run_up(args: argparse.Namespace) -> int:
-    args.run_dir.mkdir(parents=True, exist_ok=True)
-    args.data_dir.mkdir(parents=True, exist_ok=True)
-    procs: list[tuple[str, trio.Process]] = []
-    exit_code = 0
-    async with trio.open_nursery() as nursery:
+    for directory in (args.run_dir, args.data_dir):
         try:
-            for name, command in up_commands(args):
-                ready = trio.Event()
-                proc = await trio.lowlevel.open_process(
-                    command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                    stderr=subprocess.PIPE, start_new_session=True)
-                procs.append((name, proc))
-                assert proc.stderr is not None
-                nursery.start_soon(_relay, name, proc.stderr, ready)
-                with trio.move_on_after(READY_TIMEOUT_S):
-                    await _first_of(ready.wait, proc.wait)
-                if not ready.is_set():
-                    print(f"kelp: {name} did not become ready", file=sys.stderr)
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            say(f"cannot create {directory}: {exc.strerror or exc}")
+            return 1
+    problems = check_ports({"kafka": args.kafka, "gateway http": args.registry,
+                            "broker grpc": args.broker, "broker http": args.broker_http,
+                            "broker ucx": args.ucx, "sidecar http": args.sidecar_http})
+    for problem in problems:
+        say(problem)
+    if problems:
+        return 1
+    supervisor = Supervisor(up_commands(args))
+    exit_code = 0
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            try:
+                if not await supervisor.start_all(nursery):
                     return 1
-            print(
-                "kelp is ready\n"
-                f"  kafka           {args.advertise or args.kafka}\n"
-                f"  schema registry http://{args.registry}  (gateway HTTP, /health)\n"
-                f"  broker grpc     {args.broker}\n"
-                f"  broker http     {args.broker_http}  (/health, /metrics, /segments, /read)\n"
-                f"  broker ucx      {args.ucx}  (segment exports for the sidecar)\n"
-                f"  sidecar http    {args.sidecar_http}  (/health /stats /ping /read ...)\n"
-                f"  sidecar socket  {args.run_dir / 'sidecar.sock'}\n"
-                f"  data dir        {args.data_dir}\n"
-                "Ctrl-C stops all three.", flush=True)
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                died = trio.Event()
-                for name, proc in procs:
-                    nursery.start_soon(_watch, name, proc, died)
-                await _first_of(signals.__anext__, died.wait)
-                if died.is_set():
+                print(
+                    "kelp is ready\n"
+                    f"  kafka           {args.advertise or args.kafka}\n"
+                    f"  schema registry http://{args.registry}  (gateway HTTP, /health)\n"
+                    f"  broker grpc     {args.broker}\n"
+                    f"  broker http     {args.broker_http}  (/health, /metrics, /segments, "
+                    "/read)\n"
+                    f"  broker ucx      {args.ucx}  (segment exports for the sidecar)\n"
+                    f"  sidecar http    {args.sidecar_http}  (/health /stats /ping /read ...)\n"
+                    f"  sidecar socket  {args.run_dir / 'sidecar.sock'}\n"
+                    f"  data dir        {args.data_dir}\n"
+                    "A child that dies is restarted; Ctrl-C stops all three.", flush=True)
+                await first_of(signals.__anext__, supervisor.failed.wait)
+                if supervisor.failed.is_set():
                     exit_code = 1
-        finally:
-            with trio.CancelScope(shield=True):
-                await _stop_all(procs)
-            nursery.cancel_scope.cancel()
+            finally:
+                with trio.CancelScope(shield=True):
+                    await supervisor.stop_all()
+                nursery.cancel_scope.cancel()
     return exit_code
-
-
-async def _watch(name: str, proc: trio.Process, died: trio.Event) -> None:
-    code = await proc.wait()
-    print(f"kelp: {name} exited with code {code}", file=sys.stderr)
-    died.set()
-
-
-async def _first_of(*waits: object) -> None:
-    async with trio.open_nursery() as nursery:
-        async def run(wait: object) -> None:
-            await wait()  # type: ignore[operator]
-            nursery.cancel_scope.cancel()
-        for wait in waits:
-            nursery.start_soon(run, wait)
-
-
-async def _stop_all(procs: Sequence[tuple[str, trio.Process]]) -> None:
-    # Reverse start order: gateway and sidecar let go of the broker before it stops.
-    for _name, proc in reversed(procs):
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-    with trio.move_on_after(STOP_GRACE_S):
-        for _name, proc in procs:
-            await proc.wait()
-    for name, proc in procs:
-        if proc.returncode is None:
-            print(f"kelp: {name} did not stop in {STOP_GRACE_S}s, killing it", file=sys.stderr)
-            proc.kill()
-            await proc.wait()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

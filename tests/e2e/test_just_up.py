@@ -78,7 +78,7 @@ def test_just_up_on_a_fresh_clone(tmp_path: Path) -> None:
         # just reports the interrupt as 130, the shell convention for Ctrl-C.
         assert up.wait(30) in (0, 130), log_path.read_text()
         for name in ("broker", "gateway", "sidecar"):
-            assert f"kelp: {name} exited with code 0" in log_path.read_text()
+            assert f"kelp: {name} stopped (exit code 0)" in log_path.read_text()
     finally:
         if up.poll() is None:
             os.killpg(up.pid, signal.SIGKILL)
