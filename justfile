@@ -46,6 +46,12 @@ clients:
 bench *ARGS:
     {{python}} -m bench {{ARGS}}
 
+# The seed corpus is captured from real clients on first use into .kelp/fuzz/corpus.bin
+# (`just fuzz --capture` redoes it); `just fuzz --help` lists the knobs.
+# Fuzz kelp's Kafka port: 1,000,000 structure-aware mutants of real requests, then a verdict.
+fuzz *ARGS:
+    {{python}} -m kelp.fuzz {{ARGS}}
+
 # Long crash harness: 50 SIGKILL cycles per durability policy (CI runs 10).
 soak:
     KELP_CRASH_CYCLES=50 {{python}} -m pytest tests/integration/test_crash_harness.py -s

@@ -104,18 +104,19 @@ async def _collect(ctx: GatewayContext, request: Request, acks: int,
     partition_type = messages.nested(response_type, "PartitionProduceResponse")
     by_topic: dict[str, list[Any]] = {}
     for topic, index, error, message, waiter, failures in outcomes:
-        record_errors = _record_errors(response_type, failures)
         base_offset, log_start, append_time = -1, -1, None
         if waiter is not None:
             try:
                 reply = await waiter.wait()
                 error, message = ErrorCode(reply.error_code), reply.error_message or None
+                failures = [(e.batch_index, e.message) for e in reply.record_errors]
                 base_offset, log_start = reply.base_offset, reply.log_start_offset
                 if reply.log_append_time >= 0:
                     append_time = datetime.datetime.fromtimestamp(
                         reply.log_append_time / 1000, tz=datetime.UTC)
             except BrokerUnavailable as exc:
                 error, message = ErrorCode.not_leader_or_follower, str(exc)
+        record_errors = _record_errors(response_type, failures)
         by_topic.setdefault(topic, []).append(messages.build(
             partition_type, index=index, error_code=error, base_offset=base_offset,
             log_append_time=append_time, log_start_offset=log_start,

@@ -87,8 +87,8 @@ def up(tmp_path: Path) -> Iterator[Up]:
             os.killpg(running.proc.pid, signal.SIGKILL)
             running.proc.wait(10)
         for module in ("broker", "gateway", "rdma"):
-            subprocess.run(["pkill", "-KILL", "-f", "--", f"-m {module} .*{running.marker(module)}"],
-                           check=False)
+            pattern = f"-m {module} .*{running.marker(module)}"
+            subprocess.run(["pkill", "-KILL", "-f", "--", pattern], check=False)
 
 
 def _kcat_metadata(bootstrap: str) -> str:

@@ -81,6 +81,7 @@ __all__ = (
     "OpenReadRequest",
     "PartitionRef",
     "PartitionState",
+    "RecordError",
     "SyncGroupReply",
     "SyncGroupRequest",
     "TopicInfo",
@@ -195,6 +196,13 @@ class AppendReply(betterproto2.Message):
     log_append_time: "int" = betterproto2.field(5, betterproto2.TYPE_INT64)
 
     log_start_offset: "int" = betterproto2.field(6, betterproto2.TYPE_INT64)
+
+    record_errors: "list[RecordError]" = betterproto2.field(
+        7, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    Records refused one by one (INVALID_RECORD), as Kafka's Produce v8+ reports them.
+    """
 
 
 default_message_pool.register_message("broker.v1", "AppendReply", AppendReply)
@@ -1186,6 +1194,19 @@ class PartitionState(betterproto2.Message):
 
 
 default_message_pool.register_message("broker.v1", "PartitionState", PartitionState)
+
+
+@dataclass(eq=False, repr=False)
+class RecordError(betterproto2.Message):
+    batch_index: "int" = betterproto2.field(1, betterproto2.TYPE_INT32)
+    """
+    the record's index within its batch
+    """
+
+    message: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message("broker.v1", "RecordError", RecordError)
 
 
 @dataclass(eq=False, repr=False)
