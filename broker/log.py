@@ -42,7 +42,7 @@ from kio.schema.errors import ErrorCode
 
 from broker.index import SparseIndex
 from broker.producers import DEFAULT_EXPIRATION_MS, ProducerError, ProducerStateTable
-from kelp import recordbatch, records
+from kelp import batchcheck, recordbatch, records
 from kelp.recordbatch import CorruptBatch
 
 log = logging.getLogger("kelp.broker.log")
@@ -582,7 +582,9 @@ class PartitionLog:
         """Validate, assign offsets and write ``records`` (one or more v2 batches).
 
         Synchronous on purpose: there is no checkpoint between assigning offsets and writing,
-        so appends to one partition land in the order they are called. Raises ``CorruptBatch``.
+        so appends to one partition land in the order they are called. Raises ``CorruptBatch``
+        (header, length, CRC), ``batchcheck.BatchRejected`` (what Kafka's LogValidator refuses),
+        ``MessageTooLarge`` or ``ProducerError``.
         """
         if self._closed:
             raise OffsetOutOfRange("the partition's log is closed (topic deleted)")
@@ -590,6 +592,14 @@ class PartitionLog:
             raise CorruptBatch("empty record set")
         buffer = bytearray(records)
         batches = list(recordbatch.iter_batches(buffer))
+        for position, header in batches:
+            if header.size > self.config.max_message_bytes:
+                raise MessageTooLarge(f"record batch of {header.size} bytes exceeds "
+                                      f"max.message.bytes {self.config.max_message_bytes}")
+            # Kafka's LogValidator: counts, producer fields, codec, every record parsed to the
+            # end (a compressed body within a bound), keys on compacted topics.
+            batchcheck.check_batch(memoryview(buffer)[position : position + header.size],
+                                   header, compacted=self.config.compacted)
         retried = [self.producers.check(header) for _, header in batches]
         if any(retried):
             if not all(retried):
@@ -599,10 +609,6 @@ class PartitionLog:
             first, last = retried[0], retried[-1]
             assert first is not None and last is not None
             return AppendResult(first.base_offset, last.last_offset, -1, self._written)
-        for _position, header in batches:
-            if header.size > self.config.max_message_bytes:
-                raise MessageTooLarge(f"record batch of {header.size} bytes exceeds "
-                                      f"max.message.bytes {self.config.max_message_bytes}")
         active = self.active
         if active.size >= self.config.segment_bytes or (
                 active.size and now_ms() - active.first_append_ms >= self.config.segment_ms):

@@ -21,6 +21,7 @@ from broker.producer_ids import ProducerIds
 from broker.producers import ProducerError
 from broker.topics import TopicError, TopicRegistry
 from kelp import __version__, grpc
+from kelp.batchcheck import BatchRejected
 from kelp.process import count_tasks
 from kelp.recordbatch import CorruptBatch, UnsupportedMagic
 from kelp.rpc.broker import v1 as pb
@@ -350,6 +351,11 @@ class BrokerService:
             return reply, None
         except CorruptBatch as exc:
             reply.error_code, reply.error_message = ErrorCode.corrupt_message, str(exc)
+            return reply, None
+        except BatchRejected as exc:
+            reply.error_code, reply.error_message = exc.error, exc.message
+            reply.record_errors = [pb.RecordError(batch_index=index, message=message)
+                                   for index, message in exc.record_errors]
             return reply, None
         except OffsetOutOfRange as exc:  # the topic was deleted under this append
             reply.error_code = ErrorCode.unknown_topic_or_partition

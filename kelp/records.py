@@ -15,10 +15,9 @@ from dataclasses import dataclass
 import cramjam
 import crc32c
 
-from kelp import recordbatch
+from kelp import batchcheck, recordbatch
 
 NONE, GZIP, SNAPPY, LZ4, ZSTD = range(5)
-_XERIAL_MAGIC = b"\x82SNAPPY\x00"
 
 
 class UnsupportedCodec(recordbatch.CorruptBatch):
@@ -34,33 +33,17 @@ class Record:
     headers: tuple[tuple[str, bytes | None], ...]
 
 
-def decompress(codec: int, data: bytes | memoryview) -> bytes:
-    """The records body of a batch compressed with ``codec``; ``CorruptBatch`` if it is not."""
-    try:
-        return _decompress(codec, data)
-    except recordbatch.CorruptBatch:
-        raise
-    except Exception as exc:  # each codec library raises its own error types on bad input
-        raise recordbatch.CorruptBatch(
-            f"{_CODEC_NAMES.get(codec, codec)} body does not decompress: "
-            f"{type(exc).__name__}") from None
-
-
-_CODEC_NAMES = {GZIP: "gzip", SNAPPY: "snappy", LZ4: "lz4", ZSTD: "zstd"}
-
-
-def _decompress(codec: int, data: bytes | memoryview) -> bytes:
+def decompress(codec: int, data: bytes | memoryview,
+               limit: int = batchcheck.DEFAULT_MAX_DECOMPRESSED) -> bytes:
+    """The records body of a batch compressed with ``codec``; ``CorruptBatch`` if it is not,
+    or if it would expand past ``limit`` bytes (a zip bomb is refused, never expanded)."""
     if codec == NONE:
         return bytes(data)
-    if codec == GZIP:
-        return bytes(cramjam.gzip.decompress(data))
-    if codec == SNAPPY:
-        return _snappy(bytes(data))
-    if codec == LZ4:
-        return bytes(cramjam.lz4.decompress(data))
-    if codec == ZSTD:
-        return bytes(cramjam.zstd.decompress(data))
-    raise UnsupportedCodec(f"unknown compression codec {codec}")
+    try:
+        return batchcheck.decompress_bounded(codec, data, limit)
+    except batchcheck.BatchRejected as exc:
+        raise (UnsupportedCodec if codec not in batchcheck.CODEC_NAMES
+               else recordbatch.CorruptBatch)(exc.message) from None
 
 
 def compress(codec: int, data: bytes) -> bytes:
@@ -76,18 +59,6 @@ def compress(codec: int, data: bytes) -> bytes:
     if codec == ZSTD:
         return bytes(cramjam.zstd.compress(data))
     raise UnsupportedCodec(f"unknown compression codec {codec}")
-
-
-def _snappy(data: bytes) -> bytes:
-    if not data.startswith(_XERIAL_MAGIC):
-        return bytes(cramjam.snappy.decompress_raw(data))
-    out, position = [], 16  # magic, version, compatible version
-    while position < len(data):
-        (size,) = struct.unpack_from(">i", data, position)
-        position += 4
-        out.append(bytes(cramjam.snappy.decompress_raw(data[position : position + size])))
-        position += size
-    return b"".join(out)
 
 
 def _varint(data: bytes, position: int) -> tuple[int, int]:
