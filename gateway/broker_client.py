@@ -15,7 +15,10 @@ import itertools
 import logging
 from typing import Any
 
+import grpclib.exceptions
 import trio
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
 
 from kelp import grpc
 from kelp.rpc.broker import v1 as pb
@@ -27,7 +30,18 @@ CONNECT_WAIT_S = 10.0
 
 
 class BrokerUnavailable(Exception):
-    pass
+    """The broker cannot be reached (refused, reset, timed out): retriable, clients retry."""
+
+
+class BrokerFailed(Exception):
+    """The broker was reached but the call failed for a reason retrying will not fix (a bug
+    there, an UNIMPLEMENTED method): logged with its traceback; clients get
+    UNKNOWN_SERVER_ERROR."""
+
+
+# grpc statuses that mean "not reachable now" rather than "reached and broken".
+_UNAVAILABLE = {Status.UNAVAILABLE, Status.DEADLINE_EXCEEDED, Status.CANCELLED,
+                Status.RESOURCE_EXHAUSTED, Status.ABORTED}
 
 
 class _Waiter:
@@ -56,6 +70,7 @@ class BrokerClient:
         self._connected = trio.Event()
         self._ids = itertools.count(1)
         self._waiting: dict[int, _Waiter] = {}
+        self._outage = False  # logged once when calls start failing, once when they recover
 
     @property
     def pending(self) -> int:
@@ -132,11 +147,15 @@ class BrokerClient:
         if stream is None:
             raise BrokerUnavailable(f"broker {self.address} unavailable")
         request_id = next(self._ids)
-        waiter = None
-        if acks != 0:
-            waiter = self._waiting[request_id] = _Waiter()
-        stream.send(pb.AppendRequest(request_id=request_id, topic=topic, partition=partition,
-                                     records=records, acks=acks))
+        try:
+            stream.send(pb.AppendRequest(request_id=request_id, topic=topic,
+                                         partition=partition, records=records, acks=acks))
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            # The stream failed under us: a retriable answer, not a dropped Kafka connection.
+            raise BrokerUnavailable(f"broker {self.address} append stream failed") from exc
+        if acks == 0:
+            return None
+        waiter = self._waiting[request_id] = _Waiter()
         return waiter
 
     async def fetch(self, request: pb.FetchRequest) -> pb.FetchReply:
@@ -159,10 +178,31 @@ class BrokerClient:
 
     async def call(self, method: str, request: Any, reply_type: type, *,
                    timeout: float = 10.0) -> Any:
+        """A unary call. Raises ``BrokerUnavailable`` when the broker cannot be reached
+        (logged once per outage) and ``BrokerFailed`` when it answered with an error that
+        retrying will not fix (logged with its traceback)."""
         assert self._channel is not None, "BrokerClient.run() not started"
         try:
-            return await self._channel.call(_SERVICE + method, request, reply_type,
-                                            timeout=timeout)
-        # Refused, reset, stream terminated, a grpc status: to the caller all the same.
-        except Exception as exc:
+            reply = await self._channel.call(_SERVICE + method, request, reply_type,
+                                             timeout=timeout)
+        except GRPCError as exc:
+            if exc.status in _UNAVAILABLE:
+                self._note_outage(exc)
+                raise BrokerUnavailable(f"broker {self.address}: {exc.message}") from exc
+            log.error("broker call failed", exc_info=True,
+                      extra={"method": method, "status": exc.status.name})
+            raise BrokerFailed(f"broker {method}: {exc.status.name} {exc.message}") from exc
+        except (OSError, TimeoutError, grpclib.exceptions.StreamTerminatedError,
+                grpclib.exceptions.ProtocolError) as exc:
+            self._note_outage(exc)
             raise BrokerUnavailable(f"broker {self.address}: {exc}") from exc
+        if self._outage:
+            self._outage = False
+            log.info("broker reachable again", extra={"broker": str(self.address)})
+        return reply
+
+    def _note_outage(self, exc: BaseException) -> None:
+        if not self._outage:
+            self._outage = True
+            log.warning("broker unreachable", extra={"broker": str(self.address),
+                                                     "error": str(exc) or type(exc).__name__})

@@ -16,16 +16,18 @@ import logging
 from typing import Any
 
 import trio
+from kio.schema.errors import ErrorCode
 
 from gateway.context import DropConnection, GatewayContext, current_peer
 from gateway.handlers import HANDLERS, PREPARE
-from gateway.kafka import apis
+from gateway.kafka import apis, messages
 from gateway.kafka.connection import KafkaConnection, ProtocolError, Request
 from kelp.logs import RateLimited
 
 log = logging.getLogger("kelp.gateway.server")
 # A hostile client can send malformed requests as fast as it likes: one line a second at most.
 protocol_log = RateLimited(log, interval_s=1.0)
+failure_log = RateLimited(log, interval_s=1.0)
 
 RECEIVE_SIZE = 256 * 1024
 MAX_VERSION_KEYS = 10_000  # bounds the versions-seen table however many client ids appear
@@ -143,17 +145,34 @@ class KafkaServer:
                     budget.mute_for(throttle.total_seconds())
         except DropConnection:
             connection_scope.cancel()
-        except Exception:
-            # A bug, not the client's fault: say so loudly and drop this connection (as Kafka
-            # does when it cannot answer); the gateway and its other clients carry on.
-            log.exception("handler failed", extra={"peer": peer,
-                                                   "api": apis.api_name(request.api_key),
-                                                   "version": request.version})
-            connection_scope.cancel()
+        except Exception as exc:
+            # A bug here or in the broker, not the client's fault: log it with its traceback
+            # (rate-limited) and answer UNKNOWN_SERVER_ERROR, as Kafka does; the connection,
+            # the gateway and its other clients carry on.
+            failure_log.log(logging.ERROR, "request failed", exc_info=True, peer=peer,
+                            api=apis.api_name(request.api_key), version=request.version)
+            slot.payload = self._error_payload(kafka, request, exc)
+            if slot.payload is None:
+                connection_scope.cancel()
         finally:
             self.inflight -= 1
             budget.give_back(request.size)
             slot.done.set()
+
+    @staticmethod
+    def _error_payload(kafka: KafkaConnection, request: Request,
+                       exc: Exception) -> bytes | None:
+        """UNKNOWN_SERVER_ERROR in the request's response type; None if it gets no answer."""
+        body = request.body
+        if request.api_key == apis.ApiKey.PRODUCE and getattr(body, "acks", None) == 0:
+            return None
+        try:
+            response_type = messages.response_type(request.api_key, request.version)
+            return kafka.encode_response(request, messages.error_response(
+                response_type, ErrorCode.unknown_server_error, f"kelp: {type(exc).__name__}"))
+        except Exception:
+            log.exception("could not build an error response")
+            return None
 
     async def _write_responses(self, stream: trio.SocketStream,
                                slots: trio.MemoryReceiveChannel[_Slot]) -> None:

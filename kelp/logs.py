@@ -57,28 +57,33 @@ def setup(process: str, level: str = "info") -> None:
 
 
 class RateLimited:
-    """At most one line per ``interval_s`` from one call site; the next line counts the rest.
+    """A token bucket for log lines: bursts of ``burst``, then one per ``interval_s``; the next
+    line that gets through counts the ones held back.
 
     For events a hostile peer can cause at will (malformed requests, bad records): every one is
     counted, none is lost silently, and none can flood the log.
     """
 
-    def __init__(self, logger: logging.Logger, interval_s: float = 1.0) -> None:
+    def __init__(self, logger: logging.Logger, interval_s: float = 1.0, burst: int = 10) -> None:
         self.logger = logger
         self.interval_s = interval_s
-        self._next_at = 0.0
+        self.burst = burst
+        self._tokens = float(burst)
+        self._last = time.monotonic()
         self.suppressed = 0
 
-    def log(self, level: int, msg: str, **extra: Any) -> None:
+    def log(self, level: int, msg: str, *, exc_info: bool = False, **extra: Any) -> None:
         now = time.monotonic()
-        if now < self._next_at:
+        self._tokens = min(self.burst, self._tokens + (now - self._last) / self.interval_s)
+        self._last = now
+        if self._tokens < 1:
             self.suppressed += 1
             return
+        self._tokens -= 1
         if self.suppressed:
             extra["suppressed"] = self.suppressed
             self.suppressed = 0
-        self._next_at = now + self.interval_s
-        self.logger.log(level, msg, extra=extra)
+        self.logger.log(level, msg, exc_info=exc_info, extra=extra)
 
     def warning(self, msg: str, **extra: Any) -> None:
         self.log(logging.WARNING, msg, **extra)

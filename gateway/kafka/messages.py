@@ -10,9 +10,12 @@ does not have are dropped, and nested types are looked up in the response's own 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import functools
 import io
 import sys
+import typing
+import uuid
 from typing import Any
 
 from kio.index import load_request_schema, load_response_schema
@@ -90,3 +93,47 @@ def nested(entity_type: type, name: str) -> type:
 
 def has_field(entity_type: type, name: str) -> bool:
     return name in _field_names(entity_type)
+
+
+def error_response(response_type: type, code: Any, message: str) -> Any:
+    """A response of ``response_type`` that carries ``code`` wherever it has an error code
+    and is otherwise empty (no topics, no partitions): the answer to a request kelp could not
+    serve because of a fault on its side, instead of a dropped connection."""
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(response_type):
+        kafka_type = f.metadata.get("kafka_type")
+        origin = typing.get_origin(f.type)
+        if f.name == "error_code":
+            values[f.name] = code
+        elif f.name == "error_message":
+            values[f.name] = message
+        elif f.default is not dataclasses.MISSING or (
+                f.default_factory is not dataclasses.MISSING):
+            continue
+        elif origin is tuple:
+            values[f.name] = ()
+        elif kafka_type in ("timedelta_i32", "timedelta_i64"):
+            values[f.name] = datetime.timedelta(0)
+        elif kafka_type == "string":
+            values[f.name] = None if _nullable(f.type) else ""
+        elif kafka_type in ("bytes", "records"):
+            values[f.name] = None if _nullable(f.type) else b""
+        elif kafka_type == "bool":
+            values[f.name] = False
+        elif kafka_type == "uuid":
+            values[f.name] = None if _nullable(f.type) else uuid.UUID(int=0)
+        elif kafka_type == "error_code":
+            values[f.name] = code
+        elif kafka_type == "datetime_i64":
+            values[f.name] = None
+        elif kafka_type is not None:
+            values[f.name] = -1
+        elif _nullable(f.type):
+            values[f.name] = None
+        else:
+            values[f.name] = error_response(f.type, code, message)
+    return response_type(**values)
+
+
+def _nullable(annotation: Any) -> bool:
+    return type(None) in typing.get_args(annotation)

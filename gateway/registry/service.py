@@ -23,7 +23,7 @@ from typing import TypeVar
 import trio
 from kio.schema.errors import ErrorCode
 
-from gateway.broker_client import BrokerClient, BrokerUnavailable
+from gateway.broker_client import BrokerClient, BrokerFailed, BrokerUnavailable
 from gateway.registry.core import ParsedCache, RegistryError
 from gateway.registry.state import RegistryState, noop_record
 from kelp import recordbatch, records
@@ -135,7 +135,7 @@ class SchemaRegistry:
                                                   max_bytes=FETCH_MAX_BYTES)],
                     max_wait_ms=0 if start_end is None else 10_000, min_bytes=1,
                     max_bytes=FETCH_MAX_BYTES))
-            except BrokerUnavailable as exc:
+            except (BrokerUnavailable, BrokerFailed) as exc:
                 log.warning("schema reader: broker unavailable", extra={"error": str(exc)})
                 await trio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
@@ -219,7 +219,7 @@ class SchemaRegistry:
             waiter = self.broker.submit_append(self.topic, 0, batch, -1)
             assert waiter is not None
             reply = await waiter.wait()
-        except BrokerUnavailable as exc:
+        except (BrokerUnavailable, BrokerFailed) as exc:
             raise RegistryError(50001, f"Error while writing to {self.topic}: {exc}") from None
         if reply.error_code:
             raise RegistryError(50001, f"Error while writing to {self.topic}: "
@@ -263,7 +263,7 @@ class SchemaRegistry:
                 try:
                     member_id, generation = await self._join_and_sync(member_id)
                     member_id = await self._heartbeat_until_rebalance(member_id, generation)
-                except BrokerUnavailable as exc:
+                except (BrokerUnavailable, BrokerFailed) as exc:
                     log.warning("registry election: broker unavailable",
                                 extra={"error": str(exc)})
                     self._set_leader(None, False)
@@ -272,7 +272,7 @@ class SchemaRegistry:
             self._set_leader(None, False)
             if member_id:
                 with (trio.CancelScope(shield=True), trio.move_on_after(2),
-                      contextlib.suppress(BrokerUnavailable)):
+                      contextlib.suppress(BrokerUnavailable, BrokerFailed)):
                     await self.broker.call("LeaveGroup", pb.LeaveGroupRequest(
                         group_id=self.group, members=[pb.MemberIdentity(member_id=member_id)]),
                         pb.LeaveGroupReply, timeout=2)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import trio
 
-from gateway.broker_client import BrokerClient, BrokerUnavailable
+from gateway.broker_client import BrokerClient, BrokerFailed, BrokerUnavailable
 from kelp import recordbatch, records
 from kelp.rpc.broker import v1 as pb
 
@@ -118,7 +118,7 @@ class TopicSettings:
             for t in topics])
         try:
             reply = await self.broker.call("DescribeConfigs", request, pb.DescribeConfigsReply)
-        except BrokerUnavailable:
+        except (BrokerUnavailable, BrokerFailed):
             return
         now = trio.current_time()
         for resource in reply.resources:
