@@ -45,6 +45,7 @@ LATEST_TIERED = -5
 EARLIEST_PENDING_UPLOAD = -6
 # A fetch never parks longer than this, whatever the client asks.
 MAX_FETCH_WAIT_S = 30.0
+DEFAULT_FETCH_MAX_BYTES = 50 * 1024 * 1024
 
 
 class BrokerService:
@@ -406,18 +407,32 @@ class BrokerService:
             self.open_streams -= 1
 
     async def _fetch_task(self, request: pb.FetchRequest, scope: trio.CancelScope,
-                          scopes: dict[int, trio.CancelScope],
-                          send: Callable[[pb.FetchReply], None]) -> None:
+                          scopes: dict[int, trio.CancelScope], send: grpc.StreamSender) -> None:
         self.pending_fetches += 1
         try:
             with scope:
-                send(await self.fetch(request))
+                await self._wait_for_data(request)
+                # Bound the fetched bytes this stream holds: read only once the replies
+                # already queued for the gateway leave room (backpressure per gateway stream).
+                reserved = await send.reserve(_fetch_budget(request))
+                try:
+                    reply = await self._read(request)
+                except BaseException:
+                    send.release(reserved)
+                    raise
+                send(reply, size=sum(len(p.records) for p in reply.partitions),
+                     reserved=reserved)
         finally:
             self.pending_fetches -= 1
             scopes.pop(request.request_id, None)
 
     async def fetch(self, request: pb.FetchRequest) -> pb.FetchReply:
         """Answer once ``min_bytes`` are available or ``max_wait_ms`` has passed."""
+        await self._wait_for_data(request)
+        return await self._read(request)
+
+    async def _wait_for_data(self, request: pb.FetchRequest) -> None:
+        """Park until ``min_bytes`` are available, or an error, or ``max_wait_ms``."""
         deadline = trio.current_time() + min(max(request.max_wait_ms, 0) / 1000, MAX_FETCH_WAIT_S)
         min_bytes = max(request.min_bytes, 1)
         while True:
@@ -435,7 +450,6 @@ class BrokerService:
             finally:
                 for plog in logs:
                     plog.remove_append_listener(woken.set)
-        return await self._read(request)
 
     def _available(self, request: pb.FetchRequest) -> tuple[int, bool]:
         total, errors = 0, False
@@ -448,7 +462,7 @@ class BrokerService:
         return total, errors
 
     async def _read(self, request: pb.FetchRequest) -> pb.FetchReply:
-        budget = request.max_bytes if request.max_bytes > 0 else 50 * 1024 * 1024
+        budget = _fetch_budget(request)
         results = []
         for part in request.partitions:
             out = pb.FetchedPartition(topic=part.topic, partition=part.partition,
@@ -471,6 +485,10 @@ class BrokerService:
                 out.error_code = ErrorCode.offset_out_of_range
             results.append(out)
         return pb.FetchReply(request_id=request.request_id, partitions=results)
+
+
+def _fetch_budget(request: pb.FetchRequest) -> int:
+    return request.max_bytes if request.max_bytes > 0 else DEFAULT_FETCH_MAX_BYTES
 
 
 def apply_config_op(configs: dict[str, str], op: pb.AlterConfigsRequestOp,

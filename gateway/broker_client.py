@@ -137,6 +137,13 @@ class BrokerClient:
 
     # -- data path --------------------------------------------------------------------------
 
+    async def wait_append_writable(self) -> None:
+        """Until the append stream has room (the broker takes appends slower than clients
+        send them: the Kafka connection waiting here is not read meanwhile)."""
+        stream = self._append
+        if stream is not None:
+            await stream.wait_writable()
+
     def submit_append(self, topic: str, partition: int, records: bytes,
                       acks: int) -> _Waiter | None:
         """Queue an append now (order preserved); await the returned waiter for the reply.
@@ -149,7 +156,8 @@ class BrokerClient:
         request_id = next(self._ids)
         try:
             stream.send(pb.AppendRequest(request_id=request_id, topic=topic,
-                                         partition=partition, records=records, acks=acks))
+                                         partition=partition, records=records, acks=acks),
+                        size=len(records))
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             # The stream failed under us: a retriable answer, not a dropped Kafka connection.
             raise BrokerUnavailable(f"broker {self.address} append stream failed") from exc

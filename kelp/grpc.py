@@ -5,7 +5,7 @@ loop once (``trio_asyncio.open_loop()``); this module hides the crossings:
 
 * ``serve`` runs a grpclib ``Server`` on TCP or a Unix socket until cancelled.
 * ``Channel`` opens a client channel whose unary calls are plain trio awaitables.
-* ``StreamHandler`` lets a trio function own a bidirectional server stream: it receives
+* ``stream_handler`` lets a trio function own a bidirectional server stream: it receives
   ``recv()``/``send()`` trio callables and may run as many tasks as it likes in its own nursery.
 * ``ClientStream`` owns one long-lived bidirectional client stream.
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -60,25 +59,69 @@ class Address:
         return f"unix:{self.path}" if self.path else f"{self.host}:{self.port}"
 
 
+# How many received messages may wait for their trio reader, and how many bytes of outgoing
+# messages (by their owners' size hints) may wait for HTTP/2: past these a stream pushes back.
+MAX_INCOMING_MESSAGES = 16
+MAX_OUTGOING_BYTES = 64 * 1024 * 1024
+
+
 class _Pump:
     """Moves messages between a grpclib stream (asyncio) and trio without a crossing each.
 
     A crossing between trio and asyncio costs ~40-50 us; a stream message should cost less. So
     trio pushes outgoing messages into an asyncio queue with a plain synchronous call, an asyncio
-    task sends them, and another asyncio task pushes incoming messages into a trio channel (again
+    task sends them, and the receiving side pushes incoming messages into a trio channel (again
     synchronously: trio-asyncio runs asyncio callbacks inside trio). ``None`` marks the end.
+
+    Both directions are bounded. Incoming: when the trio reader falls behind by
+    ``MAX_INCOMING_MESSAGES``, the pump waits for it (one crossing), grpclib stops reading and
+    HTTP/2 flow control holds the peer back. Outgoing: ``reserve`` makes a trio task wait until
+    the bytes queued (or reserved) for sending leave room for what it is about to produce;
+    ``send_nowait`` itself never blocks.
     """
 
-    def __init__(self, stream: Any) -> None:
+    def __init__(self, stream: Any, max_outgoing_bytes: int = MAX_OUTGOING_BYTES) -> None:
         self._stream = stream
-        self._outgoing: asyncio.Queue[Any] = asyncio.Queue()
-        self._incoming_send, self.incoming = trio.open_memory_channel[Any](math.inf)
+        self._outgoing: asyncio.Queue[tuple[Any, int]] = asyncio.Queue()
+        self._incoming_send, self.incoming = trio.open_memory_channel[Any](MAX_INCOMING_MESSAGES)
         self.error: BaseException | None = None
+        self.max_outgoing_bytes = max_outgoing_bytes
+        self.pending_bytes = 0  # queued for sending, or reserved by a task about to send
+        self._room = trio.Event()
 
-    def send_nowait(self, message: Any) -> None:
+    def send_nowait(self, message: Any, size: int = 0, reserved: int = 0) -> None:
+        """Queue ``message`` (``size`` bytes by its owner's count; ``reserved`` of them were
+        reserved with ``reserve`` and are now handed over to the queue)."""
         if self.error is not None:
             raise trio.BrokenResourceError(f"stream failed: {self.error!r}")
-        self._outgoing.put_nowait(message)
+        self.pending_bytes += size - reserved
+        self._outgoing.put_nowait((message, size))
+
+    async def reserve(self, size: int) -> int:
+        """Wait until ``size`` more bytes fit (a message larger than the bound waits for an
+        empty queue), and reserve them; returns what was reserved. Give it back with
+        ``send_nowait(..., reserved=)`` or ``release``."""
+        size = max(size, 0)
+        while self.pending_bytes and self.pending_bytes + size > self.max_outgoing_bytes:
+            if self.error is not None:
+                raise trio.BrokenResourceError(f"stream failed: {self.error!r}")
+            await self._room.wait()
+        self.pending_bytes += size
+        return size
+
+    def release(self, size: int) -> None:
+        """Give back bytes reserved but not sent (synchronous: safe in a cancelled task)."""
+        self.pending_bytes -= size
+        self._wake()
+
+    async def wait_writable(self) -> None:
+        """Until the queued bytes are below the bound."""
+        while self.pending_bytes >= self.max_outgoing_bytes and self.error is None:
+            await self._room.wait()
+
+    def _wake(self) -> None:
+        room, self._room = self._room, trio.Event()
+        room.set()
 
     async def recv(self) -> Any:
         try:
@@ -89,9 +132,13 @@ class _Pump:
     async def run(self) -> None:
         """The asyncio side: pump both directions until the stream ends or fails."""
         sender = asyncio.ensure_future(self._send_loop())
+        deliver = trio_asyncio.trio_as_aio(self._incoming_send.send)
         try:
             while (message := await self._stream.recv_message()) is not None:
-                self._incoming_send.send_nowait(message)
+                try:
+                    self._incoming_send.send_nowait(message)
+                except trio.WouldBlock:  # the reader is behind: wait for it, push back
+                    await deliver(message)
         except Exception as exc:  # the peer vanished: readers see the end and the error
             self.error = exc
         finally:
@@ -99,39 +146,66 @@ class _Pump:
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await sender
+            self._wake()  # reservers see the error instead of waiting forever
 
     async def _send_loop(self) -> None:
         try:
             while True:
-                await self._stream.send_message(await self._outgoing.get())
+                message, size = await self._outgoing.get()
+                await self._stream.send_message(message)
+                if size:
+                    self.pending_bytes -= size
+                    self._wake()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             self.error = exc
+            self._wake()
+
+
+class StreamSender:
+    """The ``send`` a stream handler gets: ``send(reply)`` queues without blocking;
+    ``await send.reserve(n)`` / ``send(reply, size=, reserved=)`` / ``send.release(n)`` bound
+    the bytes waiting to go out (see ``_Pump``)."""
+
+    def __init__(self, pump: _Pump) -> None:
+        self._pump = pump
+
+    def __call__(self, message: Any, size: int = 0, reserved: int = 0) -> None:
+        self._pump.send_nowait(message, size, reserved)
+
+    async def reserve(self, size: int) -> int:
+        return await self._pump.reserve(size)
+
+    def release(self, size: int) -> None:
+        self._pump.release(size)
 
 
 def stream_handler(
-    serve: Callable[[Callable[[], Awaitable[Any]], Callable[[Any], None]], Awaitable[None]],
+    serve: Callable[[Callable[[], Awaitable[Any]], Any], Awaitable[None]],
     request_type: type,
     reply_type: type,
 ) -> grpclib.const.Handler:
     """Wrap a trio function ``serve(recv, send)`` as a grpclib bidi-stream handler.
 
-    ``await recv()`` returns the next request or ``None`` at the end of the stream; ``send(reply)``
-    queues one reply (synchronous, never blocks). When the peer goes away the end of stream
-    reaches ``recv()`` and the stream's asyncio task is cancelled, which cancels ``serve`` and
-    everything in its nurseries.
+    ``await recv()`` returns the next request or ``None`` at the end of the stream; ``send`` is
+    a ``StreamSender``: ``send(reply)`` queues one reply (synchronous, never blocks). The pump
+    runs as a task of a nursery this stream owns; when the peer goes away the end of stream
+    reaches ``recv()`` and the stream's task is cancelled, which cancels ``serve`` and everything
+    in its nurseries.
     """
 
-    async def handle(stream: grpclib.server.Stream) -> None:
+    async def serve_stream(stream: grpclib.server.Stream) -> None:
         pump = _Pump(stream)
-        pumping = asyncio.ensure_future(pump.run())
-        try:
-            await trio_asyncio.trio_as_aio(serve)(pump.recv, pump.send_nowait)
-        finally:
-            pumping.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await pumping
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio_asyncio.aio_as_trio(pump.run))
+            try:
+                await serve(pump.recv, StreamSender(pump))
+            finally:
+                nursery.cancel_scope.cancel()
+
+    async def handle(stream: grpclib.server.Stream) -> None:
+        await trio_asyncio.trio_as_aio(serve_stream)(stream)
 
     return grpclib.const.Handler(
         handle, grpclib.const.Cardinality.STREAM_STREAM, request_type, reply_type
@@ -222,16 +296,17 @@ class Channel:
             path, grpclib.const.Cardinality.STREAM_STREAM, request_type, reply_type
         )
         stream = await trio_asyncio.aio_as_trio(cm.__aenter__)()
-        pumping = None
         try:
             await trio_asyncio.aio_as_trio(stream.send_request)()
             pump = _Pump(stream)
-            pumping = asyncio.ensure_future(pump.run())
-            yield ClientStream(pump)
+            async with trio.open_nursery() as nursery:  # owns the pump for the stream's life
+                nursery.start_soon(trio_asyncio.aio_as_trio(pump.run))
+                try:
+                    yield ClientStream(pump)
+                finally:
+                    nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
-                if pumping is not None:
-                    pumping.cancel()
                 await trio_asyncio.aio_as_trio(stream.cancel)()
                 await trio_asyncio.aio_as_trio(cm.__aexit__)(None, None, None)
 
@@ -246,8 +321,13 @@ class ClientStream(Generic[Req, Rep]):
     def __init__(self, pump: _Pump) -> None:
         self._pump = pump
 
-    def send(self, message: Req) -> None:
-        self._pump.send_nowait(message)
+    def send(self, message: Req, size: int = 0) -> None:
+        """Queue ``message`` (``size``: its bytes, counted against the outgoing bound)."""
+        self._pump.send_nowait(message, size)
+
+    async def wait_writable(self) -> None:
+        """Until the bytes queued for sending are below the bound (backpressure)."""
+        await self._pump.wait_writable()
 
     async def recv(self) -> Rep | None:
         return await self._pump.recv()

@@ -32,7 +32,9 @@ def throttle_for(waited_s: float) -> datetime.timedelta:
 
 
 async def prepare(ctx: GatewayContext, request: Request) -> None:
-    """Make sure the validation settings of every topic written are known (cached ~2 s)."""
+    """Wait for room on the broker's append stream, and make sure the validation settings of
+    every topic written are known (cached ~2 s)."""
+    await ctx.broker.wait_append_writable()
     if ctx.registry_state is None:
         return
     stale = [t.name for t in request.body.topic_data if ctx.topic_settings.get(t.name) is None]
