@@ -35,6 +35,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "/health (default: 127.0.0.1:8081)")
     parser.add_argument("--max-request-bytes", type=int, default=100 * 1024 * 1024,
                         help="largest Kafka request frame accepted (default: 104857600)")
+    defaults = GatewayConfig()
+    parser.add_argument("--queued-max-request-bytes", type=int,
+                        default=defaults.queued_max_request_bytes,
+                        help="gateway-wide bytes of large requests (over 1 MiB) being received "
+                        "or served; a connection waits for room before reading more (Kafka's "
+                        "queued.max.request.bytes; default: %(default)s)")
+    parser.add_argument("--fetch-memory-bytes", type=int, default=defaults.fetch_memory_bytes,
+                        help="gateway-wide bytes of fetched records not yet written to clients "
+                        "(default: %(default)s)")
+    parser.add_argument("--connections-max-idle-ms", type=int,
+                        default=defaults.connections_max_idle_ms,
+                        help="close a connection that sends nothing for this long "
+                        "(default: %(default)s)")
+    parser.add_argument("--request-timeout-ms", type=int, default=defaults.request_timeout_ms,
+                        help="close a connection whose request does not arrive whole within "
+                        "this long (default: %(default)s)")
     parser.add_argument("--no-auto-create-topics", action="store_true",
                         help="do not create topics on Metadata requests for unknown topics")
     parser.add_argument("--drop-produce-every", type=int, default=0, metavar="N",
@@ -70,7 +86,11 @@ async def serve(args: argparse.Namespace) -> None:
             advertised_host=advertised[0], advertised_port=advertised[1],
             auto_create_topics=not args.no_auto_create_topics,
             max_request_bytes=args.max_request_bytes,
-            drop_produce_every=args.drop_produce_every)
+            drop_produce_every=args.drop_produce_every,
+            queued_max_request_bytes=args.queued_max_request_bytes,
+            fetch_memory_bytes=args.fetch_memory_bytes,
+            connections_max_idle_ms=args.connections_max_idle_ms,
+            request_timeout_ms=args.request_timeout_ms)
         ctx = GatewayContext(config, broker)
         server = KafkaServer(ctx)
         registry: SchemaRegistry | None = None
@@ -81,7 +101,8 @@ async def serve(args: argparse.Namespace) -> None:
                 "status": "ok", "connections": server.connections, "inflight": server.inflight,
                 "protocol_errors": server.protocol_errors, "throttled": server.throttled,
                 "broker_pending": broker.pending, "produces_dropped": ctx.produces_dropped,
-                "tasks": count_tasks(),
+                "timeouts": server.timeouts, "request_pool_used": ctx.request_pool.used,
+                "fetch_pool_used": ctx.fetch_pool.used, "tasks": count_tasks(),
                 "registry": registry.health() if registry is not None else None})
 
         async def versions(request: httpd.Request) -> httpd.Response:

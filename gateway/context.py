@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from kio.schema.errors import ErrorCode
 
 from gateway.broker_client import BrokerClient
+from gateway.memory import BytePool, Output
 from gateway.registry.state import RegistryState
 from gateway.registry.validation import TopicSettings
 from kelp.rpc.broker import v1 as pb
@@ -16,6 +17,11 @@ from kelp.rpc.broker import v1 as pb
 NODE_ID = 0
 # The client address of the connection a handler serves (for DescribeGroups' client_host).
 current_peer: ContextVar[str] = ContextVar("current_peer", default="")
+# The connection's unsent output, and the pool bytes the request being served holds until its
+# response is written (see gateway.memory); None outside a Kafka connection.
+current_output: ContextVar[Output | None] = ContextVar("current_output", default=None)
+current_holds: ContextVar[list[tuple[BytePool, int]] | None] = ContextVar(
+    "current_holds", default=None)
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,13 @@ class GatewayConfig:
     # Testing: drop the connection instead of answering every Nth produce, after the broker
     # appended it, so producers must retry what was already stored (0: never).
     drop_produce_every: int = 0
+    # Gateway-wide bytes of large requests being received or served (Kafka's
+    # queued.max.request.bytes), and of fetch responses not yet written (see gateway.memory).
+    queued_max_request_bytes: int = 64 * 1024 * 1024
+    fetch_memory_bytes: int = 64 * 1024 * 1024
+    # Kafka's connections.max.idle.ms, and how long one request may take to arrive whole.
+    connections_max_idle_ms: int = 600_000
+    request_timeout_ms: int = 30_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,9 +69,13 @@ class GatewayContext:
     # The schema registry's state (None without a registry), for produce validation.
     registry_state: RegistryState | None = None
     topic_settings: TopicSettings = field(init=False)
+    request_pool: BytePool = field(init=False)
+    fetch_pool: BytePool = field(init=False)
 
     def __post_init__(self) -> None:
         self.topic_settings = TopicSettings(self.broker)
+        self.request_pool = BytePool(self.config.queued_max_request_bytes)
+        self.fetch_pool = BytePool(self.config.fetch_memory_bytes)
 
     async def describe_topics(
         self, names: list[str], *, auto_create: bool = False

@@ -18,29 +18,51 @@ from typing import Any
 import trio
 from kio.schema.errors import ErrorCode
 
-from gateway.context import DropConnection, GatewayContext, current_peer
+from gateway.context import (
+    DropConnection,
+    GatewayContext,
+    current_holds,
+    current_output,
+    current_peer,
+)
 from gateway.handlers import HANDLERS, PREPARE
 from gateway.kafka import apis, messages
 from gateway.kafka.connection import KafkaConnection, ProtocolError, Request
+from gateway.memory import LARGE_FRAME_BYTES, BytePool, Output
 from kelp.logs import RateLimited
 
 log = logging.getLogger("kelp.gateway.server")
 # A hostile client can send malformed requests as fast as it likes: one line a second at most.
 protocol_log = RateLimited(log, interval_s=1.0)
 failure_log = RateLimited(log, interval_s=1.0)
+timeout_log = RateLimited(log, interval_s=1.0)
 
 RECEIVE_SIZE = 256 * 1024
 MAX_VERSION_KEYS = 10_000  # bounds the versions-seen table however many client ids appear
 
 
 class _Slot:
-    """A response in the making; the writer waits on ``done`` in request order."""
+    """A response in the making; the writer waits on ``done`` in request order.
 
-    __slots__ = ("done", "payload")
+    ``holds`` are pool bytes its request took (a large frame's reservation, a fetch's grant):
+    given back once the response is written, or when the connection ends.
+    """
+
+    __slots__ = ("done", "holds", "payload")
 
     def __init__(self) -> None:
         self.done = trio.Event()
         self.payload: bytes | None = None
+        self.holds: list[tuple[BytePool, int]] = []
+
+    def release(self) -> None:
+        holds, self.holds = self.holds, []
+        for pool, size in holds:
+            pool.release(size)
+
+
+class _Closing(Exception):
+    """End this connection quietly (idle, or a request that never finished arriving)."""
 
 
 class KafkaServer:
@@ -50,6 +72,7 @@ class KafkaServer:
         self.inflight = 0
         self.protocol_errors = 0
         self.throttled = 0
+        self.timeouts = 0
         # (client id, API) -> the highest version that client used: proves each client runs at
         # its preferred versions (GET /debug/versions on the gateway's HTTP port).
         self.versions_seen: dict[tuple[str, str], int] = {}
@@ -66,35 +89,78 @@ class KafkaServer:
     async def handle_connection(self, stream: trio.SocketStream) -> None:
         peer = _peer(stream)
         current_peer.set(peer.rsplit(":", 1)[0])  # inherited by every task of this connection
+        output = Output()
+        current_output.set(output)
         self.connections += 1
         kafka = KafkaConnection(self.ctx.config.max_request_bytes)
+        live: set[_Slot] = set()  # slots whose holds are not given back yet
         try:
             async with stream, trio.open_nursery() as nursery:
                 slots_in, slots_out = trio.open_memory_channel[_Slot](
                     self.ctx.config.max_inflight_requests)
-                nursery.start_soon(self._write_responses, stream, slots_out)
+                nursery.start_soon(self._write_responses, stream, slots_out, output, live)
                 try:
-                    await self._read_requests(stream, kafka, slots_in, nursery, peer)
+                    await self._read_requests(stream, kafka, slots_in, nursery, peer, live)
                 finally:
                     # Disconnect or protocol error: nothing this connection started outlives it.
                     nursery.cancel_scope.cancel()
+        except* _Closing:
+            pass
         except* (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
             pass  # the client went away (the nursery hands these over in an ExceptionGroup)
         except* Exception:
             # A bug must cost this connection only, never the listener and every client.
             log.exception("connection failed", extra={"peer": peer})
         finally:
+            for slot in live:
+                slot.release()
             self.connections -= 1
+
+    async def _receive(self, stream: trio.SocketStream, kafka: KafkaConnection,
+                       budget: _Budget, reserved: list[int], peer: str) -> bytes:
+        """The next bytes from the client, once this connection may be read.
+
+        Not read while throttled, over its in-flight budget, or while a large request waits
+        for room in the gateway-wide request pool. A request must arrive whole within the
+        request timeout; a connection with nothing arriving is closed after the idle timeout.
+        """
+        config = self.ctx.config
+        partial = kafka.buffered > 0
+        timeout_s = (config.request_timeout_ms if partial
+                     else config.connections_max_idle_ms) / 1000
+        with trio.move_on_after(timeout_s) as waiting:
+            await budget.wait_until_muted_ends()
+            await budget.wait_for_room()
+            pending = kafka.pending_frame_size()
+            if pending is not None and pending > LARGE_FRAME_BYTES and not reserved:
+                reserved.append(await self.ctx.request_pool.reserve(pending))
+            data = await stream.receive_some(RECEIVE_SIZE)
+        if waiting.cancelled_caught:
+            self.timeouts += 1
+            timeout_log.warning(
+                "closing connection: " + ("request not received whole within the request "
+                                          "timeout" if partial else "idle"),
+                peer=peer, timeout_ms=int(timeout_s * 1000), buffered=kafka.buffered)
+            raise _Closing
+        return data
 
     async def _read_requests(self, stream: trio.SocketStream, kafka: KafkaConnection,
                              slots: trio.MemorySendChannel[_Slot], nursery: trio.Nursery,
-                             peer: str) -> None:
+                             peer: str, live: set[_Slot]) -> None:
         budget = _Budget(self.ctx.config.max_inflight_bytes)
+        reserved: list[int] = []  # request-pool bytes taken for the large frame arriving
+        try:
+            await self._serve_requests(stream, kafka, slots, nursery, peer, live, budget,
+                                       reserved)
+        finally:
+            self.ctx.request_pool.release(sum(reserved))
+
+    async def _serve_requests(self, stream: trio.SocketStream, kafka: KafkaConnection,
+                              slots: trio.MemorySendChannel[_Slot], nursery: trio.Nursery,
+                              peer: str, live: set[_Slot], budget: _Budget,
+                              reserved: list[int]) -> None:
         while True:
-            # Backpressure: a throttled or over-budget connection is simply not read.
-            await budget.wait_until_muted_ends()
-            await budget.wait_for_room()
-            data = await stream.receive_some(RECEIVE_SIZE)
+            data = await self._receive(stream, kafka, budget, reserved, peer)
             if not data:
                 return
             kafka.receive_data(data)
@@ -112,6 +178,10 @@ class KafkaServer:
                 if request is None:
                     break
                 slot = _Slot()
+                live.add(slot)
+                if reserved and request.size > LARGE_FRAME_BYTES:
+                    # The large frame that arrived holds its reservation until answered.
+                    slot.holds.append((self.ctx.request_pool, reserved.pop()))
                 handler = HANDLERS[request.api_key]
                 self._note_version(request)
                 if log.isEnabledFor(logging.DEBUG):
@@ -120,6 +190,7 @@ class KafkaServer:
                 prepare = PREPARE.get(request.api_key)
                 if prepare is not None:
                     await prepare(self.ctx, request)
+                current_holds.set(slot.holds)  # the handler's task inherits it (fetch grants)
                 pending = handler(self.ctx, request)  # may do its synchronous part right here
                 await slots.send(slot)
                 budget.take(request.size)
@@ -139,6 +210,9 @@ class KafkaServer:
             body = await pending
             if body is not None:
                 slot.payload = kafka.encode_response(request, body)
+                output = current_output.get()
+                if output is not None:
+                    output.queued(len(slot.payload))
                 throttle = getattr(body, "throttle_time", None)
                 if throttle:
                     self.throttled += 1
@@ -175,12 +249,16 @@ class KafkaServer:
             return None
 
     async def _write_responses(self, stream: trio.SocketStream,
-                               slots: trio.MemoryReceiveChannel[_Slot]) -> None:
+                               slots: trio.MemoryReceiveChannel[_Slot], output: Output,
+                               live: set[_Slot]) -> None:
         async for slot in slots:
             await slot.done.wait()
             if slot.payload is not None:
                 await stream.send_all(slot.payload)
+                output.written(len(slot.payload))
                 slot.payload = None
+            slot.release()
+            live.discard(slot)
 
 
 class _Budget:

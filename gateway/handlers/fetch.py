@@ -7,6 +7,7 @@ id 0, which tells clients to send full fetch requests (KIP-227's sessionless mod
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import uuid
 from typing import Any
@@ -14,10 +15,13 @@ from typing import Any
 from kio.schema.errors import ErrorCode
 
 from gateway.broker_client import BrokerUnavailable
-from gateway.context import GatewayContext
+from gateway.context import GatewayContext, current_holds, current_output
 from gateway.kafka import apis, messages
 from gateway.kafka.connection import Request
+from gateway.memory import MIN_FETCH_GRANT, Output
 from kelp.rpc.broker import v1 as pb
+
+DEFAULT_FETCH_MAX_BYTES = 50 * 1024 * 1024
 
 
 async def handle(ctx: GatewayContext, request: Request) -> Any:
@@ -35,19 +39,11 @@ async def handle(ctx: GatewayContext, request: Request) -> Any:
         else:
             wanted.append((topic.topic, None, topic.partitions))
 
-    broker_request = pb.FetchRequest(
-        partitions=[pb.FetchPartition(topic=name, partition=p.partition, offset=p.fetch_offset,
-                                      max_bytes=p.partition_max_bytes)
-                    for name, _id, parts in wanted for p in parts],
-        max_wait_ms=int(body.max_wait.total_seconds() * 1000),
-        min_bytes=body.min_bytes, max_bytes=body.max_bytes)
     results: dict[tuple[str, int], pb.FetchedPartition] = {}
-    if broker_request.partitions:
-        try:
-            reply = await ctx.broker.fetch(broker_request)
-            results = {(r.topic, r.partition): r for r in reply.partitions}
-        except BrokerUnavailable:
-            pass  # every partition answers NOT_LEADER_OR_FOLLOWER below; clients retry
+    if any(parts for _name, _id, parts in wanted):
+        output = current_output.get()
+        async with output.fetch_turn if output is not None else contextlib.nullcontext():
+            results = await _fetch_records(ctx, body, wanted, output)
 
     response_type = messages.response_type(apis.ApiKey.FETCH, request.version)
     topic_type = messages.nested(response_type, "FetchableTopicResponse")
@@ -77,6 +73,38 @@ async def handle(ctx: GatewayContext, request: Request) -> Any:
     ]
     return messages.build(response_type, throttle_time=datetime.timedelta(0),
                           error_code=ErrorCode.none, session_id=0, responses=tuple(topics))
+
+
+async def _fetch_records(ctx: GatewayContext, body: Any,
+                         wanted: list[tuple[str, uuid.UUID | None, Any]],
+                         output: Output | None) -> dict[tuple[str, int], pb.FetchedPartition]:
+    """Ask the broker for records, within this connection's and the gateway's memory bounds.
+
+    A connection whose earlier responses are still unwritten is not served until they are
+    (its client stopped reading); the bytes asked for come out of the gateway-wide fetch pool
+    and stay taken until this response is written (see gateway.memory).
+    """
+    if output is not None:
+        await output.wait_drained()
+    wanted_bytes = body.max_bytes if body.max_bytes > 0 else DEFAULT_FETCH_MAX_BYTES
+    granted = ctx.fetch_pool.grant(wanted_bytes, MIN_FETCH_GRANT)
+    holds = current_holds.get()
+    if holds is not None:
+        holds.append((ctx.fetch_pool, granted))
+    try:
+        reply = await ctx.broker.fetch(pb.FetchRequest(
+            partitions=[pb.FetchPartition(topic=name, partition=p.partition,
+                                          offset=p.fetch_offset,
+                                          max_bytes=min(p.partition_max_bytes, granted))
+                        for name, _id, parts in wanted for p in parts],
+            max_wait_ms=int(body.max_wait.total_seconds() * 1000),
+            min_bytes=body.min_bytes, max_bytes=granted))
+    except BrokerUnavailable:
+        return {}  # every partition answers NOT_LEADER_OR_FOLLOWER; clients retry
+    finally:
+        if holds is None:
+            ctx.fetch_pool.release(granted)
+    return {(r.topic, r.partition): r for r in reply.partitions}
 
 
 async def handle_list_offsets(ctx: GatewayContext, request: Request) -> Any:

@@ -52,6 +52,15 @@ class KafkaConnection:
     def receive_data(self, data: bytes) -> None:
         self._frames.feed(data)
 
+    def pending_frame_size(self) -> int | None:
+        """The declared size of a request whose bytes are still arriving, else None."""
+        return self._frames.pending_size()
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet handed out as requests."""
+        return self._frames.buffered
+
     def next_request(self) -> Request | None:
         """The next whole request, or None until more bytes arrive."""
         try:

@@ -51,6 +51,14 @@ class FrameBuffer:
             del self._data[: self._start]
             self._start = 0
 
+    def pending_size(self) -> int | None:
+        """The declared size of a frame whose body is still arriving, else None."""
+        available = len(self._data) - self._start
+        if available < 4:
+            return None
+        (size,) = _SIZE.unpack_from(self._data, self._start)
+        return size if size >= 0 and available < 4 + size else None
+
     @property
     def buffered(self) -> int:
         return len(self._data) - self._start
