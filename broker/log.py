@@ -592,14 +592,16 @@ class PartitionLog:
             raise CorruptBatch("empty record set")
         buffer = bytearray(records)
         batches = list(recordbatch.iter_batches(buffer))
+        max_timestamps = []
         for position, header in batches:
             if header.size > self.config.max_message_bytes:
                 raise MessageTooLarge(f"record batch of {header.size} bytes exceeds "
                                       f"max.message.bytes {self.config.max_message_bytes}")
             # Kafka's LogValidator: counts, producer fields, codec, every record parsed to the
             # end (a compressed body within a bound), keys on compacted topics.
-            batchcheck.check_batch(memoryview(buffer)[position : position + header.size],
-                                   header, compacted=self.config.compacted)
+            max_timestamps.append(batchcheck.check_batch(
+                memoryview(buffer)[position : position + header.size], header,
+                compacted=self.config.compacted))
         retried = [self.producers.check(header) for _, header in batches]
         if any(retried):
             if not all(retried):
@@ -616,10 +618,13 @@ class PartitionLog:
         segment = self.active
         first_offset = next_offset = segment.next_offset
         append_time = now_ms() if self.config.log_append_time else -1
-        for position, header in batches:
+        for (position, header), max_timestamp in zip(batches, max_timestamps, strict=True):
             recordbatch.rewrite_offset_and_epoch(buffer, position, next_offset)
             if append_time >= 0:
                 recordbatch.stamp_log_append_time(buffer, position, header, append_time)
+            elif header.max_timestamp != max_timestamp and not (
+                    header.attributes & recordbatch.TIMESTAMP_TYPE_BIT):
+                recordbatch.set_max_timestamp(buffer, position, header, max_timestamp)
             next_offset += header.last_offset_delta + 1
         start = segment.size
         append_ms = now_ms()

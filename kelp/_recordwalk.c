@@ -11,8 +11,9 @@
  *
  * status 0 is success. record is the index of the record at fault (or `count`), header the
  * index of the header at fault (-1 outside headers), a and b are detail numbers whose meaning
- * depends on status, keyless is None or (only on success with compacted true) a list of the
- * indexes of records whose key is null.
+ * depends on status (on success: the largest timestampDelta, and 1 if there was a record),
+ * keyless is None or (only on success with compacted true) a list of the indexes of records
+ * whose key is null.
  *
  * Safety: every length is compared with the bytes left (as 64-bit signed numbers) before the
  * cursor moves, and every byte is read only after checking the cursor against the end, so no
@@ -114,18 +115,26 @@ done:
     return ST_OK;
 }
 
-/* Skip a varlong (ByteUtils.readVarlong: at most 10 bytes). The value is not needed. */
+/*
+ * A zigzag varlong as ByteUtils.readVarlong reads it: at most 10 bytes, bits above 64 dropped
+ * (Java long shifts). Returns 0, or a status.
+ */
 static inline int
-skip_varlong(const uint8_t **pp, const uint8_t *end)
+read_varlong(const uint8_t **pp, const uint8_t *end, int64_t *out)
 {
     const uint8_t *p = *pp;
+    uint64_t raw = 0;
+    uint8_t byte;
     int i;
 
     for (i = 0; i < 10; i++) {
         if (p >= end)
             return ST_VARINT_TRUNCATED;
-        if (!(*p++ & 0x80)) {
+        byte = *p++;
+        raw |= (uint64_t)(byte & 0x7F) << (7 * i);
+        if (!(byte & 0x80)) {
             *pp = p;
+            *out = (int64_t)(raw >> 1) ^ -(int64_t)(raw & 1);
             return ST_OK;
         }
     }
@@ -164,10 +173,11 @@ walk(const uint8_t *data, Py_ssize_t size, int64_t count, int compacted, walk_re
     const uint8_t *p = data;
     const uint8_t *end = data + size;
     int64_t index, header = -1;
+    int64_t max_delta = INT64_MIN; /* the largest timestampDelta, for the batch's maxTimestamp */
 
     for (index = 0; index < count; index++) {
         const uint8_t *rec, *rec_end;
-        int64_t length, offset_delta, key_len, value_len, n_headers, h_len, left;
+        int64_t length, timestamp_delta, offset_delta, key_len, value_len, n_headers, h_len, left;
         int st;
 
         header = -1;
@@ -182,9 +192,11 @@ walk(const uint8_t *data, Py_ssize_t size, int64_t count, int compacted, walk_re
         rec_end = p + length;
 
         p++; /* attributes: length > 0, so the byte is there */
-        st = skip_varlong(&p, rec_end);
+        st = read_varlong(&p, rec_end, &timestamp_delta);
         if (st != ST_OK)
             FAIL(st, F_TIMESTAMP_DELTA, 0);
+        if (timestamp_delta > max_delta)
+            max_delta = timestamp_delta;
         VARINT(p, rec_end, &offset_delta, F_OFFSET_DELTA);
         if (offset_delta != index)
             FAIL(ST_OFFSET_DELTA, offset_delta, 0);
@@ -243,7 +255,9 @@ walk(const uint8_t *data, Py_ssize_t size, int64_t count, int compacted, walk_re
     r->status = ST_OK;
     r->record = count;
     r->header = -1;
-    r->a = r->b = 0;
+    /* On success a is the largest timestampDelta and b is 1 (0 and 0 with no records). */
+    r->a = count > 0 ? max_delta : 0;
+    r->b = count > 0;
 }
 
 static PyObject *

@@ -83,7 +83,8 @@ class BatchRejected(Exception):
 # A walk returns ``(status, record, header, a, b, keyless)``: status 0 is success; ``record`` is
 # the index of the record at fault (``count`` on success or for trailing bytes), ``header`` the
 # index of the header at fault (-1 elsewhere), ``a`` and ``b`` numbers whose meaning depends on
-# the status, and ``keyless`` None or, on success of a compacted walk, the list of records whose
+# the status (on success: the largest timestampDelta, and 1 when there was a record), and
+# ``keyless`` None or, on success of a compacted walk, the list of records whose
 # key is null. kelp/_recordwalk.c returns the very same tuples; keep both in step.
 
 Walk = tuple[int, int, int, int, int, list[int] | None]
@@ -148,6 +149,7 @@ def _walk_python(body: bytes | bytearray | memoryview, count: int, compacted: bo
     keyless: list[int] = []
     index = 0
     header = -1
+    max_delta = -(1 << 63)  # the largest timestampDelta, for the batch's maxTimestamp
     try:
         for index in range(count):
             header = -1
@@ -165,15 +167,21 @@ def _walk_python(body: bytes | bytearray | memoryview, count: int, compacted: bo
             start = p
             rec_end = p + length
             p += 1  # attributes
-            for _ in range(10):  # timestampDelta, a varlong of at most 10 bytes
+            raw = 0
+            for shift in range(0, 70, 7):  # timestampDelta, a varlong of at most 10 bytes
                 if p >= rec_end:
                     raise _Bad(VARINT_TRUNCATED, _F_TIMESTAMP)
                 byte = data[p]
                 p += 1
+                raw |= (byte & 0x7F) << shift
                 if byte < 0x80:
                     break
             else:
                 raise _Bad(VARINT_TOO_LONG, _F_TIMESTAMP)
+            raw &= 0xFFFFFFFFFFFFFFFF  # Java long shifts drop the bits above 64
+            timestamp_delta = (raw >> 1) ^ -(raw & 1)
+            if timestamp_delta > max_delta:
+                max_delta = timestamp_delta
             if p < rec_end and (byte := data[p]) < 0x80:
                 offset_delta, p = (byte >> 1) ^ -(byte & 1), p + 1
             else:
@@ -233,7 +241,9 @@ def _walk_python(body: bytes | bytearray | memoryview, count: int, compacted: bo
     count = max(count, 0)
     if p != end:
         return (TRAILING, count, -1, end - p, 0, None)
-    return (OK, count, -1, 0, 0, keyless or None)
+    if count == 0:
+        return (OK, 0, -1, 0, 0, None)
+    return (OK, count, -1, max_delta, 1, keyless or None)
 
 
 def walk_records(body: bytes | bytearray | memoryview, count: int, *, compacted: bool = False,
@@ -309,8 +319,11 @@ def describe_walk(walk: Walk, count: int) -> str | None:
 
 
 def check_records(body: bytes | bytearray | memoryview, count: int, *,
-                  compacted: bool = False) -> None:
-    """Check an uncompressed records body holding ``count`` records; raise ``BatchRejected``."""
+                  compacted: bool = False) -> int:
+    """Check an uncompressed records body holding ``count`` records; raise ``BatchRejected``.
+
+    Returns the largest timestampDelta of the records (0 when there are none).
+    """
     walk = walk_records(body, count, compacted=compacted)
     message = describe_walk(walk, count)
     if message is not None:
@@ -325,6 +338,7 @@ def check_records(body: bytes | bytearray | memoryview, count: int, *,
             f"One or more records have been rejected due to {len(errors)} record errors in "
             f"total, and only showing the first three errors at most: [{shown}]",
             errors)
+    return walk[3]
 
 
 # --- bounded decompression ---------------------------------------------------------------------
@@ -514,8 +528,9 @@ def decompress_bounded(codec: int, data: bytes | bytearray | memoryview, limit: 
 
 def check_batch(batch: bytes | bytearray | memoryview, header: recordbatch.BatchHeader, *,
                 compacted: bool = False, allow_control: bool = False,
-                max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED) -> None:
-    """Raise :class:`BatchRejected` if Kafka would refuse this produced batch.
+                max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED) -> int:
+    """Raise :class:`BatchRejected` if Kafka would refuse this produced batch; else return
+    the largest record timestamp (CreateTime), which Kafka stores as the batch's maxTimestamp.
 
     ``batch`` is one whole batch (``header.size`` bytes, header included) whose header the
     caller parsed with ``recordbatch.parse_header`` and whose CRC it checked. ``compacted``:
@@ -552,4 +567,9 @@ def check_batch(batch: bytes | bytearray | memoryview, header: recordbatch.Batch
     body = memoryview(batch)[recordbatch.HEADER_SIZE :]
     if codec != NONE:
         body = _decompress(codec, body, max_decompressed_bytes)
-    check_records(body, count, compacted=compacted)
+    return _wrap64(header.base_timestamp + check_records(body, count, compacted=compacted))
+
+
+def _wrap64(value: int) -> int:
+    """Java long addition: wrap into int64."""
+    return ((value + (1 << 63)) % (1 << 64)) - (1 << 63)

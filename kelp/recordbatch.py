@@ -122,11 +122,21 @@ def stamp_log_append_time(buffer: bytearray, position: int, header: BatchHeader,
                           now_ms: int) -> None:
     """Make a batch LogAppendTime: set the attribute bit and maxTimestamp, re-sign the CRC.
 
-    Both fields lie inside the CRC, so this is the one rewrite that needs a new checksum —
-    what Kafka does for topics with ``message.timestamp.type=LogAppendTime``.
+    Both fields lie inside the CRC, so this is one of the two rewrites that need a new
+    checksum — what Kafka does for topics with ``message.timestamp.type=LogAppendTime``.
     """
-    struct.pack_into(">h", buffer, position + 21, header.attributes | TIMESTAMP_TYPE_BIT)
-    struct.pack_into(">q", buffer, position + 35, now_ms)
+    set_max_timestamp(buffer, position, header, now_ms,
+                      attributes=header.attributes | TIMESTAMP_TYPE_BIT)
+
+
+def set_max_timestamp(buffer: bytearray, position: int, header: BatchHeader, max_timestamp: int,
+                      *, attributes: int | None = None) -> None:
+    """Store ``max_timestamp`` (and ``attributes``) in the batch at ``position``, re-signing
+    the CRC: Kafka's LogValidator sets maxTimestamp to the largest record timestamp, so a
+    producer's wrong value is corrected rather than stored."""
+    if attributes is not None:
+        struct.pack_into(">h", buffer, position + 21, attributes)
+    struct.pack_into(">q", buffer, position + 35, max_timestamp)
     crc = crc32c.crc32c(memoryview(buffer)[position + 21 : position + header.size])
     struct.pack_into(">I", buffer, position + 17, crc)
 

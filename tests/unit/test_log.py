@@ -325,3 +325,24 @@ async def test_oversized_batches_are_refused(tmp_path):
     with pytest.raises(MessageTooLarge):
         plog.append(make_batch([(b"k", b"v" * 200)]))
     assert plog.high_watermark == 0
+
+
+def test_a_wrong_max_timestamp_is_corrected_as_kafka_does(tmp_path):
+    """Kafka's LogValidator stores the largest record timestamp as the batch's maxTimestamp."""
+    import struct
+
+    import crc32c
+
+    from kelp import recordbatch
+    from tests.batches import make_batch_with_timestamps
+
+    batch = bytearray(make_batch_with_timestamps([1000, 5000, 3000]))
+    struct.pack_into(">q", batch, 35, -1)  # a producer's wrong maxTimestamp, CRC re-signed
+    struct.pack_into(">I", batch, 17, crc32c.crc32c(bytes(batch[21:])))
+    plog = PartitionLog.open(tmp_path / "p")
+    plog.append(bytes(batch))
+    stored = (tmp_path / "p" / "00000000000000000000.log").read_bytes()
+    header = recordbatch.parse_header(stored)
+    assert header.max_timestamp == 5000 and recordbatch.crc_matches(stored, 0, header)
+    assert stored[61:] == bytes(batch[61:])  # the records themselves are untouched
+    plog.close()
