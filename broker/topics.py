@@ -202,21 +202,19 @@ class TopicRegistry:
         topic = self.topics.get(name)
         if topic is None:
             raise TopicError(ErrorCode.unknown_topic_or_partition, f"unknown topic {name!r}")
+        # Forgotten and moved aside in one step, with no checkpoint in between: a topic
+        # re-created with the same name meanwhile starts in fresh directories, never in ones
+        # about to be renamed away under it.
         del self.topics[name]
-        try:
-            async with self._save_lock:
-                await trio.to_thread.run_sync(self._save)
-        except BaseException:
-            self.topics[name] = topic
-            raise
         topic.tasks.cancel()
         doomed = []
         for plog in topic.logs:
             plog.retire()  # reads in flight finish on the files they opened
-            # Renamed first so a topic re-created with the same name starts clean at once.
             grave = plog.directory.with_name(f"{plog.directory.name}.{uuid.uuid4().hex}.deleted")
             plog.directory.rename(grave)
             doomed.append(grave)
+        async with self._save_lock:
+            await trio.to_thread.run_sync(self._save)
         await trio.to_thread.run_sync(lambda: [shutil.rmtree(d, ignore_errors=True)
                                                for d in doomed])
         log.info("topic deleted", extra={"topic": name})

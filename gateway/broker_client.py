@@ -27,6 +27,7 @@ log = logging.getLogger("kelp.gateway.broker")
 
 _SERVICE = "/broker.v1.Broker/"
 CONNECT_WAIT_S = 10.0
+MAX_CONCURRENT_CALLS = 64  # unary calls in flight (the two streams take two more)
 
 
 class BrokerUnavailable(Exception):
@@ -71,6 +72,7 @@ class BrokerClient:
         self._ids = itertools.count(1)
         self._waiting: dict[int, _Waiter] = {}
         self._outage = False  # logged once when calls start failing, once when they recover
+        self._calls = trio.CapacityLimiter(MAX_CONCURRENT_CALLS)
 
     @property
     def pending(self) -> int:
@@ -191,8 +193,11 @@ class BrokerClient:
         retrying will not fix (logged with its traceback)."""
         assert self._channel is not None, "BrokerClient.run() not started"
         try:
-            reply = await self._channel.call(_SERVICE + method, request, reply_type,
-                                             timeout=timeout)
+            # HTTP/2 allows the broker 100 concurrent streams: more calls wait here instead of
+            # failing with TooManyStreamsError.
+            async with self._calls:
+                reply = await self._channel.call(_SERVICE + method, request, reply_type,
+                                                 timeout=timeout)
         except GRPCError as exc:
             if exc.status in _UNAVAILABLE:
                 self._note_outage(exc)

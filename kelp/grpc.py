@@ -23,6 +23,7 @@ from typing import Any, Generic, TypeVar
 
 import grpclib.client
 import grpclib.const
+import grpclib.exceptions
 import grpclib.server
 import hyperframe.frame
 import trio
@@ -130,7 +131,15 @@ class _Pump:
             return None
 
     async def run(self) -> None:
-        """The asyncio side: pump both directions until the stream ends or fails."""
+        """The asyncio side: pump both directions until the stream ends, fails or is cancelled.
+
+        A cancellation ends it normally: the trio task that runs it (through ``aio_as_trio``)
+        then sees trio's own Cancelled at its next checkpoint, never asyncio's CancelledError.
+        """
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._run()
+
+    async def _run(self) -> None:
         sender = asyncio.ensure_future(self._send_loop())
         deliver = trio_asyncio.trio_as_aio(self._incoming_send.send)
         try:
@@ -220,7 +229,12 @@ def unary_handler(
     async def handle(stream: grpclib.server.Stream) -> None:
         request = await stream.recv_message()
         reply = await trio_asyncio.trio_as_aio(call)(request)
-        await stream.send_message(reply)
+        try:
+            await stream.send_message(reply)
+        except grpclib.exceptions.StreamTerminatedError:
+            # The caller gave up (its client went away) as the reply was ready: end like a
+            # cancelled call, which grpclib takes quietly, not as an error with a traceback.
+            raise asyncio.CancelledError() from None
 
     return grpclib.const.Handler(
         handle, grpclib.const.Cardinality.UNARY_UNARY, request_type, reply_type
@@ -306,9 +320,13 @@ class Channel:
                 finally:
                     nursery.cancel_scope.cancel()
         finally:
+            # Cancelled half-open (the request not even sent), or the peer gone: the stream's
+            # own teardown may complain; there is nothing left to save.
             with trio.CancelScope(shield=True), trio.move_on_after(1):
-                await trio_asyncio.aio_as_trio(stream.cancel)()
-                await trio_asyncio.aio_as_trio(cm.__aexit__)(None, None, None)
+                with contextlib.suppress(Exception):
+                    await trio_asyncio.aio_as_trio(stream.cancel)()
+                with contextlib.suppress(Exception):
+                    await trio_asyncio.aio_as_trio(cm.__aexit__)(None, None, None)
 
     def close(self) -> None:
         self._channel.close()

@@ -112,7 +112,8 @@ async def handle_delete_topics(ctx: GatewayContext, request: Request) -> Any:
         if result.topic_id:
             ctx.topics_by_id.pop(uuid.UUID(bytes=result.topic_id), None)
     return messages.build(response_type, throttle_time=datetime.timedelta(0), responses=tuple(
-        messages.build(result_type, name=r.name or None,
+        # By id (v6) a result may have no name (null); by name it always has one, even "".
+        messages.build(result_type, name=r.name if r.name or not r.topic_id else None,
                        topic_id=uuid.UUID(bytes=r.topic_id) if r.topic_id else uuid.UUID(int=0),
                        error_code=ErrorCode(r.error_code), error_message=r.error_message or None)
         for r in results))

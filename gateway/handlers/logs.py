@@ -58,8 +58,9 @@ async def handle_offset_for_leader_epoch(ctx: GatewayContext, request: Request) 
 
 async def handle_describe_log_dirs(ctx: GatewayContext, request: Request) -> Any:
     body = request.body
+    # null asks for every topic; an empty list for none.
     wanted = None if body.topics is None else {t.topic: set(t.partitions) for t in body.topics}
-    states = await _states(ctx, sorted(wanted) if wanted else [])
+    states = {} if wanted == {} else await _states(ctx, sorted(wanted) if wanted else [])
     response_type = messages.response_type(apis.ApiKey.DESCRIBE_LOG_DIRS, request.version)
     result_type = messages.nested(response_type, "DescribeLogDirsResult")
     topic_type = messages.nested(response_type, "DescribeLogDirsTopic")
@@ -75,7 +76,7 @@ async def handle_describe_log_dirs(ctx: GatewayContext, request: Request) -> Any
                            offset_lag=0, is_future_key=False)
             for index, state in sorted(partitions.items())
             if wanted is None or not wanted[name] or index in wanted[name]))
-        for name, partitions in sorted(states.items()))
+        for name, partitions in sorted(states.items()) if wanted is None or name in wanted)
     return messages.build(response_type, throttle_time=datetime.timedelta(0),
                           error_code=ErrorCode.none, results=(messages.build(
                               result_type, error_code=ErrorCode.none, log_dir="kelp",
