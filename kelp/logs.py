@@ -54,6 +54,17 @@ def setup(process: str, level: str = "info") -> None:
     # Third-party libraries chatter at INFO about every connection.
     for noisy in ("grpclib", "hpack", "asyncio", "trio_asyncio", "h2"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("grpclib.server").addFilter(_peer_reset_is_not_an_error)
+
+
+def _peer_reset_is_not_an_error(record: logging.LogRecord) -> bool:
+    """grpclib logs a caller that reset its stream while the reply was being sent as "Failed
+    to handle cancellation" with a traceback: that is the caller going away (its Kafka client
+    disconnected), not a fault. Keep it out of the log; everything else passes."""
+    if record.getMessage() == "Failed to handle cancellation" and record.exc_info:
+        error = record.exc_info[1]
+        return type(error).__name__ != "StreamTerminatedError"
+    return True
 
 
 class RateLimited:
