@@ -59,6 +59,10 @@ class _Mapping:
         self.release()
 
 
+class _Stopped(Exception):
+    """The export stopped (its worker is gone) while a mapping was being made."""
+
+
 @dataclass
 class _Lease:
     mapping: _Mapping
@@ -164,8 +168,9 @@ class UcxExporter:
             return pb.OpenReadReply(status=exc.status, error=exc.message)
         if chunk.length == 0:
             return pb.OpenReadReply(status=416, error=f"chunk {file_id} is empty")
-        mapping = await self._mapping_for(chunk.segment, chunk.position + chunk.length)
-        if self._worker is None:  # stopped while we mapped
+        try:
+            mapping = await self._mapping_for(chunk.segment, chunk.position + chunk.length)
+        except _Stopped:  # the export stopped while we mapped
             return pb.OpenReadReply(status=503, error=self.unavailable or "UCX stopped")
         lease_id = next(self._lease_ids)
         mapping.leases += 1
@@ -197,10 +202,10 @@ class UcxExporter:
         except BaseException:
             stack.close()
             raise
-        if self._worker is None:
+        if self._worker is None:  # stopped while the thread mapped: nothing to register with
             memory.close()
             stack.close()
-            raise trio.Cancelled  # pragma: no cover - never: see below
+            raise _Stopped
         region = self._worker.register(memory)  # type: ignore[attr-defined]
         mapping = _Mapping(segment, size, memory, region, region.export(), stack=stack)
         self.counters["mappings"] += 1

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from kelp import grpc, logs, process
+from rdma.pool import PoolConfigError, resolve_shares
 from rdma.reader import ReaderConfig
 from rdma.sidecar import SidecarConfig, SidecarError, run_sidecar
 
@@ -59,6 +60,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="registered read buffers (default: 8)")
     data.add_argument("--buffer-bytes", type=int, default=16 * 1024 * 1024,
                       help="size of each buffer, the largest single read (default: 16 MiB)")
+    data.add_argument("--client-buffers", type=int, default=None, metavar="N",
+                      help="most buffers one client (a gRPC connection, or the HTTP API) holds "
+                      "at once, reading into them or lent; its further reads wait "
+                      "(default: half of --buffers)")
+    data.add_argument("--http-reserve", type=int, default=None, metavar="N",
+                      help="buffers kept for HTTP /read that gRPC reads cannot take "
+                      "(default: 1; 0 with --buffers 1)")
     data.add_argument("--max-concurrent", type=int, default=32,
                       help="reads in progress at once; more wait (default: 32)")
     data.add_argument("--session-ms", type=int, default=30_000,
@@ -66,7 +74,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--endpoint-idle-ms", type=int, default=60_000,
                       help="close a UCX endpoint idle this long (default: 60000)")
     data.add_argument("--lend-ms", type=int, default=30_000,
-                      help="take back a zero-copy buffer not released by then "
+                      help="take back a zero-copy buffer not released by then; loans also "
+                      "come back when the stream or connection that took them ends "
                       "(default: 30000)")
     data.add_argument("--timeout-ms", type=int, default=10_000,
                       help="a read's deadline, both paths included (default: 10000)")
@@ -77,6 +86,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         grpc.Address.parse(args.broker)
     except ValueError as exc:
         parser.error(f"argument --broker: {exc}")
+    try:
+        resolve_shares(args.buffers, args.buffer_bytes, args.client_buffers, args.http_reserve)
+    except PoolConfigError as exc:
+        parser.error(str(exc))
+    if args.lend_ms < 1:
+        parser.error(f"--lend-ms must be at least 1, not {args.lend_ms}")
     return args
 
 
@@ -88,7 +103,8 @@ def config_from_args(args: argparse.Namespace) -> SidecarConfig:
         buffers=args.buffers, buffer_bytes=args.buffer_bytes,
         max_concurrent=args.max_concurrent, session_ms=args.session_ms,
         endpoint_idle_ms=args.endpoint_idle_ms, lend_ms=args.lend_ms,
-        timeout_ms=args.timeout_ms)
+        timeout_ms=args.timeout_ms, client_buffers=args.client_buffers,
+        http_reserve=args.http_reserve)
     return SidecarConfig(socket=args.socket, http_host=http_host, http_port=http_port,
                          reader=reader)
 

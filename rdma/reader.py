@@ -13,29 +13,25 @@ land in a pool slot: the HTTP API copies them out, the gRPC API can lend the slo
 
 Every check that can refuse a read happens before UCX is asked to move a byte: UCX itself
 checks no bounds, so a GET past a region reads whatever is mapped there.
+
+Who may hold which slot, for how long, and what comes back when a read is cancelled is
+:mod:`rdma.pool`'s business: nothing here gives a resource back with an ``await``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
-import mmap
-import os
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import trio
 
 from kelp import fileid, grpc, httpd
 from kelp.rpc.broker import v1 as broker_pb
+from rdma.pool import Account, BufferPool, Loan, Slot
 
 log = logging.getLogger("kelp.sidecar")
-
-SHM_DIR = Path("/dev/shm")
-SHM_PREFIX = "kelp-sidecar-"
 
 
 class ReadFailed(Exception):
@@ -62,104 +58,8 @@ class ReaderConfig:
     endpoint_idle_ms: int = 60_000
     lend_ms: int = 30_000  # a zero-copy buffer not released by then is taken back
     timeout_ms: int = 10_000
-
-
-@dataclass
-class Slot:
-    index: int
-    view: memoryview
-    handle: int = 0  # non-zero while lent to a zero-copy consumer
-    lent_until: float = 0.0
-
-
-class BufferPool:
-    """``count`` slots of ``size`` bytes in one /dev/shm file, registered with UCX when it is
-    in use so GETs land in them directly."""
-
-    def __init__(self, count: int, size: int) -> None:
-        self.count, self.size = count, size
-        self.path = SHM_DIR / f"{SHM_PREFIX}{os.getpid()}"
-        _sweep_stale_buffers()
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.ftruncate(fd, count * size)
-            self.memory = mmap.mmap(fd, count * size)
-        finally:
-            os.close(fd)
-        self._whole = memoryview(self.memory)
-        self.slots = [Slot(i, self._whole[i * size:(i + 1) * size]) for i in range(count)]
-        self._free = list(self.slots)
-        self._freed = trio.Condition()
-        self._lent: dict[int, Slot] = {}
-        self._handles = itertools.count(1)
-        self.region: Any = None  # rdma.ucx.MemoryRegion once registered
-
-    @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[Slot]:
-        """A free slot for the block; it goes back unless the block lent it out."""
-        async with self._freed:
-            while not self._free:
-                await self._freed.wait()
-            slot = self._free.pop()
-        try:
-            yield slot
-        finally:
-            if not slot.handle:
-                await self._give_back(slot)
-
-    async def _give_back(self, slot: Slot) -> None:
-        slot.handle = 0
-        async with self._freed:
-            self._free.append(slot)
-            self._freed.notify()
-
-    def lend(self, slot: Slot, lend_s: float) -> int:
-        slot.handle = next(self._handles)
-        slot.lent_until = trio.current_time() + lend_s
-        self._lent[slot.handle] = slot
-        return slot.handle
-
-    async def release(self, handle: int) -> bool:
-        slot = self._lent.pop(handle, None)
-        if slot is None:
-            return False
-        await self._give_back(slot)
-        return True
-
-    async def reclaim_overdue(self) -> int:
-        now = trio.current_time()
-        overdue = [h for h, slot in self._lent.items() if slot.lent_until < now]
-        for handle in overdue:
-            await self.release(handle)
-        return len(overdue)
-
-    @property
-    def lent(self) -> int:
-        return len(self._lent)
-
-    def close(self) -> None:
-        if self.region is not None:
-            self.region.close()
-        for slot in self.slots:
-            slot.view.release()
-        self._whole.release()
-        self.memory.close()
-        self.path.unlink(missing_ok=True)
-
-
-def _sweep_stale_buffers() -> None:
-    """Remove pool files of sidecars that died without cleaning up (SeaweedFS leaked its
-    temp files until a cleanup endpoint was called)."""
-    for path in SHM_DIR.glob(f"{SHM_PREFIX}*"):
-        pid_text = path.name.removeprefix(SHM_PREFIX)
-        if not pid_text.isdigit():
-            continue
-        try:
-            os.kill(int(pid_text), 0)
-        except ProcessLookupError:
-            path.unlink(missing_ok=True)
-        except PermissionError:
-            pass  # alive, someone else's
+    client_buffers: int | None = None  # one client's share of the pool; None: half of it
+    http_reserve: int | None = None  # buffers only HTTP /read may take; None: 1 (0 if 1 buffer)
 
 
 @dataclass
@@ -172,7 +72,8 @@ class Session:
     chunk_position: int
     chunk_length: int
     expires: float
-    in_use: int = 0  # GETs in flight: the key must outlive them
+    in_use: int = 0  # GETs UCX has not finished: the key must outlive them
+    abandoned_at: float | None = None  # a GET's reader stopped waiting before UCX finished
 
 
 @dataclass
@@ -182,10 +83,23 @@ class _Peer:
     sessions: dict[str, Session] = field(default_factory=dict)
 
 
+@dataclass
+class Fetched:
+    """A served read: the bytes (copied out of the slot) or the loan of the slot itself."""
+
+    transport: str  # "ucx" or "http"
+    data: bytes = b""
+    loan: Loan | None = None
+
+
+LOAN_CHECK_S = 0.2  # how often loans are checked for their deadline and their owner's end
+
+
 class Reader:
     def __init__(self, config: ReaderConfig) -> None:
         self.config = config
-        self.pool = BufferPool(config.buffers, config.buffer_bytes)
+        self.pool = BufferPool(config.buffers, config.buffer_bytes,
+                               share=config.client_buffers, reserve=config.http_reserve)
         self.broker = grpc.Channel(grpc.Address.parse(config.broker))
         self.worker: Any = None
         self.ucx_unavailable: str | None = None if config.ucx else "UCX disabled (--no-ucx)"
@@ -196,7 +110,7 @@ class Reader:
         self._connecting = trio.Lock()
         self.counters = {"rdma_reads": 0, "rdma_bytes": 0, "fallback_reads": 0,
                          "fallback_bytes": 0, "rdma_failures": 0, "sessions_opened": 0,
-                         "endpoints_opened": 0, "buffers_reclaimed": 0}
+                         "endpoints_opened": 0, "endpoints_dropped_stuck": 0}
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -208,12 +122,19 @@ class Reader:
                 if self.config.ucx:
                     await self._start_ucx(stack)
                 stack.push_async_callback(self._close_peers)
-                task_status.started()
-                while True:
-                    await trio.sleep(1)
-                    await self._expire()
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._reap_loans)
+                    task_status.started()
+                    while True:
+                        await trio.sleep(1)
+                        await self._expire()
         finally:
             self.pool.close()
+
+    async def _reap_loans(self) -> None:
+        while True:
+            await trio.sleep(LOAN_CHECK_S)
+            self.pool.reap()
 
     async def _start_ucx(self, stack: contextlib.AsyncExitStack) -> None:
         try:
@@ -243,8 +164,17 @@ class Reader:
 
     async def _expire(self) -> None:
         now = trio.current_time()
-        self.counters["buffers_reclaimed"] += await self.pool.reclaim_overdue()
+        stuck_after = self.config.timeout_ms / 1000
         for address, peer in list(self._peers.items()):
+            if any(s.in_use and s.abandoned_at is not None and now - s.abandoned_at > stuck_after
+                   for s in peer.sessions.values()):
+                # GETs nobody waits for any more, unfinished for a whole read timeout: their
+                # slots stay out of the pool until UCX lets go, so make it (a forced close
+                # cancels every request of the endpoint).
+                log.warning("UCX GETs stuck: closing the endpoint", extra={"peer": address})
+                self.counters["endpoints_dropped_stuck"] += 1
+                await self._drop_peer(address, force=True)
+                continue
             for file_id, session in list(peer.sessions.items()):
                 if session.expires < now and not session.in_use:
                     await self._end_session(peer, file_id)
@@ -253,21 +183,54 @@ class Reader:
 
     # -- reading --------------------------------------------------------------------------------
 
-    async def read(self, file_id: str, offset: int, size: int, slot: Slot) -> str:
-        """Read ``size`` bytes at ``offset`` of chunk ``file_id`` into ``slot``; returns the
-        transport that carried them ("ucx" or "http")."""
+    def check(self, file_id: str, offset: int, size: int) -> None:
+        """Refuse (400) what no path could serve, before a buffer is taken."""
+        if size < 1:
+            raise ReadFailed(400, "size must be at least 1")
         if size > self.pool.size:
             raise ReadFailed(400, f"size {size} exceeds the sidecar's largest read "
                              f"({self.pool.size} bytes, --buffer-bytes)")
+        if offset < 0:
+            raise ReadFailed(400, "offset must not be negative")
         try:
             fileid.parse(file_id)
         except fileid.FileIdError as exc:
             raise ReadFailed(400, f"bad file_id: {exc}") from None
-        async with self._limit:
-            with trio.fail_after(self.config.timeout_ms / 1000):
-                return await self._read(file_id, offset, size, slot)
 
-    async def _read(self, file_id: str, offset: int, size: int, slot: Slot) -> str:
+    async def fetch(self, account: Account, file_id: str, offset: int, size: int, *,
+                    lend_to: object | None = None) -> Fetched:
+        """Serve one read for ``account``: take a buffer (waiting for the account's share, all
+        within the read's deadline), read into it, and copy the bytes out — or, with
+        ``lend_to`` (the scope whose end gives the buffer back: a stream, or the account),
+        lend the buffer itself. Whatever happens, cancellation included, a buffer not lent is
+        given back before this returns."""
+        self.check(file_id, offset, size)
+        timeout_ms = self.config.timeout_ms
+        deadline = trio.current_time() + timeout_ms / 1000
+        slot: Slot | None = None
+        with trio.move_on_at(deadline):
+            slot = await self.pool.acquire(account)
+        if slot is None:
+            raise ReadFailed(503, f"no read buffer came free within {timeout_ms} ms: "
+                             f"{self.pool.describe(account)}")
+        try:
+            try:
+                async with self._limit:
+                    with trio.fail_at(deadline):
+                        transport = await self._read_into(file_id, offset, size, slot)
+            except trio.TooSlowError:
+                raise ReadFailed(504, f"read did not finish within {timeout_ms} ms") from None
+            if lend_to is not None:
+                return Fetched(transport, loan=self.pool.lend(slot, lend_to,
+                                                              self.config.lend_ms / 1000))
+            return Fetched(transport, data=bytes(slot.view[:size]))
+        finally:
+            if slot.loan is None:
+                self.pool.give_back(slot)
+
+    async def _read_into(self, file_id: str, offset: int, size: int, slot: Slot) -> str:
+        """Read ``size`` bytes at ``offset`` of chunk ``file_id`` into ``slot`` (held by the
+        caller); returns the transport that carried them ("ucx" or "http")."""
         ucx_problem = self.ucx_unavailable
         if self.worker is not None:
             try:
@@ -296,17 +259,37 @@ class Reader:
         if offset + size > session.chunk_length:
             raise ReadFailed(416, f"range {offset}+{size} runs past the end of chunk "
                              f"{file_id} ({session.chunk_length} bytes)")
+        pending = True
+
+        def settled() -> None:  # UCX is done with the slot and the key (may come later)
+            nonlocal pending
+            if pending:
+                pending = False
+                session.in_use -= 1
+                if not session.in_use:
+                    session.abandoned_at = None
+                self.pool.ucx_settled(slot)
+
         session.in_use += 1
+        self.pool.ucx_begin(slot)
         try:
             await session.endpoint.get(session.key, session.chunk_position + offset,
-                                       slot.view[:size], local=self.pool.region)
+                                       slot.view[:size], local=self.pool.region,
+                                       settled=settled)
         except (ucx.UcxError, ValueError) as exc:
-            session.in_use -= 1
+            self._note_abandoned(session, pending)
             await self._forget_session(file_id)
             raise ReadFailed(503, f"UCX GET failed: {exc}") from None
-        session.in_use -= 1
+        except BaseException:
+            self._note_abandoned(session, pending)
+            raise
         self.counters["rdma_reads"] += 1
         self.counters["rdma_bytes"] += size
+
+    @staticmethod
+    def _note_abandoned(session: Session, pending: bool) -> None:
+        if pending and session.abandoned_at is None:
+            session.abandoned_at = trio.current_time()
 
     async def _session(self, file_id: str, needed: int) -> Session:
         for peer in self._peers.values():
@@ -326,11 +309,18 @@ class Reader:
             raise ReadFailed(503, f"broker {self.config.broker} OpenRead failed: {exc}") from None
         if reply.status != 200:
             raise ReadFailed(reply.status, reply.error)
-        peer = await self._peer(reply.ucx_address)
+        # Until the session is cached, a lease nobody will use is handed back on failure
+        # (best effort; on cancellation the broker's lease simply runs out).
+        try:
+            peer = await self._peer(reply.ucx_address)
+        except ReadFailed:
+            await self._close_lease(reply.lease_id)
+            raise
         try:
             key = peer.endpoint.import_key(reply.descriptor)
         except Exception as exc:
             await self._drop_peer(reply.ucx_address)
+            await self._close_lease(reply.lease_id)
             raise ReadFailed(503, f"cannot use the broker's rkey: {exc}") from None
         lifetime = min(self.config.session_ms, reply.lease_ms * 0.8) / 1000
         session = Session(reply.lease_id, peer.endpoint, key, reply.chunk_position,
@@ -363,7 +353,7 @@ class Reader:
         return peer
 
     async def _forget_session(self, file_id: str) -> None:
-        for peer in self._peers.values():
+        for peer in list(self._peers.values()):
             if file_id in peer.sessions:
                 await self._end_session(peer, file_id)
 
@@ -373,19 +363,28 @@ class Reader:
             peer.sessions[f"{file_id}#retired{session.lease_id}"] = session
             return
         session.key.close()
+        await self._close_lease(session.lease_id)
+
+    async def _close_lease(self, lease_id: int) -> None:
         with contextlib.suppress(Exception):  # best effort: the lease expires anyway
             await self.broker.call("/broker.v1.Broker/CloseRead",
-                                   broker_pb.CloseReadRequest(lease_id=session.lease_id),
+                                   broker_pb.CloseReadRequest(lease_id=lease_id),
                                    broker_pb.CloseReadReply, timeout=2)
 
-    async def _drop_peer(self, address: str) -> None:
+    async def _drop_peer(self, address: str, *, force: bool = False) -> None:
         peer = self._peers.pop(address, None)
         if peer is None:
             return
-        for file_id in list(peer.sessions):
-            await self._end_session(peer, file_id)
+        # The endpoint first: closing it finishes (or, forced, cancels) its GETs, so no key
+        # or lease goes while UCX still reads with it.
         with contextlib.suppress(Exception):
-            await peer.endpoint.close(force=peer.endpoint.error is not None, timeout=2)
+            await peer.endpoint.close(force=force or peer.endpoint.error is not None,
+                                      timeout=2)
+        for session in peer.sessions.values():
+            if not session.in_use:
+                session.key.close()
+            # else: the endpoint's close destroys its keys once UCX releases it
+            await self._close_lease(session.lease_id)
 
     async def _http_read(self, file_id: str, offset: int, size: int, slot: Slot) -> None:
         target = f"/read?file_id={file_id}&offset={offset}&size={size}"
@@ -429,4 +428,6 @@ class Reader:
                                                  "ud_mlx5", "rc_verbs", "ud_verbs")
                              for t in transports),
                 "http_fallback": self.config.fallback, "max_read_bytes": self.pool.size,
-                "reason": self.ucx_unavailable or ""}
+                "reason": self.ucx_unavailable or "",
+                "buffers": self.pool.count, "client_buffers": self.pool.share,
+                "http_reserve": self.pool.reserve, "lend_ms": self.config.lend_ms}

@@ -9,6 +9,8 @@ itself (UCX GETs from the broker's export, the broker's HTTP read as fallback) i
 
 from __future__ import annotations
 
+import functools
+import itertools
 import logging
 import os
 import stat
@@ -18,12 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpclib.const
+import grpclib.server
 import trio
+import trio_asyncio
 
 from kelp import __version__, grpc, httpd
 from kelp.reads import MAX_READ_BYTES, BadReadRequest, parse_read_request
 from kelp.rpc.sidecar import v1 as sidecar_pb
-from rdma.reader import Reader, ReaderConfig, ReadFailed
+from rdma.pool import Account, ReleaseRefused
+from rdma.reader import Fetched, Reader, ReaderConfig, ReadFailed
 
 log = logging.getLogger("kelp.sidecar")
 
@@ -73,18 +79,30 @@ class SidecarError(Exception):
     """The sidecar cannot start; the message says why and what to do."""
 
 
+class _StreamScope:
+    """One ReadStream: the loans taken on it come back when it ends."""
+
+
+def _connection_of(stream: grpclib.server.Stream) -> Any:
+    """The HTTP/2 connection a call arrived on (grpclib's ``protocol.Connection``: one object
+    for the connection's life, ``is_closing()`` once it is gone). grpclib names it only
+    through the stream's private attribute; every call on one channel shares it."""
+    return stream._stream.connection
+
+
 class Sidecar:
     """The sidecar's state (start time, counters) and its request handlers."""
 
-    def __init__(self, config: SidecarConfig) -> None:
+    def __init__(self, config: SidecarConfig, reader: Reader | None = None) -> None:
         self.config = config
         self.started = time.monotonic()
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self.http_port: int | None = None
-        self.reader = Reader(config.reader)
+        self.reader = reader if reader is not None else Reader(config.reader)
+        self._client_numbers = itertools.count(1)
 
     def all_counters(self) -> dict[str, int]:
-        return {**self.counters, **self.reader.counters, "buffers_lent": self.reader.pool.lent}
+        return {**self.counters, **self.reader.counters, **self.reader.pool.stats()}
 
     def uptime_ms(self) -> int:
         return int((time.monotonic() - self.started) * 1000)
@@ -100,15 +118,46 @@ class Sidecar:
             "/sidecar.v1.Sidecar/Capabilities": grpc.unary_handler(
                 self.grpc_capabilities, sidecar_pb.CapabilitiesRequest,
                 sidecar_pb.CapabilitiesReply),
-            "/sidecar.v1.Sidecar/Read": grpc.unary_handler(
+            "/sidecar.v1.Sidecar/Read": self._unary_as_client(
                 self.grpc_read, sidecar_pb.ReadRequest, sidecar_pb.ReadReply),
-            "/sidecar.v1.Sidecar/ReadStream": grpc.stream_handler(
+            "/sidecar.v1.Sidecar/ReadStream": self._stream_as_client(
                 self.serve_read_stream, sidecar_pb.ReadRequest, sidecar_pb.ReadReply),
-            "/sidecar.v1.Sidecar/Release": grpc.unary_handler(
+            "/sidecar.v1.Sidecar/Release": self._unary_as_client(
                 self.grpc_release, sidecar_pb.ReleaseRequest, sidecar_pb.ReleaseReply),
             "/sidecar.v1.Sidecar/Stat": grpc.unary_handler(
                 self.grpc_stat, sidecar_pb.StatRequest, sidecar_pb.StatReply),
         }
+
+    # A gRPC client is its connection: its loans are released only through it and come back
+    # when it closes, and it holds at most its share of the pool across all its calls.
+
+    def account_of(self, stream: grpclib.server.Stream) -> Account:
+        connection = _connection_of(stream)
+        return self.reader.pool.account_for(
+            connection, lambda: f"grpc-connection-{next(self._client_numbers)}",
+            alive=lambda: not connection.is_closing())
+
+    def _unary_as_client(self, call: Callable[[Any, Account], Awaitable[Any]],
+                         request_type: type, reply_type: type) -> grpclib.const.Handler:
+        async def handle(stream: grpclib.server.Stream) -> None:
+            request = await stream.recv_message()
+            account = self.account_of(stream)
+            reply = await trio_asyncio.trio_as_aio(call)(request, account)
+            await stream.send_message(reply)
+
+        return grpclib.const.Handler(handle, grpclib.const.Cardinality.UNARY_UNARY,
+                                     request_type, reply_type)
+
+    def _stream_as_client(self, serve: Callable[..., Awaitable[None]], request_type: type,
+                          reply_type: type) -> grpclib.const.Handler:
+        async def handle(stream: grpclib.server.Stream) -> None:
+            account = self.account_of(stream)
+            inner = grpc.stream_handler(functools.partial(serve, account=account),
+                                        request_type, reply_type)
+            await inner.func(stream)
+
+        return grpclib.const.Handler(handle, grpclib.const.Cardinality.STREAM_STREAM,
+                                     request_type, reply_type)
 
     async def grpc_health(self, request: sidecar_pb.HealthRequest) -> sidecar_pb.HealthReply:
         self.counters["grpc_requests"] += 1
@@ -124,61 +173,76 @@ class Sidecar:
         self.counters["grpc_requests"] += 1
         return sidecar_pb.CapabilitiesReply(**self.reader.capabilities())
 
-    async def grpc_read(self, request: sidecar_pb.ReadRequest) -> sidecar_pb.ReadReply:
+    async def grpc_read(self, request: sidecar_pb.ReadRequest, account: Account, *,
+                        scope: object | None = None) -> sidecar_pb.ReadReply:
+        """One read for ``account``; a zero-copy one lends its buffer to ``scope`` (the stream
+        it came on; by default the connection itself)."""
         self.counters["grpc_requests"] += 1
         self.counters["read_requests"] += 1
         if request.size < 1 or request.size > MAX_READ_BYTES:
             self.counters["read_rejected"] += 1
             return sidecar_pb.ReadReply(status=400, error=f"size must be in 1..{MAX_READ_BYTES}")
         pool = self.reader.pool
-        async with pool.slot() as slot:
-            try:
-                transport = await self._read(request.file_id, request.offset, request.size,
-                                             slot)
-            except ReadFailed as exc:
-                return sidecar_pb.ReadReply(status=exc.status, error=exc.message)
-            if request.zero_copy:
-                handle = pool.lend(slot, self.config.reader.lend_ms / 1000)
-                return sidecar_pb.ReadReply(status=200, transport=transport,
-                                            shared=sidecar_pb.SharedBuffer(
-                                                path=str(pool.path),
-                                                offset=slot.index * pool.size,
-                                                length=request.size, handle=handle))
-            return sidecar_pb.ReadReply(status=200, transport=transport,
-                                        data=bytes(slot.view[:request.size]))
+        lend_to = (scope if scope is not None else account) if request.zero_copy else None
+        try:
+            fetched = await self._fetch(account, request.file_id, request.offset,
+                                        request.size, lend_to=lend_to)
+        except ReadFailed as exc:
+            return sidecar_pb.ReadReply(status=exc.status, error=exc.message)
+        if fetched.loan is not None:
+            loan = fetched.loan
+            return sidecar_pb.ReadReply(status=200, transport=fetched.transport,
+                                        shared=sidecar_pb.SharedBuffer(
+                                            path=str(pool.path),
+                                            offset=loan.slot.index * pool.size,
+                                            length=request.size, handle=loan.handle))
+        return sidecar_pb.ReadReply(status=200, transport=fetched.transport, data=fetched.data)
 
     async def serve_read_stream(
             self, recv: Callable[[], Awaitable[sidecar_pb.ReadRequest | None]],
-            send: Callable[[sidecar_pb.ReadReply], None]) -> None:
-        """Reads on one stream, each in its own task; what the stream still has lent when it
-        ends (the consumer went away) goes back to the pool."""
+            send: Callable[[sidecar_pb.ReadReply], None], *, account: Account) -> None:
+        """Reads on one stream, each in its own task. Releases travel in the requests; what
+        the stream still has lent when it ends (the consumer went away) goes back to the
+        pool."""
         pool = self.reader.pool
-        lent: set[int] = set()
+        scope = _StreamScope()
 
-        async def one(request: sidecar_pb.ReadRequest) -> None:
-            reply = await self.grpc_read(request)
+        async def one(request: sidecar_pb.ReadRequest, refused: list[int]) -> None:
+            reply = await self.grpc_read(request, account, scope=scope)
             reply.request_id = request.request_id
-            if reply.shared is not None and reply.shared.handle:
-                lent.add(reply.shared.handle)
+            reply.release_refused = refused
             send(reply)
 
         try:
             async with trio.open_nursery() as nursery:
                 while (request := await recv()) is not None:
+                    refused, worst = [], None
                     for handle in request.release:
-                        lent.discard(handle)
-                        await pool.release(handle)
+                        try:
+                            pool.release(handle, account)
+                        except ReleaseRefused as exc:
+                            refused.append(handle)
+                            if worst is None or exc.status < worst.status:
+                                worst = exc  # 403 (someone else's) before 404
                     if request.size:
-                        nursery.start_soon(one, request)
+                        nursery.start_soon(one, request, refused)
+                    elif worst is not None:
+                        send(sidecar_pb.ReadReply(status=worst.status, error=worst.message,
+                                                  request_id=request.request_id,
+                                                  release_refused=refused))
                 nursery.cancel_scope.cancel()  # the client closed its side
         finally:
-            with trio.CancelScope(shield=True):
-                for handle in lent:
-                    await pool.release(handle)
+            pool.end_scope(account, scope)
 
-    async def grpc_release(self, request: sidecar_pb.ReleaseRequest
+    async def grpc_release(self, request: sidecar_pb.ReleaseRequest, account: Account
                            ) -> sidecar_pb.ReleaseReply:
-        return sidecar_pb.ReleaseReply(released=await self.reader.pool.release(request.handle))
+        self.counters["grpc_requests"] += 1
+        try:
+            self.reader.pool.release(request.handle, account)
+        except ReleaseRefused as exc:
+            return sidecar_pb.ReleaseReply(released=False, status=exc.status,
+                                           error=exc.message)
+        return sidecar_pb.ReleaseReply(released=True, status=200)
 
     async def grpc_stat(self, request: sidecar_pb.StatRequest) -> sidecar_pb.StatReply:
         self.counters["grpc_requests"] += 1
@@ -188,19 +252,16 @@ class Sidecar:
             return sidecar_pb.StatReply(status=exc.status, error=exc.message)
         return sidecar_pb.StatReply(status=200, size=size)
 
-    async def _read(self, file_id: str, offset: int, size: int, slot: Any) -> str:
+    async def _fetch(self, account: Account, file_id: str, offset: int, size: int, *,
+                     lend_to: object | None = None) -> Fetched:
         try:
-            transport = await self.reader.read(file_id, offset, size, slot)
+            fetched = await self.reader.fetch(account, file_id, offset, size, lend_to=lend_to)
         except ReadFailed as exc:
             self.counters["read_rejected" if exc.status < 500 else "read_failed"] += 1
             raise
-        except trio.TooSlowError:
-            self.counters["read_failed"] += 1
-            raise ReadFailed(504, f"read did not finish within "
-                             f"{self.config.reader.timeout_ms} ms") from None
         self.counters["reads"] += 1
         self.counters["read_bytes"] += size
-        return transport
+        return fetched
 
     # --- HTTP (people and scripts) --------------------------------------------------------
 
@@ -267,15 +328,13 @@ class Sidecar:
         except BadReadRequest as exc:
             self.counters["read_rejected"] += 1
             return httpd.Response.error(400, str(exc))
-        async with self.reader.pool.slot() as slot:
-            try:
-                transport = await self._read(str(wanted.file_id), wanted.offset, wanted.size,
-                                             slot)
-            except ReadFailed as exc:
-                return httpd.Response.error(exc.status, exc.message,
-                                            request=wanted.describe())
-            return httpd.Response(200, bytes(slot.view[:wanted.size]),
-                                  headers={"x-kelp-transport": transport})
+        try:
+            fetched = await self._fetch(self.reader.pool.http, str(wanted.file_id),
+                                        wanted.offset, wanted.size)
+        except ReadFailed as exc:
+            return httpd.Response.error(exc.status, exc.message, request=wanted.describe())
+        return httpd.Response(200, fetched.data,
+                              headers={"x-kelp-transport": fetched.transport})
 
 
 async def _check_socket_path(path: Path) -> None:

@@ -50,8 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prefetch", type=int, default=3,
                         help="1 MiB blocks read ahead for sequential readers (default: 3)")
     parser.add_argument("--cache-blocks", type=int, default=4,
-                        help="blocks held at once; with --max-concurrent it must stay below "
-                        "the sidecar's --buffers (default: 4)")
+                        help="blocks held at once; with fetches in flight it is kept within "
+                        "the sidecar's --client-buffers (default: 4)")
     parser.add_argument("--timeout-ms", type=int, default=10_000,
                         help="a read's deadline, both paths included (default: 10000)")
     parser.add_argument("--refresh-ms", type=int, default=1000,

@@ -3,8 +3,9 @@
 Reads are served from blocks of up to 1 MiB, each the loan of one chunk range from the source
 (zero-copy from the sidecar's shared memory). A file handle that reads sequentially gets the
 next blocks fetched ahead, in parallel; the number of blocks held at once is bounded, because
-each one holds a slot of the sidecar's buffer pool (cached + in flight must stay below the
-sidecar's ``--buffers``).
+each one holds a slot of the sidecar's buffer pool: cached + in flight stay within the share
+the sidecar grants one connection (``--client-buffers``, learned on connect), evicting cached
+blocks before a fetch rather than after it.
 
 Listings are refreshed at most every ``refresh_s`` when the kernel looks at a partition, so
 segments that roll in or are deleted by retention appear and disappear; a read that finds its
@@ -72,7 +73,8 @@ class KelpFs(pyfuse3.Operations):
         self._topics_listed = -1e9
         self._blocks: collections.OrderedDict[BlockKey, Loan] = collections.OrderedDict()
         self._fetching: dict[BlockKey, trio.Event] = {}
-        self._fetch_limit = trio.Semaphore(config.max_concurrent)
+        self._fetch_limit = trio.CapacityLimiter(config.max_concurrent)
+        self._in_flight = 0  # fetches holding a place under _fetch_limit
         self._next_fh = 1
         self._handles: dict[int, tuple[int, int]] = {}  # fh -> (inode, end of last read)
         self._nursery: trio.Nursery | None = None
@@ -260,10 +262,30 @@ class KelpFs(pyfuse3.Operations):
             del self._fetching[key]
             done.set()
 
+    def _fit_share(self) -> None:
+        """The sidecar lets this connection hold ``share`` buffers (cached loans plus fetches
+        in flight); a fetch beyond it would wait for a release that only a later eviction
+        makes. So keep fetches within the share and evict before fetching, not after."""
+        share = self.source.share
+        if not share:
+            return
+        limit = min(self.config.max_concurrent, share)
+        if self._fetch_limit.total_tokens != limit:
+            self._fetch_limit.total_tokens = limit
+
+    def _make_room(self) -> None:
+        share = self.source.share
+        while share and self._blocks and len(self._blocks) + self._in_flight > share:
+            _, evicted = self._blocks.popitem(last=False)
+            self.source.release(evicted)
+
     async def _fetch(self, node: Node, index: int, length: int) -> Loan:
         pieces = node.locate(index * BLOCK, length)
+        self._fit_share()
         async with self._fetch_limit:
+            self._in_flight += 1
             try:
+                self._make_room()
                 if len(pieces) == 1:
                     chunk, inside, take = pieces[0]
                     return await self.source.read(chunk.file_id, inside, take)
@@ -280,3 +302,5 @@ class KelpFs(pyfuse3.Operations):
                     self._listed.pop(node.partition or ("", 0), None)  # refresh next time
                     raise pyfuse3.FUSEError(errno.ENOENT) from None
                 raise pyfuse3.FUSEError(errno.EIO) from None
+            finally:
+                self._in_flight -= 1

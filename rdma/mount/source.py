@@ -4,7 +4,9 @@ Listings (topics, a partition's segments and chunk maps) come from the broker's 
 Chunk bytes come from the sidecar over one long-lived gRPC stream (ReadStream) on its Unix
 socket, as zero-copy loans: the reply names a slot of the sidecar's shared-memory pool, which
 the mount maps read-only once and hands to the kernel without copying; the slot is given back
-inside a later request. When the sidecar is unavailable (and ``fallback`` allows it) the mount
+inside a later request on the same stream (loans belong to the connection that took them; the
+sidecar takes back a stream's loans when it ends). ``share`` is how many loans the sidecar lets
+this connection hold at once. When the sidecar is unavailable (and ``fallback`` allows it) the mount
 reads the same range straight from the broker's HTTP ``/read``, like SeaweedFS's
 ``-rdma.fallback``.
 """
@@ -73,6 +75,9 @@ class Source:
         self._pools: dict[str, mmap.mmap] = {}
         self.counters = {"sidecar_reads": 0, "fallback_reads": 0, "read_errors": 0}
         self.sidecar_problem: str | None = None if config.sidecar else "sidecar disabled"
+        # Loans (plus reads in flight) the sidecar lets one connection hold; more reads would
+        # wait for a release. Learned from Capabilities on each connect.
+        self.share: int | None = None
 
     # -- the sidecar stream ---------------------------------------------------------------------
 
@@ -83,37 +88,54 @@ class Source:
             await trio.sleep_forever()
         channel = grpc.Channel(grpc.Address(path=self.config.sidecar))
         try:
-            while True:
-                try:
-                    async with channel.open_stream("/sidecar.v1.Sidecar/ReadStream",
-                                                   sidecar_pb.ReadRequest,
-                                                   sidecar_pb.ReadReply) as stream:
-                        self._stream, self.sidecar_problem = stream, None
-                        self._connected.set()
-                        while (reply := await stream.recv()) is not None:
-                            waiter = self._waiting.pop(reply.request_id, None)
-                            if waiter is not None:
-                                waiter.reply = reply
-                                waiter.done.set()
-                            elif reply.shared is not None and reply.shared.handle:
-                                self._to_release.append(reply.shared.handle)  # abandoned
-                except Exception as exc:
-                    self.sidecar_problem = f"sidecar {self.config.sidecar}: {exc}"
-                finally:
-                    self._stream = None
-                    self._connected = trio.Event()
-                    self._to_release.clear()  # the sidecar takes back a dead stream's loans
-                    for waiter in self._waiting.values():
-                        waiter.error = self.sidecar_problem or "sidecar stream ended"
-                        waiter.done.set()
-                    self._waiting.clear()
-                await trio.sleep(0.5)
+            async with trio.open_nursery() as helpers:
+                while True:
+                    await self._serve_stream(channel, helpers)
+                    await trio.sleep(0.5)
         finally:
             channel.close()
             for pool in self._pools.values():
                 with contextlib.suppress(BufferError):  # a view still out: the exit frees it
                     pool.close()
             self._pools.clear()
+
+    async def _serve_stream(self, channel: grpc.Channel, helpers: trio.Nursery) -> None:
+        """One stream's life: route replies to their waiters until it ends."""
+        try:
+            async with channel.open_stream("/sidecar.v1.Sidecar/ReadStream",
+                                           sidecar_pb.ReadRequest,
+                                           sidecar_pb.ReadReply) as stream:
+                self._stream, self.sidecar_problem = stream, None
+                self._connected.set()
+                helpers.start_soon(self._learn_share, channel)
+                while (reply := await stream.recv()) is not None:
+                    waiter = self._waiting.pop(reply.request_id, None)
+                    if waiter is not None:
+                        waiter.reply = reply
+                        waiter.done.set()
+                    elif reply.shared is not None and reply.shared.handle:
+                        self._to_release.append(reply.shared.handle)  # abandoned
+        except Exception as exc:
+            self.sidecar_problem = f"sidecar {self.config.sidecar}: {exc}"
+        finally:
+            self._stream = None
+            self._connected = trio.Event()
+            self._to_release.clear()  # the sidecar takes back a dead stream's loans
+            for waiter in self._waiting.values():
+                waiter.error = self.sidecar_problem or "sidecar stream ended"
+                waiter.done.set()
+            self._waiting.clear()
+
+    async def _learn_share(self, channel: grpc.Channel) -> None:
+        """Ask how many buffers this connection may hold at once (the sidecar's
+        ``--client-buffers``); reads do not wait for the answer."""
+        try:
+            reply = await channel.call("/sidecar.v1.Sidecar/Capabilities",
+                                       sidecar_pb.CapabilitiesRequest(),
+                                       sidecar_pb.CapabilitiesReply, timeout=5)
+        except Exception:  # the stream fails too, or reads go on without a known share
+            return
+        self.share = reply.client_buffers or None
 
     def release(self, loan: Loan) -> None:
         """Give a loan back (a stream message costs tens of microseconds: send it now)."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -262,13 +263,20 @@ class Endpoint:
         dest: Buffer,
         *,
         local: MemoryRegion | None = None,
+        settled: Callable[[], None] | None = None,
     ) -> None:
         """Read ``len(dest)`` bytes at ``offset`` of the remote region into ``dest``.
 
         ``dest`` is any writable contiguous buffer. Passing the registered ``local`` region that
         contains it saves UCX a registration lookup (it matters on verbs, not over shm/tcp).
+
+        ``settled``, if given, is called exactly once, synchronously, as soon as UCX will not
+        touch ``dest`` any more: when the GET completes or fails, at once if it was never
+        posted, and also when the caller stopped waiting first (cancelled, or the endpoint
+        failed) and UCX finishes or cancels the request later. A buffer pool uses it to reuse
+        ``dest`` only when that is safe.
         """
-        await self._rma("get", key, offset, dest, local)
+        await self._rma("get", key, offset, dest, local, settled)
 
     async def read(self, key: RemoteKey, offset: int, size: int) -> bytearray:
         """`get` into a new bytearray of ``size`` bytes."""
@@ -291,22 +299,33 @@ class Endpoint:
         await self._rma("put", key, offset, src, local)
 
     async def _rma(
-        self, op: str, key: RemoteKey, offset: int, buf: Buffer, local: MemoryRegion | None
+        self,
+        op: str,
+        key: RemoteKey,
+        offset: int,
+        buf: Buffer,
+        local: MemoryRegion | None,
+        settled: Callable[[], None] | None = None,
     ) -> None:
-        if key.endpoint is not self:
-            raise ValueError("remote key was imported on another endpoint")
-        await trio.lowlevel.checkpoint_if_cancelled()
-        self._live_handle()  # a failed endpoint raises its PeerError before "key is closed"
         worker = self._worker
-        cdata = worker._binding.ffi.from_buffer("char[]", buf, require_writable=(op == "get"))
-        size = len(cdata)
-        remote = key._checked(offset, size)
-        memh = None
-        if local is not None:
-            if not local.contains(worker._address_of(cdata), size):
-                raise ValueError("buffer is not inside the given local region")
-            memh = local.handle
-        await worker._run_rma(op, self, cdata, size, remote, key._handle, memh)
+        try:
+            if key.endpoint is not self:
+                raise ValueError("remote key was imported on another endpoint")
+            await trio.lowlevel.checkpoint_if_cancelled()
+            self._live_handle()  # a failed endpoint raises its PeerError before "key is closed"
+            cdata = worker._binding.ffi.from_buffer("char[]", buf, require_writable=(op == "get"))
+            size = len(cdata)
+            remote = key._checked(offset, size)
+            memh = None
+            if local is not None:
+                if not local.contains(worker._address_of(cdata), size):
+                    raise ValueError("buffer is not inside the given local region")
+                memh = local.handle
+        except BaseException:
+            if settled is not None:  # never posted: UCX never saw the buffer
+                settled()
+            raise
+        await worker._run_rma(op, self, cdata, size, remote, key._handle, memh, settled)
 
     async def flush(self) -> None:
         """Wait until every operation posted on this endpoint completed remotely."""

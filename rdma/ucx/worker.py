@@ -605,9 +605,15 @@ class Worker:
         remote: int,
         rkey: Any,
         memh: Any,
+        settled: Callable[[], None] | None = None,
     ) -> None:
-        self._check_usable()
-        handle = endpoint._live_handle()
+        try:
+            self._check_usable()
+            handle = endpoint._live_handle()
+        except BaseException:
+            if settled is not None:  # never posted
+                settled()
+            raise
         token = next(self._tokens)
         params = self._request_params(token, memh=memh)
         post = self._lib.ucp_get_nbx if op == "get" else self._lib.ucp_put_nbx
@@ -618,7 +624,8 @@ class Worker:
         else:
             self.stats["puts"] += 1
             self.stats["put_bytes"] += size
-        await self._wait(self._track(ret, token, op, endpoint, cdata))
+        on_done = None if settled is None else (lambda _status: settled())
+        await self._wait(self._track(ret, token, op, endpoint, cdata, on_done))
 
     async def _run_flush(self, endpoint: Endpoint) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()

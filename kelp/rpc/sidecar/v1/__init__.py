@@ -68,6 +68,28 @@ class CapabilitiesReply(betterproto2.Message):
     why UCX is unavailable, when it is
     """
 
+    buffers: "int" = betterproto2.field(8, betterproto2.TYPE_UINT32)
+    """
+    the buffer pool (--buffers)
+    """
+
+    client_buffers: "int" = betterproto2.field(9, betterproto2.TYPE_UINT32)
+    """
+    most buffers one connection holds at once, reading or
+    """
+
+    http_reserve: "int" = betterproto2.field(10, betterproto2.TYPE_UINT32)
+    """
+    lent (--client-buffers); more reads wait their turn
+
+    buffers only HTTP /read may take (--http-reserve)
+    """
+
+    lend_ms: "int" = betterproto2.field(11, betterproto2.TYPE_UINT64)
+    """
+    a loan not released by then is taken back (--lend-ms)
+    """
+
 
 default_message_pool.register_message("sidecar.v1", "CapabilitiesReply", CapabilitiesReply)
 
@@ -123,6 +145,13 @@ class ReadReply(betterproto2.Message):
 
     request_id: "int" = betterproto2.field(6, betterproto2.TYPE_UINT64)
 
+    release_refused: "list[int]" = betterproto2.field(7, betterproto2.TYPE_UINT64, repeated=True)
+    """
+    ReadStream: handles of the request's ``release`` that were not given back (not lent to
+    this connection, or not lent at all). A request with only releases is answered (its
+    request_id, status 403 or 404, error) only when one was refused.
+    """
+
 
 default_message_pool.register_message("sidecar.v1", "ReadReply", ReadReply)
 
@@ -163,6 +192,16 @@ default_message_pool.register_message("sidecar.v1", "ReadRequest", ReadRequest)
 class ReleaseReply(betterproto2.Message):
     released: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
 
+    status: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
+    """
+    200; 403 lent to another connection (nothing changes);
+    """
+
+    error: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    404 not lent (released, or taken back already)
+    """
+
 
 default_message_pool.register_message("sidecar.v1", "ReleaseReply", ReleaseReply)
 
@@ -188,7 +227,7 @@ class SharedBuffer(betterproto2.Message):
 
     handle: "int" = betterproto2.field(4, betterproto2.TYPE_UINT64)
     """
-    give back with Release once read
+    give back with Release once read (63 random bits)
     """
 
 
@@ -362,7 +401,9 @@ class SidecarStub(betterproto2_grpclib.ServiceStub):
         metadata: "MetadataLike | None" = None,
     ) -> "ReleaseReply":
         """
-        Hand a zero-copy buffer back (Read with zero_copy=true lends one).
+        Hand a zero-copy buffer back (Read with zero_copy=true lends one). A loan belongs to the
+        connection that took it: only that connection may release it, and it comes back by
+        itself when its stream (ReadStream) or connection (Read) ends, or after --lend-ms.
         """
 
         return await self._unary_unary(
@@ -427,7 +468,9 @@ class SidecarBase(betterproto2_grpclib.ServiceBase):
 
     async def release(self, message: "ReleaseRequest") -> "ReleaseReply":
         """
-        Hand a zero-copy buffer back (Read with zero_copy=true lends one).
+        Hand a zero-copy buffer back (Read with zero_copy=true lends one). A loan belongs to the
+        connection that took it: only that connection may release it, and it comes back by
+        itself when its stream (ReadStream) or connection (Read) ends, or after --lend-ms.
         """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
