@@ -97,10 +97,22 @@ class Limits:
     # A handler that takes longer gets cancelled and the client gets a 503.
     handler_timeout: float = 60.0
     max_connections: int = 256
+    # A refused request's body is read and thrown away, up to this many bytes and for up to
+    # ``discard_timeout`` seconds, before the connection closes: closing with unread bytes
+    # resets the connection, and a client still sending (most do not read before they have
+    # sent everything) would then never see the answer. A body declared larger is refused
+    # without waiting for it.
+    max_discard_bytes: int = 1024 * 1024
+    discard_timeout: float = 1.0
+    # Builds the answer to a body over ``max_body_bytes`` from a sentence saying so; by default
+    # the usual error shape with status 413. An API with its own error shape sets this.
+    too_large: Callable[[str], Response] | None = None
 
 
 class _RequestTooLarge(Exception):
-    pass
+    def __init__(self, message: str, remaining: int | None = None) -> None:
+        super().__init__(message)
+        self.remaining = remaining  # bytes of the body not yet received, when declared
 
 
 async def serve_http(
@@ -179,18 +191,19 @@ async def _refuse(stream: trio.SocketStream, timeout: float) -> None:
     await _linger(stream)
 
 
-async def _linger(stream: trio.SocketStream) -> None:
-    """Half-close, then drain what the client is still sending, briefly.
+async def _linger(stream: trio.SocketStream, max_bytes: int = 1024 * 1024,
+                  timeout: float = 1.0) -> None:
+    """Half-close, then drain what the client is still sending, bounded in time and bytes.
 
     Closing a socket with unread bytes in the kernel makes it send RST, which can destroy a
     response the client has not read yet (a 413 sent mid-upload, a 400 for garbage). This is the
-    "lingering close" every HTTP server does; it is bounded in time and bytes.
+    "lingering close" every HTTP server does.
     """
-    with trio.move_on_after(1.0), contextlib.suppress(
+    with trio.move_on_after(timeout), contextlib.suppress(
             trio.BrokenResourceError, trio.ClosedResourceError):
         await stream.send_eof()
         drained = 0
-        while drained < 1024 * 1024 and (chunk := await stream.receive_some(RECEIVE_SIZE)):
+        while drained < max_bytes and (chunk := await stream.receive_some(RECEIVE_SIZE)):
             drained += len(chunk)
 
 
@@ -208,13 +221,17 @@ class _Connection:
         while True:
             request: Request | None = None
             error: Response | None = None
+            discard: int | None = None  # bytes of a refused body still to come, if known
             with trio.move_on_after(self.limits.read_timeout) as reading:
                 try:
                     request = await self._read_request()
                 except h11.RemoteProtocolError as exc:
                     error = Response.error(exc.error_status_hint, f"bad request: {exc}")
                 except _RequestTooLarge as exc:
-                    error = Response.error(413, str(exc))
+                    error = (self.limits.too_large(str(exc)) if self.limits.too_large
+                             else Response.error(413, str(exc)))
+                    discard = (exc.remaining if exc.remaining is not None
+                               else self.limits.max_discard_bytes)
                 except ValueError as exc:  # an undecodable target or query
                     error = Response.error(400, f"bad request: {exc}")
             if reading.cancelled_caught:
@@ -223,7 +240,7 @@ class _Connection:
                 error = Response.error(
                     408, f"request not received within {self.limits.read_timeout}s")
             if error is not None:
-                await self._fail(error)
+                await self._fail(error, discard)
                 return
             if request is None:
                 return  # the client closed between requests
@@ -262,9 +279,11 @@ class _Connection:
                 error_status_hint=431)
         declared = _header(head.headers, b"content-length")
         if declared is not None and int(declared) > self.limits.max_body_bytes:
-            # Refuse before reading (and before a 100-continue invites the body).
+            # Refuse before reading (and before a 100-continue invites the body); what h11
+            # has already buffered of it need not come again.
             raise _RequestTooLarge(
-                f"body of {int(declared)} bytes exceeds {self.limits.max_body_bytes}")
+                f"body of {int(declared)} bytes exceeds {self.limits.max_body_bytes}",
+                remaining=int(declared) - len(self.conn.trailing_data[0]))
         body = bytearray()
         while not isinstance(event := await self._next_event(), h11.EndOfMessage):
             if isinstance(event, h11.Data):
@@ -314,13 +333,22 @@ class _Connection:
         if writing.cancelled_caught:
             raise trio.BrokenResourceError("client did not take the response in time")
 
-    async def _fail(self, response: Response) -> None:
-        """Answer a request we could not read, then close without resetting the connection."""
+    async def _fail(self, response: Response, discard: int | None = None) -> None:
+        """Answer a request we could not read, then close without resetting the connection.
+
+        ``discard``: for a refused body, how much of it is still on its way (as declared, else
+        ``max_discard_bytes``). A body within ``max_discard_bytes`` is drained whole, so the
+        client can read the answer; a larger one, or any other bad request, gets the ordinary
+        brief lingering close."""
         if log.isEnabledFor(logging.DEBUG):
             log.debug("http request rejected", extra={"status": response.status})
         if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             await self._send_response(response, close=True)
-        await _linger(self.stream)
+        limits = self.limits
+        if discard is not None and discard <= limits.max_discard_bytes:
+            await _linger(self.stream, limits.max_discard_bytes, limits.discard_timeout)
+        else:
+            await _linger(self.stream)
 
     async def _send(self, event: Any) -> None:
         data = self.conn.send(event)

@@ -4,21 +4,26 @@ Reads answer from this gateway's copy of the state. Writes (POST/PUT/DELETE that
 something) run on the elected leader; any other gateway forwards the request there unchanged
 and passes the answer back. Errors use Confluent's shape ``{"error_code", "message"}`` with the
 HTTP status taken from the code's first three digits (40401 -> 404).
+
+What a request may cost is bounded (``limits.py``): the body's size (checked by the HTTP server
+before it is read) and nesting (checked before it is decoded), the schema's size and shape, and
+the time spent parsing and comparing schemas, which happens in stoppable worker threads
+(``work.py``) — never on the event loop. The handlers call the synchronous rules of ``core.py``
+through :meth:`RegistryApi._ready`, which runs whatever work they turn out to need and calls
+them again.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import urllib.parse
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
-import trio
-
-from gateway.registry import core
-from gateway.registry.core import RegistryError
+from gateway.registry import core, limits
+from gateway.registry.core import NotReady, RegistryError
+from gateway.registry.schema import SchemaError
 from gateway.registry.service import Records, SchemaRegistry
 from gateway.registry.state import (
     COMPATIBILITY_LEVELS,
@@ -32,15 +37,16 @@ from gateway.registry.state import (
     mode_record,
     soft_delete_record,
 )
+from gateway.registry.work import Workers
 from kelp import httpd
 
 log = logging.getLogger("kelp.registry")
+T = TypeVar("T")
 
 CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
 FORWARDED = "x-kelp-registry-forwarded"
 WRITE_METHODS = frozenset({"POST", "PUT", "DELETE"})
 ALL_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE"})
-LIMITS = httpd.Limits(max_body_bytes=16 * 1024 * 1024)
 
 
 def _json(obj: Any, status: int = 200) -> httpd.Response:
@@ -52,6 +58,16 @@ def _error(exc: RegistryError) -> httpd.Response:
     return _json({"error_code": exc.code, "message": exc.message}, exc.status)
 
 
+def _too_large(reason: str) -> httpd.Response:
+    return _error(RegistryError(limits.TOO_LARGE, f"Request body too large: {reason}"))
+
+
+# A body over the limit is still read (and thrown away) up to 64 MiB, so that a client that
+# sends it all before reading — most do — gets the 422 rather than a reset connection.
+LIMITS = httpd.Limits(max_body_bytes=limits.MAX_BODY_BYTES, max_discard_bytes=64 * 1024 * 1024,
+                      discard_timeout=10.0, too_large=_too_large)
+
+
 def _flag(request: httpd.Request, name: str) -> bool:
     return request.query.get(name, "false").lower() == "true"
 
@@ -61,6 +77,7 @@ class RegistryApi:
 
     def __init__(self, registry: SchemaRegistry) -> None:
         self.registry = registry
+        self.workers = Workers()
 
     def routes(self) -> dict[str, httpd.Route]:
         route = httpd.Route(self.handle, ALL_METHODS)
@@ -132,16 +149,65 @@ class RegistryApi:
 
     # -- writes: on the leader, or forwarded to it -----------------------------------------
 
+    async def _ready(self, attempt: Callable[[], T],
+                     budget: limits.Budget | None = None) -> T:
+        """``attempt()``, after running in workers whatever work it needs first.
+
+        ``attempt`` reads parsed schemas and verdicts from the cache; each miss raises
+        :class:`NotReady` with the job that fills it, which runs in a worker before ``attempt``
+        runs again. All the jobs of one request share one time budget."""
+        while True:
+            try:
+                return attempt()
+            except NotReady as need:
+                budget = budget or limits.Budget(limits.WORK_TIMEOUT_S)
+                await self._do(need.job, budget)
+
+    async def _prepare(self, attempt: Callable[[], object], budget: limits.Budget) -> None:
+        """As :meth:`_ready` for the work alone: what ``attempt`` itself raises is ignored
+        (errors of the work still raise)."""
+        while True:
+            try:
+                attempt()
+                return
+            except NotReady as need:
+                await self._do(need.job, budget)
+            except RegistryError:
+                return
+
+    async def _do(self, job: core.Job, budget: limits.Budget) -> None:
+        try:
+            result = await self.workers.run(budget, job.run)
+        except limits.WorkStopped:  # out of time (a cancelled request raises Cancelled)
+            raise limits.too_slow(budget.seconds, job.what) from None
+        self.registry.cache.store(job, result)
+
+    async def _local_write(self, plan: Callable[[RegistryState], tuple[Records, Any]]
+                           ) -> httpd.Response:
+        """Write on this (leader) registry.
+
+        The work the plan needs (parsing, compatibility) is done first, outside the write
+        lock, by a dry run of the plan on the current state. Under the lock the plan runs again
+        on the state of that moment; if that needs more (another write got in between), the
+        lock is let go while the work runs, and the plan is tried again."""
+        budget = limits.Budget(limits.WORK_TIMEOUT_S)
+        await self._prepare(lambda: plan(self.state), budget)
+        while True:
+            try:
+                return _json(await self.registry.write(plan))
+            except NotReady as need:
+                await self._do(need.job, budget)
+
     async def _write(self, request: httpd.Request,
                      plan: Callable[[RegistryState], tuple[Records, Any]]) -> httpd.Response:
         if self.registry.is_leader:
-            return _json(await self.registry.write(plan))
+            return await self._local_write(plan)
         if request.headers.get(FORWARDED):
             raise RegistryError(50003, "Error while forwarding the request to the leader: "
                                 "the receiving registry is not the leader either")
         leader = await self.registry.wait_for_leader()
         if leader == self.registry.identity:  # elected meanwhile
-            return _json(await self.registry.write(plan))
+            return await self._local_write(plan)
         target = request.path + (("?" + urllib.parse.urlencode(request.query_items))
                                  if request.query_items else "")
         try:
@@ -154,33 +220,8 @@ class RegistryApi:
                                 f"{leader.url}: {exc}") from None
         return httpd.Response(reply.status, reply.body, reply.content_type or CONTENT_TYPE)
 
-    async def _warm(self, schema_type: str, text: str, refs: Any, subject: str) -> None:
-        """Parse in a worker thread what the plan will need, so the event loop only meets
-        cached results (Protobuf parsing runs a compiler)."""
-        state, cache = self.state, self.registry.cache
-        existing = list(state.versions(subject))
-
-        def parse_all() -> None:
-            for stored in existing:
-                with contextlib.suppress(RegistryError):
-                    cache.of(state, stored)
-            # An invalid schema is reported again, properly, by the plan on the event loop.
-            with contextlib.suppress(RegistryError):
-                cache.parse(state, schema_type, text, refs)
-
-        await trio.to_thread.run_sync(parse_all)
-
-    async def _warm_request(self, request: httpd.Request, subject: str) -> Any:
-        body = _body(request)
-        try:
-            schema_type, text, refs = core.request_schema(self.state, body)
-        except RegistryError:
-            return body
-        await self._warm(schema_type, text, refs, subject)
-        return body
-
     async def register(self, request: httpd.Request, subject: str) -> httpd.Response:
-        body = await self._warm_request(request, subject)
+        body = _body(request)
         normalize = _flag(request, "normalize")
 
         def plan(state: RegistryState) -> tuple[Records, Any]:
@@ -305,32 +346,41 @@ class RegistryApi:
         return _json([s.version for s in versions])
 
     async def lookup(self, request: httpd.Request, subject: str) -> httpd.Response:
-        body = await self._warm_request(request, subject)
-        stored = core.lookup(self.state, self.registry.cache, subject, body,
-                             deleted=_flag(request, "deleted"),
-                             normalize=_flag(request, "normalize"))
+        body = _body(request)
+        deleted, normalize = _flag(request, "deleted"), _flag(request, "normalize")
+        stored = await self._ready(lambda: core.lookup(
+            self.state, self.registry.cache, subject, body, deleted=deleted,
+            normalize=normalize))
         return _json(core.version_json(stored))
 
-    def _formatted(self, stored: SchemaVersion, request: httpd.Request) -> str:
+    async def _formatted(self, stored: SchemaVersion, request: httpd.Request) -> str:
         fmt = request.query.get("format", "")
         if not fmt:
             return stored.schema
+        parsed = await self._ready(lambda: self.registry.cache.of(self.state, stored))
+        budget = limits.Budget(limits.WORK_TIMEOUT_S)
         try:
-            return self.registry.cache.of(self.state, stored).formatted(fmt)
-        except core.SchemaError as exc:
+            return await self.workers.run(budget, parsed.schema.formatted, fmt)
+        except SchemaError as exc:
             raise RegistryError(42201, f"Invalid format {fmt!r}: {exc}") from None
+        except RecursionError:
+            raise RegistryError(42201, f"Invalid format {fmt!r}: the schema nests too deeply "
+                                "to print that way") from None
+        except limits.WorkStopped:
+            raise limits.too_slow(budget.seconds, "formatting the schema") from None
 
     async def get_version(self, request: httpd.Request, subject: str,
                           version_text: str) -> httpd.Response:
         stored = core.get_version(self.state, subject, version_text,
                                   deleted=_flag(request, "deleted"))
-        return _json(core.version_json(stored, self._formatted(stored, request)))
+        return _json(core.version_json(stored, await self._formatted(stored, request)))
 
     async def get_version_schema(self, request: httpd.Request, subject: str,
                                  version_text: str) -> httpd.Response:
         stored = core.get_version(self.state, subject, version_text,
                                   deleted=_flag(request, "deleted"))
-        return httpd.Response(200, self._formatted(stored, request).encode(), CONTENT_TYPE)
+        return httpd.Response(200, (await self._formatted(stored, request)).encode(),
+                              CONTENT_TYPE)
 
     async def referenced_by(self, request: httpd.Request, subject: str,
                             version_text: str) -> httpd.Response:
@@ -365,11 +415,12 @@ class RegistryApi:
 
     async def get_by_id(self, request: httpd.Request, id_text: str) -> httpd.Response:
         stored = self._by_id(id_text, request)
-        return _json(stored.to_json(self._formatted(stored, request), located=False))
+        return _json(stored.to_json(await self._formatted(stored, request), located=False))
 
     async def get_by_id_schema(self, request: httpd.Request, id_text: str) -> httpd.Response:
         stored = self._by_id(id_text, request)
-        return httpd.Response(200, self._formatted(stored, request).encode(), CONTENT_TYPE)
+        return httpd.Response(200, (await self._formatted(stored, request)).encode(),
+                              CONTENT_TYPE)
 
     def _holders(self, request: httpd.Request, id_text: str) -> list[SchemaVersion]:
         stored = self._by_id(id_text, request)
@@ -400,18 +451,24 @@ class RegistryApi:
 
     async def check(self, request: httpd.Request, subject: str,
                     version_text: str | None = None) -> httpd.Response:
-        body = await self._warm_request(request, subject)
-        schema_type, text, refs = core.request_schema(self.state, body)
+        body = _body(request)
         cache = self.registry.cache
-        new = cache.parse(self.state, schema_type, text, refs)
-        level = self.state.compatibility(subject)
-        if version_text is None:
-            previous = [cache.of(self.state, s) for s in self.state.versions(subject)]
-        else:
-            previous = [cache.of(self.state, core.get_version(self.state, subject,
-                                                              version_text))]
-            level = level.removesuffix("_TRANSITIVE")
-        messages = core.compatibility_messages(level, new, previous)
+
+        def attempt() -> list[str]:
+            state = self.state
+            schema_type, text, refs = core.request_schema(state, body)
+            new = cache.parse(state, schema_type, text, refs)
+            level = state.compatibility(subject)
+            if version_text is None:
+                previous = [cache.of(state, s).schema for s in state.versions(subject)]
+            else:
+                previous = [cache.of(state, core.get_version(state, subject,
+                                                             version_text)).schema]
+                level = level.removesuffix("_TRANSITIVE")
+            return core.compatibility_messages(level, new.schema, previous,
+                                               cache.compatibility_errors)
+
+        messages = await self._ready(attempt)
         out: dict[str, Any] = {"is_compatible": not messages}
         if _flag(request, "verbose"):
             out["messages"] = messages
@@ -419,8 +476,18 @@ class RegistryApi:
 
 
 def _body(request: httpd.Request) -> Any:
+    """The decoded JSON body; its size and nesting are checked first, so that decoding can
+    neither take long nor recurse deeply."""
+    if not request.body:
+        return {}
+    limits.check_body_size(len(request.body))  # also for bodies not from our HTTP server
     try:
-        return json.loads(request.body) if request.body else {}
+        text = request.body.decode(json.detect_encoding(request.body))
+    except UnicodeDecodeError as exc:
+        raise RegistryError(400, f"Unrecognized request body: {exc}") from None
+    limits.check_body(text)
+    try:
+        return json.loads(text)
     except ValueError as exc:
         raise RegistryError(400, f"Unrecognized request body: {exc}") from None
 

@@ -24,6 +24,7 @@ from typing import Any
 import fastavro
 from fastavro.schema import UnknownType
 
+from gateway.registry.limits import checkpoint
 from gateway.registry.schema import ParsedSchema, SchemaError
 
 __all__ = ["AvroSchema", "parse"]
@@ -112,6 +113,7 @@ class _Builder:
                     "defined earlier or in a reference")
 
     def build(self, js: Any, space: str, path: str) -> _Node:
+        checkpoint()
         if path.count("/") > _MAX_DEPTH:  # keeps every recursive pass far from Python's limit
             raise _fail(path[:60] + "...", f"nested deeper than {_MAX_DEPTH} levels")
         if isinstance(js, str):
@@ -191,11 +193,13 @@ class _Builder:
         symbols = js.get("symbols")
         if not isinstance(symbols, list) or not all(isinstance(s, str) for s in symbols):
             raise _fail(path, "an enum needs 'symbols', an array of strings")
+        seen: set[str] = set()
         for i, symbol in enumerate(symbols):
             if not _NAME_RE.fullmatch(symbol):
                 raise _fail(f"{path}/symbols/{i}", f"invalid enum symbol {symbol!r}")
-            if symbol in symbols[:i]:
+            if symbol in seen:
                 raise _fail(f"{path}/symbols/{i}", f"duplicate enum symbol {symbol!r}")
+            seen.add(symbol)
         node.symbols = symbols
         default = js.get("default")
         if default is not None and default not in symbols:
@@ -205,6 +209,7 @@ class _Builder:
     def _fields(self, node: _Node, js: dict[str, Any], space: str, path: str) -> None:
         if not isinstance(js.get("fields"), list):
             raise _fail(path, "a record needs 'fields', an array")
+        names: set[str] = set()
         for i, fjs in enumerate(js["fields"]):
             fpath = f"{path}/fields/{i}"
             if not isinstance(fjs, dict) or not isinstance(fjs.get("name"), str):
@@ -212,8 +217,9 @@ class _Builder:
             name = fjs["name"]
             if not _NAME_RE.fullmatch(name):
                 raise _fail(f"{fpath}/name", f"invalid field name {name!r}")
-            if any(f.name == name for f in node.fields):
+            if name in names:
                 raise _fail(fpath, f"duplicate field name {name!r} in {node.name}")
+            names.add(name)
             if "type" not in fjs:
                 raise _fail(fpath, f"the field {name!r} has no 'type'")
             if fjs.get("order", "ascending") not in ("ascending", "descending", "ignore"):
@@ -238,6 +244,7 @@ class _Builder:
 def _valid_default(node: _Node, value: Any, active: set[tuple[int, int]]) -> bool:
     """Avro Java's isValidDefault, except that a union default may match any branch (Avro 1.12,
     AVRO-3649; older releases required the first branch)."""
+    checkpoint()  # unions of records with defaults can make this exponential
     t = node.type
     if t in ("string", "bytes", "enum", "fixed"):
         return isinstance(value, str)
@@ -377,6 +384,7 @@ def _sorted(value: Any) -> Any:
 
 
 def _normal(node: _Node, done: set[str]) -> Any:
+    checkpoint()
     if node.type == "union":
         return [_normal(b, done) for b in node.branches]
     if node.type in PRIMITIVES and not node.props:
@@ -415,6 +423,7 @@ def _normal_field(fld: _Field, done: set[str]) -> dict[str, Any]:
 def _inline(js: Any, space: str, defs: _Defs, done: set[str]) -> Any:
     """Copy ``js`` with the first use of each referenced named type replaced by its definition,
     given an explicit namespace where the new surroundings would change its meaning."""
+    checkpoint()
     if isinstance(js, list):
         return [_inline(b, space, defs, done) for b in js]
     if isinstance(js, str):
@@ -460,6 +469,7 @@ class _Checker:
         self.memo: dict[tuple[int, int], list[str]] = {}
 
     def check(self, r: _Node, w: _Node, path: str) -> list[str]:
+        checkpoint()
         key = (id(r), id(w))
         if key in self.memo:
             # Done before, or in progress further up a recursive schema; like Java, a pair in

@@ -3,16 +3,25 @@
 Nothing here does IO. Reads answer straight from :class:`RegistryState`; writes are *planned*
 here (which records to append, what to answer) and carried out by the service, which appends
 the records to ``_schemas`` and waits until its own reader has applied them.
+
+Nothing here parses or compares schemas either: that can take long, and this code runs on the
+event loop. It reads parsed schemas and compatibility verdicts from a :class:`ParsedCache`;
+one that is not there yet raises :class:`NotReady` with the :class:`Job` that would produce it.
+The REST layer runs the job in a worker thread (bounded in time, stopped when the request is
+cancelled), stores the result and runs the same function again.
 """
 
 from __future__ import annotations
 
 import importlib
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.registry.schema import ParsedSchema, SchemaError
+from gateway.registry import limits
+from gateway.registry.errors import RegistryError
+from gateway.registry.schema import ParsedSchema, SchemaError, SchemaTooLarge
 from gateway.registry.state import (
     SCHEMA_TYPES,
     Reference,
@@ -22,21 +31,10 @@ from gateway.registry.state import (
     schema_record,
 )
 
+__all__ = ["RegistryError"]  # re-exported: the rest of the registry imports it from here
+
 _MODULES = {"AVRO": "gateway.registry.avro", "JSON": "gateway.registry.json_schema",
             "PROTOBUF": "gateway.registry.protobuf"}
-
-
-class RegistryError(Exception):
-    """An answer in Confluent's error shape: HTTP status = the code's first three digits."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-    @property
-    def status(self) -> int:
-        return self.code if self.code < 1000 else int(str(self.code)[:3])
 
 
 def subject_not_found(subject: str) -> RegistryError:
@@ -98,6 +96,9 @@ def resolve_references(state: RegistryState,
     def visit(ref: Reference, depth: int) -> None:
         if depth > 32:
             raise RegistryError(42201, "Invalid schema: references nest too deeply (a cycle?)")
+        if len(seen) >= limits.MAX_REFERENCES:
+            raise RegistryError(limits.TOO_LARGE, "Schema too large: it references more than "
+                                f"{limits.MAX_REFERENCES} schemas (transitively)")
         try:
             target = get_version(state, ref.subject, str(ref.version), deleted=True)
         except RegistryError:
@@ -120,6 +121,9 @@ def parse_request_references(raw: Any, state: RegistryState) -> tuple[Reference,
         return ()
     if not isinstance(raw, list):
         raise RegistryError(42201, "Invalid schema: references must be a list")
+    if len(raw) > limits.MAX_REFERENCES:
+        raise RegistryError(limits.TOO_LARGE, f"Schema too large: {len(raw)} references, the "
+                            f"limit is {limits.MAX_REFERENCES}")
     refs = []
     for item in raw:
         try:
@@ -137,48 +141,166 @@ def parse_request_references(raw: Any, state: RegistryState) -> tuple[Reference,
     return tuple(refs)
 
 
-class ParsedCache:
-    """Parsed schemas by identity: parsing Protobuf runs a compiler, so do it once."""
+@dataclass(frozen=True, eq=False)
+class Parsed:
+    """A parsed schema with the texts the registry compares, computed once in the worker."""
 
-    def __init__(self, limit: int = 10_000) -> None:
-        self._parsed: dict[tuple[str, str, tuple[Reference, ...]], ParsedSchema] = {}
+    schema: ParsedSchema
+    canonical: str
+    normalized: str
+
+
+Identity = tuple[str, str, tuple[Reference, ...]]  # (schema type, text, references)
+
+
+class Job:
+    """Work the event loop must not do itself. ``run`` is called in a worker thread and must
+    not touch the registry's state; the result goes to :meth:`ParsedCache.store`."""
+
+    what = "the work"
+
+    def run(self) -> Any:
+        raise NotImplementedError
+
+
+@dataclass(eq=False)
+class ParseJob(Job):
+    identity: Identity
+    resolved: list[tuple[str, str]]  # the references' (name, text), dependencies first
+    what = "parsing the schema"
+
+    def run(self) -> Parsed:
+        schema_type, text, _ = self.identity
+        nodes = 0
+        for what, one in [*((f"reference {name!r}", t) for name, t in self.resolved),
+                          ("the schema", text)]:
+            limits.checkpoint()
+            shape = (limits.proto_shape(one) if schema_type == "PROTOBUF"
+                     else limits.json_shape(one))
+            limits.check_schema_text(one, shape, what)
+            nodes += shape.nodes
+        if nodes > limits.MAX_NODES:
+            raise RegistryError(limits.TOO_LARGE, f"Schema too large: with its references it "
+                                f"has {nodes} elements, the limit is {limits.MAX_NODES}")
+        try:
+            parsed = parser(schema_type)(text, self.resolved)
+            return Parsed(parsed, parsed.canonical(), parsed.normalized())
+        except SchemaTooLarge as exc:
+            raise RegistryError(limits.TOO_LARGE, f"Schema too large: {exc}") from None
+        except SchemaError as exc:
+            raise RegistryError(42201, f"Invalid schema: {exc}") from None
+        except RecursionError:
+            raise RegistryError(42201, "Invalid schema: nested too deeply") from None
+
+
+@dataclass(eq=False)
+class CompatibilityJob(Job):
+    reader: ParsedSchema
+    writer: ParsedSchema
+    what = "checking compatibility"
+
+    def run(self) -> list[str]:
+        try:
+            return self.reader.compatibility_errors(self.writer)
+        except RecursionError:
+            return ["/: the schemas are nested too deeply to compare"]
+
+
+class NotReady(Exception):
+    """What the event loop needs first: run ``job`` in a worker, store it, call again."""
+
+    def __init__(self, job: Job) -> None:
+        super().__init__(job.what)
+        self.job = job
+
+
+class ParsedCache:
+    """Parsed schemas by identity, and compatibility verdicts by pair; read on the event loop
+    (a miss raises :class:`NotReady`), filled from workers' results.
+
+    Bounded by count and by the size of the texts it holds (a parsed schema takes several
+    times its text in memory); the oldest entries go first. A verdict lives as long as both
+    schemas it compares are still in use."""
+
+    def __init__(self, limit: int = 10_000, max_text_bytes: int = 256 * 1024 * 1024) -> None:
+        self._parsed: dict[Identity, tuple[Parsed, int]] = {}  # -> (parsed, weight)
+        self._weight = 0
         self._limit = limit
+        self._max_weight = max_text_bytes
+        self._compat: weakref.WeakKeyDictionary[
+            ParsedSchema, weakref.WeakKeyDictionary[ParsedSchema, list[str]]
+        ] = weakref.WeakKeyDictionary()
+
+    def __len__(self) -> int:
+        return len(self._parsed)
 
     def parse(self, state: RegistryState, schema_type: str, text: str,
-              refs: tuple[Reference, ...]) -> ParsedSchema:
+              refs: tuple[Reference, ...]) -> Parsed:
         identity = (schema_type, text, refs)
         cached = self._parsed.get(identity)
         if cached is not None:
-            return cached
+            return cached[0]
+        parser(schema_type)  # an unknown type is an error, not work
         resolved = resolve_references(state, refs)
-        try:
-            parsed = parser(schema_type)(text, resolved)
-        except SchemaError as exc:
-            raise RegistryError(42201, f"Invalid schema: {exc}") from None
-        if len(self._parsed) >= self._limit:
-            self._parsed.pop(next(iter(self._parsed)))
-        self._parsed[identity] = parsed
-        return parsed
+        total = limits.text_bytes(text) + sum(limits.text_bytes(t) for _, t in resolved)
+        if total > limits.MAX_TOTAL_BYTES:
+            raise RegistryError(limits.TOO_LARGE, f"Schema too large: with its references it "
+                                f"has {total} bytes, the limit is {limits.MAX_TOTAL_BYTES}")
+        raise NotReady(ParseJob(identity, resolved))
 
-    def of(self, state: RegistryState, stored: SchemaVersion) -> ParsedSchema:
+    def of(self, state: RegistryState, stored: SchemaVersion) -> Parsed:
         return self.parse(state, stored.schema_type, stored.schema, stored.references)
 
+    def compatibility_errors(self, reader: ParsedSchema, writer: ParsedSchema) -> list[str]:
+        """``reader.compatibility_errors(writer)``, once computed by a worker."""
+        found = self._compat.get(reader, {}).get(writer)
+        if found is not None:
+            return found
+        raise NotReady(CompatibilityJob(reader, writer))
 
-def compatibility_messages(level: str, new: ParsedSchema,
-                           previous: Sequence[ParsedSchema]) -> list[str]:
-    """Why ``new`` may not follow ``previous`` (oldest first) under ``level``; [] if it may."""
+    def store(self, job: Job, result: Any) -> None:
+        """Keep what a worker computed for ``job`` (on the event loop). The entry just stored
+        is never the one evicted, so the caller finds it when it tries again."""
+        if isinstance(job, CompatibilityJob):
+            verdicts = self._compat.setdefault(job.reader, weakref.WeakKeyDictionary())
+            verdicts[job.writer] = result
+            return
+        if not isinstance(job, ParseJob) or job.identity in self._parsed:
+            return
+        weight = len(job.identity[1]) + len(result.canonical) + len(result.normalized)
+        while self._parsed and (len(self._parsed) >= self._limit
+                                or self._weight + weight > self._max_weight):
+            _, (_, gone) = _pop_oldest(self._parsed)
+            self._weight -= gone
+        self._parsed[job.identity] = (result, weight)
+        self._weight += weight
+
+
+def _pop_oldest(table: dict[Any, Any]) -> tuple[Any, Any]:
+    key = next(iter(table))
+    return key, table.pop(key)
+
+
+def compatibility_messages(
+        level: str, new: ParsedSchema, previous: Sequence[ParsedSchema],
+        errors: Callable[[ParsedSchema, ParsedSchema], list[str]] | None = None) -> list[str]:
+    """Why ``new`` may not follow ``previous`` (oldest first) under ``level``; [] if it may.
+
+    ``errors(reader, writer)`` is ``reader.compatibility_errors(writer)`` unless given (the
+    registry passes :meth:`ParsedCache.compatibility_errors`)."""
     if level == "NONE" or not previous:
         return []
+    check = errors or (lambda reader, writer: reader.compatibility_errors(writer))
     against = previous if level.endswith("_TRANSITIVE") else previous[-1:]
     base = level.removesuffix("_TRANSITIVE")
     messages: list[str] = []
     for old in reversed(against):
         if base in ("BACKWARD", "FULL"):
             messages += [f"{m} (new schema cannot read data written with an earlier one)"
-                         for m in new.compatibility_errors(old)]
+                         for m in check(new, old)]
         if base in ("FORWARD", "FULL"):
             messages += [f"{m} (an earlier schema cannot read data written with the new one)"
-                         for m in old.compatibility_errors(new)]
+                         for m in check(old, new)]
     return messages
 
 
@@ -199,14 +321,14 @@ def plan_registration(state: RegistryState, cache: ParsedCache, subject: str,
     if mode in ("READONLY", "READONLY_OVERRIDE"):
         raise RegistryError(42205, f"Subject {subject} is in read-only mode")
     parsed = cache.parse(state, schema_type, text, refs)
-    stored_text = parsed.normalized() if normalize else parsed.canonical()
+    stored_text = parsed.normalized if normalize else parsed.canonical
     live = state.versions(subject)
     contract = (contract_text(body.get("metadata")), contract_text(body.get("ruleSet")))
     for existing in live:
         if ((existing.schema_type, existing.references) == (schema_type, refs)
                 and (existing.metadata, existing.rule_set) == contract
                 and (existing.schema == stored_text
-                     or cache.of(state, existing).canonical() == parsed.canonical())):
+                     or cache.of(state, existing).canonical == parsed.canonical)):
             return Registration(existing.id, existing.version, [])
 
     requested_id = body.get("id") if isinstance(body, dict) else None
@@ -215,7 +337,9 @@ def plan_registration(state: RegistryState, cache: ParsedCache, subject: str,
         raise RegistryError(42205, "Schema id and version may only be given in IMPORT mode")
     if mode != "IMPORT":
         level = state.compatibility(subject)
-        messages = compatibility_messages(level, parsed, [cache.of(state, s) for s in live])
+        messages = compatibility_messages(level, parsed.schema,
+                                          [cache.of(state, s).schema for s in live],
+                                          cache.compatibility_errors)
         if messages:
             raise RegistryError(409, "Schema being registered is incompatible with an earlier "
                                 f"schema for subject \"{subject}\", details: {messages}")
@@ -237,7 +361,13 @@ def plan_registration(state: RegistryState, cache: ParsedCache, subject: str,
         version = (every[-1].version if every else 0) + 1
     stored = SchemaVersion(subject, version, schema_id, schema_type, stored_text, refs,
                            metadata=contract[0], rule_set=contract[1])
-    return Registration(schema_id, version, [schema_record(stored)])
+    record = schema_record(stored)
+    size = len(record[0]) + len(record[1] or b"")
+    if size > limits.MAX_RECORD_BYTES:  # the broker would refuse it (message_too_large)
+        raise RegistryError(limits.TOO_LARGE, "Register operation failed because schema is "
+                            f"too large: its record in _schemas would have {size} bytes, the "
+                            f"limit is {limits.MAX_RECORD_BYTES}")
+    return Registration(schema_id, version, [record])
 
 
 def _positive_int(value: Any, name: str) -> int:
@@ -254,7 +384,12 @@ def request_schema(state: RegistryState,
                             "string")
     schema_type = str(body.get("schemaType") or "AVRO").upper()
     parser(schema_type)  # validates the type name
-    return schema_type, body["schema"], parse_request_references(body.get("references"), state)
+    text = body["schema"]
+    size = limits.text_bytes(text)
+    if size > limits.MAX_SCHEMA_BYTES:
+        raise RegistryError(limits.TOO_LARGE, f"Schema too large: {size} bytes, the limit is "
+                            f"{limits.MAX_SCHEMA_BYTES}")
+    return schema_type, text, parse_request_references(body.get("references"), state)
 
 
 def lookup(state: RegistryState, cache: ParsedCache, subject: str, body: Any, *,
@@ -264,13 +399,14 @@ def lookup(state: RegistryState, cache: ParsedCache, subject: str, body: Any, *,
     if not state.versions(subject, deleted=True):
         raise subject_not_found(subject)
     parsed = cache.parse(state, schema_type, text, refs)
-    wanted = parsed.normalized() if normalize else parsed.canonical()
+    wanted = parsed.normalized if normalize else parsed.canonical
     for stored in reversed(state.versions(subject, deleted=deleted)):
         if (stored.schema_type, stored.references) != (schema_type, refs):
             continue
+        if stored.schema == wanted:
+            return stored
         theirs = cache.of(state, stored)
-        if stored.schema == wanted or (theirs.normalized() if normalize
-                                       else theirs.canonical()) == wanted:
+        if (theirs.normalized if normalize else theirs.canonical) == wanted:
             return stored
     raise schema_not_found()
 

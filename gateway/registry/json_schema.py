@@ -26,6 +26,7 @@ matching no ``patternProperties`` of an otherwise open object is open, not close
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable, Sequence
@@ -42,6 +43,7 @@ import referencing.jsonschema
 from jsonschema.validators import validator_for
 from jsonschema_specifications import REGISTRY as _META_SCHEMAS
 
+from gateway.registry.limits import checkpoint
 from gateway.registry.schema import ParsedSchema, SchemaError
 
 if TYPE_CHECKING:
@@ -154,7 +156,7 @@ def parse(text: str, references: Sequence[tuple[str, str]]) -> JsonSchema:
         raise SchemaError(f"Invalid schema: unsupported $schema {schema.get('$schema')!r}")
     draft, spec = _DRAFTS[cls]
     try:
-        cls.check_schema(schema)
+        _check_schema(cls, schema)
     except jsonschema.exceptions.SchemaError as e:
         raise SchemaError(f"Invalid schema: {_pointer(e.absolute_path)}: {e.message}") from e
     except RecursionError as e:  # hostile nesting must not become a 500
@@ -175,9 +177,38 @@ def parse(text: str, references: Sequence[tuple[str, str]]) -> JsonSchema:
     return JsonSchema(schema, at, tuple(references))
 
 
+_TYPE_NAMES = ("array", "boolean", "integer", "null", "number", "object", "string")
+
+
+@functools.cache
+def _stoppable(meta: type[Any]) -> type[Any]:
+    """``meta`` (a meta-schema's validator class) whose every type check is also a
+    :func:`checkpoint`: jsonschema's walk has no hook of its own, and every subschema it
+    visits checks a type."""
+    base = meta.TYPE_CHECKER
+
+    def checking(name: str) -> Any:
+        def is_type(checker: Any, instance: Any) -> bool:
+            checkpoint()
+            return bool(base.is_type(instance, name))
+        return is_type
+
+    checker = base.redefine_many({name: checking(name) for name in _TYPE_NAMES})
+    return jsonschema.validators.extend(meta, type_checker=checker)
+
+
+def _check_schema(cls: Any, schema: Any) -> None:
+    """``cls.check_schema(schema)``, stoppable (see :func:`_stoppable`)."""
+    meta = _stoppable(validator_for(cls.META_SCHEMA, default=cls))
+    validator = meta(schema=cls.META_SCHEMA, format_checker=meta.FORMAT_CHECKER)
+    for error in validator.iter_errors(schema):
+        raise jsonschema.exceptions.SchemaError.create_from(error)
+
+
 def _check_refs(at: _At, path: tuple[str, ...], names: bool = False) -> None:
     """Look every $ref up. ``names``: ``at`` maps names to schemas ("properties" etc.), so a
     key there such as "enum" is a property, not the data keyword."""
+    checkpoint()
     if isinstance(at.schema, dict):
         ref = at.schema.get("$ref")
         if isinstance(ref, str) and not names:
@@ -238,6 +269,7 @@ def _dump(js: Any) -> str:
 
 def _normal(js: Any) -> Any:
     # Sorted keys (by json.dumps) plus the list keywords whose order means nothing.
+    checkpoint()
     if isinstance(js, list):
         return [_normal(v) for v in js]
     if not isinstance(js, dict):
@@ -360,6 +392,7 @@ class _Comparer:
 
     def compare(self, w: _At, r: _At) -> list[Diff]:
         """Differences from writer ``w`` (Confluent's original) to reader ``r`` (update)."""
+        checkpoint()
         w, r = _deref(w), _deref(r)
         key = (id(w.schema), id(r.schema))
         if key in self.memo:

@@ -25,6 +25,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache, cached_property
@@ -34,8 +35,10 @@ from google.protobuf import descriptor_pb2 as dpb
 from google.protobuf import descriptor_pool
 from google.protobuf.message import DecodeError
 
+from gateway.registry import limits
+from gateway.registry.limits import checkpoint
 from gateway.registry.protobuf_text import SCALAR_NAMES, ProtoPrinter
-from gateway.registry.schema import ParsedSchema, SchemaError
+from gateway.registry.schema import ParsedSchema, SchemaError, SchemaTooLarge
 
 __all__ = ["COMPATIBLE_CHANGES", "ProtobufSchema", "differences", "parse"]
 
@@ -43,6 +46,7 @@ FieldProto = dpb.FieldDescriptorProto
 
 _INCLUDE_DIR = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
 _PROTOC_TIMEOUT_S = 30.0
+_PROTOC_POLL_S = 0.02  # how often a waiting compile checks its request's budget
 # Runs protoc in a child interpreter. Why a subprocess and not grpc_tools.protoc.main() in this
 # process: protoc reports errors only by writing to the process's file descriptor 2 from C++, so
 # capturing them in-process means dup2()-ing fd 2 away from every other thread of the gateway
@@ -88,9 +92,12 @@ def parse(text: str, references: Sequence[tuple[str, str]]) -> ProtobufSchema:
         if fdp is None:
             texts[name] = ref_text
         else:
+            _check_descriptor(fdp, f"reference {name!r}")
             fdp.name = name  # the import path is the file's name (confluent-kafka does the same)
             files[name] = fdp
     main = _decode_descriptor(text)
+    if main is not None:
+        _check_descriptor(main, "the schema")
     if main is not None and _valid_path(main.name) and main.name not in texts.keys() | files.keys():
         name = main.name
     else:
@@ -118,6 +125,29 @@ def parse(text: str, references: Sequence[tuple[str, str]]) -> ProtobufSchema:
     main.CopyFrom(closure[name])
     main.ClearField("source_code_info")
     return ProtobufSchema(main, closure, pool)
+
+
+def _check_descriptor(fdp: dpb.FileDescriptorProto, what: str) -> None:
+    """The limits a ``.proto`` text meets by its shape (see ``limits.proto_shape``), for a
+    descriptor sent in binary: message nesting, and declarations (one per message, enum, field,
+    enum value and service method)."""
+    count = 0
+    todo: list[tuple[dpb.DescriptorProto, int]] = [(m, 1) for m in fdp.message_type]
+    count += sum(1 + len(e.value) for e in fdp.enum_type) + len(fdp.extension)
+    count += sum(1 + len(svc.method) for svc in fdp.service)
+    while todo:
+        checkpoint()
+        message, depth = todo.pop()
+        if depth > limits.MAX_DEPTH:
+            raise SchemaError(f"{what}: messages nested deeper than {limits.MAX_DEPTH} levels")
+        count += 1 + len(message.field) + len(message.extension)
+        count += sum(1 + len(e.value) for e in message.enum_type)
+        todo += [(m, depth + 1) for m in message.nested_type]
+        if count > limits.MAX_NODES:
+            break
+    if count > limits.MAX_NODES:
+        raise SchemaTooLarge(f"{what} has more than {limits.MAX_NODES} declarations (messages, "
+                             "fields, enum values)")
 
 
 def _check_import_path(name: str) -> None:
@@ -174,21 +204,37 @@ def _compile(
                 out.write(dpb.FileDescriptorSet(file=given.values()).SerializeToString())
             args.append(f"--descriptor_set_in={in_path}")
         site_dir = os.path.dirname(os.path.dirname(grpc_tools.__file__))
-        try:
-            proc = subprocess.run(
-                [sys.executable, "-I", "-S", "-c", _RUNNER, site_dir, *args, *roots],
-                capture_output=True,
-                timeout=_PROTOC_TIMEOUT_S,
-                cwd=tmp,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            raise SchemaError("Protobuf schema took too long to compile") from None
-        if proc.returncode != 0:
-            raise SchemaError("invalid Protobuf schema: " + _protoc_errors(proc.stderr, src))
+        returncode, stderr = _run_protoc(
+            [sys.executable, "-I", "-S", "-c", _RUNNER, site_dir, *args, *roots], tmp)
+        if returncode != 0:
+            raise SchemaError("invalid Protobuf schema: " + _protoc_errors(stderr, src))
         with open(out_path, "rb") as f:
-            result = dpb.FileDescriptorSet.FromString(f.read())
+            try:
+                result = dpb.FileDescriptorSet.FromString(f.read())
+            except DecodeError as exc:  # e.g. nested beyond the decoder's recursion limit
+                raise SchemaError(f"invalid Protobuf schema: {exc}") from None
     return {f.name: f for f in result.file}
+
+
+def _run_protoc(argv: list[str], cwd: str) -> tuple[int, bytes]:
+    """Run the compiler child; kill it if it outlasts ``_PROTOC_TIMEOUT_S`` or the request's
+    budget (checked every ``_PROTOC_POLL_S``), so that no compile outlives its request."""
+    deadline = time.monotonic() + _PROTOC_TIMEOUT_S
+    with subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE) as proc:
+        try:
+            while True:
+                try:
+                    _, stderr = proc.communicate(timeout=_PROTOC_POLL_S)
+                    return proc.returncode, stderr
+                except subprocess.TimeoutExpired:
+                    checkpoint()
+                    if time.monotonic() > deadline:
+                        raise SchemaError("Protobuf schema took too long to compile") from None
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 def _protoc_errors(stderr: bytes, src: str) -> str:
@@ -462,6 +508,7 @@ class _Diff:
                 self.add("ENUM_CONST_CHANGED", str(number))
 
     def compare_message(self, o_name: str, u_name: str) -> None:
+        checkpoint()
         o_info, u_info = self.original[o_name], self.update[u_name]
         original, update = o_info.proto, u_info.proto
         assert isinstance(original, dpb.DescriptorProto)
@@ -537,6 +584,7 @@ class _Diff:
                 self.enter(str(number)).compare_field(o_field, u_field)
 
     def compare_field(self, original: _Field, update: _Field) -> None:
+        checkpoint()
         if original.proto.name != update.proto.name:
             self.add("FIELD_NAME_CHANGED")
         self._compare_types(

@@ -27,6 +27,8 @@ from google.protobuf import descriptor_pool, message_factory, text_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
+from gateway.registry.limits import checkpoint
+
 FieldProto = dpb.FieldDescriptorProto
 
 SCALAR_NAMES: dict[int, str] = {
@@ -287,6 +289,7 @@ class ProtoPrinter:
     # fields when needed to keep every index where it was.
 
     def _message(self, m: dpb.DescriptorProto, scope: str, header: str = "") -> list[str]:
+        checkpoint()
         full = _join(scope, m.name)
         emitter = _Interleaver(self, m.nested_type, full, [*m.field, *m.extension])
         emitter.sections += [
@@ -357,6 +360,7 @@ class ProtoPrinter:
     def _field(
         self, f: dpb.FieldDescriptorProto, scope: str, *, in_oneof: bool = False
     ) -> list[str]:
+        checkpoint()
         items: list[tuple[str, str]] = []
         if f.HasField("default_value"):
             items.append(("default", self._default(f)))

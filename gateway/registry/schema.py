@@ -12,7 +12,8 @@ qualified type name (the referenced text defines it), for PROTOBUF the import pa
 
 ``parse`` raises :class:`SchemaError` with a message a person can act on (the registry answers
 it as error 42201). Parsing is synchronous and may be slow for large schemas; callers run it in
-a worker thread.
+a worker thread, and its loops call ``limits.checkpoint()`` so that the worker stops when the
+request's time is up.
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ from typing import Protocol
 
 class SchemaError(ValueError):
     """The schema text is not a valid schema of its declared type."""
+
+
+class SchemaTooLarge(SchemaError):
+    """The schema is beyond what the registry accepts in size (see ``limits.py``); the registry
+    answers it as error 42209, Confluent's "schema too large"."""
 
 
 class ParsedSchema(Protocol):
