@@ -25,7 +25,7 @@ import grpclib.server
 import trio
 import trio_asyncio
 
-from kelp import __version__, grpc, httpd
+from kelp import __version__, grpc, httpd, process
 from kelp.reads import MAX_READ_BYTES, BadReadRequest, parse_read_request
 from kelp.rpc.sidecar import v1 as sidecar_pb
 from rdma.pool import Account, ReleaseRefused
@@ -382,8 +382,8 @@ async def run_sidecar(
                             grpc.Address(path=str(config.socket)))
         sidecar.http_port = await nursery.start(
             httpd.serve_http, sidecar.http_routes(), config.http_host, config.http_port)
-        log.info("ready", extra={"socket": str(config.socket),
-                                 "http": f"{config.http_host}:{sidecar.http_port}",
-                                 "broker": config.broker, "broker_http": config.broker_http})
+        process.ready(log, socket=str(config.socket),
+                      http=f"{config.http_host}:{sidecar.http_port}",
+                      broker=config.broker, broker_http=config.broker_http)
         task_status.started(sidecar)
 
