@@ -5,6 +5,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from gateway.kafka import vet
+
 _FIXED = struct.Struct(">hhi")
 _CORRELATION = struct.Struct(">i")
 
@@ -33,18 +35,10 @@ def peek_ids(frame: bytes) -> tuple[int, int, int]:
 
 
 def read_unsigned_varint(data: bytes, position: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if position >= len(data):
-            raise MalformedHeader("truncated varint")
-        byte = data[position]
-        position += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, position
-        shift += 7
-        if shift > 28:
-            raise MalformedHeader("varint too long")
+    try:
+        return vet.read_uvarint(data, position, len(data))
+    except vet.Malformed as exc:
+        raise MalformedHeader(str(exc)) from None
 
 
 def skip_tagged_fields(data: bytes, position: int) -> int:
