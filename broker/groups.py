@@ -553,5 +553,7 @@ class Coordinator:
             return ErrorCode.non_empty_group
         offsets = self.store.get(group_id)
         await self.store.write(group_id, dict.fromkeys(offsets))
-        del self.groups[group_id]
+        # Another DeleteGroups (or a join that re-created it) may have run meanwhile.
+        if self.groups.get(group_id) is group:
+            del self.groups[group_id]
         return ErrorCode.none

@@ -12,6 +12,7 @@ started cancelled at once.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any
 
@@ -192,7 +193,12 @@ class KafkaServer:
                     await prepare(self.ctx, request)
                 current_holds.set(slot.holds)  # the handler's task inherits it (fetch grants)
                 pending = handler(self.ctx, request)  # may do its synchronous part right here
-                await slots.send(slot)
+                try:
+                    await slots.send(slot)
+                except BaseException:  # the connection is going: its answer never will
+                    if inspect.iscoroutine(pending):
+                        pending.close()
+                    raise
                 budget.take(request.size)
                 nursery.start_soon(self._complete, kafka, request, pending, slot, peer,
                                    nursery.cancel_scope, budget)

@@ -91,6 +91,9 @@ def _true(value: str | None) -> bool:
     return (value or "").strip().lower() == "true"
 
 
+MAX_CACHED_TOPICS = 10_000
+
+
 class TopicSettings:
     """Each topic's validation settings, asked of the broker at most every few seconds."""
 
@@ -105,6 +108,17 @@ class TopicSettings:
         if entry is None or trio.current_time() - entry[0] > self.ttl:
             return None
         return entry[1]
+
+    def _bound(self, now: float) -> None:
+        """Keep at most ``MAX_CACHED_TOPICS`` names: produce requests may name any number of
+        topics (most of them made up, by a hostile client); expired ones go first, then the
+        oldest (insertion order)."""
+        if len(self._cached) < MAX_CACHED_TOPICS:
+            return
+        for name in [n for n, (at, _s) in self._cached.items() if now - at > self.ttl]:
+            del self._cached[name]
+        while len(self._cached) >= MAX_CACHED_TOPICS // 2:
+            del self._cached[next(iter(self._cached))]
 
     def forget(self, topic: str) -> None:
         """Called when this gateway alters a topic's configs: the next produce asks again."""
@@ -121,6 +135,7 @@ class TopicSettings:
         except (BrokerUnavailable, BrokerFailed):
             return
         now = trio.current_time()
+        self._bound(now)
         for resource in reply.resources:
             if resource.error_code:
                 # Unknown topic: nothing to validate yet (auto-creation comes with defaults).
