@@ -325,8 +325,9 @@ class BrokerService:
                     # Written here, in arrival order; only the wait for fsync is a task.
                     reply, durable = self._append(request)
                     if durable is None:
-                        if request.acks != 0:
-                            send(reply)
+                        # acks=0 gets a reply too (its Kafka client gets none): the gateway
+                        # counts appends outstanding to bound its backlog.
+                        send(reply)
                     else:
                         nursery.start_soon(self._reply_when_durable, reply, durable, send)
         finally:
@@ -414,7 +415,11 @@ class BrokerService:
                 await self._wait_for_data(request)
                 # Bound the fetched bytes this stream holds: read only once the replies
                 # already queued for the gateway leave room (backpressure per gateway stream).
-                reserved = await send.reserve(_fetch_budget(request))
+                # Reserve what the read can return (what the log holds past the offsets,
+                # within the request's budget), not the budget: one big max_bytes must not
+                # serialise every other fetch on the stream.
+                available, _errors = self._available(request)
+                reserved = await send.reserve(min(_fetch_budget(request), available))
                 try:
                     reply = await self._read(request)
                 except BaseException:

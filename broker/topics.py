@@ -245,6 +245,8 @@ class TopicRegistry:
             del topic.logs[first_new:]
             topic.partition_count = first_new
             raise
+        if self.topics.get(name) is not topic:  # deleted while the catalogue was saved
+            raise TopicError(ErrorCode.unknown_topic_or_partition, f"topic {name!r} was deleted")
         if topic.nursery is not None:
             for plog in topic.logs[first_new:]:
                 topic.nursery.start_soon(plog.maintain, self.retention_check_s)

@@ -28,6 +28,9 @@ log = logging.getLogger("kelp.gateway.broker")
 _SERVICE = "/broker.v1.Broker/"
 CONNECT_WAIT_S = 10.0
 MAX_CONCURRENT_CALLS = 64  # unary calls in flight (the two streams take two more)
+# Appends sent and not yet answered: past this, produce requests wait (a closed Kafka connection
+# no longer bounds what it had already sent, so this bound is gateway-wide).
+MAX_OUTSTANDING_APPENDS = 4096
 
 
 class BrokerUnavailable(Exception):
@@ -48,12 +51,13 @@ _UNAVAILABLE = {Status.UNAVAILABLE, Status.DEADLINE_EXCEEDED, Status.CANCELLED,
 class _Waiter:
     """One outstanding stream request: set once, by the reply or by a stream failure."""
 
-    __slots__ = ("done", "error", "reply")
+    __slots__ = ("append", "done", "error", "reply")
 
-    def __init__(self) -> None:
+    def __init__(self, *, append: bool = False) -> None:
         self.done = trio.Event()
         self.reply: Any = None
         self.error: Exception | None = None
+        self.append = append
 
     async def wait(self) -> Any:
         await self.done.wait()
@@ -73,6 +77,8 @@ class BrokerClient:
         self._waiting: dict[int, _Waiter] = {}
         self._outage = False  # logged once when calls start failing, once when they recover
         self._calls = trio.CapacityLimiter(MAX_CONCURRENT_CALLS)
+        self._appends_outstanding = 0
+        self._append_room = trio.Event()
 
     @property
     def pending(self) -> int:
@@ -123,6 +129,8 @@ class BrokerClient:
             if waiter is not None:
                 waiter.reply = reply
                 waiter.done.set()
+                if waiter.append:
+                    self._append_answered()
         scope.cancel()  # one stream ended: reconnect both
 
     def _fail_waiters(self, error: Exception) -> None:
@@ -130,6 +138,8 @@ class BrokerClient:
         for waiter in waiting.values():
             waiter.error = error
             waiter.done.set()
+        self._appends_outstanding = 1  # the next answer-or-failure wakes every waiter
+        self._append_answered()
 
     async def wait_connected(self) -> None:
         with trio.move_on_after(CONNECT_WAIT_S):
@@ -140,11 +150,19 @@ class BrokerClient:
     # -- data path --------------------------------------------------------------------------
 
     async def wait_append_writable(self) -> None:
-        """Until the append stream has room (the broker takes appends slower than clients
-        send them: the Kafka connection waiting here is not read meanwhile)."""
+        """Until the append stream has room, in bytes queued and in appends the broker has
+        not answered yet (the broker takes appends slower than clients send them: the Kafka
+        connection waiting here is not read meanwhile)."""
+        while self._appends_outstanding >= MAX_OUTSTANDING_APPENDS:
+            await self._append_room.wait()
         stream = self._append
         if stream is not None:
             await stream.wait_writable()
+
+    def _append_answered(self) -> None:
+        self._appends_outstanding = max(self._appends_outstanding - 1, 0)
+        room, self._append_room = self._append_room, trio.Event()
+        room.set()
 
     def submit_append(self, topic: str, partition: int, records: bytes,
                       acks: int) -> _Waiter | None:
@@ -163,10 +181,10 @@ class BrokerClient:
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             # The stream failed under us: a retriable answer, not a dropped Kafka connection.
             raise BrokerUnavailable(f"broker {self.address} append stream failed") from exc
-        if acks == 0:
-            return None
-        waiter = self._waiting[request_id] = _Waiter()
-        return waiter
+        # Every append is answered (acks=0 too), so each is counted until it is.
+        waiter = self._waiting[request_id] = _Waiter(append=True)
+        self._appends_outstanding += 1
+        return None if acks == 0 else waiter
 
     async def fetch(self, request: pb.FetchRequest) -> pb.FetchReply:
         await self.wait_connected()
