@@ -78,7 +78,7 @@ class BrokerClient:
         self._outage = False  # logged once when calls start failing, once when they recover
         self._calls = trio.CapacityLimiter(MAX_CONCURRENT_CALLS)
         self._appends_outstanding = 0
-        self._append_room = trio.Event()
+        self._append_lot = trio.lowlevel.ParkingLot()
 
     @property
     def pending(self) -> int:
@@ -138,8 +138,8 @@ class BrokerClient:
         for waiter in waiting.values():
             waiter.error = error
             waiter.done.set()
-        self._appends_outstanding = 1  # the next answer-or-failure wakes every waiter
-        self._append_answered()
+        self._appends_outstanding = 0
+        self._append_lot.unpark_all()
 
     async def wait_connected(self) -> None:
         with trio.move_on_after(CONNECT_WAIT_S):
@@ -154,15 +154,16 @@ class BrokerClient:
         not answered yet (the broker takes appends slower than clients send them: the Kafka
         connection waiting here is not read meanwhile)."""
         while self._appends_outstanding >= MAX_OUTSTANDING_APPENDS:
-            await self._append_room.wait()
+            await self._append_lot.park()
         stream = self._append
         if stream is not None:
             await stream.wait_writable()
 
     def _append_answered(self) -> None:
+        # Wake only as many waiters as there is room for: thousands of stuck connections
+        # must not all be woken by every answer (that burned a core under the fuzzer).
         self._appends_outstanding = max(self._appends_outstanding - 1, 0)
-        room, self._append_room = self._append_room, trio.Event()
-        room.set()
+        self._append_lot.unpark(count=MAX_OUTSTANDING_APPENDS - self._appends_outstanding)
 
     def submit_append(self, topic: str, partition: int, records: bytes,
                       acks: int) -> _Waiter | None:
