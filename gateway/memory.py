@@ -56,8 +56,9 @@ class BytePool:
     def release(self, size: int) -> None:
         if size:
             self.used -= size
-            freed, self._freed = self._freed, trio.Event()
-            freed.set()
+            if self.used < self.capacity:  # waking waiters while still full only herds them
+                freed, self._freed = self._freed, trio.Event()
+                freed.set()
 
 
 class Output:

@@ -120,8 +120,11 @@ class _Pump:
             await self._room.wait()
 
     def _wake(self) -> None:
-        room, self._room = self._room, trio.Event()
-        room.set()
+        # Only once there is room (or the stream failed): waking every waiter on each message
+        # sent while still full is a thundering herd with thousands of them.
+        if self.pending_bytes < self.max_outgoing_bytes or self.error is not None:
+            room, self._room = self._room, trio.Event()
+            room.set()
 
     async def recv(self) -> Any:
         try:
@@ -154,7 +157,9 @@ class _Pump:
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await sender
-            self._wake()  # reservers see the error instead of waiting forever
+            if self.error is None:  # ended cleanly: nothing queued will be sent any more
+                self.error = EOFError("stream ended")
+            self._wake()  # reservers and writers see the end instead of waiting forever
 
     async def _send_loop(self) -> None:
         try:
