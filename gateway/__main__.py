@@ -10,12 +10,13 @@ import trio
 
 from gateway.broker_client import BrokerClient
 from gateway.context import GatewayConfig, GatewayContext
-from gateway.registry import api as registry_api
-from gateway.registry.api import RegistryApi
-from gateway.registry.service import Identity, SchemaRegistry
+from gateway.registry_link import RegistryBrokerLink
 from gateway.server import KafkaServer
 from kelp import grpc, httpd, logs, process
 from kelp.process import count_tasks
+from registry import api as registry_api
+from registry.api import RegistryApi
+from registry.service import Identity, SchemaRegistry
 
 log = logging.getLogger("kelp.gateway")
 
@@ -116,8 +117,8 @@ async def serve(args: argparse.Namespace) -> None:
         routes: dict[str, httpd.Handler | httpd.Route] = {
             "/health": health, "/debug/versions": versions}
         if not args.no_registry:
-            registry = SchemaRegistry(broker, Identity("", 0), topic=args.schemas_topic,
-                                      group=args.registry_group)
+            registry = SchemaRegistry(RegistryBrokerLink(broker), Identity("", 0),
+                                      topic=args.schemas_topic, group=args.registry_group)
             routes.update(RegistryApi(registry).routes())
             ctx.registry_state = registry.state
         http_bound = await nursery.start(partial(

@@ -10,9 +10,9 @@ from kio.schema.errors import ErrorCode
 
 from gateway.broker_client import BrokerClient
 from gateway.memory import BytePool, Output
-from gateway.registry.state import RegistryState
-from gateway.registry.validation import TopicSettings
+from gateway.validation_settings import TopicSettings
 from kelp.rpc.broker import v1 as pb
+from registry.state import RegistryState
 
 NODE_ID = 0
 # The client address of the connection a handler serves (for DescribeGroups' client_host).

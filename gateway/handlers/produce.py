@@ -18,7 +18,7 @@ from gateway.broker_client import BrokerUnavailable
 from gateway.context import DropConnection, GatewayContext
 from gateway.kafka import apis, messages
 from gateway.kafka.connection import Request
-from gateway.registry import validation
+from registry import validation
 
 VALID_ACKS = (0, 1, -1)
 # Backpressure: when the broker takes longer than this to take a produce, the client is told

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from gateway.registry import limits
+from registry import limits
 from tests.kelp_procs import Cluster
 from tests.registry_http import CONTENT_TYPE, avro_record, call, ok, wait_for_leader
 

@@ -1,4 +1,4 @@
-"""Unit tests for the AVRO schema type (gateway.registry.avro).
+"""Unit tests for the AVRO schema type (registry.avro).
 
 The compatibility table follows Confluent's "Schema Evolution and Compatibility" summary
 (BACKWARD: delete fields, add optional fields; FORWARD: add fields, delete optional fields;
@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.registry.avro import AvroSchema, parse
-from gateway.registry.schema import SchemaError
+from registry.avro import AvroSchema, parse
+from registry.schema import SchemaError
 
 
 def avro(schema: Any, references: list[tuple[str, Any]] | None = None) -> AvroSchema:

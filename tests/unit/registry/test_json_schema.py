@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from gateway.registry.json_schema import JsonSchema, parse
-from gateway.registry.schema import SchemaError
+from registry.json_schema import JsonSchema, parse
+from registry.schema import SchemaError
 
 STR, INT, NUM = {"type": "string"}, {"type": "integer"}, {"type": "number"}
 NULL = {"type": "null"}

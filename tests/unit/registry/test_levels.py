@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from gateway.registry import avro, json_schema, protobuf
-from gateway.registry.core import compatibility_messages
+from registry import avro, json_schema, protobuf
+from registry.core import compatibility_messages
 
 LEVELS = ("NONE", "BACKWARD", "FORWARD", "FULL")
 

@@ -1,4 +1,4 @@
-"""The registry's limits (gateway.registry.limits, work, the cache in core): the bracket scan
+"""The registry's limits (registry.limits, work, the cache in core): the bracket scan
 against real JSON nesting, the size/element/depth refusals and their Confluent codes, the time
 budget that stops a parse in its worker, and the HTTP server's answer to an oversized body."""
 
@@ -19,13 +19,13 @@ from google.protobuf import descriptor_pb2 as dpb
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.registry import core, limits, protobuf
-from gateway.registry.errors import RegistryError
-from gateway.registry.limits import Budget, WorkStopped, check_body, json_shape, proto_shape
-from gateway.registry.schema import SchemaError, SchemaTooLarge
-from gateway.registry.state import RegistryState, SchemaVersion, schema_record
-from gateway.registry.work import Workers
 from kelp import httpd
+from registry import core, limits, protobuf
+from registry.errors import RegistryError
+from registry.limits import Budget, WorkStopped, check_body, json_shape, proto_shape
+from registry.schema import SchemaError, SchemaTooLarge
+from registry.state import RegistryState, SchemaVersion, schema_record
+from registry.work import Workers
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -387,7 +387,7 @@ async def test_oversized_body_is_drained_and_answered_with_the_apis_shape() -> N
 
 
 def test_registry_http_limits() -> None:
-    from gateway.registry import api
+    from registry import api
 
     assert api.LIMITS.max_body_bytes == limits.MAX_BODY_BYTES
     assert api.LIMITS.too_large is not None

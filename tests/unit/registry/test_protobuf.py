@@ -14,8 +14,8 @@ from google.protobuf.message import Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.registry.protobuf import ProtobufSchema, differences, parse
-from gateway.registry.schema import SchemaError
+from registry.protobuf import ProtobufSchema, differences, parse
+from registry.schema import SchemaError
 
 
 def b64(fdp: dpb.FileDescriptorProto) -> str:

@@ -1,11 +1,11 @@
-"""The PROTOBUF schema type of the registry (see :mod:`gateway.registry.schema`).
+"""The PROTOBUF schema type of the registry (see :mod:`registry.schema`).
 
 A schema arrives as ``.proto`` source text or, as confluent-kafka's Python serializer sends it,
 as base64 of a serialized ``google.protobuf.FileDescriptorProto``; references are ``(import
 path, text)`` pairs in either form. Text is compiled by the real compiler (protoc from
 grpcio-tools) into descriptors, every descriptor is then built into a fresh ``DescriptorPool``
 (which rejects unresolved names, e.g. in hand-made base64 descriptors), and the file is printed
-back by :mod:`gateway.registry.protobuf_text` for ``canonical()``/``normalized()``.
+back by :mod:`registry.protobuf_text` for ``canonical()``/``normalized()``.
 
 Imports of well-known files (``google/protobuf/*.proto``; ``google/type/*.proto`` and
 Confluent's ``confluent/meta.proto``/``confluent/type/decimal.proto`` when their Python modules
@@ -35,10 +35,10 @@ from google.protobuf import descriptor_pb2 as dpb
 from google.protobuf import descriptor_pool
 from google.protobuf.message import DecodeError
 
-from gateway.registry import limits
-from gateway.registry.limits import checkpoint
-from gateway.registry.protobuf_text import SCALAR_NAMES, ProtoPrinter
-from gateway.registry.schema import ParsedSchema, SchemaError, SchemaTooLarge
+from registry import limits
+from registry.limits import checkpoint
+from registry.protobuf_text import SCALAR_NAMES, ProtoPrinter
+from registry.schema import ParsedSchema, SchemaError, SchemaTooLarge
 
 __all__ = ["COMPATIBLE_CHANGES", "ProtobufSchema", "differences", "parse"]
 

@@ -27,7 +27,7 @@ from google.protobuf import descriptor_pool, message_factory, text_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from gateway.registry.limits import checkpoint
+from registry.limits import checkpoint
 
 FieldProto = dpb.FieldDescriptorProto
 

@@ -21,11 +21,12 @@ import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from gateway.registry import core, limits
-from gateway.registry.core import NotReady, RegistryError
-from gateway.registry.schema import SchemaError
-from gateway.registry.service import Records, SchemaRegistry
-from gateway.registry.state import (
+from kelp import httpd
+from registry import core, limits
+from registry.core import NotReady, RegistryError
+from registry.schema import SchemaError
+from registry.service import Records, SchemaRegistry
+from registry.state import (
     COMPATIBILITY_LEVELS,
     MODES,
     SCHEMA_TYPES,
@@ -37,15 +38,13 @@ from gateway.registry.state import (
     mode_record,
     soft_delete_record,
 )
-from gateway.registry.work import Workers
-from kelp import httpd
+from registry.work import Workers
 
 log = logging.getLogger("kelp.registry")
 T = TypeVar("T")
 
 CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
 FORWARDED = "x-kelp-registry-forwarded"
-WRITE_METHODS = frozenset({"POST", "PUT", "DELETE"})
 ALL_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE"})
 
 

@@ -43,8 +43,8 @@ import referencing.jsonschema
 from jsonschema.validators import validator_for
 from jsonschema_specifications import REGISTRY as _META_SCHEMAS
 
-from gateway.registry.limits import checkpoint
-from gateway.registry.schema import ParsedSchema, SchemaError
+from registry.limits import checkpoint
+from registry.schema import ParsedSchema, SchemaError
 
 if TYPE_CHECKING:
     from referencing._core import Resolver
@@ -226,7 +226,7 @@ def _check_refs(at: _At, path: tuple[str, ...], names: bool = False) -> None:
 
 
 class JsonSchema:
-    """A parsed JSON Schema; implements :class:`gateway.registry.schema.ParsedSchema`."""
+    """A parsed JSON Schema; implements :class:`registry.schema.ParsedSchema`."""
 
     schema_type = "JSON"
 

@@ -24,8 +24,8 @@ from typing import Any
 import fastavro
 from fastavro.schema import UnknownType
 
-from gateway.registry.limits import checkpoint
-from gateway.registry.schema import ParsedSchema, SchemaError
+from registry.limits import checkpoint
+from registry.schema import ParsedSchema, SchemaError
 
 __all__ = ["AvroSchema", "parse"]
 
@@ -333,7 +333,7 @@ def _parse(text: str, references: Sequence[tuple[str, str]]) -> AvroSchema:
 
 
 class AvroSchema:
-    """A parsed AVRO schema; implements :class:`gateway.registry.schema.ParsedSchema`."""
+    """A parsed AVRO schema; implements :class:`registry.schema.ParsedSchema`."""
 
     schema_type = "AVRO"
 

@@ -7,21 +7,17 @@ TopicNameStrategy the id must also be registered under the topic's subject (``<t
 or ``<topic>-key``). A batch with one bad record is rejected whole (INVALID_RECORD), naming
 the record, so nothing of it is stored. Null keys and values (tombstones) pass.
 
-:func:`check_records` is sans-IO; :class:`TopicSettings` caches each topic's settings for a
-couple of seconds so the produce path asks the broker at most that often.
+:func:`check_records` is sans-IO, and so is :func:`settings_from_configs`; the gateway asks the
+broker for a topic's configs (``gateway/validation_settings.py``) and caches what they say.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-import trio
-
-from gateway.broker_client import BrokerClient, BrokerFailed, BrokerUnavailable
 from kelp import recordbatch, records
-from kelp.rpc.broker import v1 as pb
 
 KEY_CONFIG = "confluent.key.schema.validation"
 VALUE_CONFIG = "confluent.value.schema.validation"
@@ -29,7 +25,6 @@ KEY_STRATEGY = "confluent.key.subject.name.strategy"
 VALUE_STRATEGY = "confluent.value.subject.name.strategy"
 CONFIG_NAMES = (KEY_CONFIG, VALUE_CONFIG, KEY_STRATEGY, VALUE_STRATEGY)
 TOPIC_NAME_STRATEGY = "io.confluent.kafka.serializers.subject.TopicNameStrategy"
-SETTINGS_TTL_S = 2.0
 MAX_ERRORS = 20  # per batch, in the response; the first one is what people read
 
 
@@ -91,59 +86,10 @@ def _true(value: str | None) -> bool:
     return (value or "").strip().lower() == "true"
 
 
-MAX_CACHED_TOPICS = 10_000
-
-
-class TopicSettings:
-    """Each topic's validation settings, asked of the broker at most every few seconds."""
-
-    def __init__(self, broker: BrokerClient, ttl: float = SETTINGS_TTL_S) -> None:
-        self.broker = broker
-        self.ttl = ttl
-        self._cached: dict[str, tuple[float, Settings]] = {}
-
-    def get(self, topic: str) -> Settings | None:
-        """The cached settings, or None when they must be fetched first."""
-        entry = self._cached.get(topic)
-        if entry is None or trio.current_time() - entry[0] > self.ttl:
-            return None
-        return entry[1]
-
-    def _bound(self, now: float) -> None:
-        """Keep at most ``MAX_CACHED_TOPICS`` names: produce requests may name any number of
-        topics (most of them made up, by a hostile client); expired ones go first, then the
-        oldest (insertion order)."""
-        if len(self._cached) < MAX_CACHED_TOPICS:
-            return
-        for name in [n for n, (at, _s) in self._cached.items() if now - at > self.ttl]:
-            del self._cached[name]
-        while len(self._cached) >= MAX_CACHED_TOPICS // 2:
-            del self._cached[next(iter(self._cached))]
-
-    def forget(self, topic: str) -> None:
-        """Called when this gateway alters a topic's configs: the next produce asks again."""
-        self._cached.pop(topic, None)
-
-    async def refresh(self, topics: list[str]) -> None:
-        """Fetch settings for ``topics``. If the broker cannot say, the old setting stays;
-        a topic never seen stays unknown and the produce fails retriably."""
-        request = pb.DescribeConfigsRequest(resources=[
-            pb.DescribeConfigsRequestResource(type=2, name=t, keys=list(CONFIG_NAMES))
-            for t in topics])
-        try:
-            reply = await self.broker.call("DescribeConfigs", request, pb.DescribeConfigsReply)
-        except (BrokerUnavailable, BrokerFailed):
-            return
-        now = trio.current_time()
-        self._bound(now)
-        for resource in reply.resources:
-            if resource.error_code:
-                # Unknown topic: nothing to validate yet (auto-creation comes with defaults).
-                self._cached[resource.name] = (now, NO_VALIDATION)
-                continue
-            values = {e.name: e.value for e in resource.entries}
-            self._cached[resource.name] = (now, Settings(
-                validate_key=_true(values.get(KEY_CONFIG)),
-                validate_value=_true(values.get(VALUE_CONFIG)),
-                key_strategy=values.get(KEY_STRATEGY) or TOPIC_NAME_STRATEGY,
-                value_strategy=values.get(VALUE_STRATEGY) or TOPIC_NAME_STRATEGY))
+def settings_from_configs(values: Mapping[str, str]) -> Settings:
+    """A topic's validation settings from its configs (only ``CONFIG_NAMES`` matter)."""
+    return Settings(
+        validate_key=_true(values.get(KEY_CONFIG)),
+        validate_value=_true(values.get(VALUE_CONFIG)),
+        key_strategy=values.get(KEY_STRATEGY) or TOPIC_NAME_STRATEGY,
+        value_strategy=values.get(VALUE_STRATEGY) or TOPIC_NAME_STRATEGY)

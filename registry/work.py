@@ -21,7 +21,7 @@ from typing import TypeVar
 
 import trio
 
-from gateway.registry.limits import Budget, WorkStopped
+from registry.limits import Budget, WorkStopped
 
 T = TypeVar("T")
 

@@ -36,7 +36,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import accumulate
 
-from gateway.registry.errors import RegistryError
+from registry.errors import RegistryError
 
 MAX_BODY_BYTES = 4 * 1024 * 1024  # an HTTP request body to the registry
 MAX_SCHEMA_BYTES = 2 * 1024 * 1024  # one schema text (UTF-8)

@@ -23,11 +23,11 @@ from typing import TypeVar
 import trio
 from kio.schema.errors import ErrorCode
 
-from gateway.broker_client import BrokerClient, BrokerFailed, BrokerUnavailable
-from gateway.registry.core import ParsedCache, RegistryError
-from gateway.registry.state import RegistryState, noop_record
 from kelp import recordbatch, records
 from kelp.rpc.broker import v1 as pb
+from registry.core import ParsedCache, RegistryError
+from registry.link import BrokerDown, BrokerLink
+from registry.state import RegistryState, noop_record
 
 log = logging.getLogger("kelp.registry")
 
@@ -63,7 +63,7 @@ class Identity:
 
 
 class SchemaRegistry:
-    def __init__(self, broker: BrokerClient, identity: Identity, *, topic: str = "_schemas",
+    def __init__(self, broker: BrokerLink, identity: Identity, *, topic: str = "_schemas",
                  group: str = "schema-registry") -> None:
         self.broker = broker
         self.identity = identity
@@ -105,7 +105,7 @@ class SchemaRegistry:
                                        pb.CreateTopicsReply)
         result = reply.results[0]
         if result.error_code not in (ErrorCode.none, ErrorCode.topic_already_exists):
-            raise BrokerUnavailable(f"cannot create {self.topic}: {result.error_message}")
+            raise BrokerDown(f"cannot create {self.topic}: {result.error_message}")
         # Someone may have created it otherwise. Over several partitions the order of writes
         # is lost, and under a delete policy retention would one day delete schemas; Confluent
         # refuses to run on such a topic, and so does kelp (with the reason in every answer).
@@ -135,7 +135,7 @@ class SchemaRegistry:
                                                   max_bytes=FETCH_MAX_BYTES)],
                     max_wait_ms=0 if start_end is None else 10_000, min_bytes=1,
                     max_bytes=FETCH_MAX_BYTES))
-            except (BrokerUnavailable, BrokerFailed) as exc:
+            except BrokerDown as exc:
                 log.warning("schema reader: broker unavailable", extra={"error": str(exc)})
                 await trio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
@@ -216,10 +216,8 @@ class SchemaRegistry:
     async def _append(self, pairs: Records) -> None:
         batch = records.build_batch(pairs, int(time.time() * 1000))
         try:
-            waiter = self.broker.submit_append(self.topic, 0, batch, -1)
-            assert waiter is not None
-            reply = await waiter.wait()
-        except (BrokerUnavailable, BrokerFailed) as exc:
+            reply = await self.broker.append(self.topic, 0, batch)
+        except BrokerDown as exc:
             raise RegistryError(50001, f"Error while writing to {self.topic}: {exc}") from None
         if reply.error_code:
             raise RegistryError(50001, f"Error while writing to {self.topic}: "
@@ -263,7 +261,7 @@ class SchemaRegistry:
                 try:
                     member_id, generation = await self._join_and_sync(member_id)
                     member_id = await self._heartbeat_until_rebalance(member_id, generation)
-                except (BrokerUnavailable, BrokerFailed) as exc:
+                except BrokerDown as exc:
                     log.warning("registry election: broker unavailable",
                                 extra={"error": str(exc)})
                     self._set_leader(None, False)
@@ -272,7 +270,7 @@ class SchemaRegistry:
             self._set_leader(None, False)
             if member_id:
                 with (trio.CancelScope(shield=True), trio.move_on_after(2),
-                      contextlib.suppress(BrokerUnavailable, BrokerFailed)):
+                      contextlib.suppress(BrokerDown)):
                     await self.broker.call("LeaveGroup", pb.LeaveGroupRequest(
                         group_id=self.group, members=[pb.MemberIdentity(member_id=member_id)]),
                         pb.LeaveGroupReply, timeout=2)
@@ -290,7 +288,7 @@ class SchemaRegistry:
                 member_id = ""
                 continue
             if join.error_code:
-                raise BrokerUnavailable(f"JoinGroup: {ErrorCode(join.error_code).name}")
+                raise BrokerDown(f"JoinGroup: {ErrorCode(join.error_code).name}")
             member_id = join.member_id
             assignments = []
             if join.leader == member_id:
@@ -302,7 +300,7 @@ class SchemaRegistry:
             if sync.error_code == ErrorCode.rebalance_in_progress:
                 continue
             if sync.error_code:
-                raise BrokerUnavailable(f"SyncGroup: {ErrorCode(sync.error_code).name}")
+                raise BrokerDown(f"SyncGroup: {ErrorCode(sync.error_code).name}")
             assignment = json.loads(sync.assignment) if sync.assignment else {}
             identity = assignment.get("master_identity")
             leader = Identity.from_json(identity) if identity else None

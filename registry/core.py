@@ -19,10 +19,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.registry import limits
-from gateway.registry.errors import RegistryError
-from gateway.registry.schema import ParsedSchema, SchemaError, SchemaTooLarge
-from gateway.registry.state import (
+from registry import limits
+from registry.errors import RegistryError
+from registry.schema import ParsedSchema, SchemaError, SchemaTooLarge
+from registry.state import (
     SCHEMA_TYPES,
     Reference,
     RegistryState,
@@ -33,8 +33,8 @@ from gateway.registry.state import (
 
 __all__ = ["RegistryError"]  # re-exported: the rest of the registry imports it from here
 
-_MODULES = {"AVRO": "gateway.registry.avro", "JSON": "gateway.registry.json_schema",
-            "PROTOBUF": "gateway.registry.protobuf"}
+_MODULES = {"AVRO": "registry.avro", "JSON": "registry.json_schema",
+            "PROTOBUF": "registry.protobuf"}
 
 
 def subject_not_found(subject: str) -> RegistryError:

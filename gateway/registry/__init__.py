@@ -1,1 +1,0 @@
-"""The built-in Confluent-compatible Schema Registry served by the gateway."""

@@ -1,0 +1,40 @@
+"""The registry's view of the broker (``registry.link.BrokerLink``) over the gateway's
+broker client: the same calls, with the client's two failures told as one ``BrokerDown``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.broker_client import BrokerClient, BrokerFailed, BrokerUnavailable
+from kelp.rpc.broker import v1 as pb
+from registry.link import BrokerDown
+
+
+class RegistryBrokerLink:
+    def __init__(self, broker: BrokerClient) -> None:
+        self.broker = broker
+
+    async def wait_connected(self) -> None:
+        await self.broker.wait_connected()
+
+    async def call(self, method: str, request: Any, reply_type: type, *,
+                   timeout: float = 10.0) -> Any:
+        try:
+            return await self.broker.call(method, request, reply_type, timeout=timeout)
+        except (BrokerUnavailable, BrokerFailed) as exc:
+            raise BrokerDown(str(exc)) from exc
+
+    async def fetch(self, request: pb.FetchRequest) -> pb.FetchReply:
+        try:
+            return await self.broker.fetch(request)
+        except (BrokerUnavailable, BrokerFailed) as exc:
+            raise BrokerDown(str(exc)) from exc
+
+    async def append(self, topic: str, partition: int, batch: bytes) -> pb.AppendReply:
+        try:
+            waiter = self.broker.submit_append(topic, partition, batch, -1)
+            assert waiter is not None  # acks=all is always answered
+            reply: pb.AppendReply = await waiter.wait()
+        except (BrokerUnavailable, BrokerFailed) as exc:
+            raise BrokerDown(str(exc)) from exc
+        return reply
