@@ -29,6 +29,9 @@ async def handle(ctx: GatewayContext, request: Request) -> Any:
                 meta = await ctx.topic_by_id(wanted.topic_id)
                 if meta is not None:
                     names.append(meta.name)
+        # Kafka answers each topic once however often it is named: without this, one small
+        # request naming a many-partition topic 100,000 times builds a response of gigabytes.
+        names = list(dict.fromkeys(names))
     auto_create = getattr(body, "allow_auto_topic_creation", True) and ctx.config.auto_create_topics
     try:
         described = await ctx.describe_topics(names, auto_create=bool(names) and auto_create)

@@ -269,3 +269,23 @@ def test_a_poisoned_schemas_log_is_skipped_not_fatal(own_cluster: Cluster) -> No
     assert second > first
     assert ok(url, "GET", f"/schemas/ids/{first}")["schema"]
     assert "Traceback" not in own_cluster.gateway.log_text()
+
+
+def test_a_topic_named_many_times_is_answered_once(stack: Cluster, same_processes: None) -> None:
+    """Metadata naming one 64-partition topic 50,000 times (a 350 KB request) is one entry, as
+    in Kafka, not a response of 3.2 million partitions that would stall the gateway."""
+    admin = AdminClient({"bootstrap.servers": stack.bootstrap})
+    admin.create_topics([NewTopic("wide", 64)])["wide"].result(30)
+    request_type = load_request_schema(3, 4)  # Metadata v4
+    module = sys.modules[request_type.__module__]
+    named = module.MetadataRequestTopic(name="wide")
+    client = RawClient(stack.bootstrap, timeout=30)
+    try:
+        started = time.monotonic()
+        response = client.request(request_type(topics=(named,) * 50_000,
+                                                allow_auto_topic_creation=False))
+        assert time.monotonic() - started < 20
+    finally:
+        client.close()
+    assert [t.name for t in response.topics] == ["wide"]
+    assert len(response.topics[0].partitions) == 64
