@@ -140,6 +140,17 @@ class TopicRegistry:
         finally:
             os.close(dir_fd)
 
+    async def _save_catalogue(self) -> None:
+        """Write the catalogue, one write at a time, off the event loop.
+
+        Shielded: a caller that gives up (a client's timeout cancels its gRPC call) must not
+        leave memory and disk disagreeing about a change already made in memory; the write
+        finishes, then the cancellation is delivered.
+        """
+        with trio.CancelScope(shield=True):
+            async with self._save_lock:
+                await trio.to_thread.run_sync(self._save)
+
     async def create(self, name: str, partitions: int, configs: dict[str, str] | None = None,
                      *, validate_only: bool = False) -> Topic:
         """Create a topic; raises ``TopicError`` with Kafka's error code when it cannot."""
@@ -161,12 +172,15 @@ class TopicRegistry:
         self._open_logs(topic)
         self.topics[name] = topic
         try:
-            async with self._save_lock:  # one catalogue write at a time, off the event loop
-                await trio.to_thread.run_sync(self._save)
+            await self._save_catalogue()
         except BaseException:
-            del self.topics[name]
-            for plog in topic.logs:
-                plog.close()
+            # Only if it is still ours: a DeleteTopics (and maybe a new CreateTopics of the
+            # same name) may have run while the catalogue was written, and the directories now
+            # belong to them.
+            if self.topics.get(name) is topic:
+                del self.topics[name]
+                for plog in topic.logs:
+                    plog.close()
             raise
         if self._nursery is not None:
             self._nursery.start_soon(self._maintain, topic)
@@ -188,8 +202,7 @@ class TopicRegistry:
             return
         previous, topic.configs = topic.configs, dict(configs)
         try:
-            async with self._save_lock:
-                await trio.to_thread.run_sync(self._save)
+            await self._save_catalogue()
         except BaseException:
             topic.configs = previous
             raise
@@ -213,8 +226,7 @@ class TopicRegistry:
             grave = plog.directory.with_name(f"{plog.directory.name}.{uuid.uuid4().hex}.deleted")
             plog.directory.rename(grave)
             doomed.append(grave)
-        async with self._save_lock:
-            await trio.to_thread.run_sync(self._save)
+        await self._save_catalogue()
         await trio.to_thread.run_sync(lambda: [shutil.rmtree(d, ignore_errors=True)
                                                for d in doomed])
         log.info("topic deleted", extra={"topic": name})
@@ -237,13 +249,13 @@ class TopicRegistry:
         topic.partition_count = count
         self._open_logs(topic)
         try:
-            async with self._save_lock:
-                await trio.to_thread.run_sync(self._save)
+            await self._save_catalogue()
         except BaseException:
-            for plog in topic.logs[first_new:]:
-                plog.close()
-            del topic.logs[first_new:]
-            topic.partition_count = first_new
+            if self.topics.get(name) is topic:  # else a delete moved these directories away
+                for plog in topic.logs[first_new:]:
+                    plog.close()
+                del topic.logs[first_new:]
+                topic.partition_count = first_new
             raise
         if self.topics.get(name) is not topic:  # deleted while the catalogue was saved
             raise TopicError(ErrorCode.unknown_topic_or_partition, f"topic {name!r} was deleted")
