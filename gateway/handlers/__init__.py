@@ -25,6 +25,7 @@ from gateway.handlers import (
     produce,
     producers,
 )
+from gateway.kafka import apis
 from gateway.kafka.apis import ApiKey
 from gateway.kafka.connection import Request
 
@@ -60,6 +61,7 @@ HANDLERS: dict[int, Handler] = {
     ApiKey.ALTER_CONFIGS: configs.handle_alter,
     ApiKey.INCREMENTAL_ALTER_CONFIGS: configs.handle_incremental_alter,
 }
+apis.require_handlers(HANDLERS)  # the table of served APIs says what must be here
 
 # Work that must finish before a handler is called, still in the read loop so request order
 # holds; it may wait (e.g. for a topic's schema-validation settings, usually cached).

@@ -1,19 +1,34 @@
-"""The Kafka APIs kelp serves and the version ranges it advertises.
+"""The one table of the Kafka APIs kelp serves, and every per-version fact derived from it.
+
+``_SERVED`` below is the only place a version range is written down. ApiVersions advertises
+it, the connection refuses what it does not list, dispatch checks it has a handler for each
+entry (``require_handlers``) and the codec picks kio's schema or a ``legacy`` codec by it.
+Everything else comes from kio, which carries Kafka's message definitions: API names, the
+versions it has schemas for, whether a version is flexible, and which request and response
+header version it uses (ApiVersions answers with header v0 even when flexible; kio says so).
 
 Advertise only what is implemented, in ranges that start low: librdkafka 2.0 enables features
 only when an advertised range overlaps an old one (Produce 3 and Fetch 4 for v2 record batches,
 ListOffsets 1 for offsets-for-times; see shared/CLIENTS.md). librdkafka also compresses with
 gzip/snappy only when Produce overlaps v0, and with lz4 only when FindCoordinator v0 is served:
-so Produce starts at 0 (``legacy`` handles v0-v2) and FindCoordinator at 0. Other floors are
-where kio's schemas start (Fetch 4, ListOffsets 1, CreateTopics 2).
+so Produce starts at 0 and FindCoordinator at 0. Versions below kio's first schema (Produce
+v0-v2) are served by ``legacy``. Other floors are where kio's schemas start (Fetch 4,
+ListOffsets 1, CreateTopics 2).
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping
 from enum import IntEnum
+
+from kio.index import load_request_schema
+from kio.schema.index import api_key_map, schema_name_map
 
 
 class ApiKey(IntEnum):
+    """The served APIs by name (a unit test checks the names are kio's)."""
+
     PRODUCE = 0
     FETCH = 1
     LIST_OFFSETS = 2
@@ -27,6 +42,9 @@ class ApiKey(IntEnum):
     SYNC_GROUP = 14
     DESCRIBE_GROUPS = 15
     LIST_GROUPS = 16
+    API_VERSIONS = 18
+    CREATE_TOPICS = 19
+    DELETE_TOPICS = 20
     DELETE_RECORDS = 21
     INIT_PRODUCER_ID = 22
     OFFSET_FOR_LEADER_EPOCH = 23
@@ -39,12 +57,10 @@ class ApiKey(IntEnum):
     OFFSET_DELETE = 47
     DESCRIBE_CLUSTER = 60
     DESCRIBE_PRODUCERS = 61
-    API_VERSIONS = 18
-    CREATE_TOPICS = 19
-    DELETE_TOPICS = 20
 
 
-SUPPORTED: dict[int, tuple[int, int]] = {
+# The versions kelp serves of each API, lowest to highest (inclusive).
+_SERVED: dict[int, tuple[int, int]] = {
     ApiKey.PRODUCE: (0, 11),
     ApiKey.FETCH: (4, 17),
     ApiKey.LIST_OFFSETS: (1, 11),
@@ -58,10 +74,6 @@ SUPPORTED: dict[int, tuple[int, int]] = {
     ApiKey.SYNC_GROUP: (0, 5),
     ApiKey.DESCRIBE_GROUPS: (0, 5),
     ApiKey.LIST_GROUPS: (0, 5),
-    ApiKey.DELETE_GROUPS: (0, 2),
-    ApiKey.OFFSET_DELETE: (0, 0),
-    ApiKey.DESCRIBE_CLUSTER: (0, 1),
-    ApiKey.DESCRIBE_PRODUCERS: (0, 0),
     ApiKey.API_VERSIONS: (0, 4),
     ApiKey.CREATE_TOPICS: (2, 7),
     ApiKey.DELETE_TOPICS: (1, 6),
@@ -72,17 +84,55 @@ SUPPORTED: dict[int, tuple[int, int]] = {
     ApiKey.ALTER_CONFIGS: (0, 2),
     ApiKey.DESCRIBE_LOG_DIRS: (1, 4),
     ApiKey.CREATE_PARTITIONS: (0, 3),
+    ApiKey.DELETE_GROUPS: (0, 2),
     ApiKey.INCREMENTAL_ALTER_CONFIGS: (0, 1),
+    ApiKey.OFFSET_DELETE: (0, 0),
+    ApiKey.DESCRIBE_CLUSTER: (0, 1),
+    ApiKey.DESCRIBE_PRODUCERS: (0, 0),
 }
+
+# Read-only view for ApiVersions, the fuzzer and tests: ``{api_key: (min, max)}``.
+SUPPORTED: Mapping[int, tuple[int, int]] = _SERVED
 
 
 def supports(api_key: int, version: int) -> bool:
-    span = SUPPORTED.get(api_key)
+    span = _SERVED.get(api_key)
     return span is not None and span[0] <= version <= span[1]
 
 
 def api_name(api_key: int) -> str:
-    try:
-        return ApiKey(api_key).name
-    except ValueError:
-        return f"api_key_{api_key}"
+    """Kafka's name for any API key kio knows (served or not), for logs and errors."""
+    name = api_key_map.get(api_key)
+    return name.upper() if name is not None else f"api_key_{api_key}"
+
+
+def _first_kio_version(api_key: int) -> int:
+    return min(schema_name_map[api_key_map[api_key]])
+
+
+def is_legacy(api_key: int, version: int) -> bool:
+    """A served version older than kio's schemas: ``legacy`` encodes and decodes it."""
+    return supports(api_key, version) and version < _first_kio_version(api_key)
+
+
+def kio_version(api_key: int, version: int) -> int:
+    """The kio schema version that carries ``version``: itself, or for a legacy version kio's
+    first (its layout is a superset; ``legacy`` maps between the two)."""
+    return max(version, _first_kio_version(api_key))
+
+
+@functools.cache
+def request_header_version(api_key: int, version: int) -> int:
+    """1, or 2 (with tagged fields) for flexible versions, as kio's schema declares."""
+    request_type = load_request_schema(api_key, kio_version(api_key, version))
+    return int(request_type.__header_schema__.__version__)
+
+
+def require_handlers(handlers: Mapping[int, object]) -> None:
+    """Fail at import if dispatch and the table disagree: an advertised API without a
+    handler would close connections at random; a handler for an unlisted one is dead."""
+    missing = sorted(api_name(key) for key in _SERVED if key not in handlers)
+    extra = sorted(api_name(key) for key in handlers if key not in _SERVED)
+    if missing or extra:
+        raise RuntimeError(f"API table and handlers disagree: no handler for {missing}, "
+                           f"handlers for unserved {extra}")

@@ -81,11 +81,11 @@ class KafkaConnection:
                 f"unsupported API {apis.api_name(api_key)} v{version} "
                 f"(correlation id {correlation_id})", api_key=api_key, version=version)
         try:
-            flexible = messages.is_flexible(api_key, version)
+            flexible = apis.request_header_version(api_key, version) >= 2
             header, offset = headers.parse_request_header(payload, flexible=flexible)
             # Vet before decoding: kio's native reader trusts counts and aborts the process
-            # when one is huge (see ``vet``). Legacy Produce has its own bounded reader.
-            if not messages.is_legacy(api_key, version):
+            # when one is huge (see ``vet``). Legacy codecs have their own bounded readers.
+            if not apis.is_legacy(api_key, version):
                 vet.vet(messages.request_type(api_key, version), payload, offset)
             body = messages.decode_request(api_key, version, payload, offset)
         except (headers.MalformedHeader, vet.Malformed) as exc:
@@ -98,11 +98,8 @@ class KafkaConnection:
         return Request(header, body, len(payload))
 
     def encode_response(self, request: Request, body: Any) -> bytes:
-        """Frame a response entity for ``request`` with the right header version."""
-        flexible = (
-            request.api_key != apis.ApiKey.API_VERSIONS  # always header v0, even when flexible
-            and messages.is_flexible(request.api_key, request.version)
-        )
+        """Frame a response entity for ``request`` with the header version kio gives it."""
+        flexible = messages.response_header_version(body) >= 1
         return frame(
             headers.response_header(request.header.correlation_id, flexible=flexible)
             + messages.encode_response(request.api_key, request.version, body)

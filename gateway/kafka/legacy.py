@@ -1,4 +1,4 @@
-"""Produce v0-v2, which kio's schemas (from v3) do not cover.
+"""Codecs for the served versions older than kio's schemas (``apis.is_legacy``): Produce v0-v2.
 
 kelp advertises them because librdkafka only compresses with gzip or snappy when the broker's
 Produce range overlaps v0 (and lz4 when FindCoordinator v0 is served). Modern clients never pick
@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import datetime
 import struct
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from kio.schema.produce.v3.request import PartitionProduceData, ProduceRequest, TopicProduceData
 
+from gateway.kafka import apis
+from gateway.kafka.apis import ApiKey
 from gateway.kafka.headers import MalformedHeader
-
-LEGACY_PRODUCE_VERSIONS = range(0, 3)
 
 
 class _Reader:
@@ -90,3 +92,19 @@ def encode_produce_response(version: int, response: Any) -> bytes:
     if version >= 1:
         out.append(struct.pack(">i", int(response.throttle_time.total_seconds() * 1000)))
     return b"".join(out)
+
+
+@dataclass(frozen=True, slots=True)
+class Codec:
+    decode: Callable[[bytes, int], Any]  # (frame, body offset) -> kio request entity
+    encode: Callable[[int, Any], bytes]  # (version, kio response entity) -> body bytes
+
+
+# Produce's legacy versions as the table has them (for tests that iterate them).
+LEGACY_PRODUCE_VERSIONS = range(apis.SUPPORTED[ApiKey.PRODUCE][0],
+                                apis.kio_version(ApiKey.PRODUCE, 0))
+
+# By API key; which versions take these is the API table's call (``apis.is_legacy``).
+CODECS: dict[int, Codec] = {
+    ApiKey.PRODUCE: Codec(decode_produce, encode_produce_response),
+}

@@ -21,24 +21,18 @@ from typing import Any
 from kio.index import load_request_schema, load_response_schema
 from kio.serial import entity_reader, entity_writer
 
-from gateway.kafka import legacy
-
-PRODUCE = 0
-
-
-def is_legacy(api_key: int, version: int) -> bool:
-    return api_key == PRODUCE and version in legacy.LEGACY_PRODUCE_VERSIONS
+from gateway.kafka import apis, legacy
 
 
 @functools.cache
 def request_type(api_key: int, version: int) -> type:
-    """kio's request type; Produce v0-v2 share v3's (see ``legacy``)."""
-    return load_request_schema(api_key, 3 if is_legacy(api_key, version) else version)
+    """kio's request type; a legacy version shares kio's first (see ``apis.kio_version``)."""
+    return load_request_schema(api_key, apis.kio_version(api_key, version))
 
 
 @functools.cache
 def response_type(api_key: int, version: int) -> type:
-    return load_response_schema(api_key, 3 if is_legacy(api_key, version) else version)
+    return load_response_schema(api_key, apis.kio_version(api_key, version))
 
 
 @functools.cache
@@ -56,22 +50,24 @@ def _field_names(entity_type: type) -> frozenset[str]:
     return frozenset(f.name for f in dataclasses.fields(entity_type))
 
 
-def is_flexible(api_key: int, version: int) -> bool:
-    return bool(request_type(api_key, version).__flexible__)
-
-
 def decode_request(api_key: int, version: int, frame: bytes, offset: int) -> Any:
     """Decode the body at ``offset``; raises on malformed bytes."""
-    if is_legacy(api_key, version):
-        return legacy.decode_produce(frame, offset)
+    if apis.is_legacy(api_key, version):
+        return legacy.CODECS[api_key].decode(frame, offset)
     entity, _size = _reader(request_type(api_key, version))(frame, offset)
     return entity
 
 
 def encode_response(api_key: int, version: int, entity: Any) -> bytes:
-    if is_legacy(api_key, version):
-        return legacy.encode_produce_response(version, entity)
+    if apis.is_legacy(api_key, version):
+        return legacy.CODECS[api_key].encode(version, entity)
     return encode(entity)
+
+
+def response_header_version(entity: Any) -> int:
+    """0, or 1 (with tagged fields), as kio declares for the entity's API version; ApiVersions
+    is always 0, so a client that does not yet know our versions can read it."""
+    return int(type(entity).__header_schema__.__version__)
 
 
 def encode(entity: Any) -> bytes:

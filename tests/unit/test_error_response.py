@@ -21,6 +21,6 @@ def test_every_response_type_has_an_error_form(api: int, version: int) -> None:
     if hasattr(body, "error_code"):
         assert body.error_code == ErrorCode.unknown_server_error
     encoded = messages.encode_response(api, version, body)
-    if not messages.is_legacy(api, version):
+    if not apis.is_legacy(api, version):
         decoded, _ = entity_reader(response_type)(encoded, 0)
         assert decoded == body
