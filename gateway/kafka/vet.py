@@ -12,26 +12,19 @@ the same kio schema the decoder will use, and refused as ``Malformed`` unless:
   a handler as ``None``);
 - nullable structs carry a valid marker, and tagged fields stay inside their declared size.
 
-The walk allocates nothing per element; a plan (one closure per field) is built once per
-request type. It mirrors kio's encoder: legacy (int16/int32-prefixed) encodings in old
-versions, compact (varint-prefixed) ones and tagged-field sections in flexible versions.
+The walk allocates nothing per element; a plan (one closure per field, from ``schema``'s
+description of the type) is built once per request type. It mirrors kio's encoder: legacy
+(int16/int32-prefixed) encodings in old versions, compact (varint-prefixed) ones and
+tagged-field sections in flexible versions.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Callable
 
-from kio.serial._introspect import (
-    EntityField,
-    EntityTupleField,
-    PrimitiveTupleField,
-    classify_field,
-    get_field_tag,
-    get_schema_field_type,
-    is_optional,
-)
+from gateway.kafka import schema
+from gateway.kafka.schema import FIXED_SIZES, LEGACY_PREFIX_SIZES, Kind
 
 
 class Malformed(ValueError):
@@ -40,13 +33,6 @@ class Malformed(ValueError):
 
 # A step reads one field at ``position`` within ``data[:end]`` and returns where it ends.
 Step = Callable[[bytes, int, int], int]
-
-_FIXED_SIZES = {
-    "bool": 1, "int8": 1, "uint8": 1, "int16": 2, "uint16": 2, "error_code": 2,
-    "int32": 4, "uint32": 4, "timedelta_i32": 4, "int64": 8, "uint64": 8, "float64": 8,
-    "timedelta_i64": 8, "datetime_i64": 8, "uuid": 16,
-}
-_LENGTH_PREFIXED = {"string": 2, "bytes": 4, "records": 4}  # legacy prefix sizes
 
 
 def vet(entity_type: type, data: bytes, position: int) -> int:
@@ -81,16 +67,15 @@ def _int(data: bytes, position: int, size: int, end: int) -> int:
 
 @functools.cache
 def _plan(entity_type: type) -> Step:
-    flexible = bool(entity_type.__flexible__)
+    flexible = schema.flexible(entity_type)
     steps: list[Step] = []
     tagged: dict[int, Step] = {}
     fixed_run = 0  # consecutive fixed-size fields are checked as one block
 
-    for field in dataclasses.fields(entity_type):
-        tag = get_field_tag(field)
-        step, size = _field_step(entity_type, field, flexible, tag is not None)
-        if tag is not None:
-            tagged[tag] = step
+    for field in schema.fields(entity_type):
+        step, size = _field_step(field, flexible)
+        if field.tag is not None:
+            tagged[field.tag] = step
             continue
         if size is not None:
             fixed_run += size
@@ -118,38 +103,38 @@ def _plan(entity_type: type) -> Step:
 @functools.cache
 def min_size(entity_type: type) -> int:
     """The fewest bytes any encoding of ``entity_type`` takes (bounds array counts)."""
-    flexible = bool(entity_type.__flexible__)
+    flexible = schema.flexible(entity_type)
     total = 1 if flexible else 0  # the tagged-field count
-    for field in dataclasses.fields(entity_type):
-        if get_field_tag(field) is not None:
+    for field in schema.fields(entity_type):
+        if field.tag is not None:
             continue
-        kind = classify_field(field)
-        kafka_type = field.metadata.get("kafka_type")
-        if kind.is_array:
+        if field.is_array:
             total += 1 if flexible else 4
-        elif isinstance(kind, EntityField):
-            total += 1 if is_optional(field) else min_size(kind.type_)
-        elif kafka_type in _FIXED_SIZES:
-            total += _FIXED_SIZES[kafka_type]
+        elif field.kind is Kind.ENTITY:
+            assert field.entity is not None
+            total += 1 if field.optional else min_size(field.entity)
+        elif field.fixed_size is not None:
+            total += field.fixed_size
         else:
-            total += 1 if flexible else _LENGTH_PREFIXED[kafka_type]
+            total += 1 if flexible else LEGACY_PREFIX_SIZES[field.kafka_type or ""]
     return total
 
 
-def _field_step(owner: type, field: dataclasses.Field, flexible: bool,
-                is_tag: bool) -> tuple[Step, int | None]:
+def _field_step(field: schema.Field, flexible: bool) -> tuple[Step, int | None]:
     """The step for one field, and its size when that is fixed (None otherwise)."""
-    label = f"{owner.__name__}.{field.name}"
+    label = field.label
     # Tagged fields are optional by their presence, never by a null encoding (as kio writes).
-    nullable = False if is_tag else is_optional(field)
-    kind = classify_field(field)
-    if isinstance(kind, EntityTupleField):
-        return _array(label, flexible, nullable, _plan(kind.type_), min_size(kind.type_)), None
-    if isinstance(kind, EntityField):
-        inner = _plan(kind.type_)
+    nullable = field.tag is None and field.optional
+    if field.kind is Kind.ENTITY_ARRAY:
+        assert field.entity is not None
+        return _array(label, flexible, nullable, _plan(field.entity),
+                      min_size(field.entity)), None
+    if field.kind is Kind.ENTITY:
+        assert field.entity is not None
+        inner = _plan(field.entity)
         return (_nullable_struct(label, inner) if nullable else inner), None
-    kafka_type = get_schema_field_type(field)
-    if isinstance(kind, PrimitiveTupleField):
+    kafka_type = field.kafka_type or ""
+    if field.kind is Kind.PRIMITIVE_ARRAY:
         element, size = _primitive(label, kafka_type, flexible, nullable=False)
         return _array(label, flexible, nullable, element, size or 1), None
     return _primitive(label, kafka_type, flexible, nullable)
@@ -157,14 +142,14 @@ def _field_step(owner: type, field: dataclasses.Field, flexible: bool,
 
 def _primitive(label: str, kafka_type: str, flexible: bool,
                nullable: bool) -> tuple[Step, int | None]:
-    size = _FIXED_SIZES.get(kafka_type)
+    size = FIXED_SIZES.get(kafka_type)
     if size is not None:
         return _skip(size), size
-    if kafka_type not in _LENGTH_PREFIXED:
+    if kafka_type not in LEGACY_PREFIX_SIZES:
         raise NotImplementedError(f"no vetting rule for kafka_type {kafka_type!r} ({label})")
     if flexible:
         return _compact_bytes(label, nullable), None
-    return _legacy_bytes(label, _LENGTH_PREFIXED[kafka_type], nullable), None
+    return _legacy_bytes(label, LEGACY_PREFIX_SIZES[kafka_type], nullable), None
 
 
 def _skip(size: int) -> Step:

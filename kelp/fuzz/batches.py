@@ -21,6 +21,8 @@ import struct
 import cramjam
 import crc32c
 
+from kelp.fuzz.layout import uvarint
+
 HEADER = 61
 CODECS = {"none": 0, "gzip": 1, "snappy": 2, "lz4": 3, "zstd": 4}
 _FIELDS = {  # name: (offset, struct format)
@@ -35,16 +37,8 @@ _EDGES = {">b": [0, 1, 3, -1, 127], ">h": [0, -1, 0x7FFF, -0x8000, 1],
 
 
 def zigzag(value: int) -> bytes:
-    raw = (value << 1) ^ (value >> 63)
-    out = bytearray()
-    while True:
-        byte = raw & 0x7F
-        raw >>= 7
-        if raw:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
+    """A record-level (zigzag, signed) varint: an unsigned one of the zigzag mapping."""
+    return uvarint((value << 1) ^ (value >> 63))
 
 
 def read_zigzag(data: bytes, position: int) -> tuple[int, int]:

@@ -11,29 +11,11 @@ prefixes in old versions, unsigned varints (``n + 1``, 0 = null) in flexible one
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import struct
 from dataclasses import dataclass, field
 
-from kio.index import load_request_schema
-from kio.serial._introspect import (
-    EntityField,
-    EntityTupleField,
-    PrimitiveTupleField,
-    classify_field,
-    get_field_tag,
-    get_schema_field_type,
-    is_optional,
-)
-
-LEGACY_PRODUCE = range(0, 3)  # Produce v0-v2: v3's layout without ``transactional_id``
-_FIXED = {
-    "bool": 1, "int8": 1, "uint8": 1, "int16": 2, "uint16": 2, "error_code": 2, "int32": 4,
-    "uint32": 4, "timedelta_i32": 4, "int64": 8, "uint64": 8, "float64": 8,
-    "timedelta_i64": 8, "datetime_i64": 8, "uuid": 16,
-}
-_LEGACY_PREFIX = {"string": 2, "bytes": 4, "records": 4}
+from gateway.kafka import apis, messages, schema, vet
+from gateway.kafka.schema import FIXED_SIZES, LEGACY_PREFIX_SIZES, Kind
 
 
 class WalkError(ValueError):
@@ -78,33 +60,24 @@ class Layout:
     end: int = 0
 
 
-@functools.cache
-def request_type(api_key: int, version: int) -> type:
-    return load_request_schema(api_key, 3 if api_key == 0 and version in LEGACY_PRODUCE
-                               else version)
-
-
-def is_flexible(api_key: int, version: int) -> bool:
-    return bool(request_type(api_key, version).__flexible__)
-
-
 def walk(payload: bytes) -> Layout:
     """The layout of a whole request payload (header + body, no size prefix)."""
     if len(payload) < 10:
         raise WalkError("shorter than a request header")
     api_key, version = struct.unpack_from(">hh", payload)
     try:
-        entity_type = request_type(api_key, version)
+        entity_type = messages.request_type(api_key, version)
     except Exception as exc:
         raise WalkError(f"no schema for api {api_key} v{version}") from exc
-    flexible = bool(entity_type.__flexible__)
+    flexible = schema.flexible(entity_type)
     layout = Layout(api_key, version, flexible, 0)
     walker = _Walker(payload, layout)
     position = walker.legacy_bytes(8, 2, "string", "RequestHeader.client_id")
     if flexible:
         position = walker.tags(position)
     layout.body = position
-    skip = {"transactional_id"} if api_key == 0 and version in LEGACY_PRODUCE else set()
+    # Legacy Produce (v0-v2) is kio's first Produce layout without ``transactional_id``.
+    skip = {"transactional_id"} if apis.is_legacy(api_key, version) else set()
     layout.end = walker.entity(entity_type, position, skip)
     if layout.end != len(payload):
         raise WalkError(f"walk ended at {layout.end} of {len(payload)} bytes")
@@ -117,29 +90,28 @@ class _Walker:
         self.layout = layout
 
     def entity(self, entity_type: type, position: int, skip: set[str] | None = None) -> int:
-        flexible = bool(entity_type.__flexible__)
-        for f in dataclasses.fields(entity_type):
-            if get_field_tag(f) is not None or (skip and f.name in skip):
+        flexible = schema.flexible(entity_type)
+        for f in schema.fields(entity_type):
+            if f.tag is not None or (skip and f.name in skip):
                 continue  # tagged fields live in the section walked below
-            position = self.field(entity_type, f, flexible, position)
+            position = self.field(f, flexible, position)
         return self.tags(position) if flexible else position
 
-    def field(self, owner: type, f: dataclasses.Field, flexible: bool, position: int) -> int:
-        label = f"{owner.__name__}.{f.name}"
-        kind = classify_field(f)
-        if isinstance(kind, EntityTupleField | PrimitiveTupleField):
-            return self.array(kind, f, label, flexible, position)
-        if isinstance(kind, EntityField):
-            if is_optional(f):
+    def field(self, f: schema.Field, flexible: bool, position: int) -> int:
+        if f.is_array:
+            return self.array(f, flexible, position)
+        if f.kind is Kind.ENTITY:
+            assert f.entity is not None
+            if f.optional:
                 marker = self._int(position, 1)
                 position += 1
                 if marker == -1:
                     return position
-            return self.entity(kind.type_, position)
-        return self.primitive(get_schema_field_type(f), label, flexible, position)
+            return self.entity(f.entity, position)
+        return self.primitive(f.kafka_type or "", f.label, flexible, position)
 
     def primitive(self, kafka_type: str, label: str, flexible: bool, position: int) -> int:
-        size = _FIXED.get(kafka_type)
+        size = FIXED_SIZES.get(kafka_type)
         if size is not None:
             return self._check(position + size)
         if flexible:
@@ -147,7 +119,7 @@ class _Walker:
             if kafka_type == "records" and site.value > 0:
                 self.layout.records.append(RecordSet(site, position, position + site.value - 1))
             return self._check(position + max(site.value - 1, 0))
-        return self.legacy_bytes(position, _LEGACY_PREFIX[kafka_type], kafka_type, label)
+        return self.legacy_bytes(position, LEGACY_PREFIX_SIZES[kafka_type], kafka_type, label)
 
     def legacy_bytes(self, position: int, prefix: int, role: str, label: str) -> int:
         length = self._int(position, prefix)
@@ -158,23 +130,22 @@ class _Walker:
             self.layout.records.append(RecordSet(site, position, position + length))
         return self._check(position + max(length, 0))
 
-    def array(self, kind: EntityTupleField | PrimitiveTupleField, f: dataclasses.Field,
-              label: str, flexible: bool, position: int) -> int:
+    def array(self, f: schema.Field, flexible: bool, position: int) -> int:
         if flexible:
-            site, position = self.uvarint(position, "array", label)
+            site, position = self.uvarint(position, "array", f.label)
             count = site.value - 1
         else:
             count = self._int(position, 4)
-            site = Site("int32", "array", position, 4, count, label)
+            site = Site("int32", "array", position, 4, count, f.label)
             self.layout.sites.append(site)
             position += 4
         elements = []
         for _ in range(max(count, 0)):
             start = position
-            if isinstance(kind, EntityTupleField):
-                position = self.entity(kind.type_, position)
+            if f.entity is not None:
+                position = self.entity(f.entity, position)
             else:
-                position = self.primitive(get_schema_field_type(f), label, flexible, position)
+                position = self.primitive(f.kafka_type or "", f.label, flexible, position)
             elements.append((start, position))
         self.layout.arrays.append(Array(site, tuple(elements)))
         return position
@@ -207,16 +178,11 @@ class _Walker:
 
 def read_uvarint(data: bytes, position: int) -> tuple[int, int]:
     """(value, width) of an unsigned varint; at most five bytes, as Kafka allows."""
-    value = shift = width = 0
-    while True:
-        if position + width >= len(data) or width >= 5:
-            raise WalkError("bad varint")
-        byte = data[position + width]
-        width += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, width
-        shift += 7
+    try:
+        value, end = vet.read_uvarint(data, position, len(data))
+    except vet.Malformed as exc:
+        raise WalkError(f"bad varint: {exc}") from None
+    return value, end - position
 
 
 def uvarint(value: int) -> bytes:

@@ -19,19 +19,11 @@ from kio.schema.errors import ErrorCode
 from kio.schema.request_header.v1.header import RequestHeader as HeaderV1
 from kio.schema.request_header.v2.header import RequestHeader as HeaderV2
 from kio.serial import entity_writer
-from kio.serial._introspect import (
-    EntityField,
-    EntityTupleField,
-    PrimitiveTupleField,
-    classify_field,
-    get_field_tag,
-    get_schema_field_type,
-    is_optional,
-)
 
+from gateway.kafka import apis, messages, schema
+from gateway.kafka.schema import Kind
 from kelp.fuzz import batches
 from kelp.fuzz.corpus import SYNTHESIZED, Seed
-from kelp.fuzz.layout import LEGACY_PRODUCE, request_type
 
 TOPIC = "fuzz-0"
 GROUP = "fuzz-group"
@@ -49,10 +41,10 @@ _INTS = {
 
 
 def synthesize(api_key: int, version: int, correlation_id: int = 1) -> Seed:
-    body_type = request_type(api_key, version)
+    body_type = messages.request_type(api_key, version)
     body = build(body_type)
-    legacy = api_key == 0 and version in LEGACY_PRODUCE
-    header_type = HeaderV2 if body_type.__flexible__ else HeaderV1
+    legacy = apis.is_legacy(api_key, version)
+    header_type = HeaderV2 if apis.request_header_version(api_key, version) >= 2 else HeaderV1
     header = header_type(request_api_key=api_key, request_api_version=version,
                          correlation_id=correlation_id, client_id=CLIENT_ID)
     buffer = io.BytesIO()
@@ -68,25 +60,23 @@ def synthesize(api_key: int, version: int, correlation_id: int = 1) -> Seed:
 
 def build(entity_type: type) -> Any:
     values = {}
-    for f in dataclasses.fields(entity_type):
-        if get_field_tag(f) is not None and f.default is not dataclasses.MISSING:
+    for f in schema.fields(entity_type):
+        if f.tag is not None and f.default is not dataclasses.MISSING:
             continue  # tagged fields with defaults are left out of the encoding
         values[f.name] = _value(entity_type, f)
     return entity_type(**values)
 
 
-def _value(owner: type, f: dataclasses.Field) -> Any:
-    kind = classify_field(f)
-    if isinstance(kind, EntityTupleField):
-        return (build(kind.type_),)
-    if isinstance(kind, EntityField):
-        return build(kind.type_)
-    kafka_type = get_schema_field_type(f)
-    if isinstance(kind, PrimitiveTupleField):
+def _value(owner: type, f: schema.Field) -> Any:
+    if f.entity is not None:
+        element = build(f.entity)
+        return (element,) if f.kind is Kind.ENTITY_ARRAY else element
+    kafka_type = f.kafka_type or ""
+    if f.kind is Kind.PRIMITIVE_ARRAY:
         return (_primitive(owner, f.name, kafka_type),)
     if f.default is not dataclasses.MISSING and kafka_type not in ("records", "string"):
         return f.default
-    if kafka_type == "string" and is_optional(f) and f.name not in _STRINGS and \
+    if kafka_type == "string" and f.optional and f.name not in _STRINGS and \
             "topic" not in f.name and "group" not in f.name:
         return None
     return _primitive(owner, f.name, kafka_type)
