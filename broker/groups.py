@@ -14,111 +14,55 @@ a consumer group's subscribed topics for OffsetDelete.
 
 Timers (session expiry, rebalance timeout, the delayed initial rebalance, offset retention of
 empty groups) run in one task that sleeps until the next deadline or until state changes.
+
+The groups and members themselves are in ``group_state``; committing, fetching and deleting
+offsets in ``group_offsets``. This module is the state machine: join, sync, heartbeat, leave.
 """
 
 from __future__ import annotations
 
 import logging
-import struct
 import uuid
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-from enum import Enum
 
 import trio
 from kio.schema.errors import ErrorCode
 
+from broker.group_offsets import GroupOffsets
+from broker.group_state import (
+    MAX_GROUP_ID_LENGTH,
+    MAX_METADATA_BYTES,
+    MAX_SESSION_TIMEOUT_MS,
+    MIN_SESSION_TIMEOUT_MS,
+    Group,
+    GroupError,
+    JoinResult,
+    Member,
+    Parked,
+    State,
+    choose_protocol,
+    common_protocols,
+    valid_group_id,
+)
 from broker.log import now_ms
-from broker.offsets import Committed, OffsetStore, TopicPartition
+from broker.offsets import OffsetStore
+
+__all__ = [  # the model lives in group_state; callers import it from here as before
+    "MAX_GROUP_ID_LENGTH",
+    "MAX_METADATA_BYTES",
+    "MAX_SESSION_TIMEOUT_MS",
+    "MIN_SESSION_TIMEOUT_MS",
+    "Coordinator",
+    "Group",
+    "GroupError",
+    "JoinResult",
+    "Member",
+    "State",
+    "valid_group_id",
+]
 
 log = logging.getLogger("kelp.broker.groups")
 
-MIN_SESSION_TIMEOUT_MS = 6_000
-MAX_SESSION_TIMEOUT_MS = 1_800_000
-MAX_METADATA_BYTES = 4096
-# Kafka bounds group ids only by the protocol's int16 string length; kelp keeps each group in
-# memory and in the offsets log's keys, so it refuses longer ones with INVALID_GROUP_ID.
-MAX_GROUP_ID_LENGTH = 1024
-
-
-def valid_group_id(group_id: str) -> bool:
-    return 0 < len(group_id) <= MAX_GROUP_ID_LENGTH
-
-
-class State(Enum):
-    EMPTY = "Empty"
-    PREPARING = "PreparingRebalance"
-    COMPLETING = "CompletingRebalance"
-    STABLE = "Stable"
-    DEAD = "Dead"
-
-
-class GroupError(Exception):
-    def __init__(self, code: ErrorCode, message: str = "") -> None:
-        super().__init__(message or code.name)
-        self.code = code
-
-
-@dataclass
-class JoinResult:
-    error: ErrorCode
-    generation: int = -1
-    protocol_type: str = ""
-    protocol_name: str = ""
-    leader: str = ""
-    member_id: str = ""
-    members: list[tuple[str, str | None, bytes]] = field(default_factory=list)
-
-
-class _Parked:
-    """A JoinGroup or SyncGroup waiting for the rebalance to reach it."""
-
-    def __init__(self) -> None:
-        self.done = trio.Event()
-        self.result: object = None
-
-    def finish(self, result: object) -> None:
-        if not self.done.is_set():
-            self.result = result
-            self.done.set()
-
-
-@dataclass
-class Member:
-    member_id: str
-    instance_id: str | None
-    client_id: str
-    client_host: str
-    session_timeout_s: float
-    rebalance_timeout_s: float
-    protocols: list[tuple[str, bytes]]
-    deadline: float = 0.0
-    assignment: bytes = b""
-    joined: bool = False
-    join: _Parked | None = None
-    sync: _Parked | None = None
-
-    def metadata_for(self, protocol: str) -> bytes:
-        return next((meta for name, meta in self.protocols if name == protocol), b"")
-
-
-@dataclass
-class Group:
-    group_id: str
-    state: State = State.EMPTY
-    protocol_type: str = ""
-    protocol_name: str = ""
-    generation: int = 0
-    leader: str = ""
-    members: dict[str, Member] = field(default_factory=dict)
-    pending: dict[str, float] = field(default_factory=dict)  # member ids handed out (v4+)
-    static: dict[str, str] = field(default_factory=dict)  # group.instance.id -> member id
-    rebalance_deadline: float = 0.0
-    initial_delay_until: float = 0.0
-    empty_since_ms: int = 0
-
-
-class Coordinator:
+class Coordinator(GroupOffsets):
     def __init__(self, store: OffsetStore, *, initial_rebalance_delay_s: float = 3.0,
                  offsets_retention_ms: int = 7 * 24 * 3600 * 1000) -> None:
         self.store = store
@@ -168,15 +112,6 @@ class Coordinator:
                 self._maybe_complete_join(group, now)
         await self._expire_offsets()
 
-    async def _expire_offsets(self) -> None:
-        horizon = now_ms() - self.offsets_retention_ms
-        for group in list(self.groups.values()):
-            if group.state == State.EMPTY and group.empty_since_ms < horizon:
-                offsets = self.store.get(group.group_id)
-                if offsets:
-                    await self.store.write(group.group_id, dict.fromkeys(offsets))
-                del self.groups[group.group_id]
-
     # -- join ---------------------------------------------------------------------------
 
     async def join(self, group_id: str, member_id: str, instance_id: str | None,
@@ -193,7 +128,7 @@ class Coordinator:
             group = self.groups[group_id] = Group(group_id, empty_since_ms=now_ms())
         if not protocols or (group.members and (
                 protocol_type != group.protocol_type
-                or not self._common_protocols(group, protocols))):
+                or not common_protocols(group, protocols))):
             return JoinResult(ErrorCode.inconsistent_group_protocol, member_id=member_id)
         now = trio.current_time()
         rebalance_s = (rebalance_timeout_ms if rebalance_timeout_ms > 0
@@ -262,7 +197,7 @@ class Coordinator:
             group.initial_delay_until = min(
                 trio.current_time() + self.initial_rebalance_delay_s, group.rebalance_deadline)
         member.joined = True
-        member.join = parked = _Parked()
+        member.join = parked = Parked()
         self._maybe_complete_join(group, trio.current_time())
         self._poke()
         await parked.done.wait()
@@ -304,7 +239,7 @@ class Coordinator:
             group.state, group.leader, group.protocol_name = State.EMPTY, "", ""
             group.empty_since_ms = now_ms()
             return
-        group.protocol_name = self._choose_protocol(group)
+        group.protocol_name = choose_protocol(group)
         if group.leader not in group.members:
             group.leader = next(iter(group.members))
         group.state = State.COMPLETING
@@ -325,23 +260,6 @@ class Coordinator:
                        for m in group.members.values()]
         return JoinResult(ErrorCode.none, group.generation, group.protocol_type,
                           group.protocol_name, group.leader, member.member_id, members)
-
-    @staticmethod
-    def _common_protocols(group: Group, protocols: Iterable[tuple[str, bytes]]) -> set[str]:
-        common = {name for name, _ in protocols}
-        for member in group.members.values():
-            common &= {name for name, _ in member.protocols}
-        return common
-
-    @staticmethod
-    def _choose_protocol(group: Group) -> str:
-        """The protocol every member supports that most members prefer (Kafka's vote)."""
-        common = set.intersection(*({n for n, _ in m.protocols} for m in group.members.values()))
-        votes: dict[str, int] = {}
-        for member in group.members.values():
-            choice = next(n for n, _ in member.protocols if n in common)
-            votes[choice] = votes.get(choice, 0) + 1
-        return max(votes, key=lambda name: votes[name])
 
     # -- sync, heartbeat, leave -------------------------------------------------------------
 
@@ -384,7 +302,7 @@ class Coordinator:
                 log.info("group stable", extra={"group": group_id,
                                                 "generation": group.generation})
             else:
-                member.sync = parked = _Parked()
+                member.sync = parked = Parked()
                 await parked.done.wait()
                 if parked.result != ErrorCode.none:
                     assert isinstance(parked.result, ErrorCode)
@@ -450,88 +368,6 @@ class Coordinator:
         elif group.state == State.PREPARING:
             self._maybe_complete_join(group, trio.current_time())
         self._poke()
-
-    # -- offsets --------------------------------------------------------------------------
-
-    async def commit(self, group_id: str, generation: int, member_id: str,
-                     instance_id: str | None,
-                     offsets: dict[TopicPartition, Committed]
-                     ) -> dict[TopicPartition, ErrorCode]:
-        if not valid_group_id(group_id):
-            return dict.fromkeys(offsets, ErrorCode.invalid_group_id)
-        group = self.groups.get(group_id)
-        error = ErrorCode.none
-        if generation < 0 and not member_id:
-            # A standalone commit (assign() consumers, admin tools): fine for a group without
-            # members, which is created (Empty) if needed.
-            if group is not None and group.members:
-                error = ErrorCode.unknown_member_id  # as Kafka: "" is no member of it
-            elif group is None or group.state == State.DEAD:
-                group = self.groups[group_id] = Group(group_id, empty_since_ms=now_ms())
-        else:
-            try:
-                group, member = self._member(group_id, member_id, instance_id, generation)
-                # As in Kafka: members of the current generation may still commit while a
-                # rebalance is being prepared (from their revoke callbacks); only once the
-                # new generation is formed and waits for its assignment are commits refused.
-                if group.state == State.COMPLETING:
-                    error = ErrorCode.rebalance_in_progress
-                else:
-                    member.deadline = trio.current_time() + member.session_timeout_s
-            except GroupError as exc:
-                error = exc.code
-        if error != ErrorCode.none:
-            return dict.fromkeys(offsets, error)
-        results = {}
-        accepted = {}
-        for where, committed in offsets.items():
-            if committed.metadata is not None and len(committed.metadata.encode()) > \
-                    MAX_METADATA_BYTES:
-                results[where] = ErrorCode.offset_metadata_too_large
-            else:
-                accepted[where] = committed
-                results[where] = ErrorCode.none
-        await self.store.write(group_id, accepted)
-        return results
-
-    def fetch_offsets(self, group_id: str, wanted: list[TopicPartition] | None
-                      ) -> dict[TopicPartition, Committed | None]:
-        committed = self.store.get(group_id)
-        if wanted is None:
-            return dict(committed)
-        return {where: committed.get(where) for where in wanted}
-
-    async def delete_offsets(self, group_id: str, wanted: list[TopicPartition]
-                             ) -> tuple[ErrorCode, dict[TopicPartition, ErrorCode]]:
-        group = self.groups.get(group_id)
-        if group is None or group.state == State.DEAD:
-            return ErrorCode.group_id_not_found, {}
-        subscribed = self._subscribed_topics(group)
-        results = {w: (ErrorCode.group_subscribed_to_topic if w[0] in subscribed
-                       else ErrorCode.none) for w in wanted}
-        await self.store.write(group_id, {w: None for w, code in results.items()
-                                          if code == ErrorCode.none
-                                          and w in self.store.get(group_id)})
-        return ErrorCode.none, results
-
-    @staticmethod
-    def _subscribed_topics(group: Group) -> set[str]:
-        """Topics named in consumer-protocol subscriptions (version, [topic], ...)."""
-        if group.protocol_type != "consumer" or group.state == State.EMPTY:
-            return set()
-        topics: set[str] = set()
-        for member in group.members.values():
-            data = member.metadata_for(group.protocol_name)
-            try:
-                (count,) = struct.unpack_from(">i", data, 2)
-                position = 6
-                for _ in range(count):
-                    (length,) = struct.unpack_from(">h", data, position)
-                    topics.add(data[position + 2 : position + 2 + length].decode())
-                    position += 2 + length
-            except (struct.error, UnicodeDecodeError):
-                continue
-        return topics
 
     # -- admin ----------------------------------------------------------------------------
 
