@@ -1,24 +1,55 @@
 """Producer ids, unique for the life of the data directory.
 
 Ids are handed out from blocks: the file ``producer-ids`` records the first id of the next
-block and is fsynced before any id of the current block is used, so a restart never reuses
-an id (it may skip the rest of a block).
+block and is made durable (fsync, rename, fsync the directory) before any id of the current
+block is used, so a restart never reuses an id (it may skip the rest of a block).
+
+The file is read once, when the broker starts. A file that is there but does not hold a
+whole non-negative number (torn by a filesystem that lost the write, or edited by hand) stops
+the start with ``CorruptProducerIds``: reading it as 0 would hand out ids that producers may
+still be using, and their retries would be taken for someone else's duplicates.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import trio
 
+from kelp.files import replace_file
+
 BLOCK = 1000
 MAX_EPOCH = 32767
+FILE_NAME = "producer-ids"
+
+
+class CorruptProducerIds(RuntimeError):
+    """The producer-id block file cannot be read: no id can be handed out safely."""
+
+
+def read_next_block(path: Path) -> int:
+    """The first id of the next block recorded at ``path``; 0 for a new data directory."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return 0
+    except UnicodeDecodeError:
+        text = ""
+    # Written as "<number>\n" in one rename: anything else is damage, never a smaller number.
+    if not text.endswith("\n") or not text[:-1].isdigit():
+        raise CorruptProducerIds(
+            f"{path} holds {text[:40]!r}, not the next producer id block: restoring it could "
+            "hand out producer ids already in use. Write a number larger than any producer id "
+            "the cluster has handed out (e.g. from the partitions' producer-state.json files) "
+            "followed by a newline, or remove the file only if no producer data must be kept.")
+    return int(text[:-1])
 
 
 class ProducerIds:
     def __init__(self, data_dir: Path) -> None:
-        self._path = data_dir / "producer-ids"
+        self._path = data_dir / FILE_NAME
+        # Checked now, so damage stops the broker's start rather than a producer's init.
+        self._recorded_next_block = read_next_block(self._path)
         self._next = 0
         self._block_end = 0
         self._lock = trio.Lock()
@@ -33,16 +64,9 @@ class ProducerIds:
             return allocated
 
     def _reserve_block(self) -> int:
-        try:
-            start = int(self._path.read_text())
-        except (FileNotFoundError, ValueError):
-            start = 0
-        tmp = self._path.with_suffix(".tmp")
-        with open(tmp, "w") as out:
-            out.write(f"{start + BLOCK}\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, self._path)
+        start = self._recorded_next_block
+        replace_file(self._path, f"{start + BLOCK}\n", durable=True)
+        self._recorded_next_block = start + BLOCK
         return start
 
     async def init(self, producer_id: int, epoch: int) -> tuple[int, int]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shutil
 import uuid
@@ -21,6 +20,7 @@ from kio.schema.errors import ErrorCode
 
 from broker.configs import Defaults, InvalidConfig, validate
 from broker.log import PartitionLog
+from kelp.files import replace_file
 
 log = logging.getLogger("kelp.broker.topics")
 
@@ -128,17 +128,7 @@ class TopicRegistry:
              "configs": t.configs}
             for t in self.topics.values()
         ]
-        tmp = self._catalogue.with_suffix(".json.tmp")
-        with open(tmp, "w") as out:
-            json.dump({"topics": entries}, out, indent=1)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, self._catalogue)
-        dir_fd = os.open(self.data_dir, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        replace_file(self._catalogue, json.dumps({"topics": entries}, indent=1), durable=True)
 
     async def _save_catalogue(self) -> None:
         """Write the catalogue, one write at a time, off the event loop.
