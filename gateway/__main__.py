@@ -12,7 +12,7 @@ from gateway.broker_client import BrokerClient
 from gateway.context import GatewayConfig, GatewayContext
 from gateway.registry_link import RegistryBrokerLink
 from gateway.server import KafkaServer
-from kelp import grpc, httpd, logs, process
+from kelp import grpc, http, httpd, logs, process
 from kelp.process import count_tasks
 from registry import api as registry_api
 from registry.api import RegistryApi
@@ -78,7 +78,7 @@ async def serve(args: argparse.Namespace) -> None:
     listen_host, listen_port = process.split_host_port(args.listen)
     http_host, http_port = process.split_host_port(args.http)
     broker = BrokerClient(grpc.Address.parse(args.broker))
-    async with trio.open_nursery() as nursery:
+    async with http.Client() as http_client, trio.open_nursery() as nursery:
         await nursery.start(broker.run)
         bound = listen_port
         advertised = (process.split_host_port(args.advertise) if args.advertise
@@ -119,7 +119,7 @@ async def serve(args: argparse.Namespace) -> None:
         if not args.no_registry:
             registry = SchemaRegistry(RegistryBrokerLink(broker), Identity("", 0),
                                       topic=args.schemas_topic, group=args.registry_group)
-            routes.update(RegistryApi(registry).routes())
+            routes.update(RegistryApi(registry, http_client).routes())
             ctx.registry_state = registry.state
         http_bound = await nursery.start(partial(
             httpd.serve_http, routes, http_host, http_port, limits=registry_api.LIMITS))

@@ -21,7 +21,9 @@ from typing import TypeVar
 
 import trio
 
-from registry.limits import Budget, WorkStopped
+from registry.core import Job, NotReady, ParsedCache
+from registry.errors import RegistryError
+from registry.limits import WORK_TIMEOUT_S, Budget, WorkStopped, too_slow
 
 T = TypeVar("T")
 
@@ -68,3 +70,48 @@ class Workers:
                 with trio.CancelScope(shield=True), trio.move_on_after(STOP_GRACE_S):
                     await finished.wait()
             raise
+
+
+class Jobs:
+    """Runs the work a registry rule turns out to need, then the rule again.
+
+    The rules of ``core.py`` are synchronous and read parsed schemas and verdicts from the
+    cache; a miss raises :class:`NotReady` with the job that fills it. A job runs in a worker,
+    its result goes into the cache, and the rule is tried again."""
+
+    def __init__(self, workers: Workers, cache: ParsedCache) -> None:
+        self.workers = workers
+        self.cache = cache
+
+    async def ready(self, attempt: Callable[[], T],
+                     budget: Budget | None = None) -> T:
+        """``attempt()``, after running in workers whatever work it needs first.
+
+        ``attempt`` reads parsed schemas and verdicts from the cache; each miss raises
+        :class:`NotReady` with the job that fills it, which runs in a worker before ``attempt``
+        runs again. All the jobs of one request share one time budget."""
+        while True:
+            try:
+                return attempt()
+            except NotReady as need:
+                budget = budget or Budget(WORK_TIMEOUT_S)
+                await self.do(need.job, budget)
+
+    async def prepare(self, attempt: Callable[[], object], budget: Budget) -> None:
+        """As :meth:`ready` for the work alone: what ``attempt`` itself raises is ignored
+        (errors of the work still raise)."""
+        while True:
+            try:
+                attempt()
+                return
+            except NotReady as need:
+                await self.do(need.job, budget)
+            except RegistryError:
+                return
+
+    async def do(self, job: Job, budget: Budget) -> None:
+        try:
+            result = await self.workers.run(budget, job.run)
+        except WorkStopped:  # out of time (a cancelled request raises Cancelled)
+            raise too_slow(budget.seconds, job.what) from None
+        self.cache.store(job, result)
