@@ -4,7 +4,9 @@ A trio task only loses control at a checkpoint, so "cancelled at every await poi
 "cancelled after its k-th scheduling step, for k = 0, 1, 2, … until it completes". An
 instrument counts the steps of the task running the operation (and, with ``subtree``, of every
 task it starts in its own nurseries: a connection's request tasks, a stream's pump) and cancels
-the operation's scope right after step k. A checkpoint that only yields (no cancellation
+the operation's scope right after step k. With ``every_task`` every task's steps count: for
+work the operation hands to tasks it does not own (trio-asyncio runs an asyncio callback's
+trio half in a task of its loop). A checkpoint that only yields (no cancellation
 delivered there) passes the cancellation on to the next one, so no await is skipped.
 """
 
@@ -30,8 +32,10 @@ def _descends_from(task: trio.lowlevel.Task, root: trio.lowlevel.Task) -> bool:
 
 
 class _CancelAfterSteps(trio.abc.Instrument):
-    def __init__(self, scope: trio.CancelScope, steps: int, subtree: bool) -> None:
-        self.scope, self.steps, self.subtree = scope, steps, subtree
+    def __init__(self, scope: trio.CancelScope, steps: int, subtree: bool,
+                 every_task: bool) -> None:
+        self.scope, self.steps = scope, steps
+        self.subtree, self.every_task = subtree, every_task
         self.root: trio.lowlevel.Task | None = None
         self.seen = 0
 
@@ -39,19 +43,21 @@ class _CancelAfterSteps(trio.abc.Instrument):
         root = self.root
         if root is None or self.seen >= self.steps:
             return
-        if task is root or (self.subtree and _descends_from(task, root)):
+        if (task is root or self.every_task
+                or (self.subtree and _descends_from(task, root))):
             self.seen += 1
             if self.seen == self.steps:
                 self.scope.cancel()
 
 
 async def run_cancelled_at(point: int, call: Callable[[], Awaitable[Any]], *,
-                           subtree: bool = False) -> tuple[bool, Any]:
+                           subtree: bool = False, every_task: bool = False
+                           ) -> tuple[bool, Any]:
     """Run ``call()`` in a task of its own, cancelled after its ``point``-th step (0: before
     it starts). Returns (completed, its result or the exception it raised); completed is False
     when the cancellation stopped it."""
     scope = trio.CancelScope()
-    instrument = _CancelAfterSteps(scope, point, subtree)
+    instrument = _CancelAfterSteps(scope, point, subtree, every_task)
     result: list[tuple[bool, Any]] = []
     if point == 0:
         scope.cancel()
@@ -76,13 +82,14 @@ async def run_cancelled_at(point: int, call: Callable[[], Awaitable[Any]], *,
 async def cancel_at_every_point(
         call: Callable[[], Awaitable[Any]],
         check: Callable[[bool, Any], Awaitable[None]], *,
-        subtree: bool = False, min_points: int = 2) -> int:
+        subtree: bool = False, every_task: bool = False, min_points: int = 2) -> int:
     """Run ``call`` cancelled at point 0, 1, 2, … until a run completes uncancelled, awaiting
     ``check(completed, outcome)`` after each run (it asserts nothing leaked). Returns how many
     points were cancelled; fails if that is below ``min_points`` (then the operation had
     nothing to cancel and the test proved nothing)."""
     for point in range(MAX_POINTS):
-        completed, outcome = await run_cancelled_at(point, call, subtree=subtree)
+        completed, outcome = await run_cancelled_at(point, call, subtree=subtree,
+                                                    every_task=every_task)
         await check(completed, outcome)
         if completed:
             assert point >= min_points, f"only {point} checkpoints were cancelled"
