@@ -138,3 +138,37 @@ def test_offsets_replay_skips_records_it_cannot_read(tmp_path, caplog):
     assert reopened.get("g") == {("t", 0): Committed(5, -1, None, 1)}
     assert "skipping unreadable record" in caplog.text
     reopened.close()
+
+
+def _subscription(*topics: str) -> bytes:
+    """Consumer-protocol subscription metadata: version, [topic], user data."""
+    out = b"\x00\x01" + len(topics).to_bytes(4, "big")
+    for topic in topics:
+        out += len(topic).to_bytes(2, "big") + topic.encode()
+    return out + b"\xff\xff\xff\xff"
+
+
+def test_protocol_vote_and_subscribed_topics() -> None:
+    from broker.group_state import (
+        Group,
+        Member,
+        choose_protocol,
+        common_protocols,
+        subscribed_topics,
+    )
+
+    def member(name: str, protocols: list[tuple[str, bytes]]) -> Member:
+        return Member(name, None, "client", "127.0.0.1", 10.0, 10.0, protocols)
+
+    group = Group("g", state=State.STABLE, protocol_type="consumer")
+    group.members = {
+        "a": member("a", [("range", _subscription("t1")), ("sticky", b"")]),
+        "b": member("b", [("sticky", b""), ("range", _subscription("t2", "t3"))]),
+        "c": member("c", [("sticky", b""), ("range", b"garbage")]),
+    }
+    assert common_protocols(group, [("range", b""), ("other", b"")]) == {"range"}
+    assert choose_protocol(group) == "sticky"  # two of three prefer it
+    group.protocol_name = "range"
+    assert subscribed_topics(group) == {"t1", "t2", "t3"}  # unreadable metadata is skipped
+    group.state = State.EMPTY
+    assert subscribed_topics(group) == set()
