@@ -4,7 +4,7 @@ The whole public surface::
 
     async with open_worker() as worker:                 # one per process
         listener = worker.listen("127.0.0.1", 0)        # exporter side
-        region = worker.register_file(path, 0, size)    # mmap + ucp_mem_map
+        region = worker.register(mapped_segment)        # ucp_mem_map of a buffer
         descriptor = region.export()                    # address, length, packed rkey
         endpoint = await listener.accept()
 
@@ -19,16 +19,13 @@ See ``rdma/ucx/README.md`` for the build, the environment knobs and the traps.
 from __future__ import annotations
 
 from rdma.ucx._binding import Binding, UcxUnavailable, load
-from rdma.ucx.am import AmInbox, AmMessage
-from rdma.ucx.endpoint import Endpoint, Lane, Listener, RemoteKey, Transport
+from rdma.ucx.endpoint import Endpoint, Lane, Listener, RemoteKey
 from rdma.ucx.errors import PeerError, UcxError
 from rdma.ucx.memory import MemoryRegion
 from rdma.ucx.worker import DEFAULT_CONFIG, Worker, open_worker
 
 __all__ = [
     "DEFAULT_CONFIG",
-    "AmInbox",
-    "AmMessage",
     "Binding",
     "Endpoint",
     "Lane",
@@ -36,7 +33,6 @@ __all__ = [
     "MemoryRegion",
     "PeerError",
     "RemoteKey",
-    "Transport",
     "UcxError",
     "UcxUnavailable",
     "Worker",

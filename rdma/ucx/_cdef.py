@@ -24,7 +24,7 @@ from its size, and the completion callbacks are ``extern "Python"`` in API mode 
 from __future__ import annotations
 
 # The oldest libucp this binding talks to: Debian bookworm's libucx0 (verbs-enabled). Everything
-# used below (nbx calls, ucp_ep_query transports, AM v2) exists there.
+# used below (nbx calls, ucp_ep_query transports) exists there.
 MIN_VERSION = (1, 13)
 
 # Values from the 1.22 headers. API mode verifies each against the compiler (see `_build`).
@@ -50,7 +50,6 @@ CONSTANTS: dict[str, int] = {
     "UCP_PARAM_FIELD_FEATURES": 1 << 0,
     "UCP_FEATURE_RMA": 1 << 1,
     "UCP_FEATURE_WAKEUP": 1 << 4,
-    "UCP_FEATURE_AM": 1 << 6,
     # ucp_worker_params_t
     "UCP_WORKER_PARAM_FIELD_THREAD_MODE": 1 << 0,
     "UCP_WORKER_PARAM_FIELD_EVENTS": 1 << 2,
@@ -60,7 +59,6 @@ CONSTANTS: dict[str, int] = {
     "UCP_WAKEUP_TX": 1 << 10,
     "UCP_WAKEUP_RX": 1 << 11,
     "UCP_WORKER_ATTR_FIELD_ADDRESS": 1 << 1,
-    "UCP_WORKER_ATTR_FIELD_MAX_AM_HEADER": 1 << 3,
     # listener
     "UCP_LISTENER_PARAM_FIELD_SOCK_ADDR": 1 << 0,
     "UCP_LISTENER_PARAM_FIELD_CONN_HANDLER": 1 << 2,
@@ -92,16 +90,6 @@ CONSTANTS: dict[str, int] = {
     "UCP_OP_ATTR_FIELD_USER_DATA": 1 << 2,
     "UCP_OP_ATTR_FIELD_FLAGS": 1 << 4,
     "UCP_OP_ATTR_FIELD_MEMH": 1 << 8,
-    # active messages
-    "UCP_AM_HANDLER_PARAM_FIELD_ID": 1 << 0,
-    "UCP_AM_HANDLER_PARAM_FIELD_FLAGS": 1 << 1,
-    "UCP_AM_HANDLER_PARAM_FIELD_CB": 1 << 2,
-    "UCP_AM_HANDLER_PARAM_FIELD_ARG": 1 << 3,
-    "UCP_AM_FLAG_WHOLE_MSG": 1 << 0,
-    "UCP_AM_SEND_FLAG_REPLY": 1 << 0,
-    "UCP_AM_SEND_FLAG_COPY_HEADER": 1 << 3,
-    "UCP_AM_RECV_ATTR_FIELD_REPLY_EP": 1 << 0,
-    "UCP_AM_RECV_ATTR_FLAG_RNDV": 1 << 17,
 }
 
 # Declarations shared by both modes: opaque handles, the structs we fill or read, the functions.
@@ -293,24 +281,6 @@ typedef struct {
     size_t remote_count;
 } ucp_request_param_t;
 
-typedef struct ucp_am_recv_param {
-    uint64_t recv_attr;
-    ucp_ep_h reply_ep;
-} ucp_am_recv_param_t;
-
-typedef ucs_status_t (*ucp_am_recv_callback_t)(void *arg, const void *header,
-                                               size_t header_length, void *data,
-                                               size_t length,
-                                               const ucp_am_recv_param_t *param);
-
-typedef struct ucp_am_handler_param {
-    uint64_t field_mask;
-    unsigned id;
-    uint32_t flags;
-    ucp_am_recv_callback_t cb;
-    void *arg;
-} ucp_am_handler_param_t;
-
 const char *ucs_status_string(ucs_status_t status);
 
 void ucp_get_version(unsigned *major_version, unsigned *minor_version,
@@ -373,15 +343,6 @@ ucs_status_t ucp_request_check_status(void *request);
 void ucp_request_cancel(ucp_worker_h worker, void *request);
 void ucp_request_free(void *request);
 
-ucs_status_t ucp_worker_set_am_recv_handler(ucp_worker_h worker,
-                                            const ucp_am_handler_param_t *param);
-ucs_status_ptr_t ucp_am_send_nbx(ucp_ep_h ep, unsigned id, const void *header,
-                                 size_t header_length, const void *buffer, size_t count,
-                                 const ucp_request_param_t *param);
-ucs_status_ptr_t ucp_am_recv_data_nbx(ucp_worker_h worker, void *data_desc, void *buffer,
-                                      size_t count, const ucp_request_param_t *param);
-void ucp_am_data_release(ucp_worker_h worker, void *data);
-
 FILE *open_memstream(char **ptr, size_t *sizeloc);
 int fclose(FILE *stream);
 void free(void *ptr);
@@ -390,12 +351,8 @@ void free(void *ptr);
 # The callbacks UCX calls into Python. Names are what `_binding.callback()` looks up.
 CALLBACKS: dict[str, str] = {
     "kelp_ucx_send_cb": "void(void *, ucs_status_t, void *)",
-    "kelp_ucx_am_data_cb": "void(void *, ucs_status_t, size_t, void *)",
     "kelp_ucx_err_cb": "void(void *, ucp_ep_h, ucs_status_t)",
     "kelp_ucx_conn_cb": "void(ucp_conn_request_h, void *)",
-    "kelp_ucx_am_recv_cb": (
-        "ucs_status_t(void *, const void *, size_t, void *, size_t, const ucp_am_recv_param_t *)"
-    ),
 }
 
 
@@ -453,8 +410,6 @@ CHECKED_STRUCTS = (
     "ucp_ep_attr_t",
     "ucp_mem_map_params_t",
     "ucp_request_param_t",
-    "ucp_am_recv_param_t",
-    "ucp_am_handler_param_t",
     "ucs_sock_addr_t",
     "struct sockaddr_storage",
     "ucs_status_t",

@@ -12,12 +12,6 @@ from typing import Any
 
 LAYOUT: dict[str, dict[str, Any]] = {
     "struct sockaddr_storage": {"align": 8, "fields": {}, "size": 128},
-    "ucp_am_handler_param_t": {
-        "align": 8,
-        "fields": {"arg": 24, "cb": 16, "field_mask": 0, "flags": 12, "id": 8},
-        "size": 32,
-    },
-    "ucp_am_recv_param_t": {"align": 8, "fields": {"recv_attr": 0, "reply_ep": 8}, "size": 16},
     "ucp_conn_request_attr_t": {
         "align": 8,
         "fields": {"client_address": 8, "client_id": 136, "field_mask": 0},

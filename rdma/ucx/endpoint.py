@@ -1,9 +1,8 @@
 """Endpoints (connections to one peer worker), listeners and remote keys.
 
-An `Endpoint` is made by `Worker.connect` (client side, to a listener's ``host:port``),
-`Worker.connect_to_worker` (to a worker address exchanged out of band) or `Listener.accept`
-(server side). Everything that moves bytes is an ``async`` method that returns when UCX reports
-the request complete; each is a trio checkpoint, and cancelling one abandons the wait — never the
+An `Endpoint` is made by `Worker.connect` (client side, to a listener's ``host:port``) or by a
+`Listener` (server side). `Endpoint.get` is an ``async`` method that returns when UCX reports
+the GET complete; it is a trio checkpoint, and cancelling it abandons the wait — never the
 memory, which stays referenced until UCX lets go of it.
 
 Failure model: when the peer dies or resets the connection, UCX calls the endpoint's error
@@ -30,18 +29,7 @@ from rdma.ucx.memory import Descriptor, MemoryRegion
 if TYPE_CHECKING:
     from typing_extensions import Buffer
 
-    from rdma.ucx.worker import Worker
-
-
-@dataclass(frozen=True)
-class Transport:
-    """One transport/device pair an endpoint uses (``ucp_ep_query``), e.g. ``cma``/``memory``.
-
-    The connection manager lane shows up as ``tcp`` with an empty device.
-    """
-
-    name: str
-    device: str
+    from rdma.ucx._connections import Connections
 
 
 @dataclass(frozen=True)
@@ -143,7 +131,7 @@ class RemoteKey:
 class Endpoint:
     """A connection to one peer worker. See the module docstring for the failure model."""
 
-    def __init__(self, worker: Worker, handle: Any, ident: int, *, error_mode: str) -> None:
+    def __init__(self, worker: Connections, handle: Any, ident: int, *, error_mode: str) -> None:
         self._worker = worker
         self._handle: Any = handle  # None once ucp_ep_close_nbx was called
         self.ident = ident
@@ -175,29 +163,6 @@ class Endpoint:
 
     # -- introspection ------------------------------------------------------------------------
 
-    def transports(self) -> list[Transport]:
-        """Transport/device pairs of every lane (``ucp_ep_query``)."""
-        handle = self._live_handle()
-        b = self._worker._binding
-        ffi, c = b.ffi, b.c
-        entries = ffi.new("ucp_transport_entry_t[]", 32)
-        attr = ffi.new("ucp_ep_attr_t *")
-        attr.field_mask = c.UCP_EP_ATTR_FIELD_TRANSPORTS
-        attr.transports.entries = entries
-        attr.transports.num_entries = 32
-        # entry_size lets an older or newer library index our array correctly.
-        attr.transports.entry_size = ffi.sizeof("ucp_transport_entry_t")
-        self._worker._check(b.lib.ucp_ep_query(handle, attr), "ucp_ep_query")
-        # A library older than the field (1.13) ignores it: the zeroed entries stay NULL.
-        return [
-            Transport(
-                ffi.string(entry.transport_name).decode(),
-                ffi.string(entry.device_name).decode() if entry.device_name else "",
-            )
-            for entry in entries[0 : min(attr.transports.num_entries, 32)]
-            if entry.transport_name
-        ]
-
     def info(self) -> str:
         """UCX's description of the endpoint: lanes and protocol choices (``ucp_ep_print_info``)."""
         handle = self._live_handle()
@@ -218,29 +183,6 @@ class Endpoint:
             for lane in self.lanes()
             if any(use in ("rma", "rma_bw") for use in lane.uses)
         ]
-
-    @property
-    def local_address(self) -> tuple[str, int] | None:
-        """Our ``(host, port)`` for a sockaddr endpoint, else None."""
-        return self._sockaddr(local=True)
-
-    @property
-    def remote_address(self) -> tuple[str, int] | None:
-        """The peer's ``(host, port)`` for a sockaddr endpoint, else None."""
-        return self._sockaddr(local=False)
-
-    def _sockaddr(self, *, local: bool) -> tuple[str, int] | None:
-        handle = self._live_handle()
-        b = self._worker._binding
-        ffi, c = b.ffi, b.c
-        attr = ffi.new("ucp_ep_attr_t *")
-        attr.field_mask = (
-            c.UCP_EP_ATTR_FIELD_LOCAL_SOCKADDR if local else c.UCP_EP_ATTR_FIELD_REMOTE_SOCKADDR
-        )
-        if b.lib.ucp_ep_query(handle, attr) != c.UCS_OK:
-            return None  # not a sockaddr endpoint
-        field = attr.local_sockaddr if local else attr.remote_sockaddr
-        return decode_sockaddr(bytes(ffi.buffer(ffi.addressof(field))))
 
     # -- remote memory ------------------------------------------------------------------------
 
@@ -276,44 +218,13 @@ class Endpoint:
         failed) and UCX finishes or cancels the request later. A buffer pool uses it to reuse
         ``dest`` only when that is safe.
         """
-        await self._rma("get", key, offset, dest, local, settled)
-
-    async def read(self, key: RemoteKey, offset: int, size: int) -> bytearray:
-        """`get` into a new bytearray of ``size`` bytes."""
-        dest = bytearray(size)
-        await self._rma("get", key, offset, dest, None)
-        return dest
-
-    async def put(
-        self,
-        key: RemoteKey,
-        offset: int,
-        src: Buffer,
-        *,
-        local: MemoryRegion | None = None,
-    ) -> None:
-        """Write ``src`` at ``offset`` of the remote region (needs a writable export).
-
-        Returns when the local buffer may be reused; `flush` makes the data visible remotely.
-        """
-        await self._rma("put", key, offset, src, local)
-
-    async def _rma(
-        self,
-        op: str,
-        key: RemoteKey,
-        offset: int,
-        buf: Buffer,
-        local: MemoryRegion | None,
-        settled: Callable[[], None] | None = None,
-    ) -> None:
         worker = self._worker
         try:
             if key.endpoint is not self:
                 raise ValueError("remote key was imported on another endpoint")
             await trio.lowlevel.checkpoint_if_cancelled()
             self._live_handle()  # a failed endpoint raises its PeerError before "key is closed"
-            cdata = worker._binding.ffi.from_buffer("char[]", buf, require_writable=(op == "get"))
+            cdata = worker._binding.ffi.from_buffer("char[]", dest, require_writable=True)
             size = len(cdata)
             remote = key._checked(offset, size)
             memh = None
@@ -325,23 +236,7 @@ class Endpoint:
             if settled is not None:  # never posted: UCX never saw the buffer
                 settled()
             raise
-        await worker._run_rma(op, self, cdata, size, remote, key._handle, memh, settled)
-
-    async def flush(self) -> None:
-        """Wait until every operation posted on this endpoint completed remotely."""
-        await self._worker._run_flush(self)
-
-    # -- active messages ----------------------------------------------------------------------
-
-    async def am_send(
-        self, am_id: int, header: bytes = b"", data: Buffer = b"", *, reply: bool = False
-    ) -> None:
-        """Send an active message to the handler registered for ``am_id`` on the peer.
-
-        ``reply=True`` gives the receiver an endpoint back to us (`AmMessage.endpoint`) even if
-        it has no other way to reach this worker.
-        """
-        await self._worker._run_am_send(self, am_id, header, data, reply)
+        await worker._run_get(self, cdata, size, remote, key._handle, memh, settled)
 
     # -- closing ------------------------------------------------------------------------------
 
@@ -358,17 +253,6 @@ class Endpoint:
         with trio.move_on_after(timeout):
             await self._closed.wait()
 
-    async def wait_closed(self) -> None:
-        """Return once the endpoint is closed: by `close`, or by the worker after the peer
-        failed (then ``error`` says why). Lets an owner drop per-connection state."""
-        await self._closed.wait()
-
-    async def __aenter__(self) -> Endpoint:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
     def __repr__(self) -> str:
         state = "failed" if self.error else "closed" if self.closed else "open"
         return f"<Endpoint #{self.ident} {state} error_mode={self.error_mode}>"
@@ -382,7 +266,7 @@ class Listener:
 
     def __init__(
         self,
-        worker: Worker,
+        worker: Connections,
         handle: Any,
         ident: int,
         address: tuple[str, int],
@@ -436,12 +320,6 @@ class Listener:
             except (trio.WouldBlock, trio.EndOfChannel):
                 break
             self._worker._begin_close(endpoint, force=False)
-
-    async def __aenter__(self) -> Listener:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<Listener {self.address[0]}:{self.address[1]}{' closed' if self.closed else ''}>"

@@ -1,9 +1,8 @@
 """Registered memory: what one process exports, and the descriptor another process imports.
 
-A `MemoryRegion` is memory registered with the UCP context (``ucp_mem_map``): a Python buffer the
-caller owns (a bytearray, an anonymous mmap used as a receive pool) or a range of a file that the
-region mmaps itself (a sealed log segment the broker exports). Registering is what lets a peer
-read the memory one-sidedly; on verbs hardware it also pins the pages.
+A `MemoryRegion` is memory registered with the UCP context (``ucp_mem_map``): a Python buffer
+the caller owns (a receive pool, the broker's mmap of a sealed log segment). Registering is what
+lets a peer read the memory one-sidedly; on verbs hardware it also pins the pages.
 
 `MemoryRegion.export()` produces the *descriptor* a peer needs: the region's virtual address and
 length plus UCX's packed remote key. The peer turns it into a `RemoteKey` with
@@ -18,11 +17,8 @@ Descriptor layout (little endian)::
 
 from __future__ import annotations
 
-import mmap
-import os
 import struct
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rdma.ucx import errors
@@ -59,11 +55,11 @@ class Descriptor:
 
 
 class MemoryRegion:
-    """Memory registered with the worker's context. Create with `Worker.register` or
-    `Worker.register_file`; release with `close()` (the worker closes leftovers on exit).
+    """Memory registered with the worker's context. Create with `Worker.register`; release
+    with `close()` (the worker closes leftovers on exit).
 
-    ``address``/``length`` describe the registered bytes; ``view`` is a memoryview of them
-    (read-only for file regions). Closing while a peer is still reading is the exporter's
+    ``address``/``length`` describe the registered bytes; ``view`` is a memoryview of them.
+    Closing while a peer is still reading is the exporter's
     mistake to avoid: the peer's GET then fails or, over shared memory, reads unmapped memory.
     """
 
@@ -76,8 +72,6 @@ class MemoryRegion:
         length: int,
         *,
         view: memoryview,
-        parents: tuple[memoryview, ...] = (),
-        owned_mmap: mmap.mmap | None = None,
     ) -> None:
         self._worker = worker
         self._memh = memh
@@ -85,8 +79,6 @@ class MemoryRegion:
         self.address = address
         self.length = length
         self.view = view
-        self._parents = parents  # views `view` was sliced from; released after it
-        self._owned_mmap = owned_mmap
         self._rkey: bytes | None = None
 
     @property
@@ -126,50 +118,11 @@ class MemoryRegion:
             return
         memh, self._memh = self._memh, None
         self._worker._unregister(self, memh)
-        # Release in reverse order of acquisition: cdata pins `view`, which pins its parents.
+        # Release in reverse order of acquisition: cdata pins `view`.
         self._worker._binding.ffi.release(self._cdata)
         self.view.release()
-        for parent in self._parents:
-            parent.release()
-        if self._owned_mmap is not None:
-            self._owned_mmap.close()
-
-    def __enter__(self) -> MemoryRegion:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{self.length} bytes at {self.address:#x}"
         return f"<MemoryRegion {state}>"
 
-
-def map_file_range(
-    path: str | os.PathLike[str], offset: int, length: int | None
-) -> tuple[mmap.mmap, int, int]:
-    """mmap ``[offset, offset+length)`` of a file read-only; return (map, start, length).
-
-    mmap offsets must be page aligned, so the mapping starts at the page holding ``offset`` and
-    ``start`` is where the requested range begins inside it.
-    """
-    size = Path(path).stat().st_size
-    if offset < 0 or offset > size:
-        raise ValueError(f"offset {offset} outside {path} ({size} bytes)")
-    if length is None:
-        length = size - offset
-    if length <= 0 or offset + length > size:
-        raise ValueError(f"range {offset}+{length} outside {path} ({size} bytes)")
-    aligned = offset - offset % mmap.ALLOCATIONGRANULARITY
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        mapped = mmap.mmap(
-            fd,
-            offset - aligned + length,
-            flags=mmap.MAP_SHARED,
-            prot=mmap.PROT_READ,
-            offset=aligned,
-        )
-    finally:
-        os.close(fd)  # the mapping keeps the file alive
-    return mapped, offset - aligned, length
