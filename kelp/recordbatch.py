@@ -18,19 +18,40 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import crc32c
 
-HEADER_SIZE = 61
+# Where each header field starts: the only place kelp spells the layout out.
+BASE_OFFSET = 0
+BATCH_LENGTH = 8
+PARTITION_LEADER_EPOCH = 12
+MAGIC = 16
+CRC = 17
+ATTRIBUTES = 21  # the CRC-32C covers this byte to the end of the batch
+LAST_OFFSET_DELTA = 23
+BASE_TIMESTAMP = 27
+MAX_TIMESTAMP = 35
+PRODUCER_ID = 43
+PRODUCER_EPOCH = 51
+BASE_SEQUENCE = 53
+RECORD_COUNT = 57
+HEADER_SIZE = 61  # records follow
 # The bytes a reader needs to know a batch's size: baseOffset + batchLength.
-LENGTH_PREFIX = 12
+LENGTH_PREFIX = BATCH_LENGTH + 4
+# The bytes a log walks by (``peek``): up to and including lastOffsetDelta.
+PEEK_SIZE = LAST_OFFSET_DELTA + 4
 _HEADER = struct.Struct(">qiiBIhiqqqhii")
-_OFFSET = struct.Struct(">q")
-_EPOCH = struct.Struct(">i")
+_INT64 = struct.Struct(">q")
+_INT32 = struct.Struct(">i")
+_INT16 = struct.Struct(">h")
+_UINT32 = struct.Struct(">I")
+_PREFIX = struct.Struct(">qi")
 
 TIMESTAMP_TYPE_BIT = 0x08  # attributes bit 3: 1 = LogAppendTime
 COMPRESSION_MASK = 0x07
+TRANSACTIONAL_BIT = 0x10
+CONTROL_BIT = 0x20
 
 
 class CorruptBatch(ValueError):
@@ -76,8 +97,8 @@ def parse_header(data: bytes | memoryview, position: int = 0) -> BatchHeader:
     available = len(data) - position
     # Magic sits at byte 16 in every message format, so old formats are named as such even
     # when they are shorter than a v2 header.
-    if available > 16 and data[position + 16] in (0, 1):
-        raise UnsupportedMagic(f"magic {data[position + 16]} message sets are not supported; "
+    if available > MAGIC and data[position + MAGIC] in (0, 1):
+        raise UnsupportedMagic(f"magic {data[position + MAGIC]} message sets are not supported; "
                                "produce v2 record batches (Kafka >= 0.11 clients)")
     if available < HEADER_SIZE:
         raise CorruptBatch(f"batch header truncated: {available} < {HEADER_SIZE} bytes")
@@ -93,8 +114,39 @@ def parse_header(data: bytes | memoryview, position: int = 0) -> BatchHeader:
 
 def crc_matches(data: bytes | memoryview, position: int, header: BatchHeader) -> bool:
     """Does the stored CRC-32C match attributes..end of the batch at ``position``?"""
-    view = memoryview(data)[position + 21 : position + header.size]
+    view = memoryview(data)[position + ATTRIBUTES : position + header.size]
     return crc32c.crc32c(view) == header.crc
+
+
+def peek(data: bytes | bytearray | memoryview, position: int = 0) -> tuple[int, int]:
+    """(base offset, size in bytes) of the batch at ``position``, from its first
+    ``LENGTH_PREFIX`` bytes, unchecked: for walking batches already validated."""
+    base_offset, batch_length = _PREFIX.unpack_from(data, position)
+    return base_offset, batch_length + LENGTH_PREFIX
+
+
+def peek_last_offset(data: bytes | bytearray | memoryview, position: int = 0) -> int:
+    """The last offset of the batch at ``position`` (needs ``PEEK_SIZE`` bytes), unchecked."""
+    return (_INT64.unpack_from(data, position + BASE_OFFSET)[0]
+            + _INT32.unpack_from(data, position + LAST_OFFSET_DELTA)[0])
+
+
+def pack_header(header: BatchHeader) -> bytes:
+    """The 61 header bytes of ``header`` (for code that builds batches)."""
+    return _HEADER.pack(*(getattr(header, field.name) for field in fields(BatchHeader)))
+
+
+def sign(buffer: bytearray, position: int = 0, size: int | None = None) -> None:
+    """Store the CRC-32C of the batch at ``position`` (``size`` bytes, default: to the end)."""
+    end = len(buffer) if size is None else position + size
+    crc = crc32c.crc32c(memoryview(buffer)[position + ATTRIBUTES : end])
+    _UINT32.pack_into(buffer, position + CRC, crc)
+
+
+def set_size(buffer: bytearray, position: int, size: int, record_count: int) -> None:
+    """Store a rebuilt batch's size and record count (the CRC must be signed afterwards)."""
+    _INT32.pack_into(buffer, position + BATCH_LENGTH, size - LENGTH_PREFIX)
+    _INT32.pack_into(buffer, position + RECORD_COUNT, record_count)
 
 
 def iter_batches(
@@ -135,15 +187,14 @@ def set_max_timestamp(buffer: bytearray, position: int, header: BatchHeader, max
     the CRC: Kafka's LogValidator sets maxTimestamp to the largest record timestamp, so a
     producer's wrong value is corrected rather than stored."""
     if attributes is not None:
-        struct.pack_into(">h", buffer, position + 21, attributes)
-    struct.pack_into(">q", buffer, position + 35, max_timestamp)
-    crc = crc32c.crc32c(memoryview(buffer)[position + 21 : position + header.size])
-    struct.pack_into(">I", buffer, position + 17, crc)
+        _INT16.pack_into(buffer, position + ATTRIBUTES, attributes)
+    _INT64.pack_into(buffer, position + MAX_TIMESTAMP, max_timestamp)
+    sign(buffer, position, header.size)
 
 
 def rewrite_offset_and_epoch(
     buffer: bytearray, position: int, base_offset: int, leader_epoch: int = 0
 ) -> None:
     """Assign the broker's base offset and leader epoch in place (both outside the CRC)."""
-    _OFFSET.pack_into(buffer, position, base_offset)
-    _EPOCH.pack_into(buffer, position + 12, leader_epoch)
+    _INT64.pack_into(buffer, position + BASE_OFFSET, base_offset)
+    _INT32.pack_into(buffer, position + PARTITION_LEADER_EPOCH, leader_epoch)

@@ -8,16 +8,14 @@ the xerial framing the Java client writes), lz4 (frame format), zstd.
 from __future__ import annotations
 
 import logging
-import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import cramjam
-import crc32c
 
-from kelp import batchcheck, recordbatch
-
-NONE, GZIP, SNAPPY, LZ4, ZSTD = range(5)
+from kelp import decompress as codecs
+from kelp import recordbatch
+from kelp.decompress import GZIP, LZ4, NONE, SNAPPY, ZSTD
 
 
 class UnsupportedCodec(recordbatch.CorruptBatch):
@@ -34,15 +32,15 @@ class Record:
 
 
 def decompress(codec: int, data: bytes | memoryview,
-               limit: int = batchcheck.DEFAULT_MAX_DECOMPRESSED) -> bytes:
+               limit: int = codecs.DEFAULT_MAX_DECOMPRESSED) -> bytes:
     """The records body of a batch compressed with ``codec``; ``CorruptBatch`` if it is not,
     or if it would expand past ``limit`` bytes (a zip bomb is refused, never expanded)."""
     if codec == NONE:
         return bytes(data)
     try:
-        return batchcheck.decompress_bounded(codec, data, limit)
-    except batchcheck.BatchRejected as exc:
-        raise (UnsupportedCodec if codec not in batchcheck.CODEC_NAMES
+        return codecs.decompress_bounded(codec, data, limit)
+    except codecs.Undecompressible as exc:
+        raise (UnsupportedCodec if codec not in codecs.CODEC_NAMES
                else recordbatch.CorruptBatch)(exc.message) from None
 
 
@@ -125,7 +123,7 @@ def records_or_skip(batch: bytes | memoryview, log: logging.Logger, *, topic: st
     try:
         return list(iter_records(batch))
     except recordbatch.CorruptBatch as exc:
-        offset = struct.unpack_from(">q", batch, 0)[0] if len(batch) >= 8 else -1
+        offset = recordbatch.peek(batch)[0] if len(batch) >= recordbatch.LENGTH_PREFIX else -1
         log.warning("skipping unreadable record batch", extra={
             "topic": topic, "partition": partition, "offset": offset, "reason": str(exc)})
         return None
@@ -174,9 +172,8 @@ def rebuild_batch(original: bytes | memoryview, kept: list[Record]) -> bytes:
         for r in kept)
     body = compress(header.compression, body)
     batch = bytearray(bytes(original[: recordbatch.HEADER_SIZE]) + body)
-    struct.pack_into(">i", batch, 8, len(batch) - recordbatch.LENGTH_PREFIX)
-    struct.pack_into(">i", batch, 57, len(kept))
-    struct.pack_into(">I", batch, 17, crc32c.crc32c(memoryview(batch)[21:]))
+    recordbatch.set_size(batch, 0, len(batch), len(kept))
+    recordbatch.sign(batch)
     return bytes(batch)
 
 
@@ -184,9 +181,11 @@ def build_batch(pairs: list[tuple[bytes | None, bytes | None]], timestamp: int) 
     """A fresh uncompressed v2 batch (base offset 0, no producer) holding ``pairs``."""
     body = b"".join(encode_record(Record(index, timestamp, key, value, ()), 0, timestamp)
                     for index, (key, value) in enumerate(pairs))
-    header = struct.pack(">qiiBIhiqqqhii", 0, 0, 0, 2, 0, 0, len(pairs) - 1, timestamp,
-                         timestamp, -1, -1, -1, len(pairs))
-    batch = bytearray(header + body)
-    struct.pack_into(">i", batch, 8, len(batch) - recordbatch.LENGTH_PREFIX)
-    struct.pack_into(">I", batch, 17, crc32c.crc32c(memoryview(batch)[21:]))
+    header = recordbatch.BatchHeader(
+        base_offset=0, batch_length=0, partition_leader_epoch=0, magic=2, crc=0, attributes=0,
+        last_offset_delta=len(pairs) - 1, base_timestamp=timestamp, max_timestamp=timestamp,
+        producer_id=-1, producer_epoch=-1, base_sequence=-1, record_count=len(pairs))
+    batch = bytearray(recordbatch.pack_header(header) + body)
+    recordbatch.set_size(batch, 0, len(batch), len(pairs))
+    recordbatch.sign(batch)
     return bytes(batch)

@@ -1,4 +1,5 @@
-"""kelp.batchcheck: Kafka's LogValidator checks on produced batches, and bounded decompression.
+"""kelp.batchcheck and kelp.decompress: Kafka's LogValidator checks on produced batches,
+and bounded decompression.
 
 Valid batches come from three encoders that are not ours (aiokafka's record builder, kio's
 batch writer) besides kelp.records; kio's reader is the independent decoder to agree with.
@@ -30,12 +31,12 @@ from kio.records.readers import read_batch
 from kio.schema.errors import ErrorCode
 
 import kelp
-from kelp import batchcheck, recordbatch, records
+from kelp import batchcheck, decompress, recordbatch, records
 from tests.batches import make_batch
 
 INVALID = ErrorCode.invalid_record
 CORRUPT = ErrorCode.corrupt_message
-CODECS = [batchcheck.NONE, batchcheck.GZIP, batchcheck.SNAPPY, batchcheck.LZ4, batchcheck.ZSTD]
+CODECS = [decompress.NONE, decompress.GZIP, decompress.SNAPPY, decompress.LZ4, decompress.ZSTD]
 COMPRESSED = CODECS[1:]
 MiB = 1024 * 1024
 WALKERS = [pytest.param(False, id="python"),
@@ -194,9 +195,9 @@ def test_kelp_build_batch_passes(pairs):
 def test_agrees_with_kio_reader_on_valid_batches(pairs, headers, codec, compacted):
     batch = aiokafka_batch(pairs, codec=codec, headers=headers)
     header = recordbatch.parse_header(batch)
-    body = batchcheck.decompress_bounded(header.compression,
+    body = decompress.decompress_bounded(header.compression,
                                          batch[recordbatch.HEADER_SIZE :], 16 * MiB)
-    plain = with_body(batch, body, batchcheck.NONE)
+    plain = with_body(batch, body, decompress.NONE)
     decoded, size = read_batch(plain, 0)  # kio: an independent decoder
     assert size == len(plain)
     assert [(r.key, r.value) for r in decoded.records] == pairs
@@ -212,7 +213,7 @@ def test_agrees_with_kio_reader_on_valid_batches(pairs, headers, codec, compacte
 
 
 def test_control_batch_only_when_allowed():
-    batch = finish(BASE, attributes=batchcheck.CONTROL_BIT)
+    batch = finish(BASE, attributes=recordbatch.CONTROL_BIT)
     error = rejected(batch)
     assert error.error == INVALID and "not allowed to write control records" in error.message
     check(batch, allow_control=True)
@@ -257,23 +258,24 @@ def test_last_offset_delta_far_beyond_one_record():
 def test_unknown_codecs(codec, error):
     refused = rejected(with_body(BASE, BASE[61:], codec))
     assert refused.error == error and refused.message == f"unknown compression codec {codec}"
-    with pytest.raises(batchcheck.BatchRejected):
-        batchcheck.decompress_bounded(codec, b"x", 100)
+    with pytest.raises(decompress.Undecompressible) as info:
+        decompress.decompress_bounded(codec, b"x", 100)
+    assert info.value.error == error
 
 
 @pytest.mark.parametrize("codec", COMPRESSED)
 def test_body_that_does_not_decompress(codec):
     error = rejected(with_body(BASE, BASE[61:], codec))  # an uncompressed body, flagged
     assert error.error == CORRUPT
-    assert error.message.startswith(f"{batchcheck.CODEC_NAMES[codec]} record batch body does "
+    assert error.message.startswith(f"{decompress.CODEC_NAMES[codec]} record batch body does "
                                     "not decompress")
     assert len(error.message) < 200
 
 
 def test_gzip_means_gzip_not_zlib():
     body = BASE[recordbatch.HEADER_SIZE :]
-    check(with_body(BASE, zlib.compress(body, wbits=31), batchcheck.GZIP))
-    error = rejected(with_body(BASE, zlib.compress(body), batchcheck.GZIP))
+    check(with_body(BASE, zlib.compress(body, wbits=31), decompress.GZIP))
+    error = rejected(with_body(BASE, zlib.compress(body), decompress.GZIP))
     assert error.error == CORRUPT and error.message.startswith("gzip record batch body")
 
 
@@ -284,7 +286,7 @@ def test_producer_id_without_sequence(producer):
 
 
 def test_transactional_without_producer_id():
-    error = rejected(finish(BASE, attributes=batchcheck.TRANSACTIONAL_BIT))
+    error = rejected(finish(BASE, attributes=recordbatch.TRANSACTIONAL_BIT))
     assert error.error == INVALID and "producer id" in error.message
 
 
@@ -297,7 +299,7 @@ def test_batch_shorter_than_its_header_says():
 
 def test_keyless_records_on_a_compacted_topic():
     pairs = [(None, b"a"), (b"k", b"b"), (None, b"c"), (None, None), (None, b"e")]
-    batch = aiokafka_batch(pairs, codec=batchcheck.ZSTD)
+    batch = aiokafka_batch(pairs, codec=decompress.ZSTD)
     check(batch)
     error = rejected(batch, compacted=True)
     assert error.error == INVALID
@@ -376,7 +378,7 @@ def test_malformed_records(name, native):
     assert error.error == INVALID
     assert text in error.message, error.message
     # Compressed, the same records fail the same way.
-    error = rejected(with_body(BASE, records.compress(batchcheck.GZIP, body), batchcheck.GZIP,
+    error = rejected(with_body(BASE, records.compress(decompress.GZIP, body), decompress.GZIP,
                                count=count, last_offset_delta=count - 1))
     assert error.error == INVALID and text in error.message
 
@@ -428,10 +430,10 @@ def bomb(kind: str) -> bytes:
     raise AssertionError(kind)
 
 
-BOMB_CODECS = {"gzip": batchcheck.GZIP, "gzip-members": batchcheck.GZIP,
-               "zstd": batchcheck.ZSTD, "zstd-declared": batchcheck.ZSTD,
-               "lz4": batchcheck.LZ4, "snappy": batchcheck.SNAPPY,
-               "snappy-xerial": batchcheck.SNAPPY}
+BOMB_CODECS = {"gzip": decompress.GZIP, "gzip-members": decompress.GZIP,
+               "zstd": decompress.ZSTD, "zstd-declared": decompress.ZSTD,
+               "lz4": decompress.LZ4, "snappy": decompress.SNAPPY,
+               "snappy-xerial": decompress.SNAPPY}
 
 
 @pytest.mark.parametrize("kind", list(BOMB_CODECS))
@@ -440,14 +442,14 @@ def test_bombs_are_refused_fast_in_bounded_memory(kind):
     tracemalloc.start()
     started = time.perf_counter()
     try:
-        with pytest.raises(batchcheck.BatchRejected) as info:
-            batchcheck.decompress_bounded(codec, data, LIMIT)
+        with pytest.raises(decompress.Undecompressible) as info:
+            decompress.decompress_bounded(codec, data, LIMIT)
         took = time.perf_counter() - started
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
     assert info.value.error == CORRUPT
-    assert info.value.message == (f"{batchcheck.CODEC_NAMES[codec]} record batch decompresses "
+    assert info.value.message == (f"{decompress.CODEC_NAMES[codec]} record batch decompresses "
                                   f"to more than {LIMIT} bytes")
     assert peak < 2 * LIMIT, f"peak {peak} bytes"
     assert took < 2.0
@@ -461,7 +463,7 @@ def test_bombs_stay_bounded_in_process_memory():
     refusing 256 MiB bombs under a 1 MiB bound (growth must stay far below the bomb)."""
     script = textwrap.dedent("""
         import resource, zlib, cramjam
-        from kelp import batchcheck
+        from kelp import decompress
         from aiokafka.codec import snappy_encode
         chunk = bytes(1 << 20)
         def stream(compressor):
@@ -476,8 +478,8 @@ def test_bombs_stay_bounded_in_process_memory():
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         for codec, data in bombs:
             try:
-                batchcheck.decompress_bounded(codec, data, 1 << 20)
-            except batchcheck.BatchRejected:
+                decompress.decompress_bounded(codec, data, 1 << 20)
+            except decompress.Undecompressible:
                 pass
             else:
                 raise SystemExit("accepted a bomb")
@@ -504,10 +506,10 @@ def test_bound_is_exact(kind):
         "snappy": lambda: bytes(cramjam.snappy.compress_raw(payload)),
         "snappy-xerial": lambda: snappy_encode(payload),
     }[kind]()
-    assert batchcheck.decompress_bounded(codec, data, len(payload)) == payload
-    assert batchcheck.decompress_bounded(codec, memoryview(data), 10 * len(payload)) == payload
-    with pytest.raises(batchcheck.BatchRejected) as info:
-        batchcheck.decompress_bounded(codec, data, len(payload) - 1)
+    assert decompress.decompress_bounded(codec, data, len(payload)) == payload
+    assert decompress.decompress_bounded(codec, memoryview(data), 10 * len(payload)) == payload
+    with pytest.raises(decompress.Undecompressible) as info:
+        decompress.decompress_bounded(codec, data, len(payload) - 1)
     assert "decompresses to more than" in info.value.message
 
 
@@ -519,7 +521,7 @@ def _stream_payload(compressor, payload: bytes) -> bytes:
 @pytest.mark.parametrize("module", [cramjam.zstd, cramjam.lz4])
 def test_cramjam_reports_a_full_output_buffer(module):
     # decompress_bounded tells "buffer full, grow it" from "corrupt" by this message.
-    with pytest.raises(cramjam.DecompressionError, match=batchcheck._BUFFER_FULL):
+    with pytest.raises(cramjam.DecompressionError, match=decompress._BUFFER_FULL):
         module.decompress_into(bytes(module.compress(bytes(1000))), bytearray(999))
 
 
