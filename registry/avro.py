@@ -1,7 +1,7 @@
 """The AVRO schema type: parsing, canonical forms and reader/writer compatibility.
 
 ``parse`` decodes the JSON and walks it once with the rules of Avro Java's ``Schema.Parser``
-(what Confluent runs), building a small graph of :class:`_Node` objects. A named type is
+(what Confluent runs), building a small graph of :class:`Node` objects. A named type is
 registered before its body is walked, so recursive types become cycles in the graph, and
 references (walked first, into the same name table) resolve exactly like names defined earlier
 in the same document. Every error names its JSON-pointer path. Defaults are checked against
@@ -10,7 +10,8 @@ a second opinion (it also checks logical-type parameters such as decimal precisi
 
 The graph serves the other operations: ``normalized`` prints it in one fixed shape, and
 ``compatibility_errors`` applies the rules of Avro Java's ``SchemaCompatibility`` (the checker
-behind Confluent's AvroCompatibilityChecker) to a reader graph and a writer graph.
+behind Confluent's AvroCompatibilityChecker; ``avro_resolution.py``) to a reader graph and a
+writer graph.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 import fastavro
 from fastavro.schema import UnknownType
 
+from registry.avro_resolution import Resolution
 from registry.limits import checkpoint
 from registry.schema import ParsedSchema, SchemaError
 
@@ -40,9 +42,6 @@ _SCHEMA_KEYS = _FIELD_KEYS | {"namespace", "fields", "symbols", "items", "values
 _NAME_RE = re.compile(r"[^\W\d]\w*")
 _NO_DEFAULT: Any = object()
 _MAX_DEPTH = 200  # JSON-pointer segments
-# Writer types a reader type accepts besides its own (spec, "Schema Resolution").
-_PROMOTIONS = {"long": {"int"}, "float": {"int", "long"}, "double": {"int", "long", "float"},
-               "bytes": {"string"}, "string": {"bytes"}}
 _Defs = dict[str, tuple[dict[str, Any], str]]  # full name -> (definition JSON, outer namespace)
 
 
@@ -53,15 +52,19 @@ def _fail(path: str, message: str) -> SchemaError:
 @dataclass(eq=False)
 class _Field:
     name: str
-    type: _Node
+    type: Node
     default: Any  # _NO_DEFAULT when the field has none (JSON null is a real default)
     aliases: list[str]
     props: dict[str, Any]
     pos: int
 
+    @property
+    def has_default(self) -> bool:
+        return self.default is not _NO_DEFAULT
+
 
 @dataclass(eq=False)  # identity semantics: the compatibility memo keys on id()
-class _Node:
+class Node:
     type: str  # a primitive, "record" (also for "error"), "enum", "fixed", "array", "map", "union"
     name: str | None = None  # full name of a named type
     aliases: list[str] = field(default_factory=list)  # full names
@@ -69,13 +72,17 @@ class _Node:
     symbols: list[str] = field(default_factory=list)
     default: str | None = None  # an enum's default symbol
     size: int = 0
-    child: _Node | None = None  # array items / map values
-    branches: list[_Node] = field(default_factory=list)
+    child: Node | None = None  # array items / map values
+    branches: list[Node] = field(default_factory=list)
     props: dict[str, Any] = field(default_factory=dict)
     error: bool = False  # declared as "error" rather than "record"
 
     def describe(self) -> str:
         return f"{self.type} {self.name}" if self.name else self.type
+
+    @property
+    def primitive(self) -> bool:
+        return self.type in PRIMITIVES
 
 
 def _qualify(name: str, space: str) -> str:
@@ -98,13 +105,13 @@ def _full_name(js: dict[str, Any], space: str) -> str:
 
 class _Builder:
     def __init__(self) -> None:
-        self.names: dict[str, _Node] = {}
+        self.names: dict[str, Node] = {}
         self.defs: _Defs = {}
         self.defaults: list[tuple[str, _Field]] = []  # checked once every type is complete
 
-    def lookup(self, name: str, space: str, path: str) -> _Node:
+    def lookup(self, name: str, space: str, path: str) -> Node:
         if name in PRIMITIVES:
-            return _Node(name)
+            return Node(name)
         # Like Java's Names.get: the enclosing namespace first, then the null namespace.
         for full in (_qualify(name, space), name):
             if full in self.names:
@@ -112,7 +119,7 @@ class _Builder:
         raise _fail(path, f"unknown type {name!r}: not a primitive and not a named type "
                     "defined earlier or in a reference")
 
-    def build(self, js: Any, space: str, path: str) -> _Node:
+    def build(self, js: Any, space: str, path: str) -> Node:
         checkpoint()
         if path.count("/") > _MAX_DEPTH:  # keeps every recursive pass far from Python's limit
             raise _fail(path[:60] + "...", f"nested deeper than {_MAX_DEPTH} levels")
@@ -127,19 +134,19 @@ class _Builder:
             raise _fail(path, "a schema object needs a string 'type'")
         props = {k: v for k, v in js.items() if k not in _SCHEMA_KEYS}
         if kind in PRIMITIVES:
-            return _Node(kind, props=props)
+            return Node(kind, props=props)
         if kind in ("array", "map"):
             key = "items" if kind == "array" else "values"
             if key not in js:
                 raise _fail(path, f"an {kind} needs '{key}'")
-            return _Node(kind, child=self.build(js[key], space, f"{path}/{key}"), props=props)
+            return Node(kind, child=self.build(js[key], space, f"{path}/{key}"), props=props)
         if kind in _NAMED:
             return self._named(js, kind, space, path, props)
         return self.lookup(kind, space, f"{path}/type")  # {"type": "some.Name"} is allowed
 
-    def _union(self, js: list[Any], space: str, path: str) -> _Node:
+    def _union(self, js: list[Any], space: str, path: str) -> Node:
         seen: set[str] = set()
-        node = _Node("union")
+        node = Node("union")
         for i, item in enumerate(js):
             branch = self.build(item, space, f"{path}/{i}")
             key = branch.name or branch.type  # unnamed types may appear once each
@@ -153,7 +160,7 @@ class _Builder:
 
     def _named(
         self, js: dict[str, Any], kind: str, space: str, path: str, props: dict[str, Any]
-    ) -> _Node:
+    ) -> Node:
         if not isinstance(js.get("name"), str):
             raise _fail(path, f"a {kind} needs a string 'name'")
         if not isinstance(js.get("namespace", ""), str | None):
@@ -166,7 +173,7 @@ class _Builder:
         aliases = [_qualify(a, own) for a in self._aliases(js, path)]
         for alias in aliases:
             _check_name(alias, f"{path}/aliases", "alias")
-        node = _Node("record" if kind == "error" else kind, full, aliases, props=props)
+        node = Node("record" if kind == "error" else kind, full, aliases, props=props)
         node.error = kind == "error"
         self.names[full] = node  # before the body: a record may refer to itself
         self.defs[full] = (js, space)
@@ -189,7 +196,7 @@ class _Builder:
         return aliases
 
     @staticmethod
-    def _enum(node: _Node, js: dict[str, Any], path: str) -> None:
+    def _enum(node: Node, js: dict[str, Any], path: str) -> None:
         symbols = js.get("symbols")
         if not isinstance(symbols, list) or not all(isinstance(s, str) for s in symbols):
             raise _fail(path, "an enum needs 'symbols', an array of strings")
@@ -206,7 +213,7 @@ class _Builder:
             raise _fail(f"{path}/default", f"the enum default {default!r} is not a symbol")
         node.default = default
 
-    def _fields(self, node: _Node, js: dict[str, Any], space: str, path: str) -> None:
+    def _fields(self, node: Node, js: dict[str, Any], space: str, path: str) -> None:
         if not isinstance(js.get("fields"), list):
             raise _fail(path, "a record needs 'fields', an array")
         names: set[str] = set()
@@ -241,7 +248,7 @@ class _Builder:
         self.defaults.clear()
 
 
-def _valid_default(node: _Node, value: Any, active: set[tuple[int, int]]) -> bool:
+def _valid_default(node: Node, value: Any, active: set[tuple[int, int]]) -> bool:
     """Avro Java's isValidDefault, except that a union default may match any branch (Avro 1.12,
     AVRO-3649; older releases required the first branch)."""
     checkpoint()  # unions of records with defaults can make this exponential
@@ -337,7 +344,7 @@ class AvroSchema:
 
     schema_type = "AVRO"
 
-    def __init__(self, js: Any, root: _Node, ref_defs: _Defs) -> None:
+    def __init__(self, js: Any, root: Node, ref_defs: _Defs) -> None:
         self._js = js
         self._root = root
         self._ref_defs = ref_defs
@@ -367,7 +374,7 @@ class AvroSchema:
         if not isinstance(writer, AvroSchema):
             return [f"/: TYPE_MISMATCH: the writer is a {writer.schema_type} schema, not AVRO"]
         try:
-            errors = _Checker().check(self._root, writer._root, "")
+            errors = Resolution().check(self._root, writer._root, "")
         except RecursionError:
             return ["/: the schemas are nested too deeply to compare"]
         return list(dict.fromkeys(errors))  # a memoized pair can report the same error twice
@@ -383,7 +390,7 @@ def _sorted(value: Any) -> Any:
     return [_sorted(v) for v in value] if isinstance(value, list) else value
 
 
-def _normal(node: _Node, done: set[str]) -> Any:
+def _normal(node: Node, done: set[str]) -> Any:
     checkpoint()
     if node.type == "union":
         return [_normal(b, done) for b in node.branches]
@@ -459,84 +466,3 @@ def _inline(js: Any, space: str, defs: _Defs, done: set[str]) -> Any:
         inlined = _inline(kind, space, defs, done)
         return js if inlined == kind else inlined
     return out
-
-
-class _Checker:
-    """Avro Java's SchemaCompatibility rules. ``check(reader, writer)`` lists why data written
-    with ``writer`` cannot be read with ``reader``; paths point into the reader schema."""
-
-    def __init__(self) -> None:
-        self.memo: dict[tuple[int, int], list[str]] = {}
-
-    def check(self, r: _Node, w: _Node, path: str) -> list[str]:
-        checkpoint()
-        key = (id(r), id(w))
-        if key in self.memo:
-            # Done before, or in progress further up a recursive schema; like Java, a pair in
-            # progress counts as compatible unless something else proves otherwise.
-            return self.memo[key]
-        self.memo[key] = []
-        self.memo[key] = errors = self._calc(r, w, path)
-        return errors
-
-    def _calc(self, r: _Node, w: _Node, path: str) -> list[str]:
-        at = path or "/"
-        if r.type == w.type:
-            if r.type in PRIMITIVES:
-                return []
-            if r.type in ("array", "map"):
-                assert r.child is not None and w.child is not None
-                key = "items" if r.type == "array" else "values"
-                return self.check(r.child, w.child, f"{path}/{key}")
-            if r.type == "union":  # every branch the writer may have used must be readable
-                pairs = [(b, f"{path}/{i}") for i, b in enumerate(w.branches)]
-                return [e for b, at_b in pairs for e in self.check(r, b, at_b)]
-            return self._named(r, w, path)
-        if w.type == "union":
-            return [e for b in w.branches for e in self.check(r, b, path)]
-        if r.type == "union":
-            if any(not self.check(b, w, f"{path}/{i}") for i, b in enumerate(r.branches)):
-                return []
-            return [f"{at}: MISSING_UNION_BRANCH: the reader union has no branch that can read "
-                    f"writer type {w.describe()}"]
-        if w.type in _PROMOTIONS.get(r.type, ()):
-            return []
-        return [f"{at}: TYPE_MISMATCH: reader type {r.describe()} cannot read writer type "
-                f"{w.describe()}"]
-
-    def _named(self, r: _Node, w: _Node, path: str) -> list[str]:
-        errors = []
-        assert r.name is not None and w.name is not None
-        # Java compares unqualified names (the spec: "the same (unqualified) name"); reader
-        # aliases are full names and match the writer's full name.
-        if r.name.rpartition(".")[2] != w.name.rpartition(".")[2] and w.name not in r.aliases:
-            errors.append(f"{path}/name: NAME_MISMATCH: reader {r.type} {r.name} does not match "
-                          f"writer name {w.name} (a reader alias could allow it)")
-        if r.type == "fixed" and r.size != w.size:
-            errors.append(f"{path}/size: FIXED_SIZE_MISMATCH: reader size {r.size}, writer size "
-                          f"{w.size}")
-        if r.type == "enum":
-            missing = sorted(set(w.symbols) - set(r.symbols))
-            if missing and r.default is None:
-                errors.append(f"{path}/symbols: MISSING_ENUM_SYMBOLS: writer symbols {missing} "
-                              "are missing from the reader enum, which has no default")
-        if r.type == "record":
-            errors += self._fields(r, w, path)
-        return errors
-
-    def _fields(self, r: _Node, w: _Node, path: str) -> list[str]:
-        errors = []
-        by_name = {f.name: f for f in w.fields}
-        for rf in r.fields:
-            fpath = f"{path}/fields/{rf.pos}"
-            # The writer field is found by the reader field's name or one of its aliases.
-            found = {id(by_name[n]): by_name[n] for n in [rf.name, *rf.aliases] if n in by_name}
-            if len(found) > 1:
-                errors.append(f"{fpath}: READER_FIELD_AMBIGUOUS: reader field {rf.name!r} matches "
-                              f"several writer fields through its aliases")
-            elif found:
-                errors += self.check(rf.type, next(iter(found.values())).type, f"{fpath}/type")
-            elif rf.default is _NO_DEFAULT:
-                errors.append(f"{fpath}: READER_FIELD_MISSING_DEFAULT_VALUE: reader field "
-                              f"{rf.name!r} has no default and is missing in the writer")
-        return errors

@@ -19,7 +19,6 @@ the index of the message within the file, so reordering messages would change wh
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 
 from google.protobuf import descriptor_pb2 as dpb
@@ -28,68 +27,23 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from registry.limits import checkpoint
+from registry.protobuf_syntax import (
+    ENUM_MAX,
+    FIELD_MAX,
+    SCALAR_NAMES,
+    Interleaver,
+    block,
+    default_json_name,
+    float_literal,
+    has_repeated,
+    join_name,
+    quote_bytes,
+    quote_string,
+    range_text,
+)
 
 FieldProto = dpb.FieldDescriptorProto
-
-SCALAR_NAMES: dict[int, str] = {
-    FieldProto.TYPE_DOUBLE: "double",
-    FieldProto.TYPE_FLOAT: "float",
-    FieldProto.TYPE_INT64: "int64",
-    FieldProto.TYPE_UINT64: "uint64",
-    FieldProto.TYPE_INT32: "int32",
-    FieldProto.TYPE_FIXED64: "fixed64",
-    FieldProto.TYPE_FIXED32: "fixed32",
-    FieldProto.TYPE_BOOL: "bool",
-    FieldProto.TYPE_STRING: "string",
-    FieldProto.TYPE_BYTES: "bytes",
-    FieldProto.TYPE_UINT32: "uint32",
-    FieldProto.TYPE_SFIXED32: "sfixed32",
-    FieldProto.TYPE_SFIXED64: "sfixed64",
-    FieldProto.TYPE_SINT32: "sint32",
-    FieldProto.TYPE_SINT64: "sint64",
-}
-_FIELD_MAX = 536_870_911  # largest field number; "max" in reserved/extensions ranges
-_ENUM_MAX = 2_147_483_647
 _UNINTERPRETED_OPTION = 999  # protoc's leftovers; never part of a compiled descriptor's meaning
-
-
-def default_json_name(name: str) -> str:
-    """protoc's default JSON name: drop underscores, upper-case the letter after each."""
-    out: list[str] = []
-    upper_next = False
-    for ch in name:
-        if ch == "_":
-            upper_next = True
-        else:
-            out.append(ch.upper() if upper_next else ch)
-            upper_next = False
-    return "".join(out)
-
-
-def _quote(text: str) -> str:
-    """A proto string literal for ``text``; non-ASCII stays as UTF-8 (protoc reads UTF-8)."""
-    simple = {"\n": "\\n", "\r": "\\r", "\t": "\\t", '"': '\\"', "\\": "\\\\"}
-    out = [
-        simple.get(ch) or (f"\\{ord(ch):03o}" if ord(ch) < 0x20 or ord(ch) == 0x7F else ch)
-        for ch in text
-    ]
-    return '"' + "".join(out) + '"'
-
-
-def _quote_bytes(data: bytes) -> str:
-    return (
-        '"'
-        + "".join(chr(b) if 0x20 <= b < 0x7F and b not in b'"\\' else f"\\{b:03o}" for b in data)
-        + '"'
-    )
-
-
-def _number(value: float) -> str:
-    if math.isnan(value):
-        return "nan"
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    return repr(value)
 
 
 class ProtoPrinter:
@@ -132,26 +86,27 @@ class ProtoPrinter:
             self._collect_message(m, scope)
         for e in f.enum_type:
             self._collect_enum(e, scope)
-        self._symbols.update(_join(scope, x.name) for x in f.extension)
+        self._symbols.update(join_name(scope, x.name) for x in f.extension)
         for s in f.service:
-            self._symbols.add(_join(scope, s.name))
-            self._symbols.update(_join(scope, s.name, m.name) for m in s.method)
+            self._symbols.add(join_name(scope, s.name))
+            self._symbols.update(join_name(scope, s.name, m.name) for m in s.method)
 
     def _collect_message(self, m: dpb.DescriptorProto, scope: str) -> None:
-        full = _join(scope, m.name)
+        full = join_name(scope, m.name)
         self._symbols.add(full)
         self._messages["." + full] = m
-        self._symbols.update(_join(full, x.name) for x in [*m.field, *m.extension, *m.oneof_decl])
+        self._symbols.update(
+            join_name(full, x.name) for x in [*m.field, *m.extension, *m.oneof_decl])
         for n in m.nested_type:
             self._collect_message(n, full)
         for e in m.enum_type:
             self._collect_enum(e, full)
 
     def _collect_enum(self, e: dpb.EnumDescriptorProto, scope: str) -> None:
-        self._symbols.add(_join(scope, e.name))
+        self._symbols.add(join_name(scope, e.name))
         # C++ scoping: enum values are siblings of their enum, not children.
-        self._symbols.update(_join(scope, v.name) for v in e.value)
-        self._symbols.update(_join(scope, e.name, v.name) for v in e.value)
+        self._symbols.update(join_name(scope, v.name) for v in e.value)
+        self._symbols.update(join_name(scope, e.name, v.name) for v in e.value)
 
     def _type_ref(self, type_name: str, scope: str) -> str:
         """``type_name`` (".pkg.Msg") as written from inside ``scope``: the shortest suffix that
@@ -164,10 +119,10 @@ class ProtoPrinter:
         for k in range(len(parts) - 1, -1, -1):
             candidate = parts[k:]
             for depth in range(len(chain), -1, -1):
-                first = _join(".".join(chain[:depth]), candidate[0])
+                first = join_name(".".join(chain[:depth]), candidate[0])
                 if first in self._symbols:
                     # protoc binds the first component here; the rest must follow from it.
-                    if _join(first, *candidate[1:]) == target:
+                    if join_name(first, *candidate[1:]) == target:
                         return ".".join(candidate)
                     break
         return type_name
@@ -215,7 +170,7 @@ class ProtoPrinter:
             return [(name, self._scalar(fd, value))]
         assert isinstance(value, Message)
         # protoc only accepts aggregates ("{ ... }") for repeated or repeated-holding messages.
-        if not fd.is_repeated and value.ListFields() and not _has_repeated(value):
+        if not fd.is_repeated and value.ListFields() and not has_repeated(value):
             # Dotted form (``features.field_presence = IMPLICIT``) is how people write these.
             out: list[tuple[str, str]] = []
             for sub, v in value.ListFields():
@@ -235,11 +190,11 @@ class ProtoPrinter:
         if isinstance(value, bool):
             return "true" if value else "false"
         if isinstance(value, str):
-            return _quote(value)
+            return quote_string(value)
         if isinstance(value, bytes):
-            return _quote_bytes(value)
+            return quote_bytes(value)
         if isinstance(value, float):
-            return _number(value)
+            return float_literal(value)
         return str(value)
 
     @staticmethod
@@ -271,7 +226,7 @@ class ProtoPrinter:
             sorted(imports) if self._normalize else imports,
             self._statements(f.options),
         ]
-        emitter = _Interleaver(self, f.message_type, f.package, f.extension, sections)
+        emitter = Interleaver(self._message, f.message_type, f.package, f.extension, sections)
         emitter.flush_before(f.extension)
         sections += [self._enum(e) for e in f.enum_type]
         for lines, fields in self._extends(f.extension, f.package):
@@ -290,12 +245,12 @@ class ProtoPrinter:
 
     def _message(self, m: dpb.DescriptorProto, scope: str, header: str = "") -> list[str]:
         checkpoint()
-        full = _join(scope, m.name)
-        emitter = _Interleaver(self, m.nested_type, full, [*m.field, *m.extension])
+        full = join_name(scope, m.name)
+        emitter = Interleaver(self._message, m.nested_type, full, [*m.field, *m.extension])
         emitter.sections += [
             # Message ranges are stored end-exclusive, enum ranges end-inclusive.
             self._reserved(
-                [(r.start, r.end - 1) for r in m.reserved_range], m.reserved_name, _FIELD_MAX
+                [(r.start, r.end - 1) for r in m.reserved_range], m.reserved_name, FIELD_MAX
             ),
             self._statements(m.options, skip={"map_entry"}),
         ]
@@ -305,7 +260,7 @@ class ProtoPrinter:
         if not self._ignore_extensions:
             emitter.sections.append(
                 [
-                    f"extensions {_range(r.start, r.end - 1, _FIELD_MAX)}"
+                    f"extensions {range_text(r.start, r.end - 1, FIELD_MAX)}"
                     f"{self._brackets(self._options(r.options))};"
                     for r in m.extension_range
                 ]
@@ -315,7 +270,7 @@ class ProtoPrinter:
             emitter.close_run()
         emitter.flush()
         emitter.sections += [self._enum(e) for e in m.enum_type]
-        return _block(header or f"message {m.name}", emitter.sections)
+        return block(header or f"message {m.name}", emitter.sections)
 
     def _field_units(
         self, m: dpb.DescriptorProto, scope: str
@@ -333,7 +288,7 @@ class ProtoPrinter:
             body = self._statements(decl.options)
             for f in members:
                 body += self._field(f, scope, in_oneof=True)
-            return _block(f"oneof {decl.name}", [body]), members
+            return block(f"oneof {decl.name}", [body]), members
 
         units = []
         if self._normalize:
@@ -365,7 +320,7 @@ class ProtoPrinter:
         if f.HasField("default_value"):
             items.append(("default", self._default(f)))
         if f.HasField("json_name") and f.json_name != default_json_name(f.name):
-            items.append(("json_name", _quote(f.json_name)))
+            items.append(("json_name", quote_string(f.json_name)))
         items += self._options(f.options)
         if self._normalize:
             items.sort(key=lambda item: item[0])
@@ -397,7 +352,7 @@ class ProtoPrinter:
         # descriptor.proto: strings hold the raw text, bytes are already C-escaped, enums are
         # value names, numbers/bools/inf/nan are literals as written.
         if f.type == FieldProto.TYPE_STRING:
-            return _quote(f.default_value)
+            return quote_string(f.default_value)
         if f.type == FieldProto.TYPE_BYTES:
             return f'"{f.default_value}"'
         return f.default_value
@@ -415,7 +370,7 @@ class ProtoPrinter:
             if self._normalize:
                 members.sort(key=lambda f: f.number)
             body = [line for f in members for line in self._field(f, scope)]
-            units.append((_block(f"extend {self._type_ref(extendee, scope)}", [body]), members))
+            units.append((block(f"extend {self._type_ref(extendee, scope)}", [body]), members))
         return units
 
     def _reserved(self, spans: list[tuple[int, int]], names: Iterable[str], top: int) -> list[str]:
@@ -426,10 +381,10 @@ class ProtoPrinter:
             names.sort()
         lines = []
         if spans:
-            lines.append("reserved " + ", ".join(_range(a, b, top) for a, b in spans) + ";")
+            lines.append("reserved " + ", ".join(range_text(a, b, top) for a, b in spans) + ";")
         if names:
             # Edition 2023 writes reserved names as identifiers; older syntaxes as strings.
-            shown = names if self._editions else [_quote(n) for n in names]
+            shown = names if self._editions else [quote_string(n) for n in names]
             lines.append("reserved " + ", ".join(shown) + ";")
         return lines
 
@@ -440,11 +395,11 @@ class ProtoPrinter:
         if self._normalize:
             values.sort(key=lambda v: (v.number, v.name))
         body = [f"{v.name} = {v.number}{self._brackets(self._options(v.options))};" for v in values]
-        return _block(
+        return block(
             f"enum {e.name}",
             [
                 self._reserved(
-                    [(r.start, r.end) for r in e.reserved_range], e.reserved_name, _ENUM_MAX
+                    [(r.start, r.end) for r in e.reserved_range], e.reserved_name, ENUM_MAX
                 ),
                 self._statements(e.options),
                 body,
@@ -452,92 +407,12 @@ class ProtoPrinter:
         )
 
     def _service(self, s: dpb.ServiceDescriptorProto, scope: str) -> list[str]:
-        inner = _join(scope, s.name)
+        inner = join_name(scope, s.name)
         body: list[str] = []
         for m in s.method:
             req = ("stream " if m.client_streaming else "") + self._type_ref(m.input_type, inner)
             resp = ("stream " if m.server_streaming else "") + self._type_ref(m.output_type, inner)
             line = f"rpc {m.name} ({req}) returns ({resp})"
             options = self._statements(m.options)
-            body += _block(line, [options]) if options else [line + ";"]
-        return _block(f"service {s.name}", [self._statements(s.options), body])
-
-
-class _Interleaver:
-    """Collects a body's sections, printing explicit nested messages just before the first unit
-    whose fields create an implicit one (map entry, group) that protoc would otherwise number
-    ahead of them."""
-
-    def __init__(
-        self,
-        printer: ProtoPrinter,
-        messages: Iterable[dpb.DescriptorProto],
-        scope: str,
-        fields: Iterable[dpb.FieldDescriptorProto],
-        sections: list[list[str]] | None = None,
-    ) -> None:
-        self._printer = printer
-        self._scope = scope
-        self._messages = list(messages)
-        self._index = {f".{_join(scope, m.name)}": i for i, m in enumerate(self._messages)}
-        implicit = {
-            f.type_name
-            for f in fields
-            if f.type == FieldProto.TYPE_GROUP and f.type_name in self._index
-        }
-        implicit |= {name for name, i in self._index.items() if self._messages[i].options.map_entry}
-        self._implicit = implicit
-        self._pending = [i for name, i in self._index.items() if name not in implicit]
-        self.sections = sections if sections is not None else []
-        self._run: list[str] = []
-
-    def flush_before(self, fields: Iterable[dpb.FieldDescriptorProto]) -> None:
-        created = [self._index[f.type_name] for f in fields if f.type_name in self._implicit]
-        upto = min(created, default=len(self._messages))
-        while self._pending and self._pending[0] < upto:
-            self.close_run()
-            m = self._messages[self._pending.pop(0)]
-            self.sections.append(self._printer._message(m, self._scope))
-
-    def add(self, lines: list[str], fields: Iterable[dpb.FieldDescriptorProto]) -> None:
-        fields = list(fields)
-        if any(f.type_name in self._implicit for f in fields):
-            self.flush_before(fields)
-        self._run += lines
-
-    def close_run(self) -> None:
-        if self._run:
-            self.sections.append(self._run)
-            self._run = []
-
-    def flush(self) -> None:
-        self.close_run()
-        self.flush_before(())
-
-
-def _join(*parts: str) -> str:
-    return ".".join(p for p in parts if p)
-
-
-def _range(start: int, end: int, top: int) -> str:
-    if start == end:
-        return str(start)
-    return f"{start} to {'max' if end >= top else end}"
-
-
-def _has_repeated(msg: Message) -> bool:
-    return any(
-        fd.is_repeated or (fd.message_type is not None and _has_repeated(v))
-        for fd, v in msg.ListFields()
-    )
-
-
-def _block(header: str, sections: list[list[str]]) -> list[str]:
-    """``header { ... }`` with the non-empty sections separated by blank lines."""
-    body: list[str] = []
-    for section in sections:
-        if section:
-            if body:
-                body.append("")
-            body += ["  " + line if line else "" for line in section]
-    return [header + " {", *body, "}"] if body else [header + " {}"]
+            body += block(line, [options]) if options else [line + ";"]
+        return block(f"service {s.name}", [self._statements(s.options), body])
