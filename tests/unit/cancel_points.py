@@ -64,11 +64,11 @@ async def run_cancelled_at(point: int, call: Callable[[], Awaitable[Any]], *,
 
     async def target() -> None:
         instrument.root = trio.lowlevel.current_task()
-        with scope:
-            try:
+        try:
+            with scope:  # strips the Cancelled out of a group that also holds errors
                 result.append((True, await call()))
-            except Exception as exc:  # a failure is an outcome too; Cancelled is not caught
-                result.append((True, exc))
+        except Exception as exc:  # a failure is an outcome too; Cancelled is not caught
+            result.append((True, exc))
 
     trio.lowlevel.add_instrument(instrument)
     try:
@@ -76,7 +76,11 @@ async def run_cancelled_at(point: int, call: Callable[[], Awaitable[Any]], *,
             nursery.start_soon(target)
     finally:
         trio.lowlevel.remove_instrument(instrument)
-    return result[0] if result else (False, None)
+    if not result:
+        return False, None
+    # A cancelled operation may end in an error rather than in Cancelled: that run did not
+    # complete either (the caller judges the error).
+    return not scope.cancel_called, result[0][1]
 
 
 async def cancel_at_every_point(
@@ -100,3 +104,10 @@ async def cancel_at_every_point(
 async def settle() -> None:
     """Let everything woken by a cancellation run to where it blocks again."""
     await trio.testing.wait_all_tasks_blocked()
+
+
+async def wait_until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    """Until ``condition()`` holds (work in threads does not count as blocked tasks)."""
+    with trio.fail_after(timeout_s):
+        while not condition():
+            await trio.sleep(0.001)
