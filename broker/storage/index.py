@@ -5,7 +5,7 @@ An entry is added every ``interval`` bytes of log, so a 1 GiB segment needs ~260
 nearest entry at or below the key and the log scans forward from there.
 
 Index files are hints, not truth: they are never fsynced, and recovery rebuilds any index that
-is missing, torn, or disagrees with its segment (``validate``).
+is missing, torn, or disagrees with its segment (``Segment.load``).
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import os
 import struct
 from array import array
 from pathlib import Path
+
+from kelp.files import replace_file
 
 _ENTRY = struct.Struct(">qq")
 
@@ -65,18 +67,17 @@ class SparseIndex:
         """Position of the last entry with entry key <= ``key``, or -1."""
         return bisect.bisect_right(self.keys, key) - 1
 
-    def first_at_least(self, key: int) -> int:
-        """Position of the first entry with entry key >= ``key`` (len if none)."""
-        return bisect.bisect_left(self.keys, key)
-
     def rewrite(self, entries: list[tuple[int, int]]) -> None:
         """Replace the whole index (after a rebuild or truncation), atomically on disk."""
         self.close()
         self.keys = array("q", [k for k, _ in entries])
         self.values = array("q", [v for _, v in entries])
-        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
-        tmp.write_bytes(b"".join(_ENTRY.pack(k, v) for k, v in entries))
-        os.replace(tmp, self.path)
+        replace_file(self.path, b"".join(_ENTRY.pack(k, v) for k, v in entries), durable=False)
+
+    def move(self, path: Path) -> None:
+        """Rename the file to ``path`` (compaction's swap); appends go on to the same file."""
+        os.replace(self.path, path)
+        self.path = path
 
     def close(self) -> None:
         if self._fd >= 0:
