@@ -155,8 +155,22 @@ def exception_kind(line: str) -> str:
     return re.sub(r"\b[0-9a-f]{16,}\b|\b\d+\b", "N", last)[:160]
 
 
+def _segment_files(data_dir: Path) -> list[Path]:
+    """Every live partition's segment files; a directory a DeleteTopics is still removing
+    (renamed ``*.deleted``, or gone while we list it) is not data any more."""
+    found = []
+    for partition in sorted(data_dir.iterdir()):
+        if not partition.is_dir() or partition.name.endswith(".deleted"):
+            continue
+        try:
+            found += sorted(partition.glob("*.log"))
+        except FileNotFoundError:
+            continue
+    return found
+
+
 def check_data_dir(verdict: Verdict, data_dir: Path) -> None:
-    segments = sorted(data_dir.rglob("*.log"))
+    segments = _segment_files(data_dir)
     bad = 0
     kinds: collections.Counter[str] = collections.Counter()
     for segment in segments:
