@@ -74,9 +74,11 @@ async def test_a_reserve_cancelled_at_every_point_keeps_the_count(aio_loop: Any)
         peer = state["peer"] = FakePeer(reading=False)
         pump = state["pump"] = grpc._Pump(peer, max_outgoing_bytes=100)
         sender = grpc.StreamSender(pump)
+        queued = state["queued"] = {}  # request id -> bytes, of replies handed to the pump
         async with trio.open_nursery() as nursery:
             nursery.start_soon(trio_asyncio.aio_as_trio(pump.run))
             sender(pb.FetchReply(request_id=1), size=100)  # fills the stream
+            queued[1] = 100
 
             async def peer_reads_later() -> None:
                 for _ in range(3):
@@ -88,6 +90,7 @@ async def test_a_reserve_cancelled_at_every_point_keeps_the_count(aio_loop: Any)
             try:
                 await trio.lowlevel.checkpoint()  # building the reply
                 sender(pb.FetchReply(request_id=2), size=60, reserved=reserved)
+                queued[2] = 60
             except BaseException:
                 sender.release(reserved)
                 raise
@@ -100,7 +103,8 @@ async def test_a_reserve_cancelled_at_every_point_keeps_the_count(aio_loop: Any)
         assert pump.pending_bytes >= 0
         # The run's nursery cancelled the pump; whatever it had not sent stays counted, and
         # only that: the cancelled reserve itself holds nothing.
-        unsent = 100 * (len(peer.sent) < 1) + 60 * (completed and len(peer.sent) < 2)
+        unsent = sum(size for request_id, size in state["queued"].items()
+                     if request_id not in {reply.request_id for reply in peer.sent})
         assert pump.pending_bytes == unsent, (pump.pending_bytes, peer.sent)
         await settle()
 
