@@ -297,17 +297,9 @@ class Segment:
         self.time_index.move(time_path)
         old.retire()
 
-    @contextlib.contextmanager
-    def hold(self) -> Iterator[Segment]:
-        """Keep the file descriptor open while the block runs, even if retention or
-        compaction deletes the segment meanwhile (its bytes stay readable until then)."""
-        self.readers += 1
-        try:
-            yield self
-        finally:
-            self.readers -= 1
-            if self.retired and self.readers == 0:
-                self._close_fd()
+    def hold(self) -> contextlib.AbstractContextManager[Segment]:
+        """``held(self)``."""
+        return held(self)
 
     def close(self) -> None:
         self._close_fd()
@@ -336,6 +328,14 @@ class Segment:
             self.fd = -1
 
 
-def held(segment: Segment) -> contextlib.AbstractContextManager[Segment]:
-    """``segment.hold()``: its descriptor stays open while the block runs."""
-    return segment.hold()
+@contextlib.contextmanager
+def held(segment: Segment) -> Iterator[Segment]:
+    """Keep ``segment``'s file descriptor open while the block runs, even if retention or
+    compaction deletes the segment meanwhile (its bytes stay readable until then)."""
+    segment.readers += 1
+    try:
+        yield segment
+    finally:
+        segment.readers -= 1
+        if segment.retired and segment.readers == 0:
+            segment._close_fd()  # retire() left it open for this reader

@@ -63,3 +63,36 @@ def test_kio_decodes_a_rewritten_batch():
     assert decoded.base_offset == 500
     assert [(r.key, r.value) for r in decoded.records] == [(b"k1", b"v1"), (None, b"v2")]
     assert decoded.records[0].headers[0].key == b"h"
+
+
+@given(records=st.lists(st.tuples(st.binary(max_size=10), st.binary(max_size=50)),
+                        min_size=1, max_size=8),
+       base_offset=st.integers(0, 2**40))
+def test_layout_helpers_agree_with_kio(records, base_offset):
+    """peek, pack_header, set_size and sign against batches kio wrote and reads back."""
+    batch = make_batch(records, base_offset=base_offset)
+    header = recordbatch.parse_header(batch)
+    assert recordbatch.peek(batch) == (base_offset, len(batch))
+    assert recordbatch.peek_last_offset(batch) == base_offset + len(records) - 1
+    assert recordbatch.pack_header(header) == batch[: recordbatch.HEADER_SIZE]
+    # A batch cut to its first record, resized and re-signed, is one kio reads as such.
+    first_record_end = recordbatch.HEADER_SIZE + _record_size(batch, recordbatch.HEADER_SIZE)
+    cut = bytearray(batch[:first_record_end])
+    recordbatch.set_size(cut, 0, len(cut), 1)
+    recordbatch.sign(cut)
+    (decoded,) = read_batches(bytes(cut))
+    assert len(decoded.records) == 1 and decoded.records[0].key == records[0][0]
+    assert recordbatch.crc_matches(cut, 0, recordbatch.parse_header(cut))
+
+
+def _record_size(data: bytes, position: int) -> int:
+    """Bytes of the record at ``position``: its zigzag varint length and the body."""
+    raw = shift = 0
+    start = position
+    while True:
+        byte = data[position]
+        position += 1
+        raw |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return position - start + ((raw >> 1) ^ -(raw & 1))
