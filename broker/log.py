@@ -1,8 +1,9 @@
 """A partition's log: the front of its storage (Kafka's ``UnifiedLog``).
 
 One ``PartitionLog`` per partition directory, over the layers in ``broker.storage``: segments
-(``segment``), opening and checkpoints (``loader``), compaction (``cleaner``) and producer
-state (``producer_state``). What stays here is what ties them together:
+(``segment``), opening and checkpoints (``loader``), compaction (``cleaner``), producer
+state (``producer_state``) and timestamp search (``search``). What stays here is what ties
+them together:
 
 - append: each batch is validated (magic, length, CRC-32C, Kafka's LogValidator checks,
   producer sequences), gets its base offset and leader epoch, and is written to the active
@@ -394,15 +395,20 @@ class PartitionLog:
         if not sealed or self._closed:
             return 0
         removed = 0
-        async with cleaner.cleaned(sealed, now - delete_retention_ms,
-                                   self.config.index_interval_bytes) as results:
-            for result in results:
-                if self._closed or result.old not in self.segments:
-                    continue  # deleted meanwhile (retention, DeleteRecords, topic deletion)
-                self.segments[self.segments.index(result.old)] = result.swap_in()
-                self._unsynced.pop(result.old.base_offset, None)  # the new file is fsynced
-                self._dir_dirty = True  # and renamed
-                removed += result.removed
+        try:
+            async with cleaner.cleaned(sealed, now - delete_retention_ms,
+                                       self.config.index_interval_bytes) as results:
+                for result in results:
+                    if self._closed or result.old not in self.segments:
+                        continue  # deleted meanwhile (retention, DeleteRecords, the topic)
+                    self.segments[self.segments.index(result.old)] = result.swap_in()
+                    self._unsynced.pop(result.old.base_offset, None)  # the new file is synced
+                    self._dir_dirty = True  # and renamed
+                    removed += result.removed
+        except OSError:
+            if not self._closed:
+                raise
+            return 0  # the topic was deleted (its directory moved away) under the cleaner
         if removed:
             log.info("compacted", extra={"dir": str(self.directory), "removed": removed})
         return removed

@@ -155,3 +155,24 @@ async def test_a_segment_whose_lengths_cannot_be_walked_is_not_rewritten(tmp_pat
     assert plog.segments[0] is first
     assert leftovers(plog) == []
     plog.close()
+
+
+async def test_a_topic_deleted_under_the_cleaner_ends_it_quietly(tmp_path, monkeypatch):
+    plog = PartitionLog.open(tmp_path / "p", CONFIG)
+    fill(plog)
+    sealed = plog.segments[:-1]
+    gate = Gate(monkeypatch)
+    async with trio.open_nursery() as nursery:
+        removed = []
+
+        async def compact() -> None:
+            removed.append(await plog.compact(now=10_000_000, delete_retention_ms=1_000))
+
+        nursery.start_soon(compact)
+        await gate.wait_entered()
+        plog.retire()  # what topic deletion does, then it moves the directory away
+        (tmp_path / "p").rename(tmp_path / "p.deleted")
+        gate.release.set()
+    assert removed == [0]
+    assert all(segment.fd == -1 for segment in sealed)  # the holds ended, descriptors closed
+    assert not [p for p in (tmp_path / "p.deleted").iterdir() if p.name.endswith(".cleaned")]
