@@ -9,5 +9,6 @@
   segment into the log happens on the event loop.
 - ``producer_state`` (``ProducerStateManager``): the idempotent producers' table
   (``broker.producers``) with its snapshot, rebuilt from the log on open.
+- ``search``: records by timestamp (ListOffsets), from the time indexes and batch headers.
 - ``config``: a partition's settings and the limits shared by these modules.
 """

@@ -231,7 +231,7 @@ class Segment:
         entry = self.offset_index.floor(offset)
         position = self.offset_index.values[entry] if entry >= 0 else 0
         while position < self.size:
-            head = os.pread(self.fd, recordbatch.PEEK_SIZE, position)
+            head = self.read(position, recordbatch.PEEK_SIZE)
             if recordbatch.peek_last_offset(head) >= offset:
                 return position
             position += recordbatch.peek(head)[1]
@@ -255,20 +255,9 @@ class Segment:
     def batches(self) -> Iterator[tuple[int, bytes]]:
         """(position, bytes) of every batch, one pread each (for scans in a worker thread).
 
-        Stops, with a log line, at a length that cannot be right: ``readable_end`` tells
-        where the readable part ends.
+        Stops, with a log line, at a length that cannot be right (the last batch then ends
+        before ``size``).
         """
-        for position, size in self._extents():
-            yield position, self.read(position, size)
-
-    def readable_end(self) -> int:
-        """Where walking batch lengths from the start stops: ``size`` unless one is bad."""
-        end = 0
-        for position, size in self._extents():
-            end = position + size
-        return end
-
-    def _extents(self) -> Iterator[tuple[int, int]]:
         position = 0
         while position + recordbatch.LENGTH_PREFIX <= self.size:
             _base, size = recordbatch.peek(self.read(position, recordbatch.LENGTH_PREFIX))
@@ -276,7 +265,7 @@ class Segment:
                 log.warning("unreadable batch length; not reading further", extra={
                     "segment": str(self.path), "position": position, "size": size})
                 return
-            yield position, size
+            yield position, self.read(position, size)
             position += size
 
     # -- replacing, closing, deleting ---------------------------------------------------------
