@@ -12,10 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import grpclib.const
 import pytest
 import trio
 import trio.testing
+import trio_asyncio
 
+from kelp import grpc
 from kelp.rpc.sidecar import v1 as sidecar_pb
 from rdma.pool import BufferPool, Slot
 from rdma.sidecar import Sidecar, SidecarConfig
@@ -150,3 +153,74 @@ async def test_a_read_cancelled_at_every_point_leaves_no_lease_behind(tmp_path: 
             assert rig.broker.open == set()
 
         assert await cancel_at_every_point(read_on_a_new_endpoint, check) >= 3
+
+
+async def test_a_unary_zero_copy_read_cancelled_by_its_caller_lends_nothing(
+        tmp_path: Path) -> None:
+    """A zero-copy ``Read`` over a real gRPC connection, cancelled by its caller at every
+    point: a loan whose handle never reached the caller cannot be released by it, so it must
+    not stay lent (the caller's connection stays open, so only ``--lend-ms`` would end it).
+
+    Fails today: rdma/sidecar.py ``_unary_as_client`` awaits ``grpc_read`` (which lends the
+    slot, ``zero_copy``) through ``trio_as_aio`` and then sends the reply; when the caller
+    resets the call in between (a timeout, an interrupted read), the handler is cancelled,
+    the reply is dropped with the only copy of the handle, and the slot counts against the
+    client's share until ``--lend-ms`` (30 s). Giving back the loans a call made when its
+    reply was not sent makes this pass."""
+    async with trio_asyncio.open_loop(), make_rig(tmp_path, buffers=8) as rig:
+        rig.use_ucx(True)
+        sidecar = Sidecar(SidecarConfig(socket=tmp_path / "s.sock"), rig.reader)
+        mapping = sidecar.grpc_mapping()
+        read_path = next(path for path, handler in mapping.items()
+                         if handler.request_type is sidecar_pb.ReadRequest
+                         and handler.cardinality is grpclib.const.Cardinality.UNARY_UNARY)
+        # A reply written to the socket may still be lost to a caller cancelled just then:
+        # nothing the sidecar can know (--lend-ms ends those loans). Note which replies went
+        # out whole; a loan whose reply never did is the sidecar's to take back.
+        written: set[int] = set()
+        serve_read = mapping[read_path]
+
+        async def noting_written(stream: Any) -> None:
+            send_message = stream.send_message
+
+            async def send_and_note(message: Any, **kwargs: Any) -> None:
+                await send_message(message, **kwargs)
+                if message.shared is not None and message.shared.handle:
+                    written.add(message.shared.handle)
+
+            stream.send_message = send_and_note
+            await serve_read.func(stream)
+
+        mapping[read_path] = grpclib.const.Handler(noting_written, serve_read.cardinality,
+                                                   serve_read.request_type,
+                                                   serve_read.reply_type)
+        address = grpc.Address(path=str(tmp_path / "s.sock"))
+        async with trio.open_nursery() as server:
+            await server.start(grpc.serve, mapping, address)
+            channel = grpc.Channel(address)
+            runs = {"n": 0}
+
+            async def read() -> sidecar_pb.ReadReply:
+                runs["n"] += 1
+                return await channel.call(read_path, sidecar_pb.ReadRequest(
+                    file_id=file_id(1), offset=runs["n"], size=100, zero_copy=True),
+                    sidecar_pb.ReadReply)
+
+            async def check(completed: bool, outcome: Any) -> None:
+                assert not isinstance(outcome, Exception), outcome
+                await let_ucx_finish()
+                await trio.sleep(0.05)  # the server hears of the caller's reset
+                (account,) = rig.pool._accounts.values()
+                if isinstance(outcome, sidecar_pb.ReadReply):
+                    assert outcome.status == 200, outcome.error
+                for handle in written & set(account.loans):  # the caller's to release
+                    rig.pool.release(handle, account)
+                assert rig.pool.lent == 0, (
+                    f"read {runs['n']}: a buffer stays lent whose handle was never sent")
+                rig.assert_whole()
+
+            await read()  # connected: the caller's account exists
+            rig.pool.release(next(iter(written)), *rig.pool._accounts.values())
+            assert await cancel_at_every_point(read, check, every_task=True) >= 3
+            channel.close()
+            server.cancel_scope.cancel()
