@@ -120,9 +120,9 @@ async def run_client(port: int, frames: list[bytes], answers: list[int]) -> None
 
 
 class Gateway:
-    def __init__(self) -> None:
+    def __init__(self, config: GatewayConfig | None = None) -> None:
         self.broker = FakeBroker()
-        self.ctx = GatewayContext(GatewayConfig(), self.broker)  # type: ignore[arg-type]
+        self.ctx = GatewayContext(config or GatewayConfig(), self.broker)  # type: ignore[arg-type]
         self.server = KafkaServer(self.ctx)
 
     def assert_idle(self, baseline_tasks: int) -> None:
@@ -242,3 +242,37 @@ async def test_after_cancelled_connections_a_new_one_is_served_whole() -> None:
                                               [produce_frame(1), fetch_frame(2)], answers)
         assert answers == [1, 2]
         assert gateway.ctx.request_pool.used == gateway.ctx.fetch_pool.used == 0
+
+
+async def test_a_large_frame_waiting_for_pool_room_takes_nothing_when_it_times_out() -> None:
+    """A large frame waits (unread) for room in the gateway-wide request pool; its connection
+    reaches the request timeout meanwhile and is closed: the pool holds only what others
+    hold, and the next large frame gets room once they give it back."""
+    gateway = Gateway(GatewayConfig(queued_max_request_bytes=3 * LARGE_FRAME_BYTES,
+                                    request_timeout_ms=300))
+    pool = gateway.ctx.request_pool
+    others = await pool.reserve(2 * LARGE_FRAME_BYTES)
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    port = listener.socket.getsockname()[1]
+    async with listener, trio.open_nursery() as nursery:
+        async def serve() -> None:
+            stream = await listener.accept()
+            await gateway.server.handle_connection(stream)
+
+        nursery.start_soon(serve)
+        client = await trio.open_tcp_stream("127.0.0.1", port)
+        await client.send_all(produce_frame(1)[:64 * 1024])  # the frame's size is known
+        with trio.fail_after(5):
+            while gateway.server.connections:  # closed after the request timeout
+                await trio.sleep(0.01)
+        assert gateway.server.timeouts == 1
+        assert pool.used == others  # the waiting frame took nothing
+        await client.aclose()
+    pool.release(others)
+    assert pool.used == 0
+    answers: list[int] = []
+    async with (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0] as listener:
+        with trio.fail_after(10):
+            assert await serve_one_connection(gateway, listener, MAX_POINTS,
+                                              [produce_frame(2)], answers)
+    assert answers == [2] and pool.used == 0
