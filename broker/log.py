@@ -86,6 +86,11 @@ class PartitionLog:
         self._unsynced_messages = 0
         self._flush_wanted = trio.Event()
         self._closed = False
+        # Worker threads writing in this directory (syncs, checkpoints, the cleaner). A deleted
+        # topic's directory is renamed only once they are done: they name files by path, and a
+        # topic re-created under the same name would otherwise get their writes.
+        self._io_running = 0
+        self._io_done = trio.Event()
 
     @classmethod
     def open(cls, directory: Path, config: LogConfig | None = None) -> PartitionLog:
@@ -203,6 +208,8 @@ class PartitionLog:
         wait for it; callers whose bytes arrived during that sync share the next one.
         """
         while self._synced < write_mark:
+            if self._closed:
+                raise OffsetOutOfRange("the partition's log is closed (topic deleted)")
             if self._sync_running:
                 await self._sync_done.wait()
                 continue
@@ -215,7 +222,7 @@ class PartitionLog:
             self._dir_dirty = False
             try:
                 # Held: retention may delete a segment meanwhile, but not close it under us.
-                with contextlib.ExitStack() as holds:
+                with contextlib.ExitStack() as holds, self._writing():
                     for segment in segments:
                         holds.enter_context(held(segment))
                     await trio.to_thread.run_sync(self._sync_files, segments, sync_dir,
@@ -396,15 +403,17 @@ class PartitionLog:
             return 0
         removed = 0
         try:
-            async with cleaner.cleaned(sealed, now - delete_retention_ms,
-                                       self.config.index_interval_bytes) as results:
-                for result in results:
-                    if self._closed or result.old not in self.segments:
-                        continue  # deleted meanwhile (retention, DeleteRecords, the topic)
-                    self.segments[self.segments.index(result.old)] = result.swap_in()
-                    self._unsynced.pop(result.old.base_offset, None)  # the new file is synced
-                    self._dir_dirty = True  # and renamed
-                    removed += result.removed
+            with self._writing():
+                cleaning = cleaner.cleaned(sealed, now - delete_retention_ms,
+                                           self.config.index_interval_bytes)
+                async with cleaning as results:
+                    for result in results:
+                        if self._closed or result.old not in self.segments:
+                            continue  # deleted meanwhile (retention, DeleteRecords, the topic)
+                        self.segments[self.segments.index(result.old)] = result.swap_in()
+                        self._unsynced.pop(result.old.base_offset, None)  # new file is synced
+                        self._dir_dirty = True  # and renamed
+                        removed += result.removed
         except OSError:
             if not self._closed:
                 raise
@@ -432,15 +441,37 @@ class PartitionLog:
         if before < 0 or before > self.high_watermark:
             raise OffsetOutOfRange(f"offset {before} outside [0, {self.high_watermark}]")
         if before > self._log_start:
+            if self._closed:
+                raise OffsetOutOfRange("the partition's log is closed (topic deleted)")
             self._log_start = before
             path = self.directory / loader.LOG_START_OFFSET
-            await trio.to_thread.run_sync(
-                lambda: loader.write_checkpoint(path, before, durable=True), limiter=IO_LIMITER)
+            with self._writing():
+                await trio.to_thread.run_sync(
+                    lambda: loader.write_checkpoint(path, before, durable=True),
+                    limiter=IO_LIMITER)
             while len(self.segments) > 1 and self.segments[0].next_offset <= before:
                 self._drop_oldest("delete-records")
         return self._log_start
 
     # -- closing --------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Count a worker thread that writes in this directory while the block runs."""
+        self._io_running += 1
+        try:
+            yield
+        finally:
+            self._io_running -= 1
+            if not self._io_running:
+                done, self._io_done = self._io_done, trio.Event()
+                done.set()
+
+    async def wait_writes_done(self) -> None:
+        """Until no worker thread writes in this directory (call after ``retire``, which
+        stops new ones from starting)."""
+        while self._io_running:
+            await self._io_done.wait()
 
     def retire(self) -> None:
         """Stop serving (the topic is deleted): descriptors close after in-flight reads."""

@@ -71,6 +71,9 @@ class TopicRegistry:
         self.topics: dict[str, Topic] = {}
         self._catalogue = data_dir / "topics.json"
         self._save_lock = trio.Lock()
+        # Names whose deletion has not yet moved their directories aside: a create of the
+        # same name waits for that (milliseconds), so it never opens the doomed directories.
+        self._deleting: dict[str, trio.Event] = {}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Open every partition and own their background tasks until cancelled.
@@ -145,6 +148,8 @@ class TopicRegistry:
                      *, validate_only: bool = False) -> Topic:
         """Create a topic; raises ``TopicError`` with Kafka's error code when it cannot."""
         check_topic_name(name)
+        while (deleting := self._deleting.get(name)) is not None:
+            await deleting.wait()
         if name in self.topics:
             raise TopicError(ErrorCode.topic_already_exists, f"topic {name!r} already exists")
         if partitions == -1:
@@ -205,17 +210,27 @@ class TopicRegistry:
         topic = self.topics.get(name)
         if topic is None:
             raise TopicError(ErrorCode.unknown_topic_or_partition, f"unknown topic {name!r}")
-        # Forgotten and moved aside in one step, with no checkpoint in between: a topic
-        # re-created with the same name meanwhile starts in fresh directories, never in ones
-        # about to be renamed away under it.
+        # Forgotten at once; its directories are moved aside once no worker thread writes in
+        # them any more. A topic re-created with the same name waits for that move, so it
+        # starts in fresh directories and no late write of the old log lands in them.
         del self.topics[name]
         topic.tasks.cancel()
         doomed = []
-        for plog in topic.logs:
-            plog.retire()  # reads in flight finish on the files they opened
-            grave = plog.directory.with_name(f"{plog.directory.name}.{uuid.uuid4().hex}.deleted")
-            plog.directory.rename(grave)
-            doomed.append(grave)
+        moved = self._deleting[name] = trio.Event()
+        try:
+            with trio.CancelScope(shield=True):  # begun, it finishes: the name is gone already
+                for plog in topic.logs:
+                    plog.retire()  # reads in flight finish on the files they opened
+                for plog in topic.logs:
+                    await plog.wait_writes_done()  # syncs and the cleaner write by path
+                for plog in topic.logs:
+                    grave = plog.directory.with_name(
+                        f"{plog.directory.name}.{uuid.uuid4().hex}.deleted")
+                    plog.directory.rename(grave)
+                    doomed.append(grave)
+        finally:
+            del self._deleting[name]
+            moved.set()
         await self._save_catalogue()
         await trio.to_thread.run_sync(lambda: [shutil.rmtree(d, ignore_errors=True)
                                                for d in doomed])
