@@ -12,13 +12,18 @@ from gateway.broker_client import BrokerClient
 from gateway.context import GatewayConfig, GatewayContext
 from gateway.registry_link import RegistryBrokerLink
 from gateway.server import KafkaServer
-from kelp import grpc, http, httpd, logs, process
+from kelp import debug, grpc, http, httpd, logs, process
 from kelp.process import count_tasks
 from registry import api as registry_api
 from registry.api import RegistryApi
 from registry.service import Identity, SchemaRegistry
 
 log = logging.getLogger("kelp.gateway")
+
+DEBUG_FAULTS = {
+    "drop-produce-every": "close the connection instead of answering every Nth produce, "
+                          "after the broker stored it, to exercise producer retries",
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -52,11 +57,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--request-timeout-ms", type=int, default=defaults.request_timeout_ms,
                         help="close a connection whose request does not arrive whole within "
                         "this long (default: %(default)s)")
+    parser.add_argument("--max-connections", type=int, default=None, metavar="N",
+                        help="client connections served at once; more wait to be accepted "
+                        "(Kafka's max.connections; default: the open-file limit less 1024, "
+                        "at least 64)")
     parser.add_argument("--no-auto-create-topics", action="store_true",
                         help="do not create topics on Metadata requests for unknown topics")
-    parser.add_argument("--drop-produce-every", type=int, default=0, metavar="N",
-                        help="testing: close the connection instead of answering every Nth "
-                        "produce (after the broker stored it), to exercise retries")
+    debug.add_option(parser, DEBUG_FAULTS)
     registry = parser.add_argument_group("schema registry")
     registry.add_argument("--no-registry", action="store_true",
                           help="do not serve the Schema Registry REST API")
@@ -71,7 +78,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                           help="never become the registry leader (forward all writes)")
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"])
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.faults = debug.parse(parser, args.debug, DEBUG_FAULTS)
+    if args.max_connections is not None and args.max_connections < 1:
+        parser.error("--max-connections must be at least 1")
+    return args
 
 
 async def serve(args: argparse.Namespace) -> None:
@@ -87,7 +98,9 @@ async def serve(args: argparse.Namespace) -> None:
             advertised_host=advertised[0], advertised_port=advertised[1],
             auto_create_topics=not args.no_auto_create_topics,
             max_request_bytes=args.max_request_bytes,
-            drop_produce_every=args.drop_produce_every,
+            drop_produce_every=int(args.faults.get("drop-produce-every", 0)),
+            max_connections=args.max_connections or max(64, process.raise_open_file_limit()
+                                                         - 1024),
             queued_max_request_bytes=args.queued_max_request_bytes,
             fetch_memory_bytes=args.fetch_memory_bytes,
             connections_max_idle_ms=args.connections_max_idle_ms,
@@ -102,6 +115,7 @@ async def serve(args: argparse.Namespace) -> None:
                 "status": "ok", "connections": server.connections, "inflight": server.inflight,
                 "protocol_errors": server.protocol_errors, "throttled": server.throttled,
                 "broker_pending": broker.pending, "produces_dropped": ctx.produces_dropped,
+                "max_connections": config.max_connections,
                 "timeouts": server.timeouts, "request_pool_used": ctx.request_pool.used,
                 "fetch_pool_used": ctx.fetch_pool.used, "tasks": count_tasks(),
                 "registry": registry.health() if registry is not None else None})

@@ -44,6 +44,8 @@ class GatewayConfig:
     # Kafka's connections.max.idle.ms, and how long one request may take to arrive whole.
     connections_max_idle_ms: int = 600_000
     request_timeout_ms: int = 30_000
+    # Kafka's max.connections: client connections served at once (more wait to be accepted).
+    max_connections: int = 10_000
 
 
 @dataclass(frozen=True, slots=True)

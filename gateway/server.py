@@ -12,6 +12,7 @@ started cancelled at once.
 
 from __future__ import annotations
 
+import errno
 import inspect
 import logging
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import trio
 from kio.schema.errors import ErrorCode
 
+from gateway.broker_client import BrokerUnavailable
 from gateway.context import (
     DropConnection,
     GatewayContext,
@@ -37,6 +39,11 @@ log = logging.getLogger("kelp.gateway.server")
 protocol_log = RateLimited(log, interval_s=1.0)
 failure_log = RateLimited(log, interval_s=1.0)
 timeout_log = RateLimited(log, interval_s=1.0)
+accept_log = RateLimited(log, interval_s=1.0)
+unavailable_log = RateLimited(log, interval_s=1.0)
+
+# accept() errors that mean "out of descriptors or memory for now": wait and accept again.
+_ACCEPT_OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 RECEIVE_SIZE = 256 * 1024
 MAX_VERSION_KEYS = 10_000  # bounds the versions-seen table however many client ids appear
@@ -74,6 +81,9 @@ class KafkaServer:
         self.protocol_errors = 0
         self.throttled = 0
         self.timeouts = 0
+        # Kafka's max.connections: past it, new connections wait in the kernel's backlog until
+        # one closes, so a flood of connections cannot take every file descriptor.
+        self._connection_slots = trio.Semaphore(ctx.config.max_connections)
         # (client id, API) -> the highest version that client used: proves each client runs at
         # its preferred versions (GET /debug/versions on the gateway's HTTP port).
         self.versions_seen: dict[tuple[str, str], int] = {}
@@ -83,9 +93,35 @@ class KafkaServer:
         listeners = await trio.open_tcp_listeners(port, host=host)
         bound = listeners[0].socket.getsockname()[1]
         async with trio.open_nursery() as nursery:
+            for listener in listeners:
+                nursery.start_soon(self._accept, listener, nursery)
             task_status.started(bound)
-            await trio.serve_listeners(self.handle_connection, listeners,
-                                       handler_nursery=nursery)
+
+    async def _accept(self, listener: trio.SocketListener, connections: trio.Nursery) -> None:
+        async with listener:
+            while True:
+                await self._connection_slots.acquire()
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:
+                    self._connection_slots.release()
+                    if exc.errno not in _ACCEPT_OUT_OF_RESOURCES:
+                        raise
+                    accept_log.warning("accept failed, retrying in 0.1 s",
+                                       error=errno.errorcode.get(exc.errno or 0, "?"),
+                                       connections=self.connections)
+                    await trio.sleep(0.1)
+                    continue
+                except BaseException:
+                    self._connection_slots.release()
+                    raise
+                connections.start_soon(self._own_connection, stream)
+
+    async def _own_connection(self, stream: trio.SocketStream) -> None:
+        try:
+            await self.handle_connection(stream)
+        finally:
+            self._connection_slots.release()
 
     async def handle_connection(self, stream: trio.SocketStream) -> None:
         peer = _peer(stream)
@@ -225,6 +261,15 @@ class KafkaServer:
                     budget.mute_for(throttle.total_seconds())
         except DropConnection:
             connection_scope.cancel()
+        except BrokerUnavailable as exc:
+            # Retriable, and the outage is already logged once by the broker client: a short
+            # line here, and an error the client retries on.
+            unavailable_log.warning("request failed: broker unavailable", peer=peer,
+                                    api=apis.api_name(request.api_key), error=str(exc)[:200])
+            slot.payload = self._error_payload(kafka, request, exc,
+                                               ErrorCode.request_timed_out)
+            if slot.payload is None:
+                connection_scope.cancel()
         except Exception as exc:
             # A bug here or in the broker, not the client's fault: log it with its traceback
             # (rate-limited) and answer UNKNOWN_SERVER_ERROR, as Kafka does; the connection,
@@ -240,16 +285,16 @@ class KafkaServer:
             slot.done.set()
 
     @staticmethod
-    def _error_payload(kafka: KafkaConnection, request: Request,
-                       exc: Exception) -> bytes | None:
-        """UNKNOWN_SERVER_ERROR in the request's response type; None if it gets no answer."""
+    def _error_payload(kafka: KafkaConnection, request: Request, exc: Exception,
+                       code: ErrorCode = ErrorCode.unknown_server_error) -> bytes | None:
+        """``code`` in the request's response type; None if it gets no answer."""
         body = request.body
         if request.api_key == apis.ApiKey.PRODUCE and getattr(body, "acks", None) == 0:
             return None
         try:
             response_type = messages.response_type(request.api_key, request.version)
             return kafka.encode_response(request, messages.error_response(
-                response_type, ErrorCode.unknown_server_error, f"kelp: {type(exc).__name__}"))
+                response_type, code, f"kelp: {type(exc).__name__}"))
         except Exception:
             log.exception("could not build an error response")
             return None

@@ -16,6 +16,7 @@ import errno
 import fcntl
 import logging
 import os
+import resource
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -59,7 +60,22 @@ async def _stop_when_supervisor_exits(fd: int, cancel_scope: trio.CancelScope) -
     cancel_scope.cancel()
 
 
+def raise_open_file_limit() -> int:
+    """Raise this process's soft limit on open files to its hard limit, as servers do (a
+    broker holds descriptors per segment, a gateway one per connection); returns it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass  # not allowed here: keep the soft limit
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
 def run(main: Callable[[], Awaitable[None]]) -> None:
+    raise_open_file_limit()
+
     async def root() -> None:
         async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_signal, nursery.cancel_scope)

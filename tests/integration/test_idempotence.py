@@ -14,7 +14,7 @@ RECORDS = 20_000
 
 
 def test_retried_batches_are_stored_once(tmp_path, topic_name: str) -> None:
-    cluster = Cluster(tmp_path / "c", gateway_args=["--drop-produce-every", "7"]).start()
+    cluster = Cluster(tmp_path / "c", gateway_args=["--debug", "drop-produce-every=7"]).start()
     try:
         producer = Producer({"bootstrap.servers": cluster.bootstrap, "enable.idempotence": True,
                              "acks": "all", "linger.ms": 2, "batch.num.messages": 200,

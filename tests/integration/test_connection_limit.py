@@ -1,0 +1,51 @@
+"""Kafka's max.connections: past the limit a new connection waits to be accepted, served as
+soon as another closes; a flood of idle connections cannot take every file descriptor."""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kio.index import load_request_schema
+
+from tests.kafka_raw import RawClient
+from tests.kelp_procs import Cluster
+
+API_VERSIONS = load_request_schema(18, 3)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    running = Cluster(tmp_path / "c", gateway_args=["--max-connections", "2"])
+    try:
+        yield running.start()
+    finally:
+        running.stop()
+
+
+def _api_versions(client: RawClient) -> int:
+    request = API_VERSIONS(client_software_name="t", client_software_version="1")
+    return len(client.request(request).api_keys)
+
+
+def test_connections_past_the_limit_wait_until_one_closes(cluster: Cluster) -> None:
+    first, second = RawClient(cluster.bootstrap), RawClient(cluster.bootstrap)
+    assert _api_versions(first) > 10 and _api_versions(second) > 10
+    third = RawClient(cluster.bootstrap, timeout=1.5)  # completes in the kernel's backlog
+    third.send(API_VERSIONS(client_software_name="t", client_software_version="1"))
+    with pytest.raises(socket.timeout):
+        third.read_frame()  # not accepted: nobody reads it
+    first.close()
+    third.sock.settimeout(10)
+    assert len(third.read_frame()) > 100  # accepted and answered once a slot freed
+    health_url = f"http://127.0.0.1:{cluster.gateway_http_port}/health"
+    with urllib.request.urlopen(health_url, timeout=10) as reply:
+        health = json.load(reply)
+    assert health["max_connections"] == 2 and health["connections"] == 2
+    second.close()
+    third.close()
+    assert "Traceback" not in cluster.gateway.log_text()
