@@ -20,7 +20,7 @@ import logging
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import h11
 import trio
@@ -74,6 +74,7 @@ class Response:
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+Target = TypeVar("Target")
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,46 @@ class Route:
 
     handler: Handler
     methods: frozenset[str] = frozenset({"GET", "HEAD"})
+
+
+class NoRoute(Exception):
+    """No pattern matches the path (``allowed`` empty), or none for this method (``allowed``
+    names the methods that would be)."""
+
+    def __init__(self, allowed: frozenset[str] = frozenset()) -> None:
+        super().__init__(", ".join(sorted(allowed)) or "not found")
+        self.allowed = allowed
+
+
+class Router(Generic[Target]):
+    """Routes a method and a path to a target by pattern: each ``/``-separated segment of a
+    pattern matches itself, or any one segment where it is ``*`` (those are returned, decoded,
+    as arguments). HEAD is answered by a GET route. An API with many paths under one prefix
+    (the Schema Registry) mounts one handler at that prefix and routes with this below it."""
+
+    def __init__(self) -> None:
+        self._routes: list[tuple[str, tuple[str, ...], Target]] = []
+
+    def add(self, method: str, pattern: str, target: Target) -> None:
+        self._routes.append((method, _segments(pattern), target))
+
+    def match(self, method: str, path: str) -> tuple[Target, list[str]]:
+        """The target and the ``*`` segments; raises ``NoRoute``."""
+        parts = [urllib.parse.unquote(p) for p in _segments(path)]
+        allowed: set[str] = set()
+        for want, pattern, target in self._routes:
+            if len(pattern) != len(parts) or any(
+                    p != "*" and p != part for p, part in zip(pattern, parts, strict=True)):
+                continue
+            if want == method or (method == "HEAD" and want == "GET"):
+                return target, [part for p, part in zip(pattern, parts, strict=True)
+                                if p == "*"]
+            allowed.add(want)
+        raise NoRoute(frozenset(allowed))
+
+
+def _segments(path: str) -> tuple[str, ...]:
+    return tuple(p for p in path.strip("/").split("/") if p)
 
 
 @dataclass(frozen=True)

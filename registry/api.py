@@ -15,7 +15,6 @@ them again. The write endpoints are in ``writes.py``, the shapes they share in `
 
 from __future__ import annotations
 
-import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -40,6 +39,7 @@ class RegistryApi:
         self.registry = registry
         self.jobs = Jobs(Workers(), registry.cache)
         self.writes = Writes(registry, client, self.jobs)
+        self._router = self._routes()
 
     def routes(self) -> dict[str, httpd.Route]:
         route = httpd.Route(self.handle, ALL_METHODS)
@@ -52,62 +52,56 @@ class RegistryApi:
         return self.registry.state
 
     async def handle(self, request: httpd.Request) -> httpd.Response:
-        parts = [urllib.parse.unquote(p) for p in request.path.strip("/").split("/") if p]
         try:
             await self.registry.wait_ready()
-            handler, args = self._route(request.method, parts)
+            try:
+                handler, args = self._router.match(request.method, request.path)
+            except httpd.NoRoute as exc:
+                if exc.allowed:
+                    raise RegistryError(405, f"HTTP {request.method} not allowed here") from None
+                raise RegistryError(404, "HTTP 404 Not Found") from None
             return await handler(request, *args)
         except RegistryError as exc:
             return error_reply(exc)
 
-    def _route(self, method: str, parts: list[str]) -> tuple[Callable[..., Awaitable[
-            httpd.Response]], list[str]]:
-        read = method in ("GET", "HEAD")
-        table: list[tuple[str, list[str], Callable[..., Awaitable[httpd.Response]]]] = [
-            ("GET", [], self.root),
-            ("GET", ["contexts"], self.contexts),
-            ("GET", ["subjects"], self.list_subjects),
-            ("POST", ["subjects", "*"], self.lookup),
-            ("DELETE", ["subjects", "*"], self.writes.delete_subject),
-            ("GET", ["subjects", "*", "versions"], self.list_versions),
-            ("POST", ["subjects", "*", "versions"], self.writes.register),
-            ("GET", ["subjects", "*", "versions", "*"], self.get_version),
-            ("DELETE", ["subjects", "*", "versions", "*"], self.writes.delete_version),
-            ("GET", ["subjects", "*", "versions", "*", "schema"], self.get_version_schema),
-            ("GET", ["subjects", "*", "versions", "*", "referencedby"], self.referenced_by),
-            ("GET", ["schemas"], self.list_schemas),
-            ("GET", ["schemas", "types"], self.schema_types),
-            ("GET", ["schemas", "ids", "*"], self.get_by_id),
-            ("GET", ["schemas", "ids", "*", "schema"], self.get_by_id_schema),
-            ("GET", ["schemas", "ids", "*", "versions"], self.id_versions),
-            ("GET", ["schemas", "ids", "*", "subjects"], self.id_subjects),
-            ("GET", ["config"], self.get_config),
-            ("PUT", ["config"], self.writes.put_config),
-            ("DELETE", ["config"], self.writes.delete_config),
-            ("GET", ["config", "*"], self.get_config),
-            ("PUT", ["config", "*"], self.writes.put_config),
-            ("DELETE", ["config", "*"], self.writes.delete_config),
-            ("GET", ["mode"], self.get_mode),
-            ("PUT", ["mode"], self.writes.put_mode),
-            ("DELETE", ["mode"], self.writes.delete_mode),
-            ("GET", ["mode", "*"], self.get_mode),
-            ("PUT", ["mode", "*"], self.writes.put_mode),
-            ("DELETE", ["mode", "*"], self.writes.delete_mode),
-            ("POST", ["compatibility", "subjects", "*", "versions"], self.check),
-            ("POST", ["compatibility", "subjects", "*", "versions", "*"], self.check),
-        ]
-        path_matched = False
-        for want_method, pattern, handler in table:
-            if len(pattern) != len(parts) or any(
-                    p != "*" and p != part for p, part in zip(pattern, parts, strict=True)):
-                continue
-            path_matched = True
-            if want_method == method or (read and want_method == "GET"):
-                return handler, [part for p, part in zip(pattern, parts, strict=True)
-                                 if p == "*"]
-        if path_matched:
-            raise RegistryError(405, f"HTTP {method} not allowed here")
-        raise RegistryError(404, "HTTP 404 Not Found")
+    def _routes(self) -> httpd.Router[Callable[..., Awaitable[httpd.Response]]]:
+        router: httpd.Router[Callable[..., Awaitable[httpd.Response]]] = httpd.Router()
+        writes = self.writes
+        for method, pattern, handler in (
+            ("GET", "/", self.root),
+            ("GET", "/contexts", self.contexts),
+            ("GET", "/subjects", self.list_subjects),
+            ("POST", "/subjects/*", self.lookup),
+            ("DELETE", "/subjects/*", writes.delete_subject),
+            ("GET", "/subjects/*/versions", self.list_versions),
+            ("POST", "/subjects/*/versions", writes.register),
+            ("GET", "/subjects/*/versions/*", self.get_version),
+            ("DELETE", "/subjects/*/versions/*", writes.delete_version),
+            ("GET", "/subjects/*/versions/*/schema", self.get_version_schema),
+            ("GET", "/subjects/*/versions/*/referencedby", self.referenced_by),
+            ("GET", "/schemas", self.list_schemas),
+            ("GET", "/schemas/types", self.schema_types),
+            ("GET", "/schemas/ids/*", self.get_by_id),
+            ("GET", "/schemas/ids/*/schema", self.get_by_id_schema),
+            ("GET", "/schemas/ids/*/versions", self.id_versions),
+            ("GET", "/schemas/ids/*/subjects", self.id_subjects),
+            ("GET", "/config", self.get_config),
+            ("PUT", "/config", writes.put_config),
+            ("DELETE", "/config", writes.delete_config),
+            ("GET", "/config/*", self.get_config),
+            ("PUT", "/config/*", writes.put_config),
+            ("DELETE", "/config/*", writes.delete_config),
+            ("GET", "/mode", self.get_mode),
+            ("PUT", "/mode", writes.put_mode),
+            ("DELETE", "/mode", writes.delete_mode),
+            ("GET", "/mode/*", self.get_mode),
+            ("PUT", "/mode/*", writes.put_mode),
+            ("DELETE", "/mode/*", writes.delete_mode),
+            ("POST", "/compatibility/subjects/*/versions", self.check),
+            ("POST", "/compatibility/subjects/*/versions/*", self.check),
+        ):
+            router.add(method, pattern, handler)
+        return router
 
     # -- reads -----------------------------------------------------------------------------
 

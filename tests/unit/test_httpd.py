@@ -307,3 +307,18 @@ async def test_http_get_reports_refused_and_silent_peers() -> None:
     async with listeners[0]:
         with pytest.raises(httpd.HttpClientError, match=r"no response within 0.2s"):
             await httpd.http_get("127.0.0.1", silent_port, "/health", timeout=0.2)
+
+
+def test_router_matches_patterns_methods_and_says_what_is_allowed() -> None:
+    router: httpd.Router[str] = httpd.Router()
+    router.add("GET", "/subjects/*/versions/*", "get-version")
+    router.add("DELETE", "/subjects/*/versions/*", "delete-version")
+    router.add("GET", "/subjects", "list")
+    assert router.match("GET", "/subjects/a%2Fb/versions/3") == ("get-version", ["a/b", "3"])
+    assert router.match("HEAD", "/subjects/") == ("list", [])  # HEAD is served by GET
+    with pytest.raises(httpd.NoRoute) as not_allowed:
+        router.match("POST", "/subjects/s/versions/1")
+    assert not_allowed.value.allowed == {"GET", "DELETE"}
+    with pytest.raises(httpd.NoRoute) as missing:
+        router.match("GET", "/subjects/s/versions")
+    assert not missing.value.allowed
