@@ -87,7 +87,7 @@ def run() -> list[tuple[str, str, str, float]]:
         mountpoint = workdir / "mnt"
         mountpoint.mkdir()
         mount = Proc("mount", [sys.executable, "-m", "rdma.mount", str(mountpoint),
-                               "--broker-http", f"127.0.0.1:{cluster.broker_http_port}",
+                               "--broker", f"127.0.0.1:{cluster.broker_port}",
                                "--sidecar", str(socket)], workdir / "mount.log")
         try:
             sidecar.start()
@@ -104,7 +104,7 @@ def run() -> list[tuple[str, str, str, float]]:
             dd = min(_dd_seconds(mounted) for _ in range(2))
             mount_random = _random_seconds(mounted)
             source = Source(SourceConfig(sidecar=str(socket),
-                                         broker_http_port=cluster.broker_http_port))
+                                         broker=f"127.0.0.1:{cluster.broker_port}"))
 
             async def sidecar_runs() -> tuple[float, float]:
                 async with trio_asyncio.open_loop():

@@ -30,6 +30,8 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from kelp import grpc
+from kelp.address import parse_host_port
+from kelp.routes import BROKER, SIDECAR
 from kelp.rpc.broker import v1 as broker_pb
 from kelp.rpc.sidecar import v1 as sidecar_pb
 from tests.kelp_procs import Cluster
@@ -113,12 +115,11 @@ async def _run_all(cluster: Cluster, sidecar_socket: Path) -> dict[tuple[str, in
     async with trio_asyncio.open_loop(), ucx.open_worker() as worker:
         broker = grpc.Channel(grpc.Address.parse(f"127.0.0.1:{cluster.broker_port}"))
         sidecar = grpc.Channel(grpc.Address(path=str(sidecar_socket)))
-        lease = await broker.call("/broker.v1.Broker/OpenRead",
-                                  broker_pb.OpenReadRequest(file_id=file_id),
-                                  broker_pb.OpenReadReply, timeout=10)
+        lease = await broker.call(BROKER.open_read, broker_pb.OpenReadRequest(file_id=file_id),
+                                  timeout=10)
         assert lease.status == 200, lease.error
-        host, _, port = lease.ucx_address.rpartition(":")
-        endpoint = await worker.connect(host, int(port))
+        host, port = parse_host_port(lease.ucx_address)
+        endpoint = await worker.connect(host, port)
         key = endpoint.import_key(lease.descriptor)
         # Page-aligned destinations, as the sidecar's pool slots are (and the same kind for
         # pread, so both paths copy into the same memory).
@@ -140,14 +141,13 @@ async def _run_all(cluster: Cluster, sidecar_socket: Path) -> dict[tuple[str, in
 
                     async def by_sidecar(offset: int, size: int = size) -> None:
                         reply = await sidecar.call(
-                            "/sidecar.v1.Sidecar/Read",
+                            SIDECAR.read,
                             sidecar_pb.ReadRequest(file_id=file_id, offset=offset, size=size,
-                                                   zero_copy=True),
-                            sidecar_pb.ReadReply, timeout=30)
+                                                   zero_copy=True), timeout=30)
                         assert reply.status == 200, reply.error
-                        await sidecar.call("/sidecar.v1.Sidecar/Release",
+                        await sidecar.call(SIDECAR.release,
                                            sidecar_pb.ReleaseRequest(handle=reply.shared.handle),
-                                           sidecar_pb.ReleaseReply, timeout=5)
+                                           timeout=5)
 
                     def http_read(offset: int, size: int = size) -> None:
                         conn = (connections.pop() if connections else http.client.HTTPConnection(

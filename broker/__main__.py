@@ -10,7 +10,6 @@ import trio
 
 from broker.configs import Defaults
 from broker.exports import DEFAULT_CHUNK_BYTES, Exports, ExportsHttp
-from broker.group_service import GroupService
 from broker.groups import Coordinator
 from broker.log import LogConfig
 from broker.offsets import OffsetStore
@@ -18,6 +17,7 @@ from broker.service import BrokerService
 from broker.topics import TopicRegistry
 from broker.ucx_export import LEASE_MS, UcxExporter
 from kelp import grpc, httpd, logs, process
+from kelp.address import parse_host_port
 
 log = logging.getLogger("kelp.broker")
 
@@ -82,10 +82,11 @@ async def serve(args: argparse.Namespace) -> None:
     coordinator = Coordinator(
         store, initial_rebalance_delay_s=args.group_initial_rebalance_delay_ms / 1000)
     exports = Exports(registry, chunk_bytes=args.chunk_bytes)
-    ucx_host, ucx_port = process.split_host_port(args.ucx)
+    ucx_host, ucx_port = parse_host_port(args.ucx)
     exporter = UcxExporter(exports, ucx_host, ucx_port, enabled=not args.no_ucx,
                            lease_ms=args.ucx_lease_ms, advertise=args.ucx_advertise)
-    service = BrokerService(registry, auto_create_partitions=args.default_partitions,
+    service = BrokerService(registry, coordinator=coordinator, exports=exports,
+                            exporter=exporter, auto_create_partitions=args.default_partitions,
                             append_delay_s=args.append_delay_ms / 1000)
 
     async def health(request: httpd.Request) -> httpd.Response:
@@ -99,17 +100,14 @@ async def serve(args: argparse.Namespace) -> None:
         return httpd.Response.text("\n".join(lines) + "\n")
 
     grpc_address = grpc.Address.parse(args.grpc)
-    http_host, http_port = process.split_host_port(args.http)
+    http_host, http_port = parse_host_port(args.http)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(registry.run)
             nursery.start_soon(coordinator.run)
             nursery.start_soon(store.log.maintain, registry.retention_check_s)
             await nursery.start(exporter.run)
-            await nursery.start(grpc.serve,
-                                {**service.mapping(), **GroupService(coordinator).mapping(),
-                                 **exporter.mapping()},
-                                grpc_address)
+            await nursery.start(grpc.serve, service.mapping(), grpc_address)
             async def stop_ucx(request: httpd.Request) -> httpd.Response:
                 exporter.stop()
                 return httpd.Response.json({"stopped": True})

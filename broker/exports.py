@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from broker.log import PartitionLog, Segment
 from broker.topics import TopicRegistry
 from kelp import fileid, httpd, reads
+from kelp.rpc.broker import v1 as pb
 
 DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024
 CHUNK_BITS = 24  # chunk index bits in the needle key: 16 Mi chunks per segment
@@ -124,7 +126,16 @@ class Exports:
         return Chunk(text, segment, log, index, position,
                      max(0, min(self.chunk_bytes, segment.size - position)))
 
+    def stat(self, text: str) -> dict[str, object]:
+        """What a chunk holds now and where it lives, or ExportError (as ``resolve``)."""
+        chunk = self.resolve(text)
+        return {"file_id": chunk.file_id, "size": chunk.length, "position": chunk.position,
+                "segment_base_offset": chunk.segment.base_offset,
+                "sealed": chunk.segment is not chunk.log.active}
+
     async def read(self, text: str, offset: int, size: int) -> bytes:
+        if not 1 <= size <= reads.MAX_READ_BYTES:
+            raise ExportError(400, f"size must be in 1..{reads.MAX_READ_BYTES}, got {size}")
         chunk = self.resolve(text)
         chunk.check_range(offset, size)
         return await chunk.log.read_range(chunk.segment, chunk.position + offset, size)
@@ -137,9 +148,44 @@ def _mtime_ms(segment: Segment) -> int:
         return 0
 
 
+class ExportCalls:
+    """A mixin of ``broker.service.BrokerService``: the read API of the sidecar and the mount
+    (ListSegments, StatChunk, ReadChunk), answered by ``exports`` as HTTP's are."""
+
+    exports: Exports
+
+    async def list_segments(self, request: pb.ListSegmentsRequest) -> pb.ListSegmentsReply:
+        try:
+            listing: dict[str, Any] = self.exports.listing(request.topic, request.partition)
+        except ExportError as exc:
+            return pb.ListSegmentsReply(status=exc.status, error=exc.message)
+        segments = [pb.SegmentInfo(
+            base_offset=s["base_offset"], next_offset=s["next_offset"], size=s["size"],
+            sealed=s["sealed"], mtime_ms=s["mtime_ms"],
+            chunks=[pb.ChunkInfo(**chunk) for chunk in s["chunks"]])
+            for s in listing["segments"]]
+        return pb.ListSegmentsReply(status=200, **{**listing, "segments": segments})
+
+    async def stat_chunk(self, request: pb.StatChunkRequest) -> pb.StatChunkReply:
+        try:
+            found = self.exports.stat(request.file_id)
+        except ExportError as exc:
+            return pb.StatChunkReply(status=exc.status, error=exc.message)
+        del found["file_id"]
+        return pb.StatChunkReply(status=200, **found)  # type: ignore[arg-type]
+
+    async def read_chunk(self, request: pb.ReadChunkRequest) -> pb.ReadChunkReply:
+        try:
+            data = await self.exports.read(request.file_id, request.offset, request.size)
+        except ExportError as exc:
+            return pb.ReadChunkReply(status=exc.status, error=exc.message)
+        return pb.ReadChunkReply(status=200, data=data)
+
+
 class ExportsHttp:
-    """The broker's HTTP face of the exports: ``/segments`` and ``/read`` (the fallback path
-    of the sidecar and the mount)."""
+    """The broker's HTTP face of the exports, for curl users: ``/topics``, ``/segments``,
+    ``/stat`` and ``/read`` answer what DescribeTopics, ListSegments, StatChunk and ReadChunk
+    answer over gRPC."""
 
     def __init__(self, exports: Exports) -> None:
         self.exports = exports
@@ -156,13 +202,9 @@ class ExportsHttp:
 
     async def stat(self, request: httpd.Request) -> httpd.Response:
         try:
-            chunk = self.exports.resolve(request.query.get("file_id", ""))
+            return httpd.Response.json(self.exports.stat(request.query.get("file_id", "")))
         except ExportError as exc:
             return httpd.Response.error(exc.status, exc.message)
-        return httpd.Response.json({
-            "file_id": chunk.file_id, "size": chunk.length, "position": chunk.position,
-            "segment_base_offset": chunk.segment.base_offset,
-            "sealed": chunk.segment is not chunk.log.active})
 
     async def segments(self, request: httpd.Request) -> httpd.Response:
         topic = request.query.get("topic")

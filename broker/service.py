@@ -1,32 +1,31 @@
-"""The broker's gRPC service: thin trio handlers over the topic registry and partition logs.
+"""The broker's gRPC service: ``BrokerService`` implements the generated ``BrokerBase``.
 
-Append and Fetch are long-lived bidirectional streams (one per gateway connection slot). Each
-stream owns a nursery: a reply that must wait (an fsync, a long-poll fetch) runs as a task in
-it, so when the gateway goes away every task that stream started is cancelled with it.
+Thin trio handlers over the topic registry and partition logs. The service is one class made
+of small parts, each in its own module, each implementing some of the generated methods by
+their generated names: the control calls here; Append and Fetch (``broker.streams``); group
+coordination (``broker.group_service``); UCX segment leases (``broker.ucx_export``); the read
+API of the sidecar and the mount (``broker.exports``). ``kelp.grpc.service_mapping`` serves it
+and refuses to start if a generated method is not implemented.
 """
 
 from __future__ import annotations
 
-import logging
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 import grpclib.const
-import trio
 from kio.schema.errors import ErrorCode
 
-from broker.log import MessageTooLarge, OffsetOutOfRange
+from broker.exports import ExportCalls, Exports
+from broker.group_service import GroupCalls
+from broker.groups import Coordinator
+from broker.log import OffsetOutOfRange
 from broker.producer_ids import ProducerIds
-from broker.producers import ProducerError
+from broker.streams import DataStreams
 from broker.topics import TopicError, TopicRegistry
+from broker.ucx_export import LeaseCalls, UcxExporter
 from kelp import __version__, grpc
-from kelp.batchcheck import BatchRejected
 from kelp.process import count_tasks
-from kelp.recordbatch import CorruptBatch, UnsupportedMagic
 from kelp.rpc.broker import v1 as pb
-
-log = logging.getLogger("kelp.broker.service")
 
 TOPIC_RESOURCE = 2
 BROKER_RESOURCE = 4
@@ -43,17 +42,23 @@ MAX_TIMESTAMP = -3
 EARLIEST_LOCAL = -4
 LATEST_TIERED = -5
 EARLIEST_PENDING_UPLOAD = -6
-# A fetch never parks longer than this, whatever the client asks.
-MAX_FETCH_WAIT_S = 30.0
-DEFAULT_FETCH_MAX_BYTES = 50 * 1024 * 1024
 
 
-class BrokerService:
-    def __init__(self, registry: TopicRegistry, *, auto_create_partitions: int = 1,
-                 append_delay_s: float = 0.0) -> None:
+class BrokerService(DataStreams, GroupCalls, LeaseCalls, ExportCalls, pb.BrokerBase):
+    """The whole Broker service. Parts a caller does not pass stand in harmlessly: no
+    ``coordinator`` answers the group calls UNIMPLEMENTED, no ``exporter`` answers OpenRead
+    503 as ``--no-ucx`` does, ``exports`` defaults to the registry's with default chunks."""
+
+    def __init__(self, registry: TopicRegistry, *, coordinator: Coordinator | None = None,
+                 exports: Exports | None = None, exporter: UcxExporter | None = None,
+                 auto_create_partitions: int = 1, append_delay_s: float = 0.0) -> None:
         self.registry = registry
         self.producer_ids = ProducerIds(registry.data_dir)
         self.auto_create_partitions = auto_create_partitions
+        self.coordinator = coordinator
+        self.exports = exports if exports is not None else Exports(registry)
+        self.exporter = (exporter if exporter is not None
+                         else UcxExporter(self.exports, "127.0.0.1", 0, enabled=False))
         # A test knob that makes every append slow, as a slow disk would.
         self.append_delay_s = append_delay_s
         # Introspection for /health and the tests: what is open and parked right now.
@@ -62,34 +67,7 @@ class BrokerService:
         self.pending_fetches = 0
 
     def mapping(self) -> dict[str, grpclib.const.Handler]:
-        unary: dict[str, tuple[Callable[[Any], Awaitable[Any]], type, type]] = {
-            "Health": (self.health, pb.HealthRequest, pb.HealthReply),
-            "CreateTopics": (self.create_topics, pb.CreateTopicsRequest, pb.CreateTopicsReply),
-            "DescribeTopics": (self.describe_topics, pb.DescribeTopicsRequest,
-                               pb.DescribeTopicsReply),
-            "ListOffsets": (self.list_offsets, pb.ListOffsetsRequest, pb.ListOffsetsReply),
-            "DeleteTopics": (self.delete_topics, pb.DeleteTopicsRequest, pb.DeleteTopicsReply),
-            "CreatePartitions": (self.create_partitions, pb.CreatePartitionsRequest,
-                                 pb.CreatePartitionsReply),
-            "DeleteRecords": (self.delete_records, pb.DeleteRecordsRequest,
-                              pb.DeleteRecordsReply),
-            "DescribeConfigs": (self.describe_configs, pb.DescribeConfigsRequest,
-                                pb.DescribeConfigsReply),
-            "AlterConfigs": (self.alter_configs, pb.AlterConfigsRequest, pb.AlterConfigsReply),
-            "InitProducerId": (self.init_producer_id, pb.InitProducerIdRequest,
-                               pb.InitProducerIdReply),
-            "DescribeProducers": (self.describe_producers, pb.DescribeProducersRequest,
-                                  pb.DescribeProducersReply),
-        }
-        mapping = {
-            f"/broker.v1.Broker/{name}": grpc.unary_handler(fn, req, rep)
-            for name, (fn, req, rep) in unary.items()
-        }
-        mapping["/broker.v1.Broker/Append"] = grpc.stream_handler(
-            self.serve_append, pb.AppendRequest, pb.AppendReply)
-        mapping["/broker.v1.Broker/Fetch"] = grpc.stream_handler(
-            self.serve_fetch, pb.FetchRequest, pb.FetchReply)
-        return mapping
+        return grpc.service_mapping(self)
 
     def counters(self) -> dict[str, int]:
         return {
@@ -311,189 +289,6 @@ class BrokerService:
                     for pid, entry in sorted(plog.producers.entries.items())]
             partitions.append(out)
         return pb.DescribeProducersReply(partitions=partitions)
-
-    # -- append stream ----------------------------------------------------------------------
-
-    async def serve_append(self, recv: Callable[[], Awaitable[pb.AppendRequest | None]],
-                           send: Callable[[pb.AppendReply], None]) -> None:
-        self.open_streams += 1
-        try:
-            async with trio.open_nursery() as nursery:
-                while (request := await recv()) is not None:
-                    if self.append_delay_s:
-                        await trio.sleep(self.append_delay_s)
-                    # Written here, in arrival order; only the wait for fsync is a task.
-                    reply, durable = self._append(request)
-                    if durable is None:
-                        # acks=0 gets a reply too (its Kafka client gets none): the gateway
-                        # counts appends outstanding to bound its backlog.
-                        send(reply)
-                    else:
-                        nursery.start_soon(self._reply_when_durable, reply, durable, send)
-        finally:
-            self.open_streams -= 1
-
-    def _append(self, request: pb.AppendRequest) -> tuple[pb.AppendReply, Any]:
-        reply = pb.AppendReply(request_id=request.request_id, base_offset=-1, log_append_time=-1)
-        try:
-            plog = self.registry.partition(request.topic, request.partition)
-            result = plog.append(request.records)
-        except TopicError as exc:
-            reply.error_code, reply.error_message = exc.code, str(exc)
-            return reply, None
-        except ProducerError as exc:
-            reply.error_code, reply.error_message = exc.code, str(exc)
-            return reply, None
-        except MessageTooLarge as exc:
-            reply.error_code, reply.error_message = ErrorCode.message_too_large, str(exc)
-            return reply, None
-        except UnsupportedMagic as exc:
-            reply.error_code = ErrorCode.unsupported_for_message_format
-            reply.error_message = str(exc)
-            return reply, None
-        except CorruptBatch as exc:
-            reply.error_code, reply.error_message = ErrorCode.corrupt_message, str(exc)
-            return reply, None
-        except BatchRejected as exc:
-            reply.error_code, reply.error_message = exc.error, exc.message
-            reply.record_errors = [pb.RecordError(batch_index=index, message=message)
-                                   for index, message in exc.record_errors]
-            return reply, None
-        except OffsetOutOfRange as exc:  # the topic was deleted under this append
-            reply.error_code = ErrorCode.unknown_topic_or_partition
-            reply.error_message = str(exc)
-            return reply, None
-        except OSError as exc:
-            log.error("append failed", extra={"topic": request.topic, "error": str(exc)})
-            reply.error_code, reply.error_message = ErrorCode.kafka_storage_error, str(exc)
-            return reply, None
-        reply.base_offset = result.base_offset
-        reply.log_append_time = result.log_append_time
-        reply.log_start_offset = plog.log_start_offset
-        if request.acks == -1 and plog.config.sync_on_ack:
-            return reply, (plog, result.write_mark)
-        return reply, None
-
-    async def _reply_when_durable(self, reply: pb.AppendReply, durable: Any,
-                                  send: Callable[[pb.AppendReply], None]) -> None:
-        plog, mark = durable
-        self.pending_appends += 1
-        try:
-            await plog.wait_durable(mark)
-        except OSError as exc:
-            reply.error_code, reply.error_message = ErrorCode.kafka_storage_error, str(exc)
-        finally:
-            self.pending_appends -= 1
-        send(reply)
-
-    # -- fetch stream -----------------------------------------------------------------------
-
-    async def serve_fetch(self, recv: Callable[[], Awaitable[pb.FetchRequest | None]],
-                          send: Callable[[pb.FetchReply], None]) -> None:
-        self.open_streams += 1
-        scopes: dict[int, trio.CancelScope] = {}
-        try:
-            async with trio.open_nursery() as nursery:
-                while (request := await recv()) is not None:
-                    if request.cancel:
-                        scope = scopes.get(request.request_id)
-                        if scope is not None:
-                            scope.cancel()
-                        continue
-                    scope = trio.CancelScope()
-                    scopes[request.request_id] = scope
-                    nursery.start_soon(self._fetch_task, request, scope, scopes, send)
-                nursery.cancel_scope.cancel()  # the gateway closed the stream
-        finally:
-            self.open_streams -= 1
-
-    async def _fetch_task(self, request: pb.FetchRequest, scope: trio.CancelScope,
-                          scopes: dict[int, trio.CancelScope], send: grpc.StreamSender) -> None:
-        self.pending_fetches += 1
-        try:
-            with scope:
-                await self._wait_for_data(request)
-                # Bound the fetched bytes this stream holds: read only once the replies
-                # already queued for the gateway leave room (backpressure per gateway stream).
-                # Reserve what the read can return (what the log holds past the offsets,
-                # within the request's budget), not the budget: one big max_bytes must not
-                # serialise every other fetch on the stream.
-                available, _errors = self._available(request)
-                reserved = await send.reserve(min(_fetch_budget(request), available))
-                try:
-                    reply = await self._read(request)
-                except BaseException:
-                    send.release(reserved)
-                    raise
-                send(reply, size=sum(len(p.records) for p in reply.partitions),
-                     reserved=reserved)
-        finally:
-            self.pending_fetches -= 1
-            scopes.pop(request.request_id, None)
-
-    async def fetch(self, request: pb.FetchRequest) -> pb.FetchReply:
-        """Answer once ``min_bytes`` are available or ``max_wait_ms`` has passed."""
-        await self._wait_for_data(request)
-        return await self._read(request)
-
-    async def _wait_for_data(self, request: pb.FetchRequest) -> None:
-        """Park until ``min_bytes`` are available, or an error, or ``max_wait_ms``."""
-        deadline = trio.current_time() + min(max(request.max_wait_ms, 0) / 1000, MAX_FETCH_WAIT_S)
-        min_bytes = max(request.min_bytes, 1)
-        while True:
-            available, errors = self._available(request)
-            if errors or available >= min_bytes or trio.current_time() >= deadline:
-                break
-            woken = trio.Event()
-            logs = [self.registry.partition(p.topic, p.partition) for p in request.partitions
-                    if self.registry.get(p.topic) is not None]
-            for plog in logs:
-                plog.add_append_listener(woken.set)
-            try:
-                with trio.move_on_at(deadline):
-                    await woken.wait()
-            finally:
-                for plog in logs:
-                    plog.remove_append_listener(woken.set)
-
-    def _available(self, request: pb.FetchRequest) -> tuple[int, bool]:
-        total, errors = 0, False
-        for part in request.partitions:
-            try:
-                total += self.registry.partition(part.topic, part.partition).bytes_after(
-                    part.offset)
-            except (TopicError, OffsetOutOfRange):
-                errors = True
-        return total, errors
-
-    async def _read(self, request: pb.FetchRequest) -> pb.FetchReply:
-        budget = _fetch_budget(request)
-        results = []
-        for part in request.partitions:
-            out = pb.FetchedPartition(topic=part.topic, partition=part.partition,
-                                      high_watermark=-1, log_start_offset=-1)
-            try:
-                plog = self.registry.partition(part.topic, part.partition)
-                out.high_watermark = plog.high_watermark
-                out.log_start_offset = plog.log_start_offset
-                # Kafka returns at least one batch even past the budget, but only for the first
-                # partition that has data; later ones respect what remains.
-                limit = min(part.max_bytes, budget) if part.max_bytes > 0 else budget
-                if budget > 0 or not any(r.records for r in results):
-                    read = await plog.read(part.offset, limit)
-                    out.records = read.records
-                    out.high_watermark = read.high_watermark
-                    budget -= len(read.records)
-            except TopicError as exc:
-                out.error_code = exc.code
-            except OffsetOutOfRange:
-                out.error_code = ErrorCode.offset_out_of_range
-            results.append(out)
-        return pb.FetchReply(request_id=request.request_id, partitions=results)
-
-
-def _fetch_budget(request: pb.FetchRequest) -> int:
-    return request.max_bytes if request.max_bytes > 0 else DEFAULT_FETCH_MAX_BYTES
 
 
 def apply_config_op(configs: dict[str, str], op: pb.AlterConfigsRequestOp,

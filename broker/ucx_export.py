@@ -11,7 +11,7 @@ past the old one. A mapping is unregistered and unmapped only when its last leas
 a read.
 
 Without UCX (``--no-ucx``, or libucp cannot load) every OpenRead answers 503 with the reason and
-the sidecar reads over the broker's HTTP ``/read`` instead.
+the sidecar reads through the broker's ``ReadChunk`` instead.
 """
 
 from __future__ import annotations
@@ -23,12 +23,10 @@ import logging
 import mmap
 from dataclasses import dataclass, field
 
-import grpclib.const
 import trio
 
 from broker.exports import ExportError, Exports
 from broker.log import Segment, held
-from kelp import grpc
 from kelp.rpc.broker import v1 as pb
 
 log = logging.getLogger("kelp.broker.ucx")
@@ -240,22 +238,21 @@ class UcxExporter:
                     del self._current[serial]
                     mapping.close()
 
-    def mapping(self) -> dict[str, grpclib.const.Handler]:
-        async def open_read(request: pb.OpenReadRequest) -> pb.OpenReadReply:
-            return await self.open_read(request.file_id)
-
-        async def close_read(request: pb.CloseReadRequest) -> pb.CloseReadReply:
-            self.close_read(request.lease_id)
-            return pb.CloseReadReply()
-
-        return {
-            "/broker.v1.Broker/OpenRead": grpc.unary_handler(
-                open_read, pb.OpenReadRequest, pb.OpenReadReply),
-            "/broker.v1.Broker/CloseRead": grpc.unary_handler(
-                close_read, pb.CloseReadRequest, pb.CloseReadReply),
-        }
-
     def health(self) -> dict[str, object]:
         return {"ucx_address": self.address, "ucx_unavailable": self.unavailable,
                 "ucx_leases": len(self._leases), "ucx_mappings": len(self._current),
                 **{f"ucx_{k}": v for k, v in self.counters.items()}}
+
+
+class LeaseCalls:
+    """A mixin of ``broker.service.BrokerService``: OpenRead and CloseRead, answered by
+    ``exporter``."""
+
+    exporter: UcxExporter
+
+    async def open_read(self, request: pb.OpenReadRequest) -> pb.OpenReadReply:
+        return await self.exporter.open_read(request.file_id)
+
+    async def close_read(self, request: pb.CloseReadRequest) -> pb.CloseReadReply:
+        self.exporter.close_read(request.lease_id)
+        return pb.CloseReadReply()

@@ -11,9 +11,8 @@ Kafka error) and ``run`` reconnects with backoff.
 
 from __future__ import annotations
 
-import itertools
 import logging
-from typing import Any
+from typing import Any, TypeVar
 
 import grpclib.exceptions
 import trio
@@ -21,16 +20,21 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from kelp import grpc
+from kelp.mux import Multiplexed, Waiter
+from kelp.routes import BROKER
 from kelp.rpc.broker import v1 as pb
 
 log = logging.getLogger("kelp.gateway.broker")
 
-_SERVICE = "/broker.v1.Broker/"
+Rep = TypeVar("Rep")
+
 CONNECT_WAIT_S = 10.0
 MAX_CONCURRENT_CALLS = 64  # unary calls in flight (the two streams take two more)
 # Appends sent and not yet answered: past this, produce requests wait (a closed Kafka connection
 # no longer bounds what it had already sent, so this bound is gateway-wide).
 MAX_OUTSTANDING_APPENDS = 4096
+# Fetches waiting for their reply (most park in a long poll at the broker): past this, more wait.
+MAX_OUTSTANDING_FETCHES = 4096
 
 
 class BrokerUnavailable(Exception):
@@ -48,41 +52,22 @@ _UNAVAILABLE = {Status.UNAVAILABLE, Status.DEADLINE_EXCEEDED, Status.CANCELLED,
                 Status.RESOURCE_EXHAUSTED, Status.ABORTED}
 
 
-class _Waiter:
-    """One outstanding stream request: set once, by the reply or by a stream failure."""
-
-    __slots__ = ("append", "done", "error", "reply")
-
-    def __init__(self, *, append: bool = False) -> None:
-        self.done = trio.Event()
-        self.reply: Any = None
-        self.error: Exception | None = None
-        self.append = append
-
-    async def wait(self) -> Any:
-        await self.done.wait()
-        if self.error is not None:
-            raise self.error
-        return self.reply
-
-
 class BrokerClient:
     def __init__(self, address: grpc.Address) -> None:
         self.address = address
         self._channel: grpc.Channel | None = None
-        self._append: grpc.ClientStream[pb.AppendRequest, pb.AppendReply] | None = None
-        self._fetch: grpc.ClientStream[pb.FetchRequest, pb.FetchReply] | None = None
+        self._appends: Multiplexed[pb.AppendRequest, pb.AppendReply] = Multiplexed(
+            max_outstanding=MAX_OUTSTANDING_APPENDS)
+        self._fetches: Multiplexed[pb.FetchRequest, pb.FetchReply] = Multiplexed(
+            max_outstanding=MAX_OUTSTANDING_FETCHES)
         self._connected = trio.Event()
-        self._ids = itertools.count(1)
-        self._waiting: dict[int, _Waiter] = {}
         self._outage = False  # logged once when calls start failing, once when they recover
         self._calls = trio.CapacityLimiter(MAX_CONCURRENT_CALLS)
-        self._appends_outstanding = 0
-        self._append_lot = trio.lowlevel.ParkingLot()
 
     @property
     def pending(self) -> int:
-        return len(self._waiting)
+        """Appends and fetches sent whose reply has not come yet."""
+        return self._appends.outstanding + self._fetches.outstanding
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Keep the streams open until cancelled, reconnecting when the broker goes away."""
@@ -98,7 +83,9 @@ class BrokerClient:
                     log.warning("broker stream failed", extra={"broker": str(self.address),
                                                               "error": repr(exc)})
                 finally:
-                    self._fail_waiters(BrokerUnavailable(f"broker {self.address} unavailable"))
+                    unavailable = BrokerUnavailable(f"broker {self.address} unavailable")
+                    self._appends.fail(unavailable)
+                    self._fetches.fail(unavailable)
                 await trio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
         finally:
@@ -107,39 +94,26 @@ class BrokerClient:
     async def _serve_streams(self) -> None:
         assert self._channel is not None
         async with (
-            self._channel.open_stream(_SERVICE + "Append", pb.AppendRequest, pb.AppendReply) as ap,
-            self._channel.open_stream(_SERVICE + "Fetch", pb.FetchRequest, pb.FetchReply) as fe,
+            self._channel.open_stream(BROKER.append) as appends,
+            self._channel.open_stream(BROKER.fetch) as fetches,
         ):
-            self._append, self._fetch = ap, fe
+            self._appends.stream, self._fetches.stream = appends, fetches
             self._connected.set()
             log.info("connected to broker", extra={"broker": str(self.address)})
             try:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._read_replies, ap, nursery.cancel_scope)
-                    nursery.start_soon(self._read_replies, fe, nursery.cancel_scope)
+                    for mux, stream in ((self._appends, appends), (self._fetches, fetches)):
+                        nursery.start_soon(self._deliver, mux, stream, nursery.cancel_scope)
             finally:
-                self._append = self._fetch = None
+                self._appends.stream = self._fetches.stream = None
                 self._connected = trio.Event()
         raise BrokerUnavailable("broker closed the streams")
 
-    async def _read_replies(self, stream: grpc.ClientStream[Any, Any],
-                            scope: trio.CancelScope) -> None:
-        while (reply := await stream.recv()) is not None:
-            waiter = self._waiting.pop(reply.request_id, None)
-            if waiter is not None:
-                waiter.reply = reply
-                waiter.done.set()
-                if waiter.append:
-                    self._append_answered()
+    @staticmethod
+    async def _deliver(mux: Multiplexed[Any, Any], stream: grpc.ClientStream[Any, Any],
+                       scope: trio.CancelScope) -> None:
+        await mux.deliver_replies(stream)
         scope.cancel()  # one stream ended: reconnect both
-
-    def _fail_waiters(self, error: Exception) -> None:
-        waiting, self._waiting = self._waiting, {}
-        for waiter in waiting.values():
-            waiter.error = error
-            waiter.done.set()
-        self._appends_outstanding = 0
-        self._append_lot.unpark_all()
 
     async def wait_connected(self) -> None:
         with trio.move_on_after(CONNECT_WAIT_S):
@@ -150,80 +124,60 @@ class BrokerClient:
     # -- data path --------------------------------------------------------------------------
 
     async def wait_append_writable(self) -> None:
-        """Until the append stream has room, in bytes queued and in appends the broker has
-        not answered yet (the broker takes appends slower than clients send them: the Kafka
+        """Until the append stream has room, in appends the broker has not answered yet and
+        in bytes queued (the broker takes appends slower than clients send them: the Kafka
         connection waiting here is not read meanwhile)."""
-        while self._appends_outstanding >= MAX_OUTSTANDING_APPENDS:
-            await self._append_lot.park()
-        stream = self._append
+        await self._appends.wait_for_room()
+        stream = self._appends.stream
         if stream is not None:
             await stream.wait_writable()
 
-    def _append_answered(self) -> None:
-        # Wake only as many waiters as there is room for: thousands of stuck connections
-        # must not all be woken by every answer (that burned a core under the fuzzer).
-        self._appends_outstanding = max(self._appends_outstanding - 1, 0)
-        self._append_lot.unpark(count=MAX_OUTSTANDING_APPENDS - self._appends_outstanding)
-
     def submit_append(self, topic: str, partition: int, records: bytes,
-                      acks: int) -> _Waiter | None:
+                      acks: int) -> Waiter[pb.AppendReply] | None:
         """Queue an append now (order preserved); await the returned waiter for the reply.
 
         Returns None for acks=0, which gets no reply. Raises ``BrokerUnavailable``.
         """
-        stream = self._append
-        if stream is None:
-            raise BrokerUnavailable(f"broker {self.address} unavailable")
-        request_id = next(self._ids)
+        request = pb.AppendRequest(topic=topic, partition=partition, records=records, acks=acks)
         try:
-            stream.send(pb.AppendRequest(request_id=request_id, topic=topic,
-                                         partition=partition, records=records, acks=acks),
-                        size=len(records))
+            # Every append is answered (acks=0 too), so each counts as outstanding until it is.
+            waiter = self._appends.submit(request, size=len(records))
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            # The stream failed under us: a retriable answer, not a dropped Kafka connection.
+            # Not connected, or the stream failed under us: a retriable answer, not a dropped
+            # Kafka connection.
             raise BrokerUnavailable(f"broker {self.address} append stream failed") from exc
-        # Every append is answered (acks=0 too), so each is counted until it is.
-        waiter = self._waiting[request_id] = _Waiter(append=True)
-        self._appends_outstanding += 1
         return None if acks == 0 else waiter
 
     async def fetch(self, request: pb.FetchRequest) -> pb.FetchReply:
+        """One fetch on the shared stream; cancelled, it tells the broker to drop it too."""
         await self.wait_connected()
-        stream = self._fetch
-        if stream is None:
-            raise BrokerUnavailable(f"broker {self.address} unavailable")
-        request.request_id = next(self._ids)
-        waiter = self._waiting[request.request_id] = _Waiter()
-        stream.send(request)
         try:
-            return await waiter.wait()
-        finally:
-            if not waiter.done.is_set():  # cancelled: let the broker drop it as well
-                self._waiting.pop(request.request_id, None)
-                if self._fetch is stream:
-                    stream.send(pb.FetchRequest(request_id=request.request_id, cancel=True))
+            return await self._fetches.call(request, cancel=_cancel_fetch)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise BrokerUnavailable(f"broker {self.address} fetch stream failed") from exc
 
     # -- control ------------------------------------------------------------------------------
 
-    async def call(self, method: str, request: Any, reply_type: type, *,
-                   timeout: float = 10.0) -> Any:
-        """A unary call. Raises ``BrokerUnavailable`` when the broker cannot be reached
-        (logged once per outage) and ``BrokerFailed`` when it answered with an error that
-        retrying will not fix (logged with its traceback)."""
+    async def call(self, method: grpc.Route[Any, Rep] | str, request: Any,
+                   reply_type: type | None = None, *, timeout: float = 10.0) -> Rep:
+        """A unary call of ``method`` (``BROKER.describe_topics``). Raises
+        ``BrokerUnavailable`` when the broker cannot be reached (logged once per outage) and
+        ``BrokerFailed`` when it answered with an error that retrying will not fix (logged
+        with its traceback)."""
         assert self._channel is not None, "BrokerClient.run() not started"
+        route = _route(method)
         try:
             # HTTP/2 allows the broker 100 concurrent streams: more calls wait here instead of
             # failing with TooManyStreamsError.
             async with self._calls:
-                reply = await self._channel.call(_SERVICE + method, request, reply_type,
-                                                 timeout=timeout)
+                reply = await self._channel.call(route, request, timeout=timeout)
         except GRPCError as exc:
             if exc.status in _UNAVAILABLE:
                 self._note_outage(exc)
                 raise BrokerUnavailable(f"broker {self.address}: {exc.message}") from exc
             log.error("broker call failed", exc_info=True,
-                      extra={"method": method, "status": exc.status.name})
-            raise BrokerFailed(f"broker {method}: {exc.status.name} {exc.message}") from exc
+                      extra={"method": route.name, "status": exc.status.name})
+            raise BrokerFailed(f"broker {route.name}: {exc.status.name} {exc.message}") from exc
         except (OSError, TimeoutError, grpclib.exceptions.StreamTerminatedError,
                 grpclib.exceptions.ProtocolError) as exc:
             self._note_outage(exc)
@@ -238,3 +192,19 @@ class BrokerClient:
             self._outage = True
             log.warning("broker unreachable", extra={"broker": str(self.address),
                                                      "error": str(exc) or type(exc).__name__})
+
+
+def _cancel_fetch(request_id: int) -> pb.FetchRequest:
+    return pb.FetchRequest(request_id=request_id, cancel=True)
+
+
+def _route(method: grpc.Route[Any, Rep] | str) -> grpc.Route[Any, Rep]:
+    """``method`` itself, or the route of a method named as the proto names it
+    ("CreateTopics"), as some callers still do: checked against the generated service here,
+    so a misspelt name fails before anything is sent."""
+    if isinstance(method, grpc.Route):
+        return method
+    for route in BROKER:
+        if route.path.rsplit("/", 1)[1] == method:
+            return route
+    raise AttributeError(f"the Broker service has no method {method!r}")

@@ -11,6 +11,7 @@ from kio.schema.errors import ErrorCode
 from gateway.broker_client import BrokerClient
 from gateway.memory import BytePool, Output
 from gateway.validation_settings import TopicSettings
+from kelp.routes import BROKER
 from kelp.rpc.broker import v1 as pb
 from registry.state import RegistryState
 
@@ -84,8 +85,7 @@ class GatewayContext:
     ) -> list[tuple[ErrorCode, TopicMeta | None]]:
         """(error code, metadata) per name, or for every topic when ``names`` is empty."""
         reply = await self.broker.call(
-            "DescribeTopics", pb.DescribeTopicsRequest(names=names, auto_create=auto_create),
-            pb.DescribeTopicsReply)
+            BROKER.describe_topics, pb.DescribeTopicsRequest(names=names, auto_create=auto_create))
         out: list[tuple[ErrorCode, TopicMeta | None]] = []
         for info in reply.topics:
             if info.error_code:

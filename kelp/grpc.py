@@ -8,6 +8,11 @@ loop once (``trio_asyncio.open_loop()``); this module hides the crossings:
 * ``stream_handler`` lets a trio function own a bidirectional server stream: it receives
   ``recv()``/``send()`` trio callables and may run as many tasks as it likes in its own nursery.
 * ``ClientStream`` owns one long-lived bidirectional client stream.
+* ``service_mapping`` serves an implementation of a *generated* service base (``BrokerBase``,
+  ``SidecarBase``) whose methods are trio functions; ``Routes`` names a generated service's
+  methods for clients. Method paths and message types come from the generated code only, so
+  a misspelt method is an error at start-up or at attribute lookup, never an UNIMPLEMENTED
+  answered at run time.
 
 Hot paths ride on long-lived streams (~30-60 us a message) rather than unary calls (~1-2 ms).
 """
@@ -16,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
+import functools
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -28,6 +35,11 @@ import hyperframe.frame
 import trio
 import trio_asyncio
 
+from kelp.address import Address
+
+__all__ = ["Address", "Channel", "ClientStream", "Route", "Routes", "StreamSender", "serve",
+           "service_mapping", "stream_handler", "unary_handler"]
+
 # h2 formats every frame it receives for a trace log it then discards
 # (``logger.trace("Received frame: %s", repr(frame))``), and a DATA frame's repr serialises
 # and hex-encodes its whole payload: 11 % of the broker's CPU under produce load, measured
@@ -36,27 +48,6 @@ hyperframe.frame.DataFrame._body_repr = lambda self: f"data=<{len(self.data)} by
 
 Req = TypeVar("Req")
 Rep = TypeVar("Rep")
-
-
-@dataclass(frozen=True)
-class Address:
-    """A gRPC endpoint: ``host:port`` or ``unix:/path/to.sock``."""
-
-    host: str | None = None
-    port: int | None = None
-    path: str | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> Address:
-        if text.startswith("unix:"):
-            return cls(path=text[len("unix:") :])
-        host, sep, port = text.rpartition(":")
-        if not sep or not port.isdigit():
-            raise ValueError(f"expected host:port or unix:/path, got {text!r}")
-        return cls(host=host.strip("[]") or "127.0.0.1", port=int(port))
-
-    def __str__(self) -> str:
-        return f"unix:{self.path}" if self.path else f"{self.host}:{self.port}"
 
 
 # How many received messages may wait for their trio reader, and how many bytes of outgoing
@@ -194,10 +185,27 @@ class StreamSender:
         self._pump.release(size)
 
 
+def connection_of(stream: grpclib.server.Stream) -> Any:
+    """The HTTP/2 connection a call arrived on (grpclib's ``protocol.Connection``: one object
+    for the connection's life, ``is_closing()`` once it is gone). grpclib names it only
+    through the stream's private attribute; every call on one channel shares it."""
+    return stream._stream.connection  # type: ignore[attr-defined]
+
+
+def per_connection(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a service method that needs the caller's connection (``connection_of``): it is
+    called with ``connection=`` as well (resources that belong to a client, as the
+    sidecar's loans do)."""
+    method.kelp_per_connection = True  # type: ignore[attr-defined]
+    return method
+
+
 def stream_handler(
-    serve: Callable[[Callable[[], Awaitable[Any]], Any], Awaitable[None]],
+    serve: Callable[..., Awaitable[None]],
     request_type: type,
     reply_type: type,
+    *,
+    with_connection: bool = False,
 ) -> grpclib.const.Handler:
     """Wrap a trio function ``serve(recv, send)`` as a grpclib bidi-stream handler.
 
@@ -205,7 +213,7 @@ def stream_handler(
     a ``StreamSender``: ``send(reply)`` queues one reply (synchronous, never blocks). The pump
     runs as a task of a nursery this stream owns; when the peer goes away the end of stream
     reaches ``recv()`` and the stream's task is cancelled, which cancels ``serve`` and everything
-    in its nurseries.
+    in its nurseries. ``with_connection``: ``serve`` also gets ``connection=``.
     """
 
     async def serve_stream(stream: grpclib.server.Stream) -> None:
@@ -213,7 +221,10 @@ def stream_handler(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(trio_asyncio.aio_as_trio(pump.run))
             try:
-                await serve(pump.recv, StreamSender(pump))
+                if with_connection:
+                    await serve(pump.recv, StreamSender(pump), connection=connection_of(stream))
+                else:
+                    await serve(pump.recv, StreamSender(pump))
             finally:
                 nursery.cancel_scope.cancel()
 
@@ -226,13 +237,19 @@ def stream_handler(
 
 
 def unary_handler(
-    call: Callable[[Any], Awaitable[Any]], request_type: type, reply_type: type
+    call: Callable[..., Awaitable[Any]], request_type: type, reply_type: type, *,
+    with_connection: bool = False,
 ) -> grpclib.const.Handler:
-    """Wrap a trio function ``call(request) -> reply`` as a grpclib unary handler."""
+    """Wrap a trio function ``call(request) -> reply`` as a grpclib unary handler
+    (``with_connection``: ``call(request, connection=)``)."""
 
     async def handle(stream: grpclib.server.Stream) -> None:
         request = await stream.recv_message()
-        reply = await trio_asyncio.trio_as_aio(call)(request)
+        if with_connection:
+            answer = functools.partial(call, connection=connection_of(stream))
+            reply = await trio_asyncio.trio_as_aio(answer)(request)
+        else:
+            reply = await trio_asyncio.trio_as_aio(call)(request)
         # A caller that gave up as the reply was ready makes this raise; grpclib's log of it
         # is filtered as the peer going away (kelp.logs).
         await stream.send_message(reply)
@@ -240,6 +257,95 @@ def unary_handler(
     return grpclib.const.Handler(
         handle, grpclib.const.Cardinality.UNARY_UNARY, request_type, reply_type
     )
+
+
+@dataclass(frozen=True)
+class Route(Generic[Req, Rep]):
+    """One method of a generated service: its path, cardinality and message types."""
+
+    path: str  # "/package.Service/Method"
+    name: str  # the generated Python name, e.g. "open_read"
+    cardinality: grpclib.const.Cardinality
+    request_type: type[Req]
+    reply_type: type[Rep]
+
+
+# The generated base serves each method through a private ``__rpc_<name>`` method.
+_RPC_PREFIX = "__rpc_"
+
+
+def _generated_base(cls: type) -> type:
+    """The generated service base ``cls`` is (or derives from): the class whose own
+    ``__mapping__`` lists the service's routes."""
+    for klass in cls.__mro__:
+        if "__mapping__" in vars(klass):
+            return klass
+    raise TypeError(f"{cls.__name__} is not a generated gRPC service base (no __mapping__)")
+
+
+@functools.cache
+def routes_of(base: type) -> tuple[Route[Any, Any], ...]:
+    """The routes a generated service base declares, in its order."""
+    generated = _generated_base(base)
+    found = []
+    for path, handler in generated.__mapping__(generated()).items():
+        name = handler.func.__name__
+        if not name.startswith(_RPC_PREFIX):
+            raise TypeError(f"{generated.__name__}: unexpected handler {name} for {path}")
+        found.append(Route(path, name[len(_RPC_PREFIX):], handler.cardinality,
+                           handler.request_type, handler.reply_type))
+    return tuple(found)
+
+
+class Routes:
+    """A generated service's methods as attributes (``Routes(BrokerBase).open_read``): a
+    misspelt method is an ``AttributeError`` where it is written."""
+
+    def __init__(self, base: type) -> None:
+        self._base = _generated_base(base)
+        for route in routes_of(self._base):
+            setattr(self, route.name, route)
+
+    def __getattr__(self, name: str) -> Route[Any, Any]:  # only for names that are not routes
+        known = [route.name for route in routes_of(self._base)]
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise AttributeError(f"{self._base.__name__} has no method {name!r}{hint}")
+
+    def __iter__(self) -> Any:
+        return iter(routes_of(self._base))
+
+
+def service_mapping(implementation: Any) -> dict[str, grpclib.const.Handler]:
+    """The grpclib handlers of ``implementation``, an instance of a subclass of a generated
+    service base whose methods (the generated names) are trio functions: unary ones take the
+    request and return the reply; stream-stream ones are ``serve(recv, send)`` as in
+    ``stream_handler``. Methods marked ``per_connection`` also get ``connection=``.
+
+    Every route must be implemented: a method left to the generated base (or misspelt in the
+    subclass) is a ``TypeError`` here, at start-up.
+    """
+    generated = _generated_base(type(implementation))
+    mapping: dict[str, grpclib.const.Handler] = {}
+    missing = []
+    for route in routes_of(generated):
+        if getattr(type(implementation), route.name) is vars(generated).get(route.name):
+            missing.append(route.name)
+            continue
+        method = getattr(implementation, route.name)
+        with_connection = getattr(method, "kelp_per_connection", False)
+        if route.cardinality is grpclib.const.Cardinality.UNARY_UNARY:
+            wrap = unary_handler
+        elif route.cardinality is grpclib.const.Cardinality.STREAM_STREAM:
+            wrap = stream_handler
+        else:  # no such method in kelp's contracts yet: add an adapter before using one
+            raise TypeError(f"{route.path}: no trio adapter for {route.cardinality.name}")
+        mapping[route.path] = wrap(method, route.request_type, route.reply_type,
+                                   with_connection=with_connection)
+    if missing:
+        raise TypeError(f"{type(implementation).__name__} does not implement "
+                        f"{generated.__name__}.{', '.join(missing)}")
+    return mapping
 
 
 class _Service:
@@ -289,8 +395,15 @@ class Channel:
             self._channel = grpclib.client.Channel(address.host, address.port)
 
     async def call(
-        self, path: str, request: Any, reply_type: type, *, timeout: float = 10.0
-    ) -> Any:
+        self, route: Route[Any, Rep] | str, request: Any, reply_type: type | None = None, *,
+        timeout: float = 10.0,
+    ) -> Rep:
+        """A unary call on ``route`` (a bare path needs its ``reply_type``)."""
+        if isinstance(route, Route):
+            path, reply_type = route.path, route.reply_type
+        else:
+            path = route
+        assert reply_type is not None, "a call by path needs its reply type"
         return await trio_asyncio.aio_as_trio(self._unary)(path, request, reply_type, timeout)
 
     async def _unary(self, path: str, request: Any, reply_type: type, timeout: float) -> Any:
@@ -304,9 +417,15 @@ class Channel:
 
     @contextlib.asynccontextmanager
     async def open_stream(
-        self, path: str, request_type: type[Req], reply_type: type[Rep]
+        self, route: Route[Req, Rep] | str, request_type: type[Req] | None = None,
+        reply_type: type[Rep] | None = None,
     ) -> AsyncIterator[ClientStream[Req, Rep]]:
-        """Open a long-lived bidirectional stream; leaving the context ends it."""
+        """Open a long-lived bidirectional stream on ``route`` (a bare path needs its
+        message types); leaving the context ends it."""
+        if isinstance(route, Route):
+            path, request_type, reply_type = route.path, route.request_type, route.reply_type
+        else:
+            path = route
         cm = self._channel.request(
             path, grpclib.const.Cardinality.STREAM_STREAM, request_type, reply_type
         )

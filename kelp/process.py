@@ -25,6 +25,8 @@ from pathlib import Path
 import trio
 import trio_asyncio
 
+from kelp.address import parse_host_port
+
 log = logging.getLogger("kelp.process")
 
 # ``kelp up`` passes the read end of a pipe it never writes: EOF means the supervisor died
@@ -140,12 +142,8 @@ def lock_directory(directory: Path) -> int:
     return fd
 
 
-def split_host_port(text: str, *, default_host: str = "127.0.0.1") -> tuple[str, int]:
-    """``"host:port"`` (IPv6 as ``[::1]:9092``) to a pair; raises ``ValueError`` with the text."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"expected HOST:PORT, got {text!r}")
-    return host.strip("[]") or default_host, int(port)
+# ``"host:port"`` (IPv6 as ``[::1]:9092``) to a pair: the one parser, under its older name.
+split_host_port = parse_host_port
 
 
 def count_tasks() -> int:

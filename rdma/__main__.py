@@ -3,7 +3,7 @@
 Serves the read API to the mount over gRPC on a Unix socket and to people over HTTP
 (/health, /stats, /ping, /capabilities, /read). Reads go over UCX (one-sided GETs of the
 broker's registered segment memory: shared memory/cma or tcp here, verbs where the hardware
-has them) and fall back to the broker's HTTP /read.
+has them) and fall back to a copy by the broker (gRPC ReadChunk).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from kelp import grpc, logs, process
+from kelp.address import parse_host_port
 from rdma.pool import PoolConfigError, resolve_shares
 from rdma.reader import ReaderConfig
 from rdma.sidecar import SidecarConfig, SidecarError, run_sidecar
@@ -23,12 +24,9 @@ log = logging.getLogger("kelp.sidecar")
 
 def _host_port(text: str) -> tuple[str, int]:
     try:
-        host, port = process.split_host_port(text)
+        return parse_host_port(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-    if port > 65535:
-        raise argparse.ArgumentTypeError(f"port {port} out of range in {text!r}")
-    return host, port
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -46,16 +44,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(default: 127.0.0.1:17777)")
     parser.add_argument("--broker-http", type=_host_port, default="127.0.0.1:8082",
                         metavar="HOST:PORT",
-                        help="broker HTTP address: the read fallback, probed by /ping "
-                        "(default: 127.0.0.1:8082)")
+                        help="broker HTTP address, probed by /ping (reads, the fallback "
+                        "included, go over gRPC: --broker) (default: 127.0.0.1:8082)")
     data = parser.add_argument_group("data path")
     data.add_argument("--no-ucx", action="store_true",
-                      help="read over the broker's HTTP /read only")
+                      help="read through the broker's copy (ReadChunk) only")
     data.add_argument("--ucx-transports", default=None, metavar="TLS",
                       help="UCX transports (UCX_TLS), e.g. 'sm,cma,tcp' or 'rc,tcp' "
                       "(default: UCX's own choice, which uses verbs when present)")
     data.add_argument("--no-fallback", action="store_true",
-                      help="fail reads that UCX cannot serve instead of using HTTP")
+                      help="fail reads that UCX cannot serve instead of asking the broker")
     data.add_argument("--buffers", type=int, default=8,
                       help="registered read buffers (default: 8)")
     data.add_argument("--buffer-bytes", type=int, default=16 * 1024 * 1024,

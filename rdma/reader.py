@@ -6,8 +6,9 @@ registered mapping, its packed rkey and the chunk's place in it, under a lease),
 range one-sidedly into a slot of the buffer pool. Sessions are cached until shortly before
 their lease ends; endpoints (one per broker UCX address) are pooled and closed when idle.
 
-If UCX is disabled or unavailable, or a UCX read fails, the same range is read over the
-broker's HTTP ``/read``. A read that fails both ways reports both causes. Either way the bytes
+If UCX is disabled or unavailable, or a UCX read fails, the broker copies the same range
+(``ReadChunk``, gRPC: the *fallback*, reported as transport "http", the name clients know it
+by). A read that fails both ways reports both causes. Either way the bytes
 land in a pool slot: the HTTP API copies them out, the gRPC API can lend the slot itself
 (zero copy: a file under /dev/shm the consumer maps) until the consumer releases it.
 
@@ -27,7 +28,9 @@ from typing import Any
 
 import trio
 
-from kelp import fileid, grpc, httpd
+from kelp import fileid, grpc
+from kelp.address import parse_host_port
+from kelp.routes import BROKER
 from kelp.rpc.broker import v1 as broker_pb
 from rdma.pool import Account, BufferPool, Loan, Slot
 
@@ -302,9 +305,8 @@ class Reader:
         # New, or the active segment's last chunk has grown since: ask the broker again.
         await self._forget_session(file_id)
         try:
-            reply = await self.broker.call("/broker.v1.Broker/OpenRead",
-                                           broker_pb.OpenReadRequest(file_id=file_id),
-                                           broker_pb.OpenReadReply, timeout=5)
+            reply = await self.broker.call(BROKER.open_read,
+                                           broker_pb.OpenReadRequest(file_id=file_id), timeout=5)
         except Exception as exc:  # refused, reset, timed out: the broker is not reachable
             raise ReadFailed(503, f"broker {self.config.broker} OpenRead failed: {exc}") from None
         if reply.status != 200:
@@ -340,9 +342,9 @@ class Reader:
             return peer
         if peer is not None:
             await self._drop_peer(address)
-        host, _, port = address.rpartition(":")
         try:
-            endpoint = await self.worker.connect(host, int(port))
+            host, port = parse_host_port(address)
+            endpoint = await self.worker.connect(host, port)
         except Exception as exc:
             raise ReadFailed(503, f"cannot reach the broker's UCX listener {address}: "
                              f"{exc}") from None
@@ -367,9 +369,8 @@ class Reader:
 
     async def _close_lease(self, lease_id: int) -> None:
         with contextlib.suppress(Exception):  # best effort: the lease expires anyway
-            await self.broker.call("/broker.v1.Broker/CloseRead",
-                                   broker_pb.CloseReadRequest(lease_id=lease_id),
-                                   broker_pb.CloseReadReply, timeout=2)
+            await self.broker.call(BROKER.close_read,
+                                   broker_pb.CloseReadRequest(lease_id=lease_id), timeout=2)
 
     async def _drop_peer(self, address: str, *, force: bool = False) -> None:
         peer = self._peers.pop(address, None)
@@ -387,38 +388,34 @@ class Reader:
             await self._close_lease(session.lease_id)
 
     async def _http_read(self, file_id: str, offset: int, size: int, slot: Slot) -> None:
-        target = f"/read?file_id={file_id}&offset={offset}&size={size}"
+        """The fallback: the broker copies the range (``ReadChunk``) into ``slot``."""
+        request = broker_pb.ReadChunkRequest(file_id=file_id, offset=offset, size=size)
         try:
-            reply = await httpd.http_get(self.config.broker_http_host,
-                                         self.config.broker_http_port, target,
-                                         timeout=self.config.timeout_ms / 1000,
-                                         max_body_bytes=size)
-        except httpd.HttpClientError as exc:
-            raise ReadFailed(503, str(exc)) from None
+            reply = await self.broker.call(BROKER.read_chunk, request,
+                                           timeout=self.config.timeout_ms / 1000)
+        except Exception as exc:  # refused, reset, timed out: the broker is not reachable
+            raise ReadFailed(503, f"broker {self.config.broker} ReadChunk failed: "
+                             f"{exc}") from None
         if reply.status != 200:
-            try:
-                message = reply.json_body()["error"]
-            except (ValueError, KeyError, TypeError):
-                message = reply.body[:300].decode("utf-8", "replace")
             raise ReadFailed(reply.status if reply.status < 500 else 503,
-                             f"broker HTTP {reply.status}: {message}")
-        if len(reply.body) != size:
-            raise ReadFailed(503, f"broker HTTP answered {len(reply.body)} bytes, not {size}")
-        slot.view[:size] = reply.body
+                             f"broker ReadChunk {reply.status}: {reply.error}")
+        if len(reply.data) != size:
+            raise ReadFailed(503, f"broker answered {len(reply.data)} bytes, not {size}")
+        slot.view[:size] = reply.data
         self.counters["fallback_reads"] += 1
         self.counters["fallback_bytes"] += size
 
     async def stat(self, file_id: str) -> int:
-        """The bytes chunk ``file_id`` holds now (asked of the broker over HTTP)."""
+        """The bytes chunk ``file_id`` holds now (asked of the broker: ``StatChunk``)."""
         try:
-            reply = await httpd.http_get(self.config.broker_http_host,
-                                         self.config.broker_http_port,
-                                         f"/stat?file_id={file_id}", timeout=5)
-        except httpd.HttpClientError as exc:
-            raise ReadFailed(503, str(exc)) from None
+            reply = await self.broker.call(BROKER.stat_chunk,
+                                           broker_pb.StatChunkRequest(file_id=file_id), timeout=5)
+        except Exception as exc:
+            raise ReadFailed(503, f"broker {self.config.broker} StatChunk failed: "
+                             f"{exc}") from None
         if reply.status != 200:
-            raise ReadFailed(reply.status, reply.body[:300].decode("utf-8", "replace"))
-        return int(reply.json_body()["size"])
+            raise ReadFailed(reply.status, reply.error)
+        return int(reply.size)
 
     def capabilities(self) -> dict[str, Any]:
         transports = sorted(self.transports)

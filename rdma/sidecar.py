@@ -9,7 +9,6 @@ itself (UCX GETs from the broker's export, the broker's HTTP read as fallback) i
 
 from __future__ import annotations
 
-import functools
 import itertools
 import logging
 import os
@@ -20,13 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpclib.const
-import grpclib.server
 import trio
-import trio_asyncio
 
 from kelp import __version__, grpc, httpd, process
 from kelp.reads import MAX_READ_BYTES, BadReadRequest, parse_read_request
+from kelp.routes import SIDECAR
 from kelp.rpc.sidecar import v1 as sidecar_pb
 from rdma.pool import Account, ReleaseRefused
 from rdma.reader import Fetched, Reader, ReaderConfig, ReadFailed
@@ -83,15 +80,9 @@ class _StreamScope:
     """One ReadStream: the loans taken on it come back when it ends."""
 
 
-def _connection_of(stream: grpclib.server.Stream) -> Any:
-    """The HTTP/2 connection a call arrived on (grpclib's ``protocol.Connection``: one object
-    for the connection's life, ``is_closing()`` once it is gone). grpclib names it only
-    through the stream's private attribute; every call on one channel shares it."""
-    return stream._stream.connection
-
-
-class Sidecar:
-    """The sidecar's state (start time, counters) and its request handlers."""
+class Sidecar(sidecar_pb.SidecarBase):
+    """The sidecar's state (start time, counters) and its request handlers: the generated
+    service's methods (gRPC, the mount's path) and ``http_*`` (HTTP, people and scripts)."""
 
     def __init__(self, config: SidecarConfig, reader: Reader | None = None) -> None:
         self.config = config
@@ -110,68 +101,53 @@ class Sidecar:
     # --- gRPC (the mount's path) ----------------------------------------------------------
 
     def grpc_mapping(self) -> dict[str, Any]:
-        return {
-            "/sidecar.v1.Sidecar/Health": grpc.unary_handler(
-                self.grpc_health, sidecar_pb.HealthRequest, sidecar_pb.HealthReply),
-            "/sidecar.v1.Sidecar/Stats": grpc.unary_handler(
-                self.grpc_stats, sidecar_pb.StatsRequest, sidecar_pb.StatsReply),
-            "/sidecar.v1.Sidecar/Capabilities": grpc.unary_handler(
-                self.grpc_capabilities, sidecar_pb.CapabilitiesRequest,
-                sidecar_pb.CapabilitiesReply),
-            "/sidecar.v1.Sidecar/Read": self._unary_as_client(
-                self.grpc_read, sidecar_pb.ReadRequest, sidecar_pb.ReadReply),
-            "/sidecar.v1.Sidecar/ReadStream": self._stream_as_client(
-                self.serve_read_stream, sidecar_pb.ReadRequest, sidecar_pb.ReadReply),
-            "/sidecar.v1.Sidecar/Release": self._unary_as_client(
-                self.grpc_release, sidecar_pb.ReleaseRequest, sidecar_pb.ReleaseReply),
-            "/sidecar.v1.Sidecar/Stat": grpc.unary_handler(
-                self.grpc_stat, sidecar_pb.StatRequest, sidecar_pb.StatReply),
-        }
+        return grpc.service_mapping(self)
 
     # A gRPC client is its connection: its loans are released only through it and come back
     # when it closes, and it holds at most its share of the pool across all its calls.
 
-    def account_of(self, stream: grpclib.server.Stream) -> Account:
-        connection = _connection_of(stream)
+    def account_of(self, connection: Any) -> Account:
         return self.reader.pool.account_for(
             connection, lambda: f"grpc-connection-{next(self._client_numbers)}",
             alive=lambda: not connection.is_closing())
 
-    def _unary_as_client(self, call: Callable[[Any, Account], Awaitable[Any]],
-                         request_type: type, reply_type: type) -> grpclib.const.Handler:
-        async def handle(stream: grpclib.server.Stream) -> None:
-            request = await stream.recv_message()
-            account = self.account_of(stream)
-            reply = await trio_asyncio.trio_as_aio(call)(request, account)
-            await stream.send_message(reply)
-
-        return grpclib.const.Handler(handle, grpclib.const.Cardinality.UNARY_UNARY,
-                                     request_type, reply_type)
-
-    def _stream_as_client(self, serve: Callable[..., Awaitable[None]], request_type: type,
-                          reply_type: type) -> grpclib.const.Handler:
-        async def handle(stream: grpclib.server.Stream) -> None:
-            account = self.account_of(stream)
-            inner = grpc.stream_handler(functools.partial(serve, account=account),
-                                        request_type, reply_type)
-            await inner.func(stream)
-
-        return grpclib.const.Handler(handle, grpclib.const.Cardinality.STREAM_STREAM,
-                                     request_type, reply_type)
-
-    async def grpc_health(self, request: sidecar_pb.HealthRequest) -> sidecar_pb.HealthReply:
+    async def health(self, request: sidecar_pb.HealthRequest) -> sidecar_pb.HealthReply:
         self.counters["grpc_requests"] += 1
         return sidecar_pb.HealthReply(status="ok", version=__version__,
                                       broker=self.config.broker)
 
-    async def grpc_stats(self, request: sidecar_pb.StatsRequest) -> sidecar_pb.StatsReply:
+    async def stats(self, request: sidecar_pb.StatsRequest) -> sidecar_pb.StatsReply:
         self.counters["grpc_requests"] += 1
         return sidecar_pb.StatsReply(uptime_ms=self.uptime_ms(), counters=self.all_counters())
 
-    async def grpc_capabilities(self, request: sidecar_pb.CapabilitiesRequest
-                                ) -> sidecar_pb.CapabilitiesReply:
+    async def capabilities(self, request: sidecar_pb.CapabilitiesRequest
+                           ) -> sidecar_pb.CapabilitiesReply:
         self.counters["grpc_requests"] += 1
         return sidecar_pb.CapabilitiesReply(**self.reader.capabilities())
+
+    @grpc.per_connection
+    async def read(self, request: sidecar_pb.ReadRequest, *, connection: Any
+                   ) -> sidecar_pb.ReadReply:
+        return await self.grpc_read(request, self.account_of(connection))
+
+    @grpc.per_connection
+    async def read_stream(self, recv: Callable[[], Awaitable[sidecar_pb.ReadRequest | None]],
+                          send: Callable[[sidecar_pb.ReadReply], None], *, connection: Any
+                          ) -> None:
+        await self.serve_read_stream(recv, send, account=self.account_of(connection))
+
+    @grpc.per_connection
+    async def release(self, request: sidecar_pb.ReleaseRequest, *, connection: Any
+                      ) -> sidecar_pb.ReleaseReply:
+        return await self.grpc_release(request, self.account_of(connection))
+
+    async def stat(self, request: sidecar_pb.StatRequest) -> sidecar_pb.StatReply:
+        self.counters["grpc_requests"] += 1
+        try:
+            size = await self.reader.stat(request.file_id)
+        except ReadFailed as exc:
+            return sidecar_pb.StatReply(status=exc.status, error=exc.message)
+        return sidecar_pb.StatReply(status=200, size=size)
 
     async def grpc_read(self, request: sidecar_pb.ReadRequest, account: Account, *,
                         scope: object | None = None) -> sidecar_pb.ReadReply:
@@ -244,14 +220,6 @@ class Sidecar:
                                            error=exc.message)
         return sidecar_pb.ReleaseReply(released=True, status=200)
 
-    async def grpc_stat(self, request: sidecar_pb.StatRequest) -> sidecar_pb.StatReply:
-        self.counters["grpc_requests"] += 1
-        try:
-            size = await self.reader.stat(request.file_id)
-        except ReadFailed as exc:
-            return sidecar_pb.StatReply(status=exc.status, error=exc.message)
-        return sidecar_pb.StatReply(status=200, size=size)
-
     async def _fetch(self, account: Account, file_id: str, offset: int, size: int, *,
                      lend_to: object | None = None) -> Fetched:
         try:
@@ -267,8 +235,8 @@ class Sidecar:
 
     def http_routes(self) -> dict[str, httpd.Handler]:
         routes: Mapping[str, httpd.Handler] = {
-            "/health": self.health, "/stats": self.stats, "/ping": self.ping,
-            "/capabilities": self.capabilities, "/read": self.read,
+            "/health": self.http_health, "/stats": self.http_stats, "/ping": self.http_ping,
+            "/capabilities": self.http_capabilities, "/read": self.http_read,
         }
         return {path: self._counted(handler) for path, handler in routes.items()}
 
@@ -278,28 +246,27 @@ class Sidecar:
             return await handler(request)
         return counted
 
-    async def health(self, request: httpd.Request) -> httpd.Response:
+    async def http_health(self, request: httpd.Request) -> httpd.Response:
         return httpd.Response.json({"status": "ok", "version": __version__,
                                     "broker": self.config.broker,
                                     "broker_http": self.config.broker_http})
 
-    async def stats(self, request: httpd.Request) -> httpd.Response:
+    async def http_stats(self, request: httpd.Request) -> httpd.Response:
         return httpd.Response.json({"uptime_ms": self.uptime_ms(),
                                     "counters": self.all_counters()})
 
-    async def capabilities(self, request: httpd.Request) -> httpd.Response:
+    async def http_capabilities(self, request: httpd.Request) -> httpd.Response:
         return httpd.Response.json({
             "version": __version__,
             **self.reader.capabilities(),
             "zero_copy": True,
             "grpc_socket": str(self.config.socket),
-            "grpc_methods": ["Capabilities", "Health", "Read", "ReadStream", "Release", "Stat",
-                             "Stats"],
+            "grpc_methods": sorted(route.path.rsplit("/", 1)[1] for route in SIDECAR),
             "http_endpoints": ["/capabilities", "/health", "/ping", "/read", "/stats"],
             "file_id_format": "<volume>,<needle hex><cookie 8 hex>",
         })
 
-    async def ping(self, request: httpd.Request) -> httpd.Response:
+    async def http_ping(self, request: httpd.Request) -> httpd.Response:
         """Can we reach the broker's HTTP endpoint (the read fallback's path), and how fast?"""
         self.counters["pings"] += 1
         target = f"http://{self.config.broker_http}/health"
@@ -321,7 +288,7 @@ class Sidecar:
                 "body": reply.body[:500].decode("utf-8", "replace")}, 502)
         return httpd.Response.json({"status": "ok", "target": target, "latency_ms": latency_ms})
 
-    async def read(self, request: httpd.Request) -> httpd.Response:
+    async def http_read(self, request: httpd.Request) -> httpd.Response:
         self.counters["read_requests"] += 1
         try:
             wanted = parse_read_request(request.query_items)

@@ -12,6 +12,7 @@ from gateway.broker_client import BrokerUnavailable
 from gateway.context import NODE_ID, GatewayContext
 from gateway.kafka import apis, messages
 from gateway.kafka.connection import Request
+from kelp.routes import BROKER
 from kelp.rpc.broker import v1 as pb
 
 
@@ -37,9 +38,8 @@ async def handle_create_topics(ctx: GatewayContext, request: Request) -> Any:
     if specs:
         try:
             reply = await ctx.broker.call(
-                "CreateTopics",
-                pb.CreateTopicsRequest(topics=specs, validate_only=body.validate_only),
-                pb.CreateTopicsReply)
+                BROKER.create_topics,
+                pb.CreateTopicsRequest(topics=specs, validate_only=body.validate_only))
             results = {r.name: r for r in reply.results}
         except BrokerUnavailable as exc:
             errors.update({s.name: (ErrorCode.request_timed_out, str(exc)) for s in specs})
@@ -69,8 +69,8 @@ async def handle_delete_records(ctx: GatewayContext, request: Request) -> Any:
         for t in body.topics for p in t.partitions]
     results: dict[tuple[str, int], pb.DeleteRecordsReplyResult] = {}
     try:
-        reply = await ctx.broker.call("DeleteRecords", pb.DeleteRecordsRequest(targets=targets),
-                                      pb.DeleteRecordsReply)
+        reply = await ctx.broker.call(BROKER.delete_records,
+                                      pb.DeleteRecordsRequest(targets=targets))
         results = {(r.partition.topic, r.partition.partition): r for r in reply.results}
     except BrokerUnavailable:
         pass
@@ -102,8 +102,8 @@ async def handle_delete_topics(ctx: GatewayContext, request: Request) -> Any:
     response_type = messages.response_type(apis.ApiKey.DELETE_TOPICS, request.version)
     result_type = messages.nested(response_type, "DeletableTopicResult")
     try:
-        reply = await ctx.broker.call("DeleteTopics", pb.DeleteTopicsRequest(
-            names=names, topic_ids=ids), pb.DeleteTopicsReply)
+        reply = await ctx.broker.call(BROKER.delete_topics, pb.DeleteTopicsRequest(
+            names=names, topic_ids=ids))
         results = list(reply.results)
     except BrokerUnavailable as exc:
         results = [pb.TopicResult(name=n, error_code=ErrorCode.request_timed_out,
@@ -133,8 +133,8 @@ async def handle_create_partitions(ctx: GatewayContext, request: Request) -> Any
             targets.append(pb.CreatePartitionsRequestTarget(topic=topic.name, count=topic.count))
     if targets:
         try:
-            reply = await ctx.broker.call("CreatePartitions", pb.CreatePartitionsRequest(
-                targets=targets, validate_only=body.validate_only), pb.CreatePartitionsReply)
+            reply = await ctx.broker.call(BROKER.create_partitions, pb.CreatePartitionsRequest(
+                targets=targets, validate_only=body.validate_only))
             errors.update({r.name: (ErrorCode(r.error_code), r.error_message or None)
                            for r in reply.results})
         except BrokerUnavailable as exc:

@@ -15,6 +15,7 @@ from gateway.broker_client import BrokerUnavailable
 from gateway.context import GatewayContext
 from gateway.kafka import apis, messages
 from gateway.kafka.connection import Request
+from kelp.routes import BROKER
 from kelp.rpc.broker import v1 as pb
 
 SENSITIVE_NAMES = ("password", "secret", "sasl.jaas")
@@ -30,8 +31,7 @@ async def handle_describe(ctx: GatewayContext, request: Request) -> Any:
                                           keys=list(r.configuration_keys or ()))
         for r in body.resources])
     try:
-        reply = await ctx.broker.call("DescribeConfigs", broker_request,
-                                      pb.DescribeConfigsReply)
+        reply = await ctx.broker.call(BROKER.describe_configs, broker_request)
         found = list(reply.resources)
     except BrokerUnavailable as exc:
         found = [pb.DescribeConfigsReplyResource(
@@ -87,9 +87,8 @@ async def _alter(ctx: GatewayContext, request: Request, api: int,
     answer_type = messages.nested(response_type, "AlterConfigsResourceResponse")
     try:
         reply = await ctx.broker.call(
-            "AlterConfigs",
-            pb.AlterConfigsRequest(resources=resources, validate_only=request.body.validate_only),
-            pb.AlterConfigsReply)
+            BROKER.alter_configs,
+            pb.AlterConfigsRequest(resources=resources, validate_only=request.body.validate_only))
         answers = [(ErrorCode(r.error_code), r.error_message or None, r.type, r.name)
                    for r in reply.resources]
         for r in resources:

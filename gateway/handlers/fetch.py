@@ -19,6 +19,7 @@ from gateway.context import GatewayContext, current_holds, current_output
 from gateway.kafka import apis, messages
 from gateway.kafka.connection import Request
 from gateway.memory import MIN_FETCH_GRANT, Output
+from kelp.routes import BROKER
 from kelp.rpc.broker import v1 as pb
 
 DEFAULT_FETCH_MAX_BYTES = 50 * 1024 * 1024
@@ -114,8 +115,7 @@ async def handle_list_offsets(ctx: GatewayContext, request: Request) -> Any:
         timestamp=p.timestamp) for t in body.topics for p in t.partitions]
     answers: dict[tuple[str, int], pb.ListOffsetsReplyAnswer] = {}
     try:
-        reply = await ctx.broker.call("ListOffsets", pb.ListOffsetsRequest(queries=queries),
-                                      pb.ListOffsetsReply)
+        reply = await ctx.broker.call(BROKER.list_offsets, pb.ListOffsetsRequest(queries=queries))
         answers = {(a.partition.topic, a.partition.partition): a for a in reply.answers}
     except BrokerUnavailable:
         pass

@@ -15,6 +15,7 @@ from gateway.broker_client import BrokerUnavailable
 from gateway.context import GatewayContext, current_peer
 from gateway.kafka import apis, messages
 from gateway.kafka.connection import Request
+from kelp.routes import BROKER
 from kelp.rpc.broker import v1 as pb
 
 NO_TIME = datetime.timedelta(0)
@@ -38,7 +39,7 @@ async def handle_join(ctx: GatewayContext, request: Request) -> Any:
     response_type = _response(apis.ApiKey.JOIN_GROUP, request)
     member_type = messages.nested(response_type, "JoinGroupResponseMember")
     try:
-        reply = await ctx.broker.call("JoinGroup", pb.JoinGroupRequest(
+        reply = await ctx.broker.call(BROKER.join_group, pb.JoinGroupRequest(
             group_id=body.group_id, member_id=body.member_id,
             group_instance_id=getattr(body, "group_instance_id", None),
             protocol_type=body.protocol_type,
@@ -47,7 +48,7 @@ async def handle_join(ctx: GatewayContext, request: Request) -> Any:
             session_timeout_ms=session_ms, rebalance_timeout_ms=rebalance_ms,
             require_known_member_id=request.version >= 4,
             client_id=request.header.client_id or "", client_host=current_peer.get()),
-            pb.JoinGroupReply, timeout=rebalance_ms / 1000 + CALL_MARGIN_S)
+            timeout=rebalance_ms / 1000 + CALL_MARGIN_S)
     except BrokerUnavailable:
         reply = pb.JoinGroupReply(error_code=ErrorCode.coordinator_not_available,
                                   generation_id=-1, member_id=body.member_id)
@@ -65,14 +66,14 @@ async def handle_sync(ctx: GatewayContext, request: Request) -> Any:
     body = request.body
     response_type = _response(apis.ApiKey.SYNC_GROUP, request)
     try:
-        reply = await ctx.broker.call("SyncGroup", pb.SyncGroupRequest(
+        reply = await ctx.broker.call(BROKER.sync_group, pb.SyncGroupRequest(
             group_id=body.group_id, generation_id=body.generation_id, member_id=body.member_id,
             group_instance_id=getattr(body, "group_instance_id", None),
             protocol_type=getattr(body, "protocol_type", None) or "",
             protocol_name=getattr(body, "protocol_name", None) or "",
             assignments=[pb.MemberAssignment(member_id=a.member_id, assignment=a.assignment)
                          for a in body.assignments]),
-            pb.SyncGroupReply, timeout=600.0)
+            timeout=600.0)
     except BrokerUnavailable:
         reply = pb.SyncGroupReply(error_code=ErrorCode.coordinator_not_available)
     return messages.build(
@@ -84,9 +85,9 @@ async def handle_sync(ctx: GatewayContext, request: Request) -> Any:
 async def handle_heartbeat(ctx: GatewayContext, request: Request) -> Any:
     body = request.body
     try:
-        reply = await ctx.broker.call("Heartbeat", pb.HeartbeatRequest(
+        reply = await ctx.broker.call(BROKER.heartbeat, pb.HeartbeatRequest(
             group_id=body.group_id, generation_id=body.generation_id, member_id=body.member_id,
-            group_instance_id=getattr(body, "group_instance_id", None)), pb.HeartbeatReply)
+            group_instance_id=getattr(body, "group_instance_id", None)))
         error = ErrorCode(reply.error_code)
     except BrokerUnavailable:
         error = ErrorCode.coordinator_not_available
@@ -104,8 +105,8 @@ async def handle_leave(ctx: GatewayContext, request: Request) -> Any:
         identities = [pb.MemberIdentity(member_id=body.member_id)]
     response_type = _response(apis.ApiKey.LEAVE_GROUP, request)
     try:
-        reply = await ctx.broker.call("LeaveGroup", pb.LeaveGroupRequest(
-            group_id=body.group_id, members=identities), pb.LeaveGroupReply)
+        reply = await ctx.broker.call(BROKER.leave_group, pb.LeaveGroupRequest(
+            group_id=body.group_id, members=identities))
         top, results = ErrorCode(reply.error_code), list(reply.results)
     except BrokerUnavailable:
         top, results = ErrorCode.coordinator_not_available, []
@@ -129,10 +130,9 @@ async def handle_offset_commit(ctx: GatewayContext, request: Request) -> Any:
                                   metadata=p.committed_metadata)
                for t in body.topics for p in t.partitions]
     try:
-        reply = await ctx.broker.call("CommitOffsets", pb.CommitOffsetsRequest(
+        reply = await ctx.broker.call(BROKER.commit_offsets, pb.CommitOffsetsRequest(
             group_id=body.group_id, generation_id=generation, member_id=body.member_id,
-            group_instance_id=getattr(body, "group_instance_id", None), offsets=offsets),
-            pb.CommitOffsetsReply)
+            group_instance_id=getattr(body, "group_instance_id", None), offsets=offsets))
         errors = {(r.topic, r.partition): ErrorCode(r.error_code) for r in reply.results}
     except BrokerUnavailable:
         errors = {}
@@ -154,7 +154,7 @@ async def _fetch_group(ctx: GatewayContext, group_id: str,
         request.topics = [pb.TopicPartitions(topic=t.name, partitions=list(t.partition_indexes))
                           for t in topics]
     try:
-        reply = await ctx.broker.call("FetchOffsets", request, pb.FetchOffsetsReply)
+        reply = await ctx.broker.call(BROKER.fetch_offsets, request)
     except BrokerUnavailable:
         return ErrorCode.coordinator_not_available, {}
     by_topic: dict[str, list[pb.CommittedOffset]] = {}
@@ -196,9 +196,9 @@ async def handle_list_groups(ctx: GatewayContext, request: Request) -> Any:
     response_type = _response(apis.ApiKey.LIST_GROUPS, request)
     listed_type = messages.nested(response_type, "ListedGroup")
     try:
-        reply = await ctx.broker.call("ListGroups", pb.ListGroupsRequest(
+        reply = await ctx.broker.call(BROKER.list_groups, pb.ListGroupsRequest(
             states=list(getattr(body, "states_filter", ())),
-            types=list(getattr(body, "types_filter", ()))), pb.ListGroupsReply)
+            types=list(getattr(body, "types_filter", ()))))
         error, groups = ErrorCode.none, list(reply.groups)
     except BrokerUnavailable:
         error, groups = ErrorCode.coordinator_not_available, []
@@ -214,8 +214,8 @@ async def handle_describe_groups(ctx: GatewayContext, request: Request) -> Any:
     group_type = messages.nested(response_type, "DescribedGroup")
     member_type = messages.nested(response_type, "DescribedGroupMember")
     try:
-        reply = await ctx.broker.call("DescribeGroups", pb.DescribeGroupsRequest(
-            group_ids=list(body.groups)), pb.DescribeGroupsReply)
+        reply = await ctx.broker.call(BROKER.describe_groups, pb.DescribeGroupsRequest(
+            group_ids=list(body.groups)))
         described = list(reply.groups)
     except BrokerUnavailable:
         described = [pb.DescribeGroupsReplyDescribed(
@@ -234,8 +234,8 @@ async def handle_delete_groups(ctx: GatewayContext, request: Request) -> Any:
     response_type = _response(apis.ApiKey.DELETE_GROUPS, request)
     result_type = messages.nested(response_type, "DeletableGroupResult")
     try:
-        reply = await ctx.broker.call("DeleteGroups", pb.DeleteGroupsRequest(
-            group_ids=list(body.groups_names)), pb.DeleteGroupsReply)
+        reply = await ctx.broker.call(BROKER.delete_groups, pb.DeleteGroupsRequest(
+            group_ids=list(body.groups_names)))
         results = [(r.group_id, ErrorCode(r.error_code)) for r in reply.results]
     except BrokerUnavailable:
         results = [(g, ErrorCode.coordinator_not_available) for g in body.groups_names]
@@ -249,10 +249,10 @@ async def handle_offset_delete(ctx: GatewayContext, request: Request) -> Any:
     topic_type = messages.nested(response_type, "OffsetDeleteResponseTopic")
     partition_type = messages.nested(response_type, "OffsetDeleteResponsePartition")
     try:
-        reply = await ctx.broker.call("DeleteOffsets", pb.DeleteOffsetsRequest(
+        reply = await ctx.broker.call(BROKER.delete_offsets, pb.DeleteOffsetsRequest(
             group_id=body.group_id, topics=[pb.TopicPartitions(
                 topic=t.name, partitions=[p.partition_index for p in t.partitions])
-                for t in body.topics]), pb.DeleteOffsetsReply)
+                for t in body.topics]))
         error = ErrorCode(reply.error_code)
         results = {(r.topic, r.partition): ErrorCode(r.error_code) for r in reply.results}
     except BrokerUnavailable:

@@ -15,6 +15,7 @@ from gateway.broker_client import BrokerUnavailable
 from gateway.context import GatewayContext
 from gateway.kafka import apis, messages
 from gateway.kafka.connection import Request
+from kelp.routes import BROKER
 from kelp.rpc.broker import v1 as pb
 
 LEADER_EPOCH = 0
@@ -23,8 +24,8 @@ LEADER_EPOCH = 0
 async def _states(ctx: GatewayContext, names: list[str]
                   ) -> dict[str, dict[int, pb.PartitionState]] | None:
     try:
-        reply = await ctx.broker.call("DescribeTopics", pb.DescribeTopicsRequest(
-            names=names, include_partitions=True), pb.DescribeTopicsReply)
+        reply = await ctx.broker.call(BROKER.describe_topics, pb.DescribeTopicsRequest(
+            names=names, include_partitions=True))
     except BrokerUnavailable:
         return None
     return {t.name: {p.partition: p for p in t.partition_states}

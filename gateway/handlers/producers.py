@@ -11,6 +11,7 @@ from gateway.broker_client import BrokerUnavailable
 from gateway.context import GatewayContext
 from gateway.kafka import apis, messages
 from gateway.kafka.connection import Request
+from kelp.routes import BROKER
 from kelp.rpc.broker import v1 as pb
 
 
@@ -18,10 +19,10 @@ async def handle_init_producer_id(ctx: GatewayContext, request: Request) -> Any:
     body = request.body
     response_type = messages.response_type(apis.ApiKey.INIT_PRODUCER_ID, request.version)
     try:
-        reply = await ctx.broker.call("InitProducerId", pb.InitProducerIdRequest(
+        reply = await ctx.broker.call(BROKER.init_producer_id, pb.InitProducerIdRequest(
             transactional_id=body.transactional_id,
             producer_id=getattr(body, "producer_id", -1),
-            producer_epoch=getattr(body, "producer_epoch", -1)), pb.InitProducerIdReply)
+            producer_epoch=getattr(body, "producer_epoch", -1)))
         error, producer_id, epoch = ErrorCode(reply.error_code), reply.producer_id, \
             reply.producer_epoch
     except BrokerUnavailable:
@@ -39,9 +40,8 @@ async def handle_describe_producers(ctx: GatewayContext, request: Request) -> An
     partition_type = messages.nested(response_type, "PartitionResponse")
     state_type = messages.nested(response_type, "ProducerState")
     try:
-        reply = await ctx.broker.call("DescribeProducers",
-                                      pb.DescribeProducersRequest(partitions=wanted),
-                                      pb.DescribeProducersReply)
+        reply = await ctx.broker.call(BROKER.describe_producers,
+                                      pb.DescribeProducersRequest(partitions=wanted))
         found = {(p.partition.topic, p.partition.partition): p for p in reply.partitions}
     except BrokerUnavailable:
         found = {}

@@ -17,6 +17,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kelp.address import parse_host_port
 from kelp.fuzz import corpus, verdict
 from kelp.fuzz.capture import TOPICS, capture
 from kelp.fuzz.mutate import Mutator
@@ -129,8 +130,8 @@ def fuzz(args: argparse.Namespace, seeds: list[corpus.Seed], target: Target) -> 
     rss_start = {name: verdict.rss_mb(pid) for name, pid in pids.items()}
     log_starts = {name: (path, path.stat().st_size if path.exists() else 0)
                   for name, path in target.logs.items()}
-    host, port = target.bootstrap.rsplit(":", 1)
-    config = RunConfig(host, int(port), args.frames, args.seconds, args.connections,
+    host, port = parse_host_port(target.bootstrap)
+    config = RunConfig(host, port, args.frames, args.seconds, args.connections,
                        args.pipeline, args.progress)
 
     runner = Runner(config, Mutator(seeds, args.seed),

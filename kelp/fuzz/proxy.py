@@ -13,6 +13,7 @@ import socket
 import struct
 import threading
 
+from kelp.address import parse_host_port
 from kelp.fuzz.stack import free_port
 
 Recorded = tuple[int, int, bytes]
@@ -20,8 +21,7 @@ Recorded = tuple[int, int, bytes]
 
 class RecordingProxy:
     def __init__(self, upstream: str, port: int | None = None) -> None:
-        host, upstream_port = upstream.rsplit(":", 1)
-        self.upstream = (host, int(upstream_port))
+        self.upstream = parse_host_port(upstream)
         self.port = port if port is not None else free_port()
         self.frames: list[Recorded] = []
         self._lock = threading.Lock()

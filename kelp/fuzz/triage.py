@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from kelp.address import parse_host_port
 from kelp.fuzz.mutate import Mutant
 from kelp.fuzz.stack import Stack
 
@@ -73,12 +74,12 @@ def load_frames(path: Path) -> list[Frame]:
 def replay(bootstrap: str, frames: list[Frame]) -> None:
     """Each frame on its own connection, all at once; wait until each was answered or closed
     (a decode failure closes, a handler answers) or ``WAIT_S`` passed."""
-    host, port = bootstrap.rsplit(":", 1)
+    host, port = parse_host_port(bootstrap)
     pending: list[socket.socket] = []
     try:
         for frame in frames:
             try:
-                sock = socket.create_connection((host, int(port)), timeout=WAIT_S)
+                sock = socket.create_connection((host, port), timeout=WAIT_S)
                 pending.append(sock)
                 sock.sendall(frame.wire())
             except OSError:

@@ -2,7 +2,7 @@
 
 ``MOUNTPOINT/topics/<topic>/<partition>/<base offset>.log`` are the broker's segment files byte
 for byte, read through the RDMA sidecar's Unix socket (zero-copy from its shared memory), or
-straight from the broker's HTTP read endpoint when the sidecar is unavailable. SIGINT/SIGTERM
+straight from the broker (its ReadChunk) when the sidecar is unavailable. SIGINT/SIGTERM
 unmount cleanly: in-flight reads get a grace period, then are cancelled. ``auto_unmount`` makes
 a killed mount disappear; a dead mount left at MOUNTPOINT is cleared at start.
 """
@@ -22,7 +22,7 @@ import pyfuse3
 import trio
 import trio_asyncio
 
-from kelp import logs, process
+from kelp import grpc, logs
 from rdma.mount.fs import KelpFs, MountConfig
 from rdma.mount.source import Source, SourceConfig
 
@@ -36,15 +36,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="kelp mount", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("mountpoint", type=Path, help="an existing, empty directory")
-    parser.add_argument("--broker-http", default="127.0.0.1:8082", metavar="HOST:PORT",
-                        help="broker HTTP address: listings and the fallback read path "
-                        "(default: 127.0.0.1:8082)")
+    parser.add_argument("--broker", default="127.0.0.1:17777", metavar="HOST:PORT",
+                        help="broker gRPC address, HOST:PORT or unix:PATH: listings and the "
+                        "fallback read path (default: 127.0.0.1:17777)")
+    parser.add_argument("--broker-http", default=None, metavar="HOST:PORT",
+                        help="accepted for older scripts and ignored: listings and fallback "
+                        "reads go over gRPC (--broker)")
     parser.add_argument("--sidecar", default=".kelp/run/sidecar.sock", metavar="PATH",
                         help="the sidecar's Unix socket (default: .kelp/run/sidecar.sock)")
     parser.add_argument("--no-sidecar", action="store_true",
-                        help="read over the broker's HTTP only (like -rdma.enabled=false)")
+                        help="read from the broker only (like -rdma.enabled=false)")
     parser.add_argument("--no-fallback", action="store_true",
-                        help="fail reads the sidecar cannot serve instead of using HTTP")
+                        help="fail reads the sidecar cannot serve instead of asking the broker")
     parser.add_argument("--max-concurrent", type=int, default=4,
                         help="block fetches in flight (default: 4)")
     parser.add_argument("--prefetch", type=int, default=3,
@@ -62,7 +65,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         f"(default: {int(GRACE_S * 1000)})")
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"])
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:
+        grpc.Address.parse(args.broker)
+    except ValueError as exc:
+        parser.error(f"argument --broker: {exc}")
+    return args
 
 
 def clear_stale_mount(mountpoint: Path) -> None:
@@ -98,10 +106,9 @@ def tune_readahead(mountpoint: Path, kilobytes: int) -> None:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    host, port = process.split_host_port(args.broker_http)
     source = Source(SourceConfig(
-        sidecar=None if args.no_sidecar else str(args.sidecar), broker_http_host=host,
-        broker_http_port=port, fallback=not args.no_fallback, timeout_ms=args.timeout_ms))
+        sidecar=None if args.no_sidecar else str(args.sidecar), broker=args.broker,
+        fallback=not args.no_fallback, timeout_ms=args.timeout_ms))
     fs = KelpFs(source, MountConfig(refresh_s=args.refresh_ms / 1000, prefetch=args.prefetch,
                                     cache_blocks=args.cache_blocks,
                                     max_concurrent=args.max_concurrent))
@@ -128,7 +135,7 @@ async def serve(args: argparse.Namespace) -> None:
             await trio.to_thread.run_sync(tune_readahead, args.mountpoint, READ_AHEAD_KB)
             log.info("ready", extra={"mountpoint": str(args.mountpoint),
                                      "sidecar": source.config.sidecar,
-                                     "broker_http": args.broker_http})
+                                     "broker": args.broker})
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for signum in signals:
                     log.info("stopping", extra={"signal": signal.Signals(signum).name})

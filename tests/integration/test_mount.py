@@ -39,7 +39,7 @@ class Rig:
 
     def mount(self, *args: str, name: str = "mount") -> Proc:
         proc = Proc(name, [sys.executable, "-m", "rdma.mount", str(self.mountpoint),
-                           "--broker-http", f"127.0.0.1:{self.cluster.broker_http_port}",
+                           "--broker", f"127.0.0.1:{self.cluster.broker_port}",
                            "--sidecar", str(self.socket), "--refresh-ms", "200", *args],
                     self.workdir / f"{name}.log")
         proc.start()

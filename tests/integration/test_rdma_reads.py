@@ -25,6 +25,7 @@ from confluent_kafka import Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from kelp import fileid, grpc
+from kelp.routes import SIDECAR
 from kelp.rpc.sidecar import v1 as sidecar_pb
 from tests.kelp_procs import Cluster, Proc
 
@@ -136,18 +137,16 @@ async def _grpc_reads(rig: Rig, ranges: list[tuple[str, int, int, bytes]], *,
         try:
             for file_id, offset, size, expected in ranges:
                 reply = await channel.call(
-                    "/sidecar.v1.Sidecar/Read",
+                    SIDECAR.read,
                     sidecar_pb.ReadRequest(file_id=file_id, offset=offset, size=size,
-                                           zero_copy=zero_copy),
-                    sidecar_pb.ReadReply, timeout=30)
+                                           zero_copy=zero_copy), timeout=30)
                 assert reply.status == 200, reply.error
                 if zero_copy:
                     assert not reply.data
                     got = _mapped(reply.shared)
                     released = await channel.call(
-                        "/sidecar.v1.Sidecar/Release",
-                        sidecar_pb.ReleaseRequest(handle=reply.shared.handle),
-                        sidecar_pb.ReleaseReply, timeout=5)
+                        SIDECAR.release,
+                        sidecar_pb.ReleaseRequest(handle=reply.shared.handle), timeout=5)
                     assert released.released
                 else:
                     got = reply.data

@@ -19,6 +19,7 @@ import pytest
 import trio_asyncio
 
 from kelp import grpc
+from kelp.routes import SIDECAR
 from kelp.rpc.sidecar import v1 as sidecar_pb
 from tests.kelp_procs import Proc, free_port
 
@@ -166,10 +167,8 @@ async def test_grpc_health_and_stats_over_the_unix_socket(sidecar: Sidecar) -> N
     async with trio_asyncio.open_loop():
         channel = grpc.Channel(grpc.Address(path=str(sidecar.socket)))
         try:
-            health = await channel.call("/sidecar.v1.Sidecar/Health", sidecar_pb.HealthRequest(),
-                                        sidecar_pb.HealthReply, timeout=5)
-            stats = await channel.call("/sidecar.v1.Sidecar/Stats", sidecar_pb.StatsRequest(),
-                                       sidecar_pb.StatsReply, timeout=5)
+            health = await channel.call(SIDECAR.health, sidecar_pb.HealthRequest(), timeout=5)
+            stats = await channel.call(SIDECAR.stats, sidecar_pb.StatsRequest(), timeout=5)
         finally:
             channel.close()
     assert health.status == "ok"

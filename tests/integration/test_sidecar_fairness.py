@@ -25,6 +25,7 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from kelp import grpc
+from kelp.routes import SIDECAR
 from kelp.rpc.sidecar import v1 as sidecar_pb
 from tests.kelp_procs import Cluster, Proc
 
@@ -32,8 +33,8 @@ pytestmark = pytest.mark.timeout(180)
 
 TOPIC = "fair"
 CHUNK = 1 << 20
-READ = "/sidecar.v1.Sidecar/Read"
-RELEASE = "/sidecar.v1.Sidecar/Release"
+READ = SIDECAR.read
+RELEASE = SIDECAR.release
 
 
 @dataclass
@@ -138,13 +139,11 @@ def _mapped(shared: sidecar_pb.SharedBuffer) -> bytes:
 async def _read(channel: grpc.Channel, file_id: str, offset: int, size: int, *,
                 zero_copy: bool = False, timeout: float = 30) -> Any:
     return await channel.call(READ, sidecar_pb.ReadRequest(
-        file_id=file_id, offset=offset, size=size, zero_copy=zero_copy),
-        sidecar_pb.ReadReply, timeout=timeout)
+        file_id=file_id, offset=offset, size=size, zero_copy=zero_copy), timeout=timeout)
 
 
 async def _release(channel: grpc.Channel, handle: int) -> Any:
-    return await channel.call(RELEASE, sidecar_pb.ReleaseRequest(handle=handle),
-                              sidecar_pb.ReleaseReply, timeout=5)
+    return await channel.call(RELEASE, sidecar_pb.ReleaseRequest(handle=handle), timeout=5)
 
 
 async def test_reads_cancelled_mid_way_give_their_buffers_back(small_rig: Rig) -> None:
@@ -171,9 +170,7 @@ async def test_reads_cancelled_mid_way_give_their_buffers_back(small_rig: Rig) -
                     for index in range(4 + 5):
                         nursery.start_soon(abandon, index)
                 # A stream that ends with reads in flight.
-                async with stream_channel.open_stream(
-                        "/sidecar.v1.Sidecar/ReadStream", sidecar_pb.ReadRequest,
-                        sidecar_pb.ReadReply) as stream:
+                async with stream_channel.open_stream(SIDECAR.read_stream) as stream:
                     for n in (1, 2):
                         stream.send(sidecar_pb.ReadRequest(
                             file_id=rig.chunks[-n][0], offset=0, size=100, zero_copy=True,
@@ -286,9 +283,7 @@ async def test_loans_come_back_when_the_client_goes_away(rig: Rig) -> None:
             for offset in (0, 1, 2):
                 reply = await _read(leaver, file_id, offset, 100, zero_copy=True)
                 assert reply.status == 200
-            async with leaver.open_stream("/sidecar.v1.Sidecar/ReadStream",
-                                          sidecar_pb.ReadRequest,
-                                          sidecar_pb.ReadReply) as stream:
+            async with leaver.open_stream(SIDECAR.read_stream) as stream:
                 stream.send(sidecar_pb.ReadRequest(file_id=file_id, offset=9, size=10,
                                                    zero_copy=True, request_id=1))
                 got = await stream.recv()
@@ -305,9 +300,7 @@ async def test_loans_come_back_when_the_client_goes_away(rig: Rig) -> None:
         assert stats["loans_returned_on_close"] == 4
         grpc_stats = rig.channel()
         try:
-            reply = await grpc_stats.call("/sidecar.v1.Sidecar/Stats",
-                                          sidecar_pb.StatsRequest(), sidecar_pb.StatsReply,
-                                          timeout=5)
+            reply = await grpc_stats.call(SIDECAR.stats, sidecar_pb.StatsRequest(), timeout=5)
         finally:
             grpc_stats.close()
         assert reply.counters["buffers_free"] == reply.counters["buffers"] == 8
@@ -327,8 +320,7 @@ async def test_a_forgotten_loan_is_taken_back_after_lend_ms(small_rig: Rig) -> N
             late = await _release(forgetful, reply.shared.handle)
             assert not late.released and late.status == 404
             capabilities = await forgetful.call(
-                "/sidecar.v1.Sidecar/Capabilities", sidecar_pb.CapabilitiesRequest(),
-                sidecar_pb.CapabilitiesReply, timeout=5)
+                SIDECAR.capabilities, sidecar_pb.CapabilitiesRequest(), timeout=5)
             assert (capabilities.buffers, capabilities.client_buffers,
                     capabilities.http_reserve, capabilities.lend_ms) == (4, 2, 1, 1500)
         finally:

@@ -8,6 +8,7 @@ import trio
 import trio_asyncio
 
 from kelp import grpc
+from kelp.routes import BROKER
 from kelp.rpc.broker import v1 as pb
 
 MIB = 1024 * 1024
@@ -24,14 +25,12 @@ async def test_a_peer_that_does_not_read_holds_back_a_reserving_sender(tmp_path:
                 pb.FetchedPartition(records=b"x" * MIB)]), size=MIB, reserved=reserved)
             queued.append(number)
 
-    mapping = {"/broker.v1.Broker/Fetch": grpc.stream_handler(serve, pb.FetchRequest,
-                                                                 pb.FetchReply)}
+    mapping = {BROKER.fetch.path: grpc.stream_handler(serve, pb.FetchRequest, pb.FetchReply)}
     address = grpc.Address(path=str(tmp_path / "s.sock"))
     async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
         await nursery.start(grpc.serve, mapping, address)
         channel = grpc.Channel(address)
-        async with channel.open_stream("/broker.v1.Broker/Fetch", pb.FetchRequest,
-                                       pb.FetchReply) as stream:
+        async with channel.open_stream(BROKER.fetch) as stream:
             stream.send(pb.FetchRequest(request_id=1))
             await trio.sleep(2)  # nobody reads: the server must stop well short of 1000
             held = len(queued)
@@ -54,8 +53,7 @@ async def test_a_stream_owner_cancelled_leaves_no_task(tmp_path: Path) -> None:
         while await recv() is not None:
             send(pb.FetchReply())
 
-    mapping = {"/broker.v1.Broker/Fetch": grpc.stream_handler(serve, pb.FetchRequest,
-                                                                 pb.FetchReply)}
+    mapping = {BROKER.fetch.path: grpc.stream_handler(serve, pb.FetchRequest, pb.FetchReply)}
     address = grpc.Address(path=str(tmp_path / "s.sock"))
     async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
         await nursery.start(grpc.serve, mapping, address)
@@ -64,8 +62,7 @@ async def test_a_stream_owner_cancelled_leaves_no_task(tmp_path: Path) -> None:
         baseline = count_tasks()
         channel = grpc.Channel(address)
         with trio.move_on_after(0.5):
-            async with channel.open_stream("/broker.v1.Broker/Fetch", pb.FetchRequest,
-                                           pb.FetchReply) as stream:
+            async with channel.open_stream(BROKER.fetch) as stream:
                 stream.send(pb.FetchRequest(request_id=1))
                 assert await stream.recv() is not None
                 await trio.sleep_forever()  # cancelled by the deadline, mid-stream

@@ -13,6 +13,7 @@ __all__ = (
     "AppendRequest",
     "BrokerBase",
     "BrokerStub",
+    "ChunkInfo",
     "CloseReadReply",
     "CloseReadRequest",
     "CommitOffsetsReply",
@@ -75,13 +76,20 @@ __all__ = (
     "ListOffsetsReplyAnswer",
     "ListOffsetsRequest",
     "ListOffsetsRequestQuery",
+    "ListSegmentsReply",
+    "ListSegmentsRequest",
     "MemberAssignment",
     "MemberIdentity",
     "OpenReadReply",
     "OpenReadRequest",
     "PartitionRef",
     "PartitionState",
+    "ReadChunkReply",
+    "ReadChunkRequest",
     "RecordError",
+    "SegmentInfo",
+    "StatChunkReply",
+    "StatChunkRequest",
     "SyncGroupReply",
     "SyncGroupRequest",
     "TopicInfo",
@@ -228,6 +236,27 @@ class AppendRequest(betterproto2.Message):
 
 
 default_message_pool.register_message("broker.v1", "AppendRequest", AppendRequest)
+
+
+@dataclass(eq=False, repr=False)
+class ChunkInfo(betterproto2.Message):
+    file_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    SeaweedFS format: <volume>,<needle key hex><cookie>
+    """
+
+    offset: "int" = betterproto2.field(2, betterproto2.TYPE_UINT64)
+    """
+    the chunk's position in its segment file
+    """
+
+    size: "int" = betterproto2.field(3, betterproto2.TYPE_UINT64)
+    """
+    bytes it holds now
+    """
+
+
+default_message_pool.register_message("broker.v1", "ChunkInfo", ChunkInfo)
 
 
 @dataclass(eq=False, repr=False)
@@ -1093,6 +1122,45 @@ default_message_pool.register_message(
 
 
 @dataclass(eq=False, repr=False)
+class ListSegmentsReply(betterproto2.Message):
+    status: "int" = betterproto2.field(1, betterproto2.TYPE_INT32)
+
+    error: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    topic: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+    partition: "int" = betterproto2.field(4, betterproto2.TYPE_INT32)
+
+    volume: "int" = betterproto2.field(5, betterproto2.TYPE_UINT32)
+
+    chunk_bytes: "int" = betterproto2.field(6, betterproto2.TYPE_UINT64)
+
+    log_start_offset: "int" = betterproto2.field(7, betterproto2.TYPE_INT64)
+
+    high_watermark: "int" = betterproto2.field(8, betterproto2.TYPE_INT64)
+
+    segments: "list[SegmentInfo]" = betterproto2.field(9, betterproto2.TYPE_MESSAGE, repeated=True)
+
+
+default_message_pool.register_message("broker.v1", "ListSegmentsReply", ListSegmentsReply)
+
+
+@dataclass(eq=False, repr=False)
+class ListSegmentsRequest(betterproto2.Message):
+    """
+    The read API. Statuses are HTTP's, as for the exports: 200, 400 bad request or file id,
+    404 unknown partition or unknown/stale file id, 416 a range past the chunk's end.
+    """
+
+    topic: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    partition: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
+
+
+default_message_pool.register_message("broker.v1", "ListSegmentsRequest", ListSegmentsRequest)
+
+
+@dataclass(eq=False, repr=False)
 class MemberAssignment(betterproto2.Message):
     member_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
@@ -1197,6 +1265,33 @@ default_message_pool.register_message("broker.v1", "PartitionState", PartitionSt
 
 
 @dataclass(eq=False, repr=False)
+class ReadChunkReply(betterproto2.Message):
+    status: "int" = betterproto2.field(1, betterproto2.TYPE_INT32)
+
+    error: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    data: "bytes" = betterproto2.field(3, betterproto2.TYPE_BYTES)
+
+
+default_message_pool.register_message("broker.v1", "ReadChunkReply", ReadChunkReply)
+
+
+@dataclass(eq=False, repr=False)
+class ReadChunkRequest(betterproto2.Message):
+    file_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    offset: "int" = betterproto2.field(2, betterproto2.TYPE_UINT64)
+    """
+    within the chunk
+    """
+
+    size: "int" = betterproto2.field(3, betterproto2.TYPE_UINT64)
+
+
+default_message_pool.register_message("broker.v1", "ReadChunkRequest", ReadChunkRequest)
+
+
+@dataclass(eq=False, repr=False)
 class RecordError(betterproto2.Message):
     batch_index: "int" = betterproto2.field(1, betterproto2.TYPE_INT32)
     """
@@ -1207,6 +1302,59 @@ class RecordError(betterproto2.Message):
 
 
 default_message_pool.register_message("broker.v1", "RecordError", RecordError)
+
+
+@dataclass(eq=False, repr=False)
+class SegmentInfo(betterproto2.Message):
+    base_offset: "int" = betterproto2.field(1, betterproto2.TYPE_INT64)
+
+    next_offset: "int" = betterproto2.field(2, betterproto2.TYPE_INT64)
+
+    size: "int" = betterproto2.field(3, betterproto2.TYPE_UINT64)
+
+    sealed: "bool" = betterproto2.field(4, betterproto2.TYPE_BOOL)
+    """
+    false for the active segment, which grows
+    """
+
+    mtime_ms: "int" = betterproto2.field(5, betterproto2.TYPE_INT64)
+
+    chunks: "list[ChunkInfo]" = betterproto2.field(6, betterproto2.TYPE_MESSAGE, repeated=True)
+
+
+default_message_pool.register_message("broker.v1", "SegmentInfo", SegmentInfo)
+
+
+@dataclass(eq=False, repr=False)
+class StatChunkReply(betterproto2.Message):
+    status: "int" = betterproto2.field(1, betterproto2.TYPE_INT32)
+
+    error: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    size: "int" = betterproto2.field(3, betterproto2.TYPE_UINT64)
+    """
+    bytes the chunk holds now
+    """
+
+    position: "int" = betterproto2.field(4, betterproto2.TYPE_UINT64)
+    """
+    its offset in the segment file
+    """
+
+    segment_base_offset: "int" = betterproto2.field(5, betterproto2.TYPE_INT64)
+
+    sealed: "bool" = betterproto2.field(6, betterproto2.TYPE_BOOL)
+
+
+default_message_pool.register_message("broker.v1", "StatChunkReply", StatChunkReply)
+
+
+@dataclass(eq=False, repr=False)
+class StatChunkRequest(betterproto2.Message):
+    file_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message("broker.v1", "StatChunkRequest", StatChunkRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -1793,6 +1941,66 @@ class BrokerStub(betterproto2_grpclib.ServiceStub):
             metadata=metadata,
         )
 
+    async def list_segments(
+        self,
+        message: "ListSegmentsRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ListSegmentsReply":
+        """
+        The read API of the sidecar and the mount (topics come from DescribeTopics): a
+        partition's segments and their chunk maps, a chunk's current size, and a copy of a range
+        of a chunk (the sidecar's fallback when UCX cannot serve it). The broker's HTTP
+        /segments, /stat and /read answer the same for curl users.
+        """
+
+        return await self._unary_unary(
+            "/broker.v1.Broker/ListSegments",
+            message,
+            ListSegmentsReply,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def stat_chunk(
+        self,
+        message: "StatChunkRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "StatChunkReply":
+
+        return await self._unary_unary(
+            "/broker.v1.Broker/StatChunk",
+            message,
+            StatChunkReply,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def read_chunk(
+        self,
+        message: "ReadChunkRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ReadChunkReply":
+
+        return await self._unary_unary(
+            "/broker.v1.Broker/ReadChunk",
+            message,
+            ReadChunkReply,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 class BrokerBase(betterproto2_grpclib.ServiceBase):
     """
@@ -1916,6 +2124,24 @@ class BrokerBase(betterproto2_grpclib.ServiceBase):
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def close_read(self, message: "CloseReadRequest") -> "CloseReadReply":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def list_segments(self, message: "ListSegmentsRequest") -> "ListSegmentsReply":
+        """
+        The read API of the sidecar and the mount (topics come from DescribeTopics): a
+        partition's segments and their chunk maps, a chunk's current size, and a copy of a range
+        of a chunk (the sidecar's fallback when UCX cannot serve it). The broker's HTTP
+        /segments, /stat and /read answer the same for curl users.
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def stat_chunk(self, message: "StatChunkRequest") -> "StatChunkReply":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def read_chunk(self, message: "ReadChunkRequest") -> "ReadChunkReply":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -2121,6 +2347,30 @@ class BrokerBase(betterproto2_grpclib.ServiceBase):
         response = await self.close_read(request)
         await stream.send_message(response)
 
+    async def __rpc_list_segments(
+        self, stream: "grpclib.server.Stream[ListSegmentsRequest, ListSegmentsReply]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.list_segments(request)
+        await stream.send_message(response)
+
+    async def __rpc_stat_chunk(
+        self, stream: "grpclib.server.Stream[StatChunkRequest, StatChunkReply]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.stat_chunk(request)
+        await stream.send_message(response)
+
+    async def __rpc_read_chunk(
+        self, stream: "grpclib.server.Stream[ReadChunkRequest, ReadChunkReply]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.read_chunk(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> "dict[str, grpclib.const.Handler]":
         return {
             "/broker.v1.Broker/Health": grpclib.const.Handler(
@@ -2272,5 +2522,23 @@ class BrokerBase(betterproto2_grpclib.ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 CloseReadRequest,
                 CloseReadReply,
+            ),
+            "/broker.v1.Broker/ListSegments": grpclib.const.Handler(
+                self.__rpc_list_segments,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ListSegmentsRequest,
+                ListSegmentsReply,
+            ),
+            "/broker.v1.Broker/StatChunk": grpclib.const.Handler(
+                self.__rpc_stat_chunk,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                StatChunkRequest,
+                StatChunkReply,
+            ),
+            "/broker.v1.Broker/ReadChunk": grpclib.const.Handler(
+                self.__rpc_read_chunk,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ReadChunkRequest,
+                ReadChunkReply,
             ),
         }

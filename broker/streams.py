@@ -1,0 +1,225 @@
+"""Broker.Append and Broker.Fetch: the long-lived streams of the data path.
+
+Each stream owns a nursery: a reply that must wait (an fsync, a long-poll fetch) runs as a task
+in it, so when the gateway goes away every task that stream started is cancelled with it. A
+mixin of ``broker.service.BrokerService``; the methods take the generated service's names.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+from kio.schema.errors import ErrorCode
+
+from broker.log import MessageTooLarge, OffsetOutOfRange
+from broker.producers import ProducerError
+from broker.topics import TopicError, TopicRegistry
+from kelp import grpc
+from kelp.batchcheck import BatchRejected
+from kelp.recordbatch import CorruptBatch, UnsupportedMagic
+from kelp.rpc.broker import v1 as pb
+
+log = logging.getLogger("kelp.broker.service")
+
+# A fetch never parks longer than this, whatever the client asks.
+MAX_FETCH_WAIT_S = 30.0
+DEFAULT_FETCH_MAX_BYTES = 50 * 1024 * 1024
+
+
+class DataStreams:
+    """Append and Fetch over ``registry``; counts what is open and parked for /health."""
+
+    registry: TopicRegistry
+    append_delay_s: float  # a test knob: every append as slow as a slow disk would make it
+    open_streams: int
+    pending_appends: int
+    pending_fetches: int
+
+    # -- append stream ----------------------------------------------------------------------
+
+    async def append(self, recv: Callable[[], Awaitable[pb.AppendRequest | None]],
+                     send: Callable[[pb.AppendReply], None]) -> None:
+        """Appends in arrival order; each reply goes out once its records are as durable as
+        the request's acks ask."""
+        self.open_streams += 1
+        try:
+            async with trio.open_nursery() as nursery:
+                while (request := await recv()) is not None:
+                    if self.append_delay_s:
+                        await trio.sleep(self.append_delay_s)
+                    # Written here, in arrival order; only the wait for fsync is a task.
+                    reply, durable = self._append(request)
+                    if durable is None:
+                        # acks=0 gets a reply too (its Kafka client gets none): the gateway
+                        # counts appends outstanding to bound its backlog.
+                        send(reply)
+                    else:
+                        nursery.start_soon(self._reply_when_durable, reply, durable, send)
+        finally:
+            self.open_streams -= 1
+
+    def _append(self, request: pb.AppendRequest) -> tuple[pb.AppendReply, Any]:
+        reply = pb.AppendReply(request_id=request.request_id, base_offset=-1, log_append_time=-1)
+        try:
+            plog = self.registry.partition(request.topic, request.partition)
+            result = plog.append(request.records)
+        except TopicError as exc:
+            reply.error_code, reply.error_message = exc.code, str(exc)
+            return reply, None
+        except ProducerError as exc:
+            reply.error_code, reply.error_message = exc.code, str(exc)
+            return reply, None
+        except MessageTooLarge as exc:
+            reply.error_code, reply.error_message = ErrorCode.message_too_large, str(exc)
+            return reply, None
+        except UnsupportedMagic as exc:
+            reply.error_code = ErrorCode.unsupported_for_message_format
+            reply.error_message = str(exc)
+            return reply, None
+        except CorruptBatch as exc:
+            reply.error_code, reply.error_message = ErrorCode.corrupt_message, str(exc)
+            return reply, None
+        except BatchRejected as exc:
+            reply.error_code, reply.error_message = exc.error, exc.message
+            reply.record_errors = [pb.RecordError(batch_index=index, message=message)
+                                   for index, message in exc.record_errors]
+            return reply, None
+        except OffsetOutOfRange as exc:  # the topic was deleted under this append
+            reply.error_code = ErrorCode.unknown_topic_or_partition
+            reply.error_message = str(exc)
+            return reply, None
+        except OSError as exc:
+            log.error("append failed", extra={"topic": request.topic, "error": str(exc)})
+            reply.error_code, reply.error_message = ErrorCode.kafka_storage_error, str(exc)
+            return reply, None
+        reply.base_offset = result.base_offset
+        reply.log_append_time = result.log_append_time
+        reply.log_start_offset = plog.log_start_offset
+        if request.acks == -1 and plog.config.sync_on_ack:
+            return reply, (plog, result.write_mark)
+        return reply, None
+
+    async def _reply_when_durable(self, reply: pb.AppendReply, durable: Any,
+                                  send: Callable[[pb.AppendReply], None]) -> None:
+        plog, mark = durable
+        self.pending_appends += 1
+        try:
+            await plog.wait_durable(mark)
+        except OSError as exc:
+            reply.error_code, reply.error_message = ErrorCode.kafka_storage_error, str(exc)
+        finally:
+            self.pending_appends -= 1
+        send(reply)
+
+    # -- fetch stream -----------------------------------------------------------------------
+
+    async def fetch(self, recv: Callable[[], Awaitable[pb.FetchRequest | None]],
+                    send: Callable[[pb.FetchReply], None]) -> None:
+        """Each fetch parks in its own task until it has data or its wait ends; a request
+        with ``cancel`` drops the parked fetch of that id."""
+        self.open_streams += 1
+        scopes: dict[int, trio.CancelScope] = {}
+        try:
+            async with trio.open_nursery() as nursery:
+                while (request := await recv()) is not None:
+                    if request.cancel:
+                        scope = scopes.get(request.request_id)
+                        if scope is not None:
+                            scope.cancel()
+                        continue
+                    scope = trio.CancelScope()
+                    scopes[request.request_id] = scope
+                    nursery.start_soon(self._fetch_task, request, scope, scopes, send)
+                nursery.cancel_scope.cancel()  # the gateway closed the stream
+        finally:
+            self.open_streams -= 1
+
+    async def _fetch_task(self, request: pb.FetchRequest, scope: trio.CancelScope,
+                          scopes: dict[int, trio.CancelScope], send: grpc.StreamSender) -> None:
+        self.pending_fetches += 1
+        try:
+            with scope:
+                await self._wait_for_data(request)
+                # Bound the fetched bytes this stream holds: read only once the replies
+                # already queued for the gateway leave room (backpressure per gateway stream).
+                # Reserve what the read can return (what the log holds past the offsets,
+                # within the request's budget), not the budget: one big max_bytes must not
+                # serialise every other fetch on the stream.
+                available, _errors = self._available(request)
+                reserved = await send.reserve(min(_fetch_budget(request), available))
+                try:
+                    reply = await self._read(request)
+                except BaseException:
+                    send.release(reserved)
+                    raise
+                send(reply, size=sum(len(p.records) for p in reply.partitions),
+                     reserved=reserved)
+        finally:
+            self.pending_fetches -= 1
+            scopes.pop(request.request_id, None)
+
+    async def _wait_for_data(self, request: pb.FetchRequest) -> None:
+        """Park until ``min_bytes`` are available, or an error, or ``max_wait_ms``."""
+        deadline = trio.current_time() + min(max(request.max_wait_ms, 0) / 1000, MAX_FETCH_WAIT_S)
+        min_bytes = max(request.min_bytes, 1)
+        while True:
+            available, errors = self._available(request)
+            if errors or available >= min_bytes or trio.current_time() >= deadline:
+                break
+            woken = trio.Event()
+            logs = [self.registry.partition(p.topic, p.partition) for p in request.partitions
+                    if self.registry.get(p.topic) is not None]
+            for plog in logs:
+                plog.add_append_listener(woken.set)
+            try:
+                with trio.move_on_at(deadline):
+                    await woken.wait()
+            finally:
+                for plog in logs:
+                    plog.remove_append_listener(woken.set)
+
+    def _available(self, request: pb.FetchRequest) -> tuple[int, bool]:
+        total, errors = 0, False
+        for part in request.partitions:
+            try:
+                total += self.registry.partition(part.topic, part.partition).bytes_after(
+                    part.offset)
+            except (TopicError, OffsetOutOfRange):
+                errors = True
+        return total, errors
+
+    async def _read(self, request: pb.FetchRequest) -> pb.FetchReply:
+        budget = _fetch_budget(request)
+        results = []
+        for part in request.partitions:
+            out = pb.FetchedPartition(topic=part.topic, partition=part.partition,
+                                      high_watermark=-1, log_start_offset=-1)
+            try:
+                plog = self.registry.partition(part.topic, part.partition)
+                out.high_watermark = plog.high_watermark
+                out.log_start_offset = plog.log_start_offset
+                # Kafka returns at least one batch even past the budget, but only for the first
+                # partition that has data; later ones respect what remains.
+                limit = min(part.max_bytes, budget) if part.max_bytes > 0 else budget
+                if budget > 0 or not any(r.records for r in results):
+                    read = await plog.read(part.offset, limit)
+                    out.records = read.records
+                    out.high_watermark = read.high_watermark
+                    budget -= len(read.records)
+            except TopicError as exc:
+                out.error_code = exc.code
+            except OffsetOutOfRange:
+                out.error_code = ErrorCode.offset_out_of_range
+            results.append(out)
+        return pb.FetchReply(request_id=request.request_id, partitions=results)
+
+    # The names the cancellation tests drive the streams by.
+    serve_append = append
+    serve_fetch = fetch
+
+
+def _fetch_budget(request: pb.FetchRequest) -> int:
+    return request.max_bytes if request.max_bytes > 0 else DEFAULT_FETCH_MAX_BYTES

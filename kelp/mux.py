@@ -1,0 +1,143 @@
+"""Many requests on one long-lived gRPC stream, their replies matched back by request id.
+
+The gateway's Append and Fetch streams to the broker and the mount's ReadStream to the
+sidecar all work this way: a request carries a ``request_id``, its reply echoes it, replies
+may come back in any order. ``Multiplexed`` owns that bookkeeping for one stream:
+
+* ``submit`` queues a request now (synchronously: requests submitted in order go out in
+  order) and returns its ``Waiter``; the request counts as *outstanding* until its reply
+  arrives, even if nobody waits for it any more (the peer still holds it).
+* ``call`` submits and waits; cancelled, it forgets the request at once (synchronously, so a
+  cancelled caller leaks no entry) and can tell the peer to drop it (``cancel=``). A reply
+  that comes for a forgotten request goes to ``unclaimed`` (the mount gives back a buffer
+  lent to a read nobody waits for).
+* ``wait_for_room`` bounds the outstanding requests: past ``max_outstanding``, callers wait.
+* ``deliver_replies`` reads the stream and wakes the waiters; ``fail`` — when the stream is
+  gone — fails every waiter with the owner's error (each owner says "unavailable" its way).
+
+Connecting, reconnecting and what "unavailable" means stay with the owner.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Callable
+from typing import Generic, Protocol, TypeVar
+
+import trio
+
+from kelp.grpc import ClientStream
+
+
+class _Tagged(Protocol):
+    request_id: int
+
+
+Req = TypeVar("Req", bound=_Tagged)
+Rep = TypeVar("Rep", bound=_Tagged)
+
+
+class Waiter(Generic[Rep]):
+    """One outstanding request: set once, by its reply or by the stream's failure."""
+
+    __slots__ = ("done", "error", "reply")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.reply: Rep | None = None
+        self.error: Exception | None = None
+
+    async def wait(self) -> Rep:
+        await self.done.wait()
+        if self.error is not None:
+            raise self.error
+        assert self.reply is not None
+        return self.reply
+
+
+class Multiplexed(Generic[Req, Rep]):
+    def __init__(self, *, max_outstanding: int,
+                 unclaimed: Callable[[Rep], None] | None = None) -> None:
+        self.max_outstanding = max_outstanding
+        self.stream: ClientStream[Req, Rep] | None = None  # None while not connected
+        self._unclaimed = unclaimed
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, Waiter[Rep]] = {}
+        # Tasks waiting for room; woken only as many as there is room for (thousands of them
+        # must not all wake on every reply).
+        self.room = trio.lowlevel.ParkingLot()
+
+    @property
+    def outstanding(self) -> int:
+        """Requests sent whose reply has not come yet (waited for or not)."""
+        return len(self._waiting)
+
+    async def wait_for_room(self) -> None:
+        """Until fewer than ``max_outstanding`` requests are outstanding."""
+        while len(self._waiting) >= self.max_outstanding:
+            await self.room.park()
+
+    def submit(self, request: Req, size: int = 0) -> Waiter[Rep]:
+        """Give ``request`` an id and queue it on the stream (``size``: its bytes, for the
+        stream's outgoing bound). Raises ``trio.ClosedResourceError`` when not connected and
+        ``trio.BrokenResourceError`` when the stream has failed."""
+        stream = self.stream
+        if stream is None:
+            raise trio.ClosedResourceError("stream not connected")
+        request.request_id = next(self._ids)
+        stream.send(request, size)
+        waiter = self._waiting[request.request_id] = Waiter[Rep]()
+        return waiter
+
+    async def call(self, request: Req, *, size: int = 0,
+                   cancel: Callable[[int], Req] | None = None) -> Rep:
+        """Submit ``request`` and wait for its reply. Cancelled, the request is forgotten
+        here and ``cancel(request_id)`` (if given) is sent to tell the peer."""
+        await self.wait_for_room()
+        stream = self.stream
+        waiter = self.submit(request, size)
+        try:
+            return await waiter.wait()
+        finally:
+            if not waiter.done.is_set():  # cancelled: nobody will take this reply
+                self._forget(request.request_id)
+                if cancel is not None and self.stream is stream and stream is not None:
+                    # A stream that failed meanwhile drops the request anyway.
+                    with contextlib.suppress(trio.BrokenResourceError,
+                                             trio.ClosedResourceError):
+                        stream.send(cancel(request.request_id))
+
+    def send_untracked(self, request: Req) -> None:
+        """Queue a request no reply is expected for (the mount's bare releases)."""
+        if self.stream is not None:
+            self.stream.send(request)
+
+    async def deliver_replies(self, stream: ClientStream[Req, Rep]) -> None:
+        """Hand each reply of ``stream`` to its waiter until the stream ends."""
+        while (reply := await stream.recv()) is not None:
+            waiter = self._waiting.pop(reply.request_id, None)
+            if waiter is None:
+                if self._unclaimed is not None:
+                    self._unclaimed(reply)
+                continue
+            self._wake_one()
+            waiter.reply = reply
+            waiter.done.set()
+
+    def fail(self, error: Exception) -> None:
+        """The stream is gone: every waiter gets ``error``; nothing is outstanding any more."""
+        waiting, self._waiting = self._waiting, {}
+        for waiter in waiting.values():
+            waiter.error = error
+            waiter.done.set()
+        self.room.unpark_all()
+
+    def _forget(self, request_id: int) -> None:
+        if self._waiting.pop(request_id, None) is not None:
+            self._wake_one()
+
+    def _wake_one(self) -> None:
+        room = self.max_outstanding - len(self._waiting)
+        if room > 0:
+            self.room.unpark(count=room)
