@@ -384,6 +384,14 @@ async def serve(
                 os.unlink(address.path)
 
 
+def describe_failure(exc: BaseException) -> str:
+    """A failed call's cause in words for a log line or an error reply (grpclib says only
+    "Connect call failed" for a refused connection)."""
+    if isinstance(exc, OSError) and exc.errno:
+        return f"{os.strerror(exc.errno).lower()}: {exc}"
+    return str(exc) or type(exc).__name__
+
+
 class Channel:
     """A client channel; ``call`` makes a unary call from trio."""
 

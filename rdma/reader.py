@@ -308,7 +308,8 @@ class Reader:
             reply = await self.broker.call(BROKER.open_read,
                                            broker_pb.OpenReadRequest(file_id=file_id), timeout=5)
         except Exception as exc:  # refused, reset, timed out: the broker is not reachable
-            raise ReadFailed(503, f"broker {self.config.broker} OpenRead failed: {exc}") from None
+            raise ReadFailed(503, f"broker {self.config.broker} OpenRead failed: "
+                             f"{grpc.describe_failure(exc)}") from None
         if reply.status != 200:
             raise ReadFailed(reply.status, reply.error)
         # Until the session is cached, a lease nobody will use is handed back on failure
@@ -395,7 +396,7 @@ class Reader:
                                            timeout=self.config.timeout_ms / 1000)
         except Exception as exc:  # refused, reset, timed out: the broker is not reachable
             raise ReadFailed(503, f"broker {self.config.broker} ReadChunk failed: "
-                             f"{exc}") from None
+                             f"{grpc.describe_failure(exc)}") from None
         if reply.status != 200:
             raise ReadFailed(reply.status if reply.status < 500 else 503,
                              f"broker ReadChunk {reply.status}: {reply.error}")
@@ -412,7 +413,7 @@ class Reader:
                                            broker_pb.StatChunkRequest(file_id=file_id), timeout=5)
         except Exception as exc:
             raise ReadFailed(503, f"broker {self.config.broker} StatChunk failed: "
-                             f"{exc}") from None
+                             f"{grpc.describe_failure(exc)}") from None
         if reply.status != 200:
             raise ReadFailed(reply.status, reply.error)
         return int(reply.size)

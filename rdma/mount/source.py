@@ -208,8 +208,8 @@ class Source:
             reply = await self._broker.call(route, request,
                                             timeout=self.config.timeout_ms / 1000)
         except Exception as exc:  # refused, reset, timed out: the broker is not reachable
-            raise SourceError(503, f"broker {self.config.broker} {route.name}: {exc}"
-                              ) from None
+            raise SourceError(503, f"broker {self.config.broker} {route.name}: "
+                              f"{grpc.describe_failure(exc)}") from None
         status = getattr(reply, "status", 200)
         if status != 200:
             raise SourceError(status if status < 500 else 503,
