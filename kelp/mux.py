@@ -99,7 +99,7 @@ class Multiplexed(Generic[Req, Rep]):
         waiter = self.submit(request, size)
         try:
             return await waiter.wait()
-        finally:
+        except BaseException:
             if not waiter.done.is_set():  # cancelled: nobody will take this reply
                 self._forget(request.request_id)
                 if cancel is not None and self.stream is stream and stream is not None:
@@ -107,6 +107,10 @@ class Multiplexed(Generic[Req, Rep]):
                     with contextlib.suppress(trio.BrokenResourceError,
                                              trio.ClosedResourceError):
                         stream.send(cancel(request.request_id))
+            elif waiter.reply is not None and self._unclaimed is not None:
+                # Cancelled just as its reply came: it goes where late replies go.
+                self._unclaimed(waiter.reply)
+            raise
 
     def send_untracked(self, request: Req) -> None:
         """Queue a request no reply is expected for (the mount's bare releases)."""
@@ -116,14 +120,18 @@ class Multiplexed(Generic[Req, Rep]):
     async def deliver_replies(self, stream: ClientStream[Req, Rep]) -> None:
         """Hand each reply of ``stream`` to its waiter until the stream ends."""
         while (reply := await stream.recv()) is not None:
-            waiter = self._waiting.pop(reply.request_id, None)
-            if waiter is None:
-                if self._unclaimed is not None:
-                    self._unclaimed(reply)
-                continue
-            self._wake_one()
-            waiter.reply = reply
-            waiter.done.set()
+            self.deliver(reply)
+
+    def deliver(self, reply: Rep) -> None:
+        """One reply to its waiter (or to ``unclaimed`` when nobody waits for it)."""
+        waiter = self._waiting.pop(reply.request_id, None)
+        if waiter is None:
+            if self._unclaimed is not None:
+                self._unclaimed(reply)
+            return
+        self._wake_one()
+        waiter.reply = reply
+        waiter.done.set()
 
     def fail(self, error: Exception) -> None:
         """The stream is gone: every waiter gets ``error``; nothing is outstanding any more."""
