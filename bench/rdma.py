@@ -5,10 +5,11 @@
   segment memory into a registered buffer (session opened once per chunk, as the sidecar
   caches it);
 - ``sidecar``: the whole sidecar API, gRPC Read over its Unix socket with zero-copy buffers;
-- ``http``: the fallback, the broker's HTTP /read on a kept-alive connection;
+- ``http``: the broker's HTTP /read on a kept-alive connection (curl's path; the sidecar's
+  fallback is the same copy, asked over gRPC: ReadChunk);
 - ``pread``: the same file read locally (the raw baseline).
 
-Ratios compare against pread and against the HTTP fallback, at every size.
+Ratios compare against pread and against the broker's HTTP /read, at every size.
 """
 
 from __future__ import annotations

@@ -142,7 +142,7 @@ class UcxExporter:
                     await oldest.close(force=True)  # type: ignore[attr-defined]
 
     def stop(self) -> None:
-        """Stop exporting (a test knob: the HTTP read path stays, sidecars fall back)."""
+        """Stop exporting (a test knob: sidecars fall back to ReadChunk)."""
         self._scope.cancel()
 
     def _shut(self) -> None:

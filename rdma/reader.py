@@ -245,14 +245,14 @@ class Reader:
                 ucx_problem = exc.message
             self.counters["rdma_failures"] += 1
         if not self.config.fallback:
-            raise ReadFailed(503, f"UCX read failed ({ucx_problem}) and the HTTP fallback is "
+            raise ReadFailed(503, f"UCX read failed ({ucx_problem}) and the fallback is "
                              "disabled")
         try:
-            await self._http_read(file_id, offset, size, slot)
+            await self._fallback_read(file_id, offset, size, slot)
         except ReadFailed as exc:
             if exc.status < 500:
                 raise
-            raise ReadFailed(502, f"UCX: {ucx_problem}; HTTP fallback: {exc.message}") from None
+            raise ReadFailed(502, f"UCX: {ucx_problem}; fallback: {exc.message}") from None
         return "http"
 
     async def _ucx_read(self, file_id: str, offset: int, size: int, slot: Slot) -> None:
@@ -388,7 +388,7 @@ class Reader:
             # else: the endpoint's close destroys its keys once UCX releases it
             await self._close_lease(session.lease_id)
 
-    async def _http_read(self, file_id: str, offset: int, size: int, slot: Slot) -> None:
+    async def _fallback_read(self, file_id: str, offset: int, size: int, slot: Slot) -> None:
         """The fallback: the broker copies the range (``ReadChunk``) into ``slot``."""
         request = broker_pb.ReadChunkRequest(file_id=file_id, offset=offset, size=size)
         try:

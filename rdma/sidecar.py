@@ -3,7 +3,7 @@
 gRPC: Read (bytes, or a lent shared-memory buffer for zero-copy consumers), Release, Stat,
 Capabilities, Health, Stats. HTTP: ``/read`` (the bytes), ``/health``, ``/stats``, ``/ping``
 (is the broker's HTTP endpoint reachable, and how fast) and ``/capabilities``. The data path
-itself (UCX GETs from the broker's export, the broker's HTTP read as fallback) is
+itself (UCX GETs from the broker's export, the broker's copy, ReadChunk, as fallback) is
 :mod:`rdma.reader`; this module is the two front doors and their validation.
 """
 
@@ -267,7 +267,7 @@ class Sidecar(sidecar_pb.SidecarBase):
         })
 
     async def http_ping(self, request: httpd.Request) -> httpd.Response:
-        """Can we reach the broker's HTTP endpoint (the read fallback's path), and how fast?"""
+        """Can we reach the broker's HTTP endpoint, and how fast?"""
         self.counters["pings"] += 1
         target = f"http://{self.config.broker_http}/health"
         start = time.perf_counter()

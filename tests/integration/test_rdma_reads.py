@@ -1,7 +1,7 @@
 """The sidecar's data path against a real broker: byte-exact reads of real segments produced
 through the gateway, over UCX (proved by the transport the endpoints report and the sidecar's
-counters) and over the HTTP fallback, with refusals, restarts and a broker whose UCX side
-stops while its HTTP side stays."""
+counters) and over the fallback (the broker's ReadChunk, reported as transport "http"), with
+refusals, restarts and a broker whose UCX side stops while its copying side stays."""
 
 from __future__ import annotations
 

@@ -2,9 +2,9 @@
 
 The pool, the loans and their ownership, the reader (sessions, fallback, deadlines) and the
 stream handler are the real code. Only the far ends are stand-ins: the broker's OpenRead /
-CloseRead calls and the UCX endpoint (a fake that behaves like UCX where it matters: a GET
-whose waiter is cancelled keeps writing into its buffer until "UCX" completes it). The HTTP
-fallback is a real kelp HTTP server on loopback. A last group drives the real libucp binding's
+CloseRead / ReadChunk (the fallback) calls and the UCX endpoint (a fake that behaves like UCX
+where it matters: a GET whose waiter is cancelled keeps writing into its buffer until "UCX"
+completes it). A last group drives the real libucp binding's
 ``settled`` hook that the reader relies on.
 """
 

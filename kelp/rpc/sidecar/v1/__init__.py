@@ -140,7 +140,7 @@ class ReadReply(betterproto2.Message):
 
     transport: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
     """
-    "ucx" or "http"
+    "ucx", or "http": the fallback (the broker's ReadChunk)
     """
 
     request_id: "int" = betterproto2.field(6, betterproto2.TYPE_UINT64)
