@@ -343,8 +343,8 @@ def service_mapping(implementation: Any) -> dict[str, grpclib.const.Handler]:
         mapping[route.path] = wrap(method, route.request_type, route.reply_type,
                                    with_connection=with_connection)
     if missing:
-        raise TypeError(f"{type(implementation).__name__} does not implement "
-                        f"{generated.__name__}.{', '.join(missing)}")
+        named = ", ".join(f"{generated.__name__}.{name}" for name in missing)
+        raise TypeError(f"{type(implementation).__name__} does not implement {named}")
     return mapping
 
 
