@@ -57,6 +57,9 @@ class Waiter(Generic[Rep]):
 
 
 class Multiplexed(Generic[Req, Rep]):
+    """The request ids and waiters of one stream (``stream``, set by its owner while
+    connected); see the module's docstring."""
+
     def __init__(self, *, max_outstanding: int,
                  unclaimed: Callable[[Rep], None] | None = None) -> None:
         self.max_outstanding = max_outstanding
@@ -87,7 +90,8 @@ class Multiplexed(Generic[Req, Rep]):
             raise trio.ClosedResourceError("stream not connected")
         request.request_id = next(self._ids)
         stream.send(request, size)
-        waiter = self._waiting[request.request_id] = Waiter[Rep]()
+        waiter: Waiter[Rep] = Waiter()
+        self._waiting[request.request_id] = waiter
         return waiter
 
     async def call(self, request: Req, *, size: int = 0,
