@@ -26,10 +26,13 @@ async def handle_describe(ctx: GatewayContext, request: Request) -> Any:
     response_type = messages.response_type(apis.ApiKey.DESCRIBE_CONFIGS, request.version)
     result_type = messages.nested(response_type, "DescribeConfigsResult")
     entry_type = messages.nested(response_type, "DescribeConfigsResourceResult")
+    # Each resource once however often it is named: a 5-byte entry answers with every config
+    # of a topic, so repeats would let a small request build a response of gigabytes.
+    resources = list({(r.resource_type, r.resource_name): r for r in body.resources}.values())
     broker_request = pb.DescribeConfigsRequest(resources=[
         pb.DescribeConfigsRequestResource(type=r.resource_type, name=r.resource_name,
                                           keys=list(r.configuration_keys or ()))
-        for r in body.resources])
+        for r in resources])
     try:
         reply = await ctx.broker.call(BROKER.describe_configs, broker_request)
         found = list(reply.resources)
@@ -37,7 +40,7 @@ async def handle_describe(ctx: GatewayContext, request: Request) -> Any:
         found = [pb.DescribeConfigsReplyResource(
             type=r.resource_type, name=r.resource_name,
             error_code=ErrorCode.request_timed_out, error_message=str(exc))
-            for r in body.resources]
+            for r in resources]
     results = []
     for resource in found:
         entries = tuple(

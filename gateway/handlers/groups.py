@@ -171,7 +171,8 @@ async def handle_offset_fetch(ctx: GatewayContext, request: Request) -> Any:
         topic_type = messages.nested(response_type, "OffsetFetchResponseTopics")
         partition_type = messages.nested(response_type, "OffsetFetchResponsePartitions")
         groups = []
-        for group in body.groups:
+        # Each group once: one repeated id would cost a broker call and all its offsets each.
+        for group in {g.group_id: g for g in body.groups}.values():
             error, by_topic = await _fetch_group(ctx, group.group_id, group.topics)
             groups.append(group_type(group_id=group.group_id, error_code=error,
                                      topics=_topics(by_topic, topic_type, partition_type)))
@@ -213,13 +214,15 @@ async def handle_describe_groups(ctx: GatewayContext, request: Request) -> Any:
     response_type = _response(apis.ApiKey.DESCRIBE_GROUPS, request)
     group_type = messages.nested(response_type, "DescribedGroup")
     member_type = messages.nested(response_type, "DescribedGroupMember")
+    # Each group once: a repeated id would repeat every member's metadata and assignment.
+    group_ids = list(dict.fromkeys(body.groups))
     try:
         reply = await ctx.broker.call(BROKER.describe_groups, pb.DescribeGroupsRequest(
-            group_ids=list(body.groups)))
+            group_ids=group_ids))
         described = list(reply.groups)
     except BrokerUnavailable:
         described = [pb.DescribeGroupsReplyDescribed(
-            group_id=g, error_code=ErrorCode.coordinator_not_available) for g in body.groups]
+            group_id=g, error_code=ErrorCode.coordinator_not_available) for g in group_ids]
     return messages.build(response_type, throttle_time=NO_TIME, groups=tuple(messages.build(
         group_type, error_code=ErrorCode(g.error_code), group_id=g.group_id,
         group_state=g.state, protocol_type=g.protocol_type, protocol_data=g.protocol_name,

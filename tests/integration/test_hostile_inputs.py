@@ -289,3 +289,28 @@ def test_a_topic_named_many_times_is_answered_once(stack: Cluster, same_processe
         client.close()
     assert [t.name for t in response.topics] == ["wide"]
     assert len(response.topics[0].partitions) == 64
+
+
+def test_repeated_configs_and_groups_are_answered_once(stack: Cluster,
+                                                       same_processes: None) -> None:
+    """DescribeConfigs and DescribeGroups naming one resource 20,000 times answer it once:
+    each answer is far larger than its entry, so repeats would amplify a small request."""
+    _create(stack, "configs-once")
+    describe_configs = load_request_schema(32, 4)
+    configs_module = sys.modules[describe_configs.__module__]
+    resource = configs_module.DescribeConfigsResource(
+        resource_type=2, resource_name="configs-once", configuration_keys=None)
+    describe_groups = load_request_schema(15, 5)
+    client = RawClient(stack.bootstrap, timeout=30)
+    try:
+        configs = client.request(describe_configs(
+            resources=(resource,) * 20_000, include_synonyms=False,
+            include_documentation=False))
+        groups = client.request(describe_groups(groups=("g-once",) * 20_000,
+                                                include_authorized_operations=False),
+                                correlation_id=2)
+    finally:
+        client.close()
+    assert [r.resource_name for r in configs.results] == ["configs-once"]
+    assert len(configs.results[0].configs) > 5
+    assert [g.group_id for g in groups.groups] == ["g-once"]
