@@ -22,7 +22,6 @@ import trio_asyncio
 
 from broker.service import BrokerService
 from broker.topics import TopicRegistry
-from gateway import broker_client
 from gateway.broker_client import BrokerClient
 from kelp import grpc
 from kelp.process import count_tasks
@@ -104,11 +103,11 @@ async def test_a_fetch_cancelled_at_every_point_is_dropped_here_and_at_the_broke
 
 async def test_appends_parked_on_the_unanswered_bound_leave_when_cancelled(
         pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(broker_client, "MAX_OUTSTANDING_APPENDS", 2)
+    monkeypatch.setattr(pair.client._appends, "max_outstanding", 2)
     pair.service.append_delay_s = 0.3  # a slow disk: appends stay unanswered a while
     client = pair.client
     waiters = [client.submit_append("t", 0, BATCH, 1) for _ in range(2)]
-    lot = client._append_lot
+    lot = client._appends.room
     passed: list[int] = []
     scopes = [trio.CancelScope() for _ in range(3)]
 
