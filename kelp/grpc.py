@@ -200,6 +200,18 @@ def per_connection(method: Callable[..., Any]) -> Callable[..., Any]:
     return method
 
 
+def on_unsent(hook: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Mark a unary method whose reply hands the caller a resource (a lent buffer's handle):
+    when the reply is made but never sent (the caller gave up meanwhile), the service's method
+    ``hook(reply, connection)`` takes the resource back, since nobody else knows of it."""
+
+    def mark(method: Callable[..., Any]) -> Callable[..., Any]:
+        method.kelp_on_unsent = hook  # type: ignore[attr-defined]
+        return method
+
+    return mark
+
+
 def stream_handler(
     serve: Callable[..., Awaitable[None]],
     request_type: type,
@@ -238,21 +250,33 @@ def stream_handler(
 
 def unary_handler(
     call: Callable[..., Awaitable[Any]], request_type: type, reply_type: type, *,
-    with_connection: bool = False,
+    with_connection: bool = False, unsent: Callable[[Any, Any], None] | None = None,
 ) -> grpclib.const.Handler:
     """Wrap a trio function ``call(request) -> reply`` as a grpclib unary handler
-    (``with_connection``: ``call(request, connection=)``)."""
+    (``with_connection``: ``call(request, connection=)``; ``unsent(reply, connection)``: see
+    ``on_unsent``)."""
 
     async def handle(stream: grpclib.server.Stream) -> None:
         request = await stream.recv_message()
-        if with_connection:
-            answer = functools.partial(call, connection=connection_of(stream))
+        connection = connection_of(stream) if with_connection or unsent else None
+        made: list[Any] = []  # the reply, kept even if the crossing back is cancelled
+
+        async def answer(request: Any) -> Any:
+            reply = await (call(request, connection=connection) if with_connection
+                           else call(request))
+            made.append(reply)
+            return reply
+
+        sent = False
+        try:
             reply = await trio_asyncio.trio_as_aio(answer)(request)
-        else:
-            reply = await trio_asyncio.trio_as_aio(call)(request)
-        # A caller that gave up as the reply was ready makes this raise; grpclib's log of it
-        # is filtered as the peer going away (kelp.logs).
-        await stream.send_message(reply)
+            # A caller that gave up as the reply was ready makes this raise; grpclib's log of
+            # it is filtered as the peer going away (kelp.logs).
+            await stream.send_message(reply)
+            sent = True
+        finally:
+            if not sent and made and unsent is not None:
+                unsent(made[0], connection)
 
     return grpclib.const.Handler(
         handle, grpclib.const.Cardinality.UNARY_UNARY, request_type, reply_type
@@ -340,6 +364,12 @@ def service_mapping(implementation: Any) -> dict[str, grpclib.const.Handler]:
             wrap = stream_handler
         else:  # no such method in kelp's contracts yet: add an adapter before using one
             raise TypeError(f"{route.path}: no trio adapter for {route.cardinality.name}")
+        hook = getattr(method, "kelp_on_unsent", None)
+        if hook is not None:
+            mapping[route.path] = unary_handler(method, route.request_type, route.reply_type,
+                                                with_connection=with_connection,
+                                                unsent=getattr(implementation, hook))
+            continue
         mapping[route.path] = wrap(method, route.request_type, route.reply_type,
                                    with_connection=with_connection)
     if missing:

@@ -312,19 +312,20 @@ class Reader:
                              f"{grpc.describe_failure(exc)}") from None
         if reply.status != 200:
             raise ReadFailed(reply.status, reply.error)
-        # Until the session is cached, a lease nobody will use is handed back on failure
-        # (best effort; on cancellation the broker's lease simply runs out).
+        # Until the session is cached, a lease nobody will use is handed back on any failure,
+        # cancellation included (shielded, briefly): else the broker keeps the segment mapped
+        # and registered until the lease runs out.
         try:
             peer = await self._peer(reply.ucx_address)
-        except ReadFailed:
-            await self._close_lease(reply.lease_id)
+            try:
+                key = peer.endpoint.import_key(reply.descriptor)
+            except Exception as exc:
+                await self._drop_peer(reply.ucx_address)
+                raise ReadFailed(503, f"cannot use the broker's rkey: {exc}") from None
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self._close_lease(reply.lease_id)
             raise
-        try:
-            key = peer.endpoint.import_key(reply.descriptor)
-        except Exception as exc:
-            await self._drop_peer(reply.ucx_address)
-            await self._close_lease(reply.lease_id)
-            raise ReadFailed(503, f"cannot use the broker's rkey: {exc}") from None
         lifetime = min(self.config.session_ms, reply.lease_ms * 0.8) / 1000
         session = Session(reply.lease_id, peer.endpoint, key, reply.chunk_position,
                           reply.chunk_length, trio.current_time() + lifetime)

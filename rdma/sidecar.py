@@ -9,6 +9,7 @@ itself (UCX GETs from the broker's export, the broker's copy, ReadChunk, as fall
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -126,9 +127,17 @@ class Sidecar(sidecar_pb.SidecarBase):
         return sidecar_pb.CapabilitiesReply(**self.reader.capabilities())
 
     @grpc.per_connection
+    @grpc.on_unsent("take_back_loan")
     async def read(self, request: sidecar_pb.ReadRequest, *, connection: Any
                    ) -> sidecar_pb.ReadReply:
         return await self.grpc_read(request, self.account_of(connection))
+
+    def take_back_loan(self, reply: sidecar_pb.ReadReply, connection: Any) -> None:
+        """A zero-copy Read whose reply never left: its caller cannot know the handle, so the
+        slot would stay lent (against that client's share) until ``--lend-ms``."""
+        if reply.shared is not None and reply.shared.handle:
+            with contextlib.suppress(ReleaseRefused):
+                self.reader.pool.release(reply.shared.handle, self.account_of(connection))
 
     @grpc.per_connection
     async def read_stream(self, recv: Callable[[], Awaitable[sidecar_pb.ReadRequest | None]],

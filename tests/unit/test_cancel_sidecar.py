@@ -126,10 +126,9 @@ async def test_a_read_cancelled_at_every_point_leaves_no_lease_behind(tmp_path: 
     (and will close) or handed back: a read cancelled anywhere — opening its session,
     connecting its endpoint — does not leave the broker holding a mapping for nobody.
 
-    Fails today: ``Reader._session`` (rdma/reader.py, around ``await self._peer(...)`` after
-    OpenRead) closes the fresh lease only on ReadFailed; a read cancelled while it waits for
-    the endpoint lock or the connect forgets a lease the broker then keeps (segment mapped and
-    registered) until it expires, 60 s later."""
+    Found by this test: ``Reader._session`` closed the fresh lease only on ReadFailed, so a
+    read cancelled while it waited for the endpoint lock or the connect forgot a lease the
+    broker then kept (segment mapped and registered) until it expired, 60 s later."""
     async with make_rig(tmp_path) as rig:
         rig.use_ucx(True)
         account = rig.pool.account_for("client", lambda: "client")
@@ -161,12 +160,10 @@ async def test_a_unary_zero_copy_read_cancelled_by_its_caller_lends_nothing(
     point: a loan whose handle never reached the caller cannot be released by it, so it must
     not stay lent (the caller's connection stays open, so only ``--lend-ms`` would end it).
 
-    Fails today: rdma/sidecar.py ``_unary_as_client`` awaits ``grpc_read`` (which lends the
-    slot, ``zero_copy``) through ``trio_as_aio`` and then sends the reply; when the caller
-    resets the call in between (a timeout, an interrupted read), the handler is cancelled,
-    the reply is dropped with the only copy of the handle, and the slot counts against the
-    client's share until ``--lend-ms`` (30 s). Giving back the loans a call made when its
-    reply was not sent makes this pass."""
+    Found by this test: the unary Read lent the slot (``zero_copy``) and then sent the reply;
+    a caller that reset the call in between (a timeout, an interrupted read) lost the only copy
+    of the handle and the slot counted against its share until ``--lend-ms`` (30 s). Now a
+    reply made but never sent gives its loan back (``grpc.on_unsent``)."""
     async with trio_asyncio.open_loop(), make_rig(tmp_path, buffers=8) as rig:
         rig.use_ucx(True)
         sidecar = Sidecar(SidecarConfig(socket=tmp_path / "s.sock"), rig.reader)
