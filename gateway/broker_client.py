@@ -158,14 +158,14 @@ class BrokerClient:
 
     # -- control ------------------------------------------------------------------------------
 
-    async def call(self, method: grpc.Route[Any, Rep] | str, request: Any,
-                   reply_type: type | None = None, *, timeout: float = 10.0) -> Rep:
+    async def call(self, method: grpc.Route[Any, Rep], request: Any, *,
+                   timeout: float = 10.0) -> Rep:
         """A unary call of ``method`` (``BROKER.describe_topics``). Raises
         ``BrokerUnavailable`` when the broker cannot be reached (logged once per outage) and
         ``BrokerFailed`` when it answered with an error that retrying will not fix (logged
         with its traceback)."""
         assert self._channel is not None, "BrokerClient.run() not started"
-        route = _route(method)
+        route = method
         try:
             # HTTP/2 allows the broker 100 concurrent streams: more calls wait here instead of
             # failing with TooManyStreamsError.
@@ -196,15 +196,3 @@ class BrokerClient:
 
 def _cancel_fetch(request_id: int) -> pb.FetchRequest:
     return pb.FetchRequest(request_id=request_id, cancel=True)
-
-
-def _route(method: grpc.Route[Any, Rep] | str) -> grpc.Route[Any, Rep]:
-    """``method`` itself, or the route of a method named as the proto names it
-    ("CreateTopics"), as some callers still do: checked against the generated service here,
-    so a misspelt name fails before anything is sent."""
-    if isinstance(method, grpc.Route):
-        return method
-    for route in BROKER:
-        if route.path.rsplit("/", 1)[1] == method:
-            return route
-    raise AttributeError(f"the Broker service has no method {method!r}")

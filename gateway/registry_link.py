@@ -3,11 +3,14 @@ broker client: the same calls, with the client's two failures told as one ``Brok
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from gateway.broker_client import BrokerClient, BrokerFailed, BrokerUnavailable
+from kelp.grpc import Route
 from kelp.rpc.broker import v1 as pb
 from registry.link import BrokerDown
+
+Rep = TypeVar("Rep")
 
 
 class RegistryBrokerLink:
@@ -17,10 +20,10 @@ class RegistryBrokerLink:
     async def wait_connected(self) -> None:
         await self.broker.wait_connected()
 
-    async def call(self, method: str, request: Any, reply_type: type, *,
-                   timeout: float = 10.0) -> Any:
+    async def call(self, method: Route[Any, Rep], request: Any, *,
+                   timeout: float = 10.0) -> Rep:
         try:
-            return await self.broker.call(method, request, reply_type, timeout=timeout)
+            return await self.broker.call(method, request, timeout=timeout)
         except (BrokerUnavailable, BrokerFailed) as exc:
             raise BrokerDown(str(exc)) from exc
 

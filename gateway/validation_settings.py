@@ -11,6 +11,7 @@ from __future__ import annotations
 import trio
 
 from gateway.broker_client import BrokerClient, BrokerFailed, BrokerUnavailable
+from kelp.routes import BROKER
 from kelp.rpc.broker import v1 as pb
 from registry.validation import CONFIG_NAMES, NO_VALIDATION, Settings, settings_from_configs
 
@@ -55,7 +56,7 @@ class TopicSettings:
             pb.DescribeConfigsRequestResource(type=2, name=t, keys=list(CONFIG_NAMES))
             for t in topics])
         try:
-            reply = await self.broker.call("DescribeConfigs", request, pb.DescribeConfigsReply)
+            reply = await self.broker.call(BROKER.describe_configs, request)
         except (BrokerUnavailable, BrokerFailed):
             return
         now = trio.current_time()

@@ -432,17 +432,11 @@ class Channel:
         else:
             self._channel = grpclib.client.Channel(address.host, address.port)
 
-    async def call(
-        self, route: Route[Any, Rep] | str, request: Any, reply_type: type | None = None, *,
-        timeout: float = 10.0,
-    ) -> Rep:
-        """A unary call on ``route`` (a bare path needs its ``reply_type``)."""
-        if isinstance(route, Route):
-            path, reply_type = route.path, route.reply_type
-        else:
-            path = route
-        assert reply_type is not None, "a call by path needs its reply type"
-        return await trio_asyncio.aio_as_trio(self._unary)(path, request, reply_type, timeout)
+    async def call(self, route: Route[Any, Rep], request: Any, *, timeout: float = 10.0
+                   ) -> Rep:
+        """A unary call of ``route`` (``kelp.routes.BROKER.open_read``)."""
+        return await trio_asyncio.aio_as_trio(self._unary)(route.path, request,
+                                                           route.reply_type, timeout)
 
     async def _unary(self, path: str, request: Any, reply_type: type, timeout: float) -> Any:
         async with self._channel.request(
@@ -454,19 +448,11 @@ class Channel:
             return reply
 
     @contextlib.asynccontextmanager
-    async def open_stream(
-        self, route: Route[Req, Rep] | str, request_type: type[Req] | None = None,
-        reply_type: type[Rep] | None = None,
-    ) -> AsyncIterator[ClientStream[Req, Rep]]:
-        """Open a long-lived bidirectional stream on ``route`` (a bare path needs its
-        message types); leaving the context ends it."""
-        if isinstance(route, Route):
-            path, request_type, reply_type = route.path, route.request_type, route.reply_type
-        else:
-            path = route
-        cm = self._channel.request(
-            path, grpclib.const.Cardinality.STREAM_STREAM, request_type, reply_type
-        )
+    async def open_stream(self, route: Route[Req, Rep]
+                          ) -> AsyncIterator[ClientStream[Req, Rep]]:
+        """Open a long-lived bidirectional stream of ``route``; leaving the context ends it."""
+        cm = self._channel.request(route.path, grpclib.const.Cardinality.STREAM_STREAM,
+                                   route.request_type, route.reply_type)
         stream = await trio_asyncio.aio_as_trio(cm.__aenter__)()
         try:
             await trio_asyncio.aio_as_trio(stream.send_request)()

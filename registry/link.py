@@ -5,9 +5,12 @@ process package: the gateway passes an adapter over its broker client
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+from kelp.grpc import Route
 from kelp.rpc.broker import v1 as pb
+
+Rep = TypeVar("Rep")
 
 
 class BrokerDown(Exception):
@@ -20,9 +23,9 @@ class BrokerLink(Protocol):
 
     async def wait_connected(self) -> None: ...
 
-    async def call(self, method: str, request: Any, reply_type: type, *,
-                   timeout: float = 10.0) -> Any:
-        """A unary call by method name (``"JoinGroup"``), with its reply message type."""
+    async def call(self, method: Route[Any, Rep], request: Any, *,
+                   timeout: float = 10.0) -> Rep:
+        """A unary call of a Broker method (``kelp.routes.BROKER.join_group``)."""
         ...
 
     async def fetch(self, request: pb.FetchRequest) -> pb.FetchReply: ...

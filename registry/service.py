@@ -24,6 +24,7 @@ import trio
 from kio.schema.errors import ErrorCode
 
 from kelp import recordbatch, records
+from kelp.routes import BROKER
 from kelp.rpc.broker import v1 as pb
 from registry.core import ParsedCache, RegistryError
 from registry.link import BrokerDown, BrokerLink
@@ -101,8 +102,8 @@ class SchemaRegistry:
         """Create ``_schemas`` as Confluent requires: one partition, compacted."""
         spec = pb.TopicSpec(name=self.topic, partitions=1,
                             configs={"cleanup.policy": "compact"})
-        reply = await self.broker.call("CreateTopics", pb.CreateTopicsRequest(topics=[spec]),
-                                       pb.CreateTopicsReply)
+        reply = await self.broker.call(BROKER.create_topics,
+                                       pb.CreateTopicsRequest(topics=[spec]))
         result = reply.results[0]
         if result.error_code not in (ErrorCode.none, ErrorCode.topic_already_exists):
             raise BrokerDown(f"cannot create {self.topic}: {result.error_message}")
@@ -110,8 +111,7 @@ class SchemaRegistry:
         # is lost, and under a delete policy retention would one day delete schemas; Confluent
         # refuses to run on such a topic, and so does kelp (with the reason in every answer).
         described = await self.broker.call(
-            "DescribeTopics", pb.DescribeTopicsRequest(names=[self.topic]),
-            pb.DescribeTopicsReply)
+            BROKER.describe_topics, pb.DescribeTopicsRequest(names=[self.topic]))
         info = described.topics[0]
         policy = info.configs.get("cleanup.policy", "delete")
         if info.partitions != 1 or "compact" not in policy:
@@ -271,19 +271,19 @@ class SchemaRegistry:
             if member_id:
                 with (trio.CancelScope(shield=True), trio.move_on_after(2),
                       contextlib.suppress(BrokerDown)):
-                    await self.broker.call("LeaveGroup", pb.LeaveGroupRequest(
+                    await self.broker.call(BROKER.leave_group, pb.LeaveGroupRequest(
                         group_id=self.group, members=[pb.MemberIdentity(member_id=member_id)]),
-                        pb.LeaveGroupReply, timeout=2)
+                        timeout=2)
 
     async def _join_and_sync(self, member_id: str) -> tuple[str, int]:
         metadata = json.dumps(self.identity.to_json(), separators=(",", ":")).encode()
         while True:
-            join = await self.broker.call("JoinGroup", pb.JoinGroupRequest(
+            join = await self.broker.call(BROKER.join_group, pb.JoinGroupRequest(
                 group_id=self.group, member_id=member_id, protocol_type="sr",
                 protocols=[pb.GroupProtocol(name="v0", metadata=metadata)],
                 session_timeout_ms=SESSION_TIMEOUT_MS, rebalance_timeout_ms=SESSION_TIMEOUT_MS,
                 client_id="kelp-schema-registry", client_host=self.identity.host),
-                pb.JoinGroupReply, timeout=SESSION_TIMEOUT_MS / 1000 + 30)
+                timeout=SESSION_TIMEOUT_MS / 1000 + 30)
             if join.error_code == ErrorCode.unknown_member_id:
                 member_id = ""
                 continue
@@ -293,10 +293,10 @@ class SchemaRegistry:
             assignments = []
             if join.leader == member_id:
                 assignments = _assign(join.members)
-            sync = await self.broker.call("SyncGroup", pb.SyncGroupRequest(
+            sync = await self.broker.call(BROKER.sync_group, pb.SyncGroupRequest(
                 group_id=self.group, generation_id=join.generation_id, member_id=member_id,
                 protocol_type="sr", protocol_name="v0", assignments=assignments),
-                pb.SyncGroupReply, timeout=SESSION_TIMEOUT_MS / 1000 + 30)
+                timeout=SESSION_TIMEOUT_MS / 1000 + 30)
             if sync.error_code == ErrorCode.rebalance_in_progress:
                 continue
             if sync.error_code:
@@ -312,9 +312,8 @@ class SchemaRegistry:
         """Heartbeat until the group rebalances; returns the member id to rejoin with."""
         while True:
             await trio.sleep(HEARTBEAT_S)
-            beat = await self.broker.call("Heartbeat", pb.HeartbeatRequest(
-                group_id=self.group, generation_id=generation, member_id=member_id),
-                pb.HeartbeatReply)
+            beat = await self.broker.call(BROKER.heartbeat, pb.HeartbeatRequest(
+                group_id=self.group, generation_id=generation, member_id=member_id))
             if beat.error_code == ErrorCode.none:
                 continue
             self._set_leader(None, False)

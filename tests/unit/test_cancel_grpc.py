@@ -19,11 +19,12 @@ import trio_asyncio
 
 from kelp import grpc
 from kelp.process import count_tasks
+from kelp.routes import BROKER
 from kelp.rpc.broker import v1 as pb
 from tests.unit.cancel_points import cancel_at_every_point, settle
 
-# A test-only service: the pump neither knows nor cares which method it carries.
-STREAM_PATH = "/kelp.test.v1.Pumps/Stream"
+# The pump neither knows nor cares which method it carries: a test echo serves Broker.Fetch.
+STREAM = BROKER.fetch
 
 
 class FakePeer:
@@ -215,14 +216,13 @@ async def test_a_client_stream_cancelled_at_every_point_closes_on_both_sides(
             serving["now"] -= 1
 
     address = grpc.Address(path=str(tmp_path / "pumps.sock"))
-    mapping = {STREAM_PATH: grpc.stream_handler(echo, pb.FetchRequest, pb.FetchReply)}
+    mapping = {STREAM.path: grpc.stream_handler(echo, pb.FetchRequest, pb.FetchReply)}
     async with trio.open_nursery() as server_nursery:
         await server_nursery.start(grpc.serve, mapping, address)
         channel = grpc.Channel(address)
 
         async def use_a_stream() -> None:
-            async with channel.open_stream(STREAM_PATH, pb.FetchRequest,
-                                           pb.FetchReply) as stream:
+            async with channel.open_stream(STREAM) as stream:
                 for number in (1, 2):
                     stream.send(pb.FetchRequest(request_id=number))
                     reply = await stream.recv()

@@ -19,6 +19,7 @@ import trio.testing
 import trio_asyncio
 
 from kelp import grpc
+from kelp.routes import SIDECAR
 from kelp.rpc.sidecar import v1 as sidecar_pb
 from rdma.pool import BufferPool, Slot
 from rdma.sidecar import Sidecar, SidecarConfig
@@ -168,9 +169,7 @@ async def test_a_unary_zero_copy_read_cancelled_by_its_caller_lends_nothing(
         rig.use_ucx(True)
         sidecar = Sidecar(SidecarConfig(socket=tmp_path / "s.sock"), rig.reader)
         mapping = sidecar.grpc_mapping()
-        read_path = next(path for path, handler in mapping.items()
-                         if handler.request_type is sidecar_pb.ReadRequest
-                         and handler.cardinality is grpclib.const.Cardinality.UNARY_UNARY)
+        read_path = SIDECAR.read.path
         # A reply written to the socket may still be lost to a caller cancelled just then:
         # nothing the sidecar can know (--lend-ms ends those loans). Note which replies went
         # out whole; a loan whose reply never did is the sidecar's to take back.
@@ -199,9 +198,8 @@ async def test_a_unary_zero_copy_read_cancelled_by_its_caller_lends_nothing(
 
             async def read() -> sidecar_pb.ReadReply:
                 runs["n"] += 1
-                return await channel.call(read_path, sidecar_pb.ReadRequest(
-                    file_id=file_id(1), offset=runs["n"], size=100, zero_copy=True),
-                    sidecar_pb.ReadReply)
+                return await channel.call(SIDECAR.read, sidecar_pb.ReadRequest(
+                    file_id=file_id(1), offset=runs["n"], size=100, zero_copy=True))
 
             async def check(completed: bool, outcome: Any) -> None:
                 assert not isinstance(outcome, Exception), outcome
