@@ -1,8 +1,9 @@
-"""A small HTTP/1.1 server, and a one-request client, on trio and h11.
+"""A small HTTP/1.1 server on trio and h11 (the client is ``kelp.http``, on httpx).
 
 Every kelp process answers a little HTTP for people and scripts: health, stats, metrics, the
-sidecar's read API. That traffic is light, so this is deliberately not a framework: routes are
-exact paths, handlers are ``async def handler(request) -> Response``, and everything a client
+sidecar's read API, the Schema Registry. This is deliberately not a framework: routes are exact
+paths or ``/prefix/*`` mounts (``Router`` routes patterns below a mount), handlers are
+``async def handler(request) -> Response``, and everything a client
 controls is bounded (header bytes, body bytes, time to send a request, time to take a response,
 concurrent connections). h11 does the protocol (a sans-IO state machine); this module only moves
 bytes between it and a trio stream.
@@ -433,85 +434,3 @@ def _response_event(response: Response, *, close: bool) -> h11.Response:
     except ValueError:
         reason = b""
     return h11.Response(status_code=response.status, headers=headers, reason=reason)
-
-
-class HttpClientError(Exception):
-    """A request that produced no HTTP response; the message says which step failed and why."""
-
-
-async def http_get(host: str, port: int, target: str = "/", *, timeout: float = 5.0,
-                   max_body_bytes: int = 1024 * 1024) -> Response:
-    """GET ``http://host:port/target`` on a fresh connection, all within ``timeout`` seconds.
-
-    Any status comes back as a :class:`Response`; a refused connection, a timeout or a
-    malformed reply raises :class:`HttpClientError`. For probes and tests, not bulk transfer.
-    """
-    return await http_request(host, port, "GET", target, timeout=timeout,
-                              max_body_bytes=max_body_bytes)
-
-
-async def http_request(host: str, port: int, method: str, target: str = "/", *,
-                       body: bytes = b"", headers: Mapping[str, str] | None = None,
-                       timeout: float = 5.0, max_body_bytes: int = 1024 * 1024) -> Response:
-    """One request on a fresh connection (as :func:`http_get`, with a method and a body)."""
-    url = f"http://{_authority(host, port)}{target}"
-    try:
-        with trio.fail_after(timeout):
-            stream = await trio.open_tcp_stream(host, port)
-            async with stream:
-                return await _exchange(stream, host, port, method, target, body,
-                                       dict(headers or {}), max_body_bytes)
-    except trio.TooSlowError:
-        raise HttpClientError(f"{method} {url}: no response within {timeout}s") from None
-    except OSError as exc:
-        raise HttpClientError(f"{method} {url}: cannot connect: {_os_reason(exc)}") from exc
-    except (h11.ProtocolError, trio.BrokenResourceError, _RequestTooLarge) as exc:
-        raise HttpClientError(f"{method} {url}: bad response: {exc}") from exc
-
-
-def _os_reason(exc: OSError) -> str:
-    """trio reports "all attempts to connect failed" and keeps the reasons in the cause; a
-    person wants the reasons ("Connection refused")."""
-    cause = exc.__cause__
-    leaves = cause.exceptions if isinstance(cause, BaseExceptionGroup) else [cause]
-    reasons = sorted({leaf.strerror or str(leaf) for leaf in leaves
-                      if isinstance(leaf, OSError)})
-    return "; ".join(reasons) if reasons else str(exc)
-
-
-def _authority(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-async def _exchange(stream: trio.SocketStream, host: str, port: int, method: str,
-                    target: str, body_out: bytes, extra_headers: dict[str, str],
-                    max_body_bytes: int) -> Response:
-    conn = h11.Connection(h11.CLIENT)
-    head = [("host", _authority(host, port)), ("user-agent", "kelp"), ("connection", "close"),
-            ("content-length", str(len(body_out)))]
-    head += [(k, v) for k, v in extra_headers.items()
-             if k.lower() not in ("host", "connection", "content-length")]
-    request = h11.Request(method=method, target=target, headers=head)
-    out = conn.send(request)
-    if body_out:
-        out += conn.send(h11.Data(data=body_out))
-    await stream.send_all(out + conn.send(h11.EndOfMessage()))
-    reply: h11.Response | None = None
-    body = bytearray()
-    while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            conn.receive_data(await stream.receive_some(RECEIVE_SIZE))
-        elif isinstance(event, h11.Response):
-            reply = event
-        elif isinstance(event, h11.Data):
-            body += event.data
-            if len(body) > max_body_bytes:
-                raise _RequestTooLarge(f"body exceeds {max_body_bytes} bytes")
-        elif isinstance(event, h11.EndOfMessage) and reply is not None:
-            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in reply.headers}
-            return Response(reply.status_code, bytes(body), headers.get("content-type", ""),
-                            headers)
-        elif isinstance(event, h11.ConnectionClosed):
-            raise h11.RemoteProtocolError("connection closed before a response")
-        # InformationalResponse (1xx): keep reading for the real one.

@@ -22,7 +22,7 @@ from typing import Any
 
 import trio
 
-from kelp import __version__, grpc, httpd, process
+from kelp import __version__, grpc, http, httpd, process
 from kelp.reads import MAX_READ_BYTES, BadReadRequest, parse_read_request
 from kelp.routes import SIDECAR
 from kelp.rpc.sidecar import v1 as sidecar_pb
@@ -90,6 +90,7 @@ class Sidecar(sidecar_pb.SidecarBase):
         self.started = time.monotonic()
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self.http_port: int | None = None
+        self.http_client: http.Client | None = None  # for /ping; run_sidecar owns it
         self.reader = reader if reader is not None else Reader(config.reader)
         self._client_numbers = itertools.count(1)
 
@@ -281,10 +282,11 @@ class Sidecar(sidecar_pb.SidecarBase):
         target = f"http://{self.config.broker_http}/health"
         start = time.perf_counter()
         try:
-            reply = await httpd.http_get(self.config.broker_http_host,
-                                         self.config.broker_http_port, "/health",
-                                         timeout=PING_TIMEOUT_S)
-        except httpd.HttpClientError as exc:
+            assert self.http_client is not None, "run_sidecar opens the HTTP client"
+            reply = await self.http_client.get(self.config.broker_http_host,
+                                               self.config.broker_http_port, "/health",
+                                               timeout=PING_TIMEOUT_S)
+        except http.HttpClientError as exc:
             self.counters["ping_failures"] += 1
             return httpd.Response.json({"status": "error", "target": target,
                                         "error": str(exc)}, 502)
@@ -352,7 +354,8 @@ async def run_sidecar(
     sidecar = Sidecar(config)
     config.socket.parent.mkdir(parents=True, exist_ok=True)
     await _check_socket_path(config.socket)
-    async with trio.open_nursery() as nursery:
+    async with http.Client(max_connections=2) as sidecar.http_client, \
+            trio.open_nursery() as nursery:
         await nursery.start(sidecar.reader.run)
         await nursery.start(grpc.serve, sidecar.grpc_mapping(),
                             grpc.Address(path=str(config.socket)))

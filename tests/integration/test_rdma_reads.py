@@ -291,3 +291,13 @@ def test_sidecar_restarts_cleanly(rig: Rig) -> None:
     file_id, offset, size, expected = _ranges(rig, count=1, seed=7)[5]
     status, body, headers = rig.http(f"/read?file_id={file_id}&offset={offset}&size={size}")
     assert (status, body, headers["x-kelp-transport"]) == (200, expected, "ucx")
+
+
+def test_ping_reaches_the_broker_over_a_kept_alive_connection(rig: Rig) -> None:
+    for _ in range(3):
+        status, body, _ = rig.http("/ping")
+        assert status == 200, body
+        reply = json.loads(body)
+        assert reply["status"] == "ok" and reply["latency_ms"] >= 0
+    assert rig.stats()["pings"] >= 3
+

@@ -285,30 +285,6 @@ async def test_cancelling_the_server_closes_its_connections() -> None:
             assert await stream.receive_some(100) == b""
 
 
-async def test_http_get_client() -> None:
-    async with server() as port:
-        reply = await httpd.http_get("127.0.0.1", port, "/echo?a=1")
-        assert reply.status == 200
-        assert reply.content_type == "application/json"
-        assert reply.json_body()["query"] == {"a": "1"}
-        assert reply.json_body()["agent"] == "kelp"
-        assert (await httpd.http_get("127.0.0.1", port, "/nope")).status == 404
-
-
-async def test_http_get_reports_refused_and_silent_peers() -> None:
-    async with server() as port:
-        pass  # the port is now closed
-    with pytest.raises(httpd.HttpClientError, match=r"cannot connect: .*refused"):
-        await httpd.http_get("127.0.0.1", port, "/health")
-
-    # A peer that accepts and never answers.
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    silent_port = listeners[0].socket.getsockname()[1]
-    async with listeners[0]:
-        with pytest.raises(httpd.HttpClientError, match=r"no response within 0.2s"):
-            await httpd.http_get("127.0.0.1", silent_port, "/health", timeout=0.2)
-
-
 def test_router_matches_patterns_methods_and_says_what_is_allowed() -> None:
     router: httpd.Router[str] = httpd.Router()
     router.add("GET", "/subjects/*/versions/*", "get-version")
