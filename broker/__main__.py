@@ -16,10 +16,17 @@ from broker.offsets import OffsetStore
 from broker.service import BrokerService
 from broker.topics import TopicRegistry
 from broker.ucx_export import LEASE_MS, UcxExporter
-from kelp import grpc, httpd, logs, process
+from kelp import debug, grpc, httpd, logs, process
 from kelp.address import parse_host_port
 
 log = logging.getLogger("kelp.broker")
+
+DEBUG_FAULTS = {
+    "append-delay-ms": "wait this long before each append (a slow disk), to exercise "
+                       "backpressure",
+    "ucx-stop-endpoint": "1 serves POST /debug/ucx-stop on the HTTP port, which ends the UCX "
+                         "export while reads go on (fallback drills)",
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,8 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         default=LogConfig.producer_id_expiration_ms,
                         help="forget an idempotent producer's state after this long without "
                         "a write (Kafka's producer.id.expiration.ms; default: 86400000)")
-    parser.add_argument("--append-delay-ms", type=float, default=0.0,
-                        help="testing: delay every append as a slow disk would (default: 0)")
+    debug.add_option(parser, DEBUG_FAULTS)
     parser.add_argument("--ucx", default="127.0.0.1:17779", metavar="HOST:PORT",
                         help="UCX listener the read sidecar connects to for one-sided reads "
                         "of segment files (default: 127.0.0.1:17779; port 0 picks one)")
@@ -64,7 +70,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         f"sidecar (a power of two; default: {DEFAULT_CHUNK_BYTES})")
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"])
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.faults = debug.parse(parser, args.debug, DEBUG_FAULTS)
+    return args
 
 
 async def serve(args: argparse.Namespace) -> None:
@@ -87,7 +95,7 @@ async def serve(args: argparse.Namespace) -> None:
                            lease_ms=args.ucx_lease_ms, advertise=args.ucx_advertise)
     service = BrokerService(registry, coordinator=coordinator, exports=exports,
                             exporter=exporter, auto_create_partitions=args.default_partitions,
-                            append_delay_s=args.append_delay_ms / 1000)
+                            append_delay_s=args.faults.get("append-delay-ms", 0.0) / 1000)
 
     async def health(request: httpd.Request) -> httpd.Response:
         return httpd.Response.json({"status": "ok", "topics": len(registry.topics),
@@ -112,10 +120,10 @@ async def serve(args: argparse.Namespace) -> None:
                 exporter.stop()
                 return httpd.Response.json({"stopped": True})
 
-            routes = {"/health": health, "/metrics": metrics,
-                      **ExportsHttp(exports).routes(),
-                      # Testing: end the UCX export while HTTP reads go on (fallback drills).
-                      "/debug/ucx-stop": httpd.Route(stop_ucx, frozenset({"POST"}))}
+            routes: dict[str, httpd.Handler | httpd.Route] = {
+                "/health": health, "/metrics": metrics, **ExportsHttp(exports).routes()}
+            if args.faults.get("ucx-stop-endpoint"):
+                routes["/debug/ucx-stop"] = httpd.Route(stop_ucx, frozenset({"POST"}))
             await nursery.start(httpd.serve_http, routes, http_host, http_port)
             process.ready(log, grpc=str(grpc_address), http=args.http,
                           data_dir=str(args.data_dir))

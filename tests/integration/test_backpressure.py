@@ -21,7 +21,7 @@ def rss_mb(proc: Proc) -> float:
 
 
 def test_flood_against_a_slow_disk_is_throttled_and_bounded(tmp_path, topic_name) -> None:
-    cluster = Cluster(tmp_path / "c", broker_args=["--append-delay-ms", "30"])
+    cluster = Cluster(tmp_path / "c", broker_args=["--debug", "append-delay-ms=30"])
     cluster.start()
     try:
         throttles: list[int] = []

@@ -84,7 +84,8 @@ def _fill(cluster: Cluster, megabytes: int) -> None:
 
 def _rig(tmp_path: Path, *sidecar_args: str) -> Iterator[Rig]:
     cluster = Cluster(tmp_path / "c", gateway_args=["--no-registry"],
-                      broker_args=["--chunk-bytes", str(CHUNK)])
+                      broker_args=["--chunk-bytes", str(CHUNK),
+                                   "--debug", "ucx-stop-endpoint=1"])
     sidecar = None
     try:
         cluster.start()
