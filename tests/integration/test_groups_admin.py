@@ -10,14 +10,13 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
+from tests.group_ledger import Ledger
+from tests.group_members import ConfluentMember, stop_all
 from tests.group_scenarios import (
     PARTITIONS,
-    ConfluentMember,
-    Ledger,
     committed_offsets,
     create_topic,
     produce_wave,
-    stop_all,
     wait_consumed,
     wait_stable,
     wait_until,

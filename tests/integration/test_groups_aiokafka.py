@@ -6,13 +6,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.group_scenarios import (
-    AiokafkaMember,
-    AsyncioThread,
-    Ledger,
-    Member,
-    leave_join_resume,
-)
+from tests.group_ledger import Ledger
+from tests.group_members import AiokafkaMember, AsyncioThread, Member
+from tests.group_scenarios import leave_join_resume
 from tests.kelp_procs import Cluster
 
 

@@ -9,12 +9,10 @@ import time
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
+from tests.group_ledger import Ledger
+from tests.group_members import HEARTBEAT_MS, ConfluentMember, Member, stop_all
 from tests.group_scenarios import (
-    HEARTBEAT_MS,
     PARTITIONS,
-    ConfluentMember,
-    Ledger,
-    Member,
     assert_exactly_once,
     assert_unique_owners,
     committed_offsets,
@@ -23,7 +21,6 @@ from tests.group_scenarios import (
     leave_join_resume,
     produce_wave,
     stable_assignment,
-    stop_all,
     wait_consumed,
     wait_stable,
     wait_until,

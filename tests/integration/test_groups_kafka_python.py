@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from tests.group_scenarios import (
-    KafkaPythonMember,
-    Ledger,
-    Member,
-    leave_join_resume,
-)
+from tests.group_ledger import Ledger
+from tests.group_members import KafkaPythonMember, Member
+from tests.group_scenarios import leave_join_resume
 from tests.kelp_procs import Cluster
 
 
