@@ -1,9 +1,9 @@
-"""kelp.batchcheck and kelp.decompress: Kafka's LogValidator checks on produced batches,
-and bounded decompression.
+"""kelp.batchcheck: Kafka's LogValidator checks on produced batches.
 
 Valid batches come from three encoders that are not ours (aiokafka's record builder, kio's
 batch writer) besides kelp.records; kio's reader is the independent decoder to agree with.
-The C walker and the Python walker must give identical answers on any input.
+The C walker and the Python walker must give identical answers on any input (fuzzed in
+test_batchcheck_fuzz.py); bounded decompression is in test_decompress_bombs.py.
 """
 
 from __future__ import annotations
@@ -11,21 +11,11 @@ from __future__ import annotations
 import importlib.util
 import pickle
 import shutil
-import struct
-import subprocess
 import sys
-import textwrap
-import time
-import tracemalloc
 import zlib
-from functools import cache
 
-import cramjam
-import crc32c
 import pytest
-from aiokafka.codec import snappy_encode
-from aiokafka.record.default_records import DefaultRecordBatchBuilder
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from kio.records.readers import read_batch
 from kio.schema.errors import ErrorCode
@@ -33,98 +23,24 @@ from kio.schema.errors import ErrorCode
 import kelp
 from kelp import batchcheck, decompress, recordbatch, records
 from tests.batches import make_batch
-
-INVALID = ErrorCode.invalid_record
-CORRUPT = ErrorCode.corrupt_message
-CODECS = [decompress.NONE, decompress.GZIP, decompress.SNAPPY, decompress.LZ4, decompress.ZSTD]
-COMPRESSED = CODECS[1:]
-MiB = 1024 * 1024
-WALKERS = [pytest.param(False, id="python"),
-           pytest.param(True, id="native", marks=pytest.mark.skipif(
-               not batchcheck.NATIVE, reason="kelp._recordwalk is not built"))]
-
-
-# --- building batches --------------------------------------------------------------------------
-
-
-def finish(batch: bytearray | bytes, *, count: int | None = None,
-           last_offset_delta: int | None = None, attributes: int | None = None,
-           producer: tuple[int, int] | None = None) -> bytes:
-    """Patch header fields, then set batchLength and the CRC so only our change is wrong."""
-    batch = bytearray(batch)
-    if count is not None:
-        struct.pack_into(">i", batch, 57, count)
-    if last_offset_delta is not None:
-        struct.pack_into(">i", batch, 23, last_offset_delta)
-    if attributes is not None:
-        struct.pack_into(">h", batch, 21, attributes)
-    if producer is not None:
-        struct.pack_into(">q", batch, 43, producer[0])
-        struct.pack_into(">i", batch, 53, producer[1])
-    struct.pack_into(">i", batch, 8, len(batch) - recordbatch.LENGTH_PREFIX)
-    struct.pack_into(">I", batch, 17, crc32c.crc32c(bytes(batch[21:])))
-    return bytes(batch)
-
-
-def with_body(batch: bytes, body: bytes, codec: int | None = None, **fields: int) -> bytes:
-    """``batch``'s header with another records body (and codec bits)."""
-    header = bytearray(batch[: recordbatch.HEADER_SIZE])
-    attributes = struct.unpack_from(">h", header, 21)[0]
-    if codec is not None:
-        attributes = attributes & ~7 | codec
-    return finish(header + body, attributes=attributes, **fields)
-
-
-def aiokafka_batch(pairs, *, codec: int = 0, headers=(), producer=(-1, -1, -1),
-                   transactional: bool = False) -> bytes:
-    """A batch from aiokafka's DefaultRecordBatchBuilder, the encoder a real client uses."""
-    builder = DefaultRecordBatchBuilder(2, codec, int(transactional), *producer, 1 << 30)
-    for index, (key, value) in enumerate(pairs):
-        assert builder.append(index, 1_700_000_000_000 + index, key, value,
-                              list(headers)) is not None
-    return bytes(builder.build())
-
-
-def check(batch: bytes, **options) -> None:
-    batchcheck.check_batch(batch, recordbatch.parse_header(batch), **options)
-
-
-def rejected(batch: bytes, **options) -> batchcheck.BatchRejected:
-    with pytest.raises(batchcheck.BatchRejected) as info:
-        check(batch, **options)
-    return info.value
-
-
-def encode_record(index: int, key: bytes | None, value: bytes | None,
-                  headers: list[tuple[bytes | None, bytes | None]] = (),
-                  offset_delta: int | None = None) -> bytes:
-    """One record by hand, so tests can write what encoders refuse to (null header keys)."""
-    def field(data: bytes | None) -> bytes:
-        return zigzag(-1) if data is None else zigzag(len(data)) + data
-    body = (b"\x00" + zigzag(0) + zigzag(index if offset_delta is None else offset_delta)
-            + field(key) + field(value) + zigzag(len(headers))
-            + b"".join(field(k) + field(v) for k, v in headers))
-    return zigzag(len(body)) + body
-
-
-def zigzag(value: int) -> bytes:
-    raw = (value << 1) ^ (value >> 63)
-    out = bytearray()
-    while raw >= 0x80:
-        out.append(raw & 0x7F | 0x80)
-        raw >>= 7
-    out.append(raw)
-    return bytes(out)
-
-
-BASE = records.build_batch([(b"k", b"v")], 1_700_000_000_000)
-
-keys = st.binary(max_size=20) | st.none()
-values = st.binary(max_size=200) | st.none()
-header_lists = st.lists(st.tuples(st.text(max_size=8), st.binary(max_size=20) | st.none()),
-                        max_size=3)
-pair_lists = st.lists(st.tuples(keys, values), min_size=1, max_size=40)
-
+from tests.unit.batchcheck_helpers import (
+    BASE,
+    CODECS,
+    COMPRESSED,
+    CORRUPT,
+    INVALID,
+    WALKERS,
+    MiB,
+    aiokafka_batch,
+    check,
+    encode_record,
+    finish,
+    header_lists,
+    pair_lists,
+    rejected,
+    with_body,
+    zigzag,
+)
 
 # --- the walker is built and equivalent --------------------------------------------------------
 
@@ -394,233 +310,3 @@ def test_varints_follow_java_int_arithmetic(native):
     body = zigzag(9) + b"\x00\x00\x00" + b"\xfe\xff\xff\xff\x0f" + b"\x00"
     walk = batchcheck.walk_records(body, 1, native=native)
     assert walk[:5] == (batchcheck.KEY_PAST_END, 0, -1, 2**31 - 1, 1)
-
-
-# --- zip bombs ---------------------------------------------------------------------------------
-
-BOMB = 64 * MiB  # what the bombs expand to
-LIMIT = MiB  # the bound the tests set
-
-
-def _stream(compressor, size: int) -> bytes:
-    chunk = bytes(MiB)
-    for _ in range(size // MiB):
-        compressor.compress(chunk)
-    return bytes(compressor.finish())
-
-
-@cache
-def bomb(kind: str) -> bytes:
-    if kind == "gzip":
-        deflate = zlib.compressobj(9, zlib.DEFLATED, 31)
-        return b"".join([*(deflate.compress(bytes(MiB)) for _ in range(BOMB // MiB)),
-                         deflate.flush()])
-    if kind == "gzip-members":  # many small gzip members, one after the other
-        return bytes(cramjam.gzip.compress(bytes(MiB))) * (BOMB // MiB)
-    if kind == "zstd":  # streamed: no content size in the frame header
-        return _stream(cramjam.zstd.Compressor(), BOMB)
-    if kind == "zstd-declared":  # one shot: the frame header declares the content size
-        return bytes(cramjam.zstd.compress(bytes(BOMB)))
-    if kind == "lz4":
-        return _stream(cramjam.lz4.Compressor(), BOMB)
-    if kind == "snappy":  # raw: the preamble declares the length
-        return bytes(cramjam.snappy.compress_raw(bytes(BOMB)))
-    if kind == "snappy-xerial":  # what the Java client writes: 32 KiB chunks
-        return snappy_encode(bytes(BOMB))
-    raise AssertionError(kind)
-
-
-BOMB_CODECS = {"gzip": decompress.GZIP, "gzip-members": decompress.GZIP,
-               "zstd": decompress.ZSTD, "zstd-declared": decompress.ZSTD,
-               "lz4": decompress.LZ4, "snappy": decompress.SNAPPY,
-               "snappy-xerial": decompress.SNAPPY}
-
-
-@pytest.mark.parametrize("kind", list(BOMB_CODECS))
-def test_bombs_are_refused_fast_in_bounded_memory(kind):
-    data, codec = bomb(kind), BOMB_CODECS[kind]
-    tracemalloc.start()
-    started = time.perf_counter()
-    try:
-        with pytest.raises(decompress.Undecompressible) as info:
-            decompress.decompress_bounded(codec, data, LIMIT)
-        took = time.perf_counter() - started
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert info.value.error == CORRUPT
-    assert info.value.message == (f"{decompress.CODEC_NAMES[codec]} record batch decompresses "
-                                  f"to more than {LIMIT} bytes")
-    assert peak < 2 * LIMIT, f"peak {peak} bytes"
-    assert took < 2.0
-    # The same through check_batch.
-    error = rejected(with_body(BASE, data, codec), max_decompressed_bytes=LIMIT)
-    assert error.error == CORRUPT and "decompresses to more than" in error.message
-
-
-def test_bombs_stay_bounded_in_process_memory():
-    """tracemalloc cannot see the codecs' own allocations: watch the RSS of a fresh process
-    refusing 256 MiB bombs under a 1 MiB bound (growth must stay far below the bomb)."""
-    script = textwrap.dedent("""
-        import resource, zlib, cramjam
-        from kelp import decompress
-        from aiokafka.codec import snappy_encode
-        chunk = bytes(1 << 20)
-        def stream(compressor):
-            for _ in range(256):
-                compressor.compress(chunk)
-            return bytes(compressor.finish())
-        deflate = zlib.compressobj(9, zlib.DEFLATED, 31)
-        gz = b"".join([*(deflate.compress(chunk) for _ in range(256)), deflate.flush()])
-        xerial = bytes(snappy_encode(chunk)[:16]) + bytes(snappy_encode(chunk)[16:]) * 256
-        bombs = [(1, gz), (4, stream(cramjam.zstd.Compressor())),
-                 (3, stream(cramjam.lz4.Compressor())), (2, xerial)]
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        for codec, data in bombs:
-            try:
-                decompress.decompress_bounded(codec, data, 1 << 20)
-            except decompress.Undecompressible:
-                pass
-            else:
-                raise SystemExit("accepted a bomb")
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
-    """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            timeout=60, check=True)
-    growth_kib = int(result.stdout.strip())
-    assert growth_kib < 32 * 1024, f"RSS grew by {growth_kib} KiB"
-
-
-@pytest.mark.parametrize("kind", ["gzip", "gzip-members", "zstd", "zstd-declared", "lz4",
-                                  "snappy", "snappy-xerial"])
-def test_bound_is_exact(kind):
-    payload = bytes(range(256)) * 1000 + bytes(50_000)  # 306,000 bytes
-    codec = BOMB_CODECS[kind]
-    data = {
-        "gzip": lambda: zlib.compress(payload, wbits=31),
-        "gzip-members": lambda: (zlib.compress(payload[:1000], wbits=31)
-                                 + zlib.compress(payload[1000:], wbits=31)),
-        "zstd": lambda: _stream_payload(cramjam.zstd.Compressor(), payload),
-        "zstd-declared": lambda: bytes(cramjam.zstd.compress(payload)),
-        "lz4": lambda: bytes(cramjam.lz4.compress(payload)),
-        "snappy": lambda: bytes(cramjam.snappy.compress_raw(payload)),
-        "snappy-xerial": lambda: snappy_encode(payload),
-    }[kind]()
-    assert decompress.decompress_bounded(codec, data, len(payload)) == payload
-    assert decompress.decompress_bounded(codec, memoryview(data), 10 * len(payload)) == payload
-    with pytest.raises(decompress.Undecompressible) as info:
-        decompress.decompress_bounded(codec, data, len(payload) - 1)
-    assert "decompresses to more than" in info.value.message
-
-
-def _stream_payload(compressor, payload: bytes) -> bytes:
-    compressor.compress(payload)
-    return bytes(compressor.finish())
-
-
-@pytest.mark.parametrize("module", [cramjam.zstd, cramjam.lz4])
-def test_cramjam_reports_a_full_output_buffer(module):
-    # decompress_bounded tells "buffer full, grow it" from "corrupt" by this message.
-    with pytest.raises(cramjam.DecompressionError, match=decompress._BUFFER_FULL):
-        module.decompress_into(bytes(module.compress(bytes(1000))), bytearray(999))
-
-
-# --- fuzzing: the two walkers agree, nothing but BatchRejected escapes ----------------------
-
-
-def _compare_walkers(body: bytes, count: int, compacted: bool) -> batchcheck.Walk:
-    python = batchcheck.walk_records(body, count, compacted=compacted, native=False)
-    if batchcheck.NATIVE:
-        native = batchcheck.walk_records(body, count, compacted=compacted, native=True)
-        assert native == python
-    message = batchcheck.describe_walk(python, count)
-    assert (message is None) == (python[0] == batchcheck.OK)
-    event(f"walk status {python[0]}")
-    return python
-
-
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
-@given(st.binary(max_size=600), st.integers(0, 1000), st.booleans())
-def test_arbitrary_bytes(body, count, compacted):
-    _compare_walkers(body, count, compacted)
-    try:
-        batchcheck.check_records(body, count, compacted=compacted)
-    except batchcheck.BatchRejected as error:
-        assert error.error == INVALID
-
-
-mutations = st.lists(st.one_of(
-    st.tuples(st.just("flip"), st.integers(0, 10**6), st.integers(0, 7)),
-    st.tuples(st.just("set"), st.integers(0, 10**6), st.integers(0, 255)),
-    st.tuples(st.just("truncate"), st.integers(0, 10**6)),
-    st.tuples(st.just("insert"), st.integers(0, 10**6), st.binary(min_size=1, max_size=6)),
-    st.tuples(st.just("delete"), st.integers(0, 10**6), st.integers(1, 6)),
-), min_size=1, max_size=4)
-
-
-def mutate(data: bytes, ops) -> bytes:
-    out = bytearray(data)
-    for op in ops:
-        if not out:
-            break
-        position = op[1] % len(out)
-        if op[0] == "flip":
-            out[position] ^= 1 << op[2]
-        elif op[0] == "set":
-            out[position] = op[2]
-        elif op[0] == "truncate":
-            del out[position:]
-        elif op[0] == "insert":
-            out[position:position] = op[2]
-        else:
-            del out[position : position + op[2]]
-    return bytes(out)
-
-
-def _kio_decodes(batch: bytes) -> list | None:
-    """kio's reading of a batch, or None when kio trips on a timestamp Kafka does not check."""
-    batch = bytearray(batch)
-    struct.pack_into(">q", batch, 35, 2**62)  # kio checks record timestamps against this
-    try:
-        decoded, _size = read_batch(finish(batch), 0)
-    except (OverflowError, OSError, ValueError) as exc:
-        if any(word in str(exc) for word in ("year", "timestamp", "range", "too large")):
-            return None
-        raise
-    return list(decoded.records)
-
-
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
-@given(pair_lists, header_lists, mutations, st.booleans())
-def test_mutated_uncompressed_bodies(pairs, headers, ops, compacted):
-    batch = aiokafka_batch(pairs, headers=headers)
-    body = mutate(batch[recordbatch.HEADER_SIZE :], ops)
-    walk = _compare_walkers(body, len(pairs), compacted)
-    mutated = with_body(batch, body)
-    try:
-        check(mutated, compacted=compacted)
-    except batchcheck.BatchRejected as error:
-        assert error.error == INVALID
-        assert (error.record_errors != ()) == (walk[0] == batchcheck.OK)
-        return
-    # Accepted: kio, an independent decoder, reads the same number of records from it.
-    decoded = _kio_decodes(mutated)
-    if decoded is not None:
-        assert len(decoded) == len(pairs)
-        assert [r.offset for r in decoded] == list(range(len(pairs)))
-
-
-@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
-@given(pair_lists, st.sampled_from(COMPRESSED), mutations, st.booleans())
-def test_mutated_whole_batches(pairs, codec, ops, compacted):
-    batch = aiokafka_batch([(k, (v or b"") * 3) for k, v in pairs], codec=codec)
-    mutated = mutate(batch, ops)
-    try:
-        header = recordbatch.parse_header(mutated)
-    except recordbatch.CorruptBatch:
-        return  # recordbatch's business
-    try:
-        batchcheck.check_batch(mutated, header, compacted=compacted,
-                               max_decompressed_bytes=64 * 1024)
-    except batchcheck.BatchRejected as error:
-        assert error.error in (INVALID, CORRUPT, ErrorCode.unsupported_compression_type)
