@@ -108,8 +108,16 @@ class DataStreams:
         self.pending_appends += 1
         try:
             await plog.wait_durable(mark)
+        except OffsetOutOfRange as exc:  # the topic was deleted before its sync
+            reply.error_code = ErrorCode.unknown_topic_or_partition
+            reply.error_message = str(exc)
         except OSError as exc:
             reply.error_code, reply.error_message = ErrorCode.kafka_storage_error, str(exc)
+        except Exception as exc:
+            # A bug must cost this append, never the stream every producer's appends ride on.
+            log.exception("append failed", extra={"dir": str(plog.directory)})
+            reply.error_code = ErrorCode.unknown_server_error
+            reply.error_message = f"kelp: {type(exc).__name__}"
         finally:
             self.pending_appends -= 1
         send(reply)

@@ -226,7 +226,17 @@ class KafkaServer:
                                                 "version": request.version})
                 prepare = PREPARE.get(request.api_key)
                 if prepare is not None:
-                    await prepare(self.ctx, request)
+                    # Waiting for room (a produce while the broker's backlog is full) means
+                    # not reading this connection, so not even noticing it close: bounded.
+                    with trio.move_on_after(self.ctx.config.request_timeout_ms / 1000) as wait:
+                        await prepare(self.ctx, request)
+                    if wait.cancelled_caught:
+                        self.timeouts += 1
+                        timeout_log.warning(
+                            "closing connection: no room for its request within the request "
+                            "timeout", peer=peer, api=apis.api_name(request.api_key),
+                            timeout_ms=self.ctx.config.request_timeout_ms)
+                        raise _Closing
                 current_holds.set(slot.holds)  # the handler's task inherits it (fetch grants)
                 pending = handler(self.ctx, request)  # may do its synchronous part right here
                 try:
