@@ -15,6 +15,8 @@ from __future__ import annotations
 import errno
 import inspect
 import logging
+import socket
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -46,6 +48,7 @@ unavailable_log = RateLimited(log, interval_s=1.0)
 _ACCEPT_OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 RECEIVE_SIZE = 256 * 1024
+PEER_CHECK_S = 1.0  # how often a connection not being read is checked for its client leaving
 MAX_VERSION_KEYS = 10_000  # bounds the versions-seen table however many client ids appear
 
 
@@ -165,12 +168,19 @@ class KafkaServer:
         partial = kafka.buffered > 0
         timeout_s = (config.request_timeout_ms if partial
                      else config.connections_max_idle_ms) / 1000
-        with trio.move_on_after(timeout_s) as waiting:
+        pending = kafka.pending_frame_size()
+        needs_room = pending is not None and pending > LARGE_FRAME_BYTES and not reserved
+
+        async def wait_for_turn() -> None:
             await budget.wait_until_muted_ends()
             await budget.wait_for_room()
-            pending = kafka.pending_frame_size()
-            if pending is not None and pending > LARGE_FRAME_BYTES and not reserved:
+            if needs_room:
+                assert pending is not None
                 reserved.append(await self.ctx.request_pool.reserve(pending))
+
+        with trio.move_on_after(timeout_s) as waiting:
+            if needs_room or budget.must_wait():
+                await self._while_connected(stream, wait_for_turn)
             data = await stream.receive_some(RECEIVE_SIZE)
         if waiting.cancelled_caught:
             self.timeouts += 1
@@ -229,7 +239,8 @@ class KafkaServer:
                     # Waiting for room (a produce while the broker's backlog is full) means
                     # not reading this connection, so not even noticing it close: bounded.
                     with trio.move_on_after(self.ctx.config.request_timeout_ms / 1000) as wait:
-                        await prepare(self.ctx, request)
+                        await self._while_connected(
+                            stream, lambda: prepare(self.ctx, request))  # noqa: B023
                     if wait.cancelled_caught:
                         self.timeouts += 1
                         timeout_log.warning(
@@ -248,6 +259,33 @@ class KafkaServer:
                 budget.take(request.size)
                 nursery.start_soon(self._complete, kafka, request, pending, slot, peer,
                                    nursery.cancel_scope, budget)
+
+    @staticmethod
+    async def _while_connected(stream: trio.SocketStream,
+                               wait: Callable[[], Awaitable[None]]) -> None:
+        """``await wait()`` while watching the client. A connection that is not being read
+        (throttled, over its budget, waiting for pool room or for the broker's backlog) would
+        not notice its client leave, and abandoned connections would pile up until their
+        timeouts (a flood of them held thousands of sockets). Raises ``_Closing`` if the
+        client closes meanwhile."""
+        gone = False
+
+        async def watch(scope: trio.CancelScope) -> None:
+            nonlocal gone
+            try:
+                while await stream.socket.recv(1, socket.MSG_PEEK):
+                    await trio.sleep(PEER_CHECK_S)  # bytes wait for us: only an end matters
+            except OSError:
+                pass  # reset: gone as well
+            gone = True
+            scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch, nursery.cancel_scope)
+            await wait()
+            nursery.cancel_scope.cancel()
+        if gone:
+            raise _Closing
 
     def _note_version(self, request: Request) -> None:
         key = (request.header.client_id or "", apis.api_name(request.api_key))
@@ -338,6 +376,10 @@ class _Budget:
         self.used -= size
         self._freed.set()
         self._freed = trio.Event()
+
+    def must_wait(self) -> bool:
+        """Whether the connection may not be read now (throttled or over its budget)."""
+        return self.used >= self.limit or self.muted_until > trio.current_time()
 
     def mute_for(self, seconds: float) -> None:
         self.muted_until = max(self.muted_until, trio.current_time() + seconds)

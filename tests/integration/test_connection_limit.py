@@ -49,3 +49,43 @@ def test_connections_past_the_limit_wait_until_one_closes(cluster: Cluster) -> N
     second.close()
     third.close()
     assert "Traceback" not in cluster.gateway.log_text()
+
+
+@pytest.fixture
+def small_pool(tmp_path: Path) -> Iterator[Cluster]:
+    running = Cluster(tmp_path / "p", gateway_args=["--queued-max-request-bytes", str(2 << 20)])
+    try:
+        yield running.start()
+    finally:
+        running.stop()
+
+
+def _connections(cluster: Cluster) -> int:
+    health_url = f"http://127.0.0.1:{cluster.gateway_http_port}/health"
+    with urllib.request.urlopen(health_url, timeout=10) as reply:
+        return int(json.load(reply)["connections"])
+
+
+def test_a_client_leaving_while_its_connection_waits_is_noticed(small_pool: Cluster) -> None:
+    """A connection waiting for room is not read, yet its client leaving must close it at
+    once (within a second or two), not after the 30 s request timeout: abandoned connections
+    must not pile up."""
+    import struct
+    import time
+
+    holder = RawClient(small_pool.bootstrap)
+    holder.send_bytes(struct.pack(">i", 3 << 19) + b"\x00" * 1024)  # 1.5 MiB promised: reserved
+    waiter = RawClient(small_pool.bootstrap)
+    waiter.send_bytes(struct.pack(">i", 3 << 19) + b"\x00" * 1024)  # waits for pool room
+    deadline = time.monotonic() + 10
+    while _connections(small_pool) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _connections(small_pool) == 2
+    waiter.close()
+    started = time.monotonic()
+    while _connections(small_pool) > 1 and time.monotonic() - started < 10:
+        time.sleep(0.1)
+    assert _connections(small_pool) == 1
+    assert time.monotonic() - started < 5
+    holder.close()
+    assert "Traceback" not in small_pool.gateway.log_text()
