@@ -123,6 +123,12 @@ class BrokerClient:
 
     # -- data path --------------------------------------------------------------------------
 
+    def append_writable(self) -> bool:
+        """Whether an append would go out now without waiting (``wait_append_writable``)."""
+        stream = self._appends.stream
+        return (self._appends.outstanding < self._appends.max_outstanding
+                and (stream is None or stream.writable()))
+
     async def wait_append_writable(self) -> None:
         """Until the append stream has room, in appends the broker has not answered yet and
         in bytes queued (the broker takes appends slower than clients send them: the Kafka

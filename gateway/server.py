@@ -235,12 +235,12 @@ class KafkaServer:
                     log.debug("request", extra={"peer": peer, "api": apis.api_name(request.api_key),
                                                 "version": request.version})
                 prepare = PREPARE.get(request.api_key)
-                if prepare is not None:
+                if prepare is not None and not prepare.ready(self.ctx, request):
                     # Waiting for room (a produce while the broker's backlog is full) means
                     # not reading this connection, so not even noticing it close: bounded.
                     with trio.move_on_after(self.ctx.config.request_timeout_ms / 1000) as wait:
                         await self._while_connected(
-                            stream, lambda: prepare(self.ctx, request))  # noqa: B023
+                            stream, lambda: prepare.wait(self.ctx, request))  # noqa: B023
                     if wait.cancelled_caught:
                         self.timeouts += 1
                         timeout_log.warning(

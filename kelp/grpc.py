@@ -491,6 +491,11 @@ class ClientStream(Generic[Req, Rep]):
         """Until the bytes queued for sending are below the bound (backpressure)."""
         await self._pump.wait_writable()
 
+    def writable(self) -> bool:
+        """Whether ``wait_writable`` would return at once."""
+        return self._pump.pending_bytes < self._pump.max_outgoing_bytes or (
+            self._pump.error is not None)
+
     async def recv(self) -> Rep | None:
         return await self._pump.recv()
 

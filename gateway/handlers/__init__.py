@@ -10,6 +10,7 @@ others. ``None`` means no response (Produce with acks=0).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from gateway.context import GatewayContext
@@ -65,7 +66,13 @@ apis.require_handlers(HANDLERS)  # the table of served APIs says what must be he
 
 # Work that must finish before a handler is called, still in the read loop so request order
 # holds; it may wait (e.g. for a topic's schema-validation settings, usually cached).
-Prepare = Callable[[GatewayContext, Request], Awaitable[None]]
+# ``ready`` says (synchronously) whether there is anything to wait for.
+@dataclass(frozen=True)
+class Prepare:
+    ready: Callable[[GatewayContext, Request], bool]
+    wait: Callable[[GatewayContext, Request], Awaitable[None]]
+
+
 PREPARE: dict[int, Prepare] = {
-    ApiKey.PRODUCE: produce.prepare,
+    ApiKey.PRODUCE: Prepare(produce.ready, produce.prepare),
 }

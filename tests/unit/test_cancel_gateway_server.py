@@ -51,6 +51,9 @@ class FakeBroker:
         self.fetches_answered = 0
         self.park_fetches = False
 
+    def append_writable(self) -> bool:
+        return False  # so every produce goes through the wait (and its client watcher)
+
     async def wait_append_writable(self) -> None:
         await trio.lowlevel.checkpoint()
 
