@@ -288,8 +288,11 @@ class PartitionLog:
         number = self.segments.index(segment)
         return segment.size - position + sum(s.size for s in self.segments[number + 1 :])
 
-    async def read(self, offset: int, max_bytes: int) -> ReadResult:
-        """Whole batches from the one holding ``offset``, up to ``max_bytes`` (at least one).
+    async def read(self, offset: int, max_bytes: int, *, at_least_one: bool = True
+                   ) -> ReadResult:
+        """Whole batches from the one holding ``offset``, within ``max_bytes``; a first batch
+        larger than that comes whole when ``at_least_one`` (Kafka's rule for the first
+        partition with data in a fetch), else nothing does.
 
         Raises ``OffsetOutOfRange`` below the log start or above the high-water mark.
         """
@@ -307,11 +310,12 @@ class PartitionLog:
             end = 0
             while end + recordbatch.LENGTH_PREFIX <= len(data):
                 batch_size = recordbatch.peek(data, end)[1]
-                if end + batch_size > len(data):
+                if end + batch_size > min(len(data), max_bytes):
                     break
                 end += batch_size
             if end == 0:
-                data = await _pread(segment, position, recordbatch.peek(data)[1])
+                data = (await _pread(segment, position, recordbatch.peek(data)[1])
+                        if at_least_one else b"")
             elif end < len(data):
                 data = data[:end]
         return ReadResult(data, hwm, start)

@@ -210,10 +210,11 @@ class DataStreams:
                 out.high_watermark = plog.high_watermark
                 out.log_start_offset = plog.log_start_offset
                 # Kafka returns at least one batch even past the budget, but only for the first
-                # partition that has data; later ones respect what remains.
+                # partition that has data; later ones respect what remains (KIP-74).
                 limit = min(part.max_bytes, budget) if part.max_bytes > 0 else budget
-                if budget > 0 or not any(r.records for r in results):
-                    read = await plog.read(part.offset, limit)
+                first_with_data = not any(r.records for r in results)
+                if budget > 0 or first_with_data:
+                    read = await plog.read(part.offset, limit, at_least_one=first_with_data)
                     out.records = read.records
                     out.high_watermark = read.high_watermark
                     budget -= len(read.records)

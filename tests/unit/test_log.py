@@ -48,6 +48,11 @@ async def test_max_bytes_returns_whole_batches_and_at_least_one(tmp_path):
     assert len((await plog.read(0, 1)).records) == sizes[0]
     assert len((await plog.read(0, sizes[0] + sizes[1] - 1)).records) == sizes[0]
     assert len((await plog.read(0, sizes[0] + sizes[1])).records) == sizes[0] + sizes[1]
+    # Not the first partition with data in its fetch: a batch that does not fit is not sent.
+    assert (await plog.read(0, sizes[0] - 1, at_least_one=False)).records == b""
+    assert len((await plog.read(0, sizes[0], at_least_one=False)).records) == sizes[0]
+    # Within a few bytes (less than one read's peek) nothing past max_bytes either.
+    assert len((await plog.read(0, sizes[0] + 5)).records) == sizes[0]
 
 
 async def test_out_of_range_and_end_of_log(tmp_path):
