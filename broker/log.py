@@ -201,6 +201,11 @@ class PartitionLog:
         self._dir_dirty = True
         log.debug("rolled segment", extra={"dir": str(self.directory), "base": old.next_offset})
 
+    @property
+    def synced_mark(self) -> int:
+        """The write counter up to which everything has been fdatasync'ed."""
+        return self._synced
+
     async def wait_durable(self, write_mark: int) -> None:
         """Return once every byte up to ``write_mark`` has been fdatasync'ed.
 

@@ -8,6 +8,7 @@ replayed; compaction keeps it to one record per key.
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 from dataclasses import dataclass
@@ -38,6 +39,11 @@ class OffsetStore:
     def __init__(self, directory: Path, config: LogConfig) -> None:
         self.log = PartitionLog.open(directory, config)
         self.groups: dict[str, dict[TopicPartition, Committed]] = {}
+        # Commits written but not yet visible, in log order: (write mark, group, changes).
+        # They become visible in that order once durable, whatever order their writers'
+        # waits resume in, so pipelined commits read back the last one, as after a replay.
+        self._pending: collections.deque[
+            tuple[int, str, dict[TopicPartition, Committed | None]]] = collections.deque()
         self._replay()
 
     def _replay(self) -> None:
@@ -83,18 +89,28 @@ class OffsetStore:
                                                      ).encode())
                  for (topic, partition), c in changes.items()]
         result = self.log.append(records.build_batch(pairs, now_ms()))
+        self._pending.append((result.write_mark, group, changes))
         if self.log.config.sync_on_ack:
             await self.log.wait_durable(result.write_mark)
-        offsets = self.groups.setdefault(group, {})
-        for where, committed in changes.items():
-            if committed is None:
-                offsets.pop(where, None)
-            else:
-                offsets[where] = committed
-        if not offsets:
-            del self.groups[group]
+        self._make_visible(result.write_mark)
+
+    def _make_visible(self, up_to: int) -> None:
+        """Apply the pending commits written up to ``up_to``, oldest first."""
+        while self._pending and self._pending[0][0] <= up_to:
+            _mark, group, changes = self._pending.popleft()
+            offsets = self.groups.setdefault(group, {})
+            for where, committed in changes.items():
+                if committed is None:
+                    offsets.pop(where, None)
+                else:
+                    offsets[where] = committed
+            if not offsets:
+                del self.groups[group]
 
     def get(self, group: str) -> dict[TopicPartition, Committed]:
+        # A commit whose writer gave up (cancelled) before its sync is visible once durable.
+        if self._pending and self.log.config.sync_on_ack:
+            self._make_visible(self.log.synced_mark)
         return self.groups.get(group, {})
 
     def close(self) -> None:

@@ -48,6 +48,12 @@ unavailable_log = RateLimited(log, interval_s=1.0)
 _ACCEPT_OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 RECEIVE_SIZE = 256 * 1024
+# Requests of one connection are served concurrently (answers still go out in order), except
+# these: each starts only once the connection's previous one of them is answered, as Kafka
+# serves a connection's requests one at a time. Pipelined commits are then applied in the
+# order sent, and an OffsetFetch sees the commits sent before it.
+ORDERED = frozenset({apis.ApiKey.OFFSET_COMMIT, apis.ApiKey.OFFSET_FETCH,
+                     apis.ApiKey.OFFSET_DELETE, apis.ApiKey.DELETE_GROUPS})
 PEER_CHECK_S = 1.0  # how often a connection not being read is checked for its client leaving
 MAX_VERSION_KEYS = 10_000  # bounds the versions-seen table however many client ids appear
 
@@ -206,6 +212,7 @@ class KafkaServer:
                               slots: trio.MemorySendChannel[_Slot], nursery: trio.Nursery,
                               peer: str, live: set[_Slot], budget: _Budget,
                               reserved: list[int]) -> None:
+        last_ordered: trio.Event | None = None  # done when the last ORDERED request is
         while True:
             data = await self._receive(stream, kafka, budget, reserved, peer)
             if not data:
@@ -257,8 +264,11 @@ class KafkaServer:
                         pending.close()
                     raise
                 budget.take(request.size)
+                after = None
+                if request.api_key in ORDERED:
+                    after, last_ordered = last_ordered, slot.done
                 nursery.start_soon(self._complete, kafka, request, pending, slot, peer,
-                                   nursery.cancel_scope, budget)
+                                   nursery.cancel_scope, budget, after)
 
     @staticmethod
     async def _while_connected(stream: trio.SocketStream,
@@ -294,9 +304,11 @@ class KafkaServer:
 
     async def _complete(self, kafka: KafkaConnection, request: Request, pending: Any,
                         slot: _Slot, peer: str, connection_scope: trio.CancelScope,
-                        budget: _Budget) -> None:
+                        budget: _Budget, after: trio.Event | None = None) -> None:
         self.inflight += 1
         try:
+            if after is not None:
+                await after.wait()  # the connection's previous ORDERED request is answered
             body = await pending
             if body is not None:
                 slot.payload = kafka.encode_response(request, body)
