@@ -87,8 +87,13 @@ async def serve(args: argparse.Namespace) -> None:
     # '@' cannot appear in a topic name, so this directory never collides with a topic's.
     store = await trio.to_thread.run_sync(OffsetStore, args.data_dir / "@consumer-offsets",
                                           offsets_config)
+    def partition_exists(topic: str, partition: int) -> bool:
+        known = registry.get(topic)
+        return known is not None and 0 <= partition < known.partition_count
+
     coordinator = Coordinator(
-        store, initial_rebalance_delay_s=args.group_initial_rebalance_delay_ms / 1000)
+        store, initial_rebalance_delay_s=args.group_initial_rebalance_delay_ms / 1000,
+        partition_exists=partition_exists)
     exports = Exports(registry, chunk_bytes=args.chunk_bytes)
     ucx_host, ucx_port = parse_host_port(args.ucx)
     exporter = UcxExporter(exports, ucx_host, ucx_port, enabled=not args.no_ucx,

@@ -8,6 +8,8 @@ of a group without members. Mixed into `broker.groups.Coordinator`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import trio
 from kio.schema.errors import ErrorCode
 
@@ -30,6 +32,9 @@ class GroupOffsets:
     store: OffsetStore
     groups: dict[str, Group]
     offsets_retention_ms: int
+    # Whether a topic partition exists: commits to one that does not are refused, as Kafka
+    # refuses them (UNKNOWN_TOPIC_OR_PARTITION), instead of storing offsets for nothing.
+    partition_exists: Callable[[str, int], bool]
 
     def _member(self, group_id: str, member_id: str, instance_id: str | None,
                 generation: int | None) -> tuple[Group, Member]:
@@ -68,7 +73,9 @@ class GroupOffsets:
         results = {}
         accepted = {}
         for where, committed in offsets.items():
-            if committed.metadata is not None and len(committed.metadata.encode()) > \
+            if not self.partition_exists(*where):
+                results[where] = ErrorCode.unknown_topic_or_partition
+            elif committed.metadata is not None and len(committed.metadata.encode()) > \
                     MAX_METADATA_BYTES:
                 results[where] = ErrorCode.offset_metadata_too_large
             else:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 
 import trio
 from kio.schema.errors import ErrorCode
@@ -64,8 +65,10 @@ log = logging.getLogger("kelp.broker.groups")
 
 class Coordinator(GroupOffsets):
     def __init__(self, store: OffsetStore, *, initial_rebalance_delay_s: float = 3.0,
-                 offsets_retention_ms: int = 7 * 24 * 3600 * 1000) -> None:
+                 offsets_retention_ms: int = 7 * 24 * 3600 * 1000,
+                 partition_exists: Callable[[str, int], bool] | None = None) -> None:
         self.store = store
+        self.partition_exists = partition_exists or (lambda _topic, _partition: True)
         self.groups: dict[str, Group] = {}
         self.initial_rebalance_delay_s = initial_rebalance_delay_s
         self.offsets_retention_ms = offsets_retention_ms

@@ -8,6 +8,7 @@ import sys
 
 from confluent_kafka.admin import AdminClient, NewTopic
 from kio.index import load_request_schema
+from kio.schema.errors import ErrorCode
 
 from tests.kafka_raw import RawClient
 from tests.kelp_procs import Cluster
@@ -51,3 +52,17 @@ def test_pipelined_commits_read_back_the_last_one(cluster: Cluster, topic_name: 
             assert _committed(client, group, topic_name) == COMMITS
         finally:
             client.close()
+
+
+def test_a_commit_to_a_topic_that_does_not_exist_is_refused(cluster: Cluster,
+                                                            topic_name: str) -> None:
+    admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
+    admin.create_topics([NewTopic(topic_name, 1)])[topic_name].result(30)
+    client = RawClient(cluster.bootstrap, timeout=30)
+    try:
+        missing = client.request(_commit(topic_name, f"{topic_name}-missing", 5))
+        existing = client.request(_commit(topic_name, topic_name, 5), correlation_id=2)
+    finally:
+        client.close()
+    assert missing.topics[0].partitions[0].error_code == ErrorCode.unknown_topic_or_partition
+    assert existing.topics[0].partitions[0].error_code == ErrorCode.none
