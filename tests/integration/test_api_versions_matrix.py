@@ -210,6 +210,7 @@ def test_group_lifecycle_at_every_version(client: RawClient, topic_name: str,
                                           version: int) -> None:
     """Join (MEMBER_ID_REQUIRED first from v4), sync, heartbeat, commit, fetch, leave."""
     group = f"{topic_name}-g{version}"
+    ensure_topic(client, topic_name)  # commits name an existing partition, as Kafka requires
     join_type = load_request_schema(ApiKey.JOIN_GROUP, version)
     protocol = nested(join_type, "JoinGroupRequestProtocol")(name="range", metadata=b"\x00meta")
 
