@@ -86,7 +86,11 @@ class KafkaConnection:
             # Vet before decoding: kio's native reader trusts counts and aborts the process
             # when one is huge (see ``vet``). Legacy codecs have their own bounded readers.
             if not apis.is_legacy(api_key, version):
-                vet.vet(messages.request_type(api_key, version), payload, offset)
+                _end, edits = vet.vet(messages.request_type(api_key, version), payload, offset)
+                if edits:  # tagged fields kio does not know: ignored, as Kafka ignores them
+                    body = messages.decode_request(api_key, version,
+                                                   vet.strip(payload, edits), offset)
+                    return Request(header, body, len(payload))
             body = messages.decode_request(api_key, version, payload, offset)
         except (headers.MalformedHeader, vet.Malformed) as exc:
             raise ProtocolError(f"malformed {apis.api_name(api_key)} v{version} request: {exc}",

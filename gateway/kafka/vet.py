@@ -12,6 +12,9 @@ the same kio schema the decoder will use, and refused as ``Malformed`` unless:
   a handler as ``None``);
 - nullable structs carry a valid marker, and tagged fields stay inside their declared size.
 
+Tagged fields the schema does not know are allowed (the protocol says to ignore them) and
+reported as edits; ``strip`` cuts them out, because kio's decoder refuses them.
+
 The walk allocates nothing per element; a plan (one closure per field, from ``schema``'s
 description of the type) is built once per request type. It mirrors kio's encoder: legacy
 (int16/int32-prefixed) encodings in old versions, compact (varint-prefixed) ones and
@@ -32,15 +35,20 @@ class Malformed(ValueError):
 
 
 # A step reads one field at ``position`` within ``data[:end]`` and returns where it ends.
-Step = Callable[[bytes, int, int], int]
+Step = Callable[[bytes, int, int, list["Edit"]], int]
+# A byte range to replace, found while vetting: unknown tagged fields are cut out (see ``strip``).
+Edit = tuple[int, int, bytes]
 
 
-def vet(entity_type: type, data: bytes, position: int) -> int:
-    """Check that ``data[position:]`` holds a well-formed ``entity_type``; returns its end.
+def vet(entity_type: type, data: bytes, position: int) -> tuple[int, list[Edit]]:
+    """Check that ``data[position:]`` holds a well-formed ``entity_type``.
 
-    Raises ``Malformed`` naming the field at fault.
+    Returns where it ends and the edits that remove tagged fields the schema does not know
+    (apply them with ``strip``; usually there are none). Raises ``Malformed`` naming the
+    field at fault.
     """
-    return _plan(entity_type)(data, position, len(data))
+    edits: list[Edit] = []
+    return _plan(entity_type)(data, position, len(data), edits), edits
 
 
 def read_uvarint(data: bytes, position: int, end: int) -> tuple[int, int]:
@@ -90,9 +98,9 @@ def _plan(entity_type: type) -> Step:
         steps.append(_tagged_section(tagged))
     name = entity_type.__name__
 
-    def walk(data: bytes, position: int, end: int) -> int:
+    def walk(data: bytes, position: int, end: int, edits: list[Edit]) -> int:
         for step in steps:
-            position = step(data, position, end)
+            position = step(data, position, end, edits)
         if position > end:
             raise Malformed(f"{name} runs past the end of the frame")
         return position
@@ -153,7 +161,7 @@ def _primitive(label: str, kafka_type: str, flexible: bool,
 
 
 def _skip(size: int) -> Step:
-    def skip(data: bytes, position: int, end: int) -> int:
+    def skip(data: bytes, position: int, end: int, edits: list[Edit]) -> int:
         position += size
         if position > end:
             raise Malformed("truncated request body")
@@ -163,7 +171,7 @@ def _skip(size: int) -> Step:
 
 
 def _compact_bytes(label: str, nullable: bool) -> Step:
-    def compact(data: bytes, position: int, end: int) -> int:
+    def compact(data: bytes, position: int, end: int, edits: list[Edit]) -> int:
         length, position = read_uvarint(data, position, end)
         if length == 0:
             if not nullable:
@@ -178,7 +186,7 @@ def _compact_bytes(label: str, nullable: bool) -> Step:
 
 
 def _legacy_bytes(label: str, prefix: int, nullable: bool) -> Step:
-    def legacy(data: bytes, position: int, end: int) -> int:
+    def legacy(data: bytes, position: int, end: int, edits: list[Edit]) -> int:
         length = _int(data, position, prefix, end)
         position += prefix
         if length < 0:
@@ -195,7 +203,7 @@ def _legacy_bytes(label: str, prefix: int, nullable: bool) -> Step:
 
 def _array(label: str, flexible: bool, nullable: bool, element: Step,
            element_min: int) -> Step:
-    def array(data: bytes, position: int, end: int) -> int:
+    def array(data: bytes, position: int, end: int, edits: list[Edit]) -> int:
         if flexible:
             raw, position = read_uvarint(data, position, end)
             count = raw - 1  # 0 encodes null
@@ -212,38 +220,83 @@ def _array(label: str, flexible: bool, nullable: bool, element: Step,
             raise Malformed(f"{label}: {count} elements cannot fit in the "
                             f"{end - position} bytes left")
         for _ in range(count):
-            position = element(data, position, end)
+            position = element(data, position, end, edits)
         return position
 
     return array
 
 
 def _nullable_struct(label: str, inner: Step) -> Step:
-    def struct(data: bytes, position: int, end: int) -> int:
+    def struct(data: bytes, position: int, end: int, edits: list[Edit]) -> int:
         marker = _int(data, position, 1, end)
         position += 1
         if marker == -1:
             return position
         if marker != 1:
             raise Malformed(f"{label}: invalid null marker {marker}")
-        return inner(data, position, end)
+        return inner(data, position, end, edits)
 
     return struct
 
 
 def _tagged_section(known: dict[int, Step]) -> Step:
-    def section(data: bytes, position: int, end: int) -> int:
+    def section(data: bytes, position: int, end: int, edits: list[Edit]) -> int:
+        count_start = position
         count, position = read_uvarint(data, position, end)
+        count_end = position
+        unknown: list[Edit] = []
         for _ in range(count):  # every field takes >= 2 bytes, so a lie runs out of data
+            field_start = position
             tag, position = read_uvarint(data, position, end)
+            size_start = position
             size, position = read_uvarint(data, position, end)
             field_end = position + size
             if field_end > end:
                 raise Malformed(f"tagged field {tag} runs past the end of the frame")
             step = known.get(tag)
-            if step is not None and step(data, position, field_end) > field_end:
-                raise Malformed(f"tagged field {tag} overruns its size")
+            if step is None:
+                unknown.append((field_start, field_end, b""))
+            else:
+                inner: list[Edit] = []
+                if step(data, position, field_end, inner) > field_end:
+                    raise Malformed(f"tagged field {tag} overruns its size")
+                if inner:  # cutting inside this field shrinks the size it declares
+                    edits.append((size_start, position, _uvarint(size - _shrinkage(inner))))
+                    edits.extend(inner)
             position = field_end
+        if unknown:
+            edits.append((count_start, count_end, _uvarint(count - len(unknown))))
+            edits.extend(unknown)
         return position
 
     return section
+
+
+def _uvarint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _shrinkage(edits: list[Edit]) -> int:
+    return sum(stop - start - len(replacement) for start, stop, replacement in edits)
+
+
+def strip(data: bytes, edits: list[Edit]) -> bytes:
+    """``data`` with the edits ``vet`` found applied: unknown tagged fields removed.
+
+    Kafka ignores tagged fields it does not know (that is what lets a newer client add them
+    without a version bump), but kio's decoder refuses them; cutting them out first gives
+    kio the bytes an older client would have sent.
+    """
+    pieces: list[bytes] = []
+    position = 0
+    for start, stop, replacement in sorted(edits):
+        pieces.append(data[position:start])
+        pieces.append(replacement)
+        position = stop
+    pieces.append(data[position:])
+    return b"".join(pieces)
