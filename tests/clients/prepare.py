@@ -48,7 +48,20 @@ def prepare_js() -> None:
                    check=True)
 
 
+def run_java(main_class: str, args: list[str], work_dir: Path,
+             timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """Compile ``java/<main_class>.java`` into ``work_dir`` and run it with ``args``."""
+    prepare_java()  # a no-op when `just test` already fetched the jars
+    classes = work_dir / "classes"
+    classpath = ":".join(str(jar) for jar in java_jars())
+    subprocess.run(["javac", "-d", str(classes), "-cp", classpath,
+                    str(ROOT / "java" / f"{main_class}.java")], check=True, timeout=timeout)
+    return subprocess.run(["java", "-cp", f"{classes}:{classpath}", main_class, *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
 if __name__ == "__main__":
     prepare_java()
     prepare_js()
     print(f"clients ready in {CACHE} and {JS_DIR}")
+

@@ -3,24 +3,17 @@ default) runs admin, produce, group-consume, commit and list-offsets against kel
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 from tests.clients.preferred import assert_preferred_versions
-from tests.clients.prepare import ROOT, java_jars, prepare_java
+from tests.clients.prepare import run_java
 from tests.kelp_procs import Cluster
 
 
 def test_java_client_end_to_end(cluster: Cluster, topic_name: str, tmp_path: Path) -> None:
-    prepare_java()  # a no-op when `just test` already fetched the jars
-    classes = tmp_path / "classes"
-    classpath = ":".join(str(jar) for jar in java_jars())
-    subprocess.run(["javac", "-d", str(classes), "-cp", classpath,
-                    str(ROOT / "java" / "KelpJavaClient.java")], check=True, timeout=180)
     client_id = f"java-{topic_name}"
-    run = subprocess.run(
-        ["java", "-cp", f"{classes}:{classpath}", "KelpJavaClient", cluster.bootstrap,
-         topic_name, "3000", client_id], capture_output=True, text=True, timeout=180)
+    run = run_java("KelpJavaClient", [cluster.bootstrap, topic_name, "3000", client_id],
+                   tmp_path)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
     assert "OK java produced=3000 consumed=3000" in run.stdout
     assert_preferred_versions(cluster, client_id, "java", {

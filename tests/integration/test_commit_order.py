@@ -5,11 +5,13 @@ the same after a restart."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from confluent_kafka.admin import AdminClient, NewTopic
 from kio.index import load_request_schema
 from kio.schema.errors import ErrorCode
 
+from tests.clients.prepare import run_java
 from tests.kafka_raw import RawClient
 from tests.kelp_procs import Cluster
 
@@ -66,3 +68,10 @@ def test_a_commit_to_a_topic_that_does_not_exist_is_refused(cluster: Cluster,
         client.close()
     assert missing.topics[0].partitions[0].error_code == ErrorCode.unknown_topic_or_partition
     assert existing.topics[0].partitions[0].error_code == ErrorCode.none
+
+
+def test_java_pipelined_commit_async_reads_back_the_last(cluster: Cluster, topic_name: str,
+                                                         tmp_path: Path) -> None:
+    run = run_java("KelpJavaSemantics", ["commits", cluster.bootstrap, topic_name], tmp_path)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    assert "OK commits committed=50" in run.stdout

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import datetime
 import time
+from pathlib import Path
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from kio.index import load_request_schema
 
+from tests.clients.prepare import run_java
 from tests.kafka_raw import RawClient
 from tests.kelp_procs import Cluster
 
@@ -65,3 +67,11 @@ def test_librdkafka_consumes_batches_near_its_fetch_max_bytes(cluster: Cluster,
     finally:
         consumer.close()
     assert got == {0: b"\x00" * BIG, 1: b"\x01" * BIG}
+
+
+def test_java_consumes_batches_near_its_fetch_max_bytes(cluster: Cluster, topic_name: str,
+                                                        tmp_path: Path) -> None:
+    run = run_java("KelpJavaSemantics", ["fetch-limits", cluster.bootstrap, topic_name],
+                   tmp_path)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    assert "OK fetch-limits consumed=2" in run.stdout
