@@ -23,6 +23,7 @@ from gateway.handlers import (
     groups,
     logs,
     metadata,
+    partitions,
     produce,
     producers,
 )
@@ -61,6 +62,12 @@ HANDLERS: dict[int, Handler] = {
     ApiKey.DESCRIBE_CONFIGS: configs.handle_describe,
     ApiKey.ALTER_CONFIGS: configs.handle_alter,
     ApiKey.INCREMENTAL_ALTER_CONFIGS: configs.handle_incremental_alter,
+    ApiKey.DESCRIBE_TOPIC_PARTITIONS: partitions.handle_describe_topic_partitions,
+    ApiKey.ELECT_LEADERS: partitions.handle_elect_leaders,
+    ApiKey.LIST_PARTITION_REASSIGNMENTS: partitions.handle_list_partition_reassignments,
+    ApiKey.ALTER_PARTITION_REASSIGNMENTS: partitions.handle_alter_partition_reassignments,
+    ApiKey.ALTER_REPLICA_LOG_DIRS: partitions.handle_alter_replica_log_dirs,
+    ApiKey.DESCRIBE_QUORUM: partitions.handle_describe_quorum,
 }
 apis.require_handlers(HANDLERS)  # the table of served APIs says what must be here
 

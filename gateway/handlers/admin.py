@@ -1,4 +1,6 @@
-"""CreateTopics. Replication factor 1 (or -1, the default) is the only one a single broker has."""
+"""Topic and record admin: CreateTopics, DeleteTopics, CreatePartitions, DeleteRecords,
+DescribeCluster. Replication factor 1 (or -1, the default) is the only one a single broker
+has; manual assignments are accepted when they name it (see ``gateway.assignments``)."""
 
 from __future__ import annotations
 
@@ -8,12 +10,15 @@ from typing import Any
 
 from kio.schema.errors import ErrorCode
 
+from gateway import assignments, authorized
 from gateway.broker_client import BrokerUnavailable
 from gateway.context import NODE_ID, GatewayContext
 from gateway.kafka import apis, messages
 from gateway.kafka.connection import Request
 from kelp.routes import BROKER
 from kelp.rpc.broker import v1 as pb
+
+REPLICATION_FACTOR = 1  # one broker: every partition has one replica
 
 
 async def handle_create_topics(ctx: GatewayContext, request: Request) -> Any:
@@ -27,13 +32,19 @@ async def handle_create_topics(ctx: GatewayContext, request: Request) -> Any:
             errors[topic.name] = (ErrorCode.invalid_replication_factor,
                                   f"replication factor {topic.replication_factor} is not "
                                   "available: this cluster has one broker")
-        elif topic.assignments:
-            errors[topic.name] = (ErrorCode.invalid_request,
-                                  "manual replica assignment is not supported")
-        else:
-            specs.append(pb.TopicSpec(
-                name=topic.name, partitions=topic.num_partitions,
-                configs={c.name: c.value for c in topic.configs if c.value is not None}))
+            continue
+        partitions = topic.num_partitions
+        if topic.assignments:
+            try:
+                partitions = assignments.check_new_topic(
+                    topic.num_partitions, topic.replication_factor,
+                    [(a.partition_index, a.broker_ids) for a in topic.assignments])
+            except assignments.AssignmentError as exc:
+                errors[topic.name] = (exc.code, str(exc))
+                continue
+        specs.append(pb.TopicSpec(
+            name=topic.name, partitions=partitions,
+            configs={c.name: c.value for c in topic.configs if c.value is not None}))
     results: dict[str, pb.TopicResult] = {}
     if specs:
         try:
@@ -125,12 +136,21 @@ async def handle_create_partitions(ctx: GatewayContext, request: Request) -> Any
     result_type = messages.nested(response_type, "CreatePartitionsTopicResult")
     errors: dict[str, tuple[ErrorCode, str | None]] = {}
     targets = []
+    current = await _partition_counts(ctx, [t.name for t in body.topics if t.assignments])
     for topic in body.topics:
         if topic.assignments:
-            errors[topic.name] = (ErrorCode.invalid_request,
-                                  "manual replica assignment is not supported")
-        else:
-            targets.append(pb.CreatePartitionsRequestTarget(topic=topic.name, count=topic.count))
+            try:
+                if topic.name not in current:
+                    raise assignments.AssignmentError(
+                        ErrorCode.unknown_topic_or_partition,
+                        f"The topic '{topic.name}' does not exist.")
+                assignments.check_added_partitions(
+                    current[topic.name], topic.count, REPLICATION_FACTOR,
+                    [a.broker_ids for a in topic.assignments])
+            except assignments.AssignmentError as exc:
+                errors[topic.name] = (exc.code, str(exc))
+                continue
+        targets.append(pb.CreatePartitionsRequestTarget(topic=topic.name, count=topic.count))
     if targets:
         try:
             reply = await ctx.broker.call(BROKER.create_partitions, pb.CreatePartitionsRequest(
@@ -145,6 +165,18 @@ async def handle_create_partitions(ctx: GatewayContext, request: Request) -> Any
         for t in body.topics))
 
 
+async def _partition_counts(ctx: GatewayContext, names: list[str]) -> dict[str, int]:
+    """The partition count of each named topic that exists (none asked: no call)."""
+    if not names:
+        return {}
+    try:
+        described = await ctx.describe_topics(sorted(set(names)), auto_create=False)
+    except BrokerUnavailable:
+        return {}
+    return {meta.name: meta.partitions for code, meta in described
+            if code == ErrorCode.none and meta is not None}
+
+
 async def handle_describe_cluster(ctx: GatewayContext, request: Request) -> Any:
     response_type = messages.response_type(apis.ApiKey.DESCRIBE_CLUSTER, request.version)
     broker_type = messages.nested(response_type, "DescribeClusterBroker")
@@ -154,4 +186,5 @@ async def handle_describe_cluster(ctx: GatewayContext, request: Request) -> Any:
         controller_id=NODE_ID, brokers=(messages.build(
             broker_type, broker_id=NODE_ID, host=ctx.config.advertised_host,
             port=ctx.config.advertised_port, rack=None, is_fenced=False),),
-        cluster_authorized_operations=-(2**31))
+        cluster_authorized_operations=authorized.cluster(
+            request.body.include_cluster_authorized_operations))

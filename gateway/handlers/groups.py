@@ -11,6 +11,7 @@ from typing import Any
 
 from kio.schema.errors import ErrorCode
 
+from gateway import authorized
 from gateway.broker_client import BrokerUnavailable
 from gateway.context import GatewayContext, current_peer
 from gateway.kafka import apis, messages
@@ -226,7 +227,8 @@ async def handle_describe_groups(ctx: GatewayContext, request: Request) -> Any:
     return messages.build(response_type, throttle_time=NO_TIME, groups=tuple(messages.build(
         group_type, error_code=ErrorCode(g.error_code), group_id=g.group_id,
         group_state=g.state, protocol_type=g.protocol_type, protocol_data=g.protocol_name,
-        authorized_operations=-(2**31), members=tuple(messages.build(
+        authorized_operations=authorized.group(
+            getattr(body, "include_authorized_operations", False)), members=tuple(messages.build(
             member_type, member_id=m.member_id, group_instance_id=m.group_instance_id,
             client_id=m.client_id, client_host=m.client_host, member_metadata=m.metadata,
             member_assignment=m.assignment) for m in g.members)) for g in described))

@@ -8,12 +8,11 @@ from typing import Any
 
 from kio.schema.errors import ErrorCode
 
+from gateway import authorized
 from gateway.broker_client import BrokerUnavailable
 from gateway.context import NODE_ID, GatewayContext, TopicMeta
 from gateway.kafka import apis, messages
 from gateway.kafka.connection import Request
-
-_NO_OPERATIONS = -(2**31)
 
 
 async def handle(ctx: GatewayContext, request: Request) -> Any:
@@ -23,7 +22,7 @@ async def handle(ctx: GatewayContext, request: Request) -> Any:
     else:
         names = [t.name for t in body.topics if t.name is not None]
         if not names and not any(getattr(t, "topic_id", None) for t in body.topics):
-            return build_response(ctx, request.version, [])
+            return build_response(ctx, request, [])
         for wanted in body.topics:  # v10+ may name topics by id
             if wanted.name is None and getattr(wanted, "topic_id", None) is not None:
                 meta = await ctx.topic_by_id(wanted.topic_id)
@@ -38,12 +37,16 @@ async def handle(ctx: GatewayContext, request: Request) -> Any:
     except BrokerUnavailable:
         described = [(ErrorCode.leader_not_available, TopicMeta(n, uuid.UUID(int=0), 0, False))
                      for n in names]
-    return build_response(ctx, request.version, described)
+    return build_response(ctx, request, described)
 
 
-def build_response(ctx: GatewayContext, version: int,
+def build_response(ctx: GatewayContext, request: Request,
                    described: list[tuple[ErrorCode, TopicMeta | None]]) -> Any:
-    response_type = messages.response_type(apis.ApiKey.METADATA, version)
+    response_type = messages.response_type(apis.ApiKey.METADATA, request.version)
+    topic_operations = authorized.topic(
+        getattr(request.body, "include_topic_authorized_operations", False))
+    cluster_operations = authorized.cluster(
+        getattr(request.body, "include_cluster_authorized_operations", False))
     broker_type = messages.nested(response_type, "MetadataResponseBroker")
     topic_type = messages.nested(response_type, "MetadataResponseTopic")
     partition_type = messages.nested(response_type, "MetadataResponsePartition")
@@ -59,10 +62,10 @@ def build_response(ctx: GatewayContext, version: int,
         topics.append(messages.build(
             topic_type, error_code=error, name=meta.name, topic_id=meta.topic_id,
             is_internal=meta.internal, partitions=partitions,
-            topic_authorized_operations=_NO_OPERATIONS))
+            topic_authorized_operations=topic_operations))
     broker = messages.build(broker_type, node_id=NODE_ID, host=ctx.config.advertised_host,
                             port=ctx.config.advertised_port, rack=None)
     return messages.build(
         response_type, throttle_time=datetime.timedelta(0), brokers=(broker,),
         cluster_id=ctx.config.cluster_id, controller_id=NODE_ID, topics=tuple(topics),
-        cluster_authorized_operations=_NO_OPERATIONS, error_code=ErrorCode.none)
+        cluster_authorized_operations=cluster_operations, error_code=ErrorCode.none)
