@@ -8,10 +8,11 @@ from pathlib import Path
 
 import trio
 
-from broker.configs import Defaults
+from broker.broker_configs import BrokerConfigs, check_broker_value
+from broker.config_service import defaults_of
+from broker.configs import InvalidConfig
 from broker.exports import DEFAULT_CHUNK_BYTES, Exports, ExportsHttp
 from broker.groups import Coordinator
-from broker.log import LogConfig
 from broker.offsets import OffsetStore
 from broker.service import BrokerService
 from broker.topics import TopicRegistry
@@ -38,20 +39,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(default: 127.0.0.1:17777)")
     parser.add_argument("--http", default="127.0.0.1:8082",
                         help="HTTP health/metrics address HOST:PORT (default: 127.0.0.1:8082)")
-    parser.add_argument("--default-partitions", type=int, default=1,
+    parser.add_argument("--default-partitions", type=int, default=None,
                         help="partitions of auto-created topics and of CreateTopics with -1 "
-                        "(default: 1)")
+                        "(Kafka's num.partitions; default: 1)")
     parser.add_argument("--config", action="append", default=[], metavar="NAME=VALUE",
-                        help="default for a topic config, e.g. retention.ms=86400000 or "
-                        "flush.ms=1000 (repeatable; topics may override)")
+                        help="a broker config by Kafka's name, e.g. log.retention.ms=86400000, "
+                        "num.partitions=3, group.min.session.timeout.ms=1000, or a topic "
+                        "config's default by the topic name, e.g. flush.ms=1000 (repeatable; "
+                        "topics may override topic defaults; the flags above and below win)")
     parser.add_argument("--retention-check-ms", type=int, default=60_000,
                         help="how often each partition applies retention (default: 60000)")
-    parser.add_argument("--group-initial-rebalance-delay-ms", type=int, default=3000,
+    parser.add_argument("--group-initial-rebalance-delay-ms", type=int, default=None,
                         help="how long a new group waits for more members before its first "
                         "rebalance completes (Kafka's group.initial.rebalance.delay.ms; "
                         "default: 3000)")
-    parser.add_argument("--producer-id-expiration-ms", type=int,
-                        default=LogConfig.producer_id_expiration_ms,
+    parser.add_argument("--producer-id-expiration-ms", type=int, default=None,
                         help="forget an idempotent producer's state after this long without "
                         "a write (Kafka's producer.id.expiration.ms; default: 86400000)")
     debug.add_option(parser, DEBUG_FAULTS)
@@ -75,13 +77,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def broker_configs(args: argparse.Namespace) -> BrokerConfigs:
+    """The broker's configs: ``--config`` pairs, then the flags that set one explicitly."""
+    data_dir = str(args.data_dir.resolve())
+    flags = {"num.partitions": args.default_partitions,
+             "group.initial.rebalance.delay.ms": args.group_initial_rebalance_delay_ms,
+             "producer.id.expiration.ms": args.producer_id_expiration_ms}
+    try:
+        configs = BrokerConfigs.from_flags(args.config, args.data_dir / "broker-configs.json",
+                                           **{"log.dirs": data_dir, "log.dir": data_dir})
+        for name, value in flags.items():
+            if value is not None:
+                check_broker_value(name, str(value))
+                configs.static[name] = str(value)
+    except InvalidConfig as exc:
+        raise SystemExit(f"broker: {exc}") from None
+    return configs
+
+
 async def serve(args: argparse.Namespace) -> None:
     # Before anything reads or writes the directory: a second broker on it stops here.
     process.lock_directory(args.data_dir)
-    registry = TopicRegistry(args.data_dir, default_partitions=args.default_partitions,
-                             defaults=Defaults.from_flags(
-                                 args.config,
-                                 producer_id_expiration_ms=args.producer_id_expiration_ms),
+    configs = broker_configs(args)
+    configs.load()  # dynamic configs altered at run time, from an earlier life
+    registry = TopicRegistry(args.data_dir, default_partitions=configs.int_value("num.partitions"),
+                             defaults=defaults_of(configs),
                              retention_check_s=args.retention_check_ms / 1000)
     offsets_config = registry.defaults.log_config({"cleanup.policy": "compact"})
     # '@' cannot appear in a topic name, so this directory never collides with a topic's.
@@ -92,14 +112,18 @@ async def serve(args: argparse.Namespace) -> None:
         return known is not None and 0 <= partition < known.partition_count
 
     coordinator = Coordinator(
-        store, initial_rebalance_delay_s=args.group_initial_rebalance_delay_ms / 1000,
+        store, initial_rebalance_delay_s=configs.int_value("group.initial.rebalance.delay.ms")
+        / 1000, offsets_retention_ms=configs.int_value("offsets.retention.minutes") * 60_000,
+        session_timeout_bounds_ms=(configs.int_value("group.min.session.timeout.ms"),
+                                   configs.int_value("group.max.session.timeout.ms")),
         partition_exists=partition_exists)
     exports = Exports(registry, chunk_bytes=args.chunk_bytes)
     ucx_host, ucx_port = parse_host_port(args.ucx)
     exporter = UcxExporter(exports, ucx_host, ucx_port, enabled=not args.no_ucx,
                            lease_ms=args.ucx_lease_ms, advertise=args.ucx_advertise)
     service = BrokerService(registry, coordinator=coordinator, exports=exports,
-                            exporter=exporter, auto_create_partitions=args.default_partitions,
+                            exporter=exporter, broker_configs=configs,
+                            auto_create_partitions=configs.int_value("num.partitions"),
                             append_delay_s=args.faults.get("append-delay-ms", 0.0) / 1000)
 
     async def health(request: httpd.Request) -> httpd.Response:

@@ -66,8 +66,12 @@ log = logging.getLogger("kelp.broker.groups")
 class Coordinator(GroupOffsets):
     def __init__(self, store: OffsetStore, *, initial_rebalance_delay_s: float = 3.0,
                  offsets_retention_ms: int = 7 * 24 * 3600 * 1000,
+                 session_timeout_bounds_ms: tuple[int, int] = (MIN_SESSION_TIMEOUT_MS,
+                                                               MAX_SESSION_TIMEOUT_MS),
                  partition_exists: Callable[[str, int], bool] | None = None) -> None:
         self.store = store
+        # group.min/max.session.timeout.ms: the session timeouts a member may ask for.
+        self.session_timeout_bounds_ms = session_timeout_bounds_ms
         self.partition_exists = partition_exists or (lambda _topic, _partition: True)
         self.groups: dict[str, Group] = {}
         self.initial_rebalance_delay_s = initial_rebalance_delay_s
@@ -124,7 +128,8 @@ class Coordinator(GroupOffsets):
                    client_host: str) -> JoinResult:
         if not valid_group_id(group_id):
             return JoinResult(ErrorCode.invalid_group_id)
-        if not MIN_SESSION_TIMEOUT_MS <= session_timeout_ms <= MAX_SESSION_TIMEOUT_MS:
+        low, high = self.session_timeout_bounds_ms
+        if not low <= session_timeout_ms <= high:
             return JoinResult(ErrorCode.invalid_session_timeout, member_id=member_id)
         group = self.groups.get(group_id)
         if group is None or group.state == State.DEAD:

@@ -372,7 +372,7 @@ class PartitionLog:
             if trio.current_time() >= next_retention:
                 if self.config.compacted:
                     await self.compact(now_ms(), self.config.delete_retention_ms)
-                if not self.config.compacted or self.config.compact_and_delete:
+                if self.config.delete_by_retention:
                     self.apply_retention(now_ms())
                 self.producers.expire(now_ms(), self.config.producer_id_expiration_ms)
                 next_retention = trio.current_time() + retention_check_s

@@ -13,8 +13,11 @@ from __future__ import annotations
 import uuid
 
 import grpclib.const
+import trio
 from kio.schema.errors import ErrorCode
 
+from broker.broker_configs import BrokerConfigs
+from broker.config_service import ConfigCalls
 from broker.exports import ExportCalls, Exports
 from broker.group_service import GroupCalls
 from broker.groups import Coordinator
@@ -27,12 +30,6 @@ from kelp import __version__, grpc
 from kelp.process import count_tasks
 from kelp.rpc.broker import v1 as pb
 
-TOPIC_RESOURCE = 2
-BROKER_RESOURCE = 4
-SOURCE_TOPIC = 1
-SOURCE_STATIC_BROKER = 4
-SOURCE_DEFAULT = 5
-OP_SET, OP_DELETE, OP_APPEND, OP_SUBTRACT = range(4)
 EARLIEST = -2
 LATEST = -1
 MAX_TIMESTAMP = -3
@@ -44,15 +41,21 @@ LATEST_TIERED = -5
 EARLIEST_PENDING_UPLOAD = -6
 
 
-class BrokerService(DataStreams, GroupCalls, LeaseCalls, ExportCalls, pb.BrokerBase):
+class BrokerService(DataStreams, GroupCalls, ConfigCalls, LeaseCalls, ExportCalls,
+                    pb.BrokerBase):
     """The whole Broker service. Parts a caller does not pass stand in harmlessly: no
     ``coordinator`` answers the group calls UNIMPLEMENTED, no ``exporter`` answers OpenRead
     503 as ``--no-ucx`` does, ``exports`` defaults to the registry's with default chunks."""
 
     def __init__(self, registry: TopicRegistry, *, coordinator: Coordinator | None = None,
                  exports: Exports | None = None, exporter: UcxExporter | None = None,
+                 broker_configs: BrokerConfigs | None = None,
                  auto_create_partitions: int = 1, append_delay_s: float = 0.0) -> None:
         self.registry = registry
+        # Without one, the broker's configs are the registry's defaults, kept in memory only.
+        self.broker_configs = broker_configs or BrokerConfigs.from_flags(
+            [f"{name}={value}" for name, value in registry.defaults.values.items()])
+        self._config_lock = trio.Lock()
         self.producer_ids = ProducerIds(registry.data_dir)
         self.auto_create_partitions = auto_create_partitions
         self.coordinator = coordinator
@@ -205,63 +208,6 @@ class BrokerService(DataStreams, GroupCalls, LeaseCalls, ExportCalls, pb.BrokerB
             results.append(result)
         return pb.DeleteRecordsReply(results=results)
 
-    async def describe_configs(self, request: pb.DescribeConfigsRequest
-                               ) -> pb.DescribeConfigsReply:
-        resources = []
-        for wanted in request.resources:
-            out = pb.DescribeConfigsReplyResource(type=wanted.type, name=wanted.name)
-            defaults = self.registry.defaults.values
-            if wanted.type == TOPIC_RESOURCE:
-                topic = self.registry.get(wanted.name)
-                if topic is None:
-                    out.error_code = ErrorCode.unknown_topic_or_partition
-                    out.error_message = f"unknown topic {wanted.name!r}"
-                    resources.append(out)
-                    continue
-                entries = {name: pb.ConfigEntry(name=name, value=value,
-                                                source=SOURCE_DEFAULT)
-                           for name, value in defaults.items()}
-                entries.update({name: pb.ConfigEntry(name=name, value=value,
-                                                     source=SOURCE_TOPIC)
-                                for name, value in topic.configs.items()})
-            elif wanted.type == BROKER_RESOURCE:
-                entries = {name: pb.ConfigEntry(name=name, value=value, read_only=True,
-                                                source=SOURCE_STATIC_BROKER)
-                           for name, value in defaults.items()}
-            else:
-                out.error_code = ErrorCode.invalid_request
-                out.error_message = f"unsupported config resource type {wanted.type}"
-                resources.append(out)
-                continue
-            keys = list(wanted.keys) or sorted(entries)
-            out.entries = [entries[k] for k in keys if k in entries]
-            resources.append(out)
-        return pb.DescribeConfigsReply(resources=resources)
-
-    async def alter_configs(self, request: pb.AlterConfigsRequest) -> pb.AlterConfigsReply:
-        resources = []
-        for wanted in request.resources:
-            out = pb.AlterConfigsReplyResource(type=wanted.type, name=wanted.name)
-            resources.append(out)
-            if wanted.type != TOPIC_RESOURCE:
-                out.error_code = ErrorCode.invalid_request
-                out.error_message = "only topic configs can be altered at run time"
-                continue
-            topic = self.registry.get(wanted.name)
-            if topic is None:
-                out.error_code = ErrorCode.unknown_topic_or_partition
-                out.error_message = f"unknown topic {wanted.name!r}"
-                continue
-            configs = {} if wanted.replace_all else dict(topic.configs)
-            try:
-                for op in wanted.ops:
-                    apply_config_op(configs, op, self.registry.defaults.values)
-                await self.registry.alter_configs(wanted.name, configs,
-                                                  validate_only=request.validate_only)
-            except TopicError as exc:
-                out.error_code, out.error_message = exc.code, str(exc)
-        return pb.AlterConfigsReply(resources=resources)
-
     async def init_producer_id(self, request: pb.InitProducerIdRequest
                                ) -> pb.InitProducerIdReply:
         if request.transactional_id:
@@ -290,24 +236,3 @@ class BrokerService(DataStreams, GroupCalls, LeaseCalls, ExportCalls, pb.BrokerB
             partitions.append(out)
         return pb.DescribeProducersReply(partitions=partitions)
 
-
-def apply_config_op(configs: dict[str, str], op: pb.AlterConfigsRequestOp,
-                    defaults: dict[str, str]) -> None:
-    """One IncrementalAlterConfigs operation; list values are comma-separated, as in Kafka."""
-    if op.op == OP_SET:
-        if op.value is None:
-            raise TopicError(ErrorCode.invalid_config, f"{op.name}: SET needs a value")
-        configs[op.name] = op.value
-    elif op.op == OP_DELETE:
-        configs.pop(op.name, None)
-    elif op.op in (OP_APPEND, OP_SUBTRACT):
-        current = configs.get(op.name, defaults.get(op.name, ""))
-        items = [item for item in current.split(",") if item]
-        change = [item for item in (op.value or "").split(",") if item]
-        if op.op == OP_APPEND:
-            items += [item for item in change if item not in items]
-        else:
-            items = [item for item in items if item not in change]
-        configs[op.name] = ",".join(items)
-    else:
-        raise TopicError(ErrorCode.invalid_request, f"unknown config operation {op.op}")

@@ -182,6 +182,15 @@ class TopicRegistry:
         log.info("topic created", extra={"topic": name, "partitions": partitions})
         return topic
 
+    def reconfigure(self, defaults: Defaults) -> None:
+        """New broker-wide defaults (a dynamic broker config changed): every partition takes
+        its new effective config at once."""
+        self.defaults = defaults
+        for topic in self.topics.values():
+            config = defaults.log_config(topic.configs)
+            for plog in topic.logs:
+                plog.config = config
+
     async def alter_configs(self, name: str, configs: dict[str, str], *,
                             validate_only: bool = False) -> None:
         """Replace a topic's own configs (durably); its partitions take them at once."""

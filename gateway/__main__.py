@@ -95,7 +95,7 @@ async def serve(args: argparse.Namespace) -> None:
         advertised = (process.split_host_port(args.advertise) if args.advertise
                       else (listen_host, listen_port))
         config = GatewayConfig(
-            advertised_host=advertised[0], advertised_port=advertised[1],
+            advertised_host=advertised[0], advertised_port=advertised[1], listen=args.listen,
             auto_create_topics=not args.no_auto_create_topics,
             max_request_bytes=args.max_request_bytes,
             drop_produce_every=int(args.faults.get("drop-produce-every", 0)),

@@ -47,6 +47,7 @@ class GatewayConfig:
     request_timeout_ms: int = 30_000
     # Kafka's max.connections: client connections served at once (more wait to be accepted).
     max_connections: int = 10_000
+    listen: str = "127.0.0.1:9092"  # the Kafka listener's HOST:PORT as given at start
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,7 +44,9 @@ class LogConfig:
     # message.timestamp.type=LogAppendTime: the broker stamps each batch as it appends it.
     log_append_time: bool = False
     max_message_bytes: int = 1024 * 1024 + 12  # largest batch a producer may append
-    compact_and_delete: bool = False  # cleanup.policy=compact,delete: retention applies too
+    # cleanup.policy contains delete: retention.ms/bytes delete old segments. An empty policy
+    # (Kafka accepts one) neither deletes nor compacts: the log is kept whole.
+    delete_by_retention: bool = True
     delete_retention_ms: int = 24 * 3600 * 1000  # how long compaction keeps tombstones
     # A broker setting (Kafka's producer.id.expiration.ms): idle producers' state is dropped.
     producer_id_expiration_ms: int = DEFAULT_EXPIRATION_MS

@@ -1,7 +1,9 @@
-"""DescribeConfigs, AlterConfigs and IncrementalAlterConfigs: topic configs live in the broker.
+"""DescribeConfigs, AlterConfigs and IncrementalAlterConfigs for topics, the broker, its
+loggers and groups; the configs live in the broker (``broker.config_service``).
 
 Schema Registry checks ``cleanup.policy`` of ``_schemas`` through DescribeConfigs; admin tools
-read every config with its source (topic override, broker default) and alter them at run time.
+read every config with its type, source, synonyms and documentation, and alter dynamic ones
+at run time. The listener configs are the gateway's own facts, added here.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ async def handle_describe(ctx: GatewayContext, request: Request) -> Any:
     response_type = messages.response_type(apis.ApiKey.DESCRIBE_CONFIGS, request.version)
     result_type = messages.nested(response_type, "DescribeConfigsResult")
     entry_type = messages.nested(response_type, "DescribeConfigsResourceResult")
+    synonym_type = (messages.nested(response_type, "DescribeConfigsSynonym")
+                    if request.version >= 1 else None)
     # Each resource once however often it is named: a 5-byte entry answers with every config
     # of a topic, so repeats would let a small request build a response of gigabytes.
     resources = list({(r.resource_type, r.resource_name): r for r in body.resources}.values())
@@ -41,21 +45,67 @@ async def handle_describe(ctx: GatewayContext, request: Request) -> Any:
             type=r.resource_type, name=r.resource_name,
             error_code=ErrorCode.request_timed_out, error_message=str(exc))
             for r in resources]
+    asked = {(r.resource_type, r.resource_name): r for r in resources}
+    with_synonyms = bool(getattr(body, "include_synonyms", False))
+    with_docs = bool(getattr(body, "include_documentation", False))
     results = []
     for resource in found:
-        entries = tuple(
-            messages.build(entry_type, name=e.name,
-                           value=None if _sensitive(e.name) else e.value,
-                           read_only=e.read_only, config_source=e.source,
-                           is_default=e.source == 5, is_sensitive=_sensitive(e.name),
-                           synonyms=(), config_type=0, documentation=None)
-            for e in resource.entries)
+        entries = list(resource.entries)
+        if resource.type == BROKER_RESOURCE and resource.name == "0" and not resource.error_code:
+            wanted = asked.get((resource.type, resource.name))
+            keys = set(wanted.configuration_keys or ()) if wanted is not None else set()
+            entries += [e for e in _listener_entries(ctx) if not keys or e.name in keys]
         results.append(messages.build(
             result_type, error_code=ErrorCode(resource.error_code),
             error_message=resource.error_message or None, resource_type=resource.type,
-            resource_name=resource.name, configs=entries))
+            resource_name=resource.name, configs=tuple(
+                _entry(entry_type, synonym_type, e, with_synonyms, with_docs)
+                for e in entries)))
     return messages.build(response_type, throttle_time=datetime.timedelta(0),
                           results=tuple(results))
+
+
+def _entry(entry_type: type, synonym_type: type | None, e: pb.ConfigEntry,
+           with_synonyms: bool, with_docs: bool) -> Any:
+    sensitive = _sensitive(e.name)
+    synonyms: tuple[Any, ...] = ()
+    if with_synonyms and synonym_type is not None:
+        synonyms = tuple(synonym_type(name=s.name, value=None if sensitive else s.value,
+                                      source=s.source) for s in e.synonyms)
+    return messages.build(
+        entry_type, name=e.name, value=None if sensitive else e.value, read_only=e.read_only,
+        config_source=e.source, is_default=e.source == SOURCE_DEFAULT,
+        is_sensitive=sensitive, synonyms=synonyms, config_type=e.config_type,
+        documentation=(e.documentation or None) if with_docs else None)
+
+
+def _listener_entries(ctx: GatewayContext) -> list[pb.ConfigEntry]:
+    """Broker configs whose facts the gateway holds: kelp's Kafka node is the gateway."""
+    config = ctx.config
+    static = [
+        ("listeners", f"PLAINTEXT://{config.listen}", 7,
+         "The address the Kafka listener binds."),
+        ("advertised.listeners",
+         f"PLAINTEXT://{config.advertised_host}:{config.advertised_port}", 7,
+         "The address given to clients in Metadata."),
+        ("listener.security.protocol.map", "PLAINTEXT:PLAINTEXT", 7,
+         "Each listener's security protocol."),
+        ("auto.create.topics.enable", str(config.auto_create_topics).lower(), 1,
+         "Whether Metadata and Produce create a topic that does not exist."),
+        ("max.connections", str(config.max_connections), 3,
+         "Client connections served at once; more wait to be accepted."),
+        ("socket.request.max.bytes", str(config.max_request_bytes), 3,
+         "Largest request a client may send."),
+        ("queued.max.request.bytes", str(config.queued_max_request_bytes), 5,
+         "Request bytes held across all connections before reading pauses."),
+        ("connections.max.idle.ms", str(config.connections_max_idle_ms), 5,
+         "An idle connection is closed after this long."),
+    ]
+    return [pb.ConfigEntry(name=name, value=value, source=SOURCE_STATIC, read_only=True,
+                           config_type=config_type, documentation=doc,
+                           synonyms=[pb.ConfigSynonym(name=name, value=value,
+                                                      source=SOURCE_STATIC)])
+            for name, value, config_type, doc in static]
 
 
 def _sensitive(name: str) -> bool:
@@ -63,6 +113,8 @@ def _sensitive(name: str) -> bool:
 
 
 TOPIC_RESOURCE = 2
+BROKER_RESOURCE = 4
+SOURCE_STATIC, SOURCE_DEFAULT = 4, 5
 
 
 async def handle_alter(ctx: GatewayContext, request: Request) -> Any:

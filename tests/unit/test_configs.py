@@ -33,7 +33,7 @@ def test_kafka_configs_kelp_does_not_act_on_are_accepted_and_kept():
                    "io.confluent.kafka.serializers.subject.RecordNameStrategy"}
     assert validate(dict(configs)) == configs
     log_config = Defaults.from_flags([]).log_config(configs)
-    assert log_config.compacted and log_config.compact_and_delete
+    assert log_config.compacted and log_config.delete_by_retention
 
 
 def test_broker_defaults_refuse_unknown_names():

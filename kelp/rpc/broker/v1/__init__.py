@@ -20,6 +20,7 @@ __all__ = (
     "CommitOffsetsRequest",
     "CommittedOffset",
     "ConfigEntry",
+    "ConfigSynonym",
     "CreatePartitionsReply",
     "CreatePartitionsRequest",
     "CreatePartitionsRequestTarget",
@@ -329,10 +330,6 @@ default_message_pool.register_message("broker.v1", "CommittedOffset", CommittedO
 
 @dataclass(eq=False, repr=False)
 class ConfigEntry(betterproto2.Message):
-    """
-    Config resources use Kafka's numbering: 2 = topic, 4 = broker.
-    """
-
     name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
     value: "str | None" = betterproto2.field(2, betterproto2.TYPE_STRING, optional=True)
@@ -342,15 +339,49 @@ class ConfigEntry(betterproto2.Message):
 
     source: "int" = betterproto2.field(3, betterproto2.TYPE_INT32)
     """
-    Kafka's ConfigSource: 1 topic, 4 static broker, 5 default
+    Kafka's ConfigSource: 1 topic, 2 dynamic broker,
     """
 
     read_only: "bool" = betterproto2.field(4, betterproto2.TYPE_BOOL)
+    """
+    3 dynamic default, 4 static broker, 5 default,
+    6 broker logger, 8 group
+    """
 
     sensitive: "bool" = betterproto2.field(5, betterproto2.TYPE_BOOL)
 
+    config_type: "int" = betterproto2.field(6, betterproto2.TYPE_INT32)
+    """
+    KIP-569: 1 boolean, 2 string, 3 int, 5 long, 7 list...
+    """
+
+    documentation: "str" = betterproto2.field(7, betterproto2.TYPE_STRING)
+
+    synonyms: "list[ConfigSynonym]" = betterproto2.field(
+        8, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    every value it has, most precedent first
+    """
+
 
 default_message_pool.register_message("broker.v1", "ConfigEntry", ConfigEntry)
+
+
+@dataclass(eq=False, repr=False)
+class ConfigSynonym(betterproto2.Message):
+    """
+    Config resources use Kafka's numbering: 2 = topic, 4 = broker, 8 = broker logger, 32 = group.
+    """
+
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    value: "str | None" = betterproto2.field(2, betterproto2.TYPE_STRING, optional=True)
+
+    source: "int" = betterproto2.field(3, betterproto2.TYPE_INT32)
+
+
+default_message_pool.register_message("broker.v1", "ConfigSynonym", ConfigSynonym)
 
 
 @dataclass(eq=False, repr=False)
