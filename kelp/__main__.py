@@ -16,25 +16,60 @@ from pathlib import Path
 
 import trio
 
+from kelp import upconfig
 from kelp.supervisor import Supervisor, check_ports, first_of, say
+from kelp.upconfig import UpConfig, UpConfigError
 
 
-def up_commands(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
+def up_commands(args: argparse.Namespace,
+                options: UpConfig | None = None) -> list[tuple[str, list[str]]]:
+    """Each child's command line: ``up``'s addresses, then the config file's options and
+    ``--broker-config`` pairs (later ones win where a flag is given twice)."""
     python = sys.executable
+    options = options or UpConfig()
+    broker_configs = [arg for pair in options.broker_configs + args.broker_config
+                      for arg in ("--config", pair)]
     return [
         ("broker", [python, "-m", "broker", "--data-dir", str(args.data_dir),
                     "--grpc", args.broker, "--http", args.broker_http, "--ucx", args.ucx,
-                    "--log-level", args.log_level]),
+                    "--log-level", args.log_level, *broker_configs,
+                    *options.flags["broker"]]),
         ("gateway", [python, "-m", "gateway", "--listen", args.kafka,
                      "--advertise", args.advertise or args.kafka, "--broker", args.broker,
-                     "--http", args.registry, "--log-level", args.log_level]),
+                     "--http", args.registry, "--log-level", args.log_level,
+                     *options.flags["gateway"]]),
         ("sidecar", [python, "-m", "rdma", "--socket", str(args.run_dir / "sidecar.sock"),
                      "--http", args.sidecar_http, "--broker", args.broker,
-                     "--broker-http", args.broker_http, "--log-level", args.log_level]),
+                     "--broker-http", args.broker_http, "--log-level", args.log_level,
+                     *options.flags["sidecar"]]),
     ]
 
 
+def load_options(args: argparse.Namespace) -> UpConfig:
+    """The config file's options, checked before anything starts: a broker config the broker
+    would refuse stops ``up`` with the reason, instead of a child restarted forever."""
+    options = UpConfig()
+    if args.config_file is not None:
+        try:
+            options = upconfig.parse(args.config_file.read_text())
+        except OSError as exc:
+            raise UpConfigError(f"cannot read {args.config_file}: {exc.strerror}") from None
+    from broker.broker_configs import BrokerConfigs  # the broker's own rules
+    from broker.configs import InvalidConfig
+
+    try:
+        BrokerConfigs.from_flags(options.broker_configs + args.broker_config)
+    except InvalidConfig as exc:
+        raise UpConfigError(str(exc)) from None
+    return options
+
+
 async def run_up(args: argparse.Namespace) -> int:
+    try:
+        options = load_options(args)
+    except UpConfigError as exc:
+        say(f"{args.config_file or 'kelp up'}: {exc}")
+        return 1
     for directory in (args.run_dir, args.data_dir):
         try:
             directory.mkdir(parents=True, exist_ok=True)
@@ -48,7 +83,7 @@ async def run_up(args: argparse.Namespace) -> int:
         say(problem)
     if problems:
         return 1
-    supervisor = Supervisor(up_commands(args))
+    supervisor = Supervisor(up_commands(args, options))
     exit_code = 0
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
@@ -98,6 +133,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     up.add_argument("--sidecar-http", default="127.0.0.1:8083")
     up.add_argument("--log-level", default="info",
                     choices=["debug", "info", "warning", "error"])
+    up.add_argument("--config-file", type=Path, default=None, metavar="KELP_TOML",
+                    help="options for the three processes: [broker] Kafka broker configs "
+                    "(num.partitions = 3), [broker.flags] / [gateway.flags] / [sidecar.flags] "
+                    "any of their flags (see README, 'Configuring kelp')")
+    up.add_argument("--broker-config", action="append", default=[], metavar="NAME=VALUE",
+                    help="a broker config by Kafka's name, e.g. num.partitions=3 "
+                    "(repeatable; wins over the config file)")
     return parser.parse_args(argv)
 
 

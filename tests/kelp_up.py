@@ -47,7 +47,8 @@ class Up:
                 "rdma": str(self.run_dir)}[module]
 
 
-def start_up(tmp_path: Path, name: str = "up", ports: dict[str, int] | None = None) -> Up:
+def start_up(tmp_path: Path, name: str = "up", ports: dict[str, int] | None = None,
+             extra: tuple[str, ...] = ()) -> Up:
     ports = ports or {key: free_port() for key in
                       ("kafka", "registry", "broker", "broker-http", "sidecar-http", "ucx")}
     data_dir, run_dir = tmp_path / f"{name}-data", tmp_path / f"{name}-run"
@@ -56,7 +57,7 @@ def start_up(tmp_path: Path, name: str = "up", ports: dict[str, int] | None = No
         proc = subprocess.Popen(
             [sys.executable, "-m", "kelp", "up", "--data-dir", str(data_dir),
              "--run-dir", str(run_dir),
-             *[f"--{key}=127.0.0.1:{port}" for key, port in ports.items()]],
+             *[f"--{key}=127.0.0.1:{port}" for key, port in ports.items()], *extra],
             cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True)
     return Up(proc, log_path, ports, data_dir, run_dir)
@@ -70,9 +71,9 @@ def leftovers(up: Up) -> list[str]:
     return [line for line in found if line.strip()]
 
 
-def running_up(tmp_path: Path) -> Iterator[Up]:
+def running_up(tmp_path: Path, extra: tuple[str, ...] = ()) -> Iterator[Up]:
     """A ready ``kelp up`` for a fixture; everything it started is killed afterwards."""
-    running = start_up(tmp_path)
+    running = start_up(tmp_path, extra=extra)
     try:
         running.wait_for("kelp is ready")
         yield running
