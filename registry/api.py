@@ -15,13 +15,22 @@ them again. The write endpoints are in ``writes.py``, the shapes they share in `
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from kelp import http, httpd
 from registry import core, limits, rest
 from registry.core import RegistryError
-from registry.rest import CONTENT_TYPE, error_reply, flag, json_body, no_subject_setting, reply
+from registry.rest import (
+    CONTENT_TYPE,
+    error_reply,
+    flag,
+    json_body,
+    negotiate,
+    no_subject_setting,
+    reply,
+)
 from registry.schema import SchemaError
 from registry.service import SchemaRegistry
 from registry.state import SCHEMA_TYPES, RegistryState, SchemaVersion
@@ -52,6 +61,15 @@ class RegistryApi:
         return self.registry.state
 
     async def handle(self, request: httpd.Request) -> httpd.Response:
+        media = negotiate(request.headers.get("accept"))
+        if media is None:
+            return error_reply(RegistryError(406, "HTTP 406 Not Acceptable"))
+        response = await self._handle(request)
+        if media != CONTENT_TYPE and response.content_type == CONTENT_TYPE:
+            response = dataclasses.replace(response, content_type=media)
+        return response
+
+    async def _handle(self, request: httpd.Request) -> httpd.Response:
         try:
             await self.registry.wait_ready()
             try:
@@ -238,8 +256,8 @@ class RegistryApi:
             if version_text is None:
                 previous = [cache.of(state, s).schema for s in state.versions(subject)]
             else:
-                previous = [cache.of(state, core.get_version(state, subject,
-                                                             version_text)).schema]
+                previous = [cache.of(state, s).schema
+                            for s in _version_to_check(state, subject, version_text)]
                 level = level.removesuffix("_TRANSITIVE")
             return core.compatibility_messages(level, new.schema, previous,
                                                cache.compatibility_errors)
@@ -250,3 +268,18 @@ class RegistryApi:
             out["messages"] = messages
         return reply(out)
 
+
+
+def _version_to_check(state: RegistryState, subject: str,
+                      version_text: str) -> list[SchemaVersion]:
+    """The version a compatibility check compares with, as Confluent finds it: "latest" of a
+    subject with no live version is nothing to be incompatible with; any other missing
+    version, of an existing subject or not, is 40402."""
+    number = core.parse_version(version_text)
+    live = state.versions(subject)
+    if number is None:
+        return live[-1:]
+    found = [s for s in live if s.version == number]
+    if not found:
+        raise core.version_not_found(subject, number)
+    return found

@@ -28,6 +28,7 @@ from registry.state import (
     RegistryState,
     SchemaVersion,
     contract_text,
+    identity_text,
     schema_record,
 )
 
@@ -77,10 +78,11 @@ def get_version(state: RegistryState, subject: str, version_text: str, *,
     if subject not in state.subjects:
         raise subject_not_found(subject)
     versions = state.versions(subject, deleted=deleted)
-    if number is None:
-        if not versions:
+    if number is None:  # "latest" is the latest live version, as Confluent resolves it
+        live = state.versions(subject)
+        if not live:
             raise subject_not_found(subject)
-        return versions[-1]
+        return live[-1]
     for stored in versions:
         if stored.version == number:
             return stored
@@ -324,11 +326,13 @@ def plan_registration(state: RegistryState, cache: ParsedCache, subject: str,
     stored_text = parsed.normalized if normalize else parsed.canonical
     live = state.versions(subject)
     contract = (contract_text(body.get("metadata")), contract_text(body.get("ruleSet")))
+    same = identity_text(schema_type, stored_text)
     for existing in live:
         if ((existing.schema_type, existing.references) == (schema_type, refs)
                 and (existing.metadata, existing.rule_set) == contract
-                and (existing.schema == stored_text
-                     or cache.of(state, existing).canonical == parsed.canonical)):
+                and (existing.identity[1] == same
+                     or identity_text(schema_type, cache.of(state, existing).canonical)
+                     == identity_text(schema_type, parsed.canonical))):
             return Registration(existing.id, existing.version, [])
 
     requested_id = body.get("id") if isinstance(body, dict) else None
@@ -343,7 +347,7 @@ def plan_registration(state: RegistryState, cache: ParsedCache, subject: str,
         if messages:
             raise RegistryError(409, "Schema being registered is incompatible with an earlier "
                                 f"schema for subject \"{subject}\", details: {messages}")
-    identity = (schema_type, stored_text, refs, *contract)
+    identity = (schema_type, same, refs, *contract)
     if requested_id is not None:
         schema_id = _positive_int(requested_id, "id")
         holder = state.by_id.get(schema_id)
@@ -399,14 +403,15 @@ def lookup(state: RegistryState, cache: ParsedCache, subject: str, body: Any, *,
     if not state.versions(subject, deleted=True):
         raise subject_not_found(subject)
     parsed = cache.parse(state, schema_type, text, refs)
-    wanted = parsed.normalized if normalize else parsed.canonical
+    wanted = identity_text(schema_type, parsed.normalized if normalize else parsed.canonical)
     for stored in reversed(state.versions(subject, deleted=deleted)):
         if (stored.schema_type, stored.references) != (schema_type, refs):
             continue
-        if stored.schema == wanted:
+        if stored.identity[1] == wanted:
             return stored
         theirs = cache.of(state, stored)
-        if (theirs.normalized if normalize else theirs.canonical) == wanted:
+        if identity_text(schema_type,
+                         theirs.normalized if normalize else theirs.canonical) == wanted:
             return stored
     raise schema_not_found()
 

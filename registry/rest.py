@@ -12,7 +12,42 @@ from registry.core import RegistryError
 from registry.state import RegistryState, SchemaVersion
 
 CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
+# What the registry produces, with Confluent's server-side preference (Jersey's qs): a client
+# asking for application/json gets application/json; one that accepts anything gets v1.
+PRODUCED = ((CONTENT_TYPE, 1.0), ("application/vnd.schemaregistry+json", 0.9),
+            ("application/json", 0.5))
 FORWARDED = "x-kelp-registry-forwarded"
+
+
+def negotiate(accept: str | None) -> str | None:
+    """The media type to answer an ``Accept`` header with; None if nothing it accepts is
+    produced (answered 406, as Confluent's server does)."""
+    if not accept or not accept.strip():
+        return CONTENT_TYPE
+    ranges = []
+    for item in accept.split(",")[:64]:  # a header of thousands of ranges is not a client
+        media, *params = (part.strip() for part in item.split(";"))
+        quality = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = min(1.0, max(0.0, float(value)))
+                except ValueError:
+                    quality = 0.0
+        ranges.append((media.lower(), quality))
+    best, best_score = None, 0.0
+    for media, preference in PRODUCED:
+        major = media.split("/")[0]
+        # The most specific range that matches decides this type's quality.
+        matches = [(2 if pattern == media else 1 if pattern == f"{major}/*" else 0, quality)
+                   for pattern, quality in ranges
+                   if pattern in (media, f"{major}/*", "*/*", "*")]
+        if matches:
+            score = max(matches)[1] * preference
+            if score > best_score:
+                best, best_score = media, score
+    return best
 
 
 def reply(obj: Any, status: int = 200) -> httpd.Response:

@@ -22,6 +22,7 @@ keeps the last record per key *bytes*, so the order matters.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 from dataclasses import dataclass, field
@@ -61,10 +62,11 @@ class SchemaVersion:
     metadata: str | None = None
     rule_set: str | None = None
 
-    @property
+    @functools.cached_property
     def identity(self) -> Identity:
         """Two registrations with the same identity share a schema id (across subjects)."""
-        return (self.schema_type, self.schema, self.references, self.metadata, self.rule_set)
+        return (self.schema_type, identity_text(self.schema_type, self.schema),
+                self.references, self.metadata, self.rule_set)
 
     def to_json(self, schema_text: str | None = None, *,
                 located: bool = True) -> dict[str, Any]:
@@ -91,8 +93,26 @@ class SchemaVersion:
         return out
 
 
-# (type, schema text, references, metadata, ruleSet): what makes two schemas the same one.
+# (type, identity text, references, metadata, ruleSet): what makes two schemas the same one.
 Identity = tuple[str, str, tuple[Reference, ...], str | None, str | None]
+
+
+def identity_text(schema_type: str, text: str) -> str:
+    """The form two texts of one schema share whatever their JSON key order or formatting.
+
+    Avro and JSON Schema are JSON documents whose object keys are unordered: Confluent
+    compares them parsed, and writes its own key order to ``_schemas``, so a schema must be
+    the same one whether its keys come in the writer's order or sorted. Array order (Avro's
+    fields, enum symbols) is kept: it is part of the schema. Protobuf texts are stored in the
+    parser's canonical print already. A stored text that is not JSON is compared as it is.
+    """
+    if schema_type == "PROTOBUF":
+        return text
+    try:
+        return json.dumps(json.loads(text), sort_keys=True, separators=(",", ":"),
+                          ensure_ascii=False)
+    except (ValueError, RecursionError):
+        return text
 
 
 def contract_text(value: Any) -> str | None:
@@ -125,13 +145,20 @@ class RegistryState:
         self.next_offset = offset + 1
         try:
             key_obj = json.loads(key) if key else None
-            value_obj = json.loads(value) if value else None
+            # Only a null value is a tombstone; empty bytes are a value that is not JSON.
+            value_obj = json.loads(value) if value is not None else None
             if not isinstance(key_obj, dict) or "keytype" not in key_obj:
                 raise ValueError("key is not a JSON object with a keytype")
             self._apply(key_obj, value_obj)
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             self.skipped_records += 1
-            reason = str(exc) if isinstance(exc, ValueError) else f"bad {type(exc).__name__}"
+            reason = ("an empty value (a deletion is a null value)" if value == b""
+                      else f"not JSON ({exc.msg} at byte {exc.pos})"
+                      if isinstance(exc, json.JSONDecodeError)
+                      else str(exc) if isinstance(exc, ValueError)
+                      else f"missing field {exc}" if isinstance(exc, KeyError)
+                      else "nested too deeply" if isinstance(exc, RecursionError)
+                      else "a field has the wrong type")
             log.warning("skipping unreadable record", extra={
                 "topic": "_schemas", "partition": 0, "offset": offset, "reason": reason[:200]})
 
@@ -192,7 +219,10 @@ class RegistryState:
     def _apply_setting(self, subject: str | None, value: Any, name: str,
                        allowed: tuple[str, ...], global_attr: str,
                        per_subject: dict[str, str]) -> None:
-        setting = None if value is None else str(value[name]).upper()
+        if value is not None and not isinstance(value.get(name) if isinstance(value, dict)
+                                                else None, str):
+            raise ValueError(f"{name} record value is not {{\"{name}\": <string>}}")
+        setting = None if value is None else value[name].upper()
         if setting is not None and setting not in allowed:
             raise ValueError(f"unknown {name} {setting!r}")
         if subject is None:
