@@ -19,6 +19,7 @@ from pathlib import Path
 
 from kio.schema.errors import ErrorCode
 
+from broker import quotas
 from broker.config_table import (
     BROKER_CONFIGS,
     GROUP_CONFIGS,
@@ -112,6 +113,8 @@ class BrokerConfigs:
     per_broker: dict[str, str] = field(default_factory=dict)
     cluster_default: dict[str, str] = field(default_factory=dict)
     groups: dict[str, dict[str, str]] = field(default_factory=dict)
+    # Client quotas (``broker.quotas``): kept with the other dynamic configs, as in Kafka.
+    quotas: dict[quotas.Entity, dict[str, float]] = field(default_factory=dict)
 
     @classmethod
     def from_flags(cls, pairs: Sequence[str], path: Path | None = None,
@@ -146,13 +149,15 @@ class BrokerConfigs:
         self.per_broker = dict(state.get("broker", {}))
         self.cluster_default = dict(state.get("default", {}))
         self.groups = {g: dict(c) for g, c in state.get("groups", {}).items()}
+        self.quotas = quotas.from_json(state.get("quotas", []))
 
     def save(self) -> None:
         """Write the dynamic state durably (call it off the event loop)."""
         if self.path is not None:
             replace_file(self.path, json.dumps({
                 "broker": self.per_broker, "default": self.cluster_default,
-                "groups": self.groups}, indent=1, sort_keys=True), durable=True)
+                "groups": self.groups, "quotas": quotas.to_json(self.quotas)},
+                indent=1, sort_keys=True), durable=True)
 
     # -- values ---------------------------------------------------------------------------
 

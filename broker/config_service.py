@@ -1,5 +1,6 @@
 """DescribeConfigs and AlterConfigs for every resource Kafka has configs for: topics (2),
-the broker and the cluster-wide default (4), the broker's loggers (8) and groups (32).
+the broker and the cluster-wide default (4), the broker's loggers (8) and groups (32); and
+Describe/AlterClientQuotas, whose quotas are kept with the dynamic configs.
 
 Part of ``BrokerService`` (see ``broker.service``): the values and their rules are in
 ``broker.broker_configs``; here they are applied and made durable. A dynamic broker config
@@ -11,7 +12,7 @@ from __future__ import annotations
 import trio
 from kio.schema.errors import ErrorCode
 
-from broker import broker_configs
+from broker import broker_configs, quotas
 from broker.broker_configs import BrokerConfigs, ConfigError, Entry, Op
 from broker.configs import Defaults
 from broker.topics import TopicError, TopicRegistry
@@ -129,3 +130,62 @@ class ConfigCalls:
 def _restore_broker(configs: BrokerConfigs, per_broker: dict[str, str],
                     cluster_default: dict[str, str]) -> None:
     configs.per_broker, configs.cluster_default = per_broker, cluster_default
+
+
+def _parts(entity: quotas.Entity) -> list[pb.QuotaEntityPart]:
+    return [pb.QuotaEntityPart(type=kind, name=name) for kind, name in entity]
+
+
+class QuotaCalls:
+    """DescribeClientQuotas and AlterClientQuotas: the quotas live with the dynamic configs
+    (saved through ``ConfigCalls._save_configs``, the other half of the same service)."""
+
+    broker_configs: BrokerConfigs
+    _config_lock: trio.Lock
+
+    async def describe_client_quotas(self, request: pb.DescribeClientQuotasRequest
+                                     ) -> pb.DescribeClientQuotasReply:
+        filters = [quotas.Filter(f.entity_type, f.match_type, f.match)
+                   for f in request.components]
+        try:
+            quotas.check_filters(filters)
+        except quotas.QuotaError as exc:
+            return pb.DescribeClientQuotasReply(error_code=exc.code, error_message=str(exc))
+        return pb.DescribeClientQuotasReply(entries=[
+            pb.QuotaEntry(entity=_parts(entity), values=[
+                pb.QuotaValue(key=k, value=v) for k, v in sorted(values.items())])
+            for entity, values in self.broker_configs.quotas.items()
+            if quotas.matches(entity, filters, request.strict)])
+
+    async def alter_client_quotas(self, request: pb.AlterClientQuotasRequest
+                                  ) -> pb.AlterClientQuotasReply:
+        results = []
+        store = self.broker_configs.quotas
+        for entry in request.entries:
+            out = pb.AlterClientQuotasReplyResult(entity=list(entry.entity))
+            results.append(out)
+            try:
+                entity = quotas.entity_of((p.type, p.name) for p in entry.entity)
+                ops = [quotas.QuotaOp(o.key, o.value, o.remove) for o in entry.ops]
+                async with self._config_lock:
+                    values = quotas.alter(store, entity, ops)
+                    if request.validate_only:
+                        continue
+                    previous = store.get(entity)
+                    if values:
+                        store[entity] = values
+                    else:
+                        store.pop(entity, None)
+                    await self._save_configs(
+                        lambda e=entity, p=previous: _restore_quota(store, e, p))
+            except quotas.QuotaError as exc:
+                out.error_code, out.error_message = exc.code, str(exc)
+        return pb.AlterClientQuotasReply(results=results)
+
+
+def _restore_quota(store: dict[quotas.Entity, dict[str, float]], entity: quotas.Entity,
+                   previous: dict[str, float] | None) -> None:
+    if previous is None:
+        store.pop(entity, None)
+    else:
+        store[entity] = previous

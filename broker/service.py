@@ -17,7 +17,7 @@ import trio
 from kio.schema.errors import ErrorCode
 
 from broker.broker_configs import BrokerConfigs
-from broker.config_service import ConfigCalls
+from broker.config_service import ConfigCalls, QuotaCalls
 from broker.exports import ExportCalls, Exports
 from broker.group_service import GroupCalls
 from broker.groups import Coordinator
@@ -41,8 +41,8 @@ LATEST_TIERED = -5
 EARLIEST_PENDING_UPLOAD = -6
 
 
-class BrokerService(DataStreams, GroupCalls, ConfigCalls, LeaseCalls, ExportCalls,
-                    pb.BrokerBase):
+class BrokerService(DataStreams, GroupCalls, ConfigCalls, QuotaCalls, LeaseCalls,
+                    ExportCalls, pb.BrokerBase):
     """The whole Broker service. Parts a caller does not pass stand in harmlessly: no
     ``coordinator`` answers the group calls UNIMPLEMENTED, no ``exporter`` answers OpenRead
     503 as ``--no-ucx`` does, ``exports`` defaults to the registry's with default chunks."""

@@ -106,6 +106,7 @@ async def serve(args: argparse.Namespace) -> None:
             connections_max_idle_ms=args.connections_max_idle_ms,
             request_timeout_ms=args.request_timeout_ms)
         ctx = GatewayContext(config, broker)
+        await nursery.start(ctx.quotas.run)
         server = KafkaServer(ctx)
         registry: SchemaRegistry | None = None
         bound = await nursery.start(server.serve, listen_host, listen_port)

@@ -10,6 +10,7 @@ from kio.schema.errors import ErrorCode
 
 from gateway.broker_client import BrokerClient
 from gateway.memory import BytePool, Output
+from gateway.quotas import ClientQuotas
 from gateway.validation_settings import TopicSettings
 from kelp.routes import BROKER
 from kelp.rpc.broker import v1 as pb
@@ -75,11 +76,13 @@ class GatewayContext:
     topic_settings: TopicSettings = field(init=False)
     request_pool: BytePool = field(init=False)
     fetch_pool: BytePool = field(init=False)
+    quotas: ClientQuotas = field(init=False)
 
     def __post_init__(self) -> None:
         self.topic_settings = TopicSettings(self.broker)
         self.request_pool = BytePool(self.config.queued_max_request_bytes)
         self.fetch_pool = BytePool(self.config.fetch_memory_bytes)
+        self.quotas = ClientQuotas(self.broker)
 
     async def describe_topics(
         self, names: list[str], *, auto_create: bool = False

@@ -12,6 +12,8 @@ started cancelled at once.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import errno
 import inspect
 import logging
@@ -22,6 +24,7 @@ from typing import Any
 import trio
 from kio.schema.errors import ErrorCode
 
+from gateway import quotas
 from gateway.broker_client import BrokerUnavailable
 from gateway.context import (
     DropConnection,
@@ -54,6 +57,8 @@ RECEIVE_SIZE = 256 * 1024
 # order sent, and an OffsetFetch sees the commits sent before it.
 ORDERED = frozenset({apis.ApiKey.OFFSET_COMMIT, apis.ApiKey.OFFSET_FETCH,
                      apis.ApiKey.OFFSET_DELETE, apis.ApiKey.DELETE_GROUPS})
+# Byte-rate quotas apply to these (see gateway.quotas).
+QUOTA_KEYS = frozenset({apis.ApiKey.PRODUCE, apis.ApiKey.FETCH})
 PEER_CHECK_S = 1.0  # how often a connection not being read is checked for its client leaving
 MAX_VERSION_KEYS = 10_000  # bounds the versions-seen table however many client ids appear
 
@@ -310,8 +315,12 @@ class KafkaServer:
             if after is not None:
                 await after.wait()  # the connection's previous ORDERED request is answered
             body = await pending
+            encoded = None
+            if request.api_key in QUOTA_KEYS and self.ctx.quotas.entries:
+                body, delay, encoded = self._apply_quota(kafka, request, body)
+                budget.mute_for(delay)  # acks=0 produces have no answer, but are muted too
             if body is not None:
-                slot.payload = kafka.encode_response(request, body)
+                slot.payload = encoded or kafka.encode_response(request, body)
                 output = current_output.get()
                 if output is not None:
                     output.queued(len(slot.payload))
@@ -343,6 +352,29 @@ class KafkaServer:
             self.inflight -= 1
             budget.give_back(request.size)
             slot.done.set()
+
+    def _apply_quota(self, kafka: KafkaConnection, request: Request,
+                     body: Any) -> tuple[Any, float, bytes | None]:
+        """Count a produce's request bytes or a fetch's response bytes against the client's
+        byte-rate quota; past it, the answer carries the throttle time (a fetch is answered
+        empty, as Kafka does, and its bytes are not counted). Returns the answer, the delay,
+        and the answer encoded when it already is."""
+        client_id = request.header.client_id or ""
+        now = trio.current_time()
+        encoded = None
+        if request.api_key == apis.ApiKey.PRODUCE:
+            delay = self.ctx.quotas.record(quotas.PRODUCE, client_id, request.size, now)
+        else:
+            encoded = kafka.encode_response(request, body)
+            delay = self.ctx.quotas.record(quotas.FETCH, client_id, len(encoded), now)
+            if delay:
+                self.ctx.quotas.record(quotas.FETCH, client_id, -len(encoded), now)
+                body = dataclasses.replace(body, responses=())
+        if delay and body is not None:
+            encoded = None
+            if delay > body.throttle_time.total_seconds():
+                body = dataclasses.replace(body, throttle_time=datetime.timedelta(seconds=delay))
+        return body, delay, encoded
 
     @staticmethod
     def _error_payload(kafka: KafkaConnection, request: Request, exc: Exception,

@@ -26,6 +26,7 @@ from gateway.handlers import (
     partitions,
     produce,
     producers,
+    quotas,
 )
 from gateway.kafka import apis
 from gateway.kafka.apis import ApiKey
@@ -68,6 +69,8 @@ HANDLERS: dict[int, Handler] = {
     ApiKey.ALTER_PARTITION_REASSIGNMENTS: partitions.handle_alter_partition_reassignments,
     ApiKey.ALTER_REPLICA_LOG_DIRS: partitions.handle_alter_replica_log_dirs,
     ApiKey.DESCRIBE_QUORUM: partitions.handle_describe_quorum,
+    ApiKey.DESCRIBE_CLIENT_QUOTAS: quotas.handle_describe,
+    ApiKey.ALTER_CLIENT_QUOTAS: quotas.handle_alter,
 }
 apis.require_handlers(HANDLERS)  # the table of served APIs says what must be here
 

@@ -1,7 +1,7 @@
 // The Java AdminClient (kafka-clients 3.9) calls the partition-placement and cluster APIs
 // against kelp: describeTopics (DescribeTopicPartitions since 3.8), manual assignments,
-// electLeaders, partition reassignments, alterReplicaLogDirs, describeMetadataQuorum and
-// authorized operations. Prints "OK admin" on success; any mismatch throws.
+// electLeaders, partition reassignments, alterReplicaLogDirs, describeMetadataQuorum,
+// client quotas and authorized operations. Prints "OK admin" on success; any mismatch throws.
 
 import java.util.*;
 import java.util.concurrent.ExecutionException;
@@ -12,6 +12,7 @@ import org.apache.kafka.common.TopicPartition;
 import org.apache.kafka.common.TopicPartitionReplica;
 import org.apache.kafka.common.acl.AclOperation;
 import org.apache.kafka.common.errors.*;
+import org.apache.kafka.common.quota.*;
 
 public class KelpJavaAdmin {
     static void check(boolean ok, String what) {
@@ -85,6 +86,18 @@ public class KelpJavaAdmin {
 
             QuorumInfo quorum = get(admin.describeMetadataQuorum().quorumInfo());
             check(quorum.leaderId() == 0 && quorum.voters().size() == 1, "quorum " + quorum);
+
+            ClientQuotaEntity entity = new ClientQuotaEntity(
+                Map.of(ClientQuotaEntity.CLIENT_ID, topic + "-client"));
+            get(admin.alterClientQuotas(List.of(new ClientQuotaAlteration(entity, List.of(
+                new ClientQuotaAlteration.Op("producer_byte_rate", 1048576.0))))).all());
+            Map<ClientQuotaEntity, Map<String, Double>> described = get(admin.describeClientQuotas(
+                ClientQuotaFilter.containsOnly(List.of(ClientQuotaFilterComponent.ofEntity(
+                    ClientQuotaEntity.CLIENT_ID, topic + "-client")))).entities());
+            check(Map.of("producer_byte_rate", 1048576.0).equals(described.get(entity)),
+                  "quota " + described);
+            get(admin.alterClientQuotas(List.of(new ClientQuotaAlteration(entity, List.of(
+                new ClientQuotaAlteration.Op("producer_byte_rate", null))))).all());
         }
         System.out.println("OK admin");
     }

@@ -4,6 +4,11 @@
 # This file has been @generated
 
 __all__ = (
+    "AlterClientQuotasReply",
+    "AlterClientQuotasReplyResult",
+    "AlterClientQuotasRequest",
+    "AlterClientQuotasRequestEntry",
+    "AlterClientQuotasRequestOp",
     "AlterConfigsReply",
     "AlterConfigsReplyResource",
     "AlterConfigsRequest",
@@ -37,6 +42,9 @@ __all__ = (
     "DeleteRecordsRequestTarget",
     "DeleteTopicsReply",
     "DeleteTopicsRequest",
+    "DescribeClientQuotasReply",
+    "DescribeClientQuotasRequest",
+    "DescribeClientQuotasRequestFilter",
     "DescribeConfigsReply",
     "DescribeConfigsReplyResource",
     "DescribeConfigsRequest",
@@ -85,6 +93,9 @@ __all__ = (
     "OpenReadRequest",
     "PartitionRef",
     "PartitionState",
+    "QuotaEntityPart",
+    "QuotaEntry",
+    "QuotaValue",
     "ReadChunkReply",
     "ReadChunkRequest",
     "RecordError",
@@ -116,6 +127,76 @@ if TYPE_CHECKING:
 
 _COMPILER_VERSION = "0.10.1"
 betterproto2.check_compiler_version(_COMPILER_VERSION)
+
+
+@dataclass(eq=False, repr=False)
+class AlterClientQuotasReply(betterproto2.Message):
+    results: "list[AlterClientQuotasReplyResult]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+
+default_message_pool.register_message("broker.v1", "AlterClientQuotasReply", AlterClientQuotasReply)
+
+
+@dataclass(eq=False, repr=False)
+class AlterClientQuotasReplyResult(betterproto2.Message):
+    error_code: "int" = betterproto2.field(1, betterproto2.TYPE_INT32)
+
+    error_message: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    entity: "list[QuotaEntityPart]" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+
+default_message_pool.register_message(
+    "broker.v1", "AlterClientQuotasReply.Result", AlterClientQuotasReplyResult
+)
+
+
+@dataclass(eq=False, repr=False)
+class AlterClientQuotasRequest(betterproto2.Message):
+    entries: "list[AlterClientQuotasRequestEntry]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+    validate_only: "bool" = betterproto2.field(2, betterproto2.TYPE_BOOL)
+
+
+default_message_pool.register_message(
+    "broker.v1", "AlterClientQuotasRequest", AlterClientQuotasRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class AlterClientQuotasRequestEntry(betterproto2.Message):
+    entity: "list[QuotaEntityPart]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+    ops: "list[AlterClientQuotasRequestOp]" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+
+default_message_pool.register_message(
+    "broker.v1", "AlterClientQuotasRequest.Entry", AlterClientQuotasRequestEntry
+)
+
+
+@dataclass(eq=False, repr=False)
+class AlterClientQuotasRequestOp(betterproto2.Message):
+    key: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    value: "float" = betterproto2.field(2, betterproto2.TYPE_DOUBLE)
+
+    remove: "bool" = betterproto2.field(3, betterproto2.TYPE_BOOL)
+
+
+default_message_pool.register_message(
+    "broker.v1", "AlterClientQuotasRequest.Op", AlterClientQuotasRequestOp
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -570,6 +651,54 @@ class DeleteTopicsRequest(betterproto2.Message):
 
 
 default_message_pool.register_message("broker.v1", "DeleteTopicsRequest", DeleteTopicsRequest)
+
+
+@dataclass(eq=False, repr=False)
+class DescribeClientQuotasReply(betterproto2.Message):
+    error_code: "int" = betterproto2.field(1, betterproto2.TYPE_INT32)
+
+    error_message: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    entries: "list[QuotaEntry]" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, repeated=True)
+
+
+default_message_pool.register_message(
+    "broker.v1", "DescribeClientQuotasReply", DescribeClientQuotasReply
+)
+
+
+@dataclass(eq=False, repr=False)
+class DescribeClientQuotasRequest(betterproto2.Message):
+    components: "list[DescribeClientQuotasRequestFilter]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    none: every entity
+    """
+
+    strict: "bool" = betterproto2.field(2, betterproto2.TYPE_BOOL)
+
+
+default_message_pool.register_message(
+    "broker.v1", "DescribeClientQuotasRequest", DescribeClientQuotasRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class DescribeClientQuotasRequestFilter(betterproto2.Message):
+    entity_type: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    match_type: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
+    """
+    0 exact, 1 default, 2 any specified
+    """
+
+    match: "str | None" = betterproto2.field(3, betterproto2.TYPE_STRING, optional=True)
+
+
+default_message_pool.register_message(
+    "broker.v1", "DescribeClientQuotasRequest.Filter", DescribeClientQuotasRequestFilter
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -1296,6 +1425,49 @@ default_message_pool.register_message("broker.v1", "PartitionState", PartitionSt
 
 
 @dataclass(eq=False, repr=False)
+class QuotaEntityPart(betterproto2.Message):
+    """
+    Client quotas (KIP-546): an entity is (type, name) parts; a part without a name is the
+    type's default entity.
+    """
+
+    type: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    user, client-id or ip
+    """
+
+    name: "str | None" = betterproto2.field(2, betterproto2.TYPE_STRING, optional=True)
+
+
+default_message_pool.register_message("broker.v1", "QuotaEntityPart", QuotaEntityPart)
+
+
+@dataclass(eq=False, repr=False)
+class QuotaEntry(betterproto2.Message):
+    entity: "list[QuotaEntityPart]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+    values: "list[QuotaValue]" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, repeated=True)
+
+
+default_message_pool.register_message("broker.v1", "QuotaEntry", QuotaEntry)
+
+
+@dataclass(eq=False, repr=False)
+class QuotaValue(betterproto2.Message):
+    key: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    producer_byte_rate, consumer_byte_rate, ...
+    """
+
+    value: "float" = betterproto2.field(2, betterproto2.TYPE_DOUBLE)
+
+
+default_message_pool.register_message("broker.v1", "QuotaValue", QuotaValue)
+
+
+@dataclass(eq=False, repr=False)
 class ReadChunkReply(betterproto2.Message):
     status: "int" = betterproto2.field(1, betterproto2.TYPE_INT32)
 
@@ -1664,6 +1836,42 @@ class BrokerStub(betterproto2_grpclib.ServiceStub):
             "/broker.v1.Broker/AlterConfigs",
             message,
             AlterConfigsReply,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def describe_client_quotas(
+        self,
+        message: "DescribeClientQuotasRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "DescribeClientQuotasReply":
+
+        return await self._unary_unary(
+            "/broker.v1.Broker/DescribeClientQuotas",
+            message,
+            DescribeClientQuotasReply,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def alter_client_quotas(
+        self,
+        message: "AlterClientQuotasRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "AlterClientQuotasReply":
+
+        return await self._unary_unary(
+            "/broker.v1.Broker/AlterClientQuotas",
+            message,
+            AlterClientQuotasReply,
             timeout=timeout,
             deadline=deadline,
             metadata=metadata,
@@ -2077,6 +2285,18 @@ class BrokerBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def describe_client_quotas(
+        self, message: "DescribeClientQuotasRequest"
+    ) -> "DescribeClientQuotasReply":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def alter_client_quotas(
+        self, message: "AlterClientQuotasRequest"
+    ) -> "AlterClientQuotasReply":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def init_producer_id(self, message: "InitProducerIdRequest") -> "InitProducerIdReply":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
@@ -2246,6 +2466,23 @@ class BrokerBase(betterproto2_grpclib.ServiceBase):
         request = await stream.recv_message()
         assert request is not None
         response = await self.alter_configs(request)
+        await stream.send_message(response)
+
+    async def __rpc_describe_client_quotas(
+        self,
+        stream: "grpclib.server.Stream[DescribeClientQuotasRequest, DescribeClientQuotasReply]",
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.describe_client_quotas(request)
+        await stream.send_message(response)
+
+    async def __rpc_alter_client_quotas(
+        self, stream: "grpclib.server.Stream[AlterClientQuotasRequest, AlterClientQuotasReply]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.alter_client_quotas(request)
         await stream.send_message(response)
 
     async def __rpc_init_producer_id(
@@ -2457,6 +2694,18 @@ class BrokerBase(betterproto2_grpclib.ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 AlterConfigsRequest,
                 AlterConfigsReply,
+            ),
+            "/broker.v1.Broker/DescribeClientQuotas": grpclib.const.Handler(
+                self.__rpc_describe_client_quotas,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                DescribeClientQuotasRequest,
+                DescribeClientQuotasReply,
+            ),
+            "/broker.v1.Broker/AlterClientQuotas": grpclib.const.Handler(
+                self.__rpc_alter_client_quotas,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                AlterClientQuotasRequest,
+                AlterClientQuotasReply,
             ),
             "/broker.v1.Broker/InitProducerId": grpclib.const.Handler(
                 self.__rpc_init_producer_id,

@@ -1,0 +1,141 @@
+"""Client quotas enforced by the gateway: produce and fetch byte rates per client, measured
+and throttled as Kafka does (KIP-13, KIP-219).
+
+The quotas live in the broker (``broker.quotas``); each gateway reads them all, again every
+few seconds and at once after an AlterClientQuotas it served. A client's quota is found by
+Kafka's precedence over user and client-id entities (the user is ANONYMOUS until kelp has
+authentication). Its rate is measured over ``SAMPLES`` windows of ``WINDOW_S``; a response
+that takes it over the quota carries ``throttle_time_ms`` for the time the client must wait
+to be back within it, and the gateway does not read that connection meanwhile (KIP-219).
+A throttled fetch is answered empty, as Kafka answers it, so the data is not counted twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import trio
+
+from gateway.broker_client import BrokerClient, BrokerUnavailable
+from kelp.routes import BROKER
+from kelp.rpc.broker import v1 as pb
+
+log = logging.getLogger("kelp.gateway.quotas")
+
+ANONYMOUS = "ANONYMOUS"
+PRODUCE, FETCH = "producer_byte_rate", "consumer_byte_rate"
+WINDOW_S = 1.0  # Kafka's quota.window.size.seconds
+SAMPLES = 11  # Kafka's quota.window.num
+REFRESH_S = 5.0
+MAX_TRACKED = 10_000  # clients with a rate being measured; the least recent are forgotten
+
+Entity = tuple[tuple[str, str | None], ...]
+
+
+def precedence(user: str, client_id: str) -> list[Entity]:
+    """The entities whose quota applies to (user, client id), most specific first."""
+    return [
+        (("client-id", client_id), ("user", user)),
+        (("client-id", None), ("user", user)),
+        (("user", user),),
+        (("client-id", client_id), ("user", None)),
+        (("client-id", None), ("user", None)),
+        (("user", None),),
+        (("client-id", client_id),),
+        (("client-id", None),),
+    ]
+
+
+@dataclass
+class Rate:
+    """Kafka's windowed rate: a total per window, over the last ``SAMPLES`` windows."""
+
+    starts: list[float] = field(default_factory=list)
+    totals: list[float] = field(default_factory=list)
+
+    def record(self, amount: float, now: float) -> None:
+        if not self.starts or now >= self.starts[-1] + WINDOW_S:
+            self.starts.append(now)
+            self.totals.append(0.0)
+        self.totals[-1] += amount
+        while self.starts and self.starts[0] <= now - SAMPLES * WINDOW_S:
+            del self.starts[0], self.totals[0]
+
+    def measured(self, now: float) -> tuple[float, float]:
+        """(rate per second, the span it is measured over)."""
+        if not self.starts:
+            return 0.0, 0.0
+        # As Kafka: at least SAMPLES - 1 whole windows, so a first burst is not a huge rate.
+        span = max(now - self.starts[0], (SAMPLES - 1) * WINDOW_S)
+        return sum(self.totals) / span, span
+
+
+def throttle_s(rate: Rate, quota: float, now: float) -> float:
+    """How long the client must wait until its rate is back within ``quota``."""
+    observed, span = rate.measured(now)
+    if observed <= quota:
+        return 0.0
+    return min((observed - quota) / quota * span, SAMPLES * WINDOW_S)
+
+
+class ClientQuotas:
+    def __init__(self, broker: BrokerClient) -> None:
+        self.broker = broker
+        self.entries: dict[Entity, dict[str, float]] = {}
+        self._rates: OrderedDict[tuple[str, Entity], Rate] = OrderedDict()
+        self._changed = trio.Event()
+        self.throttled = 0
+
+    def quota(self, key: str, client_id: str, user: str = ANONYMOUS) -> tuple[Entity, float] | None:
+        if not self.entries:
+            return None
+        for entity in precedence(user, client_id):
+            value = self.entries.get(entity, {}).get(key)
+            if value is not None:
+                return entity, value
+        return None
+
+    def record(self, key: str, client_id: str, amount: float, now: float) -> float:
+        """Count ``amount`` bytes for the client; the throttle time it has earned (seconds)."""
+        found = self.quota(key, client_id)
+        if found is None:
+            return 0.0
+        entity, quota = found
+        # A default entity's quota applies to each client by itself, as in Kafka.
+        tracked = (key, tuple((kind, client_id if name is None and kind == "client-id"
+                               else name) for kind, name in entity))
+        rate = self._rates.get(tracked)
+        if rate is None:
+            rate = self._rates[tracked] = Rate()
+            if len(self._rates) > MAX_TRACKED:
+                self._rates.popitem(last=False)
+        else:
+            self._rates.move_to_end(tracked)
+        rate.record(amount, now)
+        delay = throttle_s(rate, quota, now)
+        if delay:
+            self.throttled += 1
+        return delay
+
+    def changed(self) -> None:
+        """Read the quotas again now (an AlterClientQuotas went through this gateway)."""
+        self._changed.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        task_status.started()
+        while True:
+            try:
+                reply = await self.broker.call(BROKER.describe_client_quotas,
+                                               pb.DescribeClientQuotasRequest())
+                self.entries = {
+                    tuple(sorted((p.type, p.name) for p in e.entity)):
+                        {v.key: v.value for v in e.values}
+                    for e in reply.entries}
+            except BrokerUnavailable:
+                pass  # keep enforcing what was last read; the outage is logged elsewhere
+            with trio.move_on_after(REFRESH_S):
+                await self._changed.wait()
+            self._changed = trio.Event()
