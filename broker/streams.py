@@ -150,16 +150,17 @@ class DataStreams:
         self.pending_fetches += 1
         try:
             with scope:
-                await self._wait_for_data(request)
+                available = await self._wait_for_data(request)
                 # Bound the fetched bytes this stream holds: read only once the replies
                 # already queued for the gateway leave room (backpressure per gateway stream).
                 # Reserve what the read can return (what the log holds past the offsets,
                 # within the request's budget), not the budget: one big max_bytes must not
-                # serialise every other fetch on the stream.
-                available, _errors = self._available(request)
+                # serialise every other fetch on the stream. The read then stays within what
+                # was reserved, though more may have arrived meanwhile; only KIP-74's one
+                # batch larger than the whole budget can pass it.
                 reserved = await send.reserve(min(_fetch_budget(request), available))
                 try:
-                    reply = await self._read(request)
+                    reply = await self._read(request, reserved)
                 except BaseException:
                     send.release(reserved)
                     raise
@@ -169,14 +170,15 @@ class DataStreams:
             self.pending_fetches -= 1
             scopes.pop(request.request_id, None)
 
-    async def _wait_for_data(self, request: pb.FetchRequest) -> None:
-        """Park until ``min_bytes`` are available, or an error, or ``max_wait_ms``."""
+    async def _wait_for_data(self, request: pb.FetchRequest) -> int:
+        """Park until ``min_bytes`` are available, or an error, or ``max_wait_ms``; returns
+        the bytes available then."""
         deadline = trio.current_time() + min(max(request.max_wait_ms, 0) / 1000, MAX_FETCH_WAIT_S)
         min_bytes = max(request.min_bytes, 1)
         while True:
             available, errors = self._available(request)
             if errors or available >= min_bytes or trio.current_time() >= deadline:
-                break
+                return available
             woken = trio.Event()
             logs = [self.registry.partition(p.topic, p.partition) for p in request.partitions
                     if self.registry.get(p.topic) is not None]
@@ -199,8 +201,10 @@ class DataStreams:
                 errors = True
         return total, errors
 
-    async def _read(self, request: pb.FetchRequest) -> pb.FetchReply:
-        budget = _fetch_budget(request)
+    async def _read(self, request: pb.FetchRequest, budget: int) -> pb.FetchReply:
+        """Read the partitions within ``budget`` bytes (at most the request's max_bytes)."""
+        budget = min(budget, _fetch_budget(request))
+        may_exceed = budget > 0  # nothing was available (or reserved): answer without data
         results = []
         for part in request.partitions:
             out = pb.FetchedPartition(topic=part.topic, partition=part.partition,
@@ -213,7 +217,7 @@ class DataStreams:
                 # partition that has data; later ones respect what remains (KIP-74).
                 limit = min(part.max_bytes, budget) if part.max_bytes > 0 else budget
                 first_with_data = not any(r.records for r in results)
-                if budget > 0 or first_with_data:
+                if budget > 0 or (first_with_data and may_exceed):
                     read = await plog.read(part.offset, limit, at_least_one=first_with_data)
                     out.records = read.records
                     out.high_watermark = read.high_watermark
