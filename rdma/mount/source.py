@@ -148,6 +148,9 @@ class Source:
         if self._reads.stream is None:
             raise SourceError(503, self.sidecar_problem or "sidecar not connected")
         try:
+            # Room first, then the releases: a read cancelled while waiting for room must
+            # leave them to be sent, or the sidecar would hold those buffers for nothing.
+            await self._reads.wait_for_room()
             reply = await self._reads.call(sidecar_pb.ReadRequest(
                 file_id=file_id, offset=offset, size=size, zero_copy=True,
                 release=self._take_releases()))
