@@ -95,6 +95,7 @@ class Fetched:
     loan: Loan | None = None
 
 
+MAX_LEASES_TO_CLOSE = 1024
 LOAN_CHECK_S = 0.2  # how often loans are checked for their deadline and their owner's end
 
 
@@ -111,6 +112,9 @@ class Reader:
         self._peers: dict[str, _Peer] = {}
         self._limit = trio.CapacityLimiter(config.max_concurrent)
         self._connecting = trio.Lock()
+        # Leases handed back by cancelled reads, closed by ``run``'s task.
+        self._leases_to_close, self._leases_to_close_out = trio.open_memory_channel[int](
+            MAX_LEASES_TO_CLOSE)
         self.counters = {"rdma_reads": 0, "rdma_bytes": 0, "fallback_reads": 0,
                          "fallback_bytes": 0, "rdma_failures": 0, "sessions_opened": 0,
                          "endpoints_opened": 0, "endpoints_dropped_stuck": 0}
@@ -127,6 +131,7 @@ class Reader:
                 stack.push_async_callback(self._close_peers)
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._reap_loans)
+                    nursery.start_soon(self._close_handed_back)
                     task_status.started()
                     while True:
                         await trio.sleep(1)
@@ -313,8 +318,8 @@ class Reader:
         if reply.status != 200:
             raise ReadFailed(reply.status, reply.error)
         # Until the session is cached, a lease nobody will use is handed back on any failure,
-        # cancellation included (shielded, briefly): else the broker keeps the segment mapped
-        # and registered until the lease runs out.
+        # cancellation included: else the broker keeps the segment mapped and registered until
+        # the lease runs out.
         try:
             peer = await self._peer(reply.ucx_address)
             try:
@@ -323,8 +328,7 @@ class Reader:
                 await self._drop_peer(reply.ucx_address)
                 raise ReadFailed(503, f"cannot use the broker's rkey: {exc}") from None
         except BaseException:
-            with trio.CancelScope(shield=True):
-                await self._close_lease(reply.lease_id)
+            self._hand_back(reply.lease_id)  # synchronous: a cancelled read returns at once
             raise
         lifetime = min(self.config.session_ms, reply.lease_ms * 0.8) / 1000
         session = Session(reply.lease_id, peer.endpoint, key, reply.chunk_position,
@@ -368,6 +372,16 @@ class Reader:
             return
         session.key.close()
         await self._close_lease(session.lease_id)
+
+    def _hand_back(self, lease_id: int) -> None:
+        """Close a lease from a task that cannot wait (it is being cancelled): the Reader's own
+        task sends the CloseRead. Bounded; a lease that does not fit expires by itself."""
+        with contextlib.suppress(trio.WouldBlock):
+            self._leases_to_close.send_nowait(lease_id)
+
+    async def _close_handed_back(self) -> None:
+        async for lease_id in self._leases_to_close_out:
+            await self._close_lease(lease_id)
 
     async def _close_lease(self, lease_id: int) -> None:
         with contextlib.suppress(Exception):  # best effort: the lease expires anyway
