@@ -20,13 +20,13 @@ from broker.topics import TopicError, TopicRegistry
 from kelp import grpc
 from kelp.batchcheck import BatchRejected
 from kelp.recordbatch import CorruptBatch, UnsupportedMagic
+from kelp.records import DEFAULT_FETCH_MAX_BYTES
 from kelp.rpc.broker import v1 as pb
 
 log = logging.getLogger("kelp.broker.service")
 
 # A fetch never parks longer than this, whatever the client asks.
 MAX_FETCH_WAIT_S = 30.0
-DEFAULT_FETCH_MAX_BYTES = 50 * 1024 * 1024
 
 
 class DataStreams:

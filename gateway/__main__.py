@@ -99,7 +99,7 @@ async def serve(args: argparse.Namespace) -> None:
             auto_create_topics=not args.no_auto_create_topics,
             max_request_bytes=args.max_request_bytes,
             drop_produce_every=int(args.faults.get("drop-produce-every", 0)),
-            max_connections=args.max_connections or max(64, process.raise_open_file_limit()
+            max_connections=args.max_connections or max(64, process.open_file_limit()
                                                          - 1024),
             queued_max_request_bytes=args.queued_max_request_bytes,
             fetch_memory_bytes=args.fetch_memory_bytes,

@@ -126,8 +126,7 @@ class BrokerClient:
     def append_writable(self) -> bool:
         """Whether an append would go out now without waiting (``wait_append_writable``)."""
         stream = self._appends.stream
-        return (self._appends.outstanding < self._appends.max_outstanding
-                and (stream is None or stream.writable()))
+        return self._appends.has_room() and (stream is None or stream.writable())
 
     async def wait_append_writable(self) -> None:
         """Until the append stream has room, in appends the broker has not answered yet and
@@ -197,7 +196,7 @@ class BrokerClient:
         if not self._outage:
             self._outage = True
             log.warning("broker unreachable", extra={"broker": str(self.address),
-                                                     "error": str(exc) or type(exc).__name__})
+                                                     "error": grpc.describe_failure(exc)})
 
 
 def _cancel_fetch(request_id: int) -> pb.FetchRequest:

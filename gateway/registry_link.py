@@ -35,6 +35,8 @@ class RegistryBrokerLink:
 
     async def append(self, topic: str, partition: int, batch: bytes) -> pb.AppendReply:
         try:
+            # Within the gateway's bound on unanswered appends, like every Kafka producer.
+            await self.broker.wait_append_writable()
             waiter = self.broker.submit_append(topic, partition, batch, -1)
             assert waiter is not None  # acks=all is always answered
             reply: pb.AppendReply = await waiter.wait()

@@ -105,9 +105,14 @@ class _Pump:
         self.pending_bytes -= size
         self._wake()
 
+    def writable(self) -> bool:
+        """Whether the queued bytes are below the bound (or the stream failed: then sending
+        raises at once rather than waiting)."""
+        return self.pending_bytes < self.max_outgoing_bytes or self.error is not None
+
     async def wait_writable(self) -> None:
-        """Until the queued bytes are below the bound."""
-        while self.pending_bytes >= self.max_outgoing_bytes and self.error is None:
+        """Until ``writable``."""
+        while not self.writable():
             await self._room.wait()
 
     def _wake(self) -> None:
@@ -357,21 +362,20 @@ def service_mapping(implementation: Any) -> dict[str, grpclib.const.Handler]:
             missing.append(route.name)
             continue
         method = getattr(implementation, route.name)
-        with_connection = getattr(method, "kelp_per_connection", False)
+        options: dict[str, Any] = {
+            "with_connection": getattr(method, "kelp_per_connection", False)}
+        hook = getattr(method, "kelp_on_unsent", None)
         if route.cardinality is grpclib.const.Cardinality.UNARY_UNARY:
             wrap = unary_handler
-        elif route.cardinality is grpclib.const.Cardinality.STREAM_STREAM:
+            if hook is not None:
+                options["unsent"] = getattr(implementation, hook)
+        elif route.cardinality is grpclib.const.Cardinality.STREAM_STREAM and hook is None:
             wrap = stream_handler
+        elif hook is not None:  # a stream's replies are its own: nothing to give back
+            raise TypeError(f"{route.path}: on_unsent applies to unary methods only")
         else:  # no such method in kelp's contracts yet: add an adapter before using one
             raise TypeError(f"{route.path}: no trio adapter for {route.cardinality.name}")
-        hook = getattr(method, "kelp_on_unsent", None)
-        if hook is not None:
-            mapping[route.path] = unary_handler(method, route.request_type, route.reply_type,
-                                                with_connection=with_connection,
-                                                unsent=getattr(implementation, hook))
-            continue
-        mapping[route.path] = wrap(method, route.request_type, route.reply_type,
-                                   with_connection=with_connection)
+        mapping[route.path] = wrap(method, route.request_type, route.reply_type, **options)
     if missing:
         named = ", ".join(f"{generated.__name__}.{name}" for name in missing)
         raise TypeError(f"{type(implementation).__name__} does not implement {named}")
@@ -493,8 +497,7 @@ class ClientStream(Generic[Req, Rep]):
 
     def writable(self) -> bool:
         """Whether ``wait_writable`` would return at once."""
-        return self._pump.pending_bytes < self._pump.max_outgoing_bytes or (
-            self._pump.error is not None)
+        return self._pump.writable()
 
     async def recv(self) -> Rep | None:
         return await self._pump.recv()

@@ -76,9 +76,13 @@ class Multiplexed(Generic[Req, Rep]):
         """Requests sent whose reply has not come yet (waited for or not)."""
         return len(self._waiting)
 
+    def has_room(self) -> bool:
+        """Whether a request may be submitted now (fewer than ``max_outstanding`` out)."""
+        return len(self._waiting) < self.max_outstanding
+
     async def wait_for_room(self) -> None:
         """Until fewer than ``max_outstanding`` requests are outstanding."""
-        while len(self._waiting) >= self.max_outstanding:
+        while not self.has_room():
             await self.room.park()
 
     def submit(self, request: Req, size: int = 0) -> Waiter[Rep]:

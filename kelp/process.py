@@ -12,6 +12,7 @@ directory another broker holds) says why in one line and exits 1; only a failure
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
@@ -62,16 +63,18 @@ async def _stop_when_supervisor_exits(fd: int, cancel_scope: trio.CancelScope) -
     cancel_scope.cancel()
 
 
-def raise_open_file_limit() -> int:
+def raise_open_file_limit() -> None:
     """Raise this process's soft limit on open files to its hard limit, as servers do (a
-    broker holds descriptors per segment, a gateway one per connection); returns it."""
+    broker holds descriptors per segment, a gateway one per connection); ``run`` does it."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and soft < hard:
-        try:
+        with contextlib.suppress(ValueError, OSError):  # not allowed here: keep the soft one
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError):
-            pass  # not allowed here: keep the soft limit
+
+
+def open_file_limit() -> int:
+    """The files this process may have open (its soft limit)."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     return soft if soft != resource.RLIM_INFINITY else 1 << 20
 
 

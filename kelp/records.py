@@ -17,6 +17,9 @@ from kelp import decompress as codecs
 from kelp import recordbatch
 from kelp.decompress import GZIP, LZ4, NONE, SNAPPY, ZSTD
 
+# Kafka's fetch.max.bytes default: what a fetch may return when it names no limit. The gateway
+# and the broker share it.
+DEFAULT_FETCH_MAX_BYTES = 50 * 1024 * 1024
 
 class UnsupportedCodec(recordbatch.CorruptBatch):
     pass

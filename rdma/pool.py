@@ -164,6 +164,11 @@ class BufferPool:
             account = self._accounts[key] = Account(name(), alive=alive)
         return account
 
+    def existing_account(self, key: object) -> Account | None:
+        """Client ``key``'s open account, if it has one (never makes one)."""
+        account = self._accounts.get(key)
+        return None if account is None or account.closed else account
+
     def close_account(self, account: Account) -> int:
         """The client went away: take back everything it has lent; returns how many."""
         account.closed = True

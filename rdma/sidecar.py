@@ -136,9 +136,14 @@ class Sidecar(sidecar_pb.SidecarBase):
     def take_back_loan(self, reply: sidecar_pb.ReadReply, connection: Any) -> None:
         """A zero-copy Read whose reply never left: its caller cannot know the handle, so the
         slot would stay lent (against that client's share) until ``--lend-ms``."""
-        if reply.shared is not None and reply.shared.handle:
+        if reply.shared is None or not reply.shared.handle:
+            return
+        # Only an open account: a connection already gone had its loans taken back when it
+        # closed, and making it a new account here would leak one per closed connection.
+        account = self.reader.pool.existing_account(connection)
+        if account is not None:
             with contextlib.suppress(ReleaseRefused):
-                self.reader.pool.release(reply.shared.handle, self.account_of(connection))
+                self.reader.pool.release(reply.shared.handle, account)
 
     @grpc.per_connection
     async def read_stream(self, recv: Callable[[], Awaitable[sidecar_pb.ReadRequest | None]],

@@ -19,10 +19,9 @@ from gateway.context import GatewayContext, current_holds, current_output
 from gateway.kafka import apis, messages
 from gateway.kafka.connection import Request
 from gateway.memory import MIN_FETCH_GRANT, Output
+from kelp.records import DEFAULT_FETCH_MAX_BYTES
 from kelp.routes import BROKER
 from kelp.rpc.broker import v1 as pb
-
-DEFAULT_FETCH_MAX_BYTES = 50 * 1024 * 1024
 
 
 async def handle(ctx: GatewayContext, request: Request) -> Any:

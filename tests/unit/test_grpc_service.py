@@ -67,6 +67,21 @@ def test_a_misspelt_method_stops_the_start() -> None:
     assert "read_stream" in str(caught.value)  # every missing method is named at once
 
 
+def test_on_unsent_on_a_stream_method_stops_the_start() -> None:
+    class Confused(Complete):
+        @grpc.on_unsent("give_back")
+        @grpc.per_connection
+        async def read_stream(self, recv: Any, send: grpc.StreamSender, *, connection: Any
+                              ) -> None:
+            return None
+
+        def give_back(self, reply: Any, connection: Any) -> None:
+            pass
+
+    with pytest.raises(TypeError, match="on_unsent applies to unary methods only"):
+        grpc.service_mapping(Confused())
+
+
 def test_routes_come_from_the_generated_code() -> None:
     assert {route.path for route in SIDECAR} == set(pb.SidecarBase().__mapping__())
     assert BROKER.open_read.path.endswith("/OpenRead")

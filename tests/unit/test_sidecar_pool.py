@@ -216,3 +216,16 @@ async def test_a_stream_gives_back_its_loans_and_refuses_foreign_releases(
         rig.pool.release(foreign.loan.handle, theirs)
         await let_ucx_finish()
         rig.assert_whole()
+
+
+def test_an_account_is_looked_up_without_being_made() -> None:
+    """A reply that never left, for a connection that has closed meanwhile: taking its loan
+    back must not make that connection a new, empty account (one leaked per connection)."""
+    pool = BufferPool(2, 4096)
+    connection = object()
+    assert pool.existing_account(connection) is None
+    account = pool.account_for(connection, lambda: "c")
+    assert pool.existing_account(connection) is account
+    pool.close_account(account)
+    assert pool.existing_account(connection) is None
+    assert pool.stats()["clients"] == 0
