@@ -116,7 +116,12 @@ async def serve(args: argparse.Namespace) -> None:
         / 1000, offsets_retention_ms=configs.int_value("offsets.retention.minutes") * 60_000,
         session_timeout_bounds_ms=(configs.int_value("group.min.session.timeout.ms"),
                                    configs.int_value("group.max.session.timeout.ms")),
-        partition_exists=partition_exists)
+        partition_exists=partition_exists,
+        topics=lambda: {t.name: (t.topic_id, t.partition_count)
+                        for t in registry.topics.values() if not t.internal},
+        group_config=configs.group_value,
+        consumer_state_path=args.data_dir / "consumer-groups.json")
+    coordinator.load_consumer_groups()
     exports = Exports(registry, chunk_bytes=args.chunk_bytes)
     ucx_host, ucx_port = parse_host_port(args.ucx)
     exporter = UcxExporter(exports, ucx_host, ucx_port, enabled=not args.no_ucx,

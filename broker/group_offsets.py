@@ -41,6 +41,10 @@ class GroupOffsets:
         """The coordinator's membership check; raises `GroupError`."""
         raise NotImplementedError
 
+    def consumer_commit_error(self, group_id: str, member_id: str,
+                              member_epoch: int) -> ErrorCode | None:
+        raise NotImplementedError  # broker.consumer_coordinator's
+
     async def commit(self, group_id: str, generation: int, member_id: str,
                      instance_id: str | None,
                      offsets: dict[TopicPartition, Committed]
@@ -49,7 +53,10 @@ class GroupOffsets:
             return dict.fromkeys(offsets, ErrorCode.invalid_group_id)
         group = self.groups.get(group_id)
         error = ErrorCode.none
-        if generation < 0 and not member_id:
+        consumer_error = self.consumer_commit_error(group_id, member_id, generation)
+        if consumer_error is not None:  # a KIP-848 group: its member epoch is checked
+            error = consumer_error
+        elif generation < 0 and not member_id:
             # A standalone commit (assign() consumers, admin tools): fine for a group without
             # members, which is created (Empty) if needed.
             if group is not None and group.members:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
+
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
+from kio.schema.errors import ErrorCode
 
+from broker.consumer_coordinator import Heartbeat
+from broker.consumer_group import Assignment
 from broker.groups import Coordinator
 from broker.log import now_ms
 from broker.offsets import Committed
@@ -74,10 +79,17 @@ class GroupCalls:
             for (t, p), c in sorted(found.items())])
 
     async def list_groups(self, r: pb.ListGroupsRequest) -> pb.ListGroupsReply:
-        return pb.ListGroupsReply(groups=[
-            pb.ListGroupsReplyListed(group_id=g.group_id, protocol_type=g.protocol_type,
-                                     state=g.state.value)
-            for g in self._groups.list_groups(list(r.states), list(r.types))])
+        states = {s.lower() for s in r.states}
+        types = {t.lower() for t in r.types}
+        listed = [pb.ListGroupsReplyListed(group_id=g.group_id, protocol_type=g.protocol_type,
+                                           state=g.state.value, group_type="classic")
+                  for g in self._groups.list_groups(list(r.states), list(r.types))]
+        if not types or "consumer" in types:
+            listed += [pb.ListGroupsReplyListed(group_id=g.group_id, protocol_type="consumer",
+                                                state=g.state, group_type="consumer")
+                       for g in self._groups.consumer_groups.values()
+                       if not states or g.state.lower() in states]
+        return pb.ListGroupsReply(groups=listed)
 
     async def describe_groups(self, r: pb.DescribeGroupsRequest) -> pb.DescribeGroupsReply:
         described = []
@@ -105,3 +117,66 @@ class GroupCalls:
         return pb.DeleteOffsetsReply(error_code=error, results=[
             pb.CommittedOffset(topic=t, partition=p, error_code=code)
             for (t, p), code in results.items()])
+
+    # -- KIP-848 consumer groups ------------------------------------------------------------
+
+    async def consumer_group_heartbeat(self, r: pb.ConsumerGroupHeartbeatRequest
+                                       ) -> pb.ConsumerGroupHeartbeatReply:
+        beat = Heartbeat(
+            group_id=r.group_id, member_id=r.member_id, member_epoch=r.member_epoch,
+            instance_id=r.instance_id, rack_id=r.rack_id,
+            rebalance_timeout_ms=r.rebalance_timeout_ms,
+            subscribed_topic_names=(None if r.subscribed_topic_names is None
+                                    else list(r.subscribed_topic_names.topics)),
+            subscribed_topic_regex=r.subscribed_topic_regex,
+            server_assignor=r.server_assignor,
+            owned=None if r.owned is None else _assignment(r.owned.topics),
+            client_id=r.client_id, client_host=r.client_host)
+        result = await self._groups.consumer_heartbeat(beat)
+        return pb.ConsumerGroupHeartbeatReply(
+            error_code=result.error, error_message=result.message,
+            member_id=result.member_id, member_epoch=result.member_epoch,
+            heartbeat_interval_ms=result.heartbeat_interval_ms,
+            has_assignment=result.assignment is not None,
+            assignment=_topic_partitions(result.assignment or {}))
+
+    async def consumer_group_describe(self, r: pb.ConsumerGroupDescribeRequest
+                                      ) -> pb.ConsumerGroupDescribeReply:
+        names = {topic_id: name for name, (topic_id, _count) in self._groups.topics().items()}
+        out = []
+        for group_id in dict.fromkeys(r.group_ids):
+            group = self._groups.describe_consumer(group_id)
+            if group is None:
+                out.append(pb.ConsumerGroupDescribeReplyGroup(
+                    group_id=group_id, error_code=ErrorCode.group_id_not_found,
+                    error_message=f"Group {group_id} not found.", state="Dead"))
+                continue
+            out.append(pb.ConsumerGroupDescribeReplyGroup(
+                group_id=group_id, state=group.state, group_epoch=group.group_epoch,
+                assignment_epoch=group.assignment_epoch, assignor_name=group.assignor(),
+                members=[pb.ConsumerGroupDescribeReplyMember(
+                    member_id=m.member_id, instance_id=m.instance_id, rack_id=m.rack_id,
+                    member_epoch=m.member_epoch, client_id=m.client_id,
+                    client_host=m.client_host,
+                    subscribed_topic_names=list(m.subscribed_topic_names),
+                    subscribed_topic_regex=m.subscribed_topic_regex,
+                    assignment=_topic_partitions(m.assigned, names),
+                    target_assignment=_topic_partitions(group.target.get(m.member_id, {}),
+                                                        names))
+                    for m in group.members.values()]))
+        return pb.ConsumerGroupDescribeReply(groups=out)
+
+
+def _assignment(topics: list[pb.TopicIdPartitions]) -> Assignment:
+    out: dict[uuid.UUID, set[int]] = {}
+    for entry in topics:
+        if len(entry.topic_id) == 16:  # anything else names no topic kelp has
+            out.setdefault(uuid.UUID(bytes=entry.topic_id), set()).update(entry.partitions)
+    return {t: frozenset(p) for t, p in out.items()}
+
+
+def _topic_partitions(assignment: Assignment, names: dict[uuid.UUID, str] | None = None
+                      ) -> list[pb.TopicIdPartitions]:
+    return [pb.TopicIdPartitions(topic_id=t.bytes, partitions=sorted(p),
+                                 topic=(names or {}).get(t, ""))
+            for t, p in sorted(assignment.items())]

@@ -24,10 +24,13 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import trio
 from kio.schema.errors import ErrorCode
 
+from broker.consumer_coordinator import ConsumerCoordination
+from broker.consumer_group import ConsumerGroup
 from broker.group_offsets import GroupOffsets
 from broker.group_state import (
     MAX_GROUP_ID_LENGTH,
@@ -63,13 +66,25 @@ __all__ = [  # the model lives in group_state; callers import it from here as be
 
 log = logging.getLogger("kelp.broker.groups")
 
-class Coordinator(GroupOffsets):
+class Coordinator(ConsumerCoordination, GroupOffsets):
     def __init__(self, store: OffsetStore, *, initial_rebalance_delay_s: float = 3.0,
                  offsets_retention_ms: int = 7 * 24 * 3600 * 1000,
                  session_timeout_bounds_ms: tuple[int, int] = (MIN_SESSION_TIMEOUT_MS,
                                                                MAX_SESSION_TIMEOUT_MS),
-                 partition_exists: Callable[[str, int], bool] | None = None) -> None:
+                 partition_exists: Callable[[str, int], bool] | None = None,
+                 topics: Callable[[], dict[str, tuple[uuid.UUID, int]]] | None = None,
+                 group_config: Callable[[str, str], int] | None = None,
+                 consumer_state_path: Path | None = None) -> None:
         self.store = store
+        self.consumer_state_path = consumer_state_path
+        self._consumer_save_lock = trio.Lock()
+        self._saved_text = "{}"
+        self._group_texts: dict[str, str] = {}
+        # KIP-848 consumer groups (broker.consumer_coordinator): every topic's id and size,
+        # and the group configs (consumer.session.timeout.ms, ...).
+        self.consumer_groups: dict[str, ConsumerGroup] = {}
+        self.topics = topics or dict
+        self.group_config = group_config or _default_group_config
         # group.min/max.session.timeout.ms: the session timeouts a member may ask for.
         self.session_timeout_bounds_ms = session_timeout_bounds_ms
         self.partition_exists = partition_exists or (lambda _topic, _partition: True)
@@ -95,7 +110,7 @@ class Coordinator(GroupOffsets):
             await self._on_timers(trio.current_time())
 
     def _next_deadline(self) -> float:
-        deadlines = [trio.current_time() + 60.0]
+        deadlines = [trio.current_time() + 60.0, *self.consumer_deadlines()]
         for group in self.groups.values():
             if group.state == State.PREPARING:
                 deadlines.append(group.initial_delay_until if self._all_joined(group)
@@ -105,6 +120,7 @@ class Coordinator(GroupOffsets):
         return min(deadlines)
 
     async def _on_timers(self, now: float) -> None:
+        await self.expire_consumer_members(now)
         for group in list(self.groups.values()):
             for member_id in [m for m, deadline in group.pending.items() if deadline <= now]:
                 del group.pending[member_id]  # handed out by MEMBER_ID_REQUIRED, never used
@@ -128,6 +144,8 @@ class Coordinator(GroupOffsets):
                    client_host: str) -> JoinResult:
         if not valid_group_id(group_id):
             return JoinResult(ErrorCode.invalid_group_id)
+        if self.join_refused(group_id):
+            return JoinResult(ErrorCode.inconsistent_group_protocol, member_id=member_id)
         low, high = self.session_timeout_bounds_ms
         if not low <= session_timeout_ms <= high:
             return JoinResult(ErrorCode.invalid_session_timeout, member_id=member_id)
@@ -390,6 +408,13 @@ class Coordinator(GroupOffsets):
         return self.groups.get(group_id) or Group(group_id, state=State.DEAD)
 
     async def delete_group(self, group_id: str) -> ErrorCode:
+        consumer = self.delete_consumer(group_id)
+        if consumer is not None:
+            if consumer == ErrorCode.none:
+                await self.save_consumer_groups()
+                offsets = self.store.get(group_id)
+                await self.store.write(group_id, dict.fromkeys(offsets))
+            return consumer
         group = self.groups.get(group_id)
         if group is None or group.state == State.DEAD:
             return ErrorCode.group_id_not_found
@@ -401,3 +426,8 @@ class Coordinator(GroupOffsets):
         if self.groups.get(group_id) is group:
             del self.groups[group_id]
         return ErrorCode.none
+
+
+def _default_group_config(group_id: str, name: str) -> int:
+    """Kafka's defaults, for a coordinator built without the broker's configs (tests)."""
+    return {"consumer.session.timeout.ms": 45_000, "consumer.heartbeat.interval.ms": 5_000}[name]

@@ -118,7 +118,9 @@ class ConfluentMember(ThreadMember):
                   "heartbeat.interval.ms": HEARTBEAT_MS,
                   "error_cb": lambda err: self._client_error(err)}
         config.update(self.options)
-        consumer = Consumer(config)
+        # An option given as None removes a default (group.protocol=consumer refuses the
+        # classic protocol's session and heartbeat settings).
+        consumer = Consumer({k: v for k, v in config.items() if v is not None})
         try:
             consumer.subscribe([self.topic], on_assign=self._on_assign,
                                on_revoke=self._on_revoke, on_lost=self._on_lost)

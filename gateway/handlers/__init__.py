@@ -18,6 +18,7 @@ from gateway.handlers import (
     admin,
     api_versions,
     configs,
+    consumer_groups,
     coordinator,
     fetch,
     groups,
@@ -71,6 +72,8 @@ HANDLERS: dict[int, Handler] = {
     ApiKey.DESCRIBE_QUORUM: partitions.handle_describe_quorum,
     ApiKey.DESCRIBE_CLIENT_QUOTAS: quotas.handle_describe,
     ApiKey.ALTER_CLIENT_QUOTAS: quotas.handle_alter,
+    ApiKey.CONSUMER_GROUP_HEARTBEAT: consumer_groups.handle_heartbeat,
+    ApiKey.CONSUMER_GROUP_DESCRIBE: consumer_groups.handle_describe,
 }
 apis.require_handlers(HANDLERS)  # the table of served APIs says what must be here
 

@@ -207,7 +207,8 @@ async def handle_list_groups(ctx: GatewayContext, request: Request) -> Any:
     return messages.build(response_type, throttle_time=NO_TIME, error_code=error,
                           groups=tuple(messages.build(
                               listed_type, group_id=g.group_id, protocol_type=g.protocol_type,
-                              group_state=g.state, group_type="classic") for g in groups))
+                              group_state=g.state, group_type=g.group_type or "classic")
+                          for g in groups))
 
 
 async def handle_describe_groups(ctx: GatewayContext, request: Request) -> Any:

@@ -26,6 +26,14 @@ __all__ = (
     "CommittedOffset",
     "ConfigEntry",
     "ConfigSynonym",
+    "ConsumerGroupDescribeReply",
+    "ConsumerGroupDescribeReplyGroup",
+    "ConsumerGroupDescribeReplyMember",
+    "ConsumerGroupDescribeRequest",
+    "ConsumerGroupHeartbeatReply",
+    "ConsumerGroupHeartbeatRequest",
+    "ConsumerGroupHeartbeatRequestOwned",
+    "ConsumerGroupHeartbeatRequestSubscription",
     "CreatePartitionsReply",
     "CreatePartitionsRequest",
     "CreatePartitionsRequestTarget",
@@ -104,6 +112,7 @@ __all__ = (
     "StatChunkRequest",
     "SyncGroupReply",
     "SyncGroupRequest",
+    "TopicIdPartitions",
     "TopicInfo",
     "TopicPartitions",
     "TopicResult",
@@ -463,6 +472,182 @@ class ConfigSynonym(betterproto2.Message):
 
 
 default_message_pool.register_message("broker.v1", "ConfigSynonym", ConfigSynonym)
+
+
+@dataclass(eq=False, repr=False)
+class ConsumerGroupDescribeReply(betterproto2.Message):
+    groups: "list[ConsumerGroupDescribeReplyGroup]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+
+default_message_pool.register_message(
+    "broker.v1", "ConsumerGroupDescribeReply", ConsumerGroupDescribeReply
+)
+
+
+@dataclass(eq=False, repr=False)
+class ConsumerGroupDescribeReplyGroup(betterproto2.Message):
+    group_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    error_code: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
+
+    error_message: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+    state: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+
+    group_epoch: "int" = betterproto2.field(5, betterproto2.TYPE_INT32)
+
+    assignment_epoch: "int" = betterproto2.field(6, betterproto2.TYPE_INT32)
+
+    assignor_name: "str" = betterproto2.field(7, betterproto2.TYPE_STRING)
+
+    members: "list[ConsumerGroupDescribeReplyMember]" = betterproto2.field(
+        8, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+
+default_message_pool.register_message(
+    "broker.v1", "ConsumerGroupDescribeReply.Group", ConsumerGroupDescribeReplyGroup
+)
+
+
+@dataclass(eq=False, repr=False)
+class ConsumerGroupDescribeReplyMember(betterproto2.Message):
+    member_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    instance_id: "str | None" = betterproto2.field(2, betterproto2.TYPE_STRING, optional=True)
+
+    rack_id: "str | None" = betterproto2.field(3, betterproto2.TYPE_STRING, optional=True)
+
+    member_epoch: "int" = betterproto2.field(4, betterproto2.TYPE_INT32)
+
+    client_id: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
+
+    client_host: "str" = betterproto2.field(6, betterproto2.TYPE_STRING)
+
+    subscribed_topic_names: "list[str]" = betterproto2.field(
+        7, betterproto2.TYPE_STRING, repeated=True
+    )
+
+    subscribed_topic_regex: "str | None" = betterproto2.field(
+        8, betterproto2.TYPE_STRING, optional=True
+    )
+
+    assignment: "list[TopicIdPartitions]" = betterproto2.field(
+        9, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+    target_assignment: "list[TopicIdPartitions]" = betterproto2.field(
+        10, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+
+default_message_pool.register_message(
+    "broker.v1", "ConsumerGroupDescribeReply.Member", ConsumerGroupDescribeReplyMember
+)
+
+
+@dataclass(eq=False, repr=False)
+class ConsumerGroupDescribeRequest(betterproto2.Message):
+    group_ids: "list[str]" = betterproto2.field(1, betterproto2.TYPE_STRING, repeated=True)
+
+
+default_message_pool.register_message(
+    "broker.v1", "ConsumerGroupDescribeRequest", ConsumerGroupDescribeRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class ConsumerGroupHeartbeatReply(betterproto2.Message):
+    error_code: "int" = betterproto2.field(1, betterproto2.TYPE_INT32)
+
+    error_message: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    member_id: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+    member_epoch: "int" = betterproto2.field(4, betterproto2.TYPE_INT32)
+
+    heartbeat_interval_ms: "int" = betterproto2.field(5, betterproto2.TYPE_INT32)
+
+    has_assignment: "bool" = betterproto2.field(6, betterproto2.TYPE_BOOL)
+    """
+    false: unchanged since the last answer
+    """
+
+    assignment: "list[TopicIdPartitions]" = betterproto2.field(
+        7, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+
+default_message_pool.register_message(
+    "broker.v1", "ConsumerGroupHeartbeatReply", ConsumerGroupHeartbeatReply
+)
+
+
+@dataclass(eq=False, repr=False)
+class ConsumerGroupHeartbeatRequest(betterproto2.Message):
+    group_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    member_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    member_epoch: "int" = betterproto2.field(3, betterproto2.TYPE_INT32)
+
+    instance_id: "str | None" = betterproto2.field(4, betterproto2.TYPE_STRING, optional=True)
+
+    rack_id: "str | None" = betterproto2.field(5, betterproto2.TYPE_STRING, optional=True)
+
+    rebalance_timeout_ms: "int" = betterproto2.field(6, betterproto2.TYPE_INT32)
+    """
+    -1: unchanged
+    """
+
+    subscribed_topic_names: "ConsumerGroupHeartbeatRequestSubscription | None" = betterproto2.field(
+        7, betterproto2.TYPE_MESSAGE, optional=True
+    )
+
+    subscribed_topic_regex: "str | None" = betterproto2.field(
+        8, betterproto2.TYPE_STRING, optional=True
+    )
+
+    server_assignor: "str | None" = betterproto2.field(9, betterproto2.TYPE_STRING, optional=True)
+
+    owned: "ConsumerGroupHeartbeatRequestOwned | None" = betterproto2.field(
+        10, betterproto2.TYPE_MESSAGE, optional=True
+    )
+
+    client_id: "str" = betterproto2.field(11, betterproto2.TYPE_STRING)
+
+    client_host: "str" = betterproto2.field(12, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message(
+    "broker.v1", "ConsumerGroupHeartbeatRequest", ConsumerGroupHeartbeatRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class ConsumerGroupHeartbeatRequestOwned(betterproto2.Message):
+    topics: "list[TopicIdPartitions]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+
+default_message_pool.register_message(
+    "broker.v1", "ConsumerGroupHeartbeatRequest.Owned", ConsumerGroupHeartbeatRequestOwned
+)
+
+
+@dataclass(eq=False, repr=False)
+class ConsumerGroupHeartbeatRequestSubscription(betterproto2.Message):
+    topics: "list[str]" = betterproto2.field(1, betterproto2.TYPE_STRING, repeated=True)
+
+
+default_message_pool.register_message(
+    "broker.v1",
+    "ConsumerGroupHeartbeatRequest.Subscription",
+    ConsumerGroupHeartbeatRequestSubscription,
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -1212,6 +1397,11 @@ class ListGroupsReplyListed(betterproto2.Message):
 
     state: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
+    group_type: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    "classic" or "consumer" (KIP-848)
+    """
+
 
 default_message_pool.register_message("broker.v1", "ListGroupsReply.Listed", ListGroupsReplyListed)
 
@@ -1594,6 +1784,28 @@ class SyncGroupRequest(betterproto2.Message):
 
 
 default_message_pool.register_message("broker.v1", "SyncGroupRequest", SyncGroupRequest)
+
+
+@dataclass(eq=False, repr=False)
+class TopicIdPartitions(betterproto2.Message):
+    """
+    KIP-848. Fields a member did not send (Kafka's null: unchanged) are left unset.
+    """
+
+    topic_id: "bytes" = betterproto2.field(1, betterproto2.TYPE_BYTES)
+    """
+    16-byte UUID
+    """
+
+    partitions: "list[int]" = betterproto2.field(2, betterproto2.TYPE_INT32, repeated=True)
+
+    topic: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    in ConsumerGroupDescribe only
+    """
+
+
+default_message_pool.register_message("broker.v1", "TopicIdPartitions", TopicIdPartitions)
 
 
 @dataclass(eq=False, repr=False)
@@ -2097,6 +2309,45 @@ class BrokerStub(betterproto2_grpclib.ServiceStub):
             metadata=metadata,
         )
 
+    async def consumer_group_heartbeat(
+        self,
+        message: "ConsumerGroupHeartbeatRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ConsumerGroupHeartbeatReply":
+        """
+        KIP-848 consumer groups: the broker assigns partitions; members heartbeat.
+        """
+
+        return await self._unary_unary(
+            "/broker.v1.Broker/ConsumerGroupHeartbeat",
+            message,
+            ConsumerGroupHeartbeatReply,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def consumer_group_describe(
+        self,
+        message: "ConsumerGroupDescribeRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ConsumerGroupDescribeReply":
+
+        return await self._unary_unary(
+            "/broker.v1.Broker/ConsumerGroupDescribe",
+            message,
+            ConsumerGroupDescribeReply,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
     async def append(
         self,
         messages: "AsyncIterable[AppendRequest] | Iterable[AppendRequest]",
@@ -2351,6 +2602,21 @@ class BrokerBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def consumer_group_heartbeat(
+        self, message: "ConsumerGroupHeartbeatRequest"
+    ) -> "ConsumerGroupHeartbeatReply":
+        """
+        KIP-848 consumer groups: the broker assigns partitions; members heartbeat.
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def consumer_group_describe(
+        self, message: "ConsumerGroupDescribeRequest"
+    ) -> "ConsumerGroupDescribeReply":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def append(
         self, messages: "AsyncIterator[AppendRequest]"
     ) -> "AsyncIterator[AppendReply]":
@@ -2581,6 +2847,24 @@ class BrokerBase(betterproto2_grpclib.ServiceBase):
         response = await self.delete_offsets(request)
         await stream.send_message(response)
 
+    async def __rpc_consumer_group_heartbeat(
+        self,
+        stream: "grpclib.server.Stream[ConsumerGroupHeartbeatRequest, ConsumerGroupHeartbeatReply]",
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.consumer_group_heartbeat(request)
+        await stream.send_message(response)
+
+    async def __rpc_consumer_group_describe(
+        self,
+        stream: "grpclib.server.Stream[ConsumerGroupDescribeRequest, ConsumerGroupDescribeReply]",
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.consumer_group_describe(request)
+        await stream.send_message(response)
+
     async def __rpc_append(
         self, stream: "grpclib.server.Stream[AppendRequest, AppendReply]"
     ) -> None:
@@ -2778,6 +3062,18 @@ class BrokerBase(betterproto2_grpclib.ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 DeleteOffsetsRequest,
                 DeleteOffsetsReply,
+            ),
+            "/broker.v1.Broker/ConsumerGroupHeartbeat": grpclib.const.Handler(
+                self.__rpc_consumer_group_heartbeat,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ConsumerGroupHeartbeatRequest,
+                ConsumerGroupHeartbeatReply,
+            ),
+            "/broker.v1.Broker/ConsumerGroupDescribe": grpclib.const.Handler(
+                self.__rpc_consumer_group_describe,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ConsumerGroupDescribeRequest,
+                ConsumerGroupDescribeReply,
             ),
             "/broker.v1.Broker/Append": grpclib.const.Handler(
                 self.__rpc_append,

@@ -1,0 +1,345 @@
+"""The broker's coordinator for KIP-848 consumer groups: ConsumerGroupHeartbeat and
+ConsumerGroupDescribe over ``broker.consumer_group``'s rules, session and revocation timers,
+the member-epoch check of offset commits, and coexistence with classic groups.
+
+Mixed into ``broker.groups.Coordinator``. A group id is one kind at a time, as in Kafka: a
+heartbeat to a classic group with members is refused (GROUP_ID_NOT_FOUND), to an empty one
+converts it; a JoinGroup to a consumer group with members is INCONSISTENT_GROUP_PROTOCOL.
+Groups, members, epochs and assignments are kept in ``<data>/consumer-groups.json`` (written
+before a member is told anything), so a broker restart loses none of them: members carry on
+with their epochs, and a partition is never given to one member while another still owns it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+from kio.schema.errors import ErrorCode
+
+from broker import consumer_group as cg
+from broker.consumer_group import (
+    Assignment,
+    ConsumerGroup,
+    ConsumerMember,
+    HeartbeatError,
+    MemberState,
+)
+from broker.group_state import Group, State, valid_group_id
+from kelp.files import replace_file
+
+log = logging.getLogger("kelp.broker.groups")
+
+SESSION_TIMEOUT = "consumer.session.timeout.ms"
+CONSUMER_TIMER_S = 1.0
+HEARTBEAT_INTERVAL = "consumer.heartbeat.interval.ms"
+
+
+@dataclass
+class Heartbeat:
+    """One ConsumerGroupHeartbeat, as the member sent it (None: not sent, unchanged)."""
+
+    group_id: str
+    member_id: str
+    member_epoch: int
+    instance_id: str | None = None
+    rack_id: str | None = None
+    rebalance_timeout_ms: int = -1
+    subscribed_topic_names: list[str] | None = None
+    subscribed_topic_regex: str | None = None
+    server_assignor: str | None = None
+    owned: Assignment | None = None
+    client_id: str = ""
+    client_host: str = ""
+
+
+@dataclass
+class HeartbeatResult:
+    error: ErrorCode = ErrorCode.none
+    message: str = ""
+    member_id: str = ""
+    member_epoch: int = 0
+    heartbeat_interval_ms: int = 0
+    assignment: Assignment | None = None  # None: unchanged, not sent
+
+
+class ConsumerCoordination:
+    groups: dict[str, Group]
+    consumer_groups: dict[str, ConsumerGroup]
+    consumer_state_path: Path | None  # None: kept in memory only (tests)
+    _consumer_save_lock: trio.Lock
+    _saved_text: str
+    _group_texts: dict[str, str]  # each group's encoded state, as last saved or loaded
+    # Every topic: name -> (topic id, partition count).
+    topics: Callable[[], dict[str, tuple[uuid.UUID, int]]]
+    # A group config's value for a group (its override, else the broker's).
+    group_config: Callable[[str, str], int]
+
+    async def consumer_heartbeat(self, beat: Heartbeat) -> HeartbeatResult:
+        try:
+            result = self._heartbeat(beat, trio.current_time())
+        except HeartbeatError as exc:
+            result = HeartbeatResult(exc.code, str(exc), beat.member_id, beat.member_epoch)
+        # Whatever the member is told is durable first: a restart must not forget what it
+        # owns (and give it to another).
+        await self.save_consumer_groups(beat.group_id)
+        return result
+
+    # -- durable state --------------------------------------------------------------------
+
+    def load_consumer_groups(self) -> None:
+        if self.consumer_state_path is None or not self.consumer_state_path.exists():
+            return
+        state = json.loads(self.consumer_state_path.read_text())
+        now = trio.current_time()
+        for group_id, value in state.items():
+            session_s = self.group_config(group_id, SESSION_TIMEOUT) / 1000
+            self.consumer_groups[group_id] = cg.group_from_json(group_id, value, now, session_s)
+        self._refresh_texts(None)
+        self._saved_text = self._file_text()
+
+    def _refresh_texts(self, group_id: str | None) -> None:
+        """Re-encode one group (a heartbeat touches one), or every group (None)."""
+        names = list(self.consumer_groups) if group_id is None else [group_id]
+        for name in names:
+            group = self.consumer_groups.get(name)
+            if group is None:
+                self._group_texts.pop(name, None)
+            else:
+                self._group_texts[name] = json.dumps(cg.group_to_json(group), sort_keys=True,
+                                                     separators=(",", ":"))
+        for gone in set(self._group_texts) - set(self.consumer_groups):
+            del self._group_texts[gone]
+
+    def _file_text(self) -> str:
+        return "{" + ",".join(f"{json.dumps(g)}:{text}"
+                              for g, text in sorted(self._group_texts.items())) + "}"
+
+    async def save_consumer_groups(self, group_id: str | None = None) -> None:
+        """Write the groups' state if it changed (one write at a time, shielded: a caller
+        that gives up must not leave memory ahead of the disk). A heartbeat re-encodes only
+        its own group, so its cost does not grow with the number of groups."""
+        if self.consumer_state_path is None:
+            return
+        with trio.CancelScope(shield=True):
+            async with self._consumer_save_lock:
+                self._refresh_texts(group_id)
+                text = self._file_text()
+                if text == self._saved_text:
+                    return
+                path = self.consumer_state_path
+                await trio.to_thread.run_sync(
+                    lambda: replace_file(path, text, durable=True))
+                self._saved_text = text
+
+    def _heartbeat(self, beat: Heartbeat, now: float) -> HeartbeatResult:
+        if not valid_group_id(beat.group_id):
+            raise HeartbeatError(ErrorCode.invalid_group_id, "invalid group id")
+        group = self._consumer_group(beat.group_id, create=beat.member_epoch == cg.JOIN)
+        if beat.member_epoch in (cg.LEAVE, cg.LEAVE_STATIC):
+            member = group.members.get(beat.member_id)
+            if member is None:
+                raise HeartbeatError(ErrorCode.unknown_member_id,
+                                     f"member {beat.member_id} is not in the group")
+            self._remove_member(group, member, "left")
+            return HeartbeatResult(member_id=beat.member_id, member_epoch=beat.member_epoch)
+        if beat.member_epoch == cg.JOIN:
+            member = self._join(group, beat, now)
+        else:
+            member = self._known_member(group, beat)
+        self._update(group, member, beat, now)
+        self._refresh_target(group)
+        owned = beat.owned if beat.owned is not None else member.owned
+        cg.reconcile(group, member, owned, now)
+        full = beat.member_epoch == cg.JOIN or beat.owned is not None
+        assignment = None
+        if full or member.assigned != member.last_sent:
+            assignment = member.last_sent = dict(member.assigned)
+        return HeartbeatResult(
+            member_id=member.member_id, member_epoch=member.member_epoch,
+            heartbeat_interval_ms=self.group_config(group.group_id, HEARTBEAT_INTERVAL),
+            assignment=assignment)
+
+    def _consumer_group(self, group_id: str, *, create: bool) -> ConsumerGroup:
+        group = self.consumer_groups.get(group_id)
+        if group is not None:
+            return group
+        classic = self.groups.get(group_id)
+        if classic is not None and classic.state != State.DEAD:
+            if classic.members:
+                raise HeartbeatError(ErrorCode.group_id_not_found,
+                                     f"Group {group_id} is not a consumer group")
+            del self.groups[group_id]  # an empty classic group converts (its offsets stay)
+        if not create:
+            raise HeartbeatError(ErrorCode.unknown_member_id,
+                                 f"group {group_id} has no such member")
+        group = self.consumer_groups[group_id] = ConsumerGroup(group_id)
+        return group
+
+    def _join(self, group: ConsumerGroup, beat: Heartbeat, now: float) -> ConsumerMember:
+        if beat.subscribed_topic_names is None and beat.subscribed_topic_regex is None:
+            raise HeartbeatError(ErrorCode.invalid_request,
+                                 "SubscribedTopicNames must be set in first request")
+        if beat.rebalance_timeout_ms <= 0:
+            raise HeartbeatError(ErrorCode.invalid_request,
+                                 "RebalanceTimeoutMs must be provided in first request")
+        if beat.owned:
+            raise HeartbeatError(ErrorCode.invalid_request,
+                                 "TopicPartitions must be empty when (re-)joining")
+        member_id = beat.member_id or str(uuid.uuid4())
+        old = group.members.get(member_id)
+        if old is not None:  # joining again (after being fenced): a fresh start
+            self._remove_member(group, old, "rejoined")
+        if beat.instance_id is not None:
+            for other in list(group.members.values()):
+                if other.instance_id == beat.instance_id:
+                    self._remove_member(group, other, "replaced by a static member")
+        if len(group.members) >= cg.MAX_MEMBERS:
+            raise HeartbeatError(ErrorCode.group_max_size_reached,
+                                 f"the group has {cg.MAX_MEMBERS} members")
+        member = group.members[member_id] = ConsumerMember(member_id)
+        group.group_epoch += 1
+        return member
+
+    @staticmethod
+    def _known_member(group: ConsumerGroup, beat: Heartbeat) -> ConsumerMember:
+        member = group.members.get(beat.member_id)
+        if member is None:
+            raise HeartbeatError(ErrorCode.unknown_member_id,
+                                 f"member {beat.member_id} is not in the group")
+        if beat.member_epoch != member.member_epoch:
+            owned = {(t, p) for t, ps in (beat.owned or {}).items() for p in ps}
+            assigned = {(t, p) for t, ps in member.assigned.items() for p in ps}
+            # Its last answer was lost: what it owns is still within what it was given.
+            if not (beat.member_epoch == member.previous_member_epoch
+                    and beat.owned is not None and owned <= assigned):
+                raise HeartbeatError(ErrorCode.fenced_member_epoch,
+                                     f"member epoch {beat.member_epoch} is not the member's "
+                                     f"epoch {member.member_epoch}")
+        return member
+
+    def _update(self, group: ConsumerGroup, member: ConsumerMember, beat: Heartbeat,
+                now: float) -> None:
+        before = (member.subscribed_topic_names, member.subscribed_topic_regex,
+                  member.server_assignor)
+        if beat.subscribed_topic_names is not None:
+            if len(beat.subscribed_topic_names) > cg.MAX_SUBSCRIBED_TOPICS:
+                raise HeartbeatError(ErrorCode.invalid_request,
+                                     f"more than {cg.MAX_SUBSCRIBED_TOPICS} topics")
+            member.subscribed_topic_names = tuple(sorted(set(beat.subscribed_topic_names)))
+        if beat.subscribed_topic_regex is not None:
+            if beat.subscribed_topic_regex:
+                cg.check_regex(beat.subscribed_topic_regex)
+            member.subscribed_topic_regex = beat.subscribed_topic_regex or None
+        if beat.server_assignor is not None:
+            if beat.server_assignor not in cg.ASSIGNORS:
+                raise HeartbeatError(ErrorCode.unsupported_assignor,
+                                     f"unknown server assignor {beat.server_assignor!r}; "
+                                     f"this broker has {list(cg.ASSIGNORS)}")
+            member.server_assignor = beat.server_assignor
+        for name in ("instance_id", "rack_id"):
+            if getattr(beat, name) is not None:
+                setattr(member, name, getattr(beat, name))
+        if beat.rebalance_timeout_ms > 0:
+            member.rebalance_timeout_ms = beat.rebalance_timeout_ms
+        member.client_id, member.client_host = beat.client_id, beat.client_host
+        if beat.owned is not None:
+            member.owned = beat.owned
+        member.session_deadline = now + self.group_config(group.group_id,
+                                                          SESSION_TIMEOUT) / 1000
+        if (member.subscribed_topic_names, member.subscribed_topic_regex,
+                member.server_assignor) != before:
+            group.group_epoch += 1
+
+    def _refresh_target(self, group: ConsumerGroup) -> None:
+        """A new target when the members or their topics' metadata changed."""
+        every = self.topics()
+        wanted: set[str] = set()
+        for member in group.members.values():
+            wanted.update(cg.subscribed(member, every))
+        metadata = {t: every[t] for t in sorted(wanted)}
+        if metadata != group.metadata:
+            group.metadata = metadata
+            group.group_epoch += 1
+        if group.assignment_epoch < group.group_epoch:
+            group.target = cg.assign(group.assignor(), group.members, metadata,
+                                     {m: member.assigned for m, member in
+                                      group.members.items()})
+            group.assignment_epoch = group.group_epoch
+
+    def _remove_member(self, group: ConsumerGroup, member: ConsumerMember, why: str) -> None:
+        group.members.pop(member.member_id, None)
+        group.target.pop(member.member_id, None)
+        group.group_epoch += 1
+        log.info("consumer group member removed", extra={
+            "group": group.group_id, "member": member.member_id, "reason": why})
+
+    # -- timers, commits, admin -----------------------------------------------------------
+
+    def consumer_deadlines(self) -> list[float]:
+        """When the timers must look at consumer groups next: every second while any has
+        members (heartbeats move deadlines all the time; waking each one would cost more)."""
+        if any(group.members for group in self.consumer_groups.values()):
+            return [trio.current_time() + CONSUMER_TIMER_S]
+        return []
+
+    async def expire_consumer_members(self, now: float) -> None:
+        for group in list(self.consumer_groups.values()):
+            expired = False
+            for member in list(group.members.values()):
+                if member.session_deadline <= now:
+                    self._remove_member(group, member, "session expired")
+                    expired = True
+                elif member.revoke_deadline is not None and member.revoke_deadline <= now:
+                    self._remove_member(group, member, "did not revoke within its "
+                                        "rebalance timeout")
+                    expired = True
+            if expired:
+                await self.save_consumer_groups(group.group_id)
+
+    def consumer_commit_error(self, group_id: str, member_id: str,
+                              member_epoch: int) -> ErrorCode | None:
+        """For a consumer group: whether this commit may go ahead (None: not one)."""
+        group = self.consumer_groups.get(group_id)
+        if group is None:
+            return None
+        if not member_id and member_epoch < 0:
+            return ErrorCode.unknown_member_id if group.members else ErrorCode.none
+        member = group.members.get(member_id)
+        if member is None:
+            return ErrorCode.unknown_member_id
+        if member_epoch != member.member_epoch:
+            return ErrorCode.stale_member_epoch
+        return ErrorCode.none
+
+    def join_refused(self, group_id: str) -> bool:
+        """A classic JoinGroup to a consumer group with members (INCONSISTENT_GROUP_PROTOCOL).
+        An empty consumer group becomes classic again, as Kafka's downgrade allows."""
+        group = self.consumer_groups.get(group_id)
+        if group is None:
+            return False
+        if group.members:
+            return True
+        del self.consumer_groups[group_id]
+        return False
+
+    def describe_consumer(self, group_id: str) -> ConsumerGroup | None:
+        return self.consumer_groups.get(group_id)
+
+    def delete_consumer(self, group_id: str) -> ErrorCode | None:
+        """None: not a consumer group; else what deleting it answers (offsets: the caller)."""
+        group = self.consumer_groups.get(group_id)
+        if group is None:
+            return None
+        if group.members:
+            return ErrorCode.non_empty_group
+        del self.consumer_groups[group_id]
+        return ErrorCode.none
+
+
+__all__ = ["ConsumerCoordination", "Heartbeat", "HeartbeatResult", "MemberState"]

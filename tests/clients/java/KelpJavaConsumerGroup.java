@@ -1,0 +1,114 @@
+// The Java consumer (kafka-clients 3.9) with group.protocol=consumer (KIP-848) against kelp:
+// two members share a topic's partitions with none consumed twice, the first leaves and the
+// second takes over, and the AdminClient describes the group (ConsumerGroupDescribe).
+// Prints "OK consumer-group ..." on success; any mismatch throws.
+
+import java.time.Duration;
+import java.util.*;
+import java.util.concurrent.TimeUnit;
+import org.apache.kafka.clients.admin.*;
+import org.apache.kafka.clients.consumer.*;
+import org.apache.kafka.clients.producer.*;
+import org.apache.kafka.common.GroupType;
+import org.apache.kafka.common.TopicPartition;
+import org.apache.kafka.common.serialization.*;
+
+public class KelpJavaConsumerGroup {
+    static void check(boolean ok, String what) {
+        if (!ok) throw new IllegalStateException("check failed: " + what);
+    }
+
+    static KafkaConsumer<String, String> member(String bootstrap, String group, String name) {
+        Properties props = new Properties();
+        props.put("bootstrap.servers", bootstrap);
+        props.put("group.id", group);
+        props.put("group.protocol", "consumer");
+        props.put("client.id", name);
+        props.put("auto.offset.reset", "earliest");
+        props.put("enable.auto.commit", "false");
+        return new KafkaConsumer<>(props, new StringDeserializer(), new StringDeserializer());
+    }
+
+    static void produce(String bootstrap, String topic, String wave, int count) throws Exception {
+        Properties props = new Properties();
+        props.put("bootstrap.servers", bootstrap);
+        try (KafkaProducer<String, String> producer = new KafkaProducer<>(
+                props, new StringSerializer(), new StringSerializer())) {
+            for (int i = 0; i < count; i++) {
+                producer.send(new ProducerRecord<>(topic, i % 4, null, wave + "-" + i));
+            }
+            producer.flush();
+        }
+    }
+
+    // Poll both until every wanted value is seen; a value seen twice is an error.
+    static void drain(List<KafkaConsumer<String, String>> members, Set<String> wanted,
+                      Set<String> seen) {
+        long deadline = System.currentTimeMillis() + 60_000;
+        while (!seen.containsAll(wanted) && System.currentTimeMillis() < deadline) {
+            for (KafkaConsumer<String, String> m : members) {
+                for (ConsumerRecord<String, String> r : m.poll(Duration.ofMillis(100))) {
+                    check(seen.add(r.value()), "consumed twice: " + r.value());
+                }
+                m.commitSync();
+            }
+        }
+        check(seen.containsAll(wanted), "consumed " + seen.size() + " of " + wanted.size());
+    }
+
+    static Set<String> wave(String name, int count) {
+        Set<String> out = new HashSet<>();
+        for (int i = 0; i < count; i++) out.add(name + "-" + i);
+        return out;
+    }
+
+    public static void main(String[] args) throws Exception {
+        String bootstrap = args[0], topic = args[1], group = topic + "-kip848";
+        Properties adminProps = new Properties();
+        adminProps.put("bootstrap.servers", bootstrap);
+        try (Admin admin = Admin.create(adminProps)) {
+            admin.createTopics(List.of(new NewTopic(topic, 4, (short) 1)))
+                .all().get(30, TimeUnit.SECONDS);
+        }
+        Set<String> seen = new HashSet<>();
+        KafkaConsumer<String, String> first = member(bootstrap, group, "first");
+        KafkaConsumer<String, String> second = member(bootstrap, group, "second");
+        first.subscribe(List.of(topic));
+        second.subscribe(List.of(topic));
+        produce(bootstrap, topic, "a", 200);
+        drain(List.of(first, second), wave("a", 200), seen);
+        long deadline = System.currentTimeMillis() + 30_000;
+        while (System.currentTimeMillis() < deadline
+               && (first.assignment().isEmpty() || second.assignment().isEmpty()
+                   || first.assignment().size() + second.assignment().size() != 4)) {
+            first.poll(Duration.ofMillis(100));
+            second.poll(Duration.ofMillis(100));
+        }
+        check(first.assignment().size() == 2 && second.assignment().size() == 2,
+              "split " + first.assignment() + " / " + second.assignment());
+        Set<TopicPartition> overlap = new HashSet<>(first.assignment());
+        overlap.retainAll(second.assignment());
+        check(overlap.isEmpty(), "a partition owned twice: " + overlap);
+
+        try (Admin admin = Admin.create(adminProps)) {
+            ConsumerGroupDescription description = admin.describeConsumerGroups(List.of(group))
+                .all().get(30, TimeUnit.SECONDS).get(group);
+            check(description.type() == GroupType.CONSUMER, "type " + description.type());
+            check(description.members().size() == 2, "members " + description.members());
+            int assigned = 0;
+            for (MemberDescription m : description.members())
+                assigned += m.assignment().topicPartitions().size();
+            check(assigned == 4, "assigned " + assigned);
+        }
+
+        first.close();  // leaves: the second takes every partition
+        produce(bootstrap, topic, "b", 200);
+        drain(List.of(second), wave("b", 200), seen);
+        deadline = System.currentTimeMillis() + 30_000;
+        while (second.assignment().size() != 4 && System.currentTimeMillis() < deadline)
+            second.poll(Duration.ofMillis(100));
+        check(second.assignment().size() == 4, "after leave " + second.assignment());
+        second.close();
+        System.out.println("OK consumer-group consumed=" + seen.size());
+    }
+}

@@ -1,0 +1,183 @@
+"""KIP-848 consumer groups (group.protocol=consumer): the broker assigns partitions and
+members reconcile by heartbeat. librdkafka 2.16 and the Java client 3.9 go through the same
+leave / join / resume-from-commits scenario as the classic groups, with exact record sets;
+the group survives a broker restart; ListGroups and ConsumerGroupDescribe show it; a classic
+JoinGroup to it is refused while it has members."""
+
+from __future__ import annotations
+
+import datetime
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer
+from kio.index import load_request_schema
+from kio.schema.errors import ErrorCode
+
+from tests.clients.prepare import run_java
+from tests.group_ledger import Ledger
+from tests.group_members import ConfluentMember, Member, stop_all
+from tests.group_scenarios import (
+    GROUP_BROKER_ARGS,
+    assert_exactly_once,
+    assert_unique_owners,
+    create_topic,
+    dump_logs_if_failed,
+    leave_join_resume,
+    produce_wave,
+    wait_consumed,
+    wait_stable,
+)
+from tests.kafka_raw import RawClient
+from tests.kelp_procs import Cluster
+
+# Shorter than Kafka's defaults (45 s sessions, 5 s heartbeats) so tests run in seconds.
+KIP848_BROKER_ARGS = [
+    *GROUP_BROKER_ARGS,
+    "--config", "group.consumer.heartbeat.interval.ms=500",
+    "--config", "group.consumer.min.heartbeat.interval.ms=100",
+    "--config", "group.consumer.session.timeout.ms=6000",
+    "--config", "group.consumer.min.session.timeout.ms=1000",
+]
+CONSUMER_PROTOCOL = {"group.protocol": "consumer", "session.timeout.ms": None,
+                     "heartbeat.interval.ms": None}
+
+
+@pytest.fixture
+def kip848_cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    cluster = Cluster(tmp_path / "cluster", broker_args=KIP848_BROKER_ARGS)
+    try:
+        yield cluster.start()
+    finally:
+        dump_logs_if_failed(request, cluster)
+        cluster.stop()
+
+
+def confluent_members(cluster: Cluster, topic: str):
+    def make(name: str, ledger: Ledger, group: str) -> Member:
+        return ConfluentMember(name, ledger, cluster.bootstrap, group, topic,
+                               **CONSUMER_PROTOCOL)
+    return make
+
+
+def test_confluent_members_leave_join_and_resume(kip848_cluster: Cluster,
+                                                 topic_name: str) -> None:
+    summary = leave_join_resume(kip848_cluster, topic_name,
+                                confluent_members(kip848_cluster, topic_name), eager=False)
+    print(f"\nconfluent-kafka group.protocol=consumer: {summary}")
+
+
+def test_a_group_survives_a_broker_restart(kip848_cluster: Cluster, topic_name: str) -> None:
+    bootstrap = kip848_cluster.bootstrap
+    create_topic(bootstrap, topic_name)
+    ledger = Ledger(cluster=kip848_cluster)
+    make = confluent_members(kip848_cluster, topic_name)
+    group = f"g-{topic_name}"
+    members = [make(f"m{i}", ledger, group).start() for i in range(2)]
+    try:
+        assert_unique_owners(wait_stable(ledger, members))
+        produced = produce_wave(bootstrap, topic_name, "a", 40)
+        wait_consumed(ledger, produced)
+        kip848_cluster.restart_broker(hard=False)
+        produced |= produce_wave(bootstrap, topic_name, "b", 40)
+        wait_consumed(ledger, produced)
+        assert_unique_owners(wait_stable(ledger, members))
+        stop_all(members)
+        members = []
+        assert_exactly_once(ledger, produced)
+    finally:
+        stop_all(members)
+
+
+def _list_groups(cluster: Cluster) -> dict[str, tuple[str, str]]:
+    request_type = load_request_schema(16, 5)
+    client = RawClient(cluster.bootstrap, timeout=30)
+    try:
+        response = client.request(request_type(states_filter=(), types_filter=()))
+    finally:
+        client.close()
+    return {g.group_id: (g.group_type, g.group_state) for g in response.groups}
+
+
+def _classic_join(cluster: Cluster, group: str) -> ErrorCode:
+    request_type = load_request_schema(11, 7)
+    module = sys.modules[request_type.__module__]
+    request = request_type(
+        group_id=group, session_timeout=datetime.timedelta(seconds=10),
+        rebalance_timeout=datetime.timedelta(seconds=10), member_id="",
+        group_instance_id=None, protocol_type="consumer",
+        protocols=(module.JoinGroupRequestProtocol(name="range", metadata=b""),))
+    client = RawClient(cluster.bootstrap, timeout=30)
+    try:
+        return client.request(request).error_code
+    finally:
+        client.close()
+
+
+def test_list_groups_shows_the_type_and_classic_joins_are_refused(kip848_cluster: Cluster,
+                                                                   topic_name: str) -> None:
+    create_topic(kip848_cluster.bootstrap, topic_name)
+    group = f"g-{topic_name}"
+    consumer = Consumer({"bootstrap.servers": kip848_cluster.bootstrap, "group.id": group,
+                         "group.protocol": "consumer"})
+    try:
+        consumer.subscribe([topic_name])
+        for _ in range(40):
+            consumer.poll(0.25)
+            if consumer.assignment():
+                break
+        assert consumer.assignment()
+        assert _list_groups(kip848_cluster)[group] == ("consumer", "Stable")
+        assert _classic_join(kip848_cluster, group) == ErrorCode.inconsistent_group_protocol
+    finally:
+        consumer.close()
+
+
+def test_java_consumer_protocol_and_describe(kip848_cluster: Cluster, topic_name: str,
+                                             tmp_path: Path) -> None:
+    run = run_java("KelpJavaConsumerGroup", [kip848_cluster.bootstrap, topic_name], tmp_path)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    assert "OK consumer-group" in run.stdout
+
+
+def _heartbeat(cluster: Cluster, **fields: object):
+    request_type = load_request_schema(68, 0)
+    defaults = {"member_id": "", "member_epoch": 0, "instance_id": None, "rack_id": None,
+                "rebalance_timeout": datetime.timedelta(seconds=10),
+                "subscribed_topic_names": None, "server_assignor": None,
+                "topic_partitions": None}
+    client = RawClient(cluster.bootstrap, timeout=30)
+    try:
+        return client.request(request_type(**{**defaults, **fields}))
+    finally:
+        client.close()
+
+
+def test_a_member_that_stops_heartbeating_loses_its_partitions(kip848_cluster: Cluster,
+                                                               topic_name: str) -> None:
+    create_topic(kip848_cluster.bootstrap, topic_name)
+    group = f"g-{topic_name}"
+    refused = _heartbeat(kip848_cluster, group_id=group, topic_partitions=())
+    assert refused.error_code == ErrorCode.invalid_request  # no subscription on joining
+    ghost = _heartbeat(kip848_cluster, group_id=group, subscribed_topic_names=(topic_name,),
+                       topic_partitions=())
+    assert ghost.error_code == ErrorCode.none and ghost.member_epoch > 0
+    assert sum(len(t.partitions) for t in ghost.assignment.topic_partitions) == 6
+    fenced = _heartbeat(kip848_cluster, group_id=group, member_id=ghost.member_id,
+                        member_epoch=ghost.member_epoch + 5)
+    assert fenced.error_code == ErrorCode.fenced_member_epoch
+    # A real member joins; the ghost never heartbeats again, so after its session (6 s here)
+    # its partitions go to the one that is alive.
+    consumer = Consumer({"bootstrap.servers": kip848_cluster.bootstrap, "group.id": group,
+                         "group.protocol": "consumer"})
+    try:
+        consumer.subscribe([topic_name])
+        for _ in range(80):
+            consumer.poll(0.25)
+            if len(consumer.assignment()) == 6:
+                break
+        assert len(consumer.assignment()) == 6
+    finally:
+        consumer.close()
