@@ -65,3 +65,12 @@ class RawClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def request_once(bootstrap: str, body: Any, timeout: float = 30.0) -> Any:
+    """One request on a connection of its own; its decoded response."""
+    client = RawClient(bootstrap, timeout=timeout)
+    try:
+        return client.request(body)
+    finally:
+        client.close()

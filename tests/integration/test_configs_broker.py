@@ -25,7 +25,7 @@ from kafka.admin import ConfigResourceType, KafkaAdminClient
 from kio.index import load_request_schema
 from kio.schema.errors import ErrorCode
 
-from tests.kafka_raw import RawClient
+from tests.kafka_raw import request_once
 from tests.kelp_procs import Cluster
 
 BROKER, GROUP, LOGGER = 4, 32, 8
@@ -49,11 +49,7 @@ def _describe(cluster: Cluster, kind: int, name: str, keys=None, *, version: int
     request = request_type(resources=(module.DescribeConfigsResource(
         resource_type=kind, resource_name=name, configuration_keys=keys),),
         include_synonyms=True, include_documentation=True)
-    client = RawClient(cluster.bootstrap, timeout=30)
-    try:
-        (result,) = client.request(request).results
-    finally:
-        client.close()
+    (result,) = request_once(cluster.bootstrap, request).results
     return result
 
 
@@ -64,11 +60,7 @@ def _alter(cluster: Cluster, kind: int, name: str, *ops: tuple[str, int, str | N
     request = request_type(validate_only=validate_only, resources=(module.AlterConfigsResource(
         resource_type=kind, resource_name=name, configs=tuple(
             module.AlterableConfig(name=n, config_operation=op, value=v) for n, op, v in ops)),))
-    client = RawClient(cluster.bootstrap, timeout=30)
-    try:
-        (answer,) = client.request(request).responses
-    finally:
-        client.close()
+    (answer,) = request_once(cluster.bootstrap, request).responses
     return answer
 
 

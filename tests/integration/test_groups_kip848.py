@@ -30,7 +30,7 @@ from tests.group_scenarios import (
     wait_consumed,
     wait_stable,
 )
-from tests.kafka_raw import RawClient
+from tests.kafka_raw import request_once
 from tests.kelp_procs import Cluster
 
 # Shorter than Kafka's defaults (45 s sessions, 5 s heartbeats) so tests run in seconds.
@@ -93,11 +93,8 @@ def test_a_group_survives_a_broker_restart(kip848_cluster: Cluster, topic_name: 
 
 def _list_groups(cluster: Cluster) -> dict[str, tuple[str, str]]:
     request_type = load_request_schema(16, 5)
-    client = RawClient(cluster.bootstrap, timeout=30)
-    try:
-        response = client.request(request_type(states_filter=(), types_filter=()))
-    finally:
-        client.close()
+    response = request_once(cluster.bootstrap,
+                            request_type(states_filter=(), types_filter=()))
     return {g.group_id: (g.group_type, g.group_state) for g in response.groups}
 
 
@@ -109,11 +106,7 @@ def _classic_join(cluster: Cluster, group: str) -> ErrorCode:
         rebalance_timeout=datetime.timedelta(seconds=10), member_id="",
         group_instance_id=None, protocol_type="consumer",
         protocols=(module.JoinGroupRequestProtocol(name="range", metadata=b""),))
-    client = RawClient(cluster.bootstrap, timeout=30)
-    try:
-        return client.request(request).error_code
-    finally:
-        client.close()
+    return request_once(cluster.bootstrap, request).error_code
 
 
 def test_list_groups_shows_the_type_and_classic_joins_are_refused(kip848_cluster: Cluster,
@@ -148,11 +141,7 @@ def _heartbeat(cluster: Cluster, **fields: object):
                 "rebalance_timeout": datetime.timedelta(seconds=10),
                 "subscribed_topic_names": None, "server_assignor": None,
                 "topic_partitions": None}
-    client = RawClient(cluster.bootstrap, timeout=30)
-    try:
-        return client.request(request_type(**{**defaults, **fields}))
-    finally:
-        client.close()
+    return request_once(cluster.bootstrap, request_type(**{**defaults, **fields}))
 
 
 def test_a_member_that_stops_heartbeating_loses_its_partitions(kip848_cluster: Cluster,

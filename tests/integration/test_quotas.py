@@ -16,7 +16,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from kio.index import load_request_schema
 from kio.schema.errors import ErrorCode
 
-from tests.kafka_raw import RawClient
+from tests.kafka_raw import request_once
 from tests.kelp_procs import Cluster
 
 VALUE = b"q" * 10_000
@@ -31,14 +31,6 @@ def own(tmp_path: Path) -> Iterator[Cluster]:
         running.stop()
 
 
-def _request(cluster: Cluster, body):
-    client = RawClient(cluster.bootstrap, timeout=30)
-    try:
-        return client.request(body)
-    finally:
-        client.close()
-
-
 def alter(cluster: Cluster, entity: list[tuple[str, str | None]],
           ops: list[tuple[str, float, bool]], validate_only: bool = False):
     request_type = load_request_schema(49, 1)
@@ -46,7 +38,7 @@ def alter(cluster: Cluster, entity: list[tuple[str, str | None]],
     body = request_type(validate_only=validate_only, entries=(module.EntryData(
         entity=tuple(module.EntityData(entity_type=t, entity_name=n) for t, n in entity),
         ops=tuple(module.OpData(key=k, value=v, remove=r) for k, v, r in ops)),))
-    (entry,) = _request(cluster, body).entries
+    (entry,) = request_once(cluster.bootstrap, body).entries
     return entry
 
 
@@ -56,7 +48,7 @@ def describe(cluster: Cluster, components: list[tuple[str, int, str | None]],
     module = sys.modules[request_type.__module__]
     body = request_type(strict=strict, components=tuple(
         module.ComponentData(entity_type=t, match_type=m, match=n) for t, m, n in components))
-    response = _request(cluster, body)
+    response = request_once(cluster.bootstrap, body)
     assert response.error_code == ErrorCode.none, response.error_message
     return {tuple((e.entity_type, e.entity_name) for e in entry.entity):
             {v.key: v.value for v in entry.values} for entry in response.entries}
