@@ -12,6 +12,7 @@ with their epochs, and a partition is never given to one member while another st
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import uuid
@@ -146,14 +147,21 @@ class ConsumerCoordination:
             if member is None:
                 raise HeartbeatError(ErrorCode.unknown_member_id,
                                      f"member {beat.member_id} is not in the group")
-            self._remove_member(group, member, "left")
+            if beat.member_epoch == cg.LEAVE_STATIC and member.instance_id is not None:
+                # A static member leaving for a restart keeps its partitions (nobody else
+                # gets them, the group epoch stays) until its session ends or it comes back.
+                member.previous_member_epoch, member.member_epoch = (member.member_epoch,
+                                                                     cg.LEAVE_STATIC)
+            else:
+                self._remove_member(group, member, "left")
             return HeartbeatResult(member_id=beat.member_id, member_epoch=beat.member_epoch)
+        epoch_before = group.group_epoch
         if beat.member_epoch == cg.JOIN:
             member = self._join(group, beat, now)
         else:
             member = self._known_member(group, beat)
         self._update(group, member, beat, now)
-        self._refresh_target(group)
+        self._refresh_target(group, epoch_before)
         owned = beat.owned if beat.owned is not None else member.owned
         cg.reconcile(group, member, owned, now)
         full = beat.member_epoch == cg.JOIN or beat.owned is not None
@@ -192,18 +200,38 @@ class ConsumerCoordination:
             raise HeartbeatError(ErrorCode.invalid_request,
                                  "TopicPartitions must be empty when (re-)joining")
         member_id = beat.member_id or str(uuid.uuid4())
-        old = group.members.get(member_id)
-        if old is not None:  # joining again (after being fenced): a fresh start
-            self._remove_member(group, old, "rejoined")
+        previous = None
         if beat.instance_id is not None:
-            for other in list(group.members.values()):
-                if other.instance_id == beat.instance_id:
-                    self._remove_member(group, other, "replaced by a static member")
+            previous = next((m for m in group.members.values()
+                             if m.instance_id == beat.instance_id), None)
+            if previous is not None and previous.member_epoch != cg.LEAVE_STATIC:
+                raise HeartbeatError(ErrorCode.unreleased_instance_id,
+                                     f"static member {beat.instance_id} is still in the group "
+                                     f"as {previous.member_id}")
+        old = group.members.get(member_id)
+        if old is not None and old is not previous:  # joining again after being fenced
+            self._remove_member(group, old, "rejoined")
+        if previous is not None:
+            return self._replace_static(group, previous, member_id)
         if len(group.members) >= cg.MAX_MEMBERS:
             raise HeartbeatError(ErrorCode.group_max_size_reached,
                                  f"the group has {cg.MAX_MEMBERS} members")
         member = group.members[member_id] = ConsumerMember(member_id)
         group.group_epoch += 1
+        return member
+
+    @staticmethod
+    def _replace_static(group: ConsumerGroup, previous: ConsumerMember,
+                        member_id: str) -> ConsumerMember:
+        """A static member back from a restart (under a new member id) takes over its
+        partitions and epoch as they were, without a rebalance, as in Kafka."""
+        del group.members[previous.member_id]
+        target = group.target.pop(previous.member_id, None)
+        member = dataclasses.replace(previous, member_id=member_id, last_sent=None)
+        member.member_epoch = previous.previous_member_epoch  # its epoch before it left
+        if target is not None:
+            group.target[member_id] = target
+        group.members[member_id] = member
         return member
 
     @staticmethod
@@ -249,6 +277,9 @@ class ConsumerCoordination:
             member.rebalance_timeout_ms = beat.rebalance_timeout_ms
         member.client_id, member.client_host = beat.client_id, beat.client_host
         if beat.owned is not None:
+            if sum(len(p) for p in beat.owned.values()) > cg.MAX_ASSIGNED_PARTITIONS:
+                raise HeartbeatError(ErrorCode.invalid_request,
+                                     f"more than {cg.MAX_ASSIGNED_PARTITIONS} owned partitions")
             member.owned = beat.owned
         member.session_deadline = now + self.group_config(group.group_id,
                                                           SESSION_TIMEOUT) / 1000
@@ -256,8 +287,10 @@ class ConsumerCoordination:
                 member.server_assignor) != before:
             group.group_epoch += 1
 
-    def _refresh_target(self, group: ConsumerGroup) -> None:
-        """A new target when the members or their topics' metadata changed."""
+    def _refresh_target(self, group: ConsumerGroup, epoch_before: int) -> None:
+        """A new target when the members or their topics' metadata changed. Whatever
+        changed in one heartbeat (a join, its subscription, new topics) is one new group
+        epoch, as Kafka counts them."""
         every = self.topics()
         wanted: set[str] = set()
         for member in group.members.values():
@@ -266,6 +299,7 @@ class ConsumerCoordination:
         if metadata != group.metadata:
             group.metadata = metadata
             group.group_epoch += 1
+        group.group_epoch = min(group.group_epoch, epoch_before + 1)
         if group.assignment_epoch < group.group_epoch:
             group.target = cg.assign(group.assignor(), group.members, metadata,
                                      {m: member.assigned for m, member in
@@ -310,6 +344,20 @@ class ConsumerCoordination:
             return None
         if not member_id and member_epoch < 0:
             return ErrorCode.unknown_member_id if group.members else ErrorCode.none
+        member = group.members.get(member_id)
+        if member is None:
+            return ErrorCode.unknown_member_id
+        if member_epoch != member.member_epoch:
+            return ErrorCode.stale_member_epoch
+        return ErrorCode.none
+
+    def consumer_fetch_error(self, group_id: str, member_id: str,
+                             member_epoch: int) -> ErrorCode:
+        """OffsetFetch v9 from a member: its epoch must be current (admin fetches, with no
+        member id and epoch -1, and fetches from classic groups are not checked)."""
+        group = self.consumer_groups.get(group_id)
+        if group is None or (not member_id and member_epoch < 0):
+            return ErrorCode.none
         member = group.members.get(member_id)
         if member is None:
             return ErrorCode.unknown_member_id

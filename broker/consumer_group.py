@@ -24,6 +24,7 @@ ASSIGNORS = (UNIFORM, RANGE)
 MAX_MEMBERS = 1000  # per group, as Kafka's group.consumer.max.size default
 MAX_SUBSCRIBED_TOPICS = 10_000
 MAX_REGEX_LENGTH = 1024
+MAX_ASSIGNED_PARTITIONS = 100_000  # owned by, or assigned to, one member
 
 # topic id -> partitions; what a member owns, is assigned or is targeted.
 Assignment = dict[uuid.UUID, frozenset[int]]

@@ -70,6 +70,11 @@ class GroupCalls:
     async def fetch_offsets(self, r: pb.FetchOffsetsRequest) -> pb.FetchOffsetsReply:
         wanted = None if r.all_topics else [(t.topic, p) for t in r.topics
                                             for p in t.partitions]
+        if r.member_epoch is not None:  # OffsetFetch v9 from a KIP-848 member
+            error = self._groups.consumer_fetch_error(r.group_id, r.member_id or "",
+                                                      r.member_epoch)
+            if error:
+                return pb.FetchOffsetsReply(error_code=error)
         found = self._groups.fetch_offsets(r.group_id, wanted)
         return pb.FetchOffsetsReply(offsets=[
             pb.CommittedOffset(topic=t, partition=p,

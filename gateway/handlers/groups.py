@@ -148,9 +148,11 @@ async def handle_offset_commit(ctx: GatewayContext, request: Request) -> Any:
             for p in t.partitions)) for t in body.topics))
 
 
-async def _fetch_group(ctx: GatewayContext, group_id: str,
-                       topics: Any) -> tuple[ErrorCode, dict[str, list[pb.CommittedOffset]]]:
+async def _fetch_group(ctx: GatewayContext, group_id: str, topics: Any,
+                       member: Any = None) -> tuple[ErrorCode, dict[str, list[pb.CommittedOffset]]]:
     request = pb.FetchOffsetsRequest(group_id=group_id, all_topics=topics is None)
+    if getattr(member, "member_epoch", None) is not None:  # v9: a KIP-848 member's fetch
+        request.member_id, request.member_epoch = member.member_id or "", member.member_epoch
     if topics is not None:
         request.topics = [pb.TopicPartitions(topic=t.name, partitions=list(t.partition_indexes))
                           for t in topics]
@@ -174,7 +176,7 @@ async def handle_offset_fetch(ctx: GatewayContext, request: Request) -> Any:
         groups = []
         # Each group once: one repeated id would cost a broker call and all its offsets each.
         for group in {g.group_id: g for g in body.groups}.values():
-            error, by_topic = await _fetch_group(ctx, group.group_id, group.topics)
+            error, by_topic = await _fetch_group(ctx, group.group_id, group.topics, group)
             groups.append(group_type(group_id=group.group_id, error_code=error,
                                      topics=_topics(by_topic, topic_type, partition_type)))
         return response_type(throttle_time=NO_TIME, groups=tuple(groups))

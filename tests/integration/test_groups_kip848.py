@@ -91,10 +91,11 @@ def test_a_group_survives_a_broker_restart(kip848_cluster: Cluster, topic_name: 
         stop_all(members)
 
 
-def _list_groups(cluster: Cluster) -> dict[str, tuple[str, str]]:
+def _list_groups(cluster: Cluster, types: tuple[str, ...] = ()
+                 ) -> dict[str, tuple[str, str]]:
     request_type = load_request_schema(16, 5)
     response = request_once(cluster.bootstrap,
-                            request_type(states_filter=(), types_filter=()))
+                            request_type(states_filter=(), types_filter=types))
     return {g.group_id: (g.group_type, g.group_state) for g in response.groups}
 
 
@@ -170,3 +171,75 @@ def test_a_member_that_stops_heartbeating_loses_its_partitions(kip848_cluster: C
         assert len(consumer.assignment()) == 6
     finally:
         consumer.close()
+
+
+def _commit(cluster: Cluster, group: str, topic: str, member_id: str, epoch: int,
+            offset: int) -> ErrorCode:
+    request_type = load_request_schema(8, 9)
+    module = sys.modules[request_type.__module__]
+    response = request_once(cluster.bootstrap, request_type(
+        group_id=group, generation_id_or_member_epoch=epoch, member_id=member_id,
+        group_instance_id=None, topics=(module.OffsetCommitRequestTopic(name=topic, partitions=(
+            module.OffsetCommitRequestPartition(partition_index=0, committed_offset=offset,
+                                                committed_leader_epoch=-1,
+                                                committed_metadata=""),)),)))
+    return response.topics[0].partitions[0].error_code
+
+
+def _fetch(cluster: Cluster, group: str, topic: str, member_id: str | None,
+           epoch: int) -> tuple[ErrorCode, int | None]:
+    request_type = load_request_schema(9, 9)
+    module = sys.modules[request_type.__module__]
+    response = request_once(cluster.bootstrap, request_type(require_stable=True, groups=(
+        module.OffsetFetchRequestGroup(group_id=group, member_id=member_id, member_epoch=epoch,
+                                       topics=(module.OffsetFetchRequestTopics(
+                                           name=topic, partition_indexes=(0,)),)),)))
+    fetched = response.groups[0]
+    offset = fetched.topics[0].partitions[0].committed_offset if fetched.topics else None
+    return fetched.error_code, offset
+
+
+def _delete(cluster: Cluster, group: str) -> ErrorCode:
+    request_type = load_request_schema(42, 2)
+    return request_once(cluster.bootstrap, request_type(groups_names=(group,))).results[0] \
+        .error_code
+
+
+def test_offsets_check_member_epochs_and_static_members_come_back(kip848_cluster: Cluster,
+                                                                  topic_name: str) -> None:
+    create_topic(kip848_cluster.bootstrap, topic_name)
+    group = f"g-{topic_name}"
+    member = _heartbeat(kip848_cluster, group_id=group, instance_id="static-1",
+                        subscribed_topic_names=(topic_name,), topic_partitions=())
+    member_id, epoch = member.member_id, member.member_epoch
+    assert _commit(kip848_cluster, group, topic_name, member_id, epoch + 1, 5) \
+        == ErrorCode.stale_member_epoch
+    assert _commit(kip848_cluster, group, topic_name, "stranger", epoch, 5) \
+        == ErrorCode.unknown_member_id
+    assert _commit(kip848_cluster, group, topic_name, member_id, epoch, 7) == ErrorCode.none
+    assert _fetch(kip848_cluster, group, topic_name, member_id, epoch - 1)[0] \
+        == ErrorCode.stale_member_epoch
+    assert _fetch(kip848_cluster, group, topic_name, member_id, epoch) == (ErrorCode.none, 7)
+    assert _fetch(kip848_cluster, group, topic_name, None, -1) == (ErrorCode.none, 7)  # admin
+    assert _list_groups(kip848_cluster, ("classic",)).get(group) is None
+    assert _list_groups(kip848_cluster, ("consumer",))[group][0] == "consumer"
+    assert _delete(kip848_cluster, group) == ErrorCode.non_empty_group
+    # A static member leaving for a restart (-2) keeps its partitions; back under a new id
+    # with the same instance id, it has them again at the same epoch, without a rebalance.
+    another = _heartbeat(kip848_cluster, group_id=group, instance_id="static-1",
+                         subscribed_topic_names=(topic_name,), topic_partitions=())
+    assert another.error_code == ErrorCode.unreleased_instance_id
+    left = _heartbeat(kip848_cluster, group_id=group, member_id=member_id, member_epoch=-2,
+                      instance_id="static-1")
+    assert left.error_code == ErrorCode.none
+    back = _heartbeat(kip848_cluster, group_id=group, member_id="restarted",
+                      instance_id="static-1", subscribed_topic_names=(topic_name,),
+                      topic_partitions=())
+    assert back.error_code == ErrorCode.none and back.member_epoch == epoch
+    assert sorted(p for t in back.assignment.topic_partitions for p in t.partitions) \
+        == sorted(p for t in member.assignment.topic_partitions for p in t.partitions)
+    gone = _heartbeat(kip848_cluster, group_id=group, member_id="restarted", member_epoch=-1)
+    assert gone.error_code == ErrorCode.none
+    assert _delete(kip848_cluster, group) == ErrorCode.none
+    assert _fetch(kip848_cluster, group, topic_name, None, -1) == (ErrorCode.none, -1)
+    assert group not in _list_groups(kip848_cluster)

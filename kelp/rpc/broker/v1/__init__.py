@@ -1129,6 +1129,13 @@ class FetchOffsetsRequest(betterproto2.Message):
         3, betterproto2.TYPE_MESSAGE, repeated=True
     )
 
+    member_id: "str | None" = betterproto2.field(4, betterproto2.TYPE_STRING, optional=True)
+    """
+    KIP-848 (OffsetFetch v9): a consumer group member's id and epoch, checked as Kafka does.
+    """
+
+    member_epoch: "int | None" = betterproto2.field(5, betterproto2.TYPE_INT32, optional=True)
+
 
 default_message_pool.register_message("broker.v1", "FetchOffsetsRequest", FetchOffsetsRequest)
 
