@@ -11,10 +11,16 @@ partitions, and only those no other member still owns.
 
 from __future__ import annotations
 
+import functools
 import re
 import uuid
 from dataclasses import dataclass, field
 from enum import Enum
+
+# The regex parser, to see a pattern's structure before it is ever matched (sre_parse's
+# public name is deprecated; the module is the same).
+from re import _constants as re_constants  # type: ignore[attr-defined]
+from re import _parser as re_parser  # type: ignore[attr-defined]
 
 from kio.schema.errors import ErrorCode
 
@@ -92,23 +98,73 @@ class ConsumerGroup:
 
 
 def subscribed(member: ConsumerMember, topics: dict[str, tuple[uuid.UUID, int]]) -> list[str]:
-    """The topics (that exist) a member subscribes to, by name or by its regex."""
+    """The topics (that exist) a member subscribes to, by name or by its regex (matching the
+    whole name, as Kafka's RE2J ``matches``; ``topics`` holds no internal topic)."""
     names = set(member.subscribed_topic_names) & set(topics)
     if member.subscribed_topic_regex:
-        pattern = re.compile(member.subscribed_topic_regex)
-        names |= {t for t in topics if pattern.fullmatch(t) and not t.startswith("_")}
+        names |= _matching(member.subscribed_topic_regex, tuple(topics))
     return sorted(names)
 
 
+@functools.lru_cache(maxsize=256)
+def _matching(regex: str, names: tuple[str, ...]) -> frozenset[str]:
+    # Every heartbeat resolves its group's subscriptions: members sharing a regex, and
+    # heartbeats while the topics stay the same, match each name once.
+    pattern = re.compile(regex)
+    return frozenset(t for t in names if pattern.fullmatch(t))
+
+
 def check_regex(regex: str) -> None:
+    """Kafka matches with RE2J, which never backtracks; Python's ``re`` does, so a hostile
+    pattern such as ``(a+)+b`` could hold the broker for minutes on one topic name. Patterns
+    that can backtrack badly (a repeat inside a repeat, alternatives under a repeat, more
+    than three open-ended repeats) and ones RE2 refuses too (back references, look-arounds)
+    are INVALID_REGULAR_EXPRESSION."""
     if len(regex) > MAX_REGEX_LENGTH:
         raise HeartbeatError(ErrorCode.invalid_regular_expression,
                              f"SubscribedTopicRegex longer than {MAX_REGEX_LENGTH}")
     try:
-        re.compile(regex)
+        parsed = re_parser.parse(regex)
     except re.error as exc:
         raise HeartbeatError(ErrorCode.invalid_regular_expression,
                              f"SubscribedTopicRegex {regex!r} is not valid: {exc}") from None
+    repeats = [0]
+    if _may_backtrack(list(parsed), inside_repeat=False, repeats=repeats) or repeats[0] > 3:
+        raise HeartbeatError(ErrorCode.invalid_regular_expression,
+                             f"SubscribedTopicRegex {regex!r} is not supported: nested or "
+                             "alternating repeats, back references and look-arounds are "
+                             "refused (they can take exponential time)")
+
+
+_REPEATS = {re_constants.MAX_REPEAT, re_constants.MIN_REPEAT,
+            getattr(re_constants, "POSSESSIVE_REPEAT", re_constants.MAX_REPEAT)}
+_REFUSED = {re_constants.GROUPREF, re_constants.GROUPREF_EXISTS, re_constants.ASSERT,
+            re_constants.ASSERT_NOT}
+
+
+def _may_backtrack(items: list, *, inside_repeat: bool, repeats: list[int]) -> bool:
+    for op, value in items:
+        if op in _REFUSED:
+            return True
+        if op in _REPEATS:
+            _low, high, sub = value
+            if high > 1:
+                if inside_repeat:
+                    return True
+                repeats[0] += 1
+            if _may_backtrack(list(sub), inside_repeat=inside_repeat or high > 1,
+                              repeats=repeats):
+                return True
+        elif op == re_constants.BRANCH:
+            if inside_repeat:
+                return True
+            if any(_may_backtrack(list(b), inside_repeat=False, repeats=repeats)
+                   for b in value[1]):
+                return True
+        elif op == re_constants.SUBPATTERN and _may_backtrack(
+                list(value[-1]), inside_repeat=inside_repeat, repeats=repeats):
+            return True
+    return False
 
 
 # -- assignors ------------------------------------------------------------------------------

@@ -90,6 +90,12 @@ def test_wrong_epochs_and_unknown_members_are_refused():
 @pytest.mark.parametrize("beat_args, code", [
     ({"server_assignor": "sticky"}, ErrorCode.unsupported_assignor),
     ({"subscribed_topic_regex": "(unclosed"}, ErrorCode.invalid_regular_expression),
+    # Ones that can backtrack for minutes on a 249-character topic name are refused.
+    ({"subscribed_topic_regex": "(a+)+b"}, ErrorCode.invalid_regular_expression),
+    ({"subscribed_topic_regex": "(a|aa)*b"}, ErrorCode.invalid_regular_expression),
+    ({"subscribed_topic_regex": "(x)\\1"}, ErrorCode.invalid_regular_expression),
+    ({"subscribed_topic_regex": "x" * (cg.MAX_REGEX_LENGTH + 1)},
+     ErrorCode.invalid_regular_expression),
     ({"rebalance_timeout_ms": -1}, ErrorCode.invalid_request),
     ({"subscribed_topic_names": None}, ErrorCode.invalid_request),
     ({"owned": {T1: frozenset(range(cg.MAX_ASSIGNED_PARTITIONS + 1))}},
