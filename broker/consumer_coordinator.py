@@ -17,7 +17,6 @@ import json
 import logging
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import trio
@@ -25,12 +24,12 @@ from kio.schema.errors import ErrorCode
 
 from broker import consumer_group as cg
 from broker.consumer_group import (
-    Assignment,
     ConsumerGroup,
     ConsumerMember,
     HeartbeatError,
     MemberState,
 )
+from broker.consumer_heartbeat import Heartbeat, HeartbeatResult, check_heartbeat
 from broker.group_state import Group, State, valid_group_id
 from kelp.files import replace_file
 
@@ -39,34 +38,6 @@ log = logging.getLogger("kelp.broker.groups")
 SESSION_TIMEOUT = "consumer.session.timeout.ms"
 CONSUMER_TIMER_S = 1.0
 HEARTBEAT_INTERVAL = "consumer.heartbeat.interval.ms"
-
-
-@dataclass
-class Heartbeat:
-    """One ConsumerGroupHeartbeat, as the member sent it (None: not sent, unchanged)."""
-
-    group_id: str
-    member_id: str
-    member_epoch: int
-    instance_id: str | None = None
-    rack_id: str | None = None
-    rebalance_timeout_ms: int = -1
-    subscribed_topic_names: list[str] | None = None
-    subscribed_topic_regex: str | None = None
-    server_assignor: str | None = None
-    owned: Assignment | None = None
-    client_id: str = ""
-    client_host: str = ""
-
-
-@dataclass
-class HeartbeatResult:
-    error: ErrorCode = ErrorCode.none
-    message: str = ""
-    member_id: str = ""
-    member_epoch: int = 0
-    heartbeat_interval_ms: int = 0
-    assignment: Assignment | None = None  # None: unchanged, not sent
 
 
 class ConsumerCoordination:
@@ -139,6 +110,7 @@ class ConsumerCoordination:
                 self._saved_text = text
 
     def _heartbeat(self, beat: Heartbeat, now: float) -> HeartbeatResult:
+        check_heartbeat(beat)
         if not valid_group_id(beat.group_id):
             raise HeartbeatError(ErrorCode.invalid_group_id, "invalid group id")
         group = self._consumer_group(beat.group_id, create=beat.member_epoch == cg.JOIN)
@@ -190,15 +162,6 @@ class ConsumerCoordination:
         return group
 
     def _join(self, group: ConsumerGroup, beat: Heartbeat, now: float) -> ConsumerMember:
-        if beat.subscribed_topic_names is None and beat.subscribed_topic_regex is None:
-            raise HeartbeatError(ErrorCode.invalid_request,
-                                 "SubscribedTopicNames must be set in first request")
-        if beat.rebalance_timeout_ms <= 0:
-            raise HeartbeatError(ErrorCode.invalid_request,
-                                 "RebalanceTimeoutMs must be provided in first request")
-        if beat.owned:
-            raise HeartbeatError(ErrorCode.invalid_request,
-                                 "TopicPartitions must be empty when (re-)joining")
         member_id = beat.member_id or str(uuid.uuid4())
         previous = None
         if beat.instance_id is not None:
@@ -255,20 +218,12 @@ class ConsumerCoordination:
                 now: float) -> None:
         before = (member.subscribed_topic_names, member.subscribed_topic_regex,
                   member.server_assignor)
+        # Sizes, the regex and the assignor were checked by check_heartbeat.
         if beat.subscribed_topic_names is not None:
-            if len(beat.subscribed_topic_names) > cg.MAX_SUBSCRIBED_TOPICS:
-                raise HeartbeatError(ErrorCode.invalid_request,
-                                     f"more than {cg.MAX_SUBSCRIBED_TOPICS} topics")
             member.subscribed_topic_names = tuple(sorted(set(beat.subscribed_topic_names)))
         if beat.subscribed_topic_regex is not None:
-            if beat.subscribed_topic_regex:
-                cg.check_regex(beat.subscribed_topic_regex)
             member.subscribed_topic_regex = beat.subscribed_topic_regex or None
         if beat.server_assignor is not None:
-            if beat.server_assignor not in cg.ASSIGNORS:
-                raise HeartbeatError(ErrorCode.unsupported_assignor,
-                                     f"unknown server assignor {beat.server_assignor!r}; "
-                                     f"this broker has {list(cg.ASSIGNORS)}")
             member.server_assignor = beat.server_assignor
         for name in ("instance_id", "rack_id"):
             if getattr(beat, name) is not None:
@@ -277,9 +232,6 @@ class ConsumerCoordination:
             member.rebalance_timeout_ms = beat.rebalance_timeout_ms
         member.client_id, member.client_host = beat.client_id, beat.client_host
         if beat.owned is not None:
-            if sum(len(p) for p in beat.owned.values()) > cg.MAX_ASSIGNED_PARTITIONS:
-                raise HeartbeatError(ErrorCode.invalid_request,
-                                     f"more than {cg.MAX_ASSIGNED_PARTITIONS} owned partitions")
             member.owned = beat.owned
         member.session_deadline = now + self.group_config(group.group_id,
                                                           SESSION_TIMEOUT) / 1000

@@ -39,8 +39,10 @@ def join(c: Coordination, member_id: str = "", *, instance_id: str | None = None
                                   server_assignor=assignor, owned={}), now)
 
 
-def beat(c: Coordination, member_id: str, epoch: int, owned=None, now: float = 0.0):
-    return c._heartbeat(Heartbeat("g", member_id, epoch, owned=owned), now)
+def beat(c: Coordination, member_id: str, epoch: int, owned=None, now: float = 0.0,
+         instance_id: str | None = None):
+    return c._heartbeat(Heartbeat("g", member_id, epoch, owned=owned,
+                                  instance_id=instance_id), now)
 
 
 def count(assignment) -> int:
@@ -98,15 +100,32 @@ def test_wrong_epochs_and_unknown_members_are_refused():
      ErrorCode.invalid_regular_expression),
     ({"rebalance_timeout_ms": -1}, ErrorCode.invalid_request),
     ({"subscribed_topic_names": None}, ErrorCode.invalid_request),
-    ({"owned": {T1: frozenset(range(cg.MAX_ASSIGNED_PARTITIONS + 1))}},
-     ErrorCode.invalid_request),
+    ({"owned": {T1: frozenset({0})}}, ErrorCode.invalid_request),  # must join owning none
+    ({"owned": None}, ErrorCode.invalid_request),
+    ({"subscribed_topic_names": []}, ErrorCode.invalid_request),
+    ({"instance_id": ""}, ErrorCode.invalid_request),
+    ({"member_epoch": -3}, ErrorCode.invalid_request),
+    ({"member_epoch": 4}, ErrorCode.invalid_request),  # no member id
+    ({"member_epoch": -2, "member_id": "m"}, ErrorCode.invalid_request),  # no instance id
 ])
 def test_bad_joins_get_kafkas_errors(beat_args, code):
     c = Coordination({"t": (T1, 2)})
-    fields = {"rebalance_timeout_ms": 1000, "subscribed_topic_names": ["t"], **beat_args}
+    fields = {"member_id": "", "member_epoch": 0, "rebalance_timeout_ms": 1000,
+              "subscribed_topic_names": ["t"], "owned": {}, **beat_args}
+    c.groups["g"] = Group("g", state=State.EMPTY)
     with pytest.raises(HeartbeatError) as refused:
-        c._heartbeat(Heartbeat("g", "", 0, **fields), 0.0)
+        c._heartbeat(Heartbeat("g", **fields), 0.0)
     assert refused.value.code == code
+    assert "g" in c.groups and "g" not in c.consumer_groups  # nothing converted
+
+
+def test_owned_partitions_are_bounded():
+    c = Coordination({"t": (T1, 2)})
+    first = join(c)
+    with pytest.raises(HeartbeatError) as refused:
+        beat(c, first.member_id, first.member_epoch,
+             owned={T1: frozenset(range(cg.MAX_ASSIGNED_PARTITIONS + 1))})
+    assert refused.value.code == ErrorCode.invalid_request
 
 
 def test_a_static_member_keeps_its_partitions_across_a_restart():
@@ -116,7 +135,7 @@ def test_a_static_member_keeps_its_partitions_across_a_restart():
     with pytest.raises(HeartbeatError) as in_use:
         join(c, "other", instance_id="i1")
     assert in_use.value.code == ErrorCode.unreleased_instance_id
-    left = beat(c, first.member_id, cg.LEAVE_STATIC)
+    left = beat(c, first.member_id, cg.LEAVE_STATIC, instance_id="i1")
     assert left.member_epoch == cg.LEAVE_STATIC
     back = join(c, "new-id", instance_id="i1")
     assert back.member_id == "new-id" and back.member_epoch == first.member_epoch
@@ -139,7 +158,7 @@ def test_sessions_expire_and_classic_groups_coexist():
     c = Coordination({"t": (T1, 2)})
     c.groups["classic"] = Group("classic", state=State.EMPTY)
     converted = c._heartbeat(Heartbeat("classic", "", 0, rebalance_timeout_ms=1000,
-                                       subscribed_topic_names=["t"]), 0.0)
+                                       subscribed_topic_names=["t"], owned={}), 0.0)
     assert converted.error == ErrorCode.none and "classic" not in c.groups
     assert c.join_refused("classic")  # it has a member now
     busy = Group("busy", state=State.STABLE)
@@ -147,7 +166,7 @@ def test_sessions_expire_and_classic_groups_coexist():
     c.groups["busy"] = busy
     with pytest.raises(HeartbeatError) as refused:
         c._heartbeat(Heartbeat("busy", "", 0, rebalance_timeout_ms=1000,
-                               subscribed_topic_names=["t"]), 0.0)
+                               subscribed_topic_names=["t"], owned={}), 0.0)
     assert refused.value.code == ErrorCode.group_id_not_found
     import trio
 
