@@ -45,7 +45,7 @@ class ConsumerCoordination:
     consumer_groups: dict[str, ConsumerGroup]
     consumer_state_path: Path | None  # None: kept in memory only (tests)
     _consumer_save_lock: trio.Lock
-    _saved_text: str
+    _consumer_unsaved: bool  # a write failed: the next save writes whatever changed
     _group_texts: dict[str, str]  # each group's encoded state, as last saved or loaded
     # Every topic: name -> (topic id, partition count).
     topics: Callable[[], dict[str, tuple[uuid.UUID, int]]]
@@ -67,26 +67,49 @@ class ConsumerCoordination:
     def load_consumer_groups(self) -> None:
         if self.consumer_state_path is None or not self.consumer_state_path.exists():
             return
-        state = json.loads(self.consumer_state_path.read_text())
+        path = self.consumer_state_path
+        try:
+            state = json.loads(path.read_text())
+            if not isinstance(state, dict):
+                raise ValueError("not an object")
+        except (OSError, ValueError) as exc:
+            # Damaged (it is replaced atomically, so only by hand): kept aside for a person
+            # to look at; the broker starts, members rejoin, committed offsets are elsewhere.
+            log.error("consumer group state unreadable, set aside", extra={
+                "path": str(path), "error": str(exc)})
+            path.replace(path.with_name(path.name + ".damaged"))
+            return
         now = trio.current_time()
         for group_id, value in state.items():
             session_s = self.group_config(group_id, SESSION_TIMEOUT) / 1000
-            self.consumer_groups[group_id] = cg.group_from_json(group_id, value, now, session_s)
+            try:
+                self.consumer_groups[group_id] = cg.group_from_json(group_id, value, now,
+                                                                    session_s)
+            except (KeyError, ValueError, TypeError, AttributeError) as exc:
+                log.error("consumer group state skipped", extra={
+                    "group": group_id, "error": repr(exc)})
         self._refresh_texts(None)
-        self._saved_text = self._file_text()
 
-    def _refresh_texts(self, group_id: str | None) -> None:
-        """Re-encode one group (a heartbeat touches one), or every group (None)."""
+    def _refresh_texts(self, group_id: str | None) -> bool:
+        """Re-encode one group (a heartbeat touches one), or every group (None); whether
+        any encoding changed."""
+        changed = False
         names = list(self.consumer_groups) if group_id is None else [group_id]
         for name in names:
             group = self.consumer_groups.get(name)
-            if group is None:
-                self._group_texts.pop(name, None)
-            else:
-                self._group_texts[name] = json.dumps(cg.group_to_json(group), sort_keys=True,
-                                                     separators=(",", ":"))
-        for gone in set(self._group_texts) - set(self.consumer_groups):
-            del self._group_texts[gone]
+            text = None if group is None else json.dumps(
+                cg.group_to_json(group), sort_keys=True, separators=(",", ":"))
+            if self._group_texts.get(name) != text:
+                changed = True
+                if text is None:
+                    del self._group_texts[name]
+                else:
+                    self._group_texts[name] = text
+        if group_id is None:
+            for gone in set(self._group_texts) - set(self.consumer_groups):
+                del self._group_texts[gone]
+                changed = True
+        return changed
 
     def _file_text(self) -> str:
         return "{" + ",".join(f"{json.dumps(g)}:{text}"
@@ -95,19 +118,20 @@ class ConsumerCoordination:
     async def save_consumer_groups(self, group_id: str | None = None) -> None:
         """Write the groups' state if it changed (one write at a time, shielded: a caller
         that gives up must not leave memory ahead of the disk). A heartbeat re-encodes only
-        its own group, so its cost does not grow with the number of groups."""
+        its own group, and writes only when that changed (most heartbeats change nothing
+        durable: deadlines are not kept)."""
         if self.consumer_state_path is None:
             return
         with trio.CancelScope(shield=True):
             async with self._consumer_save_lock:
-                self._refresh_texts(group_id)
-                text = self._file_text()
-                if text == self._saved_text:
+                if not self._refresh_texts(group_id) and not self._consumer_unsaved:
                     return
+                self._consumer_unsaved = True
+                text = self._file_text()
                 path = self.consumer_state_path
                 await trio.to_thread.run_sync(
                     lambda: replace_file(path, text, durable=True))
-                self._saved_text = text
+                self._consumer_unsaved = False
 
     def _heartbeat(self, beat: Heartbeat, now: float) -> HeartbeatResult:
         check_heartbeat(beat)

@@ -220,3 +220,34 @@ def test_no_partition_is_ever_owned_twice_and_the_group_settles(steps, assignor)
         assert sorted(owned) == sorted(every)
         assert group is not None and group.state == "Stable"
         assert all(m.state == MemberState.STABLE for m in group.members.values())
+
+
+def test_the_state_file_survives_a_restart_and_damage(tmp_path):
+    import trio
+
+    path = tmp_path / "consumer-groups.json"
+
+    async def run() -> None:
+        c = Coordination({"t": (T1, 2)})
+        c.consumer_state_path = path
+        c._consumer_save_lock = trio.Lock()
+        c._consumer_unsaved = False
+        c._group_texts = {}
+        first = await c.consumer_heartbeat(Heartbeat(
+            "g", "", 0, rebalance_timeout_ms=1000, subscribed_topic_names=["t"], owned={}))
+        again = Coordination({"t": (T1, 2)})
+        again.consumer_state_path, again._group_texts = path, {}
+        again.load_consumer_groups()
+        member = again.consumer_groups["g"].members[first.member_id]
+        assert member.member_epoch == first.member_epoch
+        assert member.assigned == first.assignment
+        path.write_text('{"g": {"group_epoch": "x"}, "h": 1}')
+        damaged = Coordination({"t": (T1, 2)})
+        damaged.consumer_state_path, damaged._group_texts = path, {}
+        damaged.load_consumer_groups()  # each damaged group skipped, the broker starts
+        assert damaged.consumer_groups == {}
+        path.write_text("{not json")
+        damaged.load_consumer_groups()
+        assert not path.exists() and path.with_name(path.name + ".damaged").exists()
+
+    trio.run(run)
