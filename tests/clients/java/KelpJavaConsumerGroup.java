@@ -19,7 +19,13 @@ public class KelpJavaConsumerGroup {
     }
 
     static KafkaConsumer<String, String> member(String bootstrap, String group, String name) {
+        return member(bootstrap, group, name, null);
+    }
+
+    static KafkaConsumer<String, String> member(String bootstrap, String group, String name,
+                                                String assignor) {
         Properties props = new Properties();
+        if (assignor != null) props.put("group.remote.assignor", assignor);
         props.put("bootstrap.servers", bootstrap);
         props.put("group.id", group);
         props.put("group.protocol", "consumer");
@@ -109,6 +115,52 @@ public class KelpJavaConsumerGroup {
             second.poll(Duration.ofMillis(100));
         check(second.assignment().size() == 4, "after leave " + second.assignment());
         second.close();
+
+        // A new member of the group resumes from the commits: wave c only, none again.
+        KafkaConsumer<String, String> third = member(bootstrap, group, "third");
+        third.subscribe(List.of(topic));
+        produce(bootstrap, topic, "c", 100);
+        drain(List.of(third), wave("c", 100), seen);
+        for (int i = 0; i < 10; i++)
+            for (ConsumerRecord<String, String> r : third.poll(Duration.ofMillis(100)))
+                check(seen.add(r.value()), "consumed twice after restart: " + r.value());
+
+        try (Admin admin = Admin.create(adminProps)) {
+            boolean listed = false;
+            for (ConsumerGroupListing g : admin.listConsumerGroups().all().get(30, TimeUnit.SECONDS))
+                if (g.groupId().equals(group)) {
+                    listed = true;
+                    check(g.type().equals(Optional.of(GroupType.CONSUMER)), "listed " + g);
+                }
+            check(listed, "group not listed");
+        }
+        third.close();
+
+        // The range assignor, asked for by the members: contiguous halves in partition order.
+        String ranged = topic + "-range";
+        List<KafkaConsumer<String, String>> pair = new ArrayList<>();
+        for (String name : List.of("r1", "r2")) {
+            KafkaConsumer<String, String> m = member(bootstrap, ranged, name, "range");
+            m.subscribe(List.of(topic));
+            pair.add(m);
+        }
+        deadline = System.currentTimeMillis() + 30_000;
+        while (System.currentTimeMillis() < deadline
+               && (pair.get(0).assignment().size() != 2 || pair.get(1).assignment().size() != 2))
+            for (KafkaConsumer<String, String> m : pair) m.poll(Duration.ofMillis(100));
+        Set<Set<Integer>> halves = new HashSet<>();
+        for (KafkaConsumer<String, String> m : pair) {
+            Set<Integer> parts = new TreeSet<>();
+            for (TopicPartition tp : m.assignment()) parts.add(tp.partition());
+            halves.add(parts);
+        }
+        check(halves.equals(Set.of(Set.of(0, 1), Set.of(2, 3))), "range gave " + halves);
+        try (Admin admin = Admin.create(adminProps)) {
+            ConsumerGroupDescription d = admin.describeConsumerGroups(List.of(ranged))
+                .all().get(30, TimeUnit.SECONDS).get(ranged);
+            check(d.partitionAssignor().equals("range"), "assignor " + d.partitionAssignor());
+        }
+        for (KafkaConsumer<String, String> m : pair) m.close();
         System.out.println("OK consumer-group consumed=" + seen.size());
     }
 }
