@@ -31,6 +31,8 @@ from broker.consumer_group import (
 )
 from broker.consumer_heartbeat import Heartbeat, HeartbeatResult, check_heartbeat
 from broker.group_state import Group, State, valid_group_id
+from broker.log import now_ms
+from broker.offsets import OffsetStore
 from kelp.files import replace_file
 
 log = logging.getLogger("kelp.broker.groups")
@@ -51,6 +53,8 @@ class ConsumerCoordination:
     topics: Callable[[], dict[str, tuple[uuid.UUID, int]]]
     # A group config's value for a group (its override, else the broker's).
     group_config: Callable[[str, str], int]
+    store: OffsetStore
+    offsets_retention_ms: int
 
     async def consumer_heartbeat(self, beat: Heartbeat) -> HeartbeatResult:
         try:
@@ -83,11 +87,18 @@ class ConsumerCoordination:
         for group_id, value in state.items():
             session_s = self.group_config(group_id, SESSION_TIMEOUT) / 1000
             try:
-                self.consumer_groups[group_id] = cg.group_from_json(group_id, value, now,
-                                                                    session_s)
+                group = cg.group_from_json(group_id, value, now, session_s)
             except (KeyError, ValueError, TypeError, AttributeError) as exc:
                 log.error("consumer group state skipped", extra={
                     "group": group_id, "error": repr(exc)})
+                continue
+            group.empty_since_ms = now_ms()
+            self.consumer_groups[group_id] = group
+            # Every group with offsets was made an Empty classic group before this; a group
+            # id is one kind at a time.
+            classic = self.groups.get(group_id)
+            if classic is not None and not classic.members:
+                del self.groups[group_id]
         self._refresh_texts(None)
 
     def _refresh_texts(self, group_id: str | None) -> bool:
@@ -286,6 +297,8 @@ class ConsumerCoordination:
         group.members.pop(member.member_id, None)
         group.target.pop(member.member_id, None)
         group.group_epoch += 1
+        if not group.members:
+            group.empty_since_ms = now_ms()
         log.info("consumer group member removed", extra={
             "group": group.group_id, "member": member.member_id, "reason": why})
 
@@ -310,6 +323,22 @@ class ConsumerCoordination:
                                         "rebalance timeout")
                     expired = True
             if expired:
+                await self.save_consumer_groups(group.group_id)
+
+    async def expire_empty_consumer_groups(self) -> None:
+        """As Kafka's offset retention: a consumer group empty for offsets.retention.minutes
+        loses its offsets, and an empty one without offsets is gone (its id free for either
+        kind again)."""
+        horizon = now_ms() - self.offsets_retention_ms
+        for group in list(self.consumer_groups.values()):
+            if group.members:
+                continue
+            offsets = self.store.get(group.group_id)
+            if offsets and group.empty_since_ms < horizon:
+                await self.store.write(group.group_id, dict.fromkeys(offsets))
+                offsets = {}
+            if not offsets and self.consumer_groups.get(group.group_id) is group:
+                del self.consumer_groups[group.group_id]
                 await self.save_consumer_groups(group.group_id)
 
     def consumer_commit_error(self, group_id: str, member_id: str,

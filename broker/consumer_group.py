@@ -79,6 +79,7 @@ class ConsumerGroup:
     target: dict[str, Assignment] = field(default_factory=dict)
     # The subscribed topics' (id, partition count) the target was computed from.
     metadata: dict[str, tuple[uuid.UUID, int]] = field(default_factory=dict)
+    empty_since_ms: int = 0  # wall clock, for offset retention; a restart starts it again
 
     @property
     def state(self) -> str:

@@ -121,6 +121,7 @@ class Coordinator(ConsumerCoordination, GroupOffsets):
 
     async def _on_timers(self, now: float) -> None:
         await self.expire_consumer_members(now)
+        await self.expire_empty_consumer_groups()
         for group in list(self.groups.values()):
             for member_id in [m for m, deadline in group.pending.items() if deadline <= now]:
                 del group.pending[member_id]  # handed out by MEMBER_ID_REQUIRED, never used

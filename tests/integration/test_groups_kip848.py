@@ -84,6 +84,8 @@ def test_a_group_survives_a_broker_restart(kip848_cluster: Cluster, topic_name: 
         produced |= produce_wave(bootstrap, topic_name, "b", 40)
         wait_consumed(ledger, produced)
         assert_unique_owners(wait_stable(ledger, members))
+        # Its offsets made it an Empty classic group at start-up too; it is one kind only.
+        assert _list_groups(kip848_cluster)[group][0] == "consumer"
         stop_all(members)
         members = []
         assert_exactly_once(ledger, produced)
@@ -96,6 +98,8 @@ def _list_groups(cluster: Cluster, types: tuple[str, ...] = ()
     request_type = load_request_schema(16, 5)
     response = request_once(cluster.bootstrap,
                             request_type(states_filter=(), types_filter=types))
+    ids = [g.group_id for g in response.groups]
+    assert len(ids) == len(set(ids)), f"a group listed twice: {ids}"  # one kind at a time
     return {g.group_id: (g.group_type, g.group_state) for g in response.groups}
 
 

@@ -251,3 +251,30 @@ def test_the_state_file_survives_a_restart_and_damage(tmp_path):
         assert not path.exists() and path.with_name(path.name + ".damaged").exists()
 
     trio.run(run)
+
+
+def test_empty_groups_lose_offsets_after_retention_then_go():
+    import trio
+
+    class Store:
+        def __init__(self) -> None:
+            self.groups = {"g": {("t", 0): 5}}
+
+        def get(self, group_id):
+            return self.groups.get(group_id, {})
+
+        async def write(self, group_id, changes):
+            for where, value in changes.items():
+                if value is None:
+                    self.groups.get(group_id, {}).pop(where, None)
+
+    c = Coordination({"t": (T1, 1)})
+    c.store, c.offsets_retention_ms = Store(), 60_000
+    first = join(c)
+    beat(c, first.member_id, cg.LEAVE)
+    group = c.consumer_groups["g"]
+    trio.run(c.expire_empty_consumer_groups)
+    assert "g" in c.consumer_groups and c.store.get("g")  # empty, but within retention
+    group.empty_since_ms -= 61_000
+    trio.run(c.expire_empty_consumer_groups)
+    assert "g" not in c.consumer_groups and not c.store.get("g")
