@@ -47,7 +47,11 @@ class ConsumerCoordination:
     consumer_groups: dict[str, ConsumerGroup]
     consumer_state_path: Path | None  # None: kept in memory only (tests)
     _consumer_save_lock: trio.Lock
-    _consumer_unsaved: bool  # a write failed: the next save writes whatever changed
+    # Versions of the encoded state: changed in memory, and durable on disk. A write covers
+    # every change made before it, so heartbeats queued behind one write need none of their
+    # own (and a failed write leaves the versions apart: the next save retries).
+    _texts_version: int
+    _written_version: int
     _group_texts: dict[str, str]  # each group's encoded state, as last saved or loaded
     # Every topic: name -> (topic id, partition count).
     topics: Callable[[], dict[str, tuple[uuid.UUID, int]]]
@@ -133,16 +137,18 @@ class ConsumerCoordination:
         durable: deadlines are not kept)."""
         if self.consumer_state_path is None:
             return
+        if self._refresh_texts(group_id):  # at once: the state as this caller left it
+            self._texts_version += 1
+        wanted = self._texts_version
         with trio.CancelScope(shield=True):
             async with self._consumer_save_lock:
-                if not self._refresh_texts(group_id) and not self._consumer_unsaved:
-                    return
-                self._consumer_unsaved = True
-                text = self._file_text()
+                if self._written_version >= wanted:
+                    return  # written by a save that started after this change
+                version, text = self._texts_version, self._file_text()
                 path = self.consumer_state_path
                 await trio.to_thread.run_sync(
                     lambda: replace_file(path, text, durable=True))
-                self._consumer_unsaved = False
+                self._written_version = version
 
     def _heartbeat(self, beat: Heartbeat, now: float) -> HeartbeatResult:
         check_heartbeat(beat)

@@ -78,7 +78,7 @@ class Coordinator(ConsumerCoordination, GroupOffsets):
         self.store = store
         self.consumer_state_path = consumer_state_path
         self._consumer_save_lock = trio.Lock()
-        self._consumer_unsaved = False
+        self._texts_version = self._written_version = 0
         self._group_texts: dict[str, str] = {}
         # KIP-848 consumer groups (broker.consumer_coordinator): every topic's id and size,
         # and the group configs (consumer.session.timeout.ms, ...).

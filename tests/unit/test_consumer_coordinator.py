@@ -231,7 +231,7 @@ def test_the_state_file_survives_a_restart_and_damage(tmp_path):
         c = Coordination({"t": (T1, 2)})
         c.consumer_state_path = path
         c._consumer_save_lock = trio.Lock()
-        c._consumer_unsaved = False
+        c._texts_version = c._written_version = 0
         c._group_texts = {}
         first = await c.consumer_heartbeat(Heartbeat(
             "g", "", 0, rebalance_timeout_ms=1000, subscribed_topic_names=["t"], owned={}))
