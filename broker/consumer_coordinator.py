@@ -40,6 +40,7 @@ log = logging.getLogger("kelp.broker.groups")
 SESSION_TIMEOUT = "consumer.session.timeout.ms"
 CONSUMER_TIMER_S = 1.0
 HEARTBEAT_INTERVAL = "consumer.heartbeat.interval.ms"
+EMPTY_GROUP_CHECK_MS = 600_000  # Kafka's offsets.retention.check.interval.ms default
 
 
 class ConsumerCoordination:
@@ -334,7 +335,8 @@ class ConsumerCoordination:
     async def expire_empty_consumer_groups(self) -> None:
         """As Kafka's offset retention: a consumer group empty for offsets.retention.minutes
         loses its offsets, and an empty one without offsets is gone (its id free for either
-        kind again)."""
+        kind again) after Kafka's offsets.retention.check.interval.ms (until then DeleteGroups
+        still finds it)."""
         horizon = now_ms() - self.offsets_retention_ms
         for group in list(self.consumer_groups.values()):
             if group.members:
@@ -343,7 +345,8 @@ class ConsumerCoordination:
             if offsets and group.empty_since_ms < horizon:
                 await self.store.write(group.group_id, dict.fromkeys(offsets))
                 offsets = {}
-            if not offsets and self.consumer_groups.get(group.group_id) is group:
+            if (not offsets and group.empty_since_ms < now_ms() - EMPTY_GROUP_CHECK_MS
+                    and self.consumer_groups.get(group.group_id) is group):
                 del self.consumer_groups[group.group_id]
                 await self.save_consumer_groups(group.group_id)
 
@@ -375,6 +378,15 @@ class ConsumerCoordination:
         if member_epoch != member.member_epoch:
             return ErrorCode.stale_member_epoch
         return ErrorCode.none
+
+    def consumer_subscribed_topics(self, group_id: str) -> set[str] | None:
+        """The topics a consumer group's members subscribe to (OffsetDelete refuses those:
+        GROUP_SUBSCRIBED_TO_TOPIC); None: not a consumer group."""
+        group = self.consumer_groups.get(group_id)
+        if group is None:
+            return None
+        every = self.topics()
+        return {t for m in group.members.values() for t in cg.subscribed(m, every)}
 
     def join_refused(self, group_id: str) -> bool:
         """A classic JoinGroup to a consumer group with members (INCONSISTENT_GROUP_PROTOCOL).

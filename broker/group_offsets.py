@@ -45,6 +45,9 @@ class GroupOffsets:
                               member_epoch: int) -> ErrorCode | None:
         raise NotImplementedError  # broker.consumer_coordinator's
 
+    def consumer_subscribed_topics(self, group_id: str) -> set[str] | None:
+        raise NotImplementedError  # broker.consumer_coordinator's
+
     async def commit(self, group_id: str, generation: int, member_id: str,
                      instance_id: str | None,
                      offsets: dict[TopicPartition, Committed]
@@ -101,9 +104,11 @@ class GroupOffsets:
     async def delete_offsets(self, group_id: str, wanted: list[TopicPartition]
                              ) -> tuple[ErrorCode, dict[TopicPartition, ErrorCode]]:
         group = self.groups.get(group_id)
-        if group is None or group.state == State.DEAD:
-            return ErrorCode.group_id_not_found, {}
-        subscribed = subscribed_topics(group)
+        subscribed = self.consumer_subscribed_topics(group_id)  # a KIP-848 group's
+        if subscribed is None:
+            if group is None or group.state == State.DEAD:
+                return ErrorCode.group_id_not_found, {}
+            subscribed = subscribed_topics(group)
         results = {w: (ErrorCode.group_subscribed_to_topic if w[0] in subscribed
                        else ErrorCode.none) for w in wanted}
         await self.store.write(group_id, {w: None for w, code in results.items()

@@ -209,6 +209,15 @@ def _delete(cluster: Cluster, group: str) -> ErrorCode:
         .error_code
 
 
+def _offset_delete(cluster: Cluster, group: str, topic: str) -> ErrorCode:
+    request_type = load_request_schema(47, 0)
+    module = sys.modules[request_type.__module__]
+    response = request_once(cluster.bootstrap, request_type(group_id=group, topics=(
+        module.OffsetDeleteRequestTopic(name=topic, partitions=(
+            module.OffsetDeleteRequestPartition(partition_index=0),)),)))
+    return response.error_code or response.topics[0].partitions[0].error_code
+
+
 def test_offsets_check_member_epochs_and_static_members_come_back(kip848_cluster: Cluster,
                                                                   topic_name: str) -> None:
     create_topic(kip848_cluster.bootstrap, topic_name)
@@ -228,6 +237,8 @@ def test_offsets_check_member_epochs_and_static_members_come_back(kip848_cluster
     assert _list_groups(kip848_cluster, ("classic",)).get(group) is None
     assert _list_groups(kip848_cluster, ("consumer",))[group][0] == "consumer"
     assert _delete(kip848_cluster, group) == ErrorCode.non_empty_group
+    assert _offset_delete(kip848_cluster, group, topic_name) \
+        == ErrorCode.group_subscribed_to_topic
     # A static member leaving for a restart (-2) keeps its partitions; back under a new id
     # with the same instance id, it has them again at the same epoch, without a rebalance.
     another = _heartbeat(kip848_cluster, group_id=group, instance_id="static-1",
@@ -244,6 +255,8 @@ def test_offsets_check_member_epochs_and_static_members_come_back(kip848_cluster
         == sorted(p for t in member.assignment.topic_partitions for p in t.partitions)
     gone = _heartbeat(kip848_cluster, group_id=group, member_id="restarted", member_epoch=-1)
     assert gone.error_code == ErrorCode.none
+    assert _offset_delete(kip848_cluster, group, topic_name) == ErrorCode.none  # no members
+    assert _fetch(kip848_cluster, group, topic_name, None, -1) == (ErrorCode.none, -1)
     assert _delete(kip848_cluster, group) == ErrorCode.none
     assert _fetch(kip848_cluster, group, topic_name, None, -1) == (ErrorCode.none, -1)
     assert group not in _list_groups(kip848_cluster)

@@ -277,4 +277,7 @@ def test_empty_groups_lose_offsets_after_retention_then_go():
     assert "g" in c.consumer_groups and c.store.get("g")  # empty, but within retention
     group.empty_since_ms -= 61_000
     trio.run(c.expire_empty_consumer_groups)
-    assert "g" not in c.consumer_groups and not c.store.get("g")
+    assert "g" in c.consumer_groups and not c.store.get("g")  # offsets gone, group listed
+    group.empty_since_ms -= 600_000
+    trio.run(c.expire_empty_consumer_groups)
+    assert "g" not in c.consumer_groups
