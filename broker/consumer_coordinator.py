@@ -5,19 +5,15 @@ the member-epoch check of offset commits, and coexistence with classic groups.
 Mixed into ``broker.groups.Coordinator``. A group id is one kind at a time, as in Kafka: a
 heartbeat to a classic group with members is refused (GROUP_ID_NOT_FOUND), to an empty one
 converts it; a JoinGroup to a consumer group with members is INCONSISTENT_GROUP_PROTOCOL.
-Groups, members, epochs and assignments are kept in ``<data>/consumer-groups.json`` (written
-before a member is told anything), so a broker restart loses none of them: members carry on
-with their epochs, and a partition is never given to one member while another still owns it.
+Groups, members, epochs and assignments are kept by ``broker.consumer_group_store``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 
 import trio
 from kio.schema.errors import ErrorCode
@@ -29,31 +25,22 @@ from broker.consumer_group import (
     HeartbeatError,
     MemberState,
 )
+from broker.consumer_group_store import SESSION_TIMEOUT, ConsumerGroupStore
 from broker.consumer_heartbeat import Heartbeat, HeartbeatResult, check_heartbeat
 from broker.group_state import Group, State, valid_group_id
 from broker.log import now_ms
 from broker.offsets import OffsetStore
-from kelp.files import replace_file
 
 log = logging.getLogger("kelp.broker.groups")
 
-SESSION_TIMEOUT = "consumer.session.timeout.ms"
 CONSUMER_TIMER_S = 1.0
 HEARTBEAT_INTERVAL = "consumer.heartbeat.interval.ms"
 EMPTY_GROUP_CHECK_MS = 600_000  # Kafka's offsets.retention.check.interval.ms default
 
 
-class ConsumerCoordination:
+class ConsumerCoordination(ConsumerGroupStore):
     groups: dict[str, Group]
     consumer_groups: dict[str, ConsumerGroup]
-    consumer_state_path: Path | None  # None: kept in memory only (tests)
-    _consumer_save_lock: trio.Lock
-    # Versions of the encoded state: changed in memory, and durable on disk. A write covers
-    # every change made before it, so heartbeats queued behind one write need none of their
-    # own (and a failed write leaves the versions apart: the next save retries).
-    _texts_version: int
-    _written_version: int
-    _group_texts: dict[str, str]  # each group's encoded state, as last saved or loaded
     # Every topic: name -> (topic id, partition count).
     topics: Callable[[], dict[str, tuple[uuid.UUID, int]]]
     # A group config's value for a group (its override, else the broker's).
@@ -70,86 +57,6 @@ class ConsumerCoordination:
         # owns (and give it to another).
         await self.save_consumer_groups(beat.group_id)
         return result
-
-    # -- durable state --------------------------------------------------------------------
-
-    def load_consumer_groups(self) -> None:
-        if self.consumer_state_path is None or not self.consumer_state_path.exists():
-            return
-        path = self.consumer_state_path
-        try:
-            state = json.loads(path.read_text())
-            if not isinstance(state, dict):
-                raise ValueError("not an object")
-        except (OSError, ValueError) as exc:
-            # Damaged (it is replaced atomically, so only by hand): kept aside for a person
-            # to look at; the broker starts, members rejoin, committed offsets are elsewhere.
-            log.error("consumer group state unreadable, set aside", extra={
-                "path": str(path), "error": str(exc)})
-            path.replace(path.with_name(path.name + ".damaged"))
-            return
-        now = trio.current_time()
-        for group_id, value in state.items():
-            session_s = self.group_config(group_id, SESSION_TIMEOUT) / 1000
-            try:
-                group = cg.group_from_json(group_id, value, now, session_s)
-            except (KeyError, ValueError, TypeError, AttributeError) as exc:
-                log.error("consumer group state skipped", extra={
-                    "group": group_id, "error": repr(exc)})
-                continue
-            group.empty_since_ms = now_ms()
-            self.consumer_groups[group_id] = group
-            # Every group with offsets was made an Empty classic group before this; a group
-            # id is one kind at a time.
-            classic = self.groups.get(group_id)
-            if classic is not None and not classic.members:
-                del self.groups[group_id]
-        self._refresh_texts(None)
-
-    def _refresh_texts(self, group_id: str | None) -> bool:
-        """Re-encode one group (a heartbeat touches one), or every group (None); whether
-        any encoding changed."""
-        changed = False
-        names = list(self.consumer_groups) if group_id is None else [group_id]
-        for name in names:
-            group = self.consumer_groups.get(name)
-            text = None if group is None else json.dumps(
-                cg.group_to_json(group), sort_keys=True, separators=(",", ":"))
-            if self._group_texts.get(name) != text:
-                changed = True
-                if text is None:
-                    del self._group_texts[name]
-                else:
-                    self._group_texts[name] = text
-        if group_id is None:
-            for gone in set(self._group_texts) - set(self.consumer_groups):
-                del self._group_texts[gone]
-                changed = True
-        return changed
-
-    def _file_text(self) -> str:
-        return "{" + ",".join(f"{json.dumps(g)}:{text}"
-                              for g, text in sorted(self._group_texts.items())) + "}"
-
-    async def save_consumer_groups(self, group_id: str | None = None) -> None:
-        """Write the groups' state if it changed (one write at a time, shielded: a caller
-        that gives up must not leave memory ahead of the disk). A heartbeat re-encodes only
-        its own group, and writes only when that changed (most heartbeats change nothing
-        durable: deadlines are not kept)."""
-        if self.consumer_state_path is None:
-            return
-        if self._refresh_texts(group_id):  # at once: the state as this caller left it
-            self._texts_version += 1
-        wanted = self._texts_version
-        with trio.CancelScope(shield=True):
-            async with self._consumer_save_lock:
-                if self._written_version >= wanted:
-                    return  # written by a save that started after this change
-                version, text = self._texts_version, self._file_text()
-                path = self.consumer_state_path
-                await trio.to_thread.run_sync(
-                    lambda: replace_file(path, text, durable=True))
-                self._written_version = version
 
     def _heartbeat(self, beat: Heartbeat, now: float) -> HeartbeatResult:
         check_heartbeat(beat)
