@@ -152,9 +152,12 @@ class GroupCalls:
         for group_id in dict.fromkeys(r.group_ids):
             group = self._groups.describe_consumer(group_id)
             if group is None:
+                classic = self._groups.groups.get(group_id)
                 out.append(pb.ConsumerGroupDescribeReplyGroup(
                     group_id=group_id, error_code=ErrorCode.group_id_not_found,
-                    error_message=f"Group {group_id} not found.", state="Dead"))
+                    error_message=(f"Group {group_id} is not a consumer group."
+                                   if classic is not None else f"Group {group_id} not found."),
+                    state="Dead"))
                 continue
             out.append(pb.ConsumerGroupDescribeReplyGroup(
                 group_id=group_id, state=group.state, group_epoch=group.group_epoch,

@@ -209,6 +209,12 @@ def _delete(cluster: Cluster, group: str) -> ErrorCode:
         .error_code
 
 
+def _describe(cluster: Cluster, *groups: str):
+    request_type = load_request_schema(69, 0)
+    return request_once(cluster.bootstrap, request_type(
+        group_ids=groups, include_authorized_operations=False)).groups
+
+
 def _offset_delete(cluster: Cluster, group: str, topic: str) -> ErrorCode:
     request_type = load_request_schema(47, 0)
     module = sys.modules[request_type.__module__]
@@ -237,6 +243,13 @@ def test_offsets_check_member_epochs_and_static_members_come_back(kip848_cluster
     assert _list_groups(kip848_cluster, ("classic",)).get(group) is None
     assert _list_groups(kip848_cluster, ("consumer",))[group][0] == "consumer"
     assert _delete(kip848_cluster, group) == ErrorCode.non_empty_group
+    described, unknown = _describe(kip848_cluster, group, f"none-{topic_name}")
+    assert described.error_code == ErrorCode.none and described.assignor_name == "uniform"
+    assert [(m.member_id, m.member_epoch, m.instance_id) for m in described.members] \
+        == [(member_id, epoch, "static-1")]
+    assert {(t.topic_name, p) for t in described.members[0].assignment.topic_partitions
+            for p in t.partitions} == {(topic_name, p) for p in range(6)}
+    assert unknown.error_code == ErrorCode.group_id_not_found
     assert _offset_delete(kip848_cluster, group, topic_name) \
         == ErrorCode.group_subscribed_to_topic
     # A static member leaving for a restart (-2) keeps its partitions; back under a new id
