@@ -202,19 +202,22 @@ def _uniform(wanted: dict[str, list[str]], topics: dict[str, tuple[uuid.UUID, in
     """Spread partitions evenly over the members subscribed to them, keeping a partition
     where it is when that does not unbalance (sticky, so a rebalance moves few)."""
     load = dict.fromkeys(wanted, 0)
-    every = [(topic, topics[topic][0], p) for topic in sorted(topics)
-             for p in range(topics[topic][1])]
     takers_of = {topic: [m for m, names in wanted.items() if topic in names] for topic in topics}
-    # Each member's fair share of what it can take, rounded up.
-    total = len(every)
-    members_with_topics = [m for m in wanted if wanted[m]]
-    fair = -(-total // max(1, len(members_with_topics)))
+    every = [(topic, topics[topic][0], p) for topic in sorted(topics) if takers_of[topic]
+             for p in range(topics[topic][1])]
+    # Each member's quota: an equal share, one more for the first ``extra`` that reach it.
+    # Keeping more than that would leave a newcomer short by two or more.
+    subscribers = [m for m in wanted if wanted[m]]
+    base, extra = divmod(len(every), max(1, len(subscribers)))
     owner_before = {(t, p): m for m, parts in current.items() if m in wanted
                     for t, ps in parts.items() for p in ps}
     unplaced = []
     for topic, topic_id, p in every:
         previous = owner_before.get((topic_id, p))
-        if previous is not None and topic in wanted[previous] and load[previous] < fair:
+        if previous is not None and topic in wanted[previous] and (
+                load[previous] < base or (load[previous] == base and extra > 0)):
+            if load[previous] == base:
+                extra -= 1
             out[previous].setdefault(topic_id, set()).add(p)
             load[previous] += 1
         else:

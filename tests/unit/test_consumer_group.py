@@ -44,6 +44,29 @@ def test_uniform_balances_within_one_when_all_subscribe_alike(count):
     assert max(loads) - min(loads) <= 1
 
 
+@settings(max_examples=200, deadline=None)
+@given(before=st.integers(1, 9), after=st.integers(1, 9), seed=st.randoms())
+def test_uniform_stays_within_one_and_sticky_after_members_change(before, after, seed):
+    old = {f"m{i}": ConsumerMember(f"m{i}", subscribed_topic_names=tuple(TOPICS))
+           for i in range(before)}
+    current = cg.assign(cg.UNIFORM, old, TOPICS, {})
+    # Some members stay, some go, some are new (names shuffled so it is not always a prefix).
+    names = [f"m{i}" for i in range(max(before, after) + 3)]
+    seed.shuffle(names)
+    members = {m: ConsumerMember(m, subscribed_topic_names=tuple(TOPICS))
+               for m in names[:after]}
+    target = cg.assign(cg.UNIFORM, members, TOPICS, current)
+    loads = {m: sum(len(p) for p in target[m].values()) for m in members}
+    assert max(loads.values()) - min(loads.values()) <= 1
+    assert sum(loads.values()) == sum(n for _i, n in TOPICS.values())
+    base = min(loads.values())
+    for m in members:  # a member that stays keeps what it can of what it had
+        kept = sum(len(ps & target[m].get(t, frozenset()))
+                   for t, ps in current.get(m, {}).items())
+        had = sum(len(ps) for ps in current.get(m, {}).values())
+        assert kept >= min(had, base)
+
+
 def _group_of_two() -> tuple[ConsumerGroup, ConsumerMember, ConsumerMember]:
     topics = {"t": (uuid.UUID(int=1), 4)}
     group = ConsumerGroup("g", group_epoch=1, assignment_epoch=1, metadata=topics)
