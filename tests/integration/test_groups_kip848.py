@@ -273,3 +273,37 @@ def test_offsets_check_member_epochs_and_static_members_come_back(kip848_cluster
     assert _delete(kip848_cluster, group) == ErrorCode.none
     assert _fetch(kip848_cluster, group, topic_name, None, -1) == (ErrorCode.none, -1)
     assert group not in _list_groups(kip848_cluster)
+
+
+def test_regex_subscription_and_new_topics_reassign(kip848_cluster: Cluster,
+                                                    topic_name: str) -> None:
+    """librdkafka sends a '^' subscription as SubscribedTopicRegex; a topic created later that
+    matches raises the group epoch and is assigned too (and one that does not, is not)."""
+    bootstrap = kip848_cluster.bootstrap
+    create_topic(bootstrap, f"{topic_name}-one", partitions=2)
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"g-{topic_name}",
+                         "group.protocol": "consumer", "group.remote.assignor": "range"})
+
+    def assigned_topics(wanted: set[str]) -> set[str]:
+        for _ in range(120):
+            consumer.poll(0.25)
+            topics = {tp.topic for tp in consumer.assignment()}
+            if topics == wanted:
+                break
+        return topics
+
+    try:
+        consumer.subscribe([f"^{topic_name}-.*"])
+        assert assigned_topics({f"{topic_name}-one"}) == {f"{topic_name}-one"}
+        create_topic(bootstrap, f"{topic_name}-two", partitions=3)
+        create_topic(bootstrap, f"other-{topic_name}", partitions=1)
+        wanted = {f"{topic_name}-one", f"{topic_name}-two"}
+        assert assigned_topics(wanted) == wanted
+        assert len(consumer.assignment()) == 5
+        (described,) = _describe(kip848_cluster, f"g-{topic_name}")
+        assert described.assignor_name == "range"
+        # librdkafka sends its '^' patterns joined in groups: "(^t-...-.*)".
+        assert f"^{topic_name}-.*" in described.members[0].subscribed_topic_regex
+        assert not described.members[0].subscribed_topic_names
+    finally:
+        consumer.close()
