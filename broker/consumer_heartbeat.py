@@ -39,6 +39,10 @@ class HeartbeatResult:
     assignment: Assignment | None = None  # None: unchanged, not sent
 
 
+MAX_TOPIC_NAME_LENGTH = 249  # Kafka's
+MAX_ID_LENGTH = 255  # an instance or rack id, kept for every member and on disk
+
+
 def check_heartbeat(beat: Heartbeat) -> None:
     """INVALID_REQUEST (or UNSUPPORTED_ASSIGNOR) for what Kafka refuses, with its messages.
     Checked before the group is touched: an invalid join must not convert a classic group."""
@@ -74,6 +78,11 @@ def check_heartbeat(beat: Heartbeat) -> None:
     if (beat.subscribed_topic_names is not None
             and len(beat.subscribed_topic_names) > cg.MAX_SUBSCRIBED_TOPICS):
         raise invalid(f"More than {cg.MAX_SUBSCRIBED_TOPICS} SubscribedTopicNames.")
+    if any(len(name) > MAX_TOPIC_NAME_LENGTH for name in beat.subscribed_topic_names or ()):
+        # No topic can have such a name; kept, it would only cost memory and disk.
+        raise invalid(f"A SubscribedTopicNames entry is longer than {MAX_TOPIC_NAME_LENGTH}.")
+    if max(len(beat.instance_id or ""), len(beat.rack_id or "")) > MAX_ID_LENGTH:
+        raise invalid(f"InstanceId and RackId are at most {MAX_ID_LENGTH} characters.")
     if beat.owned is not None and (sum(len(p) for p in beat.owned.values())
                                    > cg.MAX_ASSIGNED_PARTITIONS):
         raise invalid(f"More than {cg.MAX_ASSIGNED_PARTITIONS} TopicPartitions.")

@@ -104,6 +104,10 @@ def test_wrong_epochs_and_unknown_members_are_refused():
     ({"owned": None}, ErrorCode.invalid_request),
     ({"subscribed_topic_names": []}, ErrorCode.invalid_request),
     ({"instance_id": ""}, ErrorCode.invalid_request),
+    ({"instance_id": "i" * 256}, ErrorCode.invalid_request),
+    ({"subscribed_topic_names": ["t" * 250]}, ErrorCode.invalid_request),
+    ({"subscribed_topic_names": ["t"] * (cg.MAX_SUBSCRIBED_TOPICS + 1)},
+     ErrorCode.invalid_request),
     ({"member_epoch": -3}, ErrorCode.invalid_request),
     ({"member_epoch": 4}, ErrorCode.invalid_request),  # no member id
     ({"member_epoch": -2, "member_id": "m"}, ErrorCode.invalid_request),  # no instance id
