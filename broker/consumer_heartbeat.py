@@ -83,7 +83,8 @@ def check_heartbeat(beat: Heartbeat) -> None:
         raise invalid(f"A SubscribedTopicNames entry is longer than {MAX_TOPIC_NAME_LENGTH}.")
     if max(len(beat.instance_id or ""), len(beat.rack_id or "")) > MAX_ID_LENGTH:
         raise invalid(f"InstanceId and RackId are at most {MAX_ID_LENGTH} characters.")
-    if beat.owned is not None and (sum(len(p) for p in beat.owned.values())
+    # A topic with no partitions listed counts too: each is kept.
+    if beat.owned is not None and (sum(max(1, len(p)) for p in beat.owned.values())
                                    > cg.MAX_ASSIGNED_PARTITIONS):
         raise invalid(f"More than {cg.MAX_ASSIGNED_PARTITIONS} TopicPartitions.")
     if beat.subscribed_topic_regex:

@@ -130,6 +130,11 @@ def test_owned_partitions_are_bounded():
         beat(c, first.member_id, first.member_epoch,
              owned={T1: frozenset(range(cg.MAX_ASSIGNED_PARTITIONS + 1))})
     assert refused.value.code == ErrorCode.invalid_request
+    with pytest.raises(HeartbeatError) as topics_refused:  # topics listing no partition
+        beat(c, first.member_id, first.member_epoch,
+             owned={uuid.UUID(int=i): frozenset()
+                    for i in range(cg.MAX_ASSIGNED_PARTITIONS + 1)})
+    assert topics_refused.value.code == ErrorCode.invalid_request
 
 
 def test_a_static_member_keeps_its_partitions_across_a_restart():
