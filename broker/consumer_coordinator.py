@@ -99,14 +99,15 @@ class ConsumerCoordination(ConsumerGroupStore):
         if group is not None:
             return group
         classic = self.groups.get(group_id)
-        if classic is not None and classic.state != State.DEAD:
-            if classic.members:
-                raise HeartbeatError(ErrorCode.group_id_not_found,
-                                     f"Group {group_id} is not a consumer group")
+        live_classic = classic is not None and classic.state != State.DEAD
+        if live_classic and (classic.members or not create):
+            raise HeartbeatError(ErrorCode.group_id_not_found,
+                                 f"Group {group_id} is not a consumer group")
+        if not create:  # as Kafka answers a heartbeat or leave to a group it does not have
+            raise HeartbeatError(ErrorCode.group_id_not_found,
+                                 f"Consumer group {group_id} not found.")
+        if live_classic:
             del self.groups[group_id]  # an empty classic group converts (its offsets stay)
-        if not create:
-            raise HeartbeatError(ErrorCode.unknown_member_id,
-                                 f"group {group_id} has no such member")
         group = self.consumer_groups[group_id] = ConsumerGroup(group_id)
         return group
 

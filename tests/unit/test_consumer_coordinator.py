@@ -177,6 +177,15 @@ def test_sessions_expire_and_classic_groups_coexist():
         c._heartbeat(Heartbeat("busy", "", 0, rebalance_timeout_ms=1000,
                                subscribed_topic_names=["t"], owned={}), 0.0)
     assert refused.value.code == ErrorCode.group_id_not_found
+    c.groups["empty"] = Group("empty", state=State.EMPTY)
+    for epoch in (3, cg.LEAVE):  # only a join converts an empty classic group
+        with pytest.raises(HeartbeatError) as not_consumer:
+            c._heartbeat(Heartbeat("empty", "m", epoch, owned={}), 0.0)
+        assert not_consumer.value.code == ErrorCode.group_id_not_found
+    assert "empty" in c.groups and "empty" not in c.consumer_groups
+    with pytest.raises(HeartbeatError) as missing:
+        c._heartbeat(Heartbeat("missing", "m", 3, owned={}), 0.0)
+    assert missing.value.code == ErrorCode.group_id_not_found
     import trio
 
     async def expire() -> None:
