@@ -48,16 +48,29 @@ def prepare_js() -> None:
                    check=True)
 
 
-def run_java(main_class: str, args: list[str], work_dir: Path,
-             timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    """Compile ``java/<main_class>.java`` into ``work_dir`` and run it with ``args``."""
+def _compiled(main_class: str, work_dir: Path, timeout: float) -> list[str]:
+    """Compile ``java/<main_class>.java`` into ``work_dir``; the command that runs it."""
     prepare_java()  # a no-op when `just test` already fetched the jars
     classes = work_dir / "classes"
     classpath = ":".join(str(jar) for jar in java_jars())
     subprocess.run(["javac", "-d", str(classes), "-cp", classpath,
                     str(ROOT / "java" / f"{main_class}.java")], check=True, timeout=timeout)
-    return subprocess.run(["java", "-cp", f"{classes}:{classpath}", main_class, *args],
+    return ["java", "-cp", f"{classes}:{classpath}", main_class]
+
+
+def run_java(main_class: str, args: list[str], work_dir: Path,
+             timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """Compile ``java/<main_class>.java`` into ``work_dir`` and run it with ``args``."""
+    return subprocess.run([*_compiled(main_class, work_dir, timeout), *args],
                           capture_output=True, text=True, timeout=timeout)
+
+
+def start_java(main_class: str, args: list[str], work_dir: Path,
+               timeout: float = 180) -> subprocess.Popen[str]:
+    """The same, started with pipes to talk to it (the caller waits for it or kills it)."""
+    return subprocess.Popen([*_compiled(main_class, work_dir, timeout), *args],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
 
 
 if __name__ == "__main__":

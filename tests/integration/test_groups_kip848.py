@@ -16,7 +16,7 @@ from confluent_kafka import Consumer
 from kio.index import load_request_schema
 from kio.schema.errors import ErrorCode
 
-from tests.clients.prepare import run_java
+from tests.clients.prepare import run_java, start_java
 from tests.group_ledger import Ledger
 from tests.group_members import ConfluentMember, Member, stop_all
 from tests.group_scenarios import (
@@ -307,3 +307,28 @@ def test_regex_subscription_and_new_topics_reassign(kip848_cluster: Cluster,
         assert not described.members[0].subscribed_topic_names
     finally:
         consumer.close()
+
+
+def test_java_consumer_protocol_across_a_broker_restart(kip848_cluster: Cluster,
+                                                        topic_name: str,
+                                                        tmp_path: Path) -> None:
+    java = start_java("KelpJavaConsumerGroup",
+                      [kip848_cluster.bootstrap, topic_name, "restart"], tmp_path)
+    try:
+        assert java.stdout is not None and java.stdin is not None
+        lines = []
+        for line in java.stdout:  # until the first wave is consumed
+            lines.append(line)
+            if "PHASE1-DONE" in line:
+                break
+        assert any("PHASE1-DONE" in line for line in lines), "".join(lines)[-3000:]
+        kip848_cluster.restart_broker(hard=True)
+        java.stdin.write("go\n")
+        java.stdin.flush()
+        out, err = java.communicate(timeout=120)
+        assert java.returncode == 0, out[-3000:] + err[-5000:]
+        assert "OK consumer-group restart consumed=400" in out
+    finally:
+        if java.poll() is None:
+            java.kill()
+            java.wait(10)

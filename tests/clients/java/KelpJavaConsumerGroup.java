@@ -68,8 +68,54 @@ public class KelpJavaConsumerGroup {
         return out;
     }
 
+    // restart mode: one member consumes a wave, says so, keeps polling until told (on stdin)
+    // that the broker has restarted, then consumes a second wave: every record once.
+    static void acrossRestart(String bootstrap, String topic, String group) throws Exception {
+        Properties adminProps = new Properties();
+        adminProps.put("bootstrap.servers", bootstrap);
+        try (Admin admin = Admin.create(adminProps)) {
+            admin.createTopics(List.of(new NewTopic(topic, 4, (short) 1)))
+                .all().get(30, TimeUnit.SECONDS);
+        }
+        Set<String> seen = new HashSet<>();
+        try (KafkaConsumer<String, String> member = member(bootstrap, group, "restart")) {
+            member.subscribe(List.of(topic));
+            produce(bootstrap, topic, "a", 200);
+            drain(List.of(member), wave("a", 200), seen);
+            System.out.println("PHASE1-DONE");
+            System.out.flush();
+            java.io.BufferedReader stdin = new java.io.BufferedReader(
+                new java.io.InputStreamReader(System.in));
+            while (!stdin.ready()) {
+                for (ConsumerRecord<String, String> r : member.poll(Duration.ofMillis(100)))
+                    check(seen.add(r.value()), "consumed twice: " + r.value());
+            }
+            stdin.readLine();
+            produce(bootstrap, topic, "b", 200);
+            Set<String> all = wave("a", 200);
+            all.addAll(wave("b", 200));
+            long deadline = System.currentTimeMillis() + 60_000;
+            while (!seen.containsAll(all) && System.currentTimeMillis() < deadline) {
+                for (ConsumerRecord<String, String> r : member.poll(Duration.ofMillis(100)))
+                    check(seen.add(r.value()), "consumed twice: " + r.value());
+                try {
+                    member.commitSync();
+                } catch (org.apache.kafka.common.errors.RetriableException e) {
+                    // the broker coming back: the next poll's commit carries it
+                }
+            }
+            check(seen.equals(all), "consumed " + seen.size() + " of " + all.size());
+            check(member.assignment().size() == 4, "assignment " + member.assignment());
+        }
+        System.out.println("OK consumer-group restart consumed=" + seen.size());
+    }
+
     public static void main(String[] args) throws Exception {
         String bootstrap = args[0], topic = args[1], group = topic + "-kip848";
+        if (args.length > 2 && args[2].equals("restart")) {
+            acrossRestart(bootstrap, topic, group);
+            return;
+        }
         Properties adminProps = new Properties();
         adminProps.put("bootstrap.servers", bootstrap);
         try (Admin admin = Admin.create(adminProps)) {
