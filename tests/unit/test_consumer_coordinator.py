@@ -299,3 +299,25 @@ def test_empty_groups_lose_offsets_after_retention_then_go():
     group.empty_since_ms -= 600_000
     trio.run(c.expire_empty_consumer_groups)
     assert "g" not in c.consumer_groups
+
+
+def test_a_member_that_never_revokes_is_removed_after_its_rebalance_timeout():
+    import trio
+
+    c = Coordination({"t": (T1, 2)})
+    first = join(c)  # rebalance timeout 60 s
+    second = join(c, "b", now=1.0)
+    told = beat(c, first.member_id, first.member_epoch, owned=first.assignment, now=2.0)
+    assert count(told.assignment) == 1  # must give one back, and never does
+    for now in (30.0, 55.0):  # it keeps heartbeating, so its session never ends
+        beat(c, first.member_id, first.member_epoch, owned=first.assignment, now=now)
+        beat(c, "b", second.member_epoch, owned={}, now=now)
+
+    async def expire(now: float) -> None:
+        await c.expire_consumer_members(now)
+    trio.run(expire, 61.0)
+    assert c.consumer_groups["g"].members.get(first.member_id) is not None
+    trio.run(expire, 62.5)  # 60 s after it was told to revoke
+    assert first.member_id not in c.consumer_groups["g"].members
+    got = beat(c, "b", second.member_epoch, owned={}, now=63.0)
+    assert count(got.assignment) == 2
