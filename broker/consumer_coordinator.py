@@ -194,14 +194,21 @@ class ConsumerCoordination(ConsumerGroupStore):
         changed in one heartbeat (a join, its subscription, new topics) is one new group
         epoch, as Kafka counts them."""
         every = self.topics()
-        wanted: set[str] = set()
-        for member in group.members.values():
-            wanted.update(cg.subscribed(member, every))
+        cached = group.subscribed_cache
+        # Members' subscriptions change only with the group epoch; resolving every member's
+        # names and regex again on each heartbeat would cost members x topics each time.
+        if cached is not None and cached[0] == group.group_epoch and cached[1] == every:
+            wanted = cached[2]
+        else:
+            wanted = set()
+            for member in group.members.values():
+                wanted.update(cg.subscribed(member, every))
         metadata = {t: every[t] for t in sorted(wanted)}
         if metadata != group.metadata:
             group.metadata = metadata
             group.group_epoch += 1
         group.group_epoch = min(group.group_epoch, epoch_before + 1)
+        group.subscribed_cache = (group.group_epoch, dict(every), wanted)
         if group.assignment_epoch < group.group_epoch:
             group.target = cg.assign(group.assignor(), group.members, metadata,
                                      {m: member.assigned for m, member in

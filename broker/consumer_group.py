@@ -80,6 +80,9 @@ class ConsumerGroup:
     # The subscribed topics' (id, partition count) the target was computed from.
     metadata: dict[str, tuple[uuid.UUID, int]] = field(default_factory=dict)
     empty_since_ms: int = 0  # wall clock, for offset retention; a restart starts it again
+    # (group epoch, every topic, the topics its members subscribe to) as last resolved.
+    subscribed_cache: tuple[int, dict[str, tuple[uuid.UUID, int]], set[str]] | None = field(
+        default=None, compare=False, repr=False)
 
     @property
     def state(self) -> str:
