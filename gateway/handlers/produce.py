@@ -18,9 +18,12 @@ from gateway.broker_client import BrokerUnavailable
 from gateway.context import DropConnection, GatewayContext
 from gateway.kafka import apis, messages
 from gateway.kafka.connection import Request
+from kelp import recordbatch
+from kelp.decompress import ZSTD
 from registry import validation
 
 VALID_ACKS = (0, 1, -1)
+ZSTD_SINCE_VERSION = 7  # Produce v7 is the first that may carry zstd batches (KIP-110)
 # Backpressure: when the broker takes longer than this to take a produce, the client is told
 # to back off (throttle_time_ms) for the excess, and its connection is not read meanwhile.
 THROTTLE_AFTER_S = 0.1
@@ -93,6 +96,12 @@ def handle(ctx: GatewayContext, request: Request) -> Awaitable[Any]:
                 message = f"acks must be 0, 1 or -1, not {acks}"
             elif not part.records:
                 error, message = ErrorCode.corrupt_message, "no record batches"
+            elif request.version < ZSTD_SINCE_VERSION and _uses_zstd(part.records):
+                # KIP-110: a client that asks for an older version cannot be given zstd back,
+                # so Kafka refuses it on the way in.
+                error = ErrorCode.unsupported_compression_type
+                message = (f"Produce requests with version < {ZSTD_SINCE_VERSION} may not "
+                           "use ZStandard compression")
             record_errors: Any = ()
             if error == ErrorCode.none:
                 error, message, record_errors = _validate(ctx, topic.name, part.records)
@@ -142,6 +151,17 @@ async def _collect(ctx: GatewayContext, request: Request, acks: int,
         response_type, throttle_time=throttle_for(time.monotonic() - started),
         responses=tuple(topic_type(name=name, partition_responses=tuple(parts))
                         for name, parts in by_topic.items()))
+
+
+def _uses_zstd(records: bytes) -> bool:
+    """Whether a batch in ``records`` is zstd-compressed (unreadable ones are left to the
+    batch checks, which name what is wrong with them)."""
+    try:
+        return any(header.compression == ZSTD
+                   for _position, header in recordbatch.iter_batches(records,
+                                                                    verify_crc=False))
+    except recordbatch.CorruptBatch:
+        return False
 
 
 def _record_errors(response_type: type, failures: Any) -> tuple[Any, ...]:

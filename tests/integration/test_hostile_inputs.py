@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import cramjam
 import crc32c
 import pytest
 from confluent_kafka import KafkaError, Producer
@@ -314,3 +315,21 @@ def test_repeated_configs_and_groups_are_answered_once(stack: Cluster,
     assert [r.resource_name for r in configs.results] == ["configs-once"]
     assert len(configs.results[0].configs) > 5
     assert [g.group_id for g in groups.groups] == ["g-once"]
+
+
+def _zstd(batch: bytes) -> bytes:
+    out = bytearray(batch[:61]) + bytes(cramjam.zstd.compress(batch[61:]))
+    struct.pack_into(">h", out, 21, 4)  # codec 4: zstd
+    return _signed(out)
+
+
+def test_zstd_needs_produce_v7(stack: Cluster, same_processes: None) -> None:
+    """KIP-110: Kafka refuses zstd batches in Produce requests older than v7."""
+    topic = f"zstd-{time.monotonic_ns()}"
+    _create(stack, topic, **{"retention.ms": "-1"})  # GOOD's timestamps are from 2023
+    old = _produce_raw(stack, topic, _zstd(GOOD), version=6)
+    assert old.error_code == ErrorCode.unsupported_compression_type
+    # (Produce v6 responses carry no error message; the code is the answer.)
+    assert _produce_raw(stack, topic, _zstd(GOOD), version=7).error_code == ErrorCode.none
+    assert list(read_partition(stack.bootstrap, topic, expected=5).values()) == [
+        b"v%d" % i for i in range(5)]
