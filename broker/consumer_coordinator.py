@@ -273,12 +273,7 @@ class ConsumerCoordination(ConsumerGroupStore):
             return None
         if not member_id and member_epoch < 0:
             return ErrorCode.unknown_member_id if group.members else ErrorCode.none
-        member = group.members.get(member_id)
-        if member is None:
-            return ErrorCode.unknown_member_id
-        if member_epoch != member.member_epoch:
-            return ErrorCode.stale_member_epoch
-        return ErrorCode.none
+        return _epoch_error(group, member_id, member_epoch)
 
     def consumer_fetch_error(self, group_id: str, member_id: str,
                              member_epoch: int) -> ErrorCode:
@@ -287,12 +282,7 @@ class ConsumerCoordination(ConsumerGroupStore):
         group = self.consumer_groups.get(group_id)
         if group is None or (not member_id and member_epoch < 0):
             return ErrorCode.none
-        member = group.members.get(member_id)
-        if member is None:
-            return ErrorCode.unknown_member_id
-        if member_epoch != member.member_epoch:
-            return ErrorCode.stale_member_epoch
-        return ErrorCode.none
+        return _epoch_error(group, member_id, member_epoch)
 
     def consumer_subscribed_topics(self, group_id: str) -> set[str] | None:
         """The topics a consumer group's members subscribe to (OffsetDelete refuses those:
@@ -329,3 +319,13 @@ class ConsumerCoordination(ConsumerGroupStore):
 
 
 __all__ = ["ConsumerCoordination", "Heartbeat", "HeartbeatResult", "MemberState"]
+
+
+def _epoch_error(group: ConsumerGroup, member_id: str, member_epoch: int) -> ErrorCode:
+    """A member's commit or fetch: it must be in the group, at its current epoch."""
+    member = group.members.get(member_id)
+    if member is None:
+        return ErrorCode.unknown_member_id
+    if member_epoch != member.member_epoch:
+        return ErrorCode.stale_member_epoch
+    return ErrorCode.none
