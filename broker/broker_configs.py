@@ -105,6 +105,14 @@ def check_broker_value(name: str, value: str) -> None:
         raise InvalidConfig(f"{name} must be true or false, got {value!r}")
 
 
+def check_broker_name(resource_name: str) -> None:
+    """A BROKER (or BROKER_LOGGER) resource names this broker, or "" for the cluster."""
+    if resource_name not in (THIS_BROKER, CLUSTER_DEFAULT):
+        raise ConfigError(ErrorCode.invalid_request,
+                          f"Unexpected broker id, expected {THIS_BROKER} or empty string, "
+                          f"but received {resource_name}")
+
+
 @dataclass
 class BrokerConfigs:
     path: Path | None  # None: nothing is kept (tests that build a broker in memory)
@@ -195,7 +203,7 @@ class BrokerConfigs:
     # -- describe -------------------------------------------------------------------------
 
     def describe_broker(self, resource_name: str) -> list[Entry]:
-        self._check_broker_name(resource_name)
+        check_broker_name(resource_name)
         if resource_name == CLUSTER_DEFAULT:  # Kafka shows only the dynamic defaults here
             return [self._broker_entry(name, [(value, Source.DYNAMIC_DEFAULT_BROKER)])
                     for name, value in sorted(self.cluster_default.items())]
@@ -250,7 +258,7 @@ class BrokerConfigs:
     def plan_broker(self, resource_name: str, ops: Sequence[Op],
                     replace_all: bool) -> dict[str, str]:
         """The new dynamic values of a BROKER resource, validated; nothing changes yet."""
-        self._check_broker_name(resource_name)
+        check_broker_name(resource_name)
         current = self.per_broker if resource_name == THIS_BROKER else self.cluster_default
         planned = {} if replace_all else dict(current)
         apply_ops(planned, ops, {n: self.value(n) or "" for n in (o.name for o in ops)})
@@ -302,16 +310,6 @@ class BrokerConfigs:
         else:
             self.groups.pop(group_id, None)
 
-    def forget_group(self, group_id: str) -> bool:
-        """A deleted group loses its configs, as in Kafka. True if it had some."""
-        return self.groups.pop(group_id, None) is not None
-
-    @staticmethod
-    def _check_broker_name(resource_name: str) -> None:
-        if resource_name not in (THIS_BROKER, CLUSTER_DEFAULT):
-            raise ConfigError(ErrorCode.invalid_request,
-                              f"Unexpected broker id, expected {THIS_BROKER} or empty string, "
-                              f"but received {resource_name}")
 
 
 # -- broker loggers (BROKER_LOGGER): Python's loggers under Kafka's level names ------------

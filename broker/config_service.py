@@ -63,7 +63,7 @@ class ConfigCalls:
         if kind == BROKER_RESOURCE:
             return self.broker_configs.describe_broker(name)
         if kind == LOGGER_RESOURCE:
-            broker_configs.BrokerConfigs._check_broker_name(name or "0")
+            broker_configs.check_broker_name(name or "0")
             return broker_configs.describe_loggers()
         if kind == GROUP_RESOURCE:
             return self.broker_configs.describe_group(name)
@@ -102,7 +102,7 @@ class ConfigCalls:
                 await self._save_configs(lambda: _restore_broker(configs, *before))
                 self.registry.reconfigure(defaults_of(configs))
         elif kind == LOGGER_RESOURCE:
-            BrokerConfigs._check_broker_name(name or "0")
+            broker_configs.check_broker_name(name or "0")
             broker_configs.alter_loggers(ops, validate_only)
         elif kind == GROUP_RESOURCE:
             planned = configs.plan_group(name, ops, replace_all)

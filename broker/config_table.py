@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import IntEnum
 
-from broker.configs import BUILTIN_DEFAULTS, INT32
+from broker.configs import BUILTIN_DEFAULTS
 
 INT64_MAX = str((1 << 63) - 1)
 
@@ -209,4 +209,3 @@ GROUP_DOCS = {
     "consumer.heartbeat.interval.ms": "Heartbeat interval of this group's consumer-protocol "
                                       "members.",
 }
-INT_RANGE = INT32

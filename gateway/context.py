@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from kio.schema.errors import ErrorCode
 
-from gateway.broker_client import BrokerClient
+from gateway.broker_client import BrokerClient, BrokerUnavailable
 from gateway.memory import BytePool, Output
 from gateway.quotas import ClientQuotas
 from gateway.validation_settings import TopicSettings
@@ -101,6 +101,16 @@ class GatewayContext:
             self.topics_by_id[meta.topic_id] = meta
             out.append((ErrorCode.none, meta))
         return out
+
+    async def existing_topics(self, names: list[str]) -> dict[str, TopicMeta] | None:
+        """The named topics that exist (every topic for ``[]``), never creating one; None
+        when the broker does not answer."""
+        try:
+            described = await self.describe_topics(sorted(set(names)))
+        except BrokerUnavailable:
+            return None
+        return {meta.name: meta for code, meta in described
+                if code == ErrorCode.none and meta is not None}
 
     async def topic_by_id(self, topic_id: uuid.UUID) -> TopicMeta | None:
         if topic_id not in self.topics_by_id:

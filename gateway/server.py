@@ -318,7 +318,8 @@ class KafkaServer:
             encoded = None
             if request.api_key in QUOTA_KEYS and self.ctx.quotas.entries:
                 body, delay, encoded = self._apply_quota(kafka, request, body)
-                budget.mute_for(delay)  # acks=0 produces have no answer, but are muted too
+                if body is None:  # acks=0: no answer to carry the throttle, mute here
+                    budget.mute_for(delay)
             if body is not None:
                 slot.payload = encoded or kafka.encode_response(request, body)
                 output = current_output.get()

@@ -327,12 +327,14 @@ def plan_registration(state: RegistryState, cache: ParsedCache, subject: str,
     live = state.versions(subject)
     contract = (contract_text(body.get("metadata")), contract_text(body.get("ruleSet")))
     same = identity_text(schema_type, stored_text)
+    as_written = (same if stored_text == parsed.canonical
+                  else identity_text(schema_type, parsed.canonical))
     for existing in live:
         if ((existing.schema_type, existing.references) == (schema_type, refs)
                 and (existing.metadata, existing.rule_set) == contract
                 and (existing.identity[1] == same
                      or identity_text(schema_type, cache.of(state, existing).canonical)
-                     == identity_text(schema_type, parsed.canonical))):
+                     == as_written)):
             return Registration(existing.id, existing.version, [])
 
     requested_id = body.get("id") if isinstance(body, dict) else None

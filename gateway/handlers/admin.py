@@ -136,7 +136,9 @@ async def handle_create_partitions(ctx: GatewayContext, request: Request) -> Any
     result_type = messages.nested(response_type, "CreatePartitionsTopicResult")
     errors: dict[str, tuple[ErrorCode, str | None]] = {}
     targets = []
-    current = await _partition_counts(ctx, [t.name for t in body.topics if t.assignments])
+    with_assignments = [t.name for t in body.topics if t.assignments]
+    found = (await ctx.existing_topics(with_assignments) or {}) if with_assignments else {}
+    current = {name: meta.partitions for name, meta in found.items()}
     for topic in body.topics:
         if topic.assignments:
             try:
@@ -163,18 +165,6 @@ async def handle_create_partitions(ctx: GatewayContext, request: Request) -> Any
         result_type(name=t.name, error_code=errors.get(t.name, (ErrorCode.none, None))[0],
                     error_message=errors.get(t.name, (ErrorCode.none, None))[1])
         for t in body.topics))
-
-
-async def _partition_counts(ctx: GatewayContext, names: list[str]) -> dict[str, int]:
-    """The partition count of each named topic that exists (none asked: no call)."""
-    if not names:
-        return {}
-    try:
-        described = await ctx.describe_topics(sorted(set(names)), auto_create=False)
-    except BrokerUnavailable:
-        return {}
-    return {meta.name: meta.partitions for code, meta in described
-            if code == ErrorCode.none and meta is not None}
 
 
 async def handle_describe_cluster(ctx: GatewayContext, request: Request) -> Any:

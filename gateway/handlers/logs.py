@@ -18,6 +18,8 @@ from gateway.kafka.connection import Request
 from kelp.routes import BROKER
 from kelp.rpc.broker import v1 as pb
 
+LOG_DIR = "kelp"  # the one log dir: the name the broker's data dir goes by
+
 LEADER_EPOCH = 0
 
 
@@ -80,5 +82,5 @@ async def handle_describe_log_dirs(ctx: GatewayContext, request: Request) -> Any
         for name, partitions in sorted(states.items()) if wanted is None or name in wanted)
     return messages.build(response_type, throttle_time=datetime.timedelta(0),
                           error_code=ErrorCode.none, results=(messages.build(
-                              result_type, error_code=ErrorCode.none, log_dir="kelp",
+                              result_type, error_code=ErrorCode.none, log_dir=LOG_DIR,
                               topics=topics, total_bytes=-1, usable_bytes=-1),))

@@ -16,28 +16,17 @@ from typing import Any
 from kio.schema.errors import ErrorCode
 
 from gateway import assignments, authorized
-from gateway.broker_client import BrokerUnavailable
 from gateway.context import NODE_ID, GatewayContext, TopicMeta
+from gateway.handlers.logs import LOG_DIR
 from gateway.kafka import apis, messages
 from gateway.kafka.connection import Request
 
 NO_TIME = datetime.timedelta(0)
-LOG_DIR = "kelp"  # the name DescribeLogDirs reports for the broker's data dir
 # Kafka's max.request.partition.size.limit: the most partitions one DescribeTopicPartitions
 # response carries; the client pages through the rest with the cursor.
 MAX_PARTITIONS_PER_RESPONSE = 2000
 METADATA_TOPIC = "__cluster_metadata"
 PREFERRED, UNCLEAN = 0, 1
-
-
-async def _topics(ctx: GatewayContext, names: list[str]) -> dict[str, TopicMeta] | None:
-    """The named topics that exist (every topic for ``[]``); None when the broker is away."""
-    try:
-        described = await ctx.describe_topics(sorted(set(names)), auto_create=False)
-    except BrokerUnavailable:
-        return None
-    return {meta.name: meta for code, meta in described
-            if code == ErrorCode.none and meta is not None}
 
 
 def _partition_error(topics: dict[str, TopicMeta], name: str, index: int) -> str | None:
@@ -57,7 +46,7 @@ async def handle_describe_topic_partitions(ctx: GatewayContext, request: Request
     partition_type = messages.nested(response_type, "DescribeTopicPartitionsResponsePartition")
     cursor_type = messages.nested(response_type, "Cursor")
     asked = list(dict.fromkeys(t.name for t in body.topics))
-    topics = await _topics(ctx, asked)
+    topics = await ctx.existing_topics(asked)
     error = ErrorCode.none
     if topics is None:
         topics, error = {}, ErrorCode.request_timed_out
@@ -116,7 +105,7 @@ async def handle_elect_leaders(ctx: GatewayContext, request: Request) -> Any:
     asked: dict[str, set[int]] = {}
     for entry in body.topic_partitions:
         asked.setdefault(entry.topic, set()).update(entry.partitions)
-    topics = await _topics(ctx, list(asked))
+    topics = await ctx.existing_topics(list(asked))
 
     def result(name: str, index: int) -> Any:
         if topics is None:
@@ -155,7 +144,7 @@ async def handle_alter_partition_reassignments(ctx: GatewayContext, request: Req
                                             request.version)
     topic_type = messages.nested(response_type, "ReassignableTopicResponse")
     partition_type = messages.nested(response_type, "ReassignablePartitionResponse")
-    topics = await _topics(ctx, [t.name for t in body.topics])
+    topics = await ctx.existing_topics([t.name for t in body.topics])
 
     def result(name: str, index: int, replicas: tuple[int, ...] | None) -> Any:
         if topics is None:
@@ -191,7 +180,7 @@ async def handle_alter_replica_log_dirs(ctx: GatewayContext, request: Request) -
     response_type = messages.response_type(apis.ApiKey.ALTER_REPLICA_LOG_DIRS, request.version)
     topic_type = messages.nested(response_type, "AlterReplicaLogDirTopicResult")
     partition_type = messages.nested(response_type, "AlterReplicaLogDirPartitionResult")
-    topics = await _topics(ctx, [t.name for d in body.dirs for t in d.topics])
+    topics = await ctx.existing_topics([t.name for d in body.dirs for t in d.topics])
     # Kafka answers per partition, each once, the last named dir winning.
     target: dict[tuple[str, int], str] = {}
     for log_dir in body.dirs:
