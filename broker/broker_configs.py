@@ -24,6 +24,7 @@ from broker.config_table import (
     BROKER_CONFIGS,
     GROUP_CONFIGS,
     GROUP_DOCS,
+    INTEGER_MAX,
     TOPIC_DOCS,
     TOPIC_SYNONYMS,
     ConfigType,
@@ -98,9 +99,13 @@ def check_broker_value(name: str, value: str) -> None:
         check_topic_value(config.topic, value)
     elif config.type in (ConfigType.INT, ConfigType.LONG, ConfigType.SHORT):
         try:
-            int(value)
+            number = int(value)
         except ValueError:
             raise InvalidConfig(f"{name} must be an integer, got {value!r}") from None
+        highest = INTEGER_MAX[config.type.name]
+        if not config.minimum <= number <= highest:
+            raise InvalidConfig(f"{name} must be in [{config.minimum}, {highest}], "
+                                f"got {number}")
     elif config.type is ConfigType.BOOLEAN and value.lower() not in ("true", "false"):
         raise InvalidConfig(f"{name} must be true or false, got {value!r}")
 

@@ -14,6 +14,8 @@ from enum import IntEnum
 from broker.configs import BUILTIN_DEFAULTS
 
 INT64_MAX = str((1 << 63) - 1)
+# The largest value of each integer config type.
+INTEGER_MAX = {"INT": (1 << 31) - 1, "SHORT": (1 << 15) - 1, "LONG": (1 << 63) - 1}
 
 
 class ConfigType(IntEnum):
@@ -114,6 +116,7 @@ class BrokerConfig:
     doc: str
     dynamic: bool = False  # alterable per broker and cluster-wide, as Kafka allows
     topic: str | None = None  # the topic config this is the broker-wide default of
+    minimum: int = 0  # an integer config's smallest value (its type bounds the largest)
 
 
 def _log(name: str, topic: str, default: str | None = None) -> BrokerConfig:
@@ -130,15 +133,15 @@ _BROKER = [
     BrokerConfig("log.dirs", _T.STRING, None, "The directory the broker keeps its data in."),
     BrokerConfig("log.dir", _T.STRING, None, "Same as log.dirs (kelp has one data dir)."),
     BrokerConfig("num.partitions", _T.INT, "1", "Partitions of an auto-created topic or a "
-                 "CreateTopics request that asks for the default."),
+                 "CreateTopics request that asks for the default.", minimum=1),
     BrokerConfig("default.replication.factor", _T.INT, "1", "Replicas of a new topic (one "
-                 "broker: 1)."),
+                 "broker: 1).", minimum=1),
     BrokerConfig("offsets.topic.replication.factor", _T.SHORT, "1", "Replicas of the "
-                 "committed-offsets log."),
+                 "committed-offsets log.", minimum=1),
     BrokerConfig("delete.topic.enable", _T.BOOLEAN, "true", "Whether DeleteTopics is "
                  "served."),
     BrokerConfig("offsets.retention.minutes", _T.INT, str(7 * 24 * 60), "How long the "
-                 "committed offsets of an empty group are kept."),
+                 "committed offsets of an empty group are kept.", minimum=1),
     BrokerConfig("group.min.session.timeout.ms", _T.INT, "6000", "Smallest session timeout "
                  "a classic group member may ask for."),
     BrokerConfig("group.max.session.timeout.ms", _T.INT, "1800000", "Largest session "
@@ -146,19 +149,19 @@ _BROKER = [
     BrokerConfig("group.initial.rebalance.delay.ms", _T.INT, "3000", "How long a new group "
                  "waits for more members before its first rebalance."),
     BrokerConfig("group.consumer.session.timeout.ms", _T.INT, "45000", "Session timeout of "
-                 "consumer-protocol (KIP-848) group members."),
+                 "consumer-protocol (KIP-848) group members.", minimum=1),
     BrokerConfig("group.consumer.min.session.timeout.ms", _T.INT, "45000", "Smallest "
-                 "consumer.session.timeout.ms a group may be given."),
+                 "consumer.session.timeout.ms a group may be given.", minimum=1),
     BrokerConfig("group.consumer.max.session.timeout.ms", _T.INT, "60000", "Largest "
-                 "consumer.session.timeout.ms a group may be given."),
+                 "consumer.session.timeout.ms a group may be given.", minimum=1),
     BrokerConfig("group.consumer.heartbeat.interval.ms", _T.INT, "5000", "Heartbeat interval "
-                 "of consumer-protocol (KIP-848) group members."),
+                 "of consumer-protocol (KIP-848) group members.", minimum=1),
     BrokerConfig("group.consumer.min.heartbeat.interval.ms", _T.INT, "5000", "Smallest "
-                 "consumer.heartbeat.interval.ms a group may be given."),
+                 "consumer.heartbeat.interval.ms a group may be given.", minimum=1),
     BrokerConfig("group.consumer.max.heartbeat.interval.ms", _T.INT, "15000", "Largest "
-                 "consumer.heartbeat.interval.ms a group may be given."),
+                 "consumer.heartbeat.interval.ms a group may be given.", minimum=1),
     BrokerConfig("producer.id.expiration.ms", _T.INT, "86400000", "How long an idle "
-                 "producer's idempotence state is kept.", dynamic=True),
+                 "producer's idempotence state is kept.", dynamic=True, minimum=1),
     _log("log.segment.bytes", "segment.bytes"),
     _log("log.roll.ms", "segment.ms", str(7 * 24 * 3600 * 1000)),
     _log("log.roll.jitter.ms", "segment.jitter.ms", "0"),

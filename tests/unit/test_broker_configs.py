@@ -100,3 +100,16 @@ def test_dynamic_state_survives_a_reload(tmp_path: Path):
     again.load()
     assert again.cluster_default == {"log.segment.bytes": "100000"}
     assert again.group_value("g", "consumer.heartbeat.interval.ms") == 6000
+
+
+@pytest.mark.parametrize("pair", ["num.partitions=0", "producer.id.expiration.ms=-1",
+                                  "group.min.session.timeout.ms=-5",
+                                  "offsets.topic.replication.factor=40000",
+                                  "producer.id.expiration.ms=" + "9" * 30])
+def test_integer_broker_configs_stay_in_their_range(pair):
+    with pytest.raises(InvalidConfig):
+        BrokerConfigs.from_flags([pair])
+    name, _, value = pair.partition("=")
+    if BROKER_CONFIGS[name].dynamic:  # and altering it at run time is refused too
+        with pytest.raises(ConfigError):
+            BrokerConfigs.from_flags([]).plan_broker("0", [Op(name, value, OP_SET)], False)
