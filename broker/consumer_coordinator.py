@@ -23,7 +23,6 @@ from broker.consumer_group import (
     ConsumerGroup,
     ConsumerMember,
     HeartbeatError,
-    MemberState,
 )
 from broker.consumer_group_store import SESSION_TIMEOUT, ConsumerGroupStore
 from broker.consumer_heartbeat import Heartbeat, HeartbeatResult, check_heartbeat
@@ -316,9 +315,6 @@ class ConsumerCoordination(ConsumerGroupStore):
             return ErrorCode.non_empty_group
         del self.consumer_groups[group_id]
         return ErrorCode.none
-
-
-__all__ = ["ConsumerCoordination", "Heartbeat", "HeartbeatResult", "MemberState"]
 
 
 def _epoch_error(group: ConsumerGroup, member_id: str, member_epoch: int) -> ErrorCode:

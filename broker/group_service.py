@@ -8,8 +8,8 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from kio.schema.errors import ErrorCode
 
-from broker.consumer_coordinator import Heartbeat
 from broker.consumer_group import Assignment
+from broker.consumer_heartbeat import Heartbeat
 from broker.groups import Coordinator
 from broker.log import now_ms
 from broker.offsets import Committed

@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 from kio.schema.errors import ErrorCode
 
 from broker import consumer_group as cg
-from broker.consumer_coordinator import ConsumerCoordination, Heartbeat
+from broker.consumer_coordinator import ConsumerCoordination
 from broker.consumer_group import HeartbeatError, MemberState
+from broker.consumer_heartbeat import Heartbeat
 from broker.group_state import Group, State
 from broker.groups import _default_group_config
 
