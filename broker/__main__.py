@@ -14,6 +14,7 @@ from broker.configs import InvalidConfig
 from broker.exports import DEFAULT_CHUNK_BYTES, Exports, ExportsHttp
 from broker.groups import Coordinator
 from broker.offsets import OffsetStore
+from broker.security import SecurityStore, read_users_file
 from broker.service import BrokerService
 from broker.topics import TopicRegistry
 from broker.ucx_export import LEASE_MS, UcxExporter
@@ -70,6 +71,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--chunk-bytes", type=int, default=DEFAULT_CHUNK_BYTES,
                         help="size of the chunks segment files are exported in, for the read "
                         f"sidecar (a power of two; default: {DEFAULT_CHUNK_BYTES})")
+    parser.add_argument("--scram-users-file", type=Path, default=None, metavar="FILE",
+                        help="create these users (lines name:password; the file must be mode "
+                        "0600) with SCRAM-SHA-256 and SCRAM-SHA-512 credentials at start, "
+                        "unless they exist; only salted keys are kept (like kafka-storage "
+                        "format --add-scram)")
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)
@@ -93,6 +99,22 @@ def broker_configs(args: argparse.Namespace) -> BrokerConfigs:
     except InvalidConfig as exc:
         raise SystemExit(f"broker: {exc}") from None
     return configs
+
+
+def load_security(args: argparse.Namespace) -> SecurityStore:
+    """Users and ACLs from an earlier life, plus ``--scram-users-file``'s new users."""
+    security = SecurityStore.load(args.data_dir / "security.json")
+    if args.scram_users_file is not None:
+        try:
+            users = read_users_file(args.scram_users_file)
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"broker: --scram-users-file: {exc}") from None
+        added = [name for name, password in users if security.add_user(name, password)]
+        if added:
+            security.version += 1
+            security.save()
+            log.info("SCRAM users created", extra={"users": ",".join(added)})
+    return security
 
 
 async def serve(args: argparse.Namespace) -> None:
@@ -126,8 +148,9 @@ async def serve(args: argparse.Namespace) -> None:
     ucx_host, ucx_port = parse_host_port(args.ucx)
     exporter = UcxExporter(exports, ucx_host, ucx_port, enabled=not args.no_ucx,
                            lease_ms=args.ucx_lease_ms, advertise=args.ucx_advertise)
+    security = await trio.to_thread.run_sync(load_security, args)
     service = BrokerService(registry, coordinator=coordinator, exports=exports,
-                            exporter=exporter, broker_configs=configs,
+                            exporter=exporter, broker_configs=configs, security=security,
                             auto_create_partitions=configs.int_value("num.partitions"),
                             append_delay_s=args.faults.get("append-delay-ms", 0.0) / 1000)
 

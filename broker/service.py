@@ -23,6 +23,8 @@ from broker.group_service import GroupCalls
 from broker.groups import Coordinator
 from broker.log import OffsetOutOfRange
 from broker.producer_ids import ProducerIds
+from broker.security import SecurityStore
+from broker.security_service import SecurityCalls
 from broker.streams import DataStreams
 from broker.topics import TopicError, TopicRegistry
 from broker.ucx_export import LeaseCalls, UcxExporter
@@ -41,7 +43,7 @@ LATEST_TIERED = -5
 EARLIEST_PENDING_UPLOAD = -6
 
 
-class BrokerService(DataStreams, GroupCalls, ConfigCalls, QuotaCalls, LeaseCalls,
+class BrokerService(DataStreams, GroupCalls, ConfigCalls, QuotaCalls, SecurityCalls, LeaseCalls,
                     ExportCalls, pb.BrokerBase):
     """The whole Broker service. Parts a caller does not pass stand in harmlessly: no
     ``coordinator`` answers the group calls UNIMPLEMENTED, no ``exporter`` answers OpenRead
@@ -50,12 +52,17 @@ class BrokerService(DataStreams, GroupCalls, ConfigCalls, QuotaCalls, LeaseCalls
     def __init__(self, registry: TopicRegistry, *, coordinator: Coordinator | None = None,
                  exports: Exports | None = None, exporter: UcxExporter | None = None,
                  broker_configs: BrokerConfigs | None = None,
+                 security: SecurityStore | None = None,
                  auto_create_partitions: int = 1, append_delay_s: float = 0.0) -> None:
         self.registry = registry
         # Without one, the broker's configs are the registry's defaults, kept in memory only.
         self.broker_configs = broker_configs or BrokerConfigs.from_flags(
             [f"{name}={value}" for name, value in registry.defaults.values.items()])
         self._config_lock = trio.Lock()
+        # SCRAM credentials and ACLs (in memory only without one, as in unit tests).
+        self.security = security or SecurityStore(None)
+        self._security_lock = trio.Lock()
+        self._security_changed = trio.Event()
         self.producer_ids = ProducerIds(registry.data_dir)
         self.auto_create_partitions = auto_create_partitions
         self.coordinator = coordinator

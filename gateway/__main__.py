@@ -8,11 +8,14 @@ from functools import partial
 
 import trio
 
+from gateway import listeners
 from gateway.broker_client import BrokerClient
 from gateway.context import GatewayConfig, GatewayContext
+from gateway.listeners import Listener, ListenerError, PrincipalRules, TlsContexts, TlsFiles
 from gateway.registry_link import RegistryBrokerLink
+from gateway.sasl import MECHANISMS
 from gateway.server import KafkaServer
-from kelp import debug, grpc, http, httpd, logs, process
+from kelp import acl, debug, grpc, http, httpd, logs, process
 from kelp.process import count_tasks
 from registry import api as registry_api
 from registry.api import RegistryApi
@@ -61,6 +64,49 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="client connections served at once; more wait to be accepted "
                         "(Kafka's max.connections; default: the open-file limit less 1024, "
                         "at least 64)")
+    security = parser.add_argument_group(
+        "listeners and security (Kafka's names; see README 'Security')")
+    security.add_argument("--listeners", default=None, metavar="NAME://HOST:PORT,...",
+                          help="Kafka listeners, e.g. PLAINTEXT://127.0.0.1:9092,"
+                          "SASL_SSL://127.0.0.1:9093 (default: PLAINTEXT at --listen)")
+    security.add_argument("--advertised-listeners", default=None, metavar="NAME://HOST:PORT,...",
+                          help="the address clients of each listener are told "
+                          "(default: the listener's own)")
+    security.add_argument("--listener-security-protocol-map", default=None,
+                          metavar="NAME:PROTOCOL,...",
+                          help="the protocol of listeners not named after one, e.g. "
+                          "INTERNAL:SASL_SSL")
+    security.add_argument("--ssl-certfile", default=None, metavar="PEM",
+                          help="server certificate chain for SSL and SASL_SSL listeners and "
+                          "for HTTPS (reloaded when it changes)")
+    security.add_argument("--ssl-keyfile", default=None, metavar="PEM",
+                          help="the certificate's private key")
+    security.add_argument("--ssl-cafile", default=None, metavar="PEM",
+                          help="CAs trusted for client certificates")
+    security.add_argument("--ssl-client-auth", default="none",
+                          choices=["none", "requested", "required"],
+                          help="client certificates on SSL listeners (Kafka's ssl.client.auth; "
+                          "a certificate's subject is the principal)")
+    security.add_argument("--ssl-principal-mapping-rules", default="DEFAULT",
+                          help="Kafka's ssl.principal.mapping.rules, e.g. "
+                          "'RULE:^CN=(.*?),.*$/$1/L,DEFAULT'")
+    security.add_argument("--sasl-enabled-mechanisms", default=",".join(MECHANISMS),
+                          help="SASL mechanisms of SASL listeners (default: %(default)s)")
+    security.add_argument("--connections-max-reauth-ms", type=int, default=0,
+                          help="SASL session lifetime; clients re-authenticate before it ends "
+                          "or are disconnected (KIP-368; default 0: forever)")
+    security.add_argument("--authorizer", action="store_true",
+                          help="enforce Kafka ACLs (kept by the broker) on every request")
+    security.add_argument("--super-users", default="", metavar="User:A;User:B",
+                          help="principals allowed everything (Kafka's super.users)")
+    security.add_argument("--allow-everyone-if-no-acl-found", action="store_true",
+                          help="allow what no ACL names (default with --authorizer: deny)")
+    security.add_argument("--http-tls", action="store_true",
+                          help="serve the registry and HTTP APIs over HTTPS with the "
+                          "--ssl-certfile certificate")
+    security.add_argument("--registry-auth", action="store_true",
+                          help="the registry requires HTTP Basic credentials of a SCRAM user; "
+                          "roles come from ACLs on the schemas topic (README 'Security')")
     parser.add_argument("--no-auto-create-topics", action="store_true",
                         help="do not create topics on Metadata requests for unknown topics")
     debug.add_option(parser, DEBUG_FAULTS)
@@ -82,20 +128,57 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.faults = debug.parse(parser, args.debug, DEBUG_FAULTS)
     if args.max_connections is not None and args.max_connections < 1:
         parser.error("--max-connections must be at least 1")
+    try:
+        args.kafka_listeners = kafka_listeners(args)
+        args.tls = None
+        if args.ssl_certfile or args.ssl_keyfile:
+            if not (args.ssl_certfile and args.ssl_keyfile):
+                parser.error("--ssl-certfile and --ssl-keyfile go together")
+            args.tls = TlsContexts(TlsFiles(args.ssl_certfile, args.ssl_keyfile,
+                                            args.ssl_cafile, args.ssl_client_auth))
+        PrincipalRules(args.ssl_principal_mapping_rules)
+    except ListenerError as exc:
+        parser.error(str(exc))
+    if args.tls is None and (args.http_tls or any(li.tls for li in args.kafka_listeners)):
+        parser.error("SSL listeners and --http-tls need --ssl-certfile and --ssl-keyfile")
+    mechanisms = tuple(m.strip() for m in args.sasl_enabled_mechanisms.split(",") if m.strip())
+    unknown = set(mechanisms) - set(MECHANISMS)
+    if unknown or not mechanisms:
+        parser.error(f"--sasl-enabled-mechanisms: choose from {', '.join(MECHANISMS)}")
+    args.sasl_mechanisms = mechanisms
+    if args.connections_max_reauth_ms < 0:
+        parser.error("--connections-max-reauth-ms must not be negative")
     return args
 
 
+def kafka_listeners(args: argparse.Namespace) -> list[Listener]:
+    """``--listeners`` and friends, or one PLAINTEXT listener at --listen / --advertise."""
+    if args.listeners is None:
+        host, port = process.split_host_port(args.listen)
+        ad_host, ad_port = (process.split_host_port(args.advertise) if args.advertise
+                            else (host, port))
+        return [Listener("PLAINTEXT", "PLAINTEXT", host, port, ad_host, ad_port)]
+    return listeners.parse(args.listeners, args.advertised_listeners,
+                           args.listener_security_protocol_map)
+
+
 async def serve(args: argparse.Namespace) -> None:
-    listen_host, listen_port = process.split_host_port(args.listen)
     http_host, http_port = process.split_host_port(args.http)
     broker = BrokerClient(grpc.Address.parse(args.broker))
+    kafka = args.kafka_listeners
     async with http.Client() as http_client, trio.open_nursery() as nursery:
         await nursery.start(broker.run)
-        bound = listen_port
-        advertised = (process.split_host_port(args.advertise) if args.advertise
-                      else (listen_host, listen_port))
         config = GatewayConfig(
-            advertised_host=advertised[0], advertised_port=advertised[1], listen=args.listen,
+            advertised_host=kafka[0].advertised_host, advertised_port=kafka[0].advertised_port,
+            listen=args.listen if args.listeners is None else f"{kafka[0].host}:{kafka[0].port}",
+            listeners=tuple(kafka), sasl_mechanisms=args.sasl_mechanisms,
+            connections_max_reauth_ms=args.connections_max_reauth_ms,
+            authorizer=acl.Settings(
+                enabled=args.authorizer,
+                super_users=frozenset(u.strip() for u in args.super_users.split(";")
+                                      if u.strip()),
+                allow_everyone_if_no_acl_found=args.allow_everyone_if_no_acl_found),
+            ssl_principal_mapping_rules=args.ssl_principal_mapping_rules,
             auto_create_topics=not args.no_auto_create_topics,
             max_request_bytes=args.max_request_bytes,
             drop_produce_every=int(args.faults.get("drop-produce-every", 0)),
@@ -107,9 +190,10 @@ async def serve(args: argparse.Namespace) -> None:
             request_timeout_ms=args.request_timeout_ms)
         ctx = GatewayContext(config, broker)
         await nursery.start(ctx.quotas.run)
+        await nursery.start(ctx.security.run)
         server = KafkaServer(ctx)
         registry: SchemaRegistry | None = None
-        bound = await nursery.start(server.serve, listen_host, listen_port)
+        bound = [await nursery.start(server.serve, listener, args.tls) for listener in kafka]
 
         async def health(request: httpd.Request) -> httpd.Response:
             return httpd.Response.json({
@@ -147,8 +231,10 @@ async def serve(args: argparse.Namespace) -> None:
             registry.identity = Identity(host, port,
                                          leader_eligible=not args.registry_follower_only)
             await nursery.start(registry.run)
-        process.ready(log, kafka=f"{listen_host}:{bound}",
-                      advertised=f"{config.advertised_host}:{config.advertised_port}",
+        process.ready(log, kafka=f"{kafka[0].host}:{bound[0]}",
+                      listeners=",".join(f"{li.name}://{li.host}:{port}"
+                                         for li, port in zip(kafka, bound, strict=True)),
+                      advertised=",".join(li.url(advertised=True) for li in kafka),
                       broker=args.broker, http=args.http)
 
 

@@ -9,9 +9,13 @@ from dataclasses import dataclass, field
 from kio.schema.errors import ErrorCode
 
 from gateway.broker_client import BrokerClient, BrokerUnavailable
+from gateway.listeners import Listener
 from gateway.memory import BytePool, Output
 from gateway.quotas import ClientQuotas
+from gateway.sasl import MECHANISMS
+from gateway.security import SecurityView, session
 from gateway.validation_settings import TopicSettings
+from kelp import acl
 from kelp.routes import BROKER
 from kelp.rpc.broker import v1 as pb
 from registry.state import RegistryState
@@ -49,6 +53,23 @@ class GatewayConfig:
     # Kafka's max.connections: client connections served at once (more wait to be accepted).
     max_connections: int = 10_000
     listen: str = "127.0.0.1:9092"  # the Kafka listener's HOST:PORT as given at start
+    # Every Kafka listener (name, security protocol, bound and advertised address); empty:
+    # one PLAINTEXT listener at ``listen``, advertised at advertised_host:port.
+    listeners: tuple[Listener, ...] = ()
+    sasl_mechanisms: tuple[str, ...] = MECHANISMS  # sasl.enabled.mechanisms
+    # KIP-368's connections.max.reauth.ms: a SASL session lasts this long, then the client
+    # must re-authenticate on the same connection or be disconnected (0: forever).
+    connections_max_reauth_ms: int = 0
+    authorizer: acl.Settings = field(default_factory=acl.Settings)
+    ssl_principal_mapping_rules: str = "DEFAULT"
+
+
+    def all_listeners(self) -> tuple[Listener, ...]:
+        if self.listeners:
+            return self.listeners
+        host, _, port = self.listen.rpartition(":")
+        return (Listener("PLAINTEXT", "PLAINTEXT", host.strip("[]"), int(port),
+                         self.advertised_host, self.advertised_port),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,12 +98,21 @@ class GatewayContext:
     request_pool: BytePool = field(init=False)
     fetch_pool: BytePool = field(init=False)
     quotas: ClientQuotas = field(init=False)
+    security: SecurityView = field(init=False)
 
     def __post_init__(self) -> None:
+        self.security = SecurityView(self.broker, self.config.authorizer)
         self.topic_settings = TopicSettings(self.broker)
         self.request_pool = BytePool(self.config.queued_max_request_bytes)
         self.fetch_pool = BytePool(self.config.fetch_memory_bytes)
         self.quotas = ClientQuotas(self.broker)
+
+    def advertised(self) -> tuple[str, int]:
+        """The address clients of the current connection's listener are told to use."""
+        listener = session().listener
+        if listener is not None:
+            return listener.advertised_host, listener.advertised_port
+        return self.config.advertised_host, self.config.advertised_port
 
     async def describe_topics(
         self, names: list[str], *, auto_create: bool = False

@@ -34,18 +34,34 @@ from gateway.context import (
     current_peer,
 )
 from gateway.handlers import HANDLERS, PREPARE
+from gateway.handlers import security as security_handlers
 from gateway.kafka import apis, messages
 from gateway.kafka.connection import KafkaConnection, ProtocolError, Request
+from gateway.kafka.framing import frame
+from gateway.listeners import (
+    ANONYMOUS,
+    Listener,
+    ListenerError,
+    PrincipalRules,
+    TlsContexts,
+    subject_name,
+)
 from gateway.memory import LARGE_FRAME_BYTES, BytePool, Output
+from gateway.sasl import SaslFailed
+from gateway.security import Session, current_session
+from gateway.security import session as security_session
 from kelp.logs import RateLimited
 
 log = logging.getLogger("kelp.gateway.server")
+Stream = trio.SocketStream | trio.SSLStream[trio.SocketStream]
 # A hostile client can send malformed requests as fast as it likes: one line a second at most.
 protocol_log = RateLimited(log, interval_s=1.0)
 failure_log = RateLimited(log, interval_s=1.0)
 timeout_log = RateLimited(log, interval_s=1.0)
 accept_log = RateLimited(log, interval_s=1.0)
 unavailable_log = RateLimited(log, interval_s=1.0)
+tls_log = RateLimited(log, interval_s=1.0)
+auth_log = RateLimited(log, interval_s=1.0)
 
 # accept() errors that mean "out of descriptors or memory for now": wait and accept again.
 _ACCEPT_OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
@@ -56,7 +72,12 @@ RECEIVE_SIZE = 256 * 1024
 # serves a connection's requests one at a time. Pipelined commits are then applied in the
 # order sent, and an OffsetFetch sees the commits sent before it.
 ORDERED = frozenset({apis.ApiKey.OFFSET_COMMIT, apis.ApiKey.OFFSET_FETCH,
-                     apis.ApiKey.OFFSET_DELETE, apis.ApiKey.DELETE_GROUPS})
+                     apis.ApiKey.OFFSET_DELETE, apis.ApiKey.DELETE_GROUPS,
+                     apis.ApiKey.SASL_AUTHENTICATE})
+# All a connection on a SASL listener may send before it authenticates (or once its session
+# has expired, KIP-368); anything else closes it, as Kafka closes it.
+BEFORE_AUTHENTICATION = frozenset({apis.ApiKey.API_VERSIONS, apis.ApiKey.SASL_HANDSHAKE,
+                                   apis.ApiKey.SASL_AUTHENTICATE})
 # Byte-rate quotas apply to these (see gateway.quotas).
 QUOTA_KEYS = frozenset({apis.ApiKey.PRODUCE, apis.ApiKey.FETCH})
 PEER_CHECK_S = 1.0  # how often a connection not being read is checked for its client leaving
@@ -70,12 +91,13 @@ class _Slot:
     given back once the response is written, or when the connection ends.
     """
 
-    __slots__ = ("done", "holds", "payload")
+    __slots__ = ("close_after", "done", "holds", "payload")
 
     def __init__(self) -> None:
         self.done = trio.Event()
         self.payload: bytes | None = None
         self.holds: list[tuple[BytePool, int]] = []
+        self.close_after = False  # close the connection once this answer is written
 
     def release(self) -> None:
         holds, self.holds = self.holds, []
@@ -95,6 +117,9 @@ class KafkaServer:
         self.protocol_errors = 0
         self.throttled = 0
         self.timeouts = 0
+        self.tls_failures = 0
+        self.authentication_failures = 0
+        self.principal_rules = PrincipalRules(ctx.config.ssl_principal_mapping_rules)
         # Kafka's max.connections: past it, new connections wait in the kernel's backlog until
         # one closes, so a flood of connections cannot take every file descriptor.
         self._connection_slots = trio.Semaphore(ctx.config.max_connections)
@@ -102,21 +127,27 @@ class KafkaServer:
         # its preferred versions (GET /debug/versions on the gateway's HTTP port).
         self.versions_seen: dict[tuple[str, str], int] = {}
 
-    async def serve(self, host: str, port: int, *,
+    async def serve(self, listener: Listener, tls: TlsContexts | None = None, *,
                     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(port, host=host)
-        bound = listeners[0].socket.getsockname()[1]
+        """Accept connections on one Kafka listener until cancelled; reports the bound port."""
+        if listener.tls and tls is None:
+            raise ValueError(f"listener {listener.name} is {listener.protocol}: it needs TLS "
+                             "files")
+        sockets = await trio.open_tcp_listeners(listener.port, host=listener.host or None)
+        bound = sockets[0].socket.getsockname()[1]
         async with trio.open_nursery() as nursery:
-            for listener in listeners:
-                nursery.start_soon(self._accept, listener, nursery)
+            for socket_listener in sockets:
+                nursery.start_soon(self._accept, socket_listener, nursery, listener,
+                                   tls if listener.tls else None)
             task_status.started(bound)
 
-    async def _accept(self, listener: trio.SocketListener, connections: trio.Nursery) -> None:
-        async with listener:
+    async def _accept(self, socket_listener: trio.SocketListener, connections: trio.Nursery,
+                      listener: Listener, tls: TlsContexts | None) -> None:
+        async with socket_listener:
             while True:
                 await self._connection_slots.acquire()
                 try:
-                    stream = await listener.accept()
+                    stream = await socket_listener.accept()
                 except OSError as exc:
                     self._connection_slots.release()
                     if exc.errno not in _ACCEPT_OUT_OF_RESOURCES:
@@ -129,17 +160,50 @@ class KafkaServer:
                 except BaseException:
                     self._connection_slots.release()
                     raise
-                connections.start_soon(self._own_connection, stream)
+                connections.start_soon(self._own_connection, stream, listener, tls)
 
-    async def _own_connection(self, stream: trio.SocketStream) -> None:
+    async def _own_connection(self, stream: trio.SocketStream, listener: Listener,
+                              tls: TlsContexts | None) -> None:
         try:
-            await self.handle_connection(stream)
+            if tls is None:
+                await self.handle_connection(stream, listener)
+                return
+            secured = await self._handshake(stream, tls)
+            if secured is not None:
+                await self.handle_connection(secured, listener)
+        except Exception:
+            # A bug must cost this connection only, never the listener and every client.
+            log.exception("connection failed", extra={"peer": _peer(stream)})
         finally:
             self._connection_slots.release()
 
-    async def handle_connection(self, stream: trio.SocketStream) -> None:
+    async def _handshake(self, stream: trio.SocketStream,
+                         tls: TlsContexts) -> trio.SSLStream[trio.SocketStream] | None:
+        """The TLS handshake, within the request timeout; None (connection closed) if it
+        fails: a wrong, expired or unknown client certificate, or a client that is not
+        speaking TLS."""
+        secured = trio.SSLStream(stream, tls.current(), server_side=True)
+        with trio.move_on_after(self.ctx.config.request_timeout_ms / 1000):
+            try:
+                await secured.do_handshake()
+                return secured
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                self.tls_failures += 1
+                tls_log.warning("TLS handshake failed", peer=_peer(stream),
+                                error=str(exc.__cause__ or exc)[:200])
+        await trio.aclose_forcefully(stream)
+        return None
+
+    async def handle_connection(self, stream: Stream,
+                                listener: Listener | None = None) -> None:
         peer = _peer(stream)
-        current_peer.set(peer.rsplit(":", 1)[0])  # inherited by every task of this connection
+        host = peer.rsplit(":", 1)[0]
+        current_peer.set(host)  # inherited by every task of this connection
+        session = Session(listener, host)
+        session.authenticated = not session.sasl
+        if isinstance(stream, trio.SSLStream) and not session.sasl:
+            session.principal = self._certificate_principal(stream)
+        current_session.set(session)  # one object: the SASL handlers change it in place
         output = Output()
         current_output.set(output)
         self.connections += 1
@@ -167,7 +231,7 @@ class KafkaServer:
                 slot.release()
             self.connections -= 1
 
-    async def _receive(self, stream: trio.SocketStream, kafka: KafkaConnection,
+    async def _receive(self, stream: Stream, kafka: KafkaConnection,
                        budget: _Budget, reserved: list[int], peer: str) -> bytes:
         """The next bytes from the client, once this connection may be read.
 
@@ -202,7 +266,7 @@ class KafkaServer:
             raise _Closing
         return data
 
-    async def _read_requests(self, stream: trio.SocketStream, kafka: KafkaConnection,
+    async def _read_requests(self, stream: Stream, kafka: KafkaConnection,
                              slots: trio.MemorySendChannel[_Slot], nursery: trio.Nursery,
                              peer: str, live: set[_Slot]) -> None:
         budget = _Budget(self.ctx.config.max_inflight_bytes)
@@ -213,17 +277,27 @@ class KafkaServer:
         finally:
             self.ctx.request_pool.release(sum(reserved))
 
-    async def _serve_requests(self, stream: trio.SocketStream, kafka: KafkaConnection,
+    async def _serve_requests(self, stream: Stream, kafka: KafkaConnection,
                               slots: trio.MemorySendChannel[_Slot], nursery: trio.Nursery,
                               peer: str, live: set[_Slot], budget: _Budget,
                               reserved: list[int]) -> None:
         last_ordered: trio.Event | None = None  # done when the last ORDERED request is
+        session = security_session()
         while True:
             data = await self._receive(stream, kafka, budget, reserved, peer)
             if not data:
                 return
             kafka.receive_data(data)
             while True:
+                if session.raw_tokens:  # after SaslHandshake v0: a bare SASL token
+                    token = kafka.next_frame()
+                    if token is None:
+                        break
+                    slot = _Slot()
+                    live.add(slot)
+                    await self._raw_token(token, slot)  # inline: it decides the next frame
+                    await slots.send(slot)
+                    continue
                 try:
                     request = kafka.next_request()
                 except ProtocolError as exc:
@@ -236,6 +310,8 @@ class KafkaServer:
                     return
                 if request is None:
                     break
+                if not self._may_send(session, request, peer):
+                    return
                 slot = _Slot()
                 live.add(slot)
                 if reserved and request.size > LARGE_FRAME_BYTES:
@@ -276,7 +352,7 @@ class KafkaServer:
                                    nursery.cancel_scope, budget, after)
 
     @staticmethod
-    async def _while_connected(stream: trio.SocketStream,
+    async def _while_connected(stream: Stream,
                                wait: Callable[[], Awaitable[None]]) -> None:
         """``await wait()`` while watching the client. A connection that is not being read
         (throttled, over its budget, waiting for pool room or for the broker's backlog) would
@@ -288,7 +364,7 @@ class KafkaServer:
         async def watch(scope: trio.CancelScope) -> None:
             nonlocal gone
             try:
-                while await stream.socket.recv(1, socket.MSG_PEEK):
+                while await _socket(stream).recv(1, socket.MSG_PEEK):
                     await trio.sleep(PEER_CHECK_S)  # bytes wait for us: only an end matters
             except OSError:
                 pass  # reset: gone as well
@@ -301,6 +377,47 @@ class KafkaServer:
             nursery.cancel_scope.cancel()
         if gone:
             raise _Closing
+
+    def _may_send(self, session: Session, request: Request, peer: str) -> bool:
+        """Whether this request may be served now: on a SASL listener only ApiVersions and
+        the SASL APIs until the client authenticates, and again once its session expired."""
+        if request.api_key in BEFORE_AUTHENTICATION:
+            return True
+        if not session.authenticated:
+            reason = "request before SASL authentication"
+        elif session.expires_at is not None and trio.current_time() > session.expires_at:
+            reason = "SASL session expired without re-authentication"
+        else:
+            return True
+        self.authentication_failures += 1
+        auth_log.warning("closing connection: " + reason, peer=peer,
+                         api=apis.api_name(request.api_key), principal=session.principal)
+        return False
+
+    async def _raw_token(self, token: bytes, slot: _Slot) -> None:
+        """A SASL token after SaslHandshake v0, answered as a bare length-prefixed token; a
+        failure closes the connection (v0 has no way to carry an error)."""
+        try:
+            reply = await security_handlers.authenticate_step(self.ctx, token)
+            slot.payload = frame(reply)
+        except SaslFailed as exc:
+            self.authentication_failures += 1
+            auth_log.warning("SASL authentication failed", error=str(exc)[:200])
+            slot.close_after = True
+        finally:
+            slot.done.set()
+
+    def _certificate_principal(self, stream: trio.SSLStream[trio.SocketStream]) -> str:
+        """The principal of an SSL listener's client: its certificate's subject mapped by
+        ssl.principal.mapping.rules, or ANONYMOUS without a certificate."""
+        der = stream.getpeercert(binary_form=True)
+        if not der:
+            return ANONYMOUS
+        try:
+            return self.principal_rules.principal(subject_name(der))
+        except (ListenerError, ValueError) as exc:
+            auth_log.warning("client certificate has no principal", error=str(exc)[:200])
+            return ANONYMOUS
 
     def _note_version(self, request: Request) -> None:
         key = (request.header.client_id or "", apis.api_name(request.api_key))
@@ -352,6 +469,8 @@ class KafkaServer:
         finally:
             self.inflight -= 1
             budget.give_back(request.size)
+            if security_session().close_after_answer:
+                slot.close_after = True
             slot.done.set()
 
     def _apply_quota(self, kafka: KafkaConnection, request: Request,
@@ -392,7 +511,7 @@ class KafkaServer:
             log.exception("could not build an error response")
             return None
 
-    async def _write_responses(self, stream: trio.SocketStream,
+    async def _write_responses(self, stream: Stream,
                                slots: trio.MemoryReceiveChannel[_Slot], output: Output,
                                live: set[_Slot]) -> None:
         async for slot in slots:
@@ -403,6 +522,8 @@ class KafkaServer:
                 slot.payload = None
             slot.release()
             live.discard(slot)
+            if slot.close_after:
+                raise _Closing
 
 
 class _Budget:
@@ -438,9 +559,16 @@ class _Budget:
             await self._freed.wait()
 
 
-def _peer(stream: trio.SocketStream) -> str:
+def _socket(stream: Stream) -> trio.socket.SocketType:
+    """The TCP socket under a connection (under its TLS layer, if it has one)."""
+    if isinstance(stream, trio.SSLStream):
+        return stream.transport_stream.socket
+    return stream.socket
+
+
+def _peer(stream: Stream) -> str:
     try:
-        host, port = stream.socket.getpeername()[:2]
+        host, port = _socket(stream).getpeername()[:2]
         return f"{host}:{port}"
     except OSError:
         return "?"

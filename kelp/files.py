@@ -26,11 +26,12 @@ def temp_path(path: Path) -> Path:
     return path.with_name(path.name + ".tmp")
 
 
-def replace_file(path: Path, data: bytes | str, *, durable: bool) -> None:
+def replace_file(path: Path, data: bytes | str, *, durable: bool, mode: int = 0o644) -> None:
     """Make ``data`` the contents of ``path`` in one rename (see the module's docstring)."""
     tmp = temp_path(path)
     payload = data.encode() if isinstance(data, str) else data
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    os.fchmod(fd, mode)  # a file left by a crash keeps its old mode otherwise
     try:
         view = memoryview(payload)
         while view:

@@ -28,6 +28,7 @@ from gateway.handlers import (
     produce,
     producers,
     quotas,
+    security,
 )
 from gateway.kafka import apis
 from gateway.kafka.apis import ApiKey
@@ -74,6 +75,13 @@ HANDLERS: dict[int, Handler] = {
     ApiKey.ALTER_CLIENT_QUOTAS: quotas.handle_alter,
     ApiKey.CONSUMER_GROUP_HEARTBEAT: consumer_groups.handle_heartbeat,
     ApiKey.CONSUMER_GROUP_DESCRIBE: consumer_groups.handle_describe,
+    ApiKey.SASL_HANDSHAKE: security.handle_handshake,
+    ApiKey.SASL_AUTHENTICATE: security.handle_authenticate,
+    ApiKey.DESCRIBE_ACLS: security.handle_describe_acls,
+    ApiKey.CREATE_ACLS: security.handle_create_acls,
+    ApiKey.DELETE_ACLS: security.handle_delete_acls,
+    ApiKey.DESCRIBE_USER_SCRAM_CREDENTIALS: security.handle_describe_scram,
+    ApiKey.ALTER_USER_SCRAM_CREDENTIALS: security.handle_alter_scram,
 }
 apis.require_handlers(HANDLERS)  # the table of served APIs says what must be here
 

@@ -170,11 +170,12 @@ async def handle_create_partitions(ctx: GatewayContext, request: Request) -> Any
 async def handle_describe_cluster(ctx: GatewayContext, request: Request) -> Any:
     response_type = messages.response_type(apis.ApiKey.DESCRIBE_CLUSTER, request.version)
     broker_type = messages.nested(response_type, "DescribeClusterBroker")
+    host, port = ctx.advertised()
     return messages.build(
         response_type, throttle_time=datetime.timedelta(0), error_code=ErrorCode.none,
         error_message=None, endpoint_type=1, cluster_id=ctx.config.cluster_id,
         controller_id=NODE_ID, brokers=(messages.build(
-            broker_type, broker_id=NODE_ID, host=ctx.config.advertised_host,
-            port=ctx.config.advertised_port, rack=None, is_fenced=False),),
+            broker_type, broker_id=NODE_ID, host=host, port=port, rack=None,
+            is_fenced=False),),
         cluster_authorized_operations=authorized.cluster(
             request.body.include_cluster_authorized_operations))

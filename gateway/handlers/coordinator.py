@@ -27,8 +27,7 @@ async def handle(ctx: GatewayContext, request: Request) -> Any:
     else:
         error, message = ErrorCode.coordinator_not_available, "transactions are not supported"
     node = NODE_ID if error == ErrorCode.none else -1
-    host = ctx.config.advertised_host if error == ErrorCode.none else ""
-    port = ctx.config.advertised_port if error == ErrorCode.none else -1
+    host, port = ctx.advertised() if error == ErrorCode.none else ("", -1)
     if messages.has_field(response_type, "coordinators"):  # v4+: a batch of keys
         coordinator_type = messages.nested(response_type, "Coordinator")
         return response_type(

@@ -63,8 +63,8 @@ def build_response(ctx: GatewayContext, request: Request,
             topic_type, error_code=error, name=meta.name, topic_id=meta.topic_id,
             is_internal=meta.internal, partitions=partitions,
             topic_authorized_operations=topic_operations))
-    broker = messages.build(broker_type, node_id=NODE_ID, host=ctx.config.advertised_host,
-                            port=ctx.config.advertised_port, rack=None)
+    host, port = ctx.advertised()
+    broker = messages.build(broker_type, node_id=NODE_ID, host=host, port=port, rack=None)
     return messages.build(
         response_type, throttle_time=datetime.timedelta(0), brokers=(broker,),
         cluster_id=ctx.config.cluster_id, controller_id=NODE_ID, topics=tuple(topics),

@@ -234,9 +234,10 @@ async def handle_describe_quorum(ctx: GatewayContext, request: Request) -> Any:
     if request.version >= 2:  # v2 names each voter's listeners
         node_type = messages.nested(response_type, "Node")
         listener_type = messages.nested(response_type, "Listener")
-        fields["nodes"] = (node_type(node_id=NODE_ID, listeners=(listener_type(
-            name="PLAINTEXT", host=ctx.config.advertised_host,
-            port=ctx.config.advertised_port),)),)
+        fields["nodes"] = (node_type(node_id=NODE_ID, listeners=tuple(
+            listener_type(name=listener.name, host=listener.advertised_host,
+                          port=listener.advertised_port)
+            for listener in ctx.config.all_listeners())),)
     return messages.build(
         response_type, error_code=ErrorCode.none, error_message=None, topics=tuple(
             topic_type(topic_name=t.topic_name, partitions=tuple(

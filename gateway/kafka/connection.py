@@ -61,6 +61,14 @@ class KafkaConnection:
         """Bytes received and not yet handed out as requests."""
         return self._frames.buffered
 
+    def next_frame(self) -> bytes | None:
+        """The next whole frame as it is, or None until more bytes arrive (the bare SASL
+        tokens that follow SaslHandshake v0 are framed but are not Kafka requests)."""
+        try:
+            return self._frames.next_frame()
+        except FrameTooLarge as exc:
+            raise ProtocolError(str(exc)) from exc
+
     def next_request(self) -> Request | None:
         """The next whole request, or None until more bytes arrive."""
         try:

@@ -4,6 +4,8 @@
 # This file has been @generated
 
 __all__ = (
+    "AclBinding",
+    "AclFilter",
     "AlterClientQuotasReply",
     "AlterClientQuotasReplyResult",
     "AlterClientQuotasRequest",
@@ -14,6 +16,8 @@ __all__ = (
     "AlterConfigsRequest",
     "AlterConfigsRequestOp",
     "AlterConfigsRequestResource",
+    "AlterScramCredentialsReply",
+    "AlterScramCredentialsRequest",
     "AppendReply",
     "AppendRequest",
     "BrokerBase",
@@ -34,11 +38,16 @@ __all__ = (
     "ConsumerGroupHeartbeatRequest",
     "ConsumerGroupHeartbeatRequestOwned",
     "ConsumerGroupHeartbeatRequestSubscription",
+    "CreateAclsReply",
+    "CreateAclsRequest",
     "CreatePartitionsReply",
     "CreatePartitionsRequest",
     "CreatePartitionsRequestTarget",
     "CreateTopicsReply",
     "CreateTopicsRequest",
+    "DeleteAclsFilterResult",
+    "DeleteAclsReply",
+    "DeleteAclsRequest",
     "DeleteGroupsReply",
     "DeleteGroupsReplyResult",
     "DeleteGroupsRequest",
@@ -73,6 +82,7 @@ __all__ = (
     "FetchReply",
     "FetchRequest",
     "FetchedPartition",
+    "GetSecurityRequest",
     "GroupMember",
     "GroupProtocol",
     "HealthReply",
@@ -107,6 +117,11 @@ __all__ = (
     "ReadChunkReply",
     "ReadChunkRequest",
     "RecordError",
+    "ScramCredential",
+    "ScramDeletion",
+    "ScramUpsertion",
+    "SecurityResult",
+    "SecuritySnapshot",
     "SegmentInfo",
     "StatChunkReply",
     "StatChunkRequest",
@@ -136,6 +151,49 @@ if TYPE_CHECKING:
 
 _COMPILER_VERSION = "0.10.1"
 betterproto2.check_compiler_version(_COMPILER_VERSION)
+
+
+@dataclass(eq=False, repr=False)
+class AclBinding(betterproto2.Message):
+    resource_type: "int" = betterproto2.field(1, betterproto2.TYPE_INT32)
+
+    resource_name: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    pattern_type: "int" = betterproto2.field(3, betterproto2.TYPE_INT32)
+
+    principal: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+
+    host: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
+
+    operation: "int" = betterproto2.field(6, betterproto2.TYPE_INT32)
+
+    permission_type: "int" = betterproto2.field(7, betterproto2.TYPE_INT32)
+
+
+default_message_pool.register_message("broker.v1", "AclBinding", AclBinding)
+
+
+@dataclass(eq=False, repr=False)
+class AclFilter(betterproto2.Message):
+    resource_type: "int" = betterproto2.field(1, betterproto2.TYPE_INT32)
+
+    resource_name: "str | None" = betterproto2.field(2, betterproto2.TYPE_STRING, optional=True)
+    """
+    unset: any
+    """
+
+    pattern_type: "int" = betterproto2.field(3, betterproto2.TYPE_INT32)
+
+    principal: "str | None" = betterproto2.field(4, betterproto2.TYPE_STRING, optional=True)
+
+    host: "str | None" = betterproto2.field(5, betterproto2.TYPE_STRING, optional=True)
+
+    operation: "int" = betterproto2.field(6, betterproto2.TYPE_INT32)
+
+    permission_type: "int" = betterproto2.field(7, betterproto2.TYPE_INT32)
+
+
+default_message_pool.register_message("broker.v1", "AclFilter", AclFilter)
 
 
 @dataclass(eq=False, repr=False)
@@ -279,6 +337,36 @@ class AlterConfigsRequestResource(betterproto2.Message):
 
 default_message_pool.register_message(
     "broker.v1", "AlterConfigsRequest.Resource", AlterConfigsRequestResource
+)
+
+
+@dataclass(eq=False, repr=False)
+class AlterScramCredentialsReply(betterproto2.Message):
+    results: "list[SecurityResult]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+    version: "int" = betterproto2.field(2, betterproto2.TYPE_UINT64)
+
+
+default_message_pool.register_message(
+    "broker.v1", "AlterScramCredentialsReply", AlterScramCredentialsReply
+)
+
+
+@dataclass(eq=False, repr=False)
+class AlterScramCredentialsRequest(betterproto2.Message):
+    deletions: "list[ScramDeletion]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+    upsertions: "list[ScramUpsertion]" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+
+default_message_pool.register_message(
+    "broker.v1", "AlterScramCredentialsRequest", AlterScramCredentialsRequest
 )
 
 
@@ -651,6 +739,26 @@ default_message_pool.register_message(
 
 
 @dataclass(eq=False, repr=False)
+class CreateAclsReply(betterproto2.Message):
+    results: "list[SecurityResult]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+    version: "int" = betterproto2.field(2, betterproto2.TYPE_UINT64)
+
+
+default_message_pool.register_message("broker.v1", "CreateAclsReply", CreateAclsReply)
+
+
+@dataclass(eq=False, repr=False)
+class CreateAclsRequest(betterproto2.Message):
+    creations: "list[AclBinding]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+
+
+default_message_pool.register_message("broker.v1", "CreateAclsRequest", CreateAclsRequest)
+
+
+@dataclass(eq=False, repr=False)
 class CreatePartitionsReply(betterproto2.Message):
     results: "list[TopicResult]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
 
@@ -703,6 +811,38 @@ class CreateTopicsRequest(betterproto2.Message):
 
 
 default_message_pool.register_message("broker.v1", "CreateTopicsRequest", CreateTopicsRequest)
+
+
+@dataclass(eq=False, repr=False)
+class DeleteAclsFilterResult(betterproto2.Message):
+    error_code: "int" = betterproto2.field(1, betterproto2.TYPE_INT32)
+
+    error_message: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    matching: "list[AclBinding]" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, repeated=True)
+
+
+default_message_pool.register_message("broker.v1", "DeleteAclsFilterResult", DeleteAclsFilterResult)
+
+
+@dataclass(eq=False, repr=False)
+class DeleteAclsReply(betterproto2.Message):
+    results: "list[DeleteAclsFilterResult]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+    version: "int" = betterproto2.field(2, betterproto2.TYPE_UINT64)
+
+
+default_message_pool.register_message("broker.v1", "DeleteAclsReply", DeleteAclsReply)
+
+
+@dataclass(eq=False, repr=False)
+class DeleteAclsRequest(betterproto2.Message):
+    filters: "list[AclFilter]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+
+
+default_message_pool.register_message("broker.v1", "DeleteAclsRequest", DeleteAclsRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -1187,6 +1327,19 @@ class FetchRequest(betterproto2.Message):
 
 
 default_message_pool.register_message("broker.v1", "FetchRequest", FetchRequest)
+
+
+@dataclass(eq=False, repr=False)
+class GetSecurityRequest(betterproto2.Message):
+    known_version: "int" = betterproto2.field(1, betterproto2.TYPE_UINT64)
+    """
+    answer when the version differs, or after wait_ms
+    """
+
+    wait_ms: "int" = betterproto2.field(2, betterproto2.TYPE_UINT32)
+
+
+default_message_pool.register_message("broker.v1", "GetSecurityRequest", GetSecurityRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -1705,6 +1858,84 @@ default_message_pool.register_message("broker.v1", "RecordError", RecordError)
 
 
 @dataclass(eq=False, repr=False)
+class ScramCredential(betterproto2.Message):
+    """
+    Security. Enum values are Kafka's (ResourceType, PatternType, AclOperation,
+    AclPermissionType, ScramMechanism: 1 SCRAM-SHA-256, 2 SCRAM-SHA-512).
+    """
+
+    user: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    mechanism: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
+
+    salt: "bytes" = betterproto2.field(3, betterproto2.TYPE_BYTES)
+
+    stored_key: "bytes" = betterproto2.field(4, betterproto2.TYPE_BYTES)
+
+    server_key: "bytes" = betterproto2.field(5, betterproto2.TYPE_BYTES)
+
+    iterations: "int" = betterproto2.field(6, betterproto2.TYPE_INT32)
+
+
+default_message_pool.register_message("broker.v1", "ScramCredential", ScramCredential)
+
+
+@dataclass(eq=False, repr=False)
+class ScramDeletion(betterproto2.Message):
+    user: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    mechanism: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
+
+
+default_message_pool.register_message("broker.v1", "ScramDeletion", ScramDeletion)
+
+
+@dataclass(eq=False, repr=False)
+class ScramUpsertion(betterproto2.Message):
+    user: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    mechanism: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
+
+    iterations: "int" = betterproto2.field(3, betterproto2.TYPE_INT32)
+
+    salt: "bytes" = betterproto2.field(4, betterproto2.TYPE_BYTES)
+
+    salted_password: "bytes" = betterproto2.field(5, betterproto2.TYPE_BYTES)
+
+
+default_message_pool.register_message("broker.v1", "ScramUpsertion", ScramUpsertion)
+
+
+@dataclass(eq=False, repr=False)
+class SecurityResult(betterproto2.Message):
+    user: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    AlterScramCredentials: the user it is about
+    """
+
+    error_code: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
+
+    error_message: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message("broker.v1", "SecurityResult", SecurityResult)
+
+
+@dataclass(eq=False, repr=False)
+class SecuritySnapshot(betterproto2.Message):
+    version: "int" = betterproto2.field(1, betterproto2.TYPE_UINT64)
+
+    credentials: "list[ScramCredential]" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+    acls: "list[AclBinding]" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, repeated=True)
+
+
+default_message_pool.register_message("broker.v1", "SecuritySnapshot", SecuritySnapshot)
+
+
+@dataclass(eq=False, repr=False)
 class SegmentInfo(betterproto2.Message):
     base_offset: "int" = betterproto2.field(1, betterproto2.TYPE_INT64)
 
@@ -2091,6 +2322,82 @@ class BrokerStub(betterproto2_grpclib.ServiceStub):
             "/broker.v1.Broker/AlterClientQuotas",
             message,
             AlterClientQuotasReply,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def get_security(
+        self,
+        message: "GetSecurityRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "SecuritySnapshot":
+        """
+        Security (issue 17): SCRAM credentials and ACLs, kept durably by the broker. Gateways
+        long-poll GetSecurity for the whole set (it answers at once when the version moved).
+        """
+
+        return await self._unary_unary(
+            "/broker.v1.Broker/GetSecurity",
+            message,
+            SecuritySnapshot,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def alter_scram_credentials(
+        self,
+        message: "AlterScramCredentialsRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "AlterScramCredentialsReply":
+
+        return await self._unary_unary(
+            "/broker.v1.Broker/AlterScramCredentials",
+            message,
+            AlterScramCredentialsReply,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def create_acls(
+        self,
+        message: "CreateAclsRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "CreateAclsReply":
+
+        return await self._unary_unary(
+            "/broker.v1.Broker/CreateAcls",
+            message,
+            CreateAclsReply,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def delete_acls(
+        self,
+        message: "DeleteAclsRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "DeleteAclsReply":
+
+        return await self._unary_unary(
+            "/broker.v1.Broker/DeleteAcls",
+            message,
+            DeleteAclsReply,
             timeout=timeout,
             deadline=deadline,
             metadata=metadata,
@@ -2555,6 +2862,28 @@ class BrokerBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def get_security(self, message: "GetSecurityRequest") -> "SecuritySnapshot":
+        """
+        Security (issue 17): SCRAM credentials and ACLs, kept durably by the broker. Gateways
+        long-poll GetSecurity for the whole set (it answers at once when the version moved).
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def alter_scram_credentials(
+        self, message: "AlterScramCredentialsRequest"
+    ) -> "AlterScramCredentialsReply":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def create_acls(self, message: "CreateAclsRequest") -> "CreateAclsReply":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def delete_acls(self, message: "DeleteAclsRequest") -> "DeleteAclsReply":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def init_producer_id(self, message: "InitProducerIdRequest") -> "InitProducerIdReply":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
@@ -2756,6 +3085,39 @@ class BrokerBase(betterproto2_grpclib.ServiceBase):
         request = await stream.recv_message()
         assert request is not None
         response = await self.alter_client_quotas(request)
+        await stream.send_message(response)
+
+    async def __rpc_get_security(
+        self, stream: "grpclib.server.Stream[GetSecurityRequest, SecuritySnapshot]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.get_security(request)
+        await stream.send_message(response)
+
+    async def __rpc_alter_scram_credentials(
+        self,
+        stream: "grpclib.server.Stream[AlterScramCredentialsRequest, AlterScramCredentialsReply]",
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.alter_scram_credentials(request)
+        await stream.send_message(response)
+
+    async def __rpc_create_acls(
+        self, stream: "grpclib.server.Stream[CreateAclsRequest, CreateAclsReply]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.create_acls(request)
+        await stream.send_message(response)
+
+    async def __rpc_delete_acls(
+        self, stream: "grpclib.server.Stream[DeleteAclsRequest, DeleteAclsReply]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.delete_acls(request)
         await stream.send_message(response)
 
     async def __rpc_init_producer_id(
@@ -2997,6 +3359,30 @@ class BrokerBase(betterproto2_grpclib.ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 AlterClientQuotasRequest,
                 AlterClientQuotasReply,
+            ),
+            "/broker.v1.Broker/GetSecurity": grpclib.const.Handler(
+                self.__rpc_get_security,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                GetSecurityRequest,
+                SecuritySnapshot,
+            ),
+            "/broker.v1.Broker/AlterScramCredentials": grpclib.const.Handler(
+                self.__rpc_alter_scram_credentials,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                AlterScramCredentialsRequest,
+                AlterScramCredentialsReply,
+            ),
+            "/broker.v1.Broker/CreateAcls": grpclib.const.Handler(
+                self.__rpc_create_acls,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                CreateAclsRequest,
+                CreateAclsReply,
+            ),
+            "/broker.v1.Broker/DeleteAcls": grpclib.const.Handler(
+                self.__rpc_delete_acls,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                DeleteAclsRequest,
+                DeleteAclsReply,
             ),
             "/broker.v1.Broker/InitProducerId": grpclib.const.Handler(
                 self.__rpc_init_producer_id,

@@ -1,0 +1,147 @@
+"""GetSecurity, AlterScramCredentials, CreateAcls and DeleteAcls: part of ``BrokerService``.
+
+Gateways keep a copy of every credential and binding and long-poll ``GetSecurity`` with the
+version they hold: it answers as soon as a change is durable, so a new ACL or a deleted user
+takes effect on every gateway at once (within one round trip), not at the next poll.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import trio
+from kio.schema.errors import ErrorCode
+
+from broker.security import SecurityError, SecurityStore
+from kelp import acl
+from kelp.rpc.broker import v1 as pb
+
+MAX_WAIT_MS = 30_000
+
+
+def binding_to_pb(binding: acl.Binding) -> pb.AclBinding:
+    return pb.AclBinding(
+        resource_type=binding.resource_type, resource_name=binding.resource_name,
+        pattern_type=binding.pattern_type, principal=binding.principal, host=binding.host,
+        operation=binding.operation, permission_type=binding.permission)
+
+
+def binding_from_pb(message: pb.AclBinding) -> acl.Binding:
+    """Raises InvalidAcl for codes outside Kafka's enums."""
+    try:
+        return acl.Binding(
+            acl.ResourceType(message.resource_type), message.resource_name,
+            acl.PatternType(message.pattern_type), message.principal, message.host,
+            acl.Operation(message.operation), acl.Permission(message.permission_type))
+    except ValueError as exc:
+        raise acl.InvalidAcl(str(exc)) from None
+
+
+def filter_from_pb(message: pb.AclFilter) -> acl.Filter:
+    try:
+        return acl.Filter(
+            acl.ResourceType(message.resource_type), message.resource_name,
+            acl.PatternType(message.pattern_type), message.principal, message.host,
+            acl.Operation(message.operation), acl.Permission(message.permission_type))
+    except ValueError as exc:
+        raise acl.InvalidAcl(str(exc)) from None
+
+
+class SecurityCalls:
+    security: SecurityStore
+    _security_lock: trio.Lock
+    _security_changed: trio.Event
+
+    def security_snapshot(self) -> pb.SecuritySnapshot:
+        store = self.security
+        return pb.SecuritySnapshot(
+            version=store.version,
+            credentials=[pb.ScramCredential(user=user, mechanism=c.mechanism, salt=c.salt,
+                                            stored_key=c.stored_key, server_key=c.server_key,
+                                            iterations=c.iterations)
+                         for user, mechanisms in store.users.items()
+                         for c in mechanisms.values()],
+            acls=[binding_to_pb(b) for b in store.bindings])
+
+    async def get_security(self, request: pb.GetSecurityRequest) -> pb.SecuritySnapshot:
+        if request.known_version == self.security.version and request.wait_ms:
+            with trio.move_on_after(min(request.wait_ms, MAX_WAIT_MS) / 1000):
+                await self._security_changed.wait()
+        return self.security_snapshot()
+
+    async def alter_scram_credentials(self, request: pb.AlterScramCredentialsRequest
+                                      ) -> pb.AlterScramCredentialsReply:
+        store = self.security
+        results: dict[str, pb.SecurityResult] = {}
+        async with self._security_lock:
+            before = copy.deepcopy(store.users)
+            for deletion in request.deletions:
+                results[deletion.user] = _result(deletion.user, lambda d=deletion: (
+                    store.delete_credential(d.user, d.mechanism)))
+            for upsertion in request.upsertions:
+                if results.get(upsertion.user, pb.SecurityResult()).error_code:
+                    continue
+                results[upsertion.user] = _result(upsertion.user, lambda u=upsertion: (
+                    store.upsert(u.user, u.mechanism, u.iterations, u.salt, u.salted_password)))
+            if store.users != before:
+                await self._commit_security(lambda: setattr(store, "users", before))
+        return pb.AlterScramCredentialsReply(results=list(results.values()),
+                                             version=store.version)
+
+    async def create_acls(self, request: pb.CreateAclsRequest) -> pb.CreateAclsReply:
+        store = self.security
+        results = []
+        async with self._security_lock:
+            before = list(store.bindings)
+            for message in request.creations:
+                result = pb.SecurityResult()
+                try:
+                    store.create(binding_from_pb(message))
+                except acl.InvalidAcl as exc:
+                    result.error_code, result.error_message = ErrorCode.invalid_request, str(exc)
+                results.append(result)
+            if store.bindings != before:
+                await self._commit_security(lambda: setattr(store, "bindings", before))
+        return pb.CreateAclsReply(results=results, version=store.version)
+
+    async def delete_acls(self, request: pb.DeleteAclsRequest) -> pb.DeleteAclsReply:
+        store = self.security
+        results = []
+        async with self._security_lock:
+            before = list(store.bindings)
+            for message in request.filters:
+                result = pb.DeleteAclsFilterResult()
+                try:
+                    result.matching = [binding_to_pb(b)
+                                       for b in store.delete(filter_from_pb(message))]
+                except acl.InvalidAcl as exc:
+                    result.error_code, result.error_message = ErrorCode.invalid_request, str(exc)
+                results.append(result)
+            if store.bindings != before:
+                await self._commit_security(lambda: setattr(store, "bindings", before))
+        return pb.DeleteAclsReply(results=results, version=store.version)
+
+    async def _commit_security(self, undo: Callable[[], None]) -> None:
+        """Bump the version, make it durable (or undo the change in memory), wake pollers.
+        Shielded: a caller that gives up must not leave memory and disk disagreeing."""
+        store = self.security
+        with trio.CancelScope(shield=True):
+            store.version += 1
+            try:
+                await trio.to_thread.run_sync(store.save)
+            except BaseException:
+                store.version -= 1
+                undo()
+                raise
+        self._security_changed.set()
+        self._security_changed = trio.Event()
+
+
+def _result(user: str, change: Callable[[], None]) -> pb.SecurityResult:
+    result = pb.SecurityResult(user=user)
+    try:
+        change()
+    except SecurityError as exc:
+        result.error_code, result.error_message = exc.code, str(exc)
+    return result
