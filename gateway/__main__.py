@@ -120,6 +120,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     registry.add_argument("--registry-advertise", default=None, metavar="HOST:PORT",
                           help="address other gateways forward registry writes to "
                           "(default: the --http address)")
+    registry.add_argument("--registry-principal", default="User:schema-registry",
+                          help="the principal that owns the schemas topic: with --authorizer, "
+                          "only it and super users write to that topic over Kafka "
+                          "(default: %(default)s)")
     registry.add_argument("--registry-follower-only", action="store_true",
                           help="never become the registry leader (forward all writes)")
     parser.add_argument("--log-level", default="info",
@@ -220,6 +224,7 @@ async def serve(args: argparse.Namespace) -> None:
                                       topic=args.schemas_topic, group=args.registry_group)
             routes.update(RegistryApi(registry, http_client).routes())
             ctx.registry_state = registry.state
+            ctx.owned_topics[args.schemas_topic] = frozenset({args.registry_principal})
         http_bound = await nursery.start(partial(
             httpd.serve_http, routes, http_host, http_port, limits=registry_api.LIMITS))
         if registry is not None:

@@ -94,6 +94,9 @@ class GatewayContext:
     topics_by_id: dict[uuid.UUID, TopicMeta] = field(default_factory=dict)
     # The schema registry's state (None without a registry), for produce validation.
     registry_state: RegistryState | None = None
+    # Internal topics and the principals that own them (the registry's topic): only those and
+    # super users write to them over Kafka, whatever the ACLs say (with an authorizer on).
+    owned_topics: dict[str, frozenset[str]] = field(default_factory=dict)
     topic_settings: TopicSettings = field(init=False)
     request_pool: BytePool = field(init=False)
     fetch_pool: BytePool = field(init=False)
@@ -106,6 +109,13 @@ class GatewayContext:
         self.request_pool = BytePool(self.config.queued_max_request_bytes)
         self.fetch_pool = BytePool(self.config.fetch_memory_bytes)
         self.quotas = ClientQuotas(self.broker)
+
+    def owns(self, topic: str) -> bool:
+        """Whether the current connection may write ``topic`` as its owner."""
+        settings = self.config.authorizer
+        principal = session().principal
+        return (not settings.enabled or principal in settings.super_users
+                or principal in self.owned_topics.get(topic, ()))
 
     def advertised(self) -> tuple[str, int]:
         """The address clients of the current connection's listener are told to use."""

@@ -3,11 +3,12 @@ and throttled as Kafka does (KIP-13, KIP-219).
 
 The quotas live in the broker (``broker.quotas``); each gateway reads them all, again every
 few seconds and at once after an AlterClientQuotas it served. A client's quota is found by
-Kafka's precedence over user and client-id entities (the user is ANONYMOUS until kelp has
-authentication). Its rate is measured over ``SAMPLES`` windows of ``WINDOW_S``; a response
-that takes it over the quota carries ``throttle_time_ms`` for the time the client must wait
-to be back within it, and the gateway does not read that connection meanwhile (KIP-219).
-A throttled fetch is answered empty, as Kafka answers it, so the data is not counted twice.
+Kafka's precedence over user and client-id entities (the user is the connection's principal
+name, ANONYMOUS without authentication). Its rate is measured over ``SAMPLES`` windows of
+``WINDOW_S``; a response that takes it over the quota carries ``throttle_time_ms`` for the time
+the client must wait to be back within it, and the gateway does not read that connection
+meanwhile (KIP-219). A throttled fetch is answered empty, as Kafka answers it, so the data is
+not counted twice.
 """
 
 from __future__ import annotations
@@ -97,15 +98,17 @@ class ClientQuotas:
                 return entity, value
         return None
 
-    def record(self, key: str, client_id: str, amount: float, now: float) -> float:
+    def record(self, key: str, client_id: str, amount: float, now: float,
+               user: str = ANONYMOUS) -> float:
         """Count ``amount`` bytes for the client; the throttle time it has earned (seconds)."""
-        found = self.quota(key, client_id)
+        found = self.quota(key, client_id, user)
         if found is None:
             return 0.0
         entity, quota = found
         # A default entity's quota applies to each client by itself, as in Kafka.
-        tracked = (key, tuple((kind, client_id if name is None and kind == "client-id"
-                               else name) for kind, name in entity))
+        tracked = (key, tuple((kind, name if name is not None
+                               else client_id if kind == "client-id" else user)
+                              for kind, name in entity))
         rate = self._rates.get(tracked)
         if rate is None:
             rate = self._rates[tracked] = Rate()

@@ -24,7 +24,7 @@ from typing import Any
 import trio
 from kio.schema.errors import ErrorCode
 
-from gateway import quotas
+from gateway import access, quotas
 from gateway.broker_client import BrokerUnavailable
 from gateway.context import (
     DropConnection,
@@ -318,11 +318,16 @@ class KafkaServer:
                     # The large frame that arrived holds its reservation until answered.
                     slot.holds.append((self.ctx.request_pool, reserved.pop()))
                 handler = HANDLERS[request.api_key]
+                if self.ctx.security.settings.enabled:
+                    refused = access.refusal(self.ctx.security, request.api_key, request.body)
+                    if refused is not None:
+                        handler = _refusing(refused)
                 self._note_version(request)
                 if log.isEnabledFor(logging.DEBUG):
                     log.debug("request", extra={"peer": peer, "api": apis.api_name(request.api_key),
                                                 "version": request.version})
-                prepare = PREPARE.get(request.api_key)
+                prepare = PREPARE.get(request.api_key) if handler is HANDLERS[
+                    request.api_key] else None
                 if prepare is not None and not prepare.ready(self.ctx, request):
                     # Waiting for room (a produce while the broker's backlog is full) means
                     # not reading this connection, so not even noticing it close: bounded.
@@ -480,15 +485,16 @@ class KafkaServer:
         empty, as Kafka does, and its bytes are not counted). Returns the answer, the delay,
         and the answer encoded when it already is."""
         client_id = request.header.client_id or ""
+        user = security_session().principal.partition(":")[2]
         now = trio.current_time()
         encoded = None
         if request.api_key == apis.ApiKey.PRODUCE:
-            delay = self.ctx.quotas.record(quotas.PRODUCE, client_id, request.size, now)
+            delay = self.ctx.quotas.record(quotas.PRODUCE, client_id, request.size, now, user)
         else:
             encoded = kafka.encode_response(request, body)
-            delay = self.ctx.quotas.record(quotas.FETCH, client_id, len(encoded), now)
+            delay = self.ctx.quotas.record(quotas.FETCH, client_id, len(encoded), now, user)
             if delay:
-                self.ctx.quotas.record(quotas.FETCH, client_id, -len(encoded), now)
+                self.ctx.quotas.record(quotas.FETCH, client_id, -len(encoded), now, user)
                 body = dataclasses.replace(body, responses=())
         if delay and body is not None:
             encoded = None
@@ -524,6 +530,14 @@ class KafkaServer:
             live.discard(slot)
             if slot.close_after:
                 raise _Closing
+
+
+def _refusing(code: ErrorCode) -> Callable[[GatewayContext, Request], Awaitable[Any]]:
+    """A handler that answers Kafka's authorization error and does nothing else."""
+    async def refuse(ctx: GatewayContext, request: Request) -> Any:
+        response_type = messages.response_type(request.api_key, request.version)
+        return messages.error_response(response_type, code, access.message(code))
+    return refuse
 
 
 class _Budget:

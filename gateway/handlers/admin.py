@@ -15,10 +15,12 @@ from gateway.broker_client import BrokerUnavailable
 from gateway.context import NODE_ID, GatewayContext
 from gateway.kafka import apis, messages
 from gateway.kafka.connection import Request
+from kelp import acl
 from kelp.routes import BROKER
 from kelp.rpc.broker import v1 as pb
 
 REPLICATION_FACTOR = 1  # one broker: every partition has one replica
+TOPIC = acl.ResourceType.TOPIC
 
 
 async def handle_create_topics(ctx: GatewayContext, request: Request) -> Any:
@@ -27,7 +29,13 @@ async def handle_create_topics(ctx: GatewayContext, request: Request) -> Any:
     result_type = messages.nested(response_type, "CreatableTopicResult")
     errors: dict[str, tuple[int, str]] = {}
     specs = []
+    may_create_any = ctx.security.allows_cluster(acl.Operation.CREATE)
     for topic in body.topics:
+        if not may_create_any and not ctx.security.allows(acl.Operation.CREATE, TOPIC,
+                                                           topic.name):
+            errors[topic.name] = (ErrorCode.topic_authorization_failed,
+                                  "Authorization failed.")
+            continue
         if topic.replication_factor not in (-1, 1):
             errors[topic.name] = (ErrorCode.invalid_replication_factor,
                                   f"replication factor {topic.replication_factor} is not "
@@ -75,14 +83,21 @@ async def handle_create_topics(ctx: GatewayContext, request: Request) -> Any:
 
 async def handle_delete_records(ctx: GatewayContext, request: Request) -> Any:
     body = request.body
+    denied = {t.name for t in body.topics
+              if not ctx.security.allows(acl.Operation.DELETE, TOPIC, t.name)}
     targets = [pb.DeleteRecordsRequestTarget(
         partition=pb.PartitionRef(topic=t.name, partition=p.partition_index), offset=p.offset)
-        for t in body.topics for p in t.partitions]
-    results: dict[tuple[str, int], pb.DeleteRecordsReplyResult] = {}
+        for t in body.topics if t.name not in denied for p in t.partitions]
+    results: dict[tuple[str, int], pb.DeleteRecordsReplyResult] = {
+        (t.name, p.partition_index): pb.DeleteRecordsReplyResult(
+            low_watermark=-1, error_code=ErrorCode.topic_authorization_failed)
+        for t in body.topics if t.name in denied for p in t.partitions}
     try:
-        reply = await ctx.broker.call(BROKER.delete_records,
-                                      pb.DeleteRecordsRequest(targets=targets))
-        results = {(r.partition.topic, r.partition.partition): r for r in reply.results}
+        if targets:
+            reply = await ctx.broker.call(BROKER.delete_records,
+                                          pb.DeleteRecordsRequest(targets=targets))
+            results.update({(r.partition.topic, r.partition.partition): r
+                            for r in reply.results})
     except BrokerUnavailable:
         pass
     response_type = messages.response_type(apis.ApiKey.DELETE_RECORDS, request.version)
@@ -112,13 +127,29 @@ async def handle_delete_topics(ctx: GatewayContext, request: Request) -> Any:
         ids = [t.topic_id.bytes for t in body.topics if not t.name and t.topic_id]
     response_type = messages.response_type(apis.ApiKey.DELETE_TOPICS, request.version)
     result_type = messages.nested(response_type, "DeletableTopicResult")
+    results = []
+    if ids and ctx.security.settings.enabled:  # a topic named by id is checked by its name
+        known = {meta.topic_id.bytes: meta.name for meta in ctx.topics_by_id.values()}
+        if any(i not in known for i in ids):
+            await ctx.existing_topics([])
+            known = {meta.topic_id.bytes: meta.name for meta in ctx.topics_by_id.values()}
+        for raw in ids:
+            if raw in known and not ctx.security.allows(acl.Operation.DELETE, TOPIC,
+                                                        known[raw]):
+                results.append(pb.TopicResult(topic_id=raw,
+                                              error_code=ErrorCode.topic_authorization_failed))
+        ids = [i for i in ids if i not in {r.topic_id for r in results}]
+    results += [pb.TopicResult(name=n, error_code=ErrorCode.topic_authorization_failed)
+                for n in names if not ctx.security.allows(acl.Operation.DELETE, TOPIC, n)]
+    names = [n for n in names if ctx.security.allows(acl.Operation.DELETE, TOPIC, n)]
     try:
-        reply = await ctx.broker.call(BROKER.delete_topics, pb.DeleteTopicsRequest(
-            names=names, topic_ids=ids))
-        results = list(reply.results)
+        if names or ids:
+            reply = await ctx.broker.call(BROKER.delete_topics, pb.DeleteTopicsRequest(
+                names=names, topic_ids=ids))
+            results += reply.results
     except BrokerUnavailable as exc:
-        results = [pb.TopicResult(name=n, error_code=ErrorCode.request_timed_out,
-                                  error_message=str(exc)) for n in names]
+        results += [pb.TopicResult(name=n, error_code=ErrorCode.request_timed_out,
+                                   error_message=str(exc)) for n in names]
     for result in results:
         if result.topic_id:
             ctx.topics_by_id.pop(uuid.UUID(bytes=result.topic_id), None)
@@ -140,6 +171,10 @@ async def handle_create_partitions(ctx: GatewayContext, request: Request) -> Any
     found = (await ctx.existing_topics(with_assignments) or {}) if with_assignments else {}
     current = {name: meta.partitions for name, meta in found.items()}
     for topic in body.topics:
+        if not ctx.security.allows(acl.Operation.ALTER, TOPIC, topic.name):
+            errors[topic.name] = (ErrorCode.topic_authorization_failed,
+                                  "Topic authorization failed.")
+            continue
         if topic.assignments:
             try:
                 if topic.name not in current:
@@ -178,4 +213,4 @@ async def handle_describe_cluster(ctx: GatewayContext, request: Request) -> Any:
             broker_type, broker_id=NODE_ID, host=host, port=port, rack=None,
             is_fenced=False),),
         cluster_authorized_operations=authorized.cluster(
-            request.body.include_cluster_authorized_operations))
+            ctx, request.body.include_cluster_authorized_operations))

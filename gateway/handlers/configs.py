@@ -13,10 +13,12 @@ from typing import Any
 
 from kio.schema.errors import ErrorCode
 
+from gateway import access
 from gateway.broker_client import BrokerUnavailable
 from gateway.context import GatewayContext
 from gateway.kafka import apis, messages
 from gateway.kafka.connection import Request
+from kelp import acl
 from kelp.routes import BROKER
 from kelp.rpc.broker import v1 as pb
 
@@ -33,15 +35,26 @@ async def handle_describe(ctx: GatewayContext, request: Request) -> Any:
     # Each resource once however often it is named: a 5-byte entry answers with every config
     # of a topic, so repeats would let a small request build a response of gigabytes.
     resources = list({(r.resource_type, r.resource_name): r for r in body.resources}.values())
+    found = []
+    for r in resources:
+        refused = _refusal(ctx, acl.Operation.DESCRIBE_CONFIGS, r.resource_type,
+                           r.resource_name)
+        if refused is not None:
+            found.append(pb.DescribeConfigsReplyResource(
+                type=r.resource_type, name=r.resource_name, error_code=refused,
+                error_message=access.message(refused)))
+    resources = [r for r in resources if not any(
+        f.type == r.resource_type and f.name == r.resource_name for f in found)]
     broker_request = pb.DescribeConfigsRequest(resources=[
         pb.DescribeConfigsRequestResource(type=r.resource_type, name=r.resource_name,
                                           keys=list(r.configuration_keys or ()))
         for r in resources])
     try:
-        reply = await ctx.broker.call(BROKER.describe_configs, broker_request)
-        found = list(reply.resources)
+        if resources:
+            reply = await ctx.broker.call(BROKER.describe_configs, broker_request)
+            found += reply.resources
     except BrokerUnavailable as exc:
-        found = [pb.DescribeConfigsReplyResource(
+        found += [pb.DescribeConfigsReplyResource(
             type=r.resource_type, name=r.resource_name,
             error_code=ErrorCode.request_timed_out, error_message=str(exc))
             for r in resources]
@@ -124,6 +137,7 @@ def _sensitive(name: str) -> bool:
 
 TOPIC_RESOURCE = 2
 BROKER_RESOURCE = 4
+GROUP_RESOURCE = 32
 SOURCE_STATIC, SOURCE_DEFAULT = 4, 5
 
 
@@ -146,21 +160,43 @@ async def handle_incremental_alter(ctx: GatewayContext, request: Request) -> Any
     return await _alter(ctx, request, apis.ApiKey.INCREMENTAL_ALTER_CONFIGS, resources)
 
 
+def _refusal(ctx: GatewayContext, operation: acl.Operation, kind: int,
+             name: str) -> ErrorCode | None:
+    """Kafka: DESCRIBE_CONFIGS / ALTER_CONFIGS on the topic or group, or on the cluster for
+    the broker and its loggers."""
+    if kind == TOPIC_RESOURCE:
+        resource, code = acl.ResourceType.TOPIC, ErrorCode.topic_authorization_failed
+    elif kind == GROUP_RESOURCE:
+        resource, code = acl.ResourceType.GROUP, ErrorCode.group_authorization_failed
+    else:
+        resource, code = acl.ResourceType.CLUSTER, ErrorCode.cluster_authorization_failed
+        name = acl.CLUSTER_NAME
+    return None if ctx.security.allows(operation, resource, name) else code
+
+
 async def _alter(ctx: GatewayContext, request: Request, api: int,
                  resources: list[pb.AlterConfigsRequestResource]) -> Any:
     response_type = messages.response_type(api, request.version)
     answer_type = messages.nested(response_type, "AlterConfigsResourceResponse")
+    answers = []
+    for r in resources:
+        refused = _refusal(ctx, acl.Operation.ALTER_CONFIGS, r.type, r.name)
+        if refused is not None:
+            answers.append((refused, access.message(refused), r.type, r.name))
+    resources = [r for r in resources if not any(
+        kind == r.type and name == r.name for _, _, kind, name in answers)]
     try:
-        reply = await ctx.broker.call(
-            BROKER.alter_configs,
-            pb.AlterConfigsRequest(resources=resources, validate_only=request.body.validate_only))
-        answers = [(ErrorCode(r.error_code), r.error_message or None, r.type, r.name)
-                   for r in reply.resources]
+        if resources:
+            reply = await ctx.broker.call(
+                BROKER.alter_configs, pb.AlterConfigsRequest(
+                    resources=resources, validate_only=request.body.validate_only))
+            answers += [(ErrorCode(r.error_code), r.error_message or None, r.type, r.name)
+                        for r in reply.resources]
         for r in resources:
             if r.type == TOPIC_RESOURCE:  # schema validation may just have been switched
                 ctx.topic_settings.forget(r.name)
     except BrokerUnavailable as exc:
-        answers = [(ErrorCode.request_timed_out, str(exc), r.type, r.name) for r in resources]
+        answers += [(ErrorCode.request_timed_out, str(exc), r.type, r.name) for r in resources]
     return messages.build(response_type, throttle_time=datetime.timedelta(0), responses=tuple(
         answer_type(error_code=code, error_message=message, resource_type=kind,
                     resource_name=name) for code, message, kind, name in answers))

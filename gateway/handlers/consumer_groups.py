@@ -14,6 +14,7 @@ from gateway.broker_client import BrokerUnavailable
 from gateway.context import GatewayContext, current_peer
 from gateway.kafka import apis, messages
 from gateway.kafka.connection import Request
+from kelp import acl
 from kelp.routes import BROKER
 from kelp.rpc.broker import v1 as pb
 
@@ -72,15 +73,22 @@ async def handle_describe(ctx: GatewayContext, request: Request) -> Any:
     assignment_type = messages.nested(response_type, "Assignment")
     partitions_type = messages.nested(response_type, "TopicPartitions")
     group_ids = list(dict.fromkeys(body.group_ids))
+    denied = [g for g in group_ids
+              if not ctx.security.allows(acl.Operation.DESCRIBE, acl.ResourceType.GROUP, g)]
+    group_ids = [g for g in group_ids if g not in denied]
+    groups = [pb.ConsumerGroupDescribeReplyGroup(
+        group_id=g, error_code=ErrorCode.group_authorization_failed,
+        error_message="Group authorization failed.") for g in denied]
     try:
-        reply = await ctx.broker.call(BROKER.consumer_group_describe,
-                                      pb.ConsumerGroupDescribeRequest(group_ids=group_ids))
-        groups = list(reply.groups)
+        if group_ids:
+            reply = await ctx.broker.call(BROKER.consumer_group_describe,
+                                          pb.ConsumerGroupDescribeRequest(group_ids=group_ids))
+            groups += reply.groups
     except BrokerUnavailable as exc:
-        groups = [pb.ConsumerGroupDescribeReplyGroup(
+        groups += [pb.ConsumerGroupDescribeReplyGroup(
             group_id=g, error_code=ErrorCode.coordinator_not_available, error_message=str(exc))
             for g in group_ids]
-    operations = authorized.group(body.include_authorized_operations)
+    requested = body.include_authorized_operations
 
     def assignment(entries: list[pb.TopicIdPartitions]) -> Any:
         return assignment_type(topic_partitions=tuple(partitions_type(
@@ -91,7 +99,8 @@ async def handle_describe(ctx: GatewayContext, request: Request) -> Any:
         group_type, error_code=ErrorCode(g.error_code), error_message=g.error_message or None,
         group_id=g.group_id, group_state=g.state, group_epoch=g.group_epoch,
         assignment_epoch=g.assignment_epoch, assignor_name=g.assignor_name,
-        authorized_operations=operations, members=tuple(messages.build(
+        authorized_operations=authorized.group(ctx, requested, g.group_id),
+        members=tuple(messages.build(
             member_type, member_id=m.member_id, instance_id=m.instance_id, rack_id=m.rack_id,
             member_epoch=m.member_epoch, client_id=m.client_id, client_host=m.client_host,
             subscribed_topic_names=tuple(m.subscribed_topic_names),

@@ -11,9 +11,11 @@ from typing import Any
 
 from kio.schema.errors import ErrorCode
 
+from gateway import access
 from gateway.context import NODE_ID, GatewayContext
 from gateway.kafka import apis, messages
 from gateway.kafka.connection import Request
+from kelp import acl
 
 GROUP = 0
 
@@ -22,18 +24,31 @@ async def handle(ctx: GatewayContext, request: Request) -> Any:
     body = request.body
     response_type = messages.response_type(apis.ApiKey.FIND_COORDINATOR, request.version)
     key_type = getattr(body, "key_type", GROUP)
-    if key_type == GROUP:
-        error, message = ErrorCode.none, None
-    else:
-        error, message = ErrorCode.coordinator_not_available, "transactions are not supported"
-    node = NODE_ID if error == ErrorCode.none else -1
-    host, port = ctx.advertised() if error == ErrorCode.none else ("", -1)
+
+    def answer(key: str) -> tuple[ErrorCode, str | None, int, str, int]:
+        """(error, message, node, host, port) for one key. Kafka: DESCRIBE on the group (or
+        transactional id) it names."""
+        resource = acl.ResourceType.GROUP if key_type == GROUP else \
+            acl.ResourceType.TRANSACTIONAL_ID
+        if not ctx.security.allows(acl.Operation.DESCRIBE, resource, key):
+            code = (ErrorCode.group_authorization_failed if key_type == GROUP
+                    else ErrorCode.transactional_id_authorization_failed)
+            return code, access.message(code), -1, "", -1
+        if key_type != GROUP:
+            return (ErrorCode.coordinator_not_available, "transactions are not supported",
+                    -1, "", -1)
+        host, port = ctx.advertised()
+        return ErrorCode.none, None, NODE_ID, host, port
+
     if messages.has_field(response_type, "coordinators"):  # v4+: a batch of keys
         coordinator_type = messages.nested(response_type, "Coordinator")
-        return response_type(
-            throttle_time=datetime.timedelta(0),
-            coordinators=tuple(coordinator_type(key=key, node_id=node, host=host, port=port,
-                                                error_code=error, error_message=message)
-                               for key in body.coordinator_keys))
+        coordinators = []
+        for key in body.coordinator_keys:
+            error, message, node, host, port = answer(key)
+            coordinators.append(coordinator_type(key=key, node_id=node, host=host, port=port,
+                                                 error_code=error, error_message=message))
+        return response_type(throttle_time=datetime.timedelta(0),
+                             coordinators=tuple(coordinators))
+    error, message, node, host, port = answer(body.key)
     return messages.build(response_type, throttle_time=datetime.timedelta(0), error_code=error,
                           error_message=message, node_id=node, host=host, port=port)

@@ -19,9 +19,12 @@ from gateway.context import GatewayContext, current_holds, current_output
 from gateway.kafka import apis, messages
 from gateway.kafka.connection import Request
 from gateway.memory import MIN_FETCH_GRANT, Output
+from kelp import acl
 from kelp.records import DEFAULT_FETCH_MAX_BYTES
 from kelp.routes import BROKER
 from kelp.rpc.broker import v1 as pb
+
+READ, DESCRIBE, TOPIC = acl.Operation.READ, acl.Operation.DESCRIBE, acl.ResourceType.TOPIC
 
 
 async def handle(ctx: GatewayContext, request: Request) -> Any:
@@ -38,6 +41,10 @@ async def handle(ctx: GatewayContext, request: Request) -> Any:
             wanted.append((meta.name, topic.topic_id, topic.partitions))
         else:
             wanted.append((topic.topic, None, topic.partitions))
+    # Kafka: READ on the topic, else TOPIC_AUTHORIZATION_FAILED for its partitions.
+    denied = [w for w in wanted if not ctx.security.allows(READ, TOPIC, w[0])]
+    if denied:
+        wanted = [w for w in wanted if w not in denied]
 
     results: dict[tuple[str, int], pb.FetchedPartition] = {}
     if any(parts for _name, _id, parts in wanted):
@@ -65,6 +72,12 @@ async def handle(ctx: GatewayContext, request: Request) -> Any:
             partition_data(p.partition, results.get((name, p.partition)),
                            ErrorCode.not_leader_or_follower) for p in parts))
         for name, topic_id, parts in wanted
+    ]
+    topics += [
+        messages.build(topic_type, topic=name, topic_id=topic_id, partitions=tuple(
+            partition_data(p.partition, None, ErrorCode.topic_authorization_failed)
+            for p in parts))
+        for name, topic_id, parts in denied
     ]
     topics += [
         messages.build(topic_type, topic_id=topic_id, partitions=tuple(
@@ -109,13 +122,16 @@ async def _fetch_records(ctx: GatewayContext, body: Any,
 
 async def handle_list_offsets(ctx: GatewayContext, request: Request) -> Any:
     body = request.body
+    allowed = {t.name for t in body.topics if ctx.security.allows(DESCRIBE, TOPIC, t.name)}
     queries = [pb.ListOffsetsRequestQuery(
         partition=pb.PartitionRef(topic=t.name, partition=p.partition_index),
-        timestamp=p.timestamp) for t in body.topics for p in t.partitions]
+        timestamp=p.timestamp) for t in body.topics if t.name in allowed for p in t.partitions]
     answers: dict[tuple[str, int], pb.ListOffsetsReplyAnswer] = {}
     try:
-        reply = await ctx.broker.call(BROKER.list_offsets, pb.ListOffsetsRequest(queries=queries))
-        answers = {(a.partition.topic, a.partition.partition): a for a in reply.answers}
+        if queries:
+            reply = await ctx.broker.call(BROKER.list_offsets,
+                                          pb.ListOffsetsRequest(queries=queries))
+            answers = {(a.partition.topic, a.partition.partition): a for a in reply.answers}
     except BrokerUnavailable:
         pass
 
@@ -124,6 +140,9 @@ async def handle_list_offsets(ctx: GatewayContext, request: Request) -> Any:
     partition_type = messages.nested(response_type, "ListOffsetsPartitionResponse")
 
     def answer(name: str, index: int) -> Any:
+        if name not in allowed:
+            return messages.build(partition_type, partition_index=index,
+                                  error_code=ErrorCode.topic_authorization_failed)
         found = answers.get((name, index))
         if found is None:
             return messages.build(partition_type, partition_index=index,

@@ -16,11 +16,14 @@ from gateway.broker_client import BrokerUnavailable
 from gateway.context import GatewayContext, current_peer
 from gateway.kafka import apis, messages
 from gateway.kafka.connection import Request
+from kelp import acl
 from kelp.routes import BROKER
 from kelp.rpc.broker import v1 as pb
 
 NO_TIME = datetime.timedelta(0)
 CALL_MARGIN_S = 10.0
+READ, DESCRIBE, DELETE = acl.Operation.READ, acl.Operation.DESCRIBE, acl.Operation.DELETE
+GROUP, TOPIC = acl.ResourceType.GROUP, acl.ResourceType.TOPIC
 
 
 def _ms(value: datetime.timedelta) -> int:
@@ -125,18 +128,29 @@ async def handle_offset_commit(ctx: GatewayContext, request: Request) -> Any:
     body = request.body
     generation = getattr(body, "generation_id_or_member_epoch",
                          getattr(body, "generation_id", -1))
+    # Kafka: READ on the group, and READ on each topic committed to.
+    errors: dict[tuple[str, int], ErrorCode] = {}
+    group_allowed = ctx.security.allows(READ, GROUP, body.group_id)
+    for t in body.topics:
+        if not group_allowed or not ctx.security.allows(READ, TOPIC, t.name):
+            code = (ErrorCode.topic_authorization_failed if group_allowed
+                    else ErrorCode.group_authorization_failed)
+            errors.update({(t.name, p.partition_index): code for p in t.partitions})
     offsets = [pb.CommittedOffset(topic=t.name, partition=p.partition_index,
                                   offset=p.committed_offset,
                                   leader_epoch=getattr(p, "committed_leader_epoch", -1),
                                   metadata=p.committed_metadata)
-               for t in body.topics for p in t.partitions]
+               for t in body.topics for p in t.partitions
+               if (t.name, p.partition_index) not in errors]
     try:
-        reply = await ctx.broker.call(BROKER.commit_offsets, pb.CommitOffsetsRequest(
-            group_id=body.group_id, generation_id=generation, member_id=body.member_id,
-            group_instance_id=getattr(body, "group_instance_id", None), offsets=offsets))
-        errors = {(r.topic, r.partition): ErrorCode(r.error_code) for r in reply.results}
+        if offsets:
+            reply = await ctx.broker.call(BROKER.commit_offsets, pb.CommitOffsetsRequest(
+                group_id=body.group_id, generation_id=generation, member_id=body.member_id,
+                group_instance_id=getattr(body, "group_instance_id", None), offsets=offsets))
+            errors.update({(r.topic, r.partition): ErrorCode(r.error_code)
+                           for r in reply.results})
     except BrokerUnavailable:
-        errors = {}
+        pass
     response_type = _response(apis.ApiKey.OFFSET_COMMIT, request)
     topic_type = messages.nested(response_type, "OffsetCommitResponseTopic")
     partition_type = messages.nested(response_type, "OffsetCommitResponsePartition")
@@ -150,6 +164,22 @@ async def handle_offset_commit(ctx: GatewayContext, request: Request) -> Any:
 
 async def _fetch_group(ctx: GatewayContext, group_id: str, topics: Any,
                        member: Any = None) -> tuple[ErrorCode, dict[str, list[pb.CommittedOffset]]]:
+    """(error, offsets by topic). Kafka: DESCRIBE on the group; a topic the principal may not
+    DESCRIBE is left out of "all topics", and answered TOPIC_AUTHORIZATION_FAILED (offset -1)
+    when named."""
+    if not ctx.security.allows(DESCRIBE, GROUP, group_id):
+        return ErrorCode.group_authorization_failed, {}
+    denied: dict[str, list[pb.CommittedOffset]] = {}
+    if topics is not None:
+        for t in topics:
+            if not ctx.security.allows(DESCRIBE, TOPIC, t.name):
+                denied[t.name] = [pb.CommittedOffset(
+                    topic=t.name, partition=p, offset=-1, leader_epoch=-1,
+                    error_code=ErrorCode.topic_authorization_failed)
+                    for p in t.partition_indexes]
+        topics = [t for t in topics if t.name not in denied]
+        if not topics and denied:
+            return ErrorCode.none, denied
     request = pb.FetchOffsetsRequest(group_id=group_id, all_topics=topics is None)
     if getattr(member, "member_epoch", None) is not None:  # v9: a KIP-848 member's fetch
         request.member_id, request.member_epoch = member.member_id or "", member.member_epoch
@@ -162,8 +192,9 @@ async def _fetch_group(ctx: GatewayContext, group_id: str, topics: Any,
         return ErrorCode.coordinator_not_available, {}
     by_topic: dict[str, list[pb.CommittedOffset]] = {}
     for offset in reply.offsets:
-        by_topic.setdefault(offset.topic, []).append(offset)
-    return ErrorCode(reply.error_code), by_topic
+        if ctx.security.allows(DESCRIBE, TOPIC, offset.topic):
+            by_topic.setdefault(offset.topic, []).append(offset)
+    return ErrorCode(reply.error_code), {**by_topic, **denied}
 
 
 async def handle_offset_fetch(ctx: GatewayContext, request: Request) -> Any:
@@ -192,7 +223,8 @@ def _topics(by_topic: dict[str, list[pb.CommittedOffset]], topic_type: type,
     return tuple(topic_type(name=name, partitions=tuple(messages.build(
         partition_type, partition_index=o.partition, committed_offset=o.offset,
         committed_leader_epoch=o.leader_epoch, metadata=o.metadata or "",
-        error_code=ErrorCode.none) for o in offsets)) for name, offsets in by_topic.items())
+        error_code=ErrorCode(o.error_code)) for o in offsets))
+        for name, offsets in by_topic.items())
 
 
 async def handle_list_groups(ctx: GatewayContext, request: Request) -> Any:
@@ -206,6 +238,8 @@ async def handle_list_groups(ctx: GatewayContext, request: Request) -> Any:
         error, groups = ErrorCode.none, list(reply.groups)
     except BrokerUnavailable:
         error, groups = ErrorCode.coordinator_not_available, []
+    if not ctx.security.allows_cluster(DESCRIBE):  # Kafka: else only the groups it may see
+        groups = [g for g in groups if ctx.security.allows(DESCRIBE, GROUP, g.group_id)]
     return messages.build(response_type, throttle_time=NO_TIME, error_code=error,
                           groups=tuple(messages.build(
                               listed_type, group_id=g.group_id, protocol_type=g.protocol_type,
@@ -220,18 +254,24 @@ async def handle_describe_groups(ctx: GatewayContext, request: Request) -> Any:
     member_type = messages.nested(response_type, "DescribedGroupMember")
     # Each group once: a repeated id would repeat every member's metadata and assignment.
     group_ids = list(dict.fromkeys(body.groups))
+    described = [pb.DescribeGroupsReplyDescribed(
+        group_id=g, error_code=ErrorCode.group_authorization_failed)
+        for g in group_ids if not ctx.security.allows(DESCRIBE, GROUP, g)]
+    group_ids = [g for g in group_ids if ctx.security.allows(DESCRIBE, GROUP, g)]
     try:
-        reply = await ctx.broker.call(BROKER.describe_groups, pb.DescribeGroupsRequest(
-            group_ids=group_ids))
-        described = list(reply.groups)
+        if group_ids:
+            reply = await ctx.broker.call(BROKER.describe_groups, pb.DescribeGroupsRequest(
+                group_ids=group_ids))
+            described += reply.groups
     except BrokerUnavailable:
-        described = [pb.DescribeGroupsReplyDescribed(
+        described += [pb.DescribeGroupsReplyDescribed(
             group_id=g, error_code=ErrorCode.coordinator_not_available) for g in group_ids]
+    requested = getattr(body, "include_authorized_operations", False)
     return messages.build(response_type, throttle_time=NO_TIME, groups=tuple(messages.build(
         group_type, error_code=ErrorCode(g.error_code), group_id=g.group_id,
         group_state=g.state, protocol_type=g.protocol_type, protocol_data=g.protocol_name,
-        authorized_operations=authorized.group(
-            getattr(body, "include_authorized_operations", False)), members=tuple(messages.build(
+        authorized_operations=authorized.group(ctx, requested, g.group_id),
+        members=tuple(messages.build(
             member_type, member_id=m.member_id, group_instance_id=m.group_instance_id,
             client_id=m.client_id, client_host=m.client_host, member_metadata=m.metadata,
             member_assignment=m.assignment) for m in g.members)) for g in described))
@@ -241,12 +281,16 @@ async def handle_delete_groups(ctx: GatewayContext, request: Request) -> Any:
     body = request.body
     response_type = _response(apis.ApiKey.DELETE_GROUPS, request)
     result_type = messages.nested(response_type, "DeletableGroupResult")
+    allowed = [g for g in body.groups_names if ctx.security.allows(DELETE, GROUP, g)]
+    results = [(g, ErrorCode.group_authorization_failed)
+               for g in body.groups_names if g not in allowed]
     try:
-        reply = await ctx.broker.call(BROKER.delete_groups, pb.DeleteGroupsRequest(
-            group_ids=list(body.groups_names)))
-        results = [(r.group_id, ErrorCode(r.error_code)) for r in reply.results]
+        if allowed:
+            reply = await ctx.broker.call(BROKER.delete_groups, pb.DeleteGroupsRequest(
+                group_ids=allowed))
+            results += [(r.group_id, ErrorCode(r.error_code)) for r in reply.results]
     except BrokerUnavailable:
-        results = [(g, ErrorCode.coordinator_not_available) for g in body.groups_names]
+        results += [(g, ErrorCode.coordinator_not_available) for g in allowed]
     return messages.build(response_type, throttle_time=NO_TIME, results=tuple(
         result_type(group_id=g, error_code=code) for g, code in results))
 
@@ -256,15 +300,20 @@ async def handle_offset_delete(ctx: GatewayContext, request: Request) -> Any:
     response_type = _response(apis.ApiKey.OFFSET_DELETE, request)
     topic_type = messages.nested(response_type, "OffsetDeleteResponseTopic")
     partition_type = messages.nested(response_type, "OffsetDeleteResponsePartition")
+    # The group's DELETE is checked before the handler (gateway.access); READ per topic here.
+    denied = {t.name for t in body.topics if not ctx.security.allows(READ, TOPIC, t.name)}
+    results = {(t.name, p.partition_index): ErrorCode.topic_authorization_failed
+               for t in body.topics if t.name in denied for p in t.partitions}
+    error = ErrorCode.none
     try:
         reply = await ctx.broker.call(BROKER.delete_offsets, pb.DeleteOffsetsRequest(
             group_id=body.group_id, topics=[pb.TopicPartitions(
                 topic=t.name, partitions=[p.partition_index for p in t.partitions])
-                for t in body.topics]))
+                for t in body.topics if t.name not in denied]))
         error = ErrorCode(reply.error_code)
-        results = {(r.topic, r.partition): ErrorCode(r.error_code) for r in reply.results}
+        results.update({(r.topic, r.partition): ErrorCode(r.error_code) for r in reply.results})
     except BrokerUnavailable:
-        error, results = ErrorCode.coordinator_not_available, {}
+        error = ErrorCode.coordinator_not_available
     return response_type(error_code=error, throttle_time=NO_TIME, topics=tuple(
         topic_type(name=t.name, partitions=tuple(partition_type(
             partition_index=p.partition_index,

@@ -15,6 +15,7 @@ from gateway.broker_client import BrokerUnavailable
 from gateway.context import GatewayContext
 from gateway.kafka import apis, messages
 from gateway.kafka.connection import Request
+from kelp import acl
 from kelp.routes import BROKER
 from kelp.rpc.broker import v1 as pb
 
@@ -42,6 +43,9 @@ async def handle_offset_for_leader_epoch(ctx: GatewayContext, request: Request) 
     partition_type = messages.nested(response_type, "EpochEndOffset")
 
     def answer(topic: str, wanted: Any) -> Any:
+        if not ctx.security.allows(acl.Operation.DESCRIBE, acl.ResourceType.TOPIC, topic):
+            return partition_type(error_code=ErrorCode.topic_authorization_failed,
+                                  partition=wanted.partition)
         if states is None:
             return partition_type(error_code=ErrorCode.not_leader_or_follower,
                                   partition=wanted.partition)

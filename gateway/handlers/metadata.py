@@ -13,6 +13,9 @@ from gateway.broker_client import BrokerUnavailable
 from gateway.context import NODE_ID, GatewayContext, TopicMeta
 from gateway.kafka import apis, messages
 from gateway.kafka.connection import Request
+from kelp import acl
+
+DESCRIBE, CREATE, TOPIC = acl.Operation.DESCRIBE, acl.Operation.CREATE, acl.ResourceType.TOPIC
 
 
 async def handle(ctx: GatewayContext, request: Request) -> Any:
@@ -32,21 +35,38 @@ async def handle(ctx: GatewayContext, request: Request) -> Any:
         # request naming a many-partition topic 100,000 times builds a response of gigabytes.
         names = list(dict.fromkeys(names))
     auto_create = getattr(body, "allow_auto_topic_creation", True) and ctx.config.auto_create_topics
+    security = ctx.security
+    # Kafka: a topic the principal may not DESCRIBE is hidden from a listing of all topics,
+    # and answered TOPIC_AUTHORIZATION_FAILED when named; a missing topic is created only
+    # with CREATE on the cluster or on the topic.
+    refused = [n for n in names if not security.allows(DESCRIBE, TOPIC, n)]
+    creatable = [n for n in names if n not in refused and (
+        security.allows_cluster(CREATE) or security.allows(CREATE, TOPIC, n))]
+    others = [n for n in names if n not in refused and n not in creatable]
     try:
-        described = await ctx.describe_topics(names, auto_create=bool(names) and auto_create)
+        described = []
+        if creatable or not names:
+            described += await ctx.describe_topics(creatable, auto_create=bool(names)
+                                                   and auto_create)
+        if others:
+            described += await ctx.describe_topics(others)
     except BrokerUnavailable:
         described = [(ErrorCode.leader_not_available, TopicMeta(n, uuid.UUID(int=0), 0, False))
-                     for n in names]
+                     for n in names if n not in refused]
+    if not names:
+        described = [(code, meta) for code, meta in described
+                     if meta is not None and security.allows(DESCRIBE, TOPIC, meta.name)]
+    described += [(ErrorCode.topic_authorization_failed,
+                   TopicMeta(n, uuid.UUID(int=0), 0, False)) for n in refused]
     return build_response(ctx, request, described)
 
 
 def build_response(ctx: GatewayContext, request: Request,
                    described: list[tuple[ErrorCode, TopicMeta | None]]) -> Any:
     response_type = messages.response_type(apis.ApiKey.METADATA, request.version)
-    topic_operations = authorized.topic(
-        getattr(request.body, "include_topic_authorized_operations", False))
+    topic_requested = getattr(request.body, "include_topic_authorized_operations", False)
     cluster_operations = authorized.cluster(
-        getattr(request.body, "include_cluster_authorized_operations", False))
+        ctx, getattr(request.body, "include_cluster_authorized_operations", False))
     broker_type = messages.nested(response_type, "MetadataResponseBroker")
     topic_type = messages.nested(response_type, "MetadataResponseTopic")
     partition_type = messages.nested(response_type, "MetadataResponsePartition")
@@ -62,7 +82,7 @@ def build_response(ctx: GatewayContext, request: Request,
         topics.append(messages.build(
             topic_type, error_code=error, name=meta.name, topic_id=meta.topic_id,
             is_internal=meta.internal, partitions=partitions,
-            topic_authorized_operations=topic_operations))
+            topic_authorized_operations=authorized.topic(ctx, topic_requested, meta.name)))
     host, port = ctx.advertised()
     broker = messages.build(broker_type, node_id=NODE_ID, host=host, port=port, rack=None)
     return messages.build(

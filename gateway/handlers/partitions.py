@@ -20,6 +20,7 @@ from gateway.context import NODE_ID, GatewayContext, TopicMeta
 from gateway.handlers.logs import LOG_DIR
 from gateway.kafka import apis, messages
 from gateway.kafka.connection import Request
+from kelp import acl
 
 NO_TIME = datetime.timedelta(0)
 # Kafka's max.request.partition.size.limit: the most partitions one DescribeTopicPartitions
@@ -63,11 +64,18 @@ async def handle_describe_topic_partitions(ctx: GatewayContext, request: Request
         if name < start_topic:
             continue
         meta = topics.get(name)
+        if not ctx.security.allows(acl.Operation.DESCRIBE, acl.ResourceType.TOPIC, name):
+            if asked:  # named: refused; listing every topic: hidden, as Kafka hides it
+                out.append(topic_type(
+                    error_code=ErrorCode.topic_authorization_failed, name=name,
+                    topic_id=uuid.UUID(int=0), is_internal=False, partitions=(),
+                    topic_authorized_operations=authorized.NOT_REQUESTED))
+            continue
         if meta is None:
             out.append(topic_type(
                 error_code=error or ErrorCode.unknown_topic_or_partition, name=name,
                 topic_id=uuid.UUID(int=0), is_internal=False, partitions=(),
-                topic_authorized_operations=authorized.TOPIC))
+                topic_authorized_operations=authorized.topic(ctx, True, name)))
             continue
         first = start_partition if name == start_topic else 0
         if limit == 0:
@@ -83,7 +91,7 @@ async def handle_describe_topic_partitions(ctx: GatewayContext, request: Request
         out.append(topic_type(
             error_code=ErrorCode.none, name=name, topic_id=meta.topic_id,
             is_internal=meta.internal, partitions=partitions,
-            topic_authorized_operations=authorized.TOPIC))
+            topic_authorized_operations=authorized.topic(ctx, True, name)))
         if last < meta.partitions:
             next_cursor = cursor_type(topic_name=name, partition_index=last)
             break
@@ -188,7 +196,11 @@ async def handle_alter_replica_log_dirs(ctx: GatewayContext, request: Request) -
             for index in topic.partitions:
                 target[(topic.name, index)] = log_dir.path
 
+    allowed = ctx.security.allows_cluster(acl.Operation.ALTER)
+
     def code(name: str, index: int) -> ErrorCode:
+        if not allowed:
+            return ErrorCode.cluster_authorization_failed
         if target[(name, index)] != LOG_DIR:
             return ErrorCode.log_dir_not_found
         if topics is None:

@@ -18,7 +18,7 @@ from gateway.broker_client import BrokerUnavailable
 from gateway.context import DropConnection, GatewayContext
 from gateway.kafka import apis, messages
 from gateway.kafka.connection import Request
-from kelp import recordbatch
+from kelp import acl, recordbatch
 from kelp.decompress import ZSTD
 from registry import validation
 
@@ -88,10 +88,13 @@ def handle(ctx: GatewayContext, request: Request) -> Awaitable[Any]:
     acks = body.acks
     # (topic, partition, error or None, error message, waiter, record errors)
     outcomes: list[tuple[str, int, int, str | None, Any, Any]] = []
+    refused = _refusals(ctx, body)
     for topic in body.topic_data:
         for part in topic.partition_data:
             error, message, waiter = ErrorCode.none, None, None
-            if acks not in VALID_ACKS:
+            if topic.name in refused:
+                error, message = refused[topic.name]
+            elif acks not in VALID_ACKS:
                 error = ErrorCode.invalid_required_acks
                 message = f"acks must be 0, 1 or -1, not {acks}"
             elif not part.records:
@@ -112,6 +115,27 @@ def handle(ctx: GatewayContext, request: Request) -> Awaitable[Any]:
                     error, message = ErrorCode.not_leader_or_follower, str(exc)
             outcomes.append((topic.name, part.index, error, message, waiter, record_errors))
     return _collect(ctx, request, acks, outcomes, time.monotonic())
+
+
+def _refusals(ctx: GatewayContext, body: Any) -> dict[str, tuple[ErrorCode, str]]:
+    """Topics this principal may not write, with Kafka's error: WRITE on the topic (and on the
+    transactional id, for a transactional produce). An internal topic (the registry's) is
+    written only by the principals that own it, whatever the ACLs say."""
+    security = ctx.security
+    refused: dict[str, tuple[ErrorCode, str]] = {}
+    transactional_id = getattr(body, "transactional_id", None)
+    if transactional_id is not None and not security.allows(
+            acl.Operation.WRITE, acl.ResourceType.TRANSACTIONAL_ID, transactional_id):
+        return {t.name: (ErrorCode.transactional_id_authorization_failed,
+                         "Transactional Id authorization failed.") for t in body.topic_data}
+    for topic in body.topic_data:
+        if not security.allows(acl.Operation.WRITE, acl.ResourceType.TOPIC, topic.name):
+            refused[topic.name] = (ErrorCode.topic_authorization_failed,
+                                   "Topic authorization failed.")
+        elif topic.name in ctx.owned_topics and not ctx.owns(topic.name):
+            refused[topic.name] = (ErrorCode.topic_authorization_failed,
+                                   f"{topic.name} is internal: only its owner writes to it")
+    return refused
 
 
 async def _collect(ctx: GatewayContext, request: Request, acks: int,

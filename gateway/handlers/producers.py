@@ -11,6 +11,7 @@ from gateway.broker_client import BrokerUnavailable
 from gateway.context import GatewayContext
 from gateway.kafka import apis, messages
 from gateway.kafka.connection import Request
+from kelp import acl
 from kelp.routes import BROKER
 from kelp.rpc.broker import v1 as pb
 
@@ -18,6 +19,10 @@ from kelp.rpc.broker import v1 as pb
 async def handle_init_producer_id(ctx: GatewayContext, request: Request) -> Any:
     body = request.body
     response_type = messages.response_type(apis.ApiKey.INIT_PRODUCER_ID, request.version)
+    refused = _init_refusal(ctx, body.transactional_id)
+    if refused is not None:
+        return response_type(throttle_time=datetime.timedelta(0), error_code=refused,
+                             producer_id=-1, producer_epoch=-1)
     try:
         reply = await ctx.broker.call(BROKER.init_producer_id, pb.InitProducerIdRequest(
             transactional_id=body.transactional_id,
@@ -31,20 +36,42 @@ async def handle_init_producer_id(ctx: GatewayContext, request: Request) -> Any:
                          producer_id=producer_id, producer_epoch=epoch)
 
 
+def _init_refusal(ctx: GatewayContext, transactional_id: str | None) -> ErrorCode | None:
+    """Kafka: WRITE on the transactional id; an idempotent producer needs IDEMPOTENT_WRITE on
+    the cluster or WRITE on some topic (KIP-679)."""
+    security = ctx.security
+    if transactional_id is not None:
+        if not security.allows(acl.Operation.WRITE, acl.ResourceType.TRANSACTIONAL_ID,
+                               transactional_id):
+            return ErrorCode.transactional_id_authorization_failed
+        return None
+    if security.allows_cluster(acl.Operation.IDEMPOTENT_WRITE) or security.allows_any(
+            acl.Operation.WRITE, acl.ResourceType.TOPIC):
+        return None
+    return ErrorCode.cluster_authorization_failed
+
+
 async def handle_describe_producers(ctx: GatewayContext, request: Request) -> Any:
     body = request.body
+    denied = {t.name for t in body.topics
+              if not ctx.security.allows(acl.Operation.READ, acl.ResourceType.TOPIC, t.name)}
     wanted = [pb.PartitionRef(topic=t.name, partition=p) for t in body.topics
-              for p in t.partition_indexes]
+              if t.name not in denied for p in t.partition_indexes]
     response_type = messages.response_type(apis.ApiKey.DESCRIBE_PRODUCERS, request.version)
     topic_type = messages.nested(response_type, "TopicResponse")
     partition_type = messages.nested(response_type, "PartitionResponse")
     state_type = messages.nested(response_type, "ProducerState")
+    found = {(t.name, i): pb.DescribeProducersReplyPartition(
+        error_code=ErrorCode.topic_authorization_failed)
+        for t in body.topics if t.name in denied for i in t.partition_indexes}
     try:
-        reply = await ctx.broker.call(BROKER.describe_producers,
-                                      pb.DescribeProducersRequest(partitions=wanted))
-        found = {(p.partition.topic, p.partition.partition): p for p in reply.partitions}
+        if wanted:
+            reply = await ctx.broker.call(BROKER.describe_producers,
+                                          pb.DescribeProducersRequest(partitions=wanted))
+            found.update({(p.partition.topic, p.partition.partition): p
+                          for p in reply.partitions})
     except BrokerUnavailable:
-        found = {}
+        pass
 
     def partition(topic: str, index: int) -> Any:
         answer = found.get((topic, index))

@@ -13,6 +13,7 @@ from gateway.broker_client import BrokerUnavailable
 from gateway.context import GatewayContext
 from gateway.kafka import apis, messages
 from gateway.kafka.connection import Request
+from kelp import acl
 from kelp.routes import BROKER
 from kelp.rpc.broker import v1 as pb
 
@@ -55,6 +56,13 @@ async def handle_alter(ctx: GatewayContext, request: Request) -> Any:
         entity=[pb.QuotaEntityPart(type=e.entity_type, name=e.entity_name) for e in entry.entity],
         ops=[pb.AlterClientQuotasRequestOp(key=o.key, value=o.value, remove=o.remove)
              for o in entry.ops]) for entry in body.entries]
+    if not ctx.security.allows_cluster(acl.Operation.ALTER_CONFIGS):
+        return messages.build(response_type, throttle_time=NO_TIME, entries=tuple(
+            entry_type(error_code=ErrorCode.cluster_authorization_failed,
+                       error_message="Cluster authorization failed.", entity=tuple(
+                           entity_type(entity_type=e.entity_type, entity_name=e.entity_name)
+                           for e in entry.entity))
+            for entry in body.entries))
     try:
         reply = await ctx.broker.call(BROKER.alter_client_quotas, pb.AlterClientQuotasRequest(
             entries=entries, validate_only=body.validate_only))
