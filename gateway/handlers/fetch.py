@@ -59,8 +59,10 @@ async def handle(ctx: GatewayContext, request: Request) -> Any:
     def partition_data(index: int, found: pb.FetchedPartition | None,
                        missing_error: ErrorCode) -> Any:
         if found is None:
+            # Empty records, not null: Kafka sends empty ones, and librdkafka refuses a
+            # null record set as a malformed response.
             return messages.build(partition_type, partition_index=index, error_code=missing_error,
-                                  high_watermark=-1, aborted_transactions=None, records=None)
+                                  high_watermark=-1, aborted_transactions=None, records=b"")
         return messages.build(
             partition_type, partition_index=index, error_code=ErrorCode(found.error_code),
             high_watermark=found.high_watermark, last_stable_offset=found.high_watermark,
