@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import ssl
 from functools import partial
 
 import trio
@@ -14,6 +15,7 @@ from gateway.context import GatewayConfig, GatewayContext
 from gateway.listeners import Listener, ListenerError, PrincipalRules, TlsContexts, TlsFiles
 from gateway.registry_link import RegistryBrokerLink
 from gateway.sasl import MECHANISMS
+from gateway.security import RegistryUsers
 from gateway.server import KafkaServer
 from kelp import acl, debug, grpc, http, httpd, logs, process
 from kelp.process import count_tasks
@@ -170,7 +172,10 @@ async def serve(args: argparse.Namespace) -> None:
     http_host, http_port = process.split_host_port(args.http)
     broker = BrokerClient(grpc.Address.parse(args.broker))
     kafka = args.kafka_listeners
-    async with http.Client() as http_client, trio.open_nursery() as nursery:
+    peer_tls = None  # HTTPS to other gateways (registry writes forwarded to the leader)
+    if args.http_tls:
+        peer_tls = ssl.create_default_context(cafile=args.ssl_cafile)
+    async with http.Client(tls=peer_tls) as http_client, trio.open_nursery() as nursery:
         await nursery.start(broker.run)
         config = GatewayConfig(
             advertised_host=kafka[0].advertised_host, advertised_port=kafka[0].advertised_port,
@@ -222,18 +227,21 @@ async def serve(args: argparse.Namespace) -> None:
         if not args.no_registry:
             registry = SchemaRegistry(RegistryBrokerLink(broker), Identity("", 0),
                                       topic=args.schemas_topic, group=args.registry_group)
-            routes.update(RegistryApi(registry, http_client).routes())
+            users = (RegistryUsers(ctx.security, args.schemas_topic) if args.registry_auth
+                     else None)
+            routes.update(RegistryApi(registry, http_client, auth=users).routes())
             ctx.registry_state = registry.state
             ctx.owned_topics[args.schemas_topic] = frozenset({args.registry_principal})
         http_bound = await nursery.start(partial(
-            httpd.serve_http, routes, http_host, http_port, limits=registry_api.LIMITS))
+            httpd.serve_http, routes, http_host, http_port, limits=registry_api.LIMITS,
+            ssl_context=args.tls.current if args.http_tls else None))
         if registry is not None:
             host, port = (process.split_host_port(args.registry_advertise)
                           if args.registry_advertise else (http_host, http_bound))
             if host in ("", "0.0.0.0", "::"):
                 log.warning("the registry advertises a wildcard address; other gateways "
                             "cannot forward writes to it (set --registry-advertise)")
-            registry.identity = Identity(host, port,
+            registry.identity = Identity(host, port, "https" if args.http_tls else "http",
                                          leader_eligible=not args.registry_follower_only)
             await nursery.start(registry.run)
         process.ready(log, kafka=f"{kafka[0].host}:{bound[0]}",

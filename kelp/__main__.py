@@ -16,27 +16,32 @@ from pathlib import Path
 
 import trio
 
-from kelp import upconfig
+from kelp import secure_up, upconfig
+from kelp.secure_up import SecureSetup
 from kelp.supervisor import Supervisor, check_ports, first_of, say
 from kelp.upconfig import UpConfig, UpConfigError
 
 
-def up_commands(args: argparse.Namespace,
-                options: UpConfig | None = None) -> list[tuple[str, list[str]]]:
-    """Each child's command line: ``up``'s addresses, then the config file's options and
-    ``--broker-config`` pairs (later ones win where a flag is given twice)."""
+def up_commands(args: argparse.Namespace, options: UpConfig | None = None,
+                secure: SecureSetup | None = None) -> list[tuple[str, list[str]]]:
+    """Each child's command line: ``up``'s addresses, the ``--secure`` flags, then the config
+    file's options and ``--broker-config`` pairs (later ones win where a flag is given
+    twice)."""
     python = sys.executable
     options = options or UpConfig()
+    secure_broker = secure_up.broker_flags(secure) if secure else []
+    secure_gateway = (secure_up.gateway_flags(secure, args.kafka, args.advertise) if secure
+                      else [])
     broker_configs = [arg for pair in options.broker_configs + args.broker_config
                       for arg in ("--config", pair)]
     return [
         ("broker", [python, "-m", "broker", "--data-dir", str(args.data_dir),
                     "--grpc", args.broker, "--http", args.broker_http, "--ucx", args.ucx,
-                    "--log-level", args.log_level, *broker_configs,
+                    "--log-level", args.log_level, *broker_configs, *secure_broker,
                     *options.flags["broker"]]),
         ("gateway", [python, "-m", "gateway", "--listen", args.kafka,
                      "--advertise", args.advertise or args.kafka, "--broker", args.broker,
-                     "--http", args.registry, "--log-level", args.log_level,
+                     "--http", args.registry, "--log-level", args.log_level, *secure_gateway,
                      *options.flags["gateway"]]),
         ("sidecar", [python, "-m", "rdma", "--socket", str(args.run_dir / "sidecar.sock"),
                      "--http", args.sidecar_http, "--broker", args.broker,
@@ -83,17 +88,26 @@ async def run_up(args: argparse.Namespace) -> int:
         say(problem)
     if problems:
         return 1
-    supervisor = Supervisor(up_commands(args, options))
+    secure = None
+    if args.secure:
+        hosts = sorted({"127.0.0.1", "localhost",
+                        *(address.rsplit(":", 1)[0].strip("[]")
+                          for address in (args.kafka, args.advertise, args.registry)
+                          if address)})
+        secure = secure_up.prepare(args.run_dir, args.advertise or args.kafka, hosts)
+    supervisor = Supervisor(up_commands(args, options, secure))
     exit_code = 0
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             try:
                 if not await supervisor.start_all(nursery):
                     return 1
+                scheme = "https" if secure else "http"
                 print(
                     "kelp is ready\n"
-                    f"  kafka           {args.advertise or args.kafka}\n"
-                    f"  schema registry http://{args.registry}  (gateway HTTP, /health)\n"
+                    f"  kafka           {args.advertise or args.kafka}"
+                    f"{'  (SASL_SSL)' if secure else ''}\n"
+                    f"  schema registry {scheme}://{args.registry}  (gateway HTTP, /health)\n"
                     f"  broker grpc     {args.broker}\n"
                     f"  broker http     {args.broker_http}  (/health, /metrics, /segments, "
                     "/read)\n"
@@ -101,7 +115,8 @@ async def run_up(args: argparse.Namespace) -> int:
                     f"  sidecar http    {args.sidecar_http}  (/health /stats /ping /read ...)\n"
                     f"  sidecar socket  {args.run_dir / 'sidecar.sock'}\n"
                     f"  data dir        {args.data_dir}\n"
-                    "A child that dies is restarted; Ctrl-C stops all three.", flush=True)
+                    + (secure_up.banner(secure, args.registry) if secure else "")
+                    + "A child that dies is restarted; Ctrl-C stops all three.", flush=True)
                 await first_of(signals.__anext__, supervisor.failed.wait)
                 if supervisor.failed.is_set():
                     exit_code = 1
@@ -118,6 +133,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     up = sub.add_parser("up", help="run broker, gateway and sidecar together")
     sub.add_parser("mount", help="mount topic data read-only (kelp mount --help)",
                    add_help=False)
+    sub.add_parser("user", add_help=False,
+                   help="SCRAM users of a cluster: list, add, delete (kelp user --help)")
+    sub.add_parser("acl", add_help=False,
+                   help="ACLs of a cluster: list, add, remove (kelp acl --help)")
     sub.add_parser("loadtest", add_help=False,
                    help="load-test a running kelp (kelp loadtest --help)")
     up.add_argument("--data-dir", type=Path, default=Path(".kelp/data"))
@@ -137,6 +156,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="options for the three processes: [broker] Kafka broker configs "
                     "(num.partitions = 3), [broker.flags] / [gateway.flags] / [sidecar.flags] "
                     "any of their flags (see README, 'Configuring kelp')")
+    up.add_argument("--secure", action="store_true",
+                    help="SASL_SSL instead of plaintext, ACLs on, registry over HTTPS with "
+                    "Basic auth: makes a CA, a server certificate and an admin user in "
+                    "<run-dir>/secure and prints the credentials (README, 'Security')")
     up.add_argument("--broker-config", action="append", default=[], metavar="NAME=VALUE",
                     help="a broker config by Kafka's name, e.g. num.partitions=3 "
                     "(repeatable; wins over the config file)")
@@ -150,6 +173,10 @@ def main(argv: list[str] | None = None) -> None:
 
         mount_main(argv[1:])
         return
+    if argv[:1] in (["user"], ["acl"]):  # SCRAM users and ACLs over the Kafka protocol
+        from kelp.admin_cli import main as admin_main
+
+        sys.exit(admin_main(argv))
     if argv[:1] == ["loadtest"]:  # its own parser too (python -m kelp.loadtest is the same)
         from kelp.loadtest import main as loadtest_main
 

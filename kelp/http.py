@@ -13,6 +13,7 @@ measured against it on the registry benchmark and costs ~0.3 ms more per request
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -48,8 +49,13 @@ class Client:
     connection, also when the block is cancelled."""
 
     def __init__(self, *, max_connections: int = MAX_CONNECTIONS,
-                 keepalive_expiry: float = KEEPALIVE_EXPIRY_S) -> None:
+                 keepalive_expiry: float = KEEPALIVE_EXPIRY_S,
+                 tls: ssl.SSLContext | None = None) -> None:
+        # With ``tls`` every request is HTTPS, verified with that context (the peers are
+        # other kelp gateways serving --http-tls).
+        self._scheme = "https" if tls is not None else "http"
         self._http = httpx.AsyncClient(
+            verify=tls if tls is not None else True,
             limits=httpx.Limits(max_connections=max_connections,
                                 max_keepalive_connections=max_connections,
                                 keepalive_expiry=keepalive_expiry),
@@ -79,7 +85,7 @@ class Client:
 
         Any status comes back as a :class:`Reply`; a refused connection, a timeout, a body over
         ``max_body_bytes`` or a malformed reply raises :class:`HttpClientError`."""
-        url = f"http://{_authority(host, port)}{target}"
+        url = f"{self._scheme}://{_authority(host, port)}{target}"
         try:
             with trio.fail_after(timeout):
                 return await self._exchange(method, url, body, headers or {}, timeout,

@@ -18,6 +18,7 @@ import contextlib
 import http
 import json
 import logging
+import ssl
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -26,7 +27,10 @@ from typing import Any, Generic, TypeVar
 import h11
 import trio
 
+from kelp.logs import RateLimited
+
 log = logging.getLogger("kelp.httpd")
+tls_log = RateLimited(log, interval_s=1.0)
 
 RECEIVE_SIZE = 64 * 1024
 JSON_TYPE = "application/json"
@@ -44,6 +48,7 @@ class Request:
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
     query_items: tuple[tuple[str, str], ...] = ()
+    client_host: str = ""  # the peer's address (ACLs name client hosts)
 
 
 @dataclass(frozen=True)
@@ -163,12 +168,14 @@ async def serve_http(
     port: int,
     *,
     limits: Limits = Limits(),
+    ssl_context: ssl.SSLContext | Callable[[], ssl.SSLContext] | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``routes`` on ``host:port`` until cancelled; ``task_status.started(bound_port)``.
 
     A route path ending in ``/*`` serves every path below it (the handler reads
-    ``request.path``); exact paths win over prefixes.
+    ``request.path``); exact paths win over prefixes. With ``ssl_context`` (or a function
+    giving the current one, for certificates reloaded while serving) every connection is HTTPS.
 
     With ``port=0`` the kernel picks the port. When ``host`` resolves to several addresses
     (``localhost`` as ::1 and 127.0.0.1) each listener would get a *different* ephemeral port,
@@ -185,16 +192,22 @@ async def serve_http(
             await extra.aclose()
         del listeners[1:]
     bound = listeners[0].socket.getsockname()[1]
-    server = _Server(table, limits)
+    server = _Server(table, limits, ssl_context)
     # The listeners already queue connections, so reporting the port before accepting is safe.
     task_status.started(bound)
     await trio.serve_listeners(server.handle, listeners)
 
 
+Stream = trio.SocketStream | trio.SSLStream[trio.SocketStream]
+
+
 class _Server:
-    def __init__(self, routes: dict[str, Route], limits: Limits) -> None:
+    def __init__(self, routes: dict[str, Route], limits: Limits,
+                 ssl_context: ssl.SSLContext | Callable[[], ssl.SSLContext] | None = None
+                 ) -> None:
         self.routes = routes
         self.limits = limits
+        self.ssl_context = ssl_context
         # "/a/b/*" routes match any path under /a/b/, longest prefix first.
         self.prefixes = sorted(((p[:-1], r) for p, r in routes.items() if p.endswith("/*")),
                                key=lambda item: -len(item[0]))
@@ -214,13 +227,34 @@ class _Server:
             return
         self.connections += 1
         try:
-            await _Connection(stream, self).run()
+            secured = await self._handshake(stream) if self.ssl_context is not None else stream
+            if secured is not None:
+                await _Connection(secured, self).run()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the peer went away; nothing left to tell it
         except Exception:
             log.exception("http connection failed")
         finally:
             self.connections -= 1
+
+
+    async def _handshake(self, stream: trio.SocketStream
+                         ) -> trio.SSLStream[trio.SocketStream] | None:
+        """TLS first, within the read timeout; None (closed) for a client that does not
+        finish it: a plaintext client, a stalled one, one that refuses the certificate."""
+        context = self.ssl_context
+        if callable(context):
+            context = context()
+        assert context is not None
+        secured = trio.SSLStream(stream, context, server_side=True)
+        with trio.move_on_after(self.limits.read_timeout):
+            try:
+                await secured.do_handshake()
+                return secured
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                tls_log.warning("https handshake failed", error=str(exc.__cause__ or exc)[:200])
+        await trio.aclose_forcefully(stream)
+        return None
 
 
 async def _refuse(stream: trio.SocketStream, timeout: float) -> None:
@@ -233,7 +267,7 @@ async def _refuse(stream: trio.SocketStream, timeout: float) -> None:
     await _linger(stream)
 
 
-async def _linger(stream: trio.SocketStream, max_bytes: int = 1024 * 1024,
+async def _linger(stream: Stream, max_bytes: int = 1024 * 1024,
                   timeout: float = 1.0) -> None:
     """Half-close, then drain what the client is still sending, bounded in time and bytes.
 
@@ -241,6 +275,11 @@ async def _linger(stream: trio.SocketStream, max_bytes: int = 1024 * 1024,
     response the client has not read yet (a 413 sent mid-upload, a 400 for garbage). This is the
     "lingering close" every HTTP server does.
     """
+    if isinstance(stream, trio.SSLStream):  # TLS has no half-close: close_notify, then go
+        with trio.move_on_after(timeout), contextlib.suppress(
+                trio.BrokenResourceError, trio.ClosedResourceError):
+            await stream.aclose()
+        return
     with trio.move_on_after(timeout), contextlib.suppress(
             trio.BrokenResourceError, trio.ClosedResourceError):
         await stream.send_eof()
@@ -252,8 +291,13 @@ async def _linger(stream: trio.SocketStream, max_bytes: int = 1024 * 1024,
 class _Connection:
     """One client connection: requests are read and answered one at a time (keep-alive)."""
 
-    def __init__(self, stream: trio.SocketStream, server: _Server) -> None:
+    def __init__(self, stream: Stream, server: _Server) -> None:
         self.stream = stream
+        transport = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+        try:
+            self.client_host = str(transport.socket.getpeername()[0])
+        except OSError:
+            self.client_host = ""
         self.server = server
         self.limits = server.limits
         self.conn = h11.Connection(
@@ -332,7 +376,7 @@ class _Connection:
                 body += event.data
                 if len(body) > self.limits.max_body_bytes:
                     raise _RequestTooLarge(f"body exceeds {self.limits.max_body_bytes} bytes")
-        return _parse_request(head, bytes(body))
+        return _parse_request(head, bytes(body), self.client_host)
 
     async def _dispatch(self, request: Request) -> Response:
         route = self.server.route_for(request.path)
@@ -406,7 +450,7 @@ def _header(headers: Any, name: bytes) -> bytes | None:
     return None
 
 
-def _parse_request(head: h11.Request, body: bytes) -> Request:
+def _parse_request(head: h11.Request, body: bytes, client_host: str = "") -> Request:
     """Raises ``ValueError`` (a 400) for a target or query that is not valid text."""
     target = head.target.decode("ascii")
     # Absolute-form targets ("http://host/path") are legal HTTP/1.1; routes see only the path.
@@ -419,7 +463,7 @@ def _parse_request(head: h11.Request, body: bytes) -> Request:
         headers[key] = f"{headers[key]}, {text}" if key in headers else text
     return Request(method=head.method.decode("ascii"), path=parts.path or "/",
                    query=dict(query_items), headers=headers, body=body,
-                   query_items=query_items)
+                   query_items=query_items, client_host=client_host)
 
 
 def _response_event(response: Response, *, close: bool) -> h11.Response:

@@ -20,7 +20,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from kelp import http, httpd
-from registry import core, limits, rest
+from registry import auth, core, limits, rest
+from registry.auth import Authenticator
 from registry.core import RegistryError
 from registry.rest import (
     CONTENT_TYPE,
@@ -44,8 +45,10 @@ LIMITS = rest.LIMITS
 class RegistryApi:
     """One handler for every registry path; ``routes()`` gives the table for serve_http."""
 
-    def __init__(self, registry: SchemaRegistry, client: http.Client) -> None:
+    def __init__(self, registry: SchemaRegistry, client: http.Client,
+                 auth: Authenticator | None = None) -> None:
         self.registry = registry
+        self.auth = auth  # None: open to everyone (``just up``'s loopback default)
         self.jobs = Jobs(Workers(), registry.cache)
         self.writes = Writes(registry, client, self.jobs)
         self._router = self._routes()
@@ -64,10 +67,33 @@ class RegistryApi:
         media = negotiate(request.headers.get("accept"))
         if media is None:
             return error_reply(RegistryError(406, "HTTP 406 Not Acceptable"))
-        response = await self._handle(request)
+        refused = self._refusal(request)
+        response = refused if refused is not None else await self._handle(request)
         if media != CONTENT_TYPE and response.content_type == CONTENT_TYPE:
             response = dataclasses.replace(response, content_type=media)
         return response
+
+    def _refusal(self, request: httpd.Request) -> httpd.Response | None:
+        """401 without good credentials, 403 for a role too low for the route; None: go on.
+        Checked by every gateway a request reaches (a forwarded write carries the caller's
+        header, so the leader checks the same user)."""
+        if self.auth is None:
+            return None
+        try:
+            user, password = auth.credentials(request.headers.get("authorization"))
+            principal = self.auth.authenticate(user, password)
+            if principal is None:
+                raise auth.Unauthorized("Invalid username or password")
+        except auth.Unauthorized as exc:
+            response = error_reply(RegistryError(40101, str(exc)))
+            return dataclasses.replace(
+                response, headers={**response.headers,
+                                   "www-authenticate": 'Basic realm="kelp"'})
+        needed = auth.required_role(request.method, request.path, request.query)
+        if self.auth.role(principal, request.client_host) < needed:
+            return error_reply(RegistryError(40301, auth.denied_message(
+                principal, request.method, request.path)))
+        return None
 
     async def _handle(self, request: httpd.Request) -> httpd.Response:
         try:

@@ -73,8 +73,8 @@ class Writes:
         try:
             answer = await self.client.request(
                 leader.host, leader.port, request.method, target, body=request.body,
-                headers={"content-type": request.headers.get("content-type", CONTENT_TYPE),
-                         FORWARDED: "1"}, timeout=60, max_body_bytes=rest.LIMITS.max_body_bytes)
+                headers=forwarded_headers(request), timeout=60,
+                max_body_bytes=rest.LIMITS.max_body_bytes)
         except http.HttpClientError as exc:
             raise RegistryError(50003, "Error while forwarding the request to the leader "
                                 f"{leader.url}: {exc}") from None
@@ -186,3 +186,12 @@ class Writes:
             return [mode_record(subject, None)], {"mode": state.subject_mode[subject]}
 
         return await self._write(request, plan)
+
+
+def forwarded_headers(request: httpd.Request) -> dict[str, str]:
+    """What the leader is sent: the body's type, the caller's credentials (the leader checks
+    them again), and the mark that stops a second forward."""
+    headers = {"content-type": request.headers.get("content-type", CONTENT_TYPE), FORWARDED: "1"}
+    if "authorization" in request.headers:
+        headers["authorization"] = request.headers["authorization"]
+    return headers

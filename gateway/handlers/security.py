@@ -248,7 +248,7 @@ async def handle_describe_scram(ctx: GatewayContext, request: Request) -> Any:
                          error_message=str(exc), results=())
     users = ctx.security.users()
     named = request.body.users
-    wanted = list(users) if named is None else [u.name for u in named]
+    wanted = list(users) if not named else [u.name for u in named]  # null or []: all
     counts = Counter(wanted)
     results = []
     for user in dict.fromkeys(wanted):
