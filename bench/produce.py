@@ -14,10 +14,11 @@ from bench import raw_pipe
 from tests.kelp_procs import Cluster
 
 
-def _produce(bootstrap: str, topic: str, records: int, record_bytes: int, acks: str) -> float:
+def _produce(bootstrap: str, topic: str, records: int, record_bytes: int, acks: str,
+             **security: object) -> float:
     producer = Producer({"bootstrap.servers": bootstrap, "acks": acks, "linger.ms": 5,
                          "batch.size": 1_000_000, "queue.buffering.max.kbytes": 1_048_576,
-                         "compression.type": "none"})
+                         "compression.type": "none", **security})
     value = b"v" * record_bytes
     # Warm up: topic creation and metadata are not part of the figure.
     producer.produce(topic, value=value, partition=0)
@@ -84,4 +85,34 @@ def run(records: int, record_bytes: int) -> list[tuple[str, str, str, float]]:
                          f"{raw_rate:,.1f} MB/s", kelp_rate / raw_rate))
         finally:
             cluster.stop()
+    return rows + run_tls(records, record_bytes)
+
+
+def run_tls(records: int, record_bytes: int) -> list[tuple[str, str, str, float]]:
+    """Produce over TLS (SSL, and SASL_SSL with SCRAM-SHA-512) against plaintext on the same
+    gateway in the same run: the cost of encryption in kelp's trio TLS streams."""
+    from tests.secure import SecureCluster
+
+    total = records * record_bytes
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        secure = SecureCluster(Path(tmp), authorizer=False).start()
+        try:
+            plain = _produce(secure.cluster.bootstrap, "bench-tls-plain", records,
+                             record_bytes, "1")
+            plain_rate = total / plain / 1e6
+            print(f"produce plaintext: {plain_rate:,.1f} MB/s (same gateway as the TLS runs)")
+            for protocol, mechanism in (("SSL", None), ("SASL_SSL", "SCRAM-SHA-512")):
+                settings = secure.librdkafka(protocol, mechanism)
+                bootstrap = str(settings.pop("bootstrap.servers"))
+                seconds = _produce(bootstrap, f"bench-tls-{protocol.lower()}", records,
+                                   record_bytes, "1", **settings)
+                rate = total / seconds / 1e6
+                print(f"produce {protocol}: {records / seconds:,.0f} records/s {rate:,.1f} "
+                      f"MB/s | plaintext {plain_rate:,.1f} MB/s")
+                rows.append((f"produce {record_bytes} B, acks=1, {protocol}",
+                             f"{records / seconds:,.0f} rec/s {rate:,.1f} MB/s",
+                             f"{plain_rate:,.1f} MB/s pt", rate / plain_rate))
+        finally:
+            secure.stop()
     return rows
