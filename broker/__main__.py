@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import ssl
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -71,6 +73,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--chunk-bytes", type=int, default=DEFAULT_CHUNK_BYTES,
                         help="size of the chunks segment files are exported in, for the read "
                         f"sidecar (a power of two; default: {DEFAULT_CHUNK_BYTES})")
+    parser.add_argument("--grpc-tls-certfile", default=None, metavar="PEM",
+                        help="serve gRPC over TLS with this certificate (for gateways on other "
+                        "hosts; with --grpc-tls-keyfile)")
+    parser.add_argument("--grpc-tls-keyfile", default=None, metavar="PEM")
     parser.add_argument("--scram-users-file", type=Path, default=None, metavar="FILE",
                         help="create these users (lines name:password; the file must be mode "
                         "0600) with SCRAM-SHA-256 and SCRAM-SHA-512 credentials at start, "
@@ -99,6 +105,17 @@ def broker_configs(args: argparse.Namespace) -> BrokerConfigs:
     except InvalidConfig as exc:
         raise SystemExit(f"broker: {exc}") from None
     return configs
+
+
+def grpc_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    if not (args.grpc_tls_certfile or args.grpc_tls_keyfile):
+        return None
+    if not (args.grpc_tls_certfile and args.grpc_tls_keyfile):
+        raise SystemExit("broker: --grpc-tls-certfile and --grpc-tls-keyfile go together")
+    try:
+        return grpc.server_tls(args.grpc_tls_certfile, args.grpc_tls_keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        raise SystemExit(f"broker: cannot load the gRPC TLS files: {exc}") from None
 
 
 def load_security(args: argparse.Namespace) -> SecurityStore:
@@ -172,7 +189,8 @@ async def serve(args: argparse.Namespace) -> None:
             nursery.start_soon(coordinator.run)
             nursery.start_soon(store.log.maintain, registry.retention_check_s)
             await nursery.start(exporter.run)
-            await nursery.start(grpc.serve, service.mapping(), grpc_address)
+            await nursery.start(partial(grpc.serve, service.mapping(), grpc_address,
+                                        tls=grpc_tls(args)))
             async def stop_ucx(request: httpd.Request) -> httpd.Response:
                 exporter.stop()
                 return httpd.Response.json({"stopped": True})

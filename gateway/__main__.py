@@ -41,6 +41,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--broker", default="127.0.0.1:17777",
                         help="broker gRPC address, HOST:PORT or unix:PATH "
                         "(default: 127.0.0.1:17777)")
+    parser.add_argument("--broker-tls", action="store_true",
+                        help="reach the broker's gRPC over TLS (a broker on another host "
+                        "started with --grpc-tls-certfile)")
+    parser.add_argument("--broker-tls-cafile", default=None, metavar="PEM",
+                        help="CA that signed the broker's certificate (default: the system's)")
     parser.add_argument("--http", default="127.0.0.1:8081",
                         help="HTTP address HOST:PORT for the Schema Registry REST API and "
                         "/health (default: 127.0.0.1:8081)")
@@ -170,7 +175,9 @@ def kafka_listeners(args: argparse.Namespace) -> list[Listener]:
 
 async def serve(args: argparse.Namespace) -> None:
     http_host, http_port = process.split_host_port(args.http)
-    broker = BrokerClient(grpc.Address.parse(args.broker))
+    broker_tls = (grpc.client_tls(args.broker_tls_cafile)
+                  if args.broker_tls or args.broker_tls_cafile else None)
+    broker = BrokerClient(grpc.Address.parse(args.broker), broker_tls)
     kafka = args.kafka_listeners
     peer_tls = None  # HTTPS to other gateways (registry writes forwarded to the leader)
     if args.http_tls:

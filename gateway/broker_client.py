@@ -12,6 +12,7 @@ Kafka error) and ``run`` reconnects with backoff.
 from __future__ import annotations
 
 import logging
+import ssl
 from typing import Any, TypeVar
 
 import grpclib.exceptions
@@ -53,7 +54,8 @@ _UNAVAILABLE = {Status.UNAVAILABLE, Status.DEADLINE_EXCEEDED, Status.CANCELLED,
 
 
 class BrokerClient:
-    def __init__(self, address: grpc.Address) -> None:
+    def __init__(self, address: grpc.Address, tls: ssl.SSLContext | None = None) -> None:
+        self.tls = tls  # gRPC over TLS, for a broker on another host
         self.address = address
         self._channel: grpc.Channel | None = None
         self._appends: Multiplexed[pb.AppendRequest, pb.AppendReply] = Multiplexed(
@@ -73,7 +75,7 @@ class BrokerClient:
         """Keep the streams open until cancelled, reconnecting when the broker goes away."""
         task_status.started()
         backoff = 0.05
-        self._channel = grpc.Channel(self.address)
+        self._channel = grpc.Channel(self.address, self.tls)
         try:
             while True:
                 try:

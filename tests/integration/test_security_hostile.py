@@ -9,6 +9,7 @@ import socket
 import ssl
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import trustme
@@ -112,7 +113,7 @@ def test_password_guessing_is_slowed_and_harmless(secure: SecureCluster) -> None
 
 
 def test_certificates_are_reloaded_without_a_restart(secure: SecureCluster) -> None:
-    """Last in this module: it replaces the cluster's server certificate."""
+    """The last test on the module's cluster: it replaces its server certificate."""
     def served_issuer() -> str:
         context = ssl.create_default_context()
         context.check_hostname = False
@@ -139,3 +140,46 @@ def test_certificates_are_reloaded_without_a_restart(secure: SecureCluster) -> N
         time.sleep(0.5)
         after = served_issuer()
     assert "rotated" in after and after != before
+
+
+def test_gateway_reaches_the_broker_over_tls(tmp_path: Path) -> None:
+    """gRPC over TLS between gateway and broker, for when they are on different hosts; a
+    gateway that does not speak TLS to it gets nothing from it."""
+    from confluent_kafka import Consumer, Producer
+
+    from tests.kelp_procs import Cluster
+    from tests.secure import Pki
+
+    pki = Pki(tmp_path / "pki")
+    cluster = Cluster(tmp_path / "tls", broker_args=[
+        "--grpc-tls-certfile", str(pki.server_cert), "--grpc-tls-keyfile", str(pki.server_key)],
+        gateway_args=["--broker-tls-cafile", str(pki.ca_file)]).start()
+    try:
+        producer = Producer({"bootstrap.servers": cluster.bootstrap})
+        for i in range(5):
+            producer.produce("over-tls", b"r%d" % i)
+        assert producer.flush(15) == 0
+        consumer = Consumer({"bootstrap.servers": cluster.bootstrap, "group.id": "tls",
+                             "auto.offset.reset": "earliest"})
+        consumer.subscribe(["over-tls"])
+        seen: list[bytes] = []
+        for _ in range(40):
+            message = consumer.poll(0.5)
+            if message is not None and not message.error():
+                seen.append(message.value())
+            if len(seen) == 5:
+                break
+        consumer.close()
+        assert seen == [b"r%d" % i for i in range(5)]
+        plain, port, _http = cluster.extra_gateway("plain-gateway")
+        plain.command.remove("--broker-tls-cafile")
+        plain.command.remove(str(pki.ca_file))
+        plain.start()
+        try:
+            admin = AdminClient({"bootstrap.servers": f"127.0.0.1:{port}"})
+            metadata = admin.list_topics(topic="over-tls", timeout=10)
+            assert metadata.topics["over-tls"].error is not None  # no broker behind it
+        finally:
+            plain.stop()
+    finally:
+        cluster.stop()
