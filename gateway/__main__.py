@@ -219,6 +219,10 @@ async def serve(args: argparse.Namespace) -> None:
                 "max_connections": config.max_connections,
                 "timeouts": server.timeouts, "request_pool_used": ctx.request_pool.used,
                 "fetch_pool_used": ctx.fetch_pool.used, "tasks": count_tasks(),
+                "sasl_authentications": ctx.security.authentications,
+                "sasl_failures": ctx.security.authentication_failures,
+                "tls_failures": server.tls_failures,
+                "closed_unauthenticated": server.authentication_failures,
                 "registry": registry.health() if registry is not None else None})
 
         async def versions(request: httpd.Request) -> httpd.Response:

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("kelp.gateway.security")
 
 POLL_WAIT_MS = 20_000
+FIRST_COPY_WAIT_S = 10.0
 RETRY_S = 1.0
 
 
@@ -66,6 +67,8 @@ class SecurityView:
     broker: BrokerClient
     settings: acl.Settings = field(default_factory=acl.Settings)
     version: int = 0  # 0: nothing received yet
+    authentications: int = 0  # SASL authentications completed (re-authentications too)
+    authentication_failures: int = 0
     credentials: dict[tuple[str, int], scram.Credential] = field(default_factory=dict)
     authorizer: acl.Authorizer = field(init=False)
     _changed: trio.Event = field(default_factory=trio.Event)
@@ -103,7 +106,16 @@ class SecurityView:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
-        """Keep the copy current for as long as the gateway runs."""
+        """Keep the copy current for as long as the gateway runs. Reports started once the
+        first copy is in (or after ``FIRST_COPY_WAIT_S`` without a broker), so a gateway that
+        says it is ready can authenticate its users."""
+        with trio.move_on_after(FIRST_COPY_WAIT_S):
+            while not self.version:
+                try:
+                    self.apply(await self.broker.call(
+                        BROKER.get_security, pb.GetSecurityRequest(known_version=0, wait_ms=0)))
+                except Exception:
+                    await trio.sleep(0.1)
         task_status.started()
         while True:
             try:

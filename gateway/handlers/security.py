@@ -94,6 +94,7 @@ async def authenticate_step(ctx: GatewayContext, token: bytes) -> bytes:
     except SaslFailed:
         session.exchange = None
         session.close_after_answer = True
+        ctx.security.authentication_failures += 1
         await trio.sleep(FAILED_AUTHENTICATION_DELAY_S)
         raise
     if exchange.complete:
@@ -106,6 +107,7 @@ async def authenticate_step(ctx: GatewayContext, token: bytes) -> bytes:
                              f"{session.principal}: {principal}")
         session.principal = principal
         session.authenticated = True
+        ctx.security.authentications += 1
         reauth_ms = ctx.config.connections_max_reauth_ms
         session.expires_at = trio.current_time() + reauth_ms / 1000 if reauth_ms else None
     return reply
