@@ -30,6 +30,17 @@ async def handle_heartbeat(ctx: GatewayContext, request: Request) -> Any:
     partitions_type = messages.nested(response_type, "TopicPartitions")
     names = body.subscribed_topic_names
     owned = body.topic_partitions
+    # Kafka: DESCRIBE on every topic named in the subscription (READ on the group is checked
+    # before the handler, in gateway.access).
+    hidden = [n for n in names or ()
+              if not ctx.security.allows(acl.Operation.DESCRIBE, acl.ResourceType.TOPIC, n)]
+    if hidden:
+        return messages.build(response_type, throttle_time=NO_TIME,
+                              error_code=ErrorCode.topic_authorization_failed,
+                              error_message="Topic authorization failed for "
+                              + ", ".join(sorted(hidden)[:10]),
+                              member_id=None, member_epoch=-1, heartbeat_interval=NO_TIME,
+                              assignment=None)
     try:
         reply = await ctx.broker.call(BROKER.consumer_group_heartbeat,
                                       pb.ConsumerGroupHeartbeatRequest(
