@@ -78,6 +78,9 @@ ORDERED = frozenset({apis.ApiKey.OFFSET_COMMIT, apis.ApiKey.OFFSET_FETCH,
 # has expired, KIP-368); anything else closes it, as Kafka closes it.
 BEFORE_AUTHENTICATION = frozenset({apis.ApiKey.API_VERSIONS, apis.ApiKey.SASL_HANDSHAKE,
                                    apis.ApiKey.SASL_AUTHENTICATE})
+# Kafka's sasl.server.max.receive.size: the largest frame an unauthenticated client may send,
+# so a stranger cannot make the gateway buffer a 100 MiB request.
+UNAUTHENTICATED_MAX_FRAME = 512 * 1024
 # Byte-rate quotas apply to these (see gateway.quotas).
 QUOTA_KEYS = frozenset({apis.ApiKey.PRODUCE, apis.ApiKey.FETCH})
 PEER_CHECK_S = 1.0  # how often a connection not being read is checked for its client leaving
@@ -289,6 +292,8 @@ class KafkaServer:
                 return
             kafka.receive_data(data)
             while True:
+                kafka.max_frame_size = (self.ctx.config.max_request_bytes
+                                        if session.authenticated else UNAUTHENTICATED_MAX_FRAME)
                 if session.raw_tokens:  # after SaslHandshake v0: a bare SASL token
                     token = kafka.next_frame()
                     if token is None:

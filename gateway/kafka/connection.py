@@ -49,6 +49,15 @@ class KafkaConnection:
     def __init__(self, max_frame_size: int) -> None:
         self._frames = FrameBuffer(max_frame_size)
 
+    @property
+    def max_frame_size(self) -> int:
+        return self._frames.max_frame_size
+
+    @max_frame_size.setter
+    def max_frame_size(self, size: int) -> None:
+        """Change the limit for frames not yet begun (a frame already arriving keeps it)."""
+        self._frames.max_frame_size = size
+
     def receive_data(self, data: bytes) -> None:
         self._frames.feed(data)
 

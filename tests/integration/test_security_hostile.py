@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import socket
 import ssl
+import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -112,6 +113,18 @@ def test_password_guessing_is_slowed_and_harmless(secure: SecureCluster) -> None
     still_serving(secure)
 
 
+def test_an_unauthenticated_client_may_not_send_a_large_frame(secure: SecureCluster) -> None:
+    """Kafka's sasl.server.max.receive.size (512 KiB) before authentication: the frame's
+    declared size alone closes the connection, nothing of it is buffered."""
+    client = sasl_client(secure)
+    try:
+        client.send_bytes(struct.pack(">i", 10 * 1024 * 1024) + b"\x00" * 1024)
+        assert client.is_closed_by_peer()
+    finally:
+        client.close()
+    still_serving(secure)
+
+
 def test_certificates_are_reloaded_without_a_restart(secure: SecureCluster) -> None:
     """The last test on the module's cluster: it replaces its server certificate."""
     def served_issuer() -> str:
@@ -183,3 +196,4 @@ def test_gateway_reaches_the_broker_over_tls(tmp_path: Path) -> None:
             plain.stop()
     finally:
         cluster.stop()
+
