@@ -20,6 +20,7 @@ from gateway.broker_client import BrokerClient, BrokerUnavailable
 from gateway.listeners import ANONYMOUS, Listener
 from gateway.sasl import Exchange
 from kelp import acl, scram
+from kelp.acl_wire import binding_from_pb
 from kelp.routes import BROKER
 from kelp.rpc.broker import v1 as pb
 
@@ -93,11 +94,8 @@ class SecurityView:
         bindings = []
         for message in snapshot.acls:
             try:
-                bindings.append(acl.Binding(
-                    acl.ResourceType(message.resource_type), message.resource_name,
-                    acl.PatternType(message.pattern_type), message.principal, message.host,
-                    acl.Operation(message.operation), acl.Permission(message.permission_type)))
-            except ValueError:
+                bindings.append(binding_from_pb(message))
+            except acl.InvalidAcl:
                 log.warning("ignoring an ACL with unknown codes", extra={"acl": str(message)})
         self.authorizer = acl.Authorizer(self.settings, bindings)
         self.version = snapshot.version
