@@ -44,8 +44,10 @@ class Pki:
         kwargs = {}
         if expired:
             kwargs["not_after"] = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=1)
-        cert = issuer.issue_cert(common_name=common_name, organization_name="kelp",
-                                 organization_unit_name=None, **kwargs)
+        # A DNS identity too: Java refuses a certificate whose (critical) SAN is empty.
+        cert = issuer.issue_cert(f"{stem}.kelp.test", common_name=common_name,
+                                 organization_name="kelp", organization_unit_name=None,
+                                 **kwargs)
         cert_path, key_path = self.directory / f"{stem}.pem", self.directory / f"{stem}.key"
         cert.cert_chain_pems[0].write_to_path(str(cert_path))
         cert.private_key_pem.write_to_path(str(key_path))

@@ -107,3 +107,56 @@ def test_credentials_derive_as_rfc_5802_says() -> None:
     _salt, stored, server, _ = scramp.ScramMechanism("SCRAM-SHA-256").make_auth_info(
         "pencil", 4096, base64.b64decode("W22ZaJ0SNY7soEsUEjb6gQ=="))
     assert (credential.stored_key, credential.server_key) == (stored, server)
+
+
+def _final_for(client_first_bare: str, server_first: str, password: str, mechanism: int,
+               nonce: str) -> str:
+    """A client-final message computed by hand (RFC 5802), for nonces scramp would not send."""
+    import base64
+    import hashlib
+    import hmac
+
+    attributes = dict(part.split("=", 1) for part in server_first.split(","))
+    salt, count = base64.b64decode(attributes["s"]), int(attributes["i"])
+    digest = {scram.SHA_256: "sha256", scram.SHA_512: "sha512"}[mechanism]
+    salted = scram.salted_password(mechanism, password, salt, count)
+    client_key = hmac.digest(salted, b"Client Key", digest)
+    without_proof = f"c=biws,r={nonce}"
+    auth_message = f"{client_first_bare},{server_first},{without_proof}".encode()
+    signature = hmac.digest(hashlib.new(digest, client_key).digest(), auth_message, digest)
+    proof = bytes(a ^ b for a, b in zip(client_key, signature, strict=True))
+    return f"{without_proof},p={base64.b64encode(proof).decode()}"
+
+
+def test_scram_accepts_what_kafka_accepts() -> None:
+    """Kafka checks only that the final nonce ends with the server's: librdkafka 2.0 repeats
+    its own nonce in front of it. Extensions (tokenauth) in the first message are ignored."""
+    for extra, repeat in (("", True), (",tokenauth=false", False)):
+        bare = "n=alice,r=abc" + extra
+        exchange = Exchange("SCRAM-SHA-256", lookup)
+        server_first = exchange.step(b"n,," + bare.encode()).decode()
+        nonce = server_first.split(",")[0][2:]
+        final = _final_for(bare, server_first, "secret", scram.SHA_256,
+                           ("abc" if repeat else "") + nonce)
+        assert exchange.step(final.encode()).startswith(b"v=")
+        assert exchange.user == "alice"
+
+
+def test_scram_refuses_a_nonce_that_is_not_the_servers() -> None:
+    exchange = Exchange("SCRAM-SHA-256", lookup)
+    server_first = exchange.step(b"n,,n=alice,r=abc").decode()
+    final = _final_for("n=alice,r=abc", server_first, "secret", scram.SHA_256, "abcFORGED")
+    with pytest.raises(SaslFailed):
+        exchange.step(final.encode())
+
+
+def test_scram_user_names_are_unescaped_and_authzid_must_match() -> None:
+    credentials = {("a,b=c", scram.SHA_512): scram.from_password(scram.SHA_512, "pw")}
+    client = scramp.ScramClient(["SCRAM-SHA-512"], "a,b=c", "pw")
+    exchange = Exchange("SCRAM-SHA-512", lambda u, m: credentials.get((u, m)))
+    client.set_server_first(exchange.step(client.get_client_first().encode()).decode())
+    exchange.step(client.get_client_final().encode())
+    assert exchange.user == "a,b=c"
+    for first in (b"n,a=bob,n=alice,r=x", b"n,,n=al=ice,r=x", b"p=tls-unique,,n=alice,r=x"):
+        with pytest.raises(SaslFailed):
+            Exchange("SCRAM-SHA-256", lookup).step(first)
