@@ -1,9 +1,9 @@
 """SCRAM credentials as Kafka keeps them (RFC 5802, RFC 7677): never a password, only the salt,
 the iteration count and the two keys derived from the salted password.
 
-The broker stores these; gateways verify SASL/SCRAM exchanges against them (with the ``scramp``
-library, see ``gateway.sasl``), and a PLAIN or HTTP Basic password by deriving the stored key
-from it with the credential's own salt and count.
+The broker stores these; gateways verify SASL/SCRAM exchanges against them (``gateway.sasl``),
+and a PLAIN or HTTP Basic password by deriving the stored key from it with the credential's own
+salt and count.
 """
 
 from __future__ import annotations
