@@ -21,7 +21,8 @@ up *ARGS:
 # Mount topic data read-only at MOUNTPOINT, reading through the sidecar `just up` started
 # (needs fuse3 and `pip install -e '.[mount]'`; Ctrl-C unmounts).
 mount MOUNTPOINT *ARGS:
-    {{python}} -m kelp mount {{MOUNTPOINT}} --sidecar {{run_dir}}/sidecar.sock {{ARGS}}
+    {{python}} -m kelp mount {{MOUNTPOINT}} --sidecar {{run_dir}}/sidecar.sock \
+        --broker-token-file {{run_dir}}/cluster.token {{ARGS}}
 
 # Load-test a running kelp (start it with `just up`): PROFILE is quick, standard or stress;
 # flags follow (`just loadtest stress --duration 120 --plot stress.png`, `--help`).

@@ -20,7 +20,7 @@ from broker.security import SecurityStore, read_users_file
 from broker.service import BrokerService
 from broker.topics import TopicRegistry
 from broker.ucx_export import LEASE_MS, UcxExporter
-from kelp import debug, grpc, httpd, logs, process
+from kelp import cluster_token, debug, grpc, httpd, logs, process
 from kelp.address import parse_host_port
 
 log = logging.getLogger("kelp.broker")
@@ -77,6 +77,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="serve gRPC over TLS with this certificate (for gateways on other "
                         "hosts; with --grpc-tls-keyfile)")
     parser.add_argument("--grpc-tls-keyfile", default=None, metavar="PEM")
+    parser.add_argument("--cluster-token-file", type=Path, default=None, metavar="FILE",
+                        help="require this secret (made, mode 0600, if the file does not exist) "
+                        "on every gRPC call and on the HTTP data routes, so only kelp's own "
+                        "gateways, sidecars and mounts reach the broker")
     parser.add_argument("--scram-users-file", type=Path, default=None, metavar="FILE",
                         help="create these users (lines name:password; the file must be mode "
                         "0600) with SCRAM-SHA-256 and SCRAM-SHA-512 credentials at start, "
@@ -105,6 +109,15 @@ def broker_configs(args: argparse.Namespace) -> BrokerConfigs:
     except InvalidConfig as exc:
         raise SystemExit(f"broker: {exc}") from None
     return configs
+
+
+def _with_token(handler: httpd.Handler, token: str) -> httpd.Handler:
+    async def checked(request: httpd.Request) -> httpd.Response:
+        if not cluster_token.matches(token, request.headers.get(cluster_token.HEADER)):
+            return httpd.Response.error(401, f"this route needs the cluster token "
+                                             f"({cluster_token.HEADER} header)")
+        return await handler(request)
+    return checked
 
 
 def grpc_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
@@ -182,6 +195,12 @@ async def serve(args: argparse.Namespace) -> None:
         return httpd.Response.text("\n".join(lines) + "\n")
 
     grpc_address = grpc.Address.parse(args.grpc)
+    token = None
+    if args.cluster_token_file is not None:
+        try:
+            token = cluster_token.ensure(args.cluster_token_file)
+        except cluster_token.TokenError as exc:
+            raise SystemExit(f"broker: {exc}") from None
     http_host, http_port = parse_host_port(args.http)
     try:
         async with trio.open_nursery() as nursery:
@@ -190,13 +209,17 @@ async def serve(args: argparse.Namespace) -> None:
             nursery.start_soon(store.log.maintain, registry.retention_check_s)
             await nursery.start(exporter.run)
             await nursery.start(partial(grpc.serve, service.mapping(), grpc_address,
-                                        tls=grpc_tls(args)))
+                                        tls=grpc_tls(args), token=token))
             async def stop_ucx(request: httpd.Request) -> httpd.Response:
                 exporter.stop()
                 return httpd.Response.json({"stopped": True})
 
+            data_routes = ExportsHttp(exports).routes()
+            if token is not None:  # segment data only for holders of the cluster token
+                data_routes = {path: _with_token(handler, token)
+                               for path, handler in data_routes.items()}
             routes: dict[str, httpd.Handler | httpd.Route] = {
-                "/health": health, "/metrics": metrics, **ExportsHttp(exports).routes()}
+                "/health": health, "/metrics": metrics, **data_routes}
             if args.faults.get("ucx-stop-endpoint"):
                 routes["/debug/ucx-stop"] = httpd.Route(stop_ucx, frozenset({"POST"}))
             await nursery.start(httpd.serve_http, routes, http_host, http_port)

@@ -6,6 +6,7 @@ import argparse
 import logging
 import ssl
 from functools import partial
+from pathlib import Path
 
 import trio
 
@@ -17,7 +18,7 @@ from gateway.registry_link import RegistryBrokerLink
 from gateway.sasl import MECHANISMS
 from gateway.security import RegistryUsers
 from gateway.server import KafkaServer
-from kelp import acl, debug, grpc, http, httpd, logs, process
+from kelp import acl, cluster_token, debug, grpc, http, httpd, logs, process
 from kelp.process import count_tasks
 from registry import api as registry_api
 from registry.api import RegistryApi
@@ -46,6 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "started with --grpc-tls-certfile)")
     parser.add_argument("--broker-tls-cafile", default=None, metavar="PEM",
                         help="CA that signed the broker's certificate (default: the system's)")
+    parser.add_argument("--broker-token-file", type=Path, default=None, metavar="FILE",
+                        help="the cluster token the broker requires (its --cluster-token-file)")
     parser.add_argument("--http", default="127.0.0.1:8081",
                         help="HTTP address HOST:PORT for the Schema Registry REST API and "
                         "/health (default: 127.0.0.1:8081)")
@@ -157,6 +160,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown or not mechanisms:
         parser.error(f"--sasl-enabled-mechanisms: choose from {', '.join(MECHANISMS)}")
     args.sasl_mechanisms = mechanisms
+    if args.broker_token_file is not None:
+        try:
+            cluster_token.read(args.broker_token_file)
+        except cluster_token.TokenError as exc:
+            parser.error(str(exc))
     if args.connections_max_reauth_ms < 0:
         parser.error("--connections-max-reauth-ms must not be negative")
     return args
@@ -177,7 +185,9 @@ async def serve(args: argparse.Namespace) -> None:
     http_host, http_port = process.split_host_port(args.http)
     broker_tls = (grpc.client_tls(args.broker_tls_cafile)
                   if args.broker_tls or args.broker_tls_cafile else None)
-    broker = BrokerClient(grpc.Address.parse(args.broker), broker_tls)
+    broker = BrokerClient(grpc.Address.parse(args.broker), broker_tls,
+                          cluster_token.read(args.broker_token_file)
+                          if args.broker_token_file else None)
     kafka = args.kafka_listeners
     peer_tls = None  # HTTPS to other gateways (registry writes forwarded to the leader)
     if args.http_tls:

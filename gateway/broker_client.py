@@ -49,13 +49,17 @@ class BrokerFailed(Exception):
 
 
 # grpc statuses that mean "not reachable now" rather than "reached and broken".
+# UNAUTHENTICATED too: a gateway without the broker's cluster token is as good as cut off
+# (one log line says which flag is missing), and its clients get retriable errors.
 _UNAVAILABLE = {Status.UNAVAILABLE, Status.DEADLINE_EXCEEDED, Status.CANCELLED,
-                Status.RESOURCE_EXHAUSTED, Status.ABORTED}
+                Status.RESOURCE_EXHAUSTED, Status.ABORTED, Status.UNAUTHENTICATED}
 
 
 class BrokerClient:
-    def __init__(self, address: grpc.Address, tls: ssl.SSLContext | None = None) -> None:
+    def __init__(self, address: grpc.Address, tls: ssl.SSLContext | None = None,
+                 token: str | None = None) -> None:
         self.tls = tls  # gRPC over TLS, for a broker on another host
+        self.token = token  # the cluster token, when the broker requires one
         self.address = address
         self._channel: grpc.Channel | None = None
         self._appends: Multiplexed[pb.AppendRequest, pb.AppendReply] = Multiplexed(
@@ -75,7 +79,7 @@ class BrokerClient:
         """Keep the streams open until cancelled, reconnecting when the broker goes away."""
         task_status.started()
         backoff = 0.05
-        self._channel = grpc.Channel(self.address, self.tls)
+        self._channel = grpc.Channel(self.address, self.tls, self.token)
         try:
             while True:
                 try:
@@ -197,8 +201,11 @@ class BrokerClient:
     def _note_outage(self, exc: BaseException) -> None:
         if not self._outage:
             self._outage = True
+            error = grpc.describe_failure(exc)
+            if isinstance(exc, GRPCError) and exc.status == Status.UNAUTHENTICATED:
+                error += " (give the gateway the broker's token: --broker-token-file)"
             log.warning("broker unreachable", extra={"broker": str(self.address),
-                                                     "error": grpc.describe_failure(exc)})
+                                                     "error": error})
 
 
 def _cancel_fetch(request_id: int) -> pb.FetchRequest:

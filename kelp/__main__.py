@@ -30,6 +30,9 @@ def up_commands(args: argparse.Namespace, options: UpConfig | None = None,
     python = sys.executable
     options = options or UpConfig()
     secure_broker = secure_up.broker_flags(secure) if secure else []
+    # Only kelp's own processes may call the broker: the broker makes the token, the others
+    # read it (the broker starts first).
+    token = str(args.run_dir / "cluster.token")
     secure_gateway = (secure_up.gateway_flags(secure, args.kafka, args.advertise) if secure
                       else [])
     broker_configs = [arg for pair in options.broker_configs + args.broker_config
@@ -37,14 +40,17 @@ def up_commands(args: argparse.Namespace, options: UpConfig | None = None,
     return [
         ("broker", [python, "-m", "broker", "--data-dir", str(args.data_dir),
                     "--grpc", args.broker, "--http", args.broker_http, "--ucx", args.ucx,
+                    "--cluster-token-file", token,
                     "--log-level", args.log_level, *broker_configs, *secure_broker,
                     *options.flags["broker"]]),
         ("gateway", [python, "-m", "gateway", "--listen", args.kafka,
                      "--advertise", args.advertise or args.kafka, "--broker", args.broker,
+                     "--broker-token-file", token,
                      "--http", args.registry, "--log-level", args.log_level, *secure_gateway,
                      *options.flags["gateway"]]),
         ("sidecar", [python, "-m", "rdma", "--socket", str(args.run_dir / "sidecar.sock"),
                      "--http", args.sidecar_http, "--broker", args.broker,
+                     "--broker-token-file", token,
                      "--broker-http", args.broker_http, "--log-level", args.log_level,
                      *options.flags["sidecar"]]),
     ]

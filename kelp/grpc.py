@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import difflib
 import functools
+import logging
 import os
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -31,12 +32,17 @@ from typing import Any, Generic, TypeVar
 
 import grpclib.client
 import grpclib.const
+import grpclib.events
 import grpclib.server
 import hyperframe.frame
 import trio
 import trio_asyncio
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
 
+from kelp import cluster_token
 from kelp.address import Address
+from kelp.logs import RateLimited
 
 __all__ = ["Address", "Channel", "ClientStream", "Route", "Routes", "StreamSender", "serve",
            "service_mapping", "stream_handler", "unary_handler"]
@@ -46,6 +52,8 @@ __all__ = ["Address", "Channel", "ClientStream", "Route", "Routes", "StreamSende
 # and hex-encodes its whole payload: 11 % of the broker's CPU under produce load, measured
 # with py-spy. A DATA frame's repr only needs its size.
 hyperframe.frame.DataFrame._body_repr = lambda self: f"data=<{len(self.data)} bytes>"
+
+unauthenticated_log = RateLimited(logging.getLogger("kelp.grpc"), interval_s=1.0)
 
 Req = TypeVar("Req")
 Rep = TypeVar("Rep")
@@ -409,20 +417,50 @@ def client_tls(cafile: str | None) -> ssl.SSLContext:
     return context
 
 
+def _require_token(server: grpclib.server.Server, token: str) -> None:
+    """Every call must carry the cluster token (``kelp.cluster_token``); others are answered
+    UNAUTHENTICATED without reaching their handler."""
+
+    async def refuse(stream: grpclib.server.Stream) -> None:
+        raise GRPCError(Status.UNAUTHENTICATED, "kelp: this call needs the cluster token")
+
+    async def check(event: grpclib.events.RecvRequest) -> None:
+        if not cluster_token.matches(token, event.metadata.get(cluster_token.METADATA_KEY)):
+            unauthenticated_log.warning("gRPC call without the cluster token refused",
+                                        method=event.method_name, peer=str(event.peer.addr()))
+            event.method_func = refuse
+
+    grpclib.events.listen(server, grpclib.events.RecvRequest, check)
+
+
 async def serve(
     mapping: dict[str, grpclib.const.Handler],
     address: Address,
     *,
     tls: ssl.SSLContext | None = None,
+    token: str | None = None,
+    socket_mode: int = 0o600,
+    socket_gid: int | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the handlers on ``address`` until cancelled (over TLS with ``tls``, for callers
-    on other hosts). Needs a trio-asyncio loop."""
+    on other hosts; only to callers with the cluster ``token`` when given). Needs a
+    trio-asyncio loop. A Unix socket gets ``socket_mode`` (and ``socket_gid``) explicitly: it
+    is created under umask 0177, so it is never reachable by others before the chmod."""
     server = grpclib.server.Server([_Service(mapping)])
+    if token is not None:
+        _require_token(server, token)
     if address.path:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(address.path)
-        await trio_asyncio.aio_as_trio(server.start)(path=address.path)
+        previous = os.umask(0o177)  # process-wide, but only while the socket is bound
+        try:
+            await trio_asyncio.aio_as_trio(server.start)(path=address.path)
+        finally:
+            os.umask(previous)
+        if socket_gid is not None:
+            os.chown(address.path, -1, socket_gid)
+        os.chmod(address.path, socket_mode)
     else:
         await trio_asyncio.aio_as_trio(server.start)(address.host, address.port, ssl=tls)
     task_status.started()
@@ -448,12 +486,18 @@ def describe_failure(exc: BaseException) -> str:
 class Channel:
     """A client channel; ``call`` makes a unary call from trio."""
 
-    def __init__(self, address: Address, tls: ssl.SSLContext | None = None) -> None:
+    def __init__(self, address: Address, tls: ssl.SSLContext | None = None,
+                 token: str | None = None) -> None:
         self.address = address
         if address.path:
             self._channel = grpclib.client.Channel(path=address.path)
         else:
             self._channel = grpclib.client.Channel(address.host, address.port, ssl=tls)
+        if token is not None:  # every call carries the cluster token
+            async def add_token(event: grpclib.events.SendRequest) -> None:
+                event.metadata[cluster_token.METADATA_KEY] = token
+
+            grpclib.events.listen(self._channel, grpclib.events.SendRequest, add_token)
 
     async def call(self, route: Route[Any, Rep], request: Any, *, timeout: float = 10.0
                    ) -> Rep:

@@ -13,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from kelp import grpc, logs, process
+from kelp import cluster_token, grpc, logs, process
 from kelp.address import parse_host_port
 from rdma.pool import PoolConfigError, resolve_shares
 from rdma.reader import ReaderConfig
@@ -27,6 +27,16 @@ def _host_port(text: str) -> tuple[str, int]:
         return parse_host_port(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _mode(text: str) -> int:
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an octal mode like 0600") from None
+    if not 0 <= mode <= 0o777:
+        raise argparse.ArgumentTypeError(f"{text!r}: only permission bits (at most 0777)")
+    return mode
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -46,6 +56,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         metavar="HOST:PORT",
                         help="broker HTTP address, probed by /ping (reads, the fallback "
                         "included, go over gRPC: --broker) (default: 127.0.0.1:8082)")
+    parser.add_argument("--broker-token-file", type=Path, default=None, metavar="FILE",
+                        help="the cluster token the broker requires (its --cluster-token-file); "
+                        "without it a broker that has one grants no UCX lease and no read")
+    parser.add_argument("--socket-mode", type=_mode, default=0o600, metavar="OCTAL",
+                        help="permissions of the gRPC socket, set explicitly rather than "
+                        "from the umask (default: 0600: only this user's mount reads)")
+    parser.add_argument("--socket-group", default=None, metavar="GROUP",
+                        help="group of the gRPC socket (with --socket-mode 0660, that group's "
+                        "members may read)")
     data = parser.add_argument_group("data path")
     data.add_argument("--no-ucx", action="store_true",
                       help="read through the broker's copy (ReadChunk) only")
@@ -90,13 +109,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(str(exc))
     if args.lend_ms < 1:
         parser.error(f"--lend-ms must be at least 1, not {args.lend_ms}")
+    if args.broker_token_file is not None:
+        try:
+            cluster_token.read(args.broker_token_file)
+        except cluster_token.TokenError as exc:
+            parser.error(str(exc))
+    if args.socket_group is not None:
+        try:
+            args.socket_gid = socket_gid(args.socket_group)
+        except KeyError:
+            parser.error(f"--socket-group: no group {args.socket_group!r}")
     return args
+
+
+def socket_gid(group: str) -> int:
+    import grp  # Unix only, like the socket
+
+    return int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
 
 
 def config_from_args(args: argparse.Namespace) -> SidecarConfig:
     (http_host, http_port), (bhttp_host, bhttp_port) = args.http, args.broker_http
     reader = ReaderConfig(
         broker=args.broker, broker_http_host=bhttp_host, broker_http_port=bhttp_port,
+        broker_token=(cluster_token.read(args.broker_token_file)
+                      if args.broker_token_file else None),
         ucx=not args.no_ucx, ucx_transports=args.ucx_transports, fallback=not args.no_fallback,
         buffers=args.buffers, buffer_bytes=args.buffer_bytes,
         max_concurrent=args.max_concurrent, session_ms=args.session_ms,
@@ -104,7 +141,8 @@ def config_from_args(args: argparse.Namespace) -> SidecarConfig:
         timeout_ms=args.timeout_ms, client_buffers=args.client_buffers,
         http_reserve=args.http_reserve)
     return SidecarConfig(socket=args.socket, http_host=http_host, http_port=http_port,
-                         reader=reader)
+                         reader=reader, socket_mode=args.socket_mode,
+                         socket_gid=getattr(args, "socket_gid", None))
 
 
 def main(argv: list[str] | None = None) -> None:

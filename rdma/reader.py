@@ -51,6 +51,7 @@ class ReaderConfig:
     broker: str = "127.0.0.1:17777"
     broker_http_host: str = "127.0.0.1"
     broker_http_port: int = 8082
+    broker_token: str | None = None  # the cluster token, when the broker requires one
     ucx: bool = True
     ucx_transports: str | None = None  # UCX_TLS, e.g. "sm,cma,tcp"; None: UCX's choice
     fallback: bool = True
@@ -104,7 +105,8 @@ class Reader:
         self.config = config
         self.pool = BufferPool(config.buffers, config.buffer_bytes,
                                share=config.client_buffers, reserve=config.http_reserve)
-        self.broker = grpc.Channel(grpc.Address.parse(config.broker))
+        self.broker = grpc.Channel(grpc.Address.parse(config.broker),
+                                   token=config.broker_token)
         self.worker: Any = None
         self.ucx_unavailable: str | None = None if config.ucx else "UCX disabled (--no-ucx)"
         self.ucx_version = ""

@@ -17,6 +17,7 @@ import stat
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,8 @@ class SidecarConfig:
     http_host: str = "127.0.0.1"
     http_port: int = 8083
     reader: ReaderConfig = field(default_factory=ReaderConfig)
+    socket_mode: int = 0o600  # set explicitly on the socket, never left to the umask
+    socket_gid: int | None = None
 
     @property
     def broker(self) -> str:
@@ -362,8 +365,10 @@ async def run_sidecar(
     async with http.Client(max_connections=2) as sidecar.http_client, \
             trio.open_nursery() as nursery:
         await nursery.start(sidecar.reader.run)
-        await nursery.start(grpc.serve, sidecar.grpc_mapping(),
-                            grpc.Address(path=str(config.socket)))
+        await nursery.start(partial(grpc.serve, sidecar.grpc_mapping(),
+                                    grpc.Address(path=str(config.socket)),
+                                    socket_mode=config.socket_mode,
+                                    socket_gid=config.socket_gid))
         sidecar.http_port = await nursery.start(
             httpd.serve_http, sidecar.http_routes(), config.http_host, config.http_port)
         process.ready(log, socket=str(config.socket),

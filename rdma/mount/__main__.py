@@ -22,7 +22,7 @@ import pyfuse3
 import trio
 import trio_asyncio
 
-from kelp import grpc, logs
+from kelp import cluster_token, grpc, logs
 from rdma.mount.fs import KelpFs, MountConfig
 from rdma.mount.source import Source, SourceConfig
 
@@ -42,6 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--broker-http", default=None, metavar="HOST:PORT",
                         help="accepted for older scripts and ignored: listings and fallback "
                         "reads go over gRPC (--broker)")
+    parser.add_argument("--broker-token-file", type=Path, default=None, metavar="FILE",
+                        help="the cluster token the broker requires (kelp up's "
+                        "<run dir>/cluster.token), for listings and fallback reads")
     parser.add_argument("--sidecar", default=".kelp/run/sidecar.sock", metavar="PATH",
                         help="the sidecar's Unix socket (default: .kelp/run/sidecar.sock)")
     parser.add_argument("--no-sidecar", action="store_true",
@@ -108,7 +111,9 @@ def tune_readahead(mountpoint: Path, kilobytes: int) -> None:
 async def serve(args: argparse.Namespace) -> None:
     source = Source(SourceConfig(
         sidecar=None if args.no_sidecar else str(args.sidecar), broker=args.broker,
-        fallback=not args.no_fallback, timeout_ms=args.timeout_ms))
+        fallback=not args.no_fallback, timeout_ms=args.timeout_ms,
+        broker_token=(cluster_token.read(args.broker_token_file)
+                      if args.broker_token_file else None)))
     fs = KelpFs(source, MountConfig(refresh_s=args.refresh_ms / 1000, prefetch=args.prefetch,
                                     cache_blocks=args.cache_blocks,
                                     max_concurrent=args.max_concurrent))

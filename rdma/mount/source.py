@@ -48,6 +48,7 @@ class SourceConfig:
     broker: str = "127.0.0.1:17777"  # gRPC: listings and the fallback read path
     fallback: bool = True
     timeout_ms: int = 10_000
+    broker_token: str | None = None  # the cluster token, when the broker requires one
 
 
 @dataclass
@@ -206,7 +207,7 @@ class Source:
     async def _broker_call(self, route: grpc.Route[Any, Any], request: Any) -> Any:
         """A call of the broker's read API; a status other than 200 is a ``SourceError``."""
         if self._broker is None:
-            self._broker = grpc.Channel(self._broker_address)
+            self._broker = grpc.Channel(self._broker_address, token=self.config.broker_token)
         try:
             reply = await self._broker.call(route, request,
                                             timeout=self.config.timeout_ms / 1000)
