@@ -9,6 +9,7 @@ never fails open); SASL fails until then as for an unknown user.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -163,15 +164,28 @@ class RegistryUsers:
     registry's topic: READ or DESCRIBE reads, WRITE registers and soft-deletes, ALTER
     administers (configs, modes, permanent deletes). Super users administer."""
 
+    MAX_REMEMBERED = 1024
+
     def __init__(self, view: SecurityView, topic: str) -> None:
         self.view = view
         self.topic = topic
+        # Basic auth sends the password with every request, and checking one derives a key
+        # (milliseconds of CPU on the event loop): a check that passed is remembered, by a
+        # hash of the credentials, until the users change.
+        self._verified: dict[bytes, tuple[int, str]] = {}
 
     def authenticate(self, user: str, password: str) -> str | None:
+        key = hashlib.sha256(f"{user}\0{password}".encode()).digest()
+        remembered = self._verified.get(key)
+        if remembered is not None and remembered[0] == self.view.version:
+            return remembered[1]
         credential = (self.view.lookup(user, scram.SHA_512)
                       or self.view.lookup(user, scram.SHA_256))
         if credential is None or not scram.verify_password(credential, password):
             return None
+        if len(self._verified) >= self.MAX_REMEMBERED:
+            self._verified.clear()
+        self._verified[key] = (self.view.version, "User:" + user)
         return "User:" + user
 
     def role(self, principal: str, host: str) -> Role:

@@ -195,3 +195,29 @@ def test_users_file_must_be_private(tmp_path: Path) -> None:
         read_users_file(users)
     users.chmod(0o600)
     assert read_users_file(users) == [("admin", "secret")]
+
+
+def test_registry_users_remember_only_while_the_users_stay_the_same() -> None:
+    from gateway.security import RegistryUsers, SecurityView
+    from kelp.rpc.broker import v1 as pb
+
+    def snapshot(version: int, password: str | None) -> pb.SecuritySnapshot:
+        credentials = []
+        if password is not None:
+            c = scram.from_password(scram.SHA_512, password)
+            credentials.append(pb.ScramCredential(
+                user="alice", mechanism=c.mechanism, salt=c.salt, stored_key=c.stored_key,
+                server_key=c.server_key, iterations=c.iterations))
+        return pb.SecuritySnapshot(version=version, credentials=credentials)
+
+    view = SecurityView(broker=None)  # type: ignore[arg-type]
+    view.apply(snapshot(1, "first"))
+    users = RegistryUsers(view, "_schemas")
+    assert users.authenticate("alice", "first") == "User:alice"
+    assert users.authenticate("alice", "first") == "User:alice"  # remembered
+    assert users.authenticate("alice", "wrong") is None
+    view.apply(snapshot(2, "second"))  # the password changed
+    assert users.authenticate("alice", "first") is None
+    assert users.authenticate("alice", "second") == "User:alice"
+    view.apply(snapshot(3, None))  # the user was deleted
+    assert users.authenticate("alice", "second") is None
