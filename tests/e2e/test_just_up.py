@@ -20,8 +20,9 @@ from tests.kelp_procs import REPO, free_port
 from tests.registry_http import avro_record, ok
 
 
-def _get_json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=10) as reply:
+def _get_json(url: str, headers: dict[str, str] | None = None) -> dict:
+    request = urllib.request.Request(url, headers=headers or {})
+    with urllib.request.urlopen(request, timeout=10) as reply:
         return json.loads(reply.read())
 
 
@@ -63,8 +64,10 @@ def test_just_up_on_a_fresh_clone(tmp_path: Path) -> None:
         # The sidecar reads a segment produced through the gateway, over UCX.
         subprocess.run(["kcat", "-P", "-b", bootstrap, "-t", "up-demo"], input=b"hello\n" * 100,
                        timeout=30, check=True)
+        # The broker's data routes want the cluster token `kelp up` made for its processes.
+        token = (clone / ".kelp" / "run" / "cluster.token").read_text().strip()
         listing = _get_json(f"http://127.0.0.1:{ports['broker-http']}/segments?topic=up-demo"
-                            "&partition=0")
+                            "&partition=0", {"x-kelp-token": token})
         chunk = listing["segments"][0]["chunks"][0]
         url = (f"http://127.0.0.1:{ports['sidecar-http']}/read?file_id={chunk['file_id']}"
                f"&offset=0&size={chunk['size']}")
