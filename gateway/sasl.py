@@ -100,7 +100,7 @@ class Exchange:
             raise self._failed("client-first-message must start with n= and r=")
         user = _unescape(attributes[0][1])
         client_nonce = attributes[1][1]
-        if user is None or not user or not client_nonce:
+        if user is None or not user or not _printable(client_nonce):
             raise self._failed("bad user name or nonce")
         if authzid and authzid != f"a={attributes[0][1]}":
             raise self._failed("authorization id differs from the user name")
@@ -174,6 +174,11 @@ def _attributes(message: str) -> list[tuple[str, str]]:
             return []
         out.append((name, value))
     return out
+
+
+def _printable(nonce: str) -> bool:
+    """RFC 5802's nonce: printable ASCII (0x21-0x7E) except the comma."""
+    return bool(nonce) and all("!" <= c <= "~" for c in nonce)
 
 
 def _unescape(name: str) -> str | None:

@@ -160,3 +160,9 @@ def test_scram_user_names_are_unescaped_and_authzid_must_match() -> None:
     for first in (b"n,a=bob,n=alice,r=x", b"n,,n=al=ice,r=x", b"p=tls-unique,,n=alice,r=x"):
         with pytest.raises(SaslFailed):
             Exchange("SCRAM-SHA-256", lookup).step(first)
+
+
+@pytest.mark.parametrize("nonce", ["", "a\x00b", "caf\u00e9", "a b"])
+def test_scram_nonces_must_be_printable(nonce: str) -> None:
+    with pytest.raises(SaslFailed):
+        Exchange("SCRAM-SHA-512", lookup).step(f"n,,n=alice,r={nonce}".encode())
