@@ -98,6 +98,7 @@ class Fetched:
 
 MAX_LEASES_TO_CLOSE = 1024
 LOAN_CHECK_S = 0.2  # how often loans are checked for their deadline and their owner's end
+IDLE_LOAN_CHECK_S = 1.0  # the same while nothing is lent
 
 
 class Reader:
@@ -143,7 +144,8 @@ class Reader:
 
     async def _reap_loans(self) -> None:
         while True:
-            await trio.sleep(LOAN_CHECK_S)
+            # Often while buffers are lent, seldom when none is: an idle sidecar stays asleep.
+            await trio.sleep(LOAN_CHECK_S if self.pool.lent else IDLE_LOAN_CHECK_S)
             self.pool.reap()
 
     async def _start_ucx(self, stack: contextlib.AsyncExitStack) -> None:
