@@ -109,6 +109,7 @@ def test_only_a_sidecar_with_the_token_gets_a_lease(guarded: tuple[Cluster, Path
                                          str(token_file))
     assert status == 200, data
     assert data == log[:len(data)]
+    assert headers.get("x-kelp-transport") == "ucx"  # the broker granted it a UCX lease
     status, data, _headers = sidecar_read(cluster, "untrusted")
     assert status >= 500, (status, data)  # neither a UCX lease nor the copying fallback
     assert b"UNAUTHENTICATED" in data or b"cluster token" in data
