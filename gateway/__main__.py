@@ -216,7 +216,10 @@ async def serve(args: argparse.Namespace) -> None:
             request_timeout_ms=args.request_timeout_ms)
         ctx = GatewayContext(config, broker)
         await nursery.start(ctx.quotas.run)
-        await nursery.start(ctx.security.run)
+        # Users and ACLs matter from the first connection only when something checks them.
+        await nursery.start(partial(
+            ctx.security.run, needed_at_start=args.authorizer or args.registry_auth
+            or any(listener.sasl for listener in kafka)))
         server = KafkaServer(ctx)
         registry: SchemaRegistry | None = None
         bound = [await nursery.start(server.serve, listener, args.tls) for listener in kafka]

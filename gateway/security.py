@@ -103,12 +103,13 @@ class SecurityView:
         self._changed.set()
         self._changed = trio.Event()
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-                  ) -> None:
-        """Keep the copy current for as long as the gateway runs. Reports started once the
-        first copy is in (or after ``FIRST_COPY_WAIT_S`` without a broker), so a gateway that
-        says it is ready can authenticate its users."""
-        with trio.move_on_after(FIRST_COPY_WAIT_S):
+    async def run(self, *, needed_at_start: bool = True,
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep the copy current for as long as the gateway runs. When the gateway
+        authenticates or authorizes (``needed_at_start``), reports started only once the first
+        copy is in (or after ``FIRST_COPY_WAIT_S`` without a broker), so a gateway that says
+        it is ready can authenticate its users; otherwise at once."""
+        with trio.move_on_after(FIRST_COPY_WAIT_S if needed_at_start else 0):
             while not self.version:
                 try:
                     self.apply(await self.broker.call(

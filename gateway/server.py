@@ -202,8 +202,7 @@ class KafkaServer:
         peer = _peer(stream)
         host = peer.rsplit(":", 1)[0]
         current_peer.set(host)  # inherited by every task of this connection
-        session = Session(listener, host)
-        session.authenticated = not session.sasl
+        session = Session(listener, host, authenticated=not (listener and listener.sasl))
         if isinstance(stream, trio.SSLStream) and not session.sasl:
             session.principal = self._certificate_principal(stream)
         current_session.set(session)  # one object: the SASL handlers change it in place
@@ -322,17 +321,14 @@ class KafkaServer:
                 if reserved and request.size > LARGE_FRAME_BYTES:
                     # The large frame that arrived holds its reservation until answered.
                     slot.holds.append((self.ctx.request_pool, reserved.pop()))
-                handler = HANDLERS[request.api_key]
-                if self.ctx.security.settings.enabled:
-                    refused = access.refusal(self.ctx.security, request.api_key, request.body)
-                    if refused is not None:
-                        handler = _refusing(refused)
+                refused = (access.refusal(self.ctx.security, request.api_key, request.body)
+                           if self.ctx.security.settings.enabled else None)
+                handler = HANDLERS[request.api_key] if refused is None else _refusing(refused)
                 self._note_version(request)
                 if log.isEnabledFor(logging.DEBUG):
                     log.debug("request", extra={"peer": peer, "api": apis.api_name(request.api_key),
                                                 "version": request.version})
-                prepare = PREPARE.get(request.api_key) if handler is HANDLERS[
-                    request.api_key] else None
+                prepare = PREPARE.get(request.api_key) if refused is None else None
                 if prepare is not None and not prepare.ready(self.ctx, request):
                     # Waiting for room (a produce while the broker's backlog is full) means
                     # not reading this connection, so not even noticing it close: bounded.
