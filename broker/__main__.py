@@ -16,9 +16,11 @@ from broker.configs import InvalidConfig
 from broker.exports import DEFAULT_CHUNK_BYTES, Exports, ExportsHttp
 from broker.groups import Coordinator
 from broker.offsets import OffsetStore
+from broker.producer_ids import ProducerIds
 from broker.security import SecurityStore, read_users_file
 from broker.service import BrokerService
 from broker.topics import TopicRegistry
+from broker.txn_coordinator import TransactionCoordinator
 from broker.ucx_export import LEASE_MS, UcxExporter
 from kelp import cluster_token, debug, grpc, httpd, logs, process
 from kelp.address import parse_host_port
@@ -174,6 +176,12 @@ async def serve(args: argparse.Namespace) -> None:
         group_config=configs.group_value,
         consumer_state_path=args.data_dir / "consumer-groups.json")
     coordinator.load_consumer_groups()
+    producer_ids = ProducerIds(args.data_dir)
+    transactions = await trio.to_thread.run_sync(lambda: TransactionCoordinator(
+        args.data_dir / "@transactions", offsets_config, registry, store, producer_ids,
+        member_error=coordinator.txn_member_error,
+        max_timeout_ms=configs.int_value("transaction.max.timeout.ms"),
+        id_expiration_ms=configs.int_value("transactional.id.expiration.ms")))
     exports = Exports(registry, chunk_bytes=args.chunk_bytes)
     ucx_host, ucx_port = parse_host_port(args.ucx)
     exporter = UcxExporter(exports, ucx_host, ucx_port, enabled=not args.no_ucx,
@@ -181,6 +189,7 @@ async def serve(args: argparse.Namespace) -> None:
     security = await trio.to_thread.run_sync(load_security, args)
     service = BrokerService(registry, coordinator=coordinator, exports=exports,
                             exporter=exporter, broker_configs=configs, security=security,
+                            transactions=transactions, producer_ids=producer_ids,
                             auto_create_partitions=configs.int_value("num.partitions"),
                             append_delay_s=args.faults.get("append-delay-ms", 0.0) / 1000)
 
@@ -207,6 +216,8 @@ async def serve(args: argparse.Namespace) -> None:
             await nursery.start(registry.run)
             nursery.start_soon(coordinator.run)
             nursery.start_soon(store.log.maintain, registry.retention_check_s)
+            nursery.start_soon(transactions.log.maintain, registry.retention_check_s)
+            nursery.start_soon(transactions.run)
             await nursery.start(exporter.run)
             await nursery.start(partial(grpc.serve, service.mapping(), grpc_address,
                                         tls=grpc_tls(args), token=token))
@@ -229,6 +240,7 @@ async def serve(args: argparse.Namespace) -> None:
         # Only after every task that could touch a log has ended.
         registry.close()
         store.close()
+        transactions.close()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -160,6 +160,12 @@ _BROKER = [
                  "consumer.heartbeat.interval.ms a group may be given.", minimum=1),
     BrokerConfig("group.consumer.max.heartbeat.interval.ms", _T.INT, "15000", "Largest "
                  "consumer.heartbeat.interval.ms a group may be given.", minimum=1),
+    BrokerConfig("transaction.max.timeout.ms", _T.INT, "900000", "Largest "
+                 "transaction.timeout.ms a transactional producer may ask for.", minimum=1),
+    BrokerConfig("transactional.id.expiration.ms", _T.INT, "604800000", "How long a "
+                 "transactional id with no transaction open is kept without use.", minimum=1),
+    BrokerConfig("transaction.state.log.replication.factor", _T.SHORT, "1", "Replicas of "
+                 "the transaction log.", minimum=1),
     BrokerConfig("producer.id.expiration.ms", _T.INT, "86400000", "How long an idle "
                  "producer's idempotence state is kept.", dynamic=True, minimum=1),
     _log("log.segment.bytes", "segment.bytes"),

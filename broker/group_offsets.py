@@ -94,6 +94,23 @@ class GroupOffsets:
         await self.store.write(group_id, accepted)
         return results
 
+    def txn_member_error(self, group_id: str, generation: int, member_id: str,
+                         instance_id: str | None) -> ErrorCode | None:
+        """KIP-447: may this member commit offsets in a transaction (TxnOffsetCommit v3+)?
+        A commit without group metadata (generation -1, no member id: an older client) is
+        not checked, as Kafka does not check it; one with it must come from a current
+        member, whatever state the group's rebalance is in."""
+        if generation < 0 and not member_id and instance_id is None:
+            return None
+        consumer_error = self.consumer_commit_error(group_id, member_id, generation)
+        if consumer_error is not None:  # a KIP-848 group: the member epoch is checked
+            return consumer_error or None
+        try:
+            self._member(group_id, member_id, instance_id, generation)
+        except GroupError as exc:
+            return exc.code
+        return None
+
     def fetch_offsets(self, group_id: str, wanted: list[TopicPartition] | None
                       ) -> dict[TopicPartition, Committed | None]:
         committed = self.store.get(group_id)

@@ -13,6 +13,7 @@ from broker.consumer_heartbeat import Heartbeat
 from broker.groups import Coordinator
 from broker.log import now_ms
 from broker.offsets import Committed
+from broker.txn_coordinator import TransactionCoordinator
 from kelp.rpc.broker import v1 as pb
 
 
@@ -20,6 +21,7 @@ class GroupCalls:
     """A mixin of ``broker.service.BrokerService``: the group methods of the generated base."""
 
     coordinator: Coordinator | None
+    transactions: TransactionCoordinator | None
 
     @property
     def _groups(self) -> Coordinator:
@@ -76,11 +78,19 @@ class GroupCalls:
             if error:
                 return pb.FetchOffsetsReply(error_code=error)
         found = self._groups.fetch_offsets(r.group_id, wanted)
+        # KIP-447: a read_committed consumer must not start from an offset that an open
+        # transaction is about to replace; it retries on UNSTABLE_OFFSET_COMMIT.
+        unstable = (self.transactions.pending_offsets(r.group_id)
+                    if r.require_stable and self.transactions is not None else set())
+        if unstable and wanted is None:
+            found.update(dict.fromkeys(unstable - found.keys()))
         return pb.FetchOffsetsReply(offsets=[
             pb.CommittedOffset(topic=t, partition=p,
                                offset=-1 if c is None else c.offset,
                                leader_epoch=-1 if c is None else c.leader_epoch,
-                               metadata="" if c is None else c.metadata)
+                               metadata="" if c is None else c.metadata,
+                               error_code=ErrorCode.unstable_offset_commit
+                               if (t, p) in unstable else ErrorCode.none)
             for (t, p), c in sorted(found.items())])
 
     async def list_groups(self, r: pb.ListGroupsRequest) -> pb.ListGroupsReply:

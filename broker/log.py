@@ -13,6 +13,9 @@ them together:
   a sync runs share the next one), then checkpoints the recovery point and producer snapshot.
 - reads, by offset (whole batches) or by timestamp; waiting readers register an append
   listener (a per-partition parking spot signalled by every append), never a sleep loop.
+- transactions: the coordinator's COMMIT and ABORT markers (``append_marker``), the last
+  stable offset below which read_committed readers read, and the aborted transactions they
+  are told to skip (the table in ``broker.producers`` keeps both).
 - retention and DeleteRecords (whole segments below the log start go), and the partition's
   background task (``maintain``): interval flushes, retention, compaction, producer expiry.
 """
@@ -29,12 +32,20 @@ from pathlib import Path
 import trio
 from kio.schema.errors import ErrorCode
 
-from broker.producers import ProducerError, ProducerStateTable
+from broker.producers import (
+    AbortedTxn,
+    ProducerError,
+    ProducerStateTable,
+    is_control,
+    marker_key,
+    marker_kind,
+    marker_value,
+)
 from broker.storage import cleaner, loader, search
 from broker.storage.config import INLINE_READ_LIMIT, IO_LIMITER, LogConfig, now_ms, topic_partition
 from broker.storage.producer_state import ProducerStateManager
 from broker.storage.segment import Segment, held
-from kelp import batchcheck, files, recordbatch
+from kelp import batchcheck, files, recordbatch, records
 from kelp.recordbatch import CorruptBatch
 
 __all__ = ["AppendResult", "LogConfig", "MessageTooLarge", "OffsetOutOfRange", "PartitionLog",
@@ -126,7 +137,39 @@ class PartitionLog:
     def producers(self) -> ProducerStateTable:
         return self._producer_state.table
 
+    @property
+    def last_stable_offset(self) -> int:
+        """read_committed readers read below this: the first offset of the oldest open
+        transaction, or the high-water mark."""
+        first = self.producers.first_unstable_offset()
+        return self.high_watermark if first is None else first
+
+    def aborted_between(self, start: int, end: int) -> list[AbortedTxn]:
+        return self.producers.aborted_between(start, end)
+
     # -- append ---------------------------------------------------------------------------
+
+    def append_marker(self, producer_id: int, epoch: int, kind: int,
+                      coordinator_epoch: int = 0) -> AppendResult:
+        """Write a COMMIT or ABORT control batch ending ``producer_id``'s transaction here.
+
+        Only the transaction coordinator calls this; clients may not write control batches.
+        """
+        if self._closed:
+            raise OffsetOutOfRange("the partition's log is closed (topic deleted)")
+        now = now_ms()
+        batch = bytearray(records.build_batch([(marker_key(kind), marker_value(
+            coordinator_epoch))], now))
+        recordbatch.set_producer(batch, producer_id, epoch,
+                                 recordbatch.TRANSACTIONAL_BIT | recordbatch.CONTROL_BIT)
+        if self.active.size >= self.config.segment_bytes:
+            self._roll()
+        segment = self.active
+        offset = segment.next_offset
+        recordbatch.rewrite_offset_and_epoch(batch, 0, offset)
+        segment.append(batch, [0], self.config.index_interval_bytes, now)
+        self.producers.end_txn(producer_id, epoch, kind, offset, now)
+        return self._appended(segment, len(batch), 1, offset, offset, -1)
 
     def append(self, records: bytes) -> AppendResult:
         """Validate, assign offsets and write ``records`` (one or more v2 batches).
@@ -181,17 +224,24 @@ class PartitionLog:
                                 self.config.index_interval_bytes, append_ms)
         for header in stored:
             self.producers.record(header, append_ms)
-        self._written += len(buffer)
+        return self._appended(segment, len(buffer),
+                              sum(header.record_count for header in stored), first_offset,
+                              next_offset - 1, append_time)
+
+    def _appended(self, segment: Segment, size: int, record_count: int, first_offset: int,
+                  last_offset: int, append_time: int) -> AppendResult:
+        """Account for bytes just written to ``segment`` and wake waiting readers."""
+        self._written += size
         self._unsynced[segment.base_offset] = segment
         flush_messages = self.config.flush_messages
         if flush_messages is not None:
-            self._unsynced_messages += sum(header.record_count for header in stored)
+            self._unsynced_messages += record_count
             if self._unsynced_messages >= flush_messages:
                 self._unsynced_messages = 0
                 self._flush_wanted.set()
         for listener in list(self._append_listeners):
             listener()
-        return AppendResult(first_offset, next_offset - 1, append_time, self._written)
+        return AppendResult(first_offset, last_offset, append_time, self._written)
 
     def _roll(self) -> None:
         old = self.active
@@ -284,26 +334,34 @@ class PartitionLog:
                 return segment, position
         return None
 
-    def bytes_after(self, offset: int) -> int:
-        """How many bytes a read from ``offset`` could return (for Fetch min_bytes)."""
+    def bytes_after(self, offset: int, end: int | None = None) -> int:
+        """How many bytes a read from ``offset`` could return (for Fetch min_bytes); with
+        ``end`` (a batch boundary, such as the last stable offset), only those below it."""
+        if end is not None and end <= offset:
+            return 0
         located = self._locate(offset)
         if located is None:
             return 0
         segment, position = located
         number = self.segments.index(segment)
-        return segment.size - position + sum(s.size for s in self.segments[number + 1 :])
+        total = segment.size - position + sum(s.size for s in self.segments[number + 1 :])
+        return total - self.bytes_after(end) if end is not None else total
 
-    async def read(self, offset: int, max_bytes: int, *, at_least_one: bool = True
-                   ) -> ReadResult:
+    async def read(self, offset: int, max_bytes: int, *, at_least_one: bool = True,
+                   end: int | None = None) -> ReadResult:
         """Whole batches from the one holding ``offset``, within ``max_bytes``; a first batch
         larger than that comes whole when ``at_least_one`` (Kafka's rule for the first
-        partition with data in a fetch), else nothing does.
+        partition with data in a fetch), else nothing does. With ``end`` (the last stable
+        offset, for read_committed), no batch at or past it.
 
         Raises ``OffsetOutOfRange`` below the log start or above the high-water mark.
         """
         if self._closed:
             raise OffsetOutOfRange("the partition's log is closed (topic deleted)")
         hwm, start = self.high_watermark, self.log_start_offset
+        if end is not None and offset >= end:
+            self._locate(offset)  # still out of range below the log start or past the end
+            return ReadResult(b"", hwm, start)
         located = self._locate(offset)
         if located is None:
             return ReadResult(b"", hwm, start)
@@ -311,18 +369,20 @@ class PartitionLog:
         size = min(max(max_bytes, recordbatch.PEEK_SIZE), segment.size - position)
         with held(segment):
             data = await _pread(segment, position, size)
-            # Cut at the last whole batch; if even the first is larger than max_bytes, it alone.
-            end = 0
-            while end + recordbatch.LENGTH_PREFIX <= len(data):
-                batch_size = recordbatch.peek(data, end)[1]
-                if end + batch_size > min(len(data), max_bytes):
+            # Cut at the last whole batch (below ``end``); if even the first is larger than
+            # max_bytes, it alone (it is below ``end``: it holds ``offset``).
+            cut = 0
+            while cut + recordbatch.LENGTH_PREFIX <= len(data):
+                base, batch_size = recordbatch.peek(data, cut)
+                if (end is not None and base >= end) or \
+                        cut + batch_size > min(len(data), max_bytes):
                     break
-                end += batch_size
-            if end == 0:
+                cut += batch_size
+            if cut == 0:
                 data = (await _pread(segment, position, recordbatch.peek(data)[1])
                         if at_least_one else b"")
-            elif end < len(data):
-                data = data[:end]
+            elif cut < len(data):
+                data = data[:cut]
         return ReadResult(data, hwm, start)
 
     def segment_by_serial(self, serial: int) -> Segment | None:
@@ -334,13 +394,19 @@ class PartitionLog:
         with held(segment):
             return await _pread(segment, position, size)
 
-    def _headers_from(self, offset: int) -> Iterator[recordbatch.BatchHeader]:
-        """The header of each batch from the one holding ``offset`` to the end of the log."""
+    def _headers_from(self, offset: int) -> Iterator[tuple[recordbatch.BatchHeader, int | None]]:
+        """(header, marker kind) of each batch from the one holding ``offset`` to the end of
+        the log; the kind (COMMIT or ABORT, from the batch's record) only for a control batch."""
         located = self._locate(offset)
         if located is not None:
-            for _segment, _position, header in search.walk_from(self.segments, located[0],
-                                                                offset):
-                yield header
+            for segment, position, header in search.walk_from(self.segments, located[0],
+                                                              offset):
+                kind = None
+                if is_control(header):
+                    batch = segment.read(position, header.size)
+                    kind = next((marker_kind(record.key)
+                                 for record in records.iter_records(batch)), None)
+                yield header, kind
 
     async def offset_for_timestamp(self, timestamp: int) -> tuple[int, int] | None:
         """The first record (offset, timestamp) whose timestamp is >= ``timestamp``."""
@@ -395,6 +461,7 @@ class PartitionLog:
                 deleted += 1
         if deleted:
             self._log_start = max(self._log_start, self.segments[0].base_offset)
+            self.producers.forget_below(self._log_start)
             loader.write_checkpoint(self.directory / loader.LOG_START_OFFSET, self._log_start,
                                     durable=False)
         return deleted
@@ -460,6 +527,7 @@ class PartitionLog:
                     limiter=IO_LIMITER)
             while len(self.segments) > 1 and self.segments[0].next_offset <= before:
                 self._drop_oldest("delete-records")
+            self.producers.forget_below(self._log_start)
         return self._log_start
 
     # -- closing --------------------------------------------------------------------------

@@ -3,19 +3,20 @@
 Each commit is a record keyed by (group, topic, partition) whose value holds the offset,
 leader epoch, metadata string and commit time; deleting offsets writes tombstones. A commit is
 acknowledged only once durable under the same policy as records. On start the whole log is
-replayed; compaction keeps it to one record per key.
+replayed (``broker.internal_log``, the path the transaction log shares); compaction keeps it
+to one record per key.
 """
 
 from __future__ import annotations
 
 import collections
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from broker.log import LogConfig, PartitionLog, now_ms, topic_partition
-from kelp import records
+from broker import internal_log
+from broker.log import LogConfig, PartitionLog
 
 log = logging.getLogger("kelp.broker.offsets")
 
@@ -31,10 +32,6 @@ class Committed:
 TopicPartition = tuple[str, int]
 
 
-def _key(group: str, topic: str, partition: int) -> bytes:
-    return json.dumps([group, topic, partition], separators=(",", ":")).encode()
-
-
 class OffsetStore:
     def __init__(self, directory: Path, config: LogConfig) -> None:
         self.log = PartitionLog.open(directory, config)
@@ -47,33 +44,19 @@ class OffsetStore:
         self._replay()
 
     def _replay(self) -> None:
-        """Rebuild every group's offsets; a record that cannot be read is skipped with a log
-        line, so one damaged commit cannot keep the broker from starting."""
-        name, partition = topic_partition(self.log.directory)
-        for segment in self.log.segments:
-            for _position, batch in segment.batches():
-                for record in records.records_or_skip(batch, log, topic=name,
-                                                      partition=partition) or ():
-                    if record.key is None or record.offset < self.log.log_start_offset:
-                        continue
-                    try:
-                        self._apply(record)
-                    except (ValueError, KeyError, TypeError) as exc:
-                        log.warning("skipping unreadable record", extra={
-                            "topic": name, "partition": partition, "offset": record.offset,
-                            "reason": f"not a commit record ({type(exc).__name__})"})
+        """Rebuild every group's offsets (an unreadable record is skipped with a log line)."""
+        internal_log.replay(self.log, self._apply, "commit")
         for group in [g for g, offsets in self.groups.items() if not offsets]:
             del self.groups[group]
 
-    def _apply(self, record: records.Record) -> None:
-        group, topic, partition = json.loads(record.key or b"")
+    def _apply(self, key: Any, value: Any | None) -> None:
+        group, topic, partition = key
         if not (isinstance(group, str) and isinstance(topic, str) and isinstance(partition, int)):
             raise TypeError("key is not [group, topic, partition]")
         offsets = self.groups.setdefault(group, {})
-        if record.value is None:
+        if value is None:
             offsets.pop((topic, partition), None)
             return
-        value = json.loads(record.value)
         committed = Committed(int(value["o"]), int(value["e"]), value["m"], int(value["ts"]))
         if committed.metadata is not None and not isinstance(committed.metadata, str):
             raise TypeError("metadata is not a string")
@@ -83,12 +66,11 @@ class OffsetStore:
         """Store commits (or tombstones for None) durably, then make them visible."""
         if not changes:
             return
-        pairs = [(_key(group, topic, partition),
-                  None if c is None else json.dumps({"o": c.offset, "e": c.leader_epoch,
-                                                      "m": c.metadata, "ts": c.commit_ms}
-                                                     ).encode())
+        pairs = [([group, topic, partition],
+                  None if c is None else {"o": c.offset, "e": c.leader_epoch, "m": c.metadata,
+                                          "ts": c.commit_ms})
                  for (topic, partition), c in changes.items()]
-        result = self.log.append(records.build_batch(pairs, now_ms()))
+        result = self.log.append(internal_log.batch_of(pairs))
         self._pending.append((result.write_mark, group, changes))
         if self.log.config.sync_on_ack:
             await self.log.wait_durable(result.write_mark)

@@ -9,23 +9,71 @@ errors. The table is rebuilt from batch headers on recovery (helped by a snapsho
 State is bounded as Kafka bounds it: a producer that has not written for
 ``producer.id.expiration.ms`` (one day by default) is forgotten, and a partition keeps at most
 ``MAX_PRODUCERS`` of them, forgetting the least recently active first (a forgotten producer
-that resumes mid-sequence gets UNKNOWN_PRODUCER_ID, and librdkafka and Java reset on it).
+that resumes mid-sequence gets UNKNOWN_PRODUCER_ID, and librdkafka and Java reset on it). A
+producer with a transaction open on the partition is never forgotten: its first offset holds
+the last stable offset back until a marker ends it.
+
+Transactions (Kafka's ``ProducerStateManager`` again): a transactional batch opens the
+producer's transaction on this partition at its base offset, unless one is open; a control
+batch (a COMMIT or ABORT marker the coordinator writes) closes it, and an aborted one is
+remembered as (producer, first offset, marker offset) for read_committed fetches, until
+retention moves the log start past its marker. The last stable offset is the first offset of
+the oldest open transaction (the high-water mark when none is open).
 """
 
 from __future__ import annotations
 
+import bisect
+import struct
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from kio.schema.errors import ErrorCode
 
+from kelp import recordbatch
 from kelp.recordbatch import BatchHeader
 
 CACHED_BATCHES = 5
 SEQUENCE_WRAP = 1 << 31
 DEFAULT_EXPIRATION_MS = 24 * 3600 * 1000
 MAX_PRODUCERS = 2048
+
+
+ABORT, COMMIT = 0, 1  # control record types (the key's second int16)
+_MARKER_KEY = struct.Struct(">hh")  # version 0, type
+_MARKER_VALUE = struct.Struct(">hi")  # version 0, coordinator epoch
+
+
+class AbortedTxn(NamedTuple):
+    producer_id: int
+    first_offset: int
+    last_offset: int  # the ABORT marker's offset
+
+
+def is_transactional(header: BatchHeader) -> bool:
+    return bool(header.attributes & recordbatch.TRANSACTIONAL_BIT)
+
+
+def is_control(header: BatchHeader) -> bool:
+    return bool(header.attributes & recordbatch.CONTROL_BIT)
+
+
+def marker_key(kind: int) -> bytes:
+    return _MARKER_KEY.pack(0, kind)
+
+
+def marker_value(coordinator_epoch: int) -> bytes:
+    return _MARKER_VALUE.pack(0, coordinator_epoch)
+
+
+def marker_kind(key: bytes | None) -> int | None:
+    """COMMIT or ABORT from a control record's key; None for anything else (Kafka skips
+    control records of types it does not know)."""
+    if key is None or len(key) < _MARKER_KEY.size:
+        return None
+    version, kind = _MARKER_KEY.unpack_from(key)
+    return kind if version >= 0 and kind in (ABORT, COMMIT) else None
 
 
 class ProducerError(Exception):
@@ -58,6 +106,45 @@ class ProducerStateTable:
         # Insertion order is recency order: ``record`` moves a producer to the end.
         self.entries: dict[int, ProducerEntry] = {}
         self.max_producers = max_producers
+        # Producer id -> first offset of its transaction open on this partition.
+        self.open_txns: dict[int, int] = {}
+        # Aborted transactions in marker order (so sorted by last_offset).
+        self.aborted: list[AbortedTxn] = []
+
+    # -- transactions -----------------------------------------------------------------------
+
+    def first_unstable_offset(self) -> int | None:
+        """The first offset of the oldest open transaction; None when none is open."""
+        return min(self.open_txns.values(), default=None)
+
+    def aborted_between(self, start: int, end: int) -> list[AbortedTxn]:
+        """Aborted transactions that may hold records in ``[start, end)``: Kafka's rule, their
+        marker at or after ``start`` and their first offset before ``end``."""
+        first = bisect.bisect_left(self.aborted, start, key=lambda txn: txn.last_offset)
+        return [txn for txn in self.aborted[first:] if txn.first_offset < end]
+
+    def end_txn(self, producer_id: int, epoch: int, kind: int, marker_offset: int,
+                now_ms: int | None = None) -> None:
+        """A COMMIT or ABORT marker for ``producer_id`` was written at ``marker_offset``.
+
+        The marker's epoch is the producer's newest (a fencing abort bumps it): earlier
+        epochs are refused from now on, and the new epoch starts its sequences afresh.
+        """
+        first = self.open_txns.pop(producer_id, None)
+        if kind == ABORT and first is not None:
+            self.aborted.append(AbortedTxn(producer_id, first, marker_offset))
+        entry = self.entries.pop(producer_id, None)
+        if entry is None or epoch > entry.epoch:
+            entry = ProducerEntry(epoch)
+        self.entries[producer_id] = entry
+        if now_ms is not None:
+            entry.last_ms = now_ms
+
+    def forget_below(self, log_start: int) -> None:
+        """Drop aborted transactions wholly below the log start (retention removed them)."""
+        keep = bisect.bisect_left(self.aborted, log_start, key=lambda txn: txn.last_offset)
+        if keep:
+            del self.aborted[:keep]
 
     def check(self, header: BatchHeader) -> CachedBatch | None:
         """The stored original if ``header`` is a retry of it; None if it is new and in order.
@@ -110,13 +197,24 @@ class ProducerStateTable:
         entry.last_ms = header.max_timestamp if now_ms is None else now_ms
         entry.batches.append(CachedBatch(header.base_sequence, last_sequence(header),
                                          header.base_offset, header.last_offset))
-        while len(self.entries) > self.max_producers:
-            del self.entries[next(iter(self.entries))]
+        if is_transactional(header):
+            self.open_txns.setdefault(header.producer_id, header.base_offset)
+        self._bound()
+
+    def _bound(self) -> None:
+        """Forget the least recently active producers past the bound, never one with an open
+        transaction (its marker must still find it)."""
+        excess = len(self.entries) - self.max_producers
+        if excess <= 0:
+            return
+        victims = [pid for pid in self.entries if pid not in self.open_txns][:excess]
+        for pid in victims:
+            del self.entries[pid]
 
     def expire(self, now_ms: int, expiration_ms: int = DEFAULT_EXPIRATION_MS) -> int:
         """Forget producers idle for ``expiration_ms``; returns how many."""
         idle = [pid for pid, entry in self.entries.items()
-                if now_ms - entry.last_ms >= expiration_ms]
+                if now_ms - entry.last_ms >= expiration_ms and pid not in self.open_txns]
         for pid in idle:
             del self.entries[pid]
         return len(idle)
@@ -126,11 +224,20 @@ class ProducerStateTable:
             [b.first_sequence, b.last_sequence, b.base_offset, b.last_offset]
             for b in e.batches]} for pid, e in self.entries.items()}
 
+    def txns_to_json(self) -> dict[str, Any]:
+        return {"open": {str(pid): first for pid, first in self.open_txns.items()},
+                "aborted": [list(txn) for txn in self.aborted]}
+
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> ProducerStateTable:
+    def from_json(cls, data: dict[str, Any], txns: dict[str, Any] | None = None
+                  ) -> ProducerStateTable:
         table = cls()
         for pid, entry in data.items():
             table.entries[int(pid)] = ProducerEntry(
                 entry["epoch"], deque((CachedBatch(*b) for b in entry["batches"]),
                                       maxlen=CACHED_BATCHES), entry.get("last_ms", 0))
+        if txns is not None:
+            table.open_txns = {int(pid): int(first) for pid, first in txns["open"].items()}
+            table.aborted = sorted((AbortedTxn(*map(int, txn)) for txn in txns["aborted"]),
+                                   key=lambda txn: txn.last_offset)
         return table

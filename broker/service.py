@@ -27,6 +27,9 @@ from broker.security import SecurityStore
 from broker.security_service import SecurityCalls
 from broker.streams import DataStreams
 from broker.topics import TopicError, TopicRegistry
+from broker.transactions import TxnError
+from broker.txn_coordinator import TransactionCoordinator
+from broker.txn_service import TxnCalls
 from broker.ucx_export import LeaseCalls, UcxExporter
 from kelp import __version__, grpc
 from kelp.process import count_tasks
@@ -43,16 +46,19 @@ LATEST_TIERED = -5
 EARLIEST_PENDING_UPLOAD = -6
 
 
-class BrokerService(DataStreams, GroupCalls, ConfigCalls, QuotaCalls, SecurityCalls, LeaseCalls,
-                    ExportCalls, pb.BrokerBase):
+class BrokerService(DataStreams, GroupCalls, TxnCalls, ConfigCalls, QuotaCalls, SecurityCalls,
+                    LeaseCalls, ExportCalls, pb.BrokerBase):
     """The whole Broker service. Parts a caller does not pass stand in harmlessly: no
-    ``coordinator`` answers the group calls UNIMPLEMENTED, no ``exporter`` answers OpenRead
+    ``coordinator`` answers the group calls UNIMPLEMENTED (no ``transactions``, the
+    transaction calls), no ``exporter`` answers OpenRead
     503 as ``--no-ucx`` does, ``exports`` defaults to the registry's with default chunks."""
 
     def __init__(self, registry: TopicRegistry, *, coordinator: Coordinator | None = None,
                  exports: Exports | None = None, exporter: UcxExporter | None = None,
                  broker_configs: BrokerConfigs | None = None,
                  security: SecurityStore | None = None,
+                 transactions: TransactionCoordinator | None = None,
+                 producer_ids: ProducerIds | None = None,
                  auto_create_partitions: int = 1, append_delay_s: float = 0.0) -> None:
         self.registry = registry
         # Without one, the broker's configs are the registry's defaults, kept in memory only.
@@ -63,7 +69,8 @@ class BrokerService(DataStreams, GroupCalls, ConfigCalls, QuotaCalls, SecurityCa
         self.security = security or SecurityStore(None)
         self._security_lock = trio.Lock()
         self._security_changed = trio.Event()
-        self.producer_ids = ProducerIds(registry.data_dir)
+        self.producer_ids = producer_ids or ProducerIds(registry.data_dir)
+        self.transactions = transactions
         self.auto_create_partitions = auto_create_partitions
         self.coordinator = coordinator
         self.exports = exports if exports is not None else Exports(registry)
@@ -186,7 +193,8 @@ class BrokerService(DataStreams, GroupCalls, ConfigCalls, QuotaCalls, SecurityCa
             elif query.timestamp in (LATEST_TIERED, EARLIEST_PENDING_UPLOAD):
                 pass  # nothing is tiered: offset -1
             elif query.timestamp == LATEST:
-                answer.offset = plog.high_watermark
+                answer.offset = (plog.last_stable_offset if query.isolation_level == 1
+                                 else plog.high_watermark)
             elif query.timestamp == MAX_TIMESTAMP or query.timestamp >= 0:
                 if query.timestamp == MAX_TIMESTAMP:
                     found = await plog.max_timestamp_offset()
@@ -217,10 +225,18 @@ class BrokerService(DataStreams, GroupCalls, ConfigCalls, QuotaCalls, SecurityCa
 
     async def init_producer_id(self, request: pb.InitProducerIdRequest
                                ) -> pb.InitProducerIdReply:
-        if request.transactional_id:
-            # Transactions need a transaction coordinator, which kelp does not have yet.
-            return pb.InitProducerIdReply(error_code=ErrorCode.coordinator_not_available,
-                                          producer_id=-1, producer_epoch=-1)
+        if request.transactional_id is not None:
+            if self.transactions is None:
+                return pb.InitProducerIdReply(error_code=ErrorCode.coordinator_not_available,
+                                              producer_id=-1, producer_epoch=-1)
+            try:
+                producer_id, epoch = await self.transactions.init_producer_id(
+                    request.transactional_id, request.transaction_timeout_ms,
+                    request.producer_id, request.producer_epoch)
+            except TxnError as exc:
+                return pb.InitProducerIdReply(error_code=exc.code, producer_id=-1,
+                                              producer_epoch=-1)
+            return pb.InitProducerIdReply(producer_id=producer_id, producer_epoch=epoch)
         producer_id, epoch = await self.producer_ids.init(request.producer_id,
                                                           request.producer_epoch)
         return pb.InitProducerIdReply(producer_id=producer_id, producer_epoch=epoch)
@@ -235,11 +251,14 @@ class BrokerService(DataStreams, GroupCalls, ConfigCalls, QuotaCalls, SecurityCa
             except TopicError as exc:
                 out.error_code, out.error_message = exc.code, str(exc)
             else:
+                table = plog.producers
                 out.producers = [
                     pb.DescribeProducersReplyProducer(
                         producer_id=pid, producer_epoch=entry.epoch,
-                        last_sequence=entry.batches[-1].last_sequence if entry.batches else -1)
-                    for pid, entry in sorted(plog.producers.entries.items())]
+                        last_sequence=entry.batches[-1].last_sequence if entry.batches else -1,
+                        last_timestamp=entry.last_ms or -1,
+                        current_txn_start_offset=table.open_txns.get(pid, -1))
+                    for pid, entry in sorted(table.entries.items())]
             partitions.append(out)
         return pb.DescribeProducersReply(partitions=partitions)
 

@@ -17,13 +17,16 @@ from kio.schema.errors import ErrorCode
 from broker.log import MessageTooLarge, OffsetOutOfRange
 from broker.producers import ProducerError
 from broker.topics import TopicError, TopicRegistry
-from kelp import grpc
+from broker.txn_coordinator import TransactionCoordinator
+from kelp import grpc, recordbatch
 from kelp.batchcheck import BatchRejected
 from kelp.recordbatch import CorruptBatch, UnsupportedMagic
 from kelp.records import DEFAULT_FETCH_MAX_BYTES
 from kelp.rpc.broker import v1 as pb
 
 log = logging.getLogger("kelp.broker.service")
+
+READ_COMMITTED = 1  # Fetch's isolation_level
 
 # A fetch never parks longer than this, whatever the client asks.
 MAX_FETCH_WAIT_S = 30.0
@@ -33,6 +36,7 @@ class DataStreams:
     """Append and Fetch over ``registry``; counts what is open and parked for /health."""
 
     registry: TopicRegistry
+    transactions: TransactionCoordinator | None
     append_delay_s: float  # a test knob: every append as slow as a slow disk would make it
     open_streams: int
     pending_appends: int
@@ -65,6 +69,10 @@ class DataStreams:
         reply = pb.AppendReply(request_id=request.request_id, base_offset=-1, log_append_time=-1)
         try:
             plog = self.registry.partition(request.topic, request.partition)
+            refused = self._txn_refusal(request)
+            if refused is not None:
+                reply.error_code, reply.error_message = refused
+                return reply, None
             result = plog.append(request.records)
         except TopicError as exc:
             reply.error_code, reply.error_message = exc.code, str(exc)
@@ -101,6 +109,19 @@ class DataStreams:
         if request.acks == -1 and plog.config.sync_on_ack:
             return reply, (plog, result.write_mark)
         return reply, None
+
+    def _txn_refusal(self, request: pb.AppendRequest) -> tuple[ErrorCode, str] | None:
+        """Why a transactional batch may not be written (its producer is fenced, or the
+        partition is not in its open transaction); checked with no await before the append."""
+        records = request.records
+        if len(records) < recordbatch.HEADER_SIZE or records[recordbatch.MAGIC] != 2 or not (
+                records[recordbatch.ATTRIBUTES + 1] & recordbatch.TRANSACTIONAL_BIT):
+            return None
+        header = recordbatch.parse_header(records)
+        if self.transactions is None:
+            return ErrorCode.invalid_txn_state, "this broker has no transaction coordinator"
+        return self.transactions.append_error(header.producer_id, header.producer_epoch,
+                                              request.topic, request.partition)
 
     async def _reply_when_durable(self, reply: pb.AppendReply, durable: Any,
                                   send: Callable[[pb.AppendReply], None]) -> None:
@@ -193,10 +214,12 @@ class DataStreams:
 
     def _available(self, request: pb.FetchRequest) -> tuple[int, bool]:
         total, errors = 0, False
+        committed_only = request.isolation_level == READ_COMMITTED
         for part in request.partitions:
             try:
-                total += self.registry.partition(part.topic, part.partition).bytes_after(
-                    part.offset)
+                plog = self.registry.partition(part.topic, part.partition)
+                total += plog.bytes_after(
+                    part.offset, plog.last_stable_offset if committed_only else None)
             except (TopicError, OffsetOutOfRange):
                 errors = True
         return total, errors
@@ -205,23 +228,32 @@ class DataStreams:
         """Read the partitions within ``budget`` bytes (at most the request's max_bytes)."""
         budget = min(budget, _fetch_budget(request))
         may_exceed = budget > 0  # nothing was available (or reserved): answer without data
+        committed_only = request.isolation_level == READ_COMMITTED
         results = []
         for part in request.partitions:
             out = pb.FetchedPartition(topic=part.topic, partition=part.partition,
-                                      high_watermark=-1, log_start_offset=-1)
+                                      high_watermark=-1, log_start_offset=-1,
+                                      last_stable_offset=-1)
             try:
                 plog = self.registry.partition(part.topic, part.partition)
                 out.high_watermark = plog.high_watermark
                 out.log_start_offset = plog.log_start_offset
+                # Taken before the read: a marker written meanwhile only moves it later.
+                out.last_stable_offset = stable = plog.last_stable_offset
                 # Kafka returns at least one batch even past the budget, but only for the first
                 # partition that has data; later ones respect what remains (KIP-74).
                 limit = min(part.max_bytes, budget) if part.max_bytes > 0 else budget
                 first_with_data = not any(r.records for r in results)
                 if budget > 0 or (first_with_data and may_exceed):
-                    read = await plog.read(part.offset, limit, at_least_one=first_with_data)
+                    read = await plog.read(part.offset, limit, at_least_one=first_with_data,
+                                           end=stable if committed_only else None)
                     out.records = read.records
                     out.high_watermark = read.high_watermark
                     budget -= len(read.records)
+                    if committed_only and read.records:
+                        out.aborted = [pb.AbortedTransaction(producer_id=txn.producer_id,
+                                                             first_offset=txn.first_offset)
+                                       for txn in plog.aborted_between(part.offset, stable)]
             except TopicError as exc:
                 out.error_code = exc.code
             except OffsetOutOfRange:

@@ -149,6 +149,16 @@ def set_size(buffer: bytearray, position: int, size: int, record_count: int) -> 
     _INT32.pack_into(buffer, position + RECORD_COUNT, record_count)
 
 
+def set_producer(buffer: bytearray, producer_id: int, producer_epoch: int,
+                 attributes: int) -> None:
+    """Make the one batch in ``buffer`` a producer's (id, epoch, attribute bits such as
+    transactional and control), re-signing it: how the broker builds its control batches."""
+    _INT16.pack_into(buffer, ATTRIBUTES, attributes)
+    _INT64.pack_into(buffer, PRODUCER_ID, producer_id)
+    _INT16.pack_into(buffer, PRODUCER_EPOCH, producer_epoch)
+    sign(buffer)
+
+
 def iter_batches(
     data: bytes | memoryview, *, verify_crc: bool = True
 ) -> Iterator[tuple[int, BatchHeader]]:

@@ -4,7 +4,8 @@ The table itself (sequences, epochs, expiry, bounds) is sans-IO in ``broker.prod
 module keeps it across restarts. ``producer-state.json`` holds a snapshot of the table as of
 an offset, written with every recovery-point checkpoint and never fsynced: a missing, stale or
 unreadable snapshot only means more of the log is read on open, since the table is rebuilt from
-the snapshot and then from the header of every later batch.
+the snapshot and then from the header of every later batch (and the marker of every later
+control batch: transactions open and aborted are part of the table).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from broker.producers import ProducerStateTable
+from broker.producers import ProducerStateTable, is_control
 from kelp.files import replace_file
 from kelp.recordbatch import BatchHeader, CorruptBatch
 
@@ -29,33 +30,43 @@ class ProducerStateManager:
         self.table = ProducerStateTable()
 
     def load(self, log_start: int, high_watermark: int,
-             headers_from: Callable[[int], Iterable[BatchHeader]]) -> None:
+             headers_from: Callable[[int], Iterable[tuple[BatchHeader, int | None]]]) -> None:
         """The table from the snapshot, then from the headers of every later batch.
 
-        ``headers_from(offset)`` yields the header of each batch from the one holding
-        ``offset`` to the end of the log.
+        ``headers_from(offset)`` yields (header, marker kind) of each batch from the one
+        holding ``offset`` to the end of the log; the kind (COMMIT or ABORT) only for a
+        control batch.
         """
         start = log_start
         try:
             snapshot = json.loads(self.path.read_text())
             if log_start <= snapshot["offset"] <= high_watermark:
-                self.table = ProducerStateTable.from_json(snapshot["producers"])
+                # One from before transactions existed has none (none could be written).
+                self.table = ProducerStateTable.from_json(snapshot["producers"],
+                                                          snapshot.get("transactions"))
                 start = snapshot["offset"]
         except (FileNotFoundError, ValueError, KeyError, TypeError):
-            pass
-        if start >= high_watermark:
-            return
-        try:
-            for header in headers_from(start):
-                if header.base_offset >= start:
-                    self.table.record(header)
-        except CorruptBatch as exc:  # recovery checked these; say so rather than not start
-            log.warning("producer state rebuilt only up to an unreadable batch", extra={
-                "dir": str(self.path.parent), "reason": str(exc)})
+            self.table = ProducerStateTable()
+        if start < high_watermark:
+            try:
+                for header, kind in headers_from(start):
+                    if header.base_offset < start:
+                        continue
+                    if is_control(header):
+                        if kind is not None:
+                            self.table.end_txn(header.producer_id, header.producer_epoch, kind,
+                                               header.base_offset, header.max_timestamp)
+                    else:
+                        self.table.record(header)
+            except CorruptBatch as exc:  # recovery checked these; say so rather than not start
+                log.warning("producer state rebuilt only up to an unreadable batch", extra={
+                    "dir": str(self.path.parent), "reason": str(exc)})
+        self.table.forget_below(log_start)
 
     def snapshot(self, offset: int) -> str:
         """The table as of ``offset`` (the high-water mark when taken), for ``write``."""
-        return json.dumps({"offset": offset, "producers": self.table.to_json()})
+        return json.dumps({"offset": offset, "producers": self.table.to_json(),
+                           "transactions": self.table.txns_to_json()})
 
     def write(self, snapshot: str) -> None:
         """Replace the snapshot file (a hint: not fsynced); safe in a worker thread."""

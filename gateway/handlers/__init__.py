@@ -29,6 +29,7 @@ from gateway.handlers import (
     producers,
     quotas,
     security,
+    transactions,
 )
 from gateway.kafka import apis
 from gateway.kafka.apis import ApiKey
@@ -62,6 +63,12 @@ HANDLERS: dict[int, Handler] = {
     ApiKey.DELETE_RECORDS: admin.handle_delete_records,
     ApiKey.INIT_PRODUCER_ID: producers.handle_init_producer_id,
     ApiKey.DESCRIBE_PRODUCERS: producers.handle_describe_producers,
+    ApiKey.ADD_PARTITIONS_TO_TXN: transactions.handle_add_partitions,
+    ApiKey.ADD_OFFSETS_TO_TXN: transactions.handle_add_offsets,
+    ApiKey.TXN_OFFSET_COMMIT: transactions.handle_txn_offset_commit,
+    ApiKey.END_TXN: transactions.handle_end_txn,
+    ApiKey.DESCRIBE_TRANSACTIONS: transactions.handle_describe_transactions,
+    ApiKey.LIST_TRANSACTIONS: transactions.handle_list_transactions,
     ApiKey.DESCRIBE_CONFIGS: configs.handle_describe,
     ApiKey.ALTER_CONFIGS: configs.handle_alter,
     ApiKey.INCREMENTAL_ALTER_CONFIGS: configs.handle_incremental_alter,

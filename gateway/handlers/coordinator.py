@@ -1,7 +1,8 @@
-"""FindCoordinator: this gateway is every group's coordinator (the broker keeps the state).
+"""FindCoordinator: this gateway is every group's and every transactional id's coordinator
+(the broker keeps the state).
 
-Gateways are stateless, so any of them can front any group; clients talk to the one they
-asked. Transaction coordinators do not exist yet: COORDINATOR_NOT_AVAILABLE says so.
+Gateways are stateless, so any of them can front any group or transaction; clients talk to
+the one they asked.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from gateway.kafka import apis, messages
 from gateway.kafka.connection import Request
 from kelp import acl
 
-GROUP = 0
+GROUP, TRANSACTION = 0, 1
 
 
 async def handle(ctx: GatewayContext, request: Request) -> Any:
@@ -34,9 +35,8 @@ async def handle(ctx: GatewayContext, request: Request) -> Any:
             code = (ErrorCode.group_authorization_failed if key_type == GROUP
                     else ErrorCode.transactional_id_authorization_failed)
             return code, access.message(code), -1, "", -1
-        if key_type != GROUP:
-            return (ErrorCode.coordinator_not_available, "transactions are not supported",
-                    -1, "", -1)
+        if key_type not in (GROUP, TRANSACTION):
+            return ErrorCode.invalid_request, f"unknown key type {key_type}", -1, "", -1
         host, port = ctx.advertised()
         return ErrorCode.none, None, NODE_ID, host, port
 

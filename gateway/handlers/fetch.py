@@ -25,6 +25,7 @@ from kelp.routes import BROKER
 from kelp.rpc.broker import v1 as pb
 
 READ, DESCRIBE, TOPIC = acl.Operation.READ, acl.Operation.DESCRIBE, acl.ResourceType.TOPIC
+READ_COMMITTED = 1  # isolation_level
 
 
 async def handle(ctx: GatewayContext, request: Request) -> Any:
@@ -55,6 +56,8 @@ async def handle(ctx: GatewayContext, request: Request) -> Any:
     response_type = messages.response_type(apis.ApiKey.FETCH, request.version)
     topic_type = messages.nested(response_type, "FetchableTopicResponse")
     partition_type = messages.nested(response_type, "PartitionData")
+    aborted_type = messages.nested(response_type, "AbortedTransaction")
+    committed_only = int(getattr(body, "isolation_level", 0)) == READ_COMMITTED
 
     def partition_data(index: int, found: pb.FetchedPartition | None,
                        missing_error: ErrorCode) -> Any:
@@ -65,8 +68,10 @@ async def handle(ctx: GatewayContext, request: Request) -> Any:
                                   high_watermark=-1, aborted_transactions=None, records=b"")
         return messages.build(
             partition_type, partition_index=index, error_code=ErrorCode(found.error_code),
-            high_watermark=found.high_watermark, last_stable_offset=found.high_watermark,
-            log_start_offset=found.log_start_offset, aborted_transactions=None,
+            high_watermark=found.high_watermark, last_stable_offset=found.last_stable_offset,
+            log_start_offset=found.log_start_offset, aborted_transactions=tuple(
+                aborted_type(producer_id=txn.producer_id, first_offset=txn.first_offset)
+                for txn in found.aborted) if committed_only else None,
             preferred_read_replica=-1, records=found.records)
 
     topics = [
@@ -113,7 +118,8 @@ async def _fetch_records(ctx: GatewayContext, body: Any,
                                           max_bytes=min(p.partition_max_bytes, granted))
                         for name, _id, parts in wanted for p in parts],
             max_wait_ms=int(body.max_wait.total_seconds() * 1000),
-            min_bytes=body.min_bytes, max_bytes=granted))
+            min_bytes=body.min_bytes, max_bytes=granted,
+            isolation_level=int(getattr(body, "isolation_level", 0))))
     except BrokerUnavailable:
         return {}  # every partition answers NOT_LEADER_OR_FOLLOWER; clients retry
     finally:
@@ -125,9 +131,11 @@ async def _fetch_records(ctx: GatewayContext, body: Any,
 async def handle_list_offsets(ctx: GatewayContext, request: Request) -> Any:
     body = request.body
     allowed = {t.name for t in body.topics if ctx.security.allows(DESCRIBE, TOPIC, t.name)}
+    isolation = int(getattr(body, "isolation_level", 0))  # v2+
     queries = [pb.ListOffsetsRequestQuery(
         partition=pb.PartitionRef(topic=t.name, partition=p.partition_index),
-        timestamp=p.timestamp) for t in body.topics if t.name in allowed for p in t.partitions]
+        timestamp=p.timestamp, isolation_level=isolation)
+        for t in body.topics if t.name in allowed for p in t.partitions]
     answers: dict[tuple[str, int], pb.ListOffsetsReplyAnswer] = {}
     try:
         if queries:

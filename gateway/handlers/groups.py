@@ -162,8 +162,9 @@ async def handle_offset_commit(ctx: GatewayContext, request: Request) -> Any:
             for p in t.partitions)) for t in body.topics))
 
 
-async def _fetch_group(ctx: GatewayContext, group_id: str, topics: Any,
-                       member: Any = None) -> tuple[ErrorCode, dict[str, list[pb.CommittedOffset]]]:
+async def _fetch_group(ctx: GatewayContext, group_id: str, topics: Any, member: Any = None,
+                       require_stable: bool = False
+                       ) -> tuple[ErrorCode, dict[str, list[pb.CommittedOffset]]]:
     """(error, offsets by topic). Kafka: DESCRIBE on the group; a topic the principal may not
     DESCRIBE is left out of "all topics", and answered TOPIC_AUTHORIZATION_FAILED (offset -1)
     when named."""
@@ -180,7 +181,8 @@ async def _fetch_group(ctx: GatewayContext, group_id: str, topics: Any,
         topics = [t for t in topics if t.name not in denied]
         if not topics and denied:
             return ErrorCode.none, denied
-    request = pb.FetchOffsetsRequest(group_id=group_id, all_topics=topics is None)
+    request = pb.FetchOffsetsRequest(group_id=group_id, all_topics=topics is None,
+                                     require_stable=require_stable)
     if getattr(member, "member_epoch", None) is not None:  # v9: a KIP-848 member's fetch
         request.member_id, request.member_epoch = member.member_id or "", member.member_epoch
     if topics is not None:
@@ -207,13 +209,15 @@ async def handle_offset_fetch(ctx: GatewayContext, request: Request) -> Any:
         groups = []
         # Each group once: one repeated id would cost a broker call and all its offsets each.
         for group in {g.group_id: g for g in body.groups}.values():
-            error, by_topic = await _fetch_group(ctx, group.group_id, group.topics, group)
+            error, by_topic = await _fetch_group(ctx, group.group_id, group.topics, group,
+                                                 body.require_stable)
             groups.append(group_type(group_id=group.group_id, error_code=error,
                                      topics=_topics(by_topic, topic_type, partition_type)))
         return response_type(throttle_time=NO_TIME, groups=tuple(groups))
     topic_type = messages.nested(response_type, "OffsetFetchResponseTopic")
     partition_type = messages.nested(response_type, "OffsetFetchResponsePartition")
-    error, by_topic = await _fetch_group(ctx, body.group_id, body.topics)
+    error, by_topic = await _fetch_group(ctx, body.group_id, body.topics,
+                                         require_stable=getattr(body, "require_stable", False))
     return messages.build(response_type, throttle_time=NO_TIME, error_code=error,
                           topics=_topics(by_topic, topic_type, partition_type))
 

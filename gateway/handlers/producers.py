@@ -27,9 +27,12 @@ async def handle_init_producer_id(ctx: GatewayContext, request: Request) -> Any:
         reply = await ctx.broker.call(BROKER.init_producer_id, pb.InitProducerIdRequest(
             transactional_id=body.transactional_id,
             producer_id=getattr(body, "producer_id", -1),
-            producer_epoch=getattr(body, "producer_epoch", -1)))
+            producer_epoch=getattr(body, "producer_epoch", -1),
+            transaction_timeout_ms=int(body.transaction_timeout.total_seconds() * 1000)))
         error, producer_id, epoch = ErrorCode(reply.error_code), reply.producer_id, \
             reply.producer_epoch
+        if error == ErrorCode.producer_fenced and request.version < 4:
+            error = ErrorCode.invalid_producer_epoch  # PRODUCER_FENCED came with v4 (KIP-588)
     except BrokerUnavailable:
         error, producer_id, epoch = ErrorCode.coordinator_not_available, -1, -1
     return response_type(throttle_time=datetime.timedelta(0), error_code=error,

@@ -19,7 +19,7 @@ SERVED = [(api, version) for api, (low, high) in sorted(apis.SUPPORTED.items())
 def test_names_are_kios() -> None:
     for key in ApiKey:
         assert api_key_map[key] == key.name.lower()
-    assert apis.api_name(24) == "ADD_PARTITIONS_TO_TXN"  # known to kio, not served
+    assert apis.api_name(27) == "WRITE_TXN_MARKERS"  # known to kio, not served
     assert apis.api_name(999) == "api_key_999"
 
 
@@ -27,8 +27,8 @@ def test_every_served_api_has_a_handler_and_nothing_else_does() -> None:
     assert set(HANDLERS) == set(apis.SUPPORTED)
     with pytest.raises(RuntimeError, match="no handler for \\['FETCH'\\]"):
         apis.require_handlers({k: v for k, v in HANDLERS.items() if k != ApiKey.FETCH})
-    with pytest.raises(RuntimeError, match="unserved \\['ADD_PARTITIONS_TO_TXN'\\]"):
-        apis.require_handlers({**HANDLERS, 24: HANDLERS[ApiKey.FETCH]})
+    with pytest.raises(RuntimeError, match="unserved \\['WRITE_TXN_MARKERS'\\]"):
+        apis.require_handlers({**HANDLERS, 27: HANDLERS[ApiKey.FETCH]})
 
 
 def test_api_versions_advertises_exactly_the_table() -> None:

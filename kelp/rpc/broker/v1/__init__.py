@@ -4,8 +4,12 @@
 # This file has been @generated
 
 __all__ = (
+    "AbortedTransaction",
     "AclBinding",
     "AclFilter",
+    "AddOffsetsToTxnRequest",
+    "AddPartitionsToTxnReply",
+    "AddPartitionsToTxnRequest",
     "AlterClientQuotasReply",
     "AlterClientQuotasReplyResult",
     "AlterClientQuotasRequest",
@@ -76,6 +80,9 @@ __all__ = (
     "DescribeProducersRequest",
     "DescribeTopicsReply",
     "DescribeTopicsRequest",
+    "DescribeTransactionsReply",
+    "DescribeTransactionsRequest",
+    "EndTxnRequest",
     "FetchOffsetsReply",
     "FetchOffsetsRequest",
     "FetchPartition",
@@ -105,6 +112,8 @@ __all__ = (
     "ListOffsetsRequestQuery",
     "ListSegmentsReply",
     "ListSegmentsRequest",
+    "ListTransactionsReply",
+    "ListTransactionsRequest",
     "MemberAssignment",
     "MemberIdentity",
     "OpenReadReply",
@@ -132,6 +141,10 @@ __all__ = (
     "TopicPartitions",
     "TopicResult",
     "TopicSpec",
+    "TransactionState",
+    "TxnOffsetCommitReply",
+    "TxnOffsetCommitRequest",
+    "TxnReply",
 )
 
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
@@ -151,6 +164,16 @@ if TYPE_CHECKING:
 
 _COMPILER_VERSION = "0.10.1"
 betterproto2.check_compiler_version(_COMPILER_VERSION)
+
+
+@dataclass(eq=False, repr=False)
+class AbortedTransaction(betterproto2.Message):
+    producer_id: "int" = betterproto2.field(1, betterproto2.TYPE_INT64)
+
+    first_offset: "int" = betterproto2.field(2, betterproto2.TYPE_INT64)
+
+
+default_message_pool.register_message("broker.v1", "AbortedTransaction", AbortedTransaction)
 
 
 @dataclass(eq=False, repr=False)
@@ -194,6 +217,63 @@ class AclFilter(betterproto2.Message):
 
 
 default_message_pool.register_message("broker.v1", "AclFilter", AclFilter)
+
+
+@dataclass(eq=False, repr=False)
+class AddOffsetsToTxnRequest(betterproto2.Message):
+    transactional_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    producer_id: "int" = betterproto2.field(2, betterproto2.TYPE_INT64)
+
+    producer_epoch: "int" = betterproto2.field(3, betterproto2.TYPE_INT32)
+
+    group_id: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message("broker.v1", "AddOffsetsToTxnRequest", AddOffsetsToTxnRequest)
+
+
+@dataclass(eq=False, repr=False)
+class AddPartitionsToTxnReply(betterproto2.Message):
+    error_code: "int" = betterproto2.field(1, betterproto2.TYPE_INT32)
+    """
+    for the whole transaction (e.g. PRODUCER_FENCED)
+    """
+
+    results: "list[CommittedOffset]" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    topic, partition, error_code
+    """
+
+
+default_message_pool.register_message(
+    "broker.v1", "AddPartitionsToTxnReply", AddPartitionsToTxnReply
+)
+
+
+@dataclass(eq=False, repr=False)
+class AddPartitionsToTxnRequest(betterproto2.Message):
+    transactional_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    producer_id: "int" = betterproto2.field(2, betterproto2.TYPE_INT64)
+
+    producer_epoch: "int" = betterproto2.field(3, betterproto2.TYPE_INT32)
+
+    topics: "list[TopicPartitions]" = betterproto2.field(
+        4, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+    verify_only: "bool" = betterproto2.field(5, betterproto2.TYPE_BOOL)
+    """
+    KIP-890: check the partitions are in, add nothing
+    """
+
+
+default_message_pool.register_message(
+    "broker.v1", "AddPartitionsToTxnRequest", AddPartitionsToTxnRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -1179,6 +1259,13 @@ class DescribeProducersReplyProducer(betterproto2.Message):
 
     last_sequence: "int" = betterproto2.field(3, betterproto2.TYPE_INT32)
 
+    last_timestamp: "int" = betterproto2.field(4, betterproto2.TYPE_INT64)
+
+    current_txn_start_offset: "int" = betterproto2.field(5, betterproto2.TYPE_INT64)
+    """
+    -1: no transaction open on the partition
+    """
+
 
 default_message_pool.register_message(
     "broker.v1", "DescribeProducersReply.Producer", DescribeProducersReplyProducer
@@ -1227,6 +1314,42 @@ default_message_pool.register_message("broker.v1", "DescribeTopicsRequest", Desc
 
 
 @dataclass(eq=False, repr=False)
+class DescribeTransactionsReply(betterproto2.Message):
+    transactions: "list[TransactionState]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+
+default_message_pool.register_message(
+    "broker.v1", "DescribeTransactionsReply", DescribeTransactionsReply
+)
+
+
+@dataclass(eq=False, repr=False)
+class DescribeTransactionsRequest(betterproto2.Message):
+    transactional_ids: "list[str]" = betterproto2.field(1, betterproto2.TYPE_STRING, repeated=True)
+
+
+default_message_pool.register_message(
+    "broker.v1", "DescribeTransactionsRequest", DescribeTransactionsRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class EndTxnRequest(betterproto2.Message):
+    transactional_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    producer_id: "int" = betterproto2.field(2, betterproto2.TYPE_INT64)
+
+    producer_epoch: "int" = betterproto2.field(3, betterproto2.TYPE_INT32)
+
+    committed: "bool" = betterproto2.field(4, betterproto2.TYPE_BOOL)
+
+
+default_message_pool.register_message("broker.v1", "EndTxnRequest", EndTxnRequest)
+
+
+@dataclass(eq=False, repr=False)
 class FetchedPartition(betterproto2.Message):
     topic: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
@@ -1241,6 +1364,15 @@ class FetchedPartition(betterproto2.Message):
     records: "bytes" = betterproto2.field(6, betterproto2.TYPE_BYTES)
     """
     whole record batches, byte for byte as stored
+    """
+
+    last_stable_offset: "int" = betterproto2.field(7, betterproto2.TYPE_INT64)
+
+    aborted: "list[AbortedTransaction]" = betterproto2.field(
+        8, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    read_committed: the aborted transactions whose records the fetched range may hold.
     """
 
 
@@ -1275,6 +1407,12 @@ class FetchOffsetsRequest(betterproto2.Message):
     """
 
     member_epoch: "int | None" = betterproto2.field(5, betterproto2.TYPE_INT32, optional=True)
+
+    require_stable: "bool" = betterproto2.field(6, betterproto2.TYPE_BOOL)
+    """
+    OffsetFetch v7+: partitions with a transactional commit pending answer
+    UNSTABLE_OFFSET_COMMIT instead of the offset the commit may replace.
+    """
 
 
 default_message_pool.register_message("broker.v1", "FetchOffsetsRequest", FetchOffsetsRequest)
@@ -1323,6 +1461,11 @@ class FetchRequest(betterproto2.Message):
     cancel: "bool" = betterproto2.field(6, betterproto2.TYPE_BOOL)
     """
     cancel the pending fetch with this request_id
+    """
+
+    isolation_level: "int" = betterproto2.field(7, betterproto2.TYPE_INT32)
+    """
+    1 (read_committed): only below the last stable offset
     """
 
 
@@ -1442,6 +1585,11 @@ class InitProducerIdRequest(betterproto2.Message):
     """
 
     producer_epoch: "int" = betterproto2.field(3, betterproto2.TYPE_INT32)
+
+    transaction_timeout_ms: "int" = betterproto2.field(4, betterproto2.TYPE_INT32)
+    """
+    with a transactional id
+    """
 
 
 default_message_pool.register_message("broker.v1", "InitProducerIdRequest", InitProducerIdRequest)
@@ -1625,6 +1773,11 @@ class ListOffsetsRequestQuery(betterproto2.Message):
     -2 earliest, -1 latest, otherwise a timestamp in ms
     """
 
+    isolation_level: "int" = betterproto2.field(3, betterproto2.TYPE_INT32)
+    """
+    1 (read_committed): latest is the last stable offset
+    """
+
 
 default_message_pool.register_message(
     "broker.v1", "ListOffsetsRequest.Query", ListOffsetsRequestQuery
@@ -1668,6 +1821,33 @@ class ListSegmentsRequest(betterproto2.Message):
 
 
 default_message_pool.register_message("broker.v1", "ListSegmentsRequest", ListSegmentsRequest)
+
+
+@dataclass(eq=False, repr=False)
+class ListTransactionsReply(betterproto2.Message):
+    transactions: "list[TransactionState]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+
+default_message_pool.register_message("broker.v1", "ListTransactionsReply", ListTransactionsReply)
+
+
+@dataclass(eq=False, repr=False)
+class ListTransactionsRequest(betterproto2.Message):
+    states: "list[str]" = betterproto2.field(1, betterproto2.TYPE_STRING, repeated=True)
+
+    producer_ids: "list[int]" = betterproto2.field(2, betterproto2.TYPE_INT64, repeated=True)
+
+    min_duration_ms: "int" = betterproto2.field(3, betterproto2.TYPE_INT64)
+    """
+    -1: any; else open at least this long
+    """
+
+
+default_message_pool.register_message(
+    "broker.v1", "ListTransactionsRequest", ListTransactionsRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -2120,6 +2300,90 @@ class TopicSpec(betterproto2.Message):
 default_message_pool.register_message("broker.v1", "TopicSpec", TopicSpec)
 
 
+@dataclass(eq=False, repr=False)
+class TransactionState(betterproto2.Message):
+    transactional_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    error_code: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
+
+    state: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    Kafka's names: Empty, Ongoing, PrepareCommit, ...
+    """
+
+    producer_id: "int" = betterproto2.field(4, betterproto2.TYPE_INT64)
+
+    producer_epoch: "int" = betterproto2.field(5, betterproto2.TYPE_INT32)
+
+    timeout_ms: "int" = betterproto2.field(6, betterproto2.TYPE_INT32)
+
+    start_ms: "int" = betterproto2.field(7, betterproto2.TYPE_INT64)
+    """
+    -1 when no transaction is open
+    """
+
+    topics: "list[TopicPartitions]" = betterproto2.field(
+        8, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+
+default_message_pool.register_message("broker.v1", "TransactionState", TransactionState)
+
+
+@dataclass(eq=False, repr=False)
+class TxnOffsetCommitReply(betterproto2.Message):
+    results: "list[CommittedOffset]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    topic, partition, error_code
+    """
+
+
+default_message_pool.register_message("broker.v1", "TxnOffsetCommitReply", TxnOffsetCommitReply)
+
+
+@dataclass(eq=False, repr=False)
+class TxnOffsetCommitRequest(betterproto2.Message):
+    transactional_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    group_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    producer_id: "int" = betterproto2.field(3, betterproto2.TYPE_INT64)
+
+    producer_epoch: "int" = betterproto2.field(4, betterproto2.TYPE_INT32)
+
+    generation_id: "int" = betterproto2.field(5, betterproto2.TYPE_INT32)
+    """
+    -1 when the client sends no group metadata (KIP-447)
+    """
+
+    member_id: "str" = betterproto2.field(6, betterproto2.TYPE_STRING)
+
+    group_instance_id: "str | None" = betterproto2.field(7, betterproto2.TYPE_STRING, optional=True)
+
+    offsets: "list[CommittedOffset]" = betterproto2.field(
+        8, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+
+default_message_pool.register_message("broker.v1", "TxnOffsetCommitRequest", TxnOffsetCommitRequest)
+
+
+@dataclass(eq=False, repr=False)
+class TxnReply(betterproto2.Message):
+    """
+    -- transactions ------------------------------------------------------------------------
+    """
+
+    error_code: "int" = betterproto2.field(1, betterproto2.TYPE_INT32)
+
+    error_message: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message("broker.v1", "TxnReply", TxnReply)
+
+
 class BrokerStub(betterproto2_grpclib.ServiceStub):
     """
     Error codes use Kafka's numbering so the gateway can pass them through unchanged.
@@ -2434,6 +2698,118 @@ class BrokerStub(betterproto2_grpclib.ServiceStub):
             "/broker.v1.Broker/DescribeProducers",
             message,
             DescribeProducersReply,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def add_partitions_to_txn(
+        self,
+        message: "AddPartitionsToTxnRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "AddPartitionsToTxnReply":
+        """
+        Transactions: the broker is every transactional id's coordinator. Each call answers once
+        its state change is durable in the transaction log (EndTxn: once the markers are written).
+        """
+
+        return await self._unary_unary(
+            "/broker.v1.Broker/AddPartitionsToTxn",
+            message,
+            AddPartitionsToTxnReply,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def add_offsets_to_txn(
+        self,
+        message: "AddOffsetsToTxnRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "TxnReply":
+
+        return await self._unary_unary(
+            "/broker.v1.Broker/AddOffsetsToTxn",
+            message,
+            TxnReply,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def txn_offset_commit(
+        self,
+        message: "TxnOffsetCommitRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "TxnOffsetCommitReply":
+
+        return await self._unary_unary(
+            "/broker.v1.Broker/TxnOffsetCommit",
+            message,
+            TxnOffsetCommitReply,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def end_txn(
+        self,
+        message: "EndTxnRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "TxnReply":
+
+        return await self._unary_unary(
+            "/broker.v1.Broker/EndTxn",
+            message,
+            TxnReply,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def describe_transactions(
+        self,
+        message: "DescribeTransactionsRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "DescribeTransactionsReply":
+
+        return await self._unary_unary(
+            "/broker.v1.Broker/DescribeTransactions",
+            message,
+            DescribeTransactionsReply,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def list_transactions(
+        self,
+        message: "ListTransactionsRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ListTransactionsReply":
+
+        return await self._unary_unary(
+            "/broker.v1.Broker/ListTransactions",
+            message,
+            ListTransactionsReply,
             timeout=timeout,
             deadline=deadline,
             metadata=metadata,
@@ -2894,6 +3270,40 @@ class BrokerBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def add_partitions_to_txn(
+        self, message: "AddPartitionsToTxnRequest"
+    ) -> "AddPartitionsToTxnReply":
+        """
+        Transactions: the broker is every transactional id's coordinator. Each call answers once
+        its state change is durable in the transaction log (EndTxn: once the markers are written).
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def add_offsets_to_txn(self, message: "AddOffsetsToTxnRequest") -> "TxnReply":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def txn_offset_commit(self, message: "TxnOffsetCommitRequest") -> "TxnOffsetCommitReply":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def end_txn(self, message: "EndTxnRequest") -> "TxnReply":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def describe_transactions(
+        self, message: "DescribeTransactionsRequest"
+    ) -> "DescribeTransactionsReply":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def list_transactions(
+        self, message: "ListTransactionsRequest"
+    ) -> "ListTransactionsReply":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def join_group(self, message: "JoinGroupRequest") -> "JoinGroupReply":
         """
         Group coordination (classic protocol). JoinGroup and SyncGroup park until the rebalance
@@ -3134,6 +3544,53 @@ class BrokerBase(betterproto2_grpclib.ServiceBase):
         request = await stream.recv_message()
         assert request is not None
         response = await self.describe_producers(request)
+        await stream.send_message(response)
+
+    async def __rpc_add_partitions_to_txn(
+        self, stream: "grpclib.server.Stream[AddPartitionsToTxnRequest, AddPartitionsToTxnReply]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.add_partitions_to_txn(request)
+        await stream.send_message(response)
+
+    async def __rpc_add_offsets_to_txn(
+        self, stream: "grpclib.server.Stream[AddOffsetsToTxnRequest, TxnReply]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.add_offsets_to_txn(request)
+        await stream.send_message(response)
+
+    async def __rpc_txn_offset_commit(
+        self, stream: "grpclib.server.Stream[TxnOffsetCommitRequest, TxnOffsetCommitReply]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.txn_offset_commit(request)
+        await stream.send_message(response)
+
+    async def __rpc_end_txn(self, stream: "grpclib.server.Stream[EndTxnRequest, TxnReply]") -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.end_txn(request)
+        await stream.send_message(response)
+
+    async def __rpc_describe_transactions(
+        self,
+        stream: "grpclib.server.Stream[DescribeTransactionsRequest, DescribeTransactionsReply]",
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.describe_transactions(request)
+        await stream.send_message(response)
+
+    async def __rpc_list_transactions(
+        self, stream: "grpclib.server.Stream[ListTransactionsRequest, ListTransactionsReply]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.list_transactions(request)
         await stream.send_message(response)
 
     async def __rpc_join_group(
@@ -3395,6 +3852,42 @@ class BrokerBase(betterproto2_grpclib.ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 DescribeProducersRequest,
                 DescribeProducersReply,
+            ),
+            "/broker.v1.Broker/AddPartitionsToTxn": grpclib.const.Handler(
+                self.__rpc_add_partitions_to_txn,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                AddPartitionsToTxnRequest,
+                AddPartitionsToTxnReply,
+            ),
+            "/broker.v1.Broker/AddOffsetsToTxn": grpclib.const.Handler(
+                self.__rpc_add_offsets_to_txn,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                AddOffsetsToTxnRequest,
+                TxnReply,
+            ),
+            "/broker.v1.Broker/TxnOffsetCommit": grpclib.const.Handler(
+                self.__rpc_txn_offset_commit,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                TxnOffsetCommitRequest,
+                TxnOffsetCommitReply,
+            ),
+            "/broker.v1.Broker/EndTxn": grpclib.const.Handler(
+                self.__rpc_end_txn,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                EndTxnRequest,
+                TxnReply,
+            ),
+            "/broker.v1.Broker/DescribeTransactions": grpclib.const.Handler(
+                self.__rpc_describe_transactions,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                DescribeTransactionsRequest,
+                DescribeTransactionsReply,
+            ),
+            "/broker.v1.Broker/ListTransactions": grpclib.const.Handler(
+                self.__rpc_list_transactions,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ListTransactionsRequest,
+                ListTransactionsReply,
             ),
             "/broker.v1.Broker/JoinGroup": grpclib.const.Handler(
                 self.__rpc_join_group,
