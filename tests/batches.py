@@ -14,13 +14,15 @@ from kio.records.writers import write_batch
 def make_batch(records: Sequence[tuple[bytes | None, bytes | None]], *, base_offset: int = 0,
                timestamp: int = 1_700_000_000_000,
                headers: Sequence[tuple[bytes, bytes]] = (),
-               producer: tuple[int, int, int] = (-1, -1, -1)) -> bytes:
-    """A batch; ``producer`` is (producer id, epoch, base sequence) for idempotent ones."""
+               producer: tuple[int, int, int] = (-1, -1, -1),
+               transactional: bool = False) -> bytes:
+    """A batch; ``producer`` is (producer id, epoch, base sequence) for idempotent ones,
+    ``transactional`` sets the batch's transactional attribute (bit 4)."""
     when = datetime.datetime.fromtimestamp(timestamp / 1000, tz=datetime.UTC)
     producer_id, producer_epoch, base_sequence = producer
     batch = NewRecordBatch(
         producer_id=producer_id, producer_epoch=producer_epoch, base_sequence=base_sequence,
-        attributes=0, records=tuple(
+        attributes=0x10 if transactional else 0, records=tuple(
             Record(attributes=0, timestamp=when, offset=index, key=key, value=value,
                    headers=tuple(RecordHeader(key=k, value=v) for k, v in headers))
             for index, (key, value) in enumerate(records)))

@@ -1,0 +1,300 @@
+"""Transactions in the broker, driven directly: the partition's open and aborted transactions
+and last stable offset (rebuilt on reopen), and the coordinator's states, fencing, timeouts,
+offsets made visible on commit, and recovery of a prepared transaction after a restart."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import trio
+from kio.schema.errors import ErrorCode
+
+from broker import internal_log
+from broker.log import LogConfig, PartitionLog
+from broker.offsets import Committed, OffsetStore
+from broker.producer_ids import ProducerIds
+from broker.producers import ABORT, COMMIT
+from broker.topics import TopicRegistry
+from broker.transactions import TxnError, TxnState
+from broker.txn_coordinator import TransactionCoordinator
+from kelp import records
+from tests.batches import make_batch
+
+
+def txn_batch(pid: int, seq: int, count: int = 2, epoch: int = 0) -> bytes:
+    return make_batch([(b"k", b"v%d" % (seq + i)) for i in range(count)],
+                      producer=(pid, epoch, seq), transactional=True)
+
+
+def plain(count: int = 1) -> bytes:
+    return make_batch([(b"k", b"plain")] * count)
+
+
+async def read_all(plog: PartitionLog, end: int | None = None) -> list[int]:
+    """Base offsets of the batches a read from the log start returns."""
+    data = (await plog.read(plog.log_start_offset, 1 << 20, end=end)).records
+    bases, position = [], 0
+    while position < len(data):
+        bases.append(int.from_bytes(data[position:position + 8], "big"))
+        position += int.from_bytes(data[position + 8:position + 12], "big") + 12
+    return bases
+
+
+async def test_last_stable_offset_and_aborted_transactions(tmp_path):
+    plog = PartitionLog.open(tmp_path / "t-0")
+    plog.append(plain())                                   # 0
+    assert plog.last_stable_offset == 1
+    plog.append(txn_batch(7, 0))                           # 1-2: producer 7 opens at 1
+    plog.append(plain())                                   # 3
+    plog.append(txn_batch(8, 0))                           # 4-5: producer 8 opens at 4
+    assert plog.last_stable_offset == 1 and plog.high_watermark == 6
+    assert await read_all(plog, end=plog.last_stable_offset) == [0]
+    assert plog.bytes_after(0, plog.last_stable_offset) == plog.bytes_after(0) - \
+        plog.bytes_after(1)
+    abort = plog.append_marker(7, 0, ABORT)                # 6
+    assert plog.last_stable_offset == 4  # producer 8's transaction still holds it
+    plog.append(txn_batch(7, 2))                           # 7-8: 7's next transaction
+    commit = plog.append_marker(8, 0, COMMIT)              # 9
+    assert plog.last_stable_offset == 7
+    assert await read_all(plog, end=7) == [0, 1, 3, 4, 6]
+    assert plog.aborted_between(0, 7) == [(7, 1, abort.base_offset)]
+    assert plog.aborted_between(abort.base_offset + 1, 100) == []
+    plog.append_marker(7, 0, COMMIT)                       # 10
+    assert plog.last_stable_offset == plog.high_watermark == 11
+    assert commit.base_offset == 9
+    plog.close()
+
+    # Rebuilt on reopen: from the snapshot, and from the log alone.
+    for snapshot in (True, False):
+        if not snapshot:
+            (tmp_path / "t-0" / "producer-state.json").unlink()
+        again = PartitionLog.open(tmp_path / "t-0")
+        assert again.producers.open_txns == {}
+        assert again.aborted_between(0, 100) == [(7, 1, 6)]
+        again.close()
+
+
+async def test_an_open_transaction_survives_a_reopen_without_snapshot(tmp_path):
+    plog = PartitionLog.open(tmp_path / "t-0")
+    plog.append(plain())
+    plog.append(txn_batch(3, 0))
+    plog.close()
+    (tmp_path / "t-0" / "producer-state.json").unlink()
+    again = PartitionLog.open(tmp_path / "t-0")
+    assert again.last_stable_offset == 1 and again.producers.open_txns == {3: 1}
+    # A fencing abort with a newer epoch: the old epoch is refused from now on.
+    again.append_marker(3, 1, ABORT)
+    with pytest.raises(Exception, match="epoch 0 is older than 1"):
+        again.append(txn_batch(3, 2, epoch=0))
+    again.append(txn_batch(3, 0, epoch=1))  # the new instance starts at sequence 0
+    again.close()
+
+
+async def test_retention_forgets_aborted_transactions_below_the_log_start(tmp_path):
+    plog = PartitionLog.open(tmp_path / "t-0")
+    plog.append(txn_batch(7, 0))
+    plog.append_marker(7, 0, ABORT)
+    plog.append(plain())
+    assert len(plog.aborted_between(0, 10)) == 1
+    plog._roll()
+    plog.append(plain())
+    await plog.delete_records(3)
+    assert plog.aborted_between(0, 10) == []
+    plog.close()
+
+
+async def test_a_producer_with_an_open_transaction_is_never_expired(tmp_path):
+    plog = PartitionLog.open(tmp_path / "t-0")
+    plog.append(txn_batch(7, 0))
+    plog.append(make_batch([(b"k", b"v")], producer=(9, 0, 0)))
+    assert plog.producers.expire(now_ms=10**15, expiration_ms=1) == 1
+    assert set(plog.producers.entries) == {7}
+    plog.close()
+
+
+class Rig:
+    """A registry with topic ``t`` (2 partitions), an offsets store and a coordinator."""
+
+    def __init__(self, tmp_path) -> None:
+        self.tmp_path = tmp_path
+        self.registry = TopicRegistry(tmp_path / "data")
+        self.store = OffsetStore(tmp_path / "data" / "@offsets", LogConfig(compacted=True))
+        self.member_errors: dict[str, ErrorCode] = {}
+        self.coordinator = self._coordinator()
+
+    def _coordinator(self) -> TransactionCoordinator:
+        return TransactionCoordinator(
+            self.tmp_path / "data" / "@transactions", LogConfig(compacted=True),
+            self.registry, self.store, ProducerIds(self.tmp_path / "data"),
+            member_error=lambda group, generation, member, instance:
+                self.member_errors.get(member))
+
+    def reopen(self) -> None:
+        self.coordinator.close()
+        self.coordinator = self._coordinator()
+
+    def plog(self, partition: int) -> PartitionLog:
+        return self.registry.partition("t", partition)
+
+    def close(self) -> None:
+        self.coordinator.close()
+        self.store.close()
+        self.registry.close()
+
+
+@pytest.fixture
+async def rig(tmp_path):
+    made = Rig(tmp_path)
+    await trio.to_thread.run_sync(made.registry.open)
+    await made.registry.create("t", 2)
+    yield made
+    made.close()
+
+
+async def test_commit_writes_markers_and_makes_offsets_visible(rig: Rig):
+    c = rig.coordinator
+    pid, epoch = await c.init_producer_id("app", 60_000)
+    assert epoch == 0
+    assert c.append_error(pid, epoch, "t", 0)[0] == ErrorCode.invalid_txn_state  # not added
+    assert await c.add_partitions("app", pid, epoch, [("t", 0), ("t", 1)]) == {
+        ("t", 0): ErrorCode.none, ("t", 1): ErrorCode.none}
+    assert c.append_error(pid, epoch, "t", 0) is None
+    rig.plog(0).append(txn_batch(pid, 0))
+    await c.add_offsets("app", pid, epoch, "g")
+    results = await c.commit_offsets("app", "g", pid, epoch, -1, "", None,
+                                     {("t", 0): Committed(5, -1, None, 0)})
+    assert results == {("t", 0): ErrorCode.none}
+    assert rig.store.get("g") == {} and c.pending_offsets("g") == {("t", 0)}
+    await c.end_txn("app", pid, epoch, commit=True)
+    assert rig.store.get("g")[("t", 0)].offset == 5 and c.pending_offsets("g") == set()
+    # Both partitions got a COMMIT marker; the one with data is stable again.
+    assert rig.plog(0).last_stable_offset == rig.plog(0).high_watermark == 3
+    assert rig.plog(1).high_watermark == 1
+    assert c.describe("app").state is TxnState.COMPLETE_COMMIT
+    await c.end_txn("app", pid, epoch, commit=True)  # a retry is answered the same
+    with pytest.raises(TxnError) as wrong:
+        await c.end_txn("app", pid, epoch, commit=False)
+    assert wrong.value.code == ErrorCode.invalid_txn_state
+
+
+async def test_abort_drops_the_offsets_and_records_an_aborted_transaction(rig: Rig):
+    c = rig.coordinator
+    pid, epoch = await c.init_producer_id("app", 60_000)
+    await c.add_partitions("app", pid, epoch, [("t", 0)])
+    rig.plog(0).append(txn_batch(pid, 0))
+    await c.add_offsets("app", pid, epoch, "g")
+    await c.commit_offsets("app", "g", pid, epoch, -1, "", None,
+                           {("t", 0): Committed(5, -1, None, 0)})
+    await c.end_txn("app", pid, epoch, commit=False)
+    assert rig.store.get("g") == {}
+    assert rig.plog(0).aborted_between(0, 10) == [(pid, 0, 2)]
+
+
+async def test_a_new_instance_fences_the_old_and_aborts_its_transaction(rig: Rig):
+    c = rig.coordinator
+    pid, old = await c.init_producer_id("app", 60_000)
+    await c.add_partitions("app", pid, old, [("t", 0)])
+    rig.plog(0).append(txn_batch(pid, 0))
+    same_pid, new = await c.init_producer_id("app", 60_000)
+    assert (same_pid, new) == (pid, old + 1)
+    assert rig.plog(0).aborted_between(0, 10) == [(pid, 0, 2)]
+    assert c.append_error(pid, old, "t", 0)[0] == ErrorCode.invalid_producer_epoch
+    for call in (c.add_partitions("app", pid, old, [("t", 1)]),
+                 c.end_txn("app", pid, old, commit=True)):
+        with pytest.raises(TxnError) as fenced:
+            await call
+        assert fenced.value.code == ErrorCode.producer_fenced
+    # KIP-360: the fenced epoch may not claim the id back; the current one bumps.
+    with pytest.raises(TxnError):
+        await c.init_producer_id("app", 60_000, pid, old - 1 if old else 7)
+    assert await c.init_producer_id("app", 60_000, pid, new) == (pid, new + 1)
+    assert await c.init_producer_id("app", 60_000, pid, new) == (pid, new + 1)  # a retry
+
+
+async def test_timeouts_are_bounded_and_an_expired_transaction_is_aborted(rig: Rig):
+    c = rig.coordinator
+    with pytest.raises(TxnError) as bad:
+        await c.init_producer_id("app", c.max_timeout_ms + 1)
+    assert bad.value.code == ErrorCode.invalid_transaction_timeout
+    pid, epoch = await c.init_producer_id("app", 200)
+    await c.add_partitions("app", pid, epoch, [("t", 0)])
+    rig.plog(0).append(txn_batch(pid, 0))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(c.run)
+        with trio.fail_after(5):
+            while c.describe("app").state is not TxnState.COMPLETE_ABORT:
+                await trio.sleep(0.02)
+        nursery.cancel_scope.cancel()
+    assert rig.plog(0).last_stable_offset == rig.plog(0).high_watermark
+    assert rig.plog(0).aborted_between(0, 10) == [(pid, 0, 2)]
+    # The instance that let it time out is fenced; its abort retried is fine.
+    assert c.append_error(pid, epoch, "t", 0)[0] == ErrorCode.invalid_producer_epoch
+    await c.end_txn("app", pid, epoch, commit=False)
+    with pytest.raises(TxnError):
+        await c.end_txn("app", pid, epoch, commit=True)
+
+
+async def test_a_prepared_commit_completes_after_a_restart(rig: Rig):
+    c = rig.coordinator
+    pid, epoch = await c.init_producer_id("app", 60_000)
+    await c.add_partitions("app", pid, epoch, [("t", 0), ("t", 1)])
+    rig.plog(0).append(txn_batch(pid, 0))
+    await c.add_offsets("app", pid, epoch, "g")
+    await c.commit_offsets("app", "g", pid, epoch, -1, "", None,
+                           {("t", 1): Committed(9, -1, "m", 0)})
+    # The broker died right after PrepareCommit was durable: no marker, no offsets yet.
+    txn = c.describe("app")
+    txn.state = TxnState.PREPARE_COMMIT
+    await c._persist(txn)
+    rig.reopen()
+    c = rig.coordinator
+    assert c.describe("app").state is TxnState.PREPARE_COMMIT
+    assert rig.plog(0).last_stable_offset == 0
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(c.run)
+        with trio.fail_after(5):
+            while c.describe("app").state is not TxnState.COMPLETE_COMMIT:
+                await trio.sleep(0.02)
+        nursery.cancel_scope.cancel()
+    assert rig.plog(0).last_stable_offset == rig.plog(0).high_watermark
+    assert rig.store.get("g")[("t", 1)] .offset == 9
+    rig.reopen()  # and the completed state is what the log says now
+    assert rig.coordinator.describe("app").state is TxnState.COMPLETE_COMMIT
+
+
+async def test_offsets_need_a_current_member_and_the_group_in_the_transaction(rig: Rig):
+    c = rig.coordinator
+    pid, epoch = await c.init_producer_id("app", 60_000)
+    offsets = {("t", 0): Committed(1, -1, None, 0)}
+    assert await c.commit_offsets("app", "g", pid, epoch, -1, "", None, offsets) == {
+        ("t", 0): ErrorCode.invalid_txn_state}
+    await c.add_offsets("app", pid, epoch, "g")
+    rig.member_errors["zombie"] = ErrorCode.illegal_generation
+    assert await c.commit_offsets("app", "g", pid, epoch, 3, "zombie", None, offsets) == {
+        ("t", 0): ErrorCode.illegal_generation}
+    assert await c.commit_offsets("app", "g", pid, epoch + 1, 3, "m", None, offsets) == {
+        ("t", 0): ErrorCode.invalid_producer_epoch}
+    assert await c.commit_offsets("app", "g", pid, epoch, 3, "m", None, {
+        ("nope", 0): Committed(1, -1, None, 0)}) == {
+        ("nope", 0): ErrorCode.unknown_topic_or_partition}
+
+
+async def test_unknown_ids_partitions_and_an_unreadable_log_record(rig: Rig):
+    c = rig.coordinator
+    with pytest.raises(TxnError) as unknown:
+        await c.add_partitions("nobody", 1, 0, [("t", 0)])
+    assert unknown.value.code == ErrorCode.invalid_producer_id_mapping
+    pid, epoch = await c.init_producer_id("app", 60_000)
+    assert await c.add_partitions("app", pid, epoch, [("t", 0), ("t", 9)]) == {
+        ("t", 0): ErrorCode.operation_not_attempted,
+        ("t", 9): ErrorCode.unknown_topic_or_partition}
+    # A damaged record in the transaction log is skipped on replay, not fatal.
+    c.log.append(records.build_batch([(b'"bad"', b'{"pid": "x"}'), (b"[1]", b"{}")], 0))
+    c.log.append(internal_log.batch_of([("other", None)]))
+    rig.reopen()
+    assert rig.coordinator.describe("app").producer_id == pid
+    assert rig.coordinator.describe("bad") is None
+    listed = rig.coordinator.list(set(), set(), -1)
+    assert [t.transactional_id for t in listed] == ["app"]
+    assert json.loads(json.dumps(listed[0].to_json()))["state"] == "Empty"
