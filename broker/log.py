@@ -474,14 +474,17 @@ class PartitionLog:
         Readers in flight keep reading the old file until they finish. Tombstones (null
         values) go once older than ``delete_retention_ms``.
         """
-        sealed = self.segments[:-1]
+        # Only below the last stable offset: an open transaction may still abort.
+        stable = self.last_stable_offset
+        sealed = [s for s in self.segments[:-1] if s.next_offset <= stable]
         if not sealed or self._closed:
             return 0
         removed = 0
         try:
             with self._writing():
                 cleaning = cleaner.cleaned(sealed, now - delete_retention_ms,
-                                           self.config.index_interval_bytes)
+                                           self.config.index_interval_bytes,
+                                           list(self.producers.aborted))
                 async with cleaning as results:
                     for result in results:
                         if self._closed or result.old not in self.segments:

@@ -8,6 +8,12 @@ the same codec, empty ones dropped), fsyncs it and verifies it by recovering it 
 of its own, which also builds its indexes (``<base>.index.cleaned``, ...). Tombstones (null
 values) go once older than the horizon.
 
+Transactions, as Kafka's cleaner treats them: the log is cleaned only below its last stable
+offset (an open transaction may still abort); the records of aborted transactions are
+removed and never count as a key's latest value; control batches (COMMIT and ABORT markers)
+are kept as they are, never deduplicated by their key: rebuilding the producer state from the
+log needs the marker that ends each transaction whose records remain.
+
 What it cannot read it keeps: a batch whose records do not decode is copied as it is (and
 logged), and a segment whose batch lengths cannot be walked to its end is not rewritten.
 
@@ -34,7 +40,8 @@ from broker.storage.config import IO_LIMITER, topic_partition
 from broker.storage.index import SparseIndex
 from broker.storage.loader import CLEANED_SUFFIX
 from broker.storage.segment import Segment, held, index_paths
-from kelp import records
+from broker.producers import AbortedTxn, is_control, is_transactional
+from kelp import recordbatch, records
 
 log = logging.getLogger("kelp.broker.log")
 
@@ -58,8 +65,10 @@ class Cleaned:
 
 @contextlib.asynccontextmanager
 async def cleaned(segments: list[Segment], tombstone_horizon: int,
-                  index_interval: int) -> AsyncIterator[list[Cleaned]]:
-    """Clean ``segments`` (sealed ones, oldest first) in a worker thread; the block swaps in
+                  index_interval: int, aborted: list[AbortedTxn] | None = None
+                  ) -> AsyncIterator[list[Cleaned]]:
+    """Clean ``segments`` (sealed ones below the last stable offset, oldest first) in a
+    worker thread, dropping the records of the ``aborted`` transactions; the block swaps in
     the results it still wants (``Cleaned.swap_in``); the rest are deleted when it ends."""
     results: list[Cleaned] = []
     try:
@@ -67,8 +76,9 @@ async def cleaned(segments: list[Segment], tombstone_horizon: int,
             for segment in segments:
                 holds.enter_context(held(segment))
             # Not abandoned on cancel: the thread is reading held segments and writing files.
-            results = await trio.to_thread.run_sync(_clean, segments, tombstone_horizon,
-                                                    index_interval, limiter=IO_LIMITER)
+            results = await trio.to_thread.run_sync(
+                _clean, segments, tombstone_horizon, index_interval,
+                _AbortedIndex(aborted or []), limiter=IO_LIMITER)
         await trio.lowlevel.checkpoint_if_cancelled()  # cancelled meanwhile: swap nothing
         yield results
     finally:
@@ -77,8 +87,30 @@ async def cleaned(segments: list[Segment], tombstone_horizon: int,
                 result.fresh.delete()
 
 
+class _AbortedIndex:
+    """Whether a transactional batch belongs to an aborted transaction."""
+
+    def __init__(self, aborted: list[AbortedTxn]) -> None:
+        self.by_producer: dict[int, list[AbortedTxn]] = {}
+        for txn in aborted:
+            self.by_producer.setdefault(txn.producer_id, []).append(txn)
+
+    def holds(self, header: recordbatch.BatchHeader) -> bool:
+        return is_transactional(header) and any(
+            txn.first_offset <= header.base_offset < txn.last_offset
+            for txn in self.by_producer.get(header.producer_id, ()))
+
+
+def _kind(batch: bytes, aborted: _AbortedIndex) -> str:
+    """"control", "aborted" or "data"."""
+    header = recordbatch.parse_header(batch)
+    if is_control(header):
+        return "control"
+    return "aborted" if aborted.holds(header) else "data"
+
+
 def _clean(segments: list[Segment], tombstone_horizon: int,
-           index_interval: int) -> list[Cleaned]:
+           index_interval: int, aborted: _AbortedIndex) -> list[Cleaned]:
     """Both passes, in the worker thread: the keys' latest offsets, then the rewrites."""
     latest: dict[bytes, int] = {}
     whole = []
@@ -86,6 +118,8 @@ def _clean(segments: list[Segment], tombstone_horizon: int,
         end = 0
         for position, batch in segment.batches():
             end = position + len(batch)
+            if _kind(batch, aborted) != "data":
+                continue
             for record in _readable(segment, batch) or ():
                 if record.key is not None:
                     latest[record.key] = record.offset
@@ -93,25 +127,32 @@ def _clean(segments: list[Segment], tombstone_horizon: int,
             whole.append(segment)
     results = []
     for segment in whole:
-        result = _rewrite(segment, latest, tombstone_horizon, index_interval)
+        result = _rewrite(segment, latest, tombstone_horizon, index_interval, aborted)
         if result is not None:
             results.append(result)
     return results
 
 
 def _rewrite(segment: Segment, latest: dict[bytes, int], tombstone_horizon: int,
-             index_interval: int) -> Cleaned | None:
-    """``segment`` without its superseded records and old tombstones, or None if it loses
-    nothing (or its rewrite does not verify)."""
+             index_interval: int, aborted: _AbortedIndex) -> Cleaned | None:
+    """``segment`` without its superseded records, old tombstones and aborted records, or
+    None if it loses nothing (or its rewrite does not verify)."""
     path = segment.path.with_suffix(CLEANED_SUFFIX)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
     fresh = None
     try:
         removed, pending = 0, bytearray()
         for _position, batch in segment.batches():
+            kind = _kind(batch, aborted)
+            if kind == "control":
+                pending += batch
+                continue
             every = _readable(segment, batch)
             if every is None:  # never lose bytes we cannot read
                 pending += batch
+                continue
+            if kind == "aborted":
+                removed += len(every)
                 continue
             kept = [r for r in every
                     if (r.key is None or latest.get(r.key) == r.offset)

@@ -298,3 +298,39 @@ async def test_unknown_ids_partitions_and_an_unreadable_log_record(rig: Rig):
     listed = rig.coordinator.list(set(), set(), -1)
     assert [t.transactional_id for t in listed] == ["app"]
     assert json.loads(json.dumps(listed[0].to_json()))["state"] == "Empty"
+
+
+def keyed_txn(pid: int, seq: int, pairs: list[tuple[bytes, bytes]]) -> bytes:
+    return make_batch(pairs, producer=(pid, 0, seq), transactional=True)
+
+
+async def test_compaction_drops_aborted_records_keeps_markers_and_stops_at_the_lso(tmp_path):
+    plog = PartitionLog.open(tmp_path / "c-0", LogConfig(compacted=True))
+    plog.append(keyed_txn(1, 0, [(b"a", b"a1"), (b"b", b"b1")]))      # 0-1 committed
+    plog.append_marker(1, 0, COMMIT)                                   # 2
+    plog.append(keyed_txn(2, 0, [(b"a", b"aborted")]))                 # 3 aborted
+    plog.append_marker(2, 0, ABORT)                                    # 4
+    plog.append(make_batch([(b"b", b"b2")]))                           # 5 plain
+    plog._roll()
+    plog.append(keyed_txn(3, 0, [(b"b", b"open")]))                    # 6 still open
+    plog._roll()
+    plog.append(make_batch([(b"c", b"c1")]))                           # 7
+    removed = await plog.compact(10**13, 10**12)
+    assert removed == 2  # the aborted a, and b1 superseded by b2
+    kept = []
+    for segment in plog.segments:
+        for _position, batch in segment.batches():
+            for record in records.iter_records(batch):
+                kept.append((record.offset, record.key, record.value))
+    # a1 stays latest (the aborted value never counts); both markers stay; the open
+    # transaction's segment is not cleaned (it may still abort).
+    assert [(o, k) for o, k, _ in kept] == [(0, b"a"), (2, b"\x00\x00\x00\x01"),
+                                            (4, b"\x00\x00\x00\x00"), (5, b"b"), (6, b"b"),
+                                            (7, b"c")]
+    plog.close()
+    again = PartitionLog.open(tmp_path / "c-0", LogConfig(compacted=True))
+    (tmp_path / "c-0" / "producer-state.json").unlink()
+    again.close()
+    rebuilt = PartitionLog.open(tmp_path / "c-0", LogConfig(compacted=True))
+    assert rebuilt.last_stable_offset == 6  # producer 3's transaction is still open
+    rebuilt.close()
