@@ -36,11 +36,11 @@ from pathlib import Path
 
 import trio
 
+from broker.producers import AbortedTxn, is_control, is_transactional
 from broker.storage.config import IO_LIMITER, topic_partition
 from broker.storage.index import SparseIndex
 from broker.storage.loader import CLEANED_SUFFIX
 from broker.storage.segment import Segment, held, index_paths
-from broker.producers import AbortedTxn, is_control, is_transactional
 from kelp import recordbatch, records
 
 log = logging.getLogger("kelp.broker.log")
