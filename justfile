@@ -53,9 +53,11 @@ bench *ARGS:
 fuzz *ARGS:
     {{python}} -m kelp.fuzz {{ARGS}}
 
-# Long crash harness: 50 SIGKILL cycles per durability policy (CI runs 10).
+# Long crash harnesses: 50 SIGKILL cycles per durability policy, and 50 broker SIGKILLs
+# under a transactional producer (CI runs 10 of each).
 soak:
     KELP_CRASH_CYCLES=50 {{python}} -m pytest tests/integration/test_crash_harness.py -s
+    KELP_TXN_KILL_CYCLES=50 {{python}} -m pytest tests/integration/test_transactions.py -s -k sigkill
 
 # Regenerate the gRPC code in kelp/rpc from proto/ (never edit the output by hand).
 proto:

@@ -1,6 +1,7 @@
 """``python -m bench [NAME ...]`` (``just bench``): run benchmarks, print a table of ratios.
 
 Names: ``produce`` (librdkafka through gateway and broker vs a raw two-hop trio pipe),
+``transactions`` (transactional produce vs idempotent produce on the same cluster),
 ``storage`` (the log engine vs plain file IO), ``registry`` (Schema Registry register and
 lookup latency vs the same server's /health round trip), ``rdma`` (sidecar reads over UCX, the
 sidecar API and the HTTP fallback vs local pread), ``mount`` (dd and random 4 KiB reads through
@@ -12,10 +13,12 @@ from __future__ import annotations
 
 import argparse
 
-from bench import mount, produce, rdma, registry, storage
+from bench import mount, produce, rdma, registry, storage, transactions
 
 BENCHMARKS = {
     "produce": lambda args: produce.run(records=args.records, record_bytes=args.record_bytes),
+    "transactions": lambda args: transactions.run(records=args.records,
+                                                  record_bytes=args.record_bytes),
     "storage": lambda args: storage.run(total_mb=args.storage_mb),
     "registry": lambda args: registry.run(count=args.registry_requests),
     "rdma": lambda args: rdma.run(),
