@@ -5,7 +5,10 @@ one producer at 10 msg/s for a minute, its standard test two producers at 50 msg
 ended at 62 % success). Here ``quick`` runs one producer at 1 000 msg/s, ``standard`` two at
 5 000 msg/s each over 5 topics x 3 partitions, both with Avro values through the built-in
 registry; ``stress`` runs unthrottled producers, as many as the machine has cores for, for ten
-minutes, and fails if any kelp process's RSS grows by more than 64 MB after warm-up.
+minutes, and fails if any kelp process's RSS grows by more than 64 MB after warm-up;
+``transactional`` runs transactional producers committing every 500 records (every tenth
+transaction aborted on purpose) and read_committed consumers, and fails if an aborted record
+is consumed.
 
 Every knob is a flag; a flag given on the command line replaces the profile's value.
 """
@@ -47,6 +50,8 @@ class Profile:
     drain_timeout: float = 30.0   # give up draining after this long without a new record
     max_errors: int = 0           # produce + consume errors tolerated before the run fails
     rss_growth_limit_mb: float | None = None  # per kelp process, after warm-up; None = no bound
+    transaction_records: int = 0  # records per transaction; 0 = not transactional
+    abort_every: int = 0          # abort every Nth transaction on purpose; 0 = never
 
     @property
     def partitions_total(self) -> int:
@@ -75,6 +80,12 @@ PROFILES: dict[str, Profile] = {
         # Measured on 2 cores: 19 M records in 10 minutes, broker +9 MB after warm-up, gateway
         # flat. 64 MB leaves room for noise and still catches a leak of a few bytes per record.
         drain_timeout=60.0, rss_growth_limit_mb=64.0),
+    "transactional": Profile(
+        name="transactional",
+        description="2 transactional producers (500 records per transaction, every 10th "
+                    "aborted) x 2 read_committed consumers, 3 topics x 3 partitions, 2 000 msg/s",
+        producers=2, consumers=2, topics=3, partitions=3, size=1024, rate=2000, duration=60.0,
+        value="binary", transaction_records=500, abort_every=10),
 }
 
 
@@ -137,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--acks", choices=ACKS)
     load.add_argument("--idempotence", type=_bool, metavar="BOOL")
     load.add_argument("--linger-ms", type=int, help="producer linger.ms")
+    load.add_argument("--transaction-records", type=int,
+                      help="records per transaction (0: not transactional)")
+    load.add_argument("--abort-every", type=int,
+                      help="abort every Nth transaction on purpose (0: never)")
     load.add_argument("--drain-timeout", type=float,
                       help="seconds without a new record before the drain gives up")
     load.add_argument("--max-errors", type=int, help="errors tolerated before failing")
@@ -166,6 +181,8 @@ def parse(argv: list[str] | None) -> tuple[Profile, Options]:
                  if f.name not in ("name", "description") and getattr(args, f.name, None)
                  is not None}
     profile = dataclasses.replace(base, **overrides)
+    if profile.transaction_records and (profile.acks != "all" or not profile.idempotence):
+        build_parser().error("transactions need --acks all and --idempotence true")
     if profile.acks != "all" and profile.idempotence:
         # librdkafka refuses idempotence without acks=all; only an explicit request is an error.
         if args.idempotence:
@@ -173,7 +190,8 @@ def parse(argv: list[str] | None) -> tuple[Profile, Options]:
         profile = dataclasses.replace(profile, idempotence=False)
     problems = [f"--{name} must be at least {low}" for name, low in (
         ("producers", 1), ("consumers", 1), ("topics", 1), ("partitions", 1), ("size", 0),
-        ("rate", 0), ("max_errors", 0)) if getattr(profile, name) < low]
+        ("rate", 0), ("max_errors", 0), ("transaction_records", 0), ("abort_every", 0))
+        if getattr(profile, name) < low]
     if profile.duration <= 0:
         problems.append("--duration must be positive")
     if problems:

@@ -181,8 +181,8 @@ def build_result(test: LoadTest) -> dict[str, Any]:
     undelivered = sum(w.final.get("undelivered", 0) for w in producers)
     failed = sum(test.ledger.failure_reasons.values())
     consumer_errors = sum(t.consumer_errors.values())
-    errors = (failed + undelivered + consumer_errors + t.decode_errors + t.header_mismatches
-              + verdict.unacked_consumed + verdict.invalid)
+    errors = (test.ledger.error_count() + undelivered + consumer_errors + t.decode_errors
+              + t.header_mismatches + verdict.unacked_consumed + verdict.invalid)
     return {
         "schema": SCHEMA,
         "profile": dataclasses.asdict(p),
@@ -239,6 +239,9 @@ def judge(result: dict[str, Any]) -> list[str]:
         failures.append("no record was acknowledged")
     if v["lost"]:
         failures.append(f"{v['lost']:,} acknowledged records were never consumed")
+    if v["aborted_consumed"]:
+        failures.append(f"{v['aborted_consumed']:,} records of aborted transactions were "
+                        "consumed")
     if v["duplicated"]:
         failures.append(f"{v['duplicated']:,} records were consumed more than once "
                         f"({v['extra_deliveries']:,} extra deliveries)")

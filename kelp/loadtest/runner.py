@@ -357,7 +357,7 @@ class LoadTest:
 
     def _error_count(self) -> int:
         t = self.tally
-        return (sum(self.ledger.failure_reasons.values()) + sum(t.consumer_errors.values())
+        return (self.ledger.error_count() + sum(t.consumer_errors.values())
                 + t.decode_errors + t.header_mismatches + len(self.failures))
 
     # -----------------------------------------------------------------------------------------

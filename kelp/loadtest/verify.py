@@ -47,6 +47,9 @@ _FAILED_CONSUMED = _table(lambda s: s & FAILED and s >> 2 >= 1)
 _ACKED = _table(lambda s: s & ACKED)
 
 
+ABORTED = "aborted"  # the failure reason of records in an aborted transaction
+
+
 @dataclass
 class Verdict:
     """The ledger's answer; ``ok`` when nothing acknowledged was lost and nothing duplicated."""
@@ -63,6 +66,9 @@ class Verdict:
     failed_consumed: int = 0
     out_of_order: int = 0
     invalid: int = 0
+    # Records of transactions the producer aborted that a (read_committed) consumer got.
+    aborted: int = 0
+    aborted_consumed: int = 0
     # producer id -> [[first, last], ...] of lost sequences (inclusive), the first few runs.
     lost_ranges: dict[str, list[list[int]]] = field(default_factory=dict)
     # [producer id, sequence, deliveries] for the first few duplicated records.
@@ -70,7 +76,7 @@ class Verdict:
 
     @property
     def ok(self) -> bool:
-        return self.lost == 0 and self.duplicated == 0
+        return self.lost == 0 and self.duplicated == 0 and self.aborted_consumed == 0
 
 
 class _Producer:
@@ -101,6 +107,8 @@ class Ledger:
         self.out_of_order = 0
         self.invalid = 0
         self.failure_reasons: dict[str, int] = {}
+        # producer -> sequences in transactions it aborted (failed with reason "aborted").
+        self.aborted: dict[int, set[int]] = {}
 
     def _producer(self, producer: int) -> _Producer:
         entry = self._producers.get(producer)
@@ -134,6 +142,8 @@ class Ledger:
             return
         entry.state[seq] = state | FAILED
         self.failure_reasons[reason] = self.failure_reasons.get(reason, 0) + 1
+        if reason == ABORTED:
+            self.aborted.setdefault(producer, set()).add(seq)
 
     def consumed(self, producer: int, seq: int, stream: Hashable = None) -> bool:
         """Record one delivery; True if it is the first delivery of that record."""
@@ -191,7 +201,15 @@ class Ledger:
                     out.duplicate_samples.append([producer, at, state[at] >> 2])
                     at = dup_mask.find(1, at + 1)
         out.extra_deliveries = out.deliveries - out.consumed_unique
+        for producer, seqs in self.aborted.items():
+            state = self._producers[producer].state
+            out.aborted += len(seqs)
+            out.aborted_consumed += sum(1 for seq in seqs if state[seq] >> 2)
         return out
+
+    def error_count(self) -> int:
+        """Failed deliveries, not counting records of transactions aborted on purpose."""
+        return sum(n for reason, n in self.failure_reasons.items() if reason != ABORTED)
 
 
 def _runs(mask: bytes, limit: int) -> list[list[int]]:

@@ -111,10 +111,18 @@ class ProducerWorker:
         self.first_send_ns = 0
         self.last_ack_ns = 0
         self.last_report = time.monotonic()
+        # Transactional runs: records delivered in the open transaction count as acknowledged
+        # only once it commits; an aborted one's are reported failed ("aborted").
+        self.in_txn: list[int] = []
+        self.in_txn_bytes = 0
+        self.txn_sent = 0
+        self.transactions = 0
 
     def _config(self) -> dict[str, Any]:
         p = self.spec.profile
-        return {
+        transactional = {"transactional.id": f"kelp-loadtest-{self.spec.run}-"
+                                             f"{self.spec.index}"} if p.transaction_records else {}
+        return {**transactional,
             "bootstrap.servers": self.spec.bootstrap,
             "client.id": f"kelp-loadtest-producer-{self.spec.index}",
             "acks": p.acks,
@@ -130,6 +138,9 @@ class ProducerWorker:
 
         spec, profile = self.spec, self.spec.profile
         producer = Producer(self._config())
+        if profile.transaction_records:
+            producer.init_transactions(30)
+            producer.begin_transaction()
         encode = make_encoder(profile.value, profile.size, spec.registry)
         # Warm up outside the measured window: connect, fetch metadata, and (Avro) look up the
         # schema id of every subject, which fails here if the schema was not registered first.
@@ -194,12 +205,46 @@ class ProducerWorker:
                     producer.poll(0.005)
                     break
                 self.sent += 1
+                self.txn_sent += 1
+                if profile.transaction_records and \
+                        self.txn_sent >= profile.transaction_records:
+                    self._end_transaction(producer)
+                    break
             producer.poll(0)
             self._maybe_report(time.monotonic())
+
+    def _end_transaction(self, producer: Any, *, last: bool = False) -> None:
+        """Commit (or, every ``abort_every``-th time, abort) the open transaction and begin
+        the next; the records in it become acknowledged, or failed as aborted."""
+        from confluent_kafka import KafkaException
+
+        profile = self.spec.profile
+        self.transactions += 1
+        abort = bool(profile.abort_every) and self.transactions % profile.abort_every == 0
+        try:
+            producer.flush(MESSAGE_TIMEOUT_MS / 1000)
+            if abort:
+                producer.abort_transaction(60)
+            else:
+                producer.commit_transaction(60)
+        except KafkaException as exc:
+            if exc.args[0].txn_requires_abort():
+                producer.abort_transaction(60)
+            abort = True
+        if abort:
+            self.failed.extend((seq, "aborted") for seq in self.in_txn)
+        else:
+            self.acked.extend(self.in_txn)
+            self.acked_bytes += self.in_txn_bytes
+        self.in_txn, self.in_txn_bytes, self.txn_sent = [], 0, 0
+        if not last:
+            producer.begin_transaction()
 
     def _flush(self, producer: Any) -> int:
         """Wait for every outstanding delivery report (bounded by librdkafka's message timeout);
         the count still queued after that is reported as undelivered."""
+        if self.spec.profile.transaction_records:
+            self._end_transaction(producer, last=True)
         limit = time.monotonic() + MESSAGE_TIMEOUT_MS / 1000 + 10
         while len(producer) and time.monotonic() < limit:
             producer.flush(0.5)
@@ -211,8 +256,12 @@ class ProducerWorker:
             self.failed.append((seq, err.name()))
             return
         now = time.time_ns()
-        self.acked.append(seq)
-        self.acked_bytes += nbytes
+        if self.spec.profile.transaction_records:
+            self.in_txn.append(seq)
+            self.in_txn_bytes += nbytes
+        else:
+            self.acked.append(seq)
+            self.acked_bytes += nbytes
         self.last_ack_ns = now
         self.hist.record((now - sent_ns) // 1000)
 
@@ -262,6 +311,8 @@ class ConsumerWorker:
             # moves to another member resumes right after the last record this one processed.
             "enable.auto.commit": True,
             "auto.commit.interval.ms": 1000,
+            # Stated, though it is librdkafka's default: transactional runs rely on it.
+            "isolation.level": "read_committed",
         }
 
     def run(self, stop: Any) -> None:

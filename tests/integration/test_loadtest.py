@@ -148,3 +148,18 @@ def _topics(cluster: Cluster) -> list[str]:
 
     return list(AdminClient({"bootstrap.servers": cluster.bootstrap}).list_topics(
         timeout=10).topics)
+
+
+def test_transactional_profile(group_cluster: Cluster, tmp_path: Path) -> None:
+    """Transactional producers (every 10th transaction aborted on purpose) and read_committed
+    consumers: every committed record exactly once, no record of an aborted one."""
+    result = _loadtest(group_cluster, tmp_path, "transactional", "--rate", "500",
+                       "--transaction-records", "100", "--abort-every", "4")
+    profile, verification = result["profile"], result["verification"]
+    assert (profile["transaction_records"], profile["abort_every"]) == (100, 4)
+    assert result["ok"] is True and result["errors"]["total"] == 0
+    assert verification["lost"] == 0 and verification["duplicated"] == 0
+    assert verification["aborted"] >= 100 and verification["aborted_consumed"] == 0
+    assert result["produced"]["failure_reasons"] == {"aborted": verification["aborted"]}
+    assert result["consumed"]["unique"] == result["produced"]["acked"] > 0
+    assert verification["out_of_order"] == 0
