@@ -43,7 +43,7 @@ from broker.producers import (
 )
 from broker.storage import cleaner, loader, search
 from broker.storage.config import INLINE_READ_LIMIT, IO_LIMITER, LogConfig, now_ms, topic_partition
-from broker.storage.producer_state import ProducerStateManager
+from broker.storage.producer_state import ProducerStateManager, Snapshot
 from broker.storage.segment import Segment, held
 from kelp import batchcheck, files, recordbatch, records
 from kelp.recordbatch import CorruptBatch
@@ -288,6 +288,7 @@ class PartitionLog:
                     if not segment.retired:
                         self._unsynced[segment.base_offset] = segment
                 self._dir_dirty = self._dir_dirty or sync_dir
+                self._producer_state.write_failed()
                 raise
             finally:
                 self._sync_running = False
@@ -295,7 +296,7 @@ class PartitionLog:
                 done.set()
 
     def _sync_files(self, segments: list[Segment], sync_dir: bool, recovery_point: int,
-                    producer_snapshot: str) -> None:
+                    producer_snapshot: Snapshot) -> None:
         for segment in segments:
             segment.sync()
         if sync_dir:

@@ -110,6 +110,7 @@ class ProducerStateTable:
         self.open_txns: dict[int, int] = {}
         # Aborted transactions in marker order (so sorted by last_offset).
         self.aborted: list[AbortedTxn] = []
+        self.aborted_pruned = False  # forget_below dropped some (their file is rewritten)
 
     # -- transactions -----------------------------------------------------------------------
 
@@ -145,6 +146,7 @@ class ProducerStateTable:
         keep = bisect.bisect_left(self.aborted, log_start, key=lambda txn: txn.last_offset)
         if keep:
             del self.aborted[:keep]
+            self.aborted_pruned = True
 
     def check(self, header: BatchHeader) -> CachedBatch | None:
         """The stored original if ``header`` is a retry of it; None if it is new and in order.
@@ -224,20 +226,17 @@ class ProducerStateTable:
             [b.first_sequence, b.last_sequence, b.base_offset, b.last_offset]
             for b in e.batches]} for pid, e in self.entries.items()}
 
-    def txns_to_json(self) -> dict[str, Any]:
-        return {"open": {str(pid): first for pid, first in self.open_txns.items()},
-                "aborted": [list(txn) for txn in self.aborted]}
+    def open_to_json(self) -> dict[str, int]:
+        return {str(pid): first for pid, first in self.open_txns.items()}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], txns: dict[str, Any] | None = None
-                  ) -> ProducerStateTable:
+    def from_json(cls, data: dict[str, Any], open_txns: dict[str, Any] | None = None,
+                  aborted: list[AbortedTxn] | None = None) -> ProducerStateTable:
         table = cls()
         for pid, entry in data.items():
             table.entries[int(pid)] = ProducerEntry(
                 entry["epoch"], deque((CachedBatch(*b) for b in entry["batches"]),
                                       maxlen=CACHED_BATCHES), entry.get("last_ms", 0))
-        if txns is not None:
-            table.open_txns = {int(pid): int(first) for pid, first in txns["open"].items()}
-            table.aborted = sorted((AbortedTxn(*map(int, txn)) for txn in txns["aborted"]),
-                                   key=lambda txn: txn.last_offset)
+        table.open_txns = {int(pid): int(first) for pid, first in (open_txns or {}).items()}
+        table.aborted = sorted(aborted or [], key=lambda txn: txn.last_offset)
         return table

@@ -29,6 +29,7 @@ import trio
 from kio.schema.errors import ErrorCode
 
 from broker import internal_log
+from broker.group_state import MAX_METADATA_BYTES
 from broker.log import LogConfig, OffsetOutOfRange, PartitionLog, now_ms
 from broker.offsets import Committed, OffsetStore
 from broker.producer_ids import MAX_EPOCH, ProducerIds
@@ -50,6 +51,10 @@ log = logging.getLogger("kelp.broker.transactions")
 EXPIRY_CHECK_S = 60.0
 # A Prepare state whose markers could not be written (a disk error) is retried this often.
 RETRY_S = 1.0
+# Transactional ids kept at most. Past it, the least recently used idle ids are forgotten
+# early (as expiry would forget them); if every id has a transaction open, a new one waits
+# (COORDINATOR_NOT_AVAILABLE, retriable: open transactions end within their timeout).
+MAX_TRANSACTIONAL_IDS = 100_000
 
 
 class TransactionCoordinator:
@@ -57,7 +62,8 @@ class TransactionCoordinator:
                  offsets: OffsetStore, producer_ids: ProducerIds, *,
                  member_error: Callable[[str, int, str, str | None], ErrorCode | None],
                  max_timeout_ms: int = DEFAULT_MAX_TIMEOUT_MS,
-                 id_expiration_ms: int = DEFAULT_ID_EXPIRATION_MS) -> None:
+                 id_expiration_ms: int = DEFAULT_ID_EXPIRATION_MS,
+                 max_ids: int = MAX_TRANSACTIONAL_IDS) -> None:
         self.log = PartitionLog.open(directory, config)
         self.registry = registry
         self.offsets = offsets
@@ -66,6 +72,7 @@ class TransactionCoordinator:
         self.member_error = member_error
         self.max_timeout_ms = max_timeout_ms
         self.id_expiration_ms = id_expiration_ms
+        self.max_ids = max_ids
         self.txns: dict[str, Txn] = {}
         self.by_producer: dict[int, str] = {}
         self._locks: dict[str, trio.Lock] = {}
@@ -148,6 +155,11 @@ class TransactionCoordinator:
         async with self._lock(transactional_id):
             txn = self.txns.get(transactional_id)
             if txn is None:
+                if len(self.txns) >= self.max_ids and not self._forget_idle(
+                        len(self.txns) - self.max_ids + 1):
+                    raise TxnError(ErrorCode.coordinator_not_available,
+                                   f"{len(self.txns)} transactional ids all have a transaction "
+                                   "open; retry once one ends")
                 txn = Txn(transactional_id, await self.producer_ids.allocate(), 0, timeout_ms)
                 self.txns[transactional_id] = txn
                 await self._persist(txn)
@@ -252,8 +264,10 @@ class TransactionCoordinator:
             error = self.member_error(group, generation, member_id, instance_id)
             if error is not None:
                 return dict.fromkeys(offsets, error)
-            results = {tp: ErrorCode.none if self._exists(tp)
-                       else ErrorCode.unknown_topic_or_partition for tp in offsets}
+            results = {tp: ErrorCode.unknown_topic_or_partition if not self._exists(tp)
+                       else ErrorCode.offset_metadata_too_large
+                       if c.metadata is not None and len(c.metadata.encode()) > MAX_METADATA_BYTES
+                       else ErrorCode.none for tp, c in offsets.items()}
             accepted = {tp: c for tp, c in offsets.items() if results[tp] == ErrorCode.none}
             if accepted:
                 txn.offsets.setdefault(group, {}).update(accepted)
@@ -374,14 +388,34 @@ class TransactionCoordinator:
                 log.error("could not end a transaction; retrying", extra={
                     "transactional_id": txn.transactional_id, "error": str(exc)})
 
+    def _forget_idle(self, count: int) -> bool:
+        """Forget the ``count`` least recently used ids with no transaction open (and not
+        locked by a request in flight); False if there are not that many."""
+        def busy(txn: Txn) -> bool:
+            lock = self._locks.get(txn.transactional_id)
+            return lock is not None and lock.locked()
+
+        idle = sorted((txn for txn in self.txns.values() if not txn.state.open
+                       and not busy(txn)),
+                      key=lambda txn: txn.last_update_ms)[:count]
+        if len(idle) < count:
+            return False
+        for txn in idle:
+            self._forget(txn)
+        return True
+
+    def _forget(self, txn: Txn) -> None:
+        del self.txns[txn.transactional_id]
+        self.by_producer.pop(txn.producer_id, None)
+        self._locks.pop(txn.transactional_id, None)
+        self.log.append(internal_log.batch_of([(txn.transactional_id, None)]))
+
     async def _expire_ids(self, now: int) -> None:
         idle = [txn for txn in self.txns.values() if not txn.state.open
                 and now - txn.last_update_ms > self.id_expiration_ms]
         for txn in idle:
-            async with self._lock(txn.transactional_id):
+            lock = self._lock(txn.transactional_id)
+            async with lock:
                 if self.txns.get(txn.transactional_id) is not txn or txn.state.open:
                     continue
-                del self.txns[txn.transactional_id]
-                self.by_producer.pop(txn.producer_id, None)
-                self.log.append(internal_log.batch_of([(txn.transactional_id, None)]))
-            self._locks.pop(txn.transactional_id, None)
+                self._forget(txn)

@@ -85,8 +85,9 @@ async def handle_describe_producers(ctx: GatewayContext, request: Request) -> An
             partition_index=index, error_code=ErrorCode(answer.error_code),
             error_message=answer.error_message or None, active_producers=tuple(
                 state_type(producer_id=p.producer_id, producer_epoch=p.producer_epoch,
-                           last_sequence=p.last_sequence, last_timestamp=-1,
-                           coordinator_epoch=-1, current_txn_start_offset=-1)
+                           last_sequence=p.last_sequence, last_timestamp=p.last_timestamp,
+                           coordinator_epoch=-1,
+                           current_txn_start_offset=p.current_txn_start_offset)
                 for p in answer.producers))
 
     return response_type(throttle_time=datetime.timedelta(0), topics=tuple(

@@ -334,3 +334,53 @@ async def test_compaction_drops_aborted_records_keeps_markers_and_stops_at_the_l
     rebuilt = PartitionLog.open(tmp_path / "c-0", LogConfig(compacted=True))
     assert rebuilt.last_stable_offset == 6  # producer 3's transaction is still open
     rebuilt.close()
+
+
+async def test_transactional_ids_are_bounded(rig: Rig):
+    c = rig.coordinator
+    c.max_ids = 2
+    first, _ = await c.init_producer_id("a", 60_000)
+    second, _ = await c.init_producer_id("b", 60_000)
+    await c.add_partitions("b", second, 0, [("t", 0)])  # "b" has a transaction open
+    await c.init_producer_id("c", 60_000)  # "a", idle and least recent, is forgotten
+    assert c.describe("a") is None and first not in c.by_producer
+    third, _ = await c.init_producer_id("d", 60_000)  # and now "c"
+    assert c.describe("c") is None
+    await c.add_partitions("d", third, 0, [("t", 1)])
+    with pytest.raises(TxnError) as full:  # every id has a transaction open: retry later
+        await c.init_producer_id("e", 60_000)
+    assert full.value.code == ErrorCode.coordinator_not_available
+    rig.reopen()  # the forgotten ids stay forgotten
+    assert sorted(rig.coordinator.txns) == ["b", "d"]
+
+
+async def test_offset_metadata_is_bounded(rig: Rig):
+    c = rig.coordinator
+    pid, epoch = await c.init_producer_id("app", 60_000)
+    await c.add_offsets("app", pid, epoch, "g")
+    assert await c.commit_offsets("app", "g", pid, epoch, -1, "", None, {
+        ("t", 0): Committed(1, -1, "x" * 5000, 0)}) == {
+        ("t", 0): ErrorCode.offset_metadata_too_large}
+
+
+async def test_the_aborted_index_is_appended_and_a_lost_append_costs_only_a_replay(tmp_path):
+    plog = PartitionLog.open(tmp_path / "t-0")
+    for pid in range(1, 6):
+        plog.append(txn_batch(pid, 0))
+        plog.append_marker(pid, 0, ABORT)
+        await plog.wait_durable(plog.append(plain()).write_mark)
+    index = tmp_path / "t-0" / "aborted-txns"
+    assert index.read_text().splitlines() == ["1 0 2", "2 4 6", "3 8 10", "4 12 14",
+                                              "5 16 18"]
+    snapshot = json.loads((tmp_path / "t-0" / "producer-state.json").read_text())
+    assert snapshot["aborted"] == 5 and "1" not in snapshot["open"]
+    expected = plog.aborted_between(0, 100)
+    plog.close()
+    again = PartitionLog.open(tmp_path / "t-0")
+    assert again.aborted_between(0, 100) == expected
+    again.close()
+    # A lost append (the index is not fsynced): the snapshot is not trusted, the log is.
+    index.write_text("1 0 2\n2 4 6\n")
+    again = PartitionLog.open(tmp_path / "t-0")
+    assert again.aborted_between(0, 100) == expected
+    again.close()
