@@ -22,6 +22,9 @@ from kelp.routes import BROKER
 from kelp.rpc.broker import v1 as pb
 
 NO_TIME = datetime.timedelta(0)
+# AddPartitionsToTxn v4+ batches transactions; each is a broker call, so a request may not
+# carry more than this many (INVALID_REQUEST for the whole request).
+MAX_BATCHED_TRANSACTIONS = 1000
 Op, Res = acl.Operation, acl.ResourceType
 # The first version of each API that may answer PRODUCER_FENCED (KIP-588).
 FENCED_SINCE = {apis.ApiKey.ADD_PARTITIONS_TO_TXN: 2, apis.ApiKey.ADD_OFFSETS_TO_TXN: 2,
@@ -79,13 +82,15 @@ async def handle_add_partitions(ctx: GatewayContext, request: Request) -> Any:
 
     if hasattr(body, "transactions"):  # v4+: a batch of transactions (KIP-890)
         result_type = messages.nested(response_type, "AddPartitionsToTxnResult")
+        if len(body.transactions) > MAX_BATCHED_TRANSACTIONS:
+            return response_type(throttle_time=NO_TIME, error_code=ErrorCode.invalid_request,
+                                 results_by_transaction=())
+        results = []
+        for t in body.transactions:
+            results.append(result_type(transactional_id=t.transactional_id, topic_results=await one(
+                t.transactional_id, t.producer_id, t.producer_epoch, t.topics, t.verify_only)))
         return response_type(throttle_time=NO_TIME, error_code=ErrorCode.none,
-                             results_by_transaction=tuple(result_type(
-                                 transactional_id=t.transactional_id,
-                                 topic_results=await one(t.transactional_id, t.producer_id,
-                                                         t.producer_epoch, t.topics,
-                                                         t.verify_only))
-                                 for t in body.transactions))
+                             results_by_transaction=tuple(results))
     return response_type(throttle_time=NO_TIME, results_by_topic_v3_and_below=await one(
         body.v3_and_below_transactional_id, body.v3_and_below_producer_id,
         body.v3_and_below_producer_epoch, body.v3_and_below_topics, False))
