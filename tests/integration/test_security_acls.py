@@ -136,6 +136,38 @@ def test_group_without_read_is_refused(secure: SecureCluster) -> None:
     assert [e.code() for e in errors] == [KafkaError.GROUP_AUTHORIZATION_FAILED]
 
 
+def test_transactions_need_write_on_the_transactional_id(secure: SecureCluster) -> None:
+    topic, tid = unique("tx"), unique("tid")
+    create_topic(secure, topic)
+    create_acls(secure, allow(f"User:{ALICE}", AclOperation.WRITE, ResourceType.TOPIC, topic))
+    alice = secure.librdkafka("SASL_SSL", "SCRAM-SHA-256")
+    refused = Producer({**alice, "transactional.id": tid})
+    with pytest.raises(KafkaException) as denied:
+        refused.init_transactions(15)
+    assert denied.value.args[0].code() == KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+    create_acls(secure, allow(f"User:{ALICE}", AclOperation.WRITE,
+                              ResourceType.TRANSACTIONAL_ID, tid))
+    producer = Producer({**alice, "transactional.id": tid})
+    producer.init_transactions(15)
+    producer.begin_transaction()
+    producer.produce(topic, value=b"in a transaction")
+    producer.commit_transaction(15)
+    # Offsets in a transaction need READ on the group as well.
+    producer.begin_transaction()
+    producer.produce(topic, value=b"with offsets")
+    from confluent_kafka import TopicPartition
+    from confluent_kafka.cimpl import Consumer as RawConsumer
+
+    group = unique("g")
+    metadata = RawConsumer({**alice, "group.id": group}).consumer_group_metadata()
+    with pytest.raises(KafkaException) as no_group:
+        producer.send_offsets_to_transaction([TopicPartition(topic, 0, 1)], metadata, 15)
+    assert no_group.value.args[0].code() == KafkaError.GROUP_AUTHORIZATION_FAILED
+    admin = secure.librdkafka("SASL_SSL", user=ADMIN, password=ADMIN_PASSWORD)
+    assert consume({**admin, "isolation.level": "read_committed"}, topic, unique("g"), 1)[0] \
+        == [b"in a transaction"]
+
+
 def test_prefixed_grants_cover_every_name_with_the_prefix(secure: SecureCluster) -> None:
     prefix = unique("team") + "-"
     topic, group = prefix + "orders", prefix + "readers"
