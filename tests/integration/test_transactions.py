@@ -330,3 +330,54 @@ def test_exactly_once_through_broker_sigkills(own_cluster: Cluster, topic_name: 
     for partition in (0, 1):  # each partition in production order
         numbers = [int(v.split(b"-")[0][3:]) for v in seen[partition]]
         assert numbers == sorted(numbers)
+
+
+def test_commit_and_abort_loop_aiokafka(cluster: Cluster, topic_name: str) -> None:
+    """aiokafka asks the oldest versions (InitProducerId, AddPartitionsToTxn, EndTxn v0)."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from aiokafka import TopicPartition as ATopicPartition
+
+    create(cluster.bootstrap, topic_name, 2)
+
+    async def main() -> tuple[list[bytes], list[bytes], list[bytes]]:
+        producer = AIOKafkaProducer(bootstrap_servers=cluster.bootstrap,
+                                    transactional_id=f"{topic_name}-aio")
+        await producer.start()
+        committed: list[bytes] = []
+        try:
+            for txn in range(4):
+                await producer.begin_transaction()
+                for i, value in enumerate(values(txn, 10)):
+                    await producer.send_and_wait(topic_name, value=value, partition=i % 2)
+                    if txn % 2 == 0:
+                        committed.append(value)
+                if txn % 2 == 0:
+                    await producer.commit_transaction()
+                else:
+                    await producer.abort_transaction()
+        finally:
+            await producer.stop()
+        seen = {}
+        for isolation in ("read_committed", "read_uncommitted"):
+            consumer = AIOKafkaConsumer(bootstrap_servers=cluster.bootstrap,
+                                        isolation_level=isolation, enable_auto_commit=False)
+            await consumer.start()
+            try:
+                consumer.assign([ATopicPartition(topic_name, p) for p in (0, 1)])
+                await consumer.seek_to_beginning()
+                got: list[bytes] = []
+                while True:
+                    batches = await consumer.getmany(timeout_ms=1500)
+                    if not batches:
+                        break
+                    got += [m.value for msgs in batches.values() for m in msgs]
+                seen[isolation] = got
+            finally:
+                await consumer.stop()
+        return committed, seen["read_committed"], seen["read_uncommitted"]
+
+    committed, read_committed, read_uncommitted = asyncio.run(main())
+    assert sorted(read_committed) == sorted(committed) and len(committed) == 20
+    assert len(read_uncommitted) == 40
