@@ -6,6 +6,8 @@ A broker built without a coordinator (unit tests) answers them UNIMPLEMENTED.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from kio.schema.errors import ErrorCode
@@ -35,17 +37,11 @@ class TxnCalls:
                 verify_only=r.verify_only)
         except TxnError as exc:
             return pb.AddPartitionsToTxnReply(error_code=exc.code)
-        return pb.AddPartitionsToTxnReply(results=[
-            pb.CommittedOffset(topic=t, partition=p, error_code=code)
-            for (t, p), code in results.items()])
+        return pb.AddPartitionsToTxnReply(results=_results(results))
 
     async def add_offsets_to_txn(self, r: pb.AddOffsetsToTxnRequest) -> pb.TxnReply:
-        try:
-            await self._txns.add_offsets(r.transactional_id, r.producer_id, r.producer_epoch,
-                                         r.group_id)
-        except TxnError as exc:
-            return pb.TxnReply(error_code=exc.code, error_message=str(exc))
-        return pb.TxnReply()
+        return await _reply(self._txns.add_offsets(r.transactional_id, r.producer_id,
+                                                   r.producer_epoch, r.group_id))
 
     async def txn_offset_commit(self, r: pb.TxnOffsetCommitRequest
                                 ) -> pb.TxnOffsetCommitReply:
@@ -58,17 +54,11 @@ class TxnCalls:
                 r.generation_id, r.member_id, r.group_instance_id, offsets)
         except TxnError as exc:
             results = dict.fromkeys(offsets, exc.code)
-        return pb.TxnOffsetCommitReply(results=[
-            pb.CommittedOffset(topic=t, partition=p, error_code=code)
-            for (t, p), code in results.items()])
+        return pb.TxnOffsetCommitReply(results=_results(results))
 
     async def end_txn(self, r: pb.EndTxnRequest) -> pb.TxnReply:
-        try:
-            await self._txns.end_txn(r.transactional_id, r.producer_id, r.producer_epoch,
-                                     r.committed)
-        except TxnError as exc:
-            return pb.TxnReply(error_code=exc.code, error_message=str(exc))
-        return pb.TxnReply()
+        return await _reply(self._txns.end_txn(r.transactional_id, r.producer_id,
+                                               r.producer_epoch, r.committed))
 
     async def describe_transactions(self, r: pb.DescribeTransactionsRequest
                                     ) -> pb.DescribeTransactionsReply:
@@ -85,6 +75,19 @@ class TxnCalls:
                                 ) -> pb.ListTransactionsReply:
         listed = self._txns.list(set(r.states), set(r.producer_ids), r.min_duration_ms)
         return pb.ListTransactionsReply(transactions=[_state(txn) for txn in listed])
+
+
+async def _reply(call: Awaitable[None]) -> pb.TxnReply:
+    try:
+        await call
+    except TxnError as exc:
+        return pb.TxnReply(error_code=exc.code, error_message=str(exc))
+    return pb.TxnReply()
+
+
+def _results(results: dict[tuple[str, int], ErrorCode]) -> list[pb.CommittedOffset]:
+    return [pb.CommittedOffset(topic=t, partition=p, error_code=code)
+            for (t, p), code in results.items()]
 
 
 def _state(txn: Txn) -> pb.TransactionState:

@@ -38,6 +38,16 @@ def _code(code: int, request: Request) -> ErrorCode:
     return error
 
 
+async def _txn_call(ctx: GatewayContext, request: Request, route: Any, message: Any
+                    ) -> ErrorCode:
+    """The error of a broker transaction call answering a ``TxnReply``."""
+    try:
+        reply = await ctx.broker.call(route, message)
+    except BrokerUnavailable:
+        return ErrorCode.coordinator_not_available
+    return _code(reply.error_code, request)
+
+
 def _may_write_id(ctx: GatewayContext, transactional_id: str) -> bool:
     return ctx.security.allows(Op.WRITE, Res.TRANSACTIONAL_ID, transactional_id)
 
@@ -104,13 +114,10 @@ async def handle_add_offsets(ctx: GatewayContext, request: Request) -> Any:
     elif not ctx.security.allows(Op.READ, Res.GROUP, body.group_id):
         error = ErrorCode.group_authorization_failed
     else:
-        try:
-            reply = await ctx.broker.call(BROKER.add_offsets_to_txn, pb.AddOffsetsToTxnRequest(
-                transactional_id=body.transactional_id, producer_id=body.producer_id,
-                producer_epoch=body.producer_epoch, group_id=body.group_id))
-            error = _code(reply.error_code, request)
-        except BrokerUnavailable:
-            error = ErrorCode.coordinator_not_available
+        error = await _txn_call(ctx, request, BROKER.add_offsets_to_txn,
+                                pb.AddOffsetsToTxnRequest(
+            transactional_id=body.transactional_id, producer_id=body.producer_id,
+            producer_epoch=body.producer_epoch, group_id=body.group_id))
     return response_type(throttle_time=NO_TIME, error_code=error)
 
 
@@ -163,13 +170,9 @@ async def handle_end_txn(ctx: GatewayContext, request: Request) -> Any:
     """EndTxn (WRITE on the id is checked for the whole request in ``gateway.access``)."""
     body = request.body
     response_type = messages.response_type(apis.ApiKey.END_TXN, request.version)
-    try:
-        reply = await ctx.broker.call(BROKER.end_txn, pb.EndTxnRequest(
-            transactional_id=body.transactional_id, producer_id=body.producer_id,
-            producer_epoch=body.producer_epoch, committed=body.committed))
-        error = _code(reply.error_code, request)
-    except BrokerUnavailable:
-        error = ErrorCode.coordinator_not_available
+    error = await _txn_call(ctx, request, BROKER.end_txn, pb.EndTxnRequest(
+        transactional_id=body.transactional_id, producer_id=body.producer_id,
+        producer_epoch=body.producer_epoch, committed=body.committed))
     return response_type(throttle_time=NO_TIME, error_code=error)
 
 
