@@ -274,8 +274,13 @@ def test_exactly_once_through_broker_sigkills(own_cluster: Cluster, topic_name: 
                     for i, value in enumerate(values(txn, per_txn)):
                         producer.produce(topic_name, value=value, partition=i % 2)
                     outcomes[txn] = "unknown"
-                    producer.commit_transaction(60)
-                    outcomes[txn] = "committed"
+                    if txn % 5 == 4:  # some are aborted on purpose, kills or not
+                        producer.flush(60)
+                        producer.abort_transaction(60)
+                        outcomes[txn] = "aborted"
+                    else:
+                        producer.commit_transaction(60)
+                        outcomes[txn] = "committed"
                 except KafkaException as exc:
                     error = exc.args[0]
                     if error.txn_requires_abort():

@@ -384,3 +384,29 @@ async def test_the_aborted_index_is_appended_and_a_lost_append_costs_only_a_repl
     again = PartitionLog.open(tmp_path / "t-0")
     assert again.aborted_between(0, 100) == expected
     again.close()
+
+
+def test_the_internal_log_replay_skips_what_it_cannot_read(tmp_path):
+    """The replay the offsets log and the transaction log share: records in log order,
+    tombstones as None, unreadable ones skipped and counted, a torn tail truncated first."""
+    plog = PartitionLog.open(tmp_path / "@internal")  # not compacted: takes a null key
+    plog.append(internal_log.batch_of([("a", {"n": 1}), (["k", 2], [1, 2])]))
+    plog.append(records.build_batch([(b"not json", b"{}"), (None, b"{}")], 0))
+    plog.append(internal_log.batch_of([("a", None), ("b", {"n": 2})]))
+    plog.close()
+    with open(tmp_path / "@internal" / "00000000000000000000.log", "ab") as torn:
+        torn.write(b"\x00" * 30)  # half a batch header: a crash mid-write
+    plog = PartitionLog.open(tmp_path / "@internal")
+    seen: list[tuple[object, object]] = []
+
+    def apply(key: object, value: object) -> None:
+        if key == "b" and value == {"n": 2}:
+            seen.append((key, value))
+            return
+        if not isinstance(key, (str, list)):
+            raise TypeError("bad key")
+        seen.append((key, value))
+
+    assert internal_log.replay(plog, apply, "test") == 2  # the unparsable key, the null key
+    assert seen == [("a", {"n": 1}), (["k", 2], [1, 2]), ("a", None), ("b", {"n": 2})]
+    plog.close()
