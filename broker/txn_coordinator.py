@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -102,8 +102,19 @@ class TransactionCoordinator:
         if durable:
             await self.log.wait_durable(result.write_mark)
 
-    def _lock(self, transactional_id: str) -> trio.Lock:
-        return self._locks.setdefault(transactional_id, trio.Lock())
+    @contextlib.asynccontextmanager
+    async def _locked(self, transactional_id: str) -> AsyncIterator[None]:
+        """Hold the id's lock; a lock of an id that is not kept goes when nobody needs it, so
+        requests naming ids that do not exist cannot pile locks up."""
+        lock = self._locks.setdefault(transactional_id, trio.Lock())
+        try:
+            async with lock:
+                yield
+        finally:
+            if transactional_id not in self.txns and not lock.locked() and \
+                    not lock.statistics().tasks_waiting and \
+                    self._locks.get(transactional_id) is lock:
+                del self._locks[transactional_id]
 
     def _known(self, transactional_id: str) -> Txn:
         txn = self.txns.get(transactional_id)
@@ -152,7 +163,7 @@ class TransactionCoordinator:
             raise TxnError(ErrorCode.invalid_transaction_timeout,
                            f"transaction.timeout.ms {timeout_ms} is not within 1.."
                            f"{self.max_timeout_ms} (transaction.max.timeout.ms)")
-        async with self._lock(transactional_id):
+        async with self._locked(transactional_id):
             txn = self.txns.get(transactional_id)
             if txn is None:
                 if len(self.txns) >= self.max_ids and not self._forget_idle(
@@ -201,7 +212,7 @@ class TransactionCoordinator:
         """Add partitions to the open transaction (opening one); raises TxnError for the
         whole request (fenced, unknown id, a transaction still completing)."""
         wanted = list(dict.fromkeys(wanted))
-        async with self._lock(transactional_id):
+        async with self._locked(transactional_id):
             txn = self._known(transactional_id)
             txn.check_producer(producer_id, epoch)
             if verify_only:
@@ -233,7 +244,7 @@ class TransactionCoordinator:
 
     async def add_offsets(self, transactional_id: str, producer_id: int, epoch: int,
                           group: str) -> None:
-        async with self._lock(transactional_id):
+        async with self._locked(transactional_id):
             txn = self._known(transactional_id)
             txn.check_producer(producer_id, epoch)
             if txn.state is TxnState.ONGOING and group in txn.groups:
@@ -249,7 +260,7 @@ class TransactionCoordinator:
                              ) -> dict[TopicPartition, ErrorCode]:
         """TxnOffsetCommit: offsets that become the group's committed offsets when (and only
         if) the transaction commits."""
-        async with self._lock(transactional_id):
+        async with self._locked(transactional_id):
             txn = self._known(transactional_id)
             try:
                 txn.check_producer(producer_id, epoch)
@@ -281,7 +292,7 @@ class TransactionCoordinator:
         Raises TxnError: fenced, or the outcome asked differs from the one that already
         happened (a timeout aborted it: INVALID_TXN_STATE for a commit).
         """
-        async with self._lock(transactional_id):
+        async with self._locked(transactional_id):
             txn = self._known(transactional_id)
             done = TxnState.COMPLETE_COMMIT if commit else TxnState.COMPLETE_ABORT
             if producer_id == txn.producer_id and epoch == txn.last_producer_epoch \
@@ -372,7 +383,7 @@ class TransactionCoordinator:
                 await self._changed.wait()
 
     async def _end_in_background(self, txn: Txn) -> None:
-        async with self._lock(txn.transactional_id):
+        async with self._locked(txn.transactional_id):
             if self.txns.get(txn.transactional_id) is not txn:
                 return
             try:
@@ -414,8 +425,7 @@ class TransactionCoordinator:
         idle = [txn for txn in self.txns.values() if not txn.state.open
                 and now - txn.last_update_ms > self.id_expiration_ms]
         for txn in idle:
-            lock = self._lock(txn.transactional_id)
-            async with lock:
+            async with self._locked(txn.transactional_id):
                 if self.txns.get(txn.transactional_id) is not txn or txn.state.open:
                     continue
                 self._forget(txn)

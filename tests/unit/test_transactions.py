@@ -410,3 +410,11 @@ def test_the_internal_log_replay_skips_what_it_cannot_read(tmp_path):
     assert internal_log.replay(plog, apply, "test") == 2  # the unparsable key, the null key
     assert seen == [("a", {"n": 1}), (["k", 2], [1, 2]), ("a", None), ("b", {"n": 2})]
     plog.close()
+
+
+async def test_requests_for_unknown_ids_leave_no_lock_behind(rig: Rig):
+    c = rig.coordinator
+    for n in range(100):
+        with pytest.raises(TxnError):
+            await c.end_txn(f"ghost-{n}", 1, 0, commit=True)
+    assert c._locks == {}
