@@ -142,7 +142,8 @@ class PartitionLog:
         """read_committed readers read below this: the first offset of the oldest open
         transaction, or the high-water mark."""
         first = self.producers.first_unstable_offset()
-        return self.high_watermark if first is None else first
+        # Retention may have deleted an open transaction's first batches: never below the start.
+        return self.high_watermark if first is None else max(first, self._log_start)
 
     def aborted_between(self, start: int, end: int) -> list[AbortedTxn]:
         return self.producers.aborted_between(start, end)

@@ -418,3 +418,13 @@ async def test_requests_for_unknown_ids_leave_no_lock_behind(rig: Rig):
         with pytest.raises(TxnError):
             await c.end_txn(f"ghost-{n}", 1, 0, commit=True)
     assert c._locks == {}
+
+
+async def test_the_last_stable_offset_never_falls_below_the_log_start(tmp_path):
+    plog = PartitionLog.open(tmp_path / "t-0")
+    plog.append(txn_batch(7, 0))          # 0-1, left open
+    plog._roll()
+    plog.append(plain())                  # 2
+    await plog.delete_records(2)
+    assert plog.log_start_offset == 2 and plog.last_stable_offset == 2
+    plog.close()
