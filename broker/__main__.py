@@ -10,6 +10,7 @@ from pathlib import Path
 
 import trio
 
+from broker import metrics as broker_metrics
 from broker.broker_configs import BrokerConfigs, check_broker_value
 from broker.config_service import defaults_of
 from broker.configs import InvalidConfig
@@ -23,6 +24,7 @@ from broker.topics import TopicRegistry
 from broker.txn_coordinator import TransactionCoordinator
 from broker.ucx_export import LEASE_MS, UcxExporter
 from kelp import cluster_token, debug, grpc, httpd, logs, process
+from kelp import metrics as kelp_metrics
 from kelp.address import parse_host_port
 
 log = logging.getLogger("kelp.broker")
@@ -198,10 +200,8 @@ async def serve(args: argparse.Namespace) -> None:
                                     "partitions": registry.partition_count(),
                                     **service.counters(), **exporter.health()})
 
-    async def metrics(request: httpd.Request) -> httpd.Response:
-        lines = [f"kelp_broker_{name} {value}" for name, value in service.counters().items()]
-        lines.append(f"kelp_broker_topics {len(registry.topics)}")
-        return httpd.Response.text("\n".join(lines) + "\n")
+    metrics_route = kelp_metrics.route(broker_metrics.state(
+        registry, store, transactions, service.counters))
 
     grpc_address = grpc.Address.parse(args.grpc)
     token = None
@@ -230,7 +230,7 @@ async def serve(args: argparse.Namespace) -> None:
                 data_routes = {path: _with_token(handler, token)
                                for path, handler in data_routes.items()}
             routes: dict[str, httpd.Handler | httpd.Route] = {
-                "/health": health, "/metrics": metrics, **data_routes}
+                "/health": health, "/metrics": metrics_route, **data_routes}
             if args.faults.get("ucx-stop-endpoint"):
                 routes["/debug/ucx-stop"] = httpd.Route(stop_ucx, frozenset({"POST"}))
             await nursery.start(httpd.serve_http, routes, http_host, http_port)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from pathlib import Path
 import trio
 from kio.schema.errors import ErrorCode
 
+from broker import metrics
 from broker.producers import (
     AbortedTxn,
     ProducerError,
@@ -136,6 +138,11 @@ class PartitionLog:
     @property
     def producers(self) -> ProducerStateTable:
         return self._producer_state.table
+
+    @property
+    def unflushed_bytes(self) -> int:
+        """Bytes written and not yet known to be fdatasync'ed."""
+        return self._written - self._synced
 
     @property
     def last_stable_offset(self) -> int:
@@ -281,8 +288,11 @@ class PartitionLog:
                 with contextlib.ExitStack() as holds, self._writing():
                     for segment in segments:
                         holds.enter_context(held(segment))
+                    started = time.perf_counter()
                     await trio.to_thread.run_sync(self._sync_files, segments, sync_dir,
                                                   recovery_point, snapshot, limiter=IO_LIMITER)
+                    metrics.FSYNC_SECONDS.observe(time.perf_counter() - started)
+                metrics.GROUP_COMMIT_BYTES.observe(max(target - self._synced, 0))
                 self._synced = max(self._synced, target)
             except BaseException:
                 for segment in segments:  # not durable: the next sync must retry them

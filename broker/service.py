@@ -16,6 +16,7 @@ import grpclib.const
 import trio
 from kio.schema.errors import ErrorCode
 
+from broker import metrics
 from broker.broker_configs import BrokerConfigs
 from broker.config_service import ConfigCalls, QuotaCalls
 from broker.exports import ExportCalls, Exports
@@ -130,6 +131,7 @@ class BrokerService(DataStreams, GroupCalls, TxnCalls, ConfigCalls, QuotaCalls, 
             assert name is not None
             try:
                 topic = await self.registry.delete(name)
+                metrics.forget_topic(name)
                 results.append(pb.TopicResult(name=name, topic_id=topic.topic_id.bytes))
             except TopicError as exc:
                 results.append(pb.TopicResult(name=name, error_code=exc.code,

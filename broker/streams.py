@@ -14,6 +14,7 @@ from typing import Any
 import trio
 from kio.schema.errors import ErrorCode
 
+from broker import metrics
 from broker.log import MessageTooLarge, OffsetOutOfRange
 from broker.producers import ProducerError
 from broker.topics import TopicError, TopicRegistry
@@ -56,6 +57,8 @@ class DataStreams:
                         await trio.sleep(self.append_delay_s)
                     # Written here, in arrival order; only the wait for fsync is a task.
                     reply, durable = self._append(request)
+                    if reply.error_code:
+                        metrics.APPEND_ERRORS.labels(ErrorCode(reply.error_code).name).inc()
                     if durable is None:
                         # acks=0 gets a reply too (its Kafka client gets none): the gateway
                         # counts appends outstanding to bound its backlog.
@@ -103,6 +106,9 @@ class DataStreams:
             log.error("append failed", extra={"topic": request.topic, "error": str(exc)})
             reply.error_code, reply.error_message = ErrorCode.kafka_storage_error, str(exc)
             return reply, None
+        metrics.PRODUCED_BYTES.labels(request.topic).inc(len(request.records))
+        metrics.PRODUCED_RECORDS.labels(request.topic).inc(result.last_offset -
+                                                           result.base_offset + 1)
         reply.base_offset = result.base_offset
         reply.log_append_time = result.log_append_time
         reply.log_start_offset = plog.log_start_offset
@@ -249,6 +255,10 @@ class DataStreams:
                                            end=stable if committed_only else None)
                     out.records = read.records
                     out.high_watermark = read.high_watermark
+                    if read.records:
+                        metrics.FETCHED_BYTES.labels(part.topic).inc(len(read.records))
+                        metrics.FETCHED_RECORDS.labels(part.topic).inc(
+                            metrics.records_in(read.records))
                     budget -= len(read.records)
                     if committed_only and read.records:
                         out.aborted = [pb.AbortedTransaction(producer_id=txn.producer_id,

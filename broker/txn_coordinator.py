@@ -28,7 +28,7 @@ from typing import Any
 import trio
 from kio.schema.errors import ErrorCode
 
-from broker import internal_log
+from broker import internal_log, metrics
 from broker.group_state import MAX_METADATA_BYTES
 from broker.log import LogConfig, OffsetOutOfRange, PartitionLog, now_ms
 from broker.offsets import Committed, OffsetStore
@@ -335,6 +335,7 @@ class TransactionCoordinator:
         txn.partitions, txn.offsets, txn.groups = set(), {}, set()
         # Not waited for: lost, the durable Prepare state completes the same way again.
         await self._persist(txn, durable=False)
+        metrics.TRANSACTIONS.labels("commit" if commit else "abort").inc()
         log.info("transaction ended", extra={"transactional_id": txn.transactional_id,
                                              "outcome": "commit" if commit else "abort"})
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import logging
 import ssl
+import time
 from functools import partial
 from pathlib import Path
 
 import trio
 
 from gateway import listeners
+from gateway import metrics as gateway_metrics
 from gateway.broker_client import BrokerClient
 from gateway.context import GatewayConfig, GatewayContext
 from gateway.listeners import Listener, ListenerError, PrincipalRules, TlsContexts, TlsFiles
@@ -19,6 +21,7 @@ from gateway.sasl import MECHANISMS
 from gateway.security import RegistryUsers
 from gateway.server import KafkaServer
 from kelp import acl, cluster_token, debug, grpc, http, httpd, logs, process
+from kelp import metrics as kelp_metrics
 from kelp.process import count_tasks
 from registry import api as registry_api
 from registry.api import RegistryApi
@@ -181,6 +184,24 @@ def kafka_listeners(args: argparse.Namespace) -> list[Listener]:
                            args.listener_security_protocol_map)
 
 
+def _timed(route: httpd.Handler | httpd.Route) -> httpd.Handler | httpd.Route:
+    """A registry route whose requests are counted and timed (method, status)."""
+    handler = route.handler if isinstance(route, httpd.Route) else route
+
+    async def timed(request: httpd.Request) -> httpd.Response:
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        finally:
+            gateway_metrics.REGISTRY_REQUESTS.labels(request.method, str(status)).observe(
+                time.perf_counter() - started)
+
+    return httpd.Route(timed, route.methods) if isinstance(route, httpd.Route) else timed
+
+
 async def serve(args: argparse.Namespace) -> None:
     http_host, http_port = process.split_host_port(args.http)
     broker_tls = (grpc.client_tls(args.broker_tls_cafile)
@@ -246,14 +267,27 @@ async def serve(args: argparse.Namespace) -> None:
                     seen.setdefault(client, {})[api] = version
             return httpd.Response.json(seen)
 
+        def gateway_state() -> kelp_metrics.Gauges:
+            now = {"connections": server.connections, "requests_in_flight": server.inflight,
+                   "request_pool_used_bytes": ctx.request_pool.used,
+                   "fetch_pool_used_bytes": ctx.fetch_pool.used,
+                   "sasl_authentications": ctx.security.authentications,
+                   "sasl_failures": ctx.security.authentication_failures,
+                   "tls_failures": server.tls_failures,
+                   "protocol_errors": server.protocol_errors, "tasks": count_tasks()}
+            return {f"kelp_gateway_{name}": (f"Now: {name.replace('_', ' ')}.", (),
+                                             [((), value)]) for name, value in now.items()}
+
         routes: dict[str, httpd.Handler | httpd.Route] = {
-            "/health": health, "/debug/versions": versions}
+            "/health": health, "/debug/versions": versions,
+            "/metrics": kelp_metrics.route(gateway_state)}
         if not args.no_registry:
             registry = SchemaRegistry(RegistryBrokerLink(broker), Identity("", 0),
                                       topic=args.schemas_topic, group=args.registry_group)
             users = (RegistryUsers(ctx.security, args.schemas_topic) if args.registry_auth
                      else None)
-            routes.update(RegistryApi(registry, http_client, auth=users).routes())
+            routes.update({path: _timed(route) for path, route in RegistryApi(
+                registry, http_client, auth=users).routes().items()})
             ctx.registry_state = registry.state
             ctx.owned_topics[args.schemas_topic] = frozenset({args.registry_principal})
         http_bound = await nursery.start(partial(

@@ -18,13 +18,14 @@ import errno
 import inspect
 import logging
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
 from kio.schema.errors import ErrorCode
 
-from gateway import access, quotas
+from gateway import access, metrics, quotas
 from gateway.broker_client import BrokerUnavailable
 from gateway.context import (
     DropConnection,
@@ -434,10 +435,17 @@ class KafkaServer:
                         slot: _Slot, peer: str, connection_scope: trio.CancelScope,
                         budget: _Budget, after: trio.Event | None = None) -> None:
         self.inflight += 1
+        started = time.perf_counter()
+        api = apis.api_name(request.api_key)
         try:
             if after is not None:
                 await after.wait()  # the connection's previous ORDERED request is answered
             body = await pending
+            metrics.REQUESTS.labels(api).inc()
+            metrics.REQUEST_SECONDS.labels(api).observe(time.perf_counter() - started)
+            error = getattr(body, "error_code", None)
+            if error:
+                metrics.REQUEST_ERRORS.labels(api, getattr(error, "name", str(error))).inc()
             encoded = None
             if request.api_key in QUOTA_KEYS and self.ctx.quotas.entries:
                 body, delay, encoded = self._apply_quota(kafka, request, body)
@@ -451,6 +459,7 @@ class KafkaServer:
                 throttle = getattr(body, "throttle_time", None)
                 if throttle:
                     self.throttled += 1
+                    metrics.THROTTLED.labels(api).inc()
                     budget.mute_for(throttle.total_seconds())
         except DropConnection:
             connection_scope.cancel()

@@ -23,7 +23,7 @@ from typing import Any
 
 import trio
 
-from kelp import __version__, grpc, http, httpd, process
+from kelp import __version__, grpc, http, httpd, metrics, process
 from kelp.reads import MAX_READ_BYTES, BadReadRequest, parse_read_request
 from kelp.routes import SIDECAR
 from kelp.rpc.sidecar import v1 as sidecar_pb
@@ -31,6 +31,10 @@ from rdma.pool import Account, ReleaseRefused
 from rdma.reader import Fetched, Reader, ReaderConfig, ReadFailed
 
 log = logging.getLogger("kelp.sidecar")
+
+# The buffer pool's figures that are its state now, not counts (Prometheus gauges).
+POOL_GAUGES = frozenset({"buffers", "buffers_free", "buffers_lent", "buffers_ucx_pending",
+                         "buffer_waiters", "clients"})
 
 PING_TIMEOUT_S = 2.0
 # The largest single /read; a bigger range is the caller's to split (the mount reads chunks).
@@ -255,8 +259,22 @@ class Sidecar(sidecar_pb.SidecarBase):
         routes: Mapping[str, httpd.Handler] = {
             "/health": self.http_health, "/stats": self.http_stats, "/ping": self.http_ping,
             "/capabilities": self.http_capabilities, "/read": self.http_read,
+            "/metrics": metrics.route(self.metrics_state),
         }
         return {path: self._counted(handler) for path, handler in routes.items()}
+
+    def metrics_state(self) -> metrics.Gauges:
+        """The sidecar's counters for Prometheus: cumulative ones as counters, the buffer
+        pool's occupancy as gauges."""
+        gauges: metrics.Gauges = {}
+        for name, value in self.all_counters().items():
+            if name in POOL_GAUGES:
+                gauges[f"kelp_sidecar_{name}"] = (f"Now: {name.replace('_', ' ')}.", (),
+                                                  [((), value)])
+            else:
+                gauges[f"kelp_sidecar_{name}_total"] = (f"Count of {name.replace('_', ' ')}.",
+                                                        (), [((), value)])
+        return gauges
 
     def _counted(self, handler: httpd.Handler) -> httpd.Handler:
         async def counted(request: httpd.Request) -> httpd.Response:
@@ -280,7 +298,8 @@ class Sidecar(sidecar_pb.SidecarBase):
             "zero_copy": True,
             "grpc_socket": str(self.config.socket),
             "grpc_methods": sorted(route.path.rsplit("/", 1)[1] for route in SIDECAR),
-            "http_endpoints": ["/capabilities", "/health", "/ping", "/read", "/stats"],
+            "http_endpoints": ["/capabilities", "/health", "/metrics", "/ping", "/read",
+                               "/stats"],
             "file_id_format": "<volume>,<needle hex><cookie 8 hex>",
         })
 
