@@ -145,6 +145,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="ACLs of a cluster: list, add, remove (kelp acl --help)")
     sub.add_parser("loadtest", add_help=False,
                    help="load-test a running kelp (kelp loadtest --help)")
+    for name, text in (("topic", "topics: list, describe, create, delete, alter-config, "
+                                 "add-partitions"),
+                       ("produce", "write records from a file or standard input"),
+                       ("consume", "read records (from an offset, a time or a group; "
+                                   "--follow)"),
+                       ("group", "consumer groups: list, describe with lag, reset-offsets, "
+                                 "delete"),
+                       ("registry", "Schema Registry: subjects, get, register, check, config"),
+                       ("cluster", "cluster info and health"),
+                       ("completion", "shell completion script (bash, zsh, fish)")):
+        sub.add_parser(name, add_help=False, help=f"{text} (kelp {name} --help)")
     up.add_argument("--data-dir", type=Path, default=Path(".kelp/data"))
     up.add_argument("--run-dir", type=Path, default=Path(".kelp/run"))
     up.add_argument("--kafka", default="127.0.0.1:9092", help="Kafka listener")
@@ -172,6 +183,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+# Commands served by ``kelp.ops`` (click): daily work on a running cluster.
+OPS_COMMANDS = ("topic", "produce", "consume", "group", "registry", "cluster", "completion")
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["mount"]:  # its own parser (and pyfuse3, an optional dependency)
@@ -183,6 +198,11 @@ def main(argv: list[str] | None = None) -> None:
         from kelp.admin_cli import main as admin_main
 
         sys.exit(admin_main(argv))
+    if (argv[:1] and argv[0] in OPS_COMMANDS) or "_KELP_COMPLETE" in os.environ:
+        from kelp.ops import main as ops_main  # click + rich: topics, records, groups, ...
+
+        ops_main(argv)
+        return
     if argv[:1] == ["loadtest"]:  # its own parser too (python -m kelp.loadtest is the same)
         from kelp.loadtest import main as loadtest_main
 
