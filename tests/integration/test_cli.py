@@ -110,7 +110,7 @@ def test_registry_avro_and_cluster(cluster: Cluster, topic_name: str, tmp_path: 
     got = lines_json(cluster, "consume", topic_name, "--from-beginning")
     assert [r["value"] for r in got] == [{"name": "ada", "age": 36}, {"name": "alan", "age": 41}]
     raw = lines_json(cluster, "consume", topic_name, "--from-beginning", "--no-decode")
-    assert all(isinstance(r["value"], dict) and "base64" in r["value"] or
+    assert all((isinstance(r["value"], dict) and "base64" in r["value"]) or
                isinstance(r["value"], str) for r in raw)  # bytes, not the record
 
     subject = f"{topic_name}-value"
