@@ -111,6 +111,7 @@ def test_registry_avro_and_cluster(cluster: Cluster, topic_name: str, tmp_path: 
     got = lines_json(cluster, "consume", topic_name, "--from-beginning")
     assert [r["value"] for r in got] == [{"name": "ada", "age": 36}, {"name": "alan", "age": 41}]
     raw = lines_json(cluster, "consume", topic_name, "--from-beginning", "--no-decode")
+    assert len(raw) == 2
     for record in raw:  # the wire format as it is: magic byte 0, schema id, Avro bytes
         value = record["value"]
         assert (value.startswith("\x00") if isinstance(value, str)
