@@ -94,3 +94,20 @@ def test_the_image_contains_every_module_a_service_runs() -> None:
         module = _command(name)[2]
         assert module in copied, f"{name}: compose/Dockerfile does not COPY {module}/"
         assert (REPO / module / "__main__.py").exists()
+
+
+def test_prometheus_scrapes_each_process_on_its_http_port() -> None:
+    """compose/prometheus.yml's targets are the services' --http ports, by service name."""
+    config = yaml.safe_load((REPO / "compose" / "prometheus.yml").read_text())
+    targets = {target for job in config["scrape_configs"]
+               for group in job["static_configs"] for target in group["targets"]}
+    wanted = set()
+    for name in ("broker", "gateway", "sidecar"):
+        command = _command(name)
+        port = command[command.index("--http") + 1].rsplit(":", 1)[1]
+        wanted.add(f"{name}:{port}")
+    assert targets == wanted
+    monitoring = yaml.safe_load((REPO / "compose" / "monitoring.yaml").read_text())
+    grafana = monitoring["services"]["grafana"]["volumes"]
+    assert "./grafana/dashboards:/var/lib/grafana/dashboards:ro" in grafana
+    assert (REPO / "compose" / "grafana" / "dashboards" / "kelp.json").is_file()

@@ -6,6 +6,7 @@ requests per API with their errors and latency, registry request latency, sideca
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.request
 from pathlib import Path
@@ -14,7 +15,7 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.kelp_procs import Cluster
+from tests.kelp_procs import REPO, Cluster
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -115,3 +116,26 @@ def test_sidecar_metrics(cluster: Cluster, tmp_path: Path) -> None:
         assert ("kelp_sidecar_fallback_reads_total", ()) in sidecar
     finally:
         proc.stop()
+
+
+def test_the_grafana_dashboard_queries_metrics_kelp_serves(cluster: Cluster) -> None:
+    """Every metric compose/grafana/dashboards/kelp.json asks Prometheus for is one the
+    broker, the gateway or the sidecar exposes (a renamed metric would leave a panel empty)."""
+    dashboard = json.loads((REPO / "compose" / "grafana" / "dashboards" / "kelp.json")
+                           .read_text())
+    asked = {re.sub(r"_(total|bucket|count|sum)$", "", name)
+             for panel in dashboard["panels"] for target in panel["targets"]
+             for name in re.findall(r"\b(?:kelp|process)_[a-z_]+", target["expr"])}
+    proc, _socket, http_port = cluster.sidecar("dashboard-sidecar", "--no-ucx")
+    proc.start()
+    try:
+        proc.wait_for_log("ready")
+        served = set()
+        for port in (cluster.broker_http_port, cluster.gateway_http_port, http_port):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+                served |= {family.name for family in
+                           text_string_to_metric_families(r.read().decode())}
+    finally:
+        proc.stop()
+    assert len(asked) >= 15
+    assert asked <= served, sorted(asked - served)
