@@ -18,6 +18,10 @@ from kelp.admin_cli import DEFAULT_BOOTSTRAP, read_properties
 OK, FAILED, USAGE = 0, 1, 2
 TIMEOUT_S = 15.0
 DEFAULT_REGISTRY = "http://127.0.0.1:8081"
+# Command-config keys for the registry (Confluent's names), not passed to librdkafka:
+# HTTP Basic credentials "user:password", and the CA to verify an HTTPS registry with (else
+# ssl.ca.location, the Kafka listener's, is used: one CA in `kelp up --secure`).
+REGISTRY_KEYS = ("basic.auth.user.info", "schema.registry.ssl.ca.location")
 
 
 @dataclass
@@ -30,9 +34,13 @@ class Settings:
     registry: str
     admin: Any = None  # the command's AdminClient, made on first use (kelp.ops.topics)
 
+    def properties(self) -> dict[str, str]:
+        return read_properties(self.command_config) if self.command_config else {}
+
     def client_config(self, **extra: Any) -> dict[str, Any]:
-        config: dict[str, Any] = (read_properties(self.command_config)
-                                  if self.command_config else {})
+        """librdkafka's settings: the command config's, without the registry's keys."""
+        config: dict[str, Any] = {key: value for key, value in self.properties().items()
+                                  if key not in REGISTRY_KEYS}
         if self.bootstrap:
             config["bootstrap.servers"] = self.bootstrap
         config.setdefault("bootstrap.servers", DEFAULT_BOOTSTRAP)

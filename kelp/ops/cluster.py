@@ -51,7 +51,7 @@ def health(no_registry: bool) -> None:
     if not no_registry:
         started = time.perf_counter()
         try:
-            Registry(settings().registry).call("GET", "/subjects")
+            Registry(settings().registry, settings().properties()).call("GET", "/subjects")
             checks.append({"check": "registry", "ok": True, "ms": round(
                 (time.perf_counter() - started) * 1000, 1), "error": None})
         except RegistryError as exc:

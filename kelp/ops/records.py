@@ -96,7 +96,7 @@ def _value_encoder(topic: str, value_format: str, schema_file: Path | None) -> A
         return lambda text: text.encode()
     if schema_file is None:
         raise click.UsageError(f"--value-format {value_format} needs --schema-file")
-    registry = Registry(settings().registry)
+    registry = Registry(settings().registry, settings().properties())
     kind = value_format.upper()
     schema_text = schema_file.read_text()
     schema_id = registry.register(f"{topic}-value", schema_text, kind)
@@ -136,7 +136,7 @@ def consume(topic: str, group: str | None, partition: int | None, from_beginning
         "auto.offset.reset": "earliest" if from_beginning else "latest",
         "isolation.level": isolation, "enable.partition.eof": True})
     consumer = Consumer(config)
-    registry = Registry(settings().registry) if decode_values else None
+    registry = Registry(settings().registry, settings().properties()) if decode_values else None
     try:
         assigned = _start(consumer, topic, group, partition, from_beginning, offset, from_time)
         _read(consumer, registry, assigned, max_records, follow)

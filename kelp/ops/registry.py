@@ -18,7 +18,7 @@ def registry() -> None:
 
 
 def client() -> Registry:
-    return Registry(settings().registry)
+    return Registry(settings().registry, settings().properties())
 
 
 def _body(schema_file: Path, schema_type: str) -> dict[str, Any]:

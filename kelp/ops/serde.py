@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import ssl
 import struct
 from typing import Any
 
@@ -25,10 +26,17 @@ class RegistryError(Exception):
 class Registry:
     """A small REST client, with the schemas it has read by id cached."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, properties: dict[str, str] | None = None) -> None:
+        """``properties``: the command config (``basic.auth.user.info``,
+        ``schema.registry.ssl.ca.location`` or ``ssl.ca.location``)."""
         self.url = url.rstrip("/")
         self._by_id: dict[int, tuple[str, Any]] = {}
-        self.http = httpx.Client(timeout=TIMEOUT_S)
+        properties = properties or {}
+        user, sep, password = properties.get("basic.auth.user.info", "").partition(":")
+        ca = properties.get("schema.registry.ssl.ca.location",
+                            properties.get("ssl.ca.location"))
+        self.http = httpx.Client(timeout=TIMEOUT_S, auth=(user, password) if sep else None,
+                                 verify=ssl.create_default_context(cafile=ca) if ca else True)
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
         try:

@@ -182,3 +182,30 @@ def test_confluent_serializers_with_basic_auth(up: Up) -> None:
     with pytest.raises(Exception, match=r"40101|Unauthorized|401"):
         AvroSerializer(unauthenticated, SCHEMA)(
             value, SerializationContext("x", MessageField.VALUE))
+
+
+def test_the_daily_work_cli_with_the_admin_credentials(up: Up, tmp_path: Path) -> None:
+    """kelp topic/produce/consume/registry/cluster over SASL_SSL and the HTTPS registry with
+    Basic auth, from the command config `kelp up --secure` writes (plus the registry's
+    credentials); without credentials the cluster refuses and the exit code says so."""
+    properties = tmp_path / "ops.properties"
+    properties.write_text((secure_dir(up) / "admin.properties").read_text()
+                          + f"\nbasic.auth.user.info=admin:{admin_password(up)}\n")
+    registry = f"https://127.0.0.1:{up.ports['registry']}"
+    topic = f"ops-{uuid.uuid4().hex[:6]}"
+    common = ("--command-config", str(properties), "--registry", registry)
+    assert kelp("topic", "create", topic, "--partitions", "1", *common).returncode == 0
+    listed = kelp("topic", "list", "-o", "json", *common)
+    assert listed.returncode == 0 and topic in listed.stdout
+    assert kelp("produce", topic, *common, stdin="a\nb\n").returncode == 0
+    consumed = kelp("consume", topic, "--from-beginning", "-o", "json", *common)
+    assert [line.count('"value": "') for line in consumed.stdout.splitlines()] == [1, 1]
+    health = kelp("cluster", "health", "-o", "json", *common)
+    assert health.returncode == 0, health.stdout + health.stderr
+    assert kelp("registry", "subjects", *common).returncode == 0
+    # The same commands without credentials: refused, exit 1.
+    anonymous = kelp("topic", "list", "--bootstrap-server", up.bootstrap)
+    assert anonymous.returncode == 1
+    no_auth = kelp("registry", "subjects", "--registry", registry, "--command-config",
+                   str(secure_dir(up) / "admin.properties"))
+    assert no_auth.returncode == 1 and "401" in no_auth.stderr
