@@ -6,8 +6,10 @@ import argparse
 import logging
 import ssl
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -55,6 +57,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--http", default="127.0.0.1:8081",
                         help="HTTP address HOST:PORT for the Schema Registry REST API and "
                         "/health (default: 127.0.0.1:8081)")
+    parser.add_argument("--console", default=None, metavar="HOST:PORT",
+                        help="serve the web console (topics, messages, groups, schemas, "
+                        "charts) on this address (default: none; kelp up: 127.0.0.1:8080)")
+    parser.add_argument("--console-ws", default=None, metavar="HOST:PORT",
+                        help="the console's live tail (WebSocket) address (default: the "
+                        "console's host, port 0 = any free one)")
     parser.add_argument("--max-request-bytes", type=int, default=100 * 1024 * 1024,
                         help="largest Kafka request frame accepted (default: 104857600)")
     defaults = GatewayConfig()
@@ -293,6 +301,10 @@ async def serve(args: argparse.Namespace) -> None:
         http_bound = await nursery.start(partial(
             httpd.serve_http, routes, http_host, http_port, limits=registry_api.LIMITS,
             ssl_context=args.tls.current if args.http_tls else None))
+        console = ""
+        if args.console:
+            console = await _start_console(nursery, ctx, args, lambda: {
+                "connections": server.connections, "inflight": server.inflight})
         if registry is not None:
             host, port = (process.split_host_port(args.registry_advertise)
                           if args.registry_advertise else (http_host, http_bound))
@@ -306,7 +318,26 @@ async def serve(args: argparse.Namespace) -> None:
                       listeners=",".join(f"{li.name}://{li.host}:{port}"
                                          for li, port in zip(kafka, bound, strict=True)),
                       advertised=",".join(li.url(advertised=True) for li in kafka),
-                      broker=args.broker, http=args.http)
+                      broker=args.broker, http=args.http,
+                      **({"console": console} if console else {}))
+
+
+async def _start_console(nursery: trio.Nursery, ctx: GatewayContext, args: argparse.Namespace,
+                         counters: Callable[[], dict[str, Any]]) -> str:
+    """The web console's page and API, and its live tail; returns "http://host:port"."""
+    from gateway.console.api import ConsoleApi
+    from gateway.console.tail import Tails
+
+    host, port = process.split_host_port(args.console)
+    ws_host, ws_port = (process.split_host_port(args.console_ws) if args.console_ws
+                        else (host, 0))
+    tails = Tails(ctx)
+    bound_ws = await tails.start(nursery, ws_host, ws_port)
+    ws_url = f"ws://{ws_host}:{bound_ws}"
+    api = ConsoleApi(ctx, lambda: ws_url, lambda: {**counters(), "tails": tails.open,
+                                                   "tails_behind": tails.behind_markers})
+    bound = await nursery.start(httpd.serve_http, api.routes(), host, port)
+    return f"http://{host}:{bound}"
 
 
 def main(argv: list[str] | None = None) -> None:

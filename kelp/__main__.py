@@ -37,13 +37,16 @@ def up_commands(args: argparse.Namespace, options: UpConfig | None = None,
                       else [])
     broker_configs = [arg for pair in options.broker_configs + args.broker_config
                       for arg in ("--config", pair)]
+    # The console has no login yet: under --secure it would bypass the ACLs, so it is off.
+    console = ([] if secure or not args.console else
+               ["--console", args.console, "--console-ws", args.console_ws])
     return [
         ("broker", [python, "-m", "broker", "--data-dir", str(args.data_dir),
                     "--grpc", args.broker, "--http", args.broker_http, "--ucx", args.ucx,
                     "--cluster-token-file", token,
                     "--log-level", args.log_level, *broker_configs, *secure_broker,
                     *options.flags["broker"]]),
-        ("gateway", [python, "-m", "gateway", "--listen", args.kafka,
+        ("gateway", [python, "-m", "gateway", "--listen", args.kafka, *console,
                      "--advertise", args.advertise or args.kafka, "--broker", args.broker,
                      "--broker-token-file", token,
                      "--http", args.registry, "--log-level", args.log_level, *secure_gateway,
@@ -89,7 +92,9 @@ async def run_up(args: argparse.Namespace) -> int:
             return 1
     problems = check_ports({"kafka": args.kafka, "gateway http": args.registry,
                             "broker grpc": args.broker, "broker http": args.broker_http,
-                            "broker ucx": args.ucx, "sidecar http": args.sidecar_http})
+                            "broker ucx": args.ucx, "sidecar http": args.sidecar_http,
+                            **({"console": args.console, "console tail": args.console_ws}
+                               if args.console and not args.secure else {})})
     for problem in problems:
         say(problem)
     if problems:
@@ -119,7 +124,11 @@ async def run_up(args: argparse.Namespace) -> int:
                     "/read)\n"
                     f"  broker ucx      {args.ucx}  (segment exports for the sidecar)\n"
                     f"  sidecar http    {args.sidecar_http}  (/health /stats /ping /read ...)\n"
-                    f"  sidecar socket  {args.run_dir / 'sidecar.sock'}\n"
+                    + (f"  web console     http://{args.console}  (live tail: ws://"
+                       f"{args.console_ws})\n" if args.console and not secure
+                       else "  web console     off (no login yet; not under --secure)\n"
+                       if secure else "")
+                    + f"  sidecar socket  {args.run_dir / 'sidecar.sock'}\n"
                     f"  data dir        {args.data_dir}\n"
                     + (secure_up.banner(secure, args.registry) if secure else "")
                     + "A child that dies is restarted; Ctrl-C stops all three.", flush=True)
@@ -167,6 +176,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     up.add_argument("--ucx", default="127.0.0.1:17779",
                     help="broker UCX listener the sidecar reads segments through")
     up.add_argument("--sidecar-http", default="127.0.0.1:8083")
+    up.add_argument("--console", default="127.0.0.1:8080",
+                    help="the gateway's web console ('' for none; off under --secure)")
+    up.add_argument("--console-ws", default="127.0.0.1:8090",
+                    help="the web console's live tail (WebSocket)")
     up.add_argument("--log-level", default="info",
                     choices=["debug", "info", "warning", "error"])
     up.add_argument("--config-file", type=Path, default=None, metavar="KELP_TOML",

@@ -50,7 +50,8 @@ class Up:
 def start_up(tmp_path: Path, name: str = "up", ports: dict[str, int] | None = None,
              extra: tuple[str, ...] = ()) -> Up:
     ports = ports or {key: free_port() for key in
-                      ("kafka", "registry", "broker", "broker-http", "sidecar-http", "ucx")}
+                      ("kafka", "registry", "broker", "broker-http", "sidecar-http", "ucx",
+                       "console", "console-ws")}
     data_dir, run_dir = tmp_path / f"{name}-data", tmp_path / f"{name}-run"
     log_path = tmp_path / f"{name}.log"
     with open(log_path, "wb") as log:

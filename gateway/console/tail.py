@@ -1,0 +1,155 @@
+"""The console's live tail: a partition's new records pushed to the browser over WebSocket
+(trio-websocket), ``ws://<console-ws>/tail/<topic>/<partition>[?from=end|beginning|N]``.
+
+Each open tail is a task in the gateway's nursery with two children: a fetcher that
+long-polls the broker from the tail's position and a sender that writes JSON messages to the
+browser. Between them is a channel of ``QUEUE`` messages: when a browser reads slower than
+records arrive, the fetcher does not wait for it (and memory does not grow): it drops what the
+browser has not taken, jumps to the partition's end and sends a "you are behind" marker
+instead. A browser that goes away (tab closed) ends its tail's tasks at once.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import logging
+import urllib.parse
+
+import trio
+from trio_websocket import (
+    ConnectionClosed,
+    WebSocketConnection,
+    WebSocketRequest,
+    serve_websocket,
+)
+
+from gateway.broker_client import BrokerUnavailable
+from gateway.console import records
+from gateway.context import GatewayContext
+from kelp.rpc.broker import v1 as pb
+
+log = logging.getLogger("kelp.gateway.console")
+
+QUEUE = 4                  # messages waiting for the browser, at most
+FETCH_BYTES = 16 * 1024    # bytes one fetch (so one message) carries at most
+WAIT_MS = 1000             # each long-poll of the broker
+MESSAGE_RECORDS = 25        # records one message carries at most (values cut at 4 KiB)
+MAX_TAILS = 100            # open at once; more are refused (the browser says why)
+MESSAGE_LIMIT = 4096       # bytes the browser may send us in one message (it sends none)
+
+
+class Tails:
+    def __init__(self, ctx: GatewayContext) -> None:
+        self.ctx = ctx
+        self.open = 0
+        self.behind_markers = 0
+
+    async def start(self, nursery: trio.Nursery, host: str, port: int) -> int:
+        """Serve tails on ``host:port`` in ``nursery`` (the gateway's, which also runs each
+        connection's handler) until it is cancelled; the bound port."""
+        server = await nursery.start(functools.partial(
+            serve_websocket, self.handle, host, port, ssl_context=None,
+            handler_nursery=nursery, message_queue_size=1, max_message_size=MESSAGE_LIMIT,
+            connect_timeout=10, disconnect_timeout=5))
+        return int(server.port)
+
+    async def handle(self, request: WebSocketRequest) -> None:
+        target = urllib.parse.urlsplit(request.path)
+        parts = [urllib.parse.unquote(p) for p in target.path.strip("/").split("/")]
+        if len(parts) != 3 or parts[0] != "tail" or not parts[2].isdigit():
+            await request.reject(404, body=b"ws path: /tail/<topic>/<partition>")
+            return
+        if self.open >= MAX_TAILS:
+            await request.reject(503, body=b"too many open tails")
+            return
+        topic, partition = parts[1], int(parts[2])
+        start = urllib.parse.parse_qs(target.query).get("from", ["end"])[0]
+        self.open += 1
+        # Nothing a tail meets may escape: its handler runs in the gateway's own nursery.
+        try:
+            ws = await request.accept()
+            await self._tail(ws, topic, partition, start)
+        except* ConnectionClosed:
+            pass  # the tab closed
+        except* Exception:
+            log.exception("live tail failed", extra={"topic": topic})
+        finally:
+            self.open -= 1
+
+    async def _tail(self, ws: WebSocketConnection, topic: str, partition: int,
+                    start: str) -> None:
+        offset = await self._start_offset(topic, partition, start)
+        if offset is None:
+            await ws.send_message(json.dumps({"error": f"no partition {topic}-{partition}"}))
+            return
+        await ws.send_message(json.dumps({"tailing": topic, "partition": partition,
+                                          "from": offset}))
+        send, receive = trio.open_memory_channel[str](QUEUE)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._fetch, topic, partition, offset, send)
+            nursery.start_soon(self._watch_close, ws, nursery.cancel_scope)
+            async with receive:
+                async for message in receive:
+                    await ws.send_message(message)
+            nursery.cancel_scope.cancel()
+
+    async def _watch_close(self, ws: WebSocketConnection, scope: trio.CancelScope) -> None:
+        """The browser sends nothing; this returns (and ends the tail) when it goes away."""
+        try:
+            while True:
+                await ws.get_message()
+        except ConnectionClosed:
+            scope.cancel()
+
+    async def _start_offset(self, topic: str, partition: int, start: str) -> int | None:
+        reply = await self.ctx.broker.fetch(pb.FetchRequest(
+            partitions=[pb.FetchPartition(topic=topic, partition=partition, offset=0,
+                                          max_bytes=1)], max_wait_ms=0, min_bytes=0,
+            max_bytes=1))
+        part = reply.partitions[0]
+        if part.high_watermark < 0:
+            return None
+        if start == "beginning":
+            return part.log_start_offset
+        if start.isdigit():
+            return min(max(int(start), part.log_start_offset), part.high_watermark)
+        return part.high_watermark
+
+    async def _fetch(self, topic: str, partition: int, offset: int,
+                     send: trio.MemorySendChannel[str]) -> None:
+        behind = False
+        async with send:
+            while True:
+                try:
+                    reply = await self.ctx.broker.fetch(pb.FetchRequest(
+                        partitions=[pb.FetchPartition(topic=topic, partition=partition,
+                                                      offset=offset, max_bytes=FETCH_BYTES)],
+                        max_wait_ms=WAIT_MS, min_bytes=1, max_bytes=FETCH_BYTES))
+                except BrokerUnavailable:
+                    await trio.sleep(1)
+                    continue
+                part = reply.partitions[0]
+                if part.error_code:
+                    send.send_nowait(json.dumps({"error": f"fetch error {part.error_code}"}))
+                    return
+                end = part.high_watermark
+                shown = list(itertools.islice(
+                    records.decode(part.records, self.ctx.registry_state, offset),
+                    MESSAGE_RECORDS))
+                del reply, part  # a big batch is not kept while the browser reads
+                if not shown:
+                    continue
+                following = shown[-1]["offset"] + 1
+                try:
+                    if behind:  # first tell the browser what it missed
+                        send.send_nowait(json.dumps({"behind": True, "resumed_at": offset}))
+                        behind = False
+                    send.send_nowait(json.dumps({"records": shown}))
+                    offset = following
+                except trio.WouldBlock:
+                    # The browser reads slower than records come: drop, jump to the end.
+                    behind = True
+                    self.behind_markers += 1
+                    offset = max(end, following)
