@@ -63,6 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--console-ws", default=None, metavar="HOST:PORT",
                         help="the console's live tail (WebSocket) address (default: the "
                         "console's host, port 0 = any free one)")
+    parser.add_argument("--console-auth", action="store_true",
+                        help="the console wants HTTP Basic credentials of a SCRAM user and "
+                        "shows what that user's ACLs allow (over TLS with --ssl-certfile)")
     parser.add_argument("--max-request-bytes", type=int, default=100 * 1024 * 1024,
                         help="largest Kafka request frame accepted (default: 104857600)")
     defaults = GatewayConfig()
@@ -248,7 +251,7 @@ async def serve(args: argparse.Namespace) -> None:
         # Users and ACLs matter from the first connection only when something checks them.
         await nursery.start(partial(
             ctx.security.run, needed_at_start=args.authorizer or args.registry_auth
-            or any(listener.sasl for listener in kafka)))
+            or args.console_auth or any(listener.sasl for listener in kafka)))
         server = KafkaServer(ctx)
         registry: SchemaRegistry | None = None
         bound = [await nursery.start(server.serve, listener, args.tls) for listener in kafka]
@@ -326,18 +329,25 @@ async def _start_console(nursery: trio.Nursery, ctx: GatewayContext, args: argpa
                          counters: Callable[[], dict[str, Any]]) -> str:
     """The web console's page and API, and its live tail; returns "http://host:port"."""
     from gateway.console.api import ConsoleApi
-    from gateway.console.tail import Tails
+    from gateway.console.tail import Tails, Tickets
 
     host, port = process.split_host_port(args.console)
     ws_host, ws_port = (process.split_host_port(args.console_ws) if args.console_ws
                         else (host, 0))
-    tails = Tails(ctx)
-    bound_ws = await tails.start(nursery, ws_host, ws_port)
-    ws_url = f"ws://{ws_host}:{bound_ws}"
+    users = RegistryUsers(ctx.security, args.schemas_topic) if args.console_auth else None
+    tickets = Tickets() if users is not None else None
+    # With credentials the console speaks only TLS (the gateway's certificate).
+    tls = args.tls.current() if users is not None and args.tls is not None else None
+    tails = Tails(ctx, tickets)
+    bound_ws = await tails.start(nursery, ws_host, ws_port, tls)
+    ws_url = f"{'wss' if tls else 'ws'}://{ws_host}:{bound_ws}"
     api = ConsoleApi(ctx, lambda: ws_url, lambda: {**counters(), "tails": tails.open,
-                                                   "tails_behind": tails.behind_markers})
-    bound = await nursery.start(httpd.serve_http, api.routes(), host, port)
-    return f"http://{host}:{bound}"
+                                                   "tails_behind": tails.behind_markers},
+                     users=users, tickets=tickets)
+    bound = await nursery.start(partial(httpd.serve_http, api.routes(), host, port,
+                                        ssl_context=args.tls.current if tls else None))
+    scheme = "https" if tls else "http"
+    return f"{scheme}://{host}:{bound}"
 
 
 def main(argv: list[str] | None = None) -> None:

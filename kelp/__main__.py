@@ -37,9 +37,10 @@ def up_commands(args: argparse.Namespace, options: UpConfig | None = None,
                       else [])
     broker_configs = [arg for pair in options.broker_configs + args.broker_config
                       for arg in ("--config", pair)]
-    # The console has no login yet: under --secure it would bypass the ACLs, so it is off.
-    console = ([] if secure or not args.console else
-               ["--console", args.console, "--console-ws", args.console_ws])
+    # Under --secure the console wants a SCRAM user's credentials, over TLS, and follows ACLs.
+    console = ([] if not args.console else
+               ["--console", args.console, "--console-ws", args.console_ws,
+                *(["--console-auth"] if secure else [])])
     return [
         ("broker", [python, "-m", "broker", "--data-dir", str(args.data_dir),
                     "--grpc", args.broker, "--http", args.broker_http, "--ucx", args.ucx,
@@ -94,7 +95,7 @@ async def run_up(args: argparse.Namespace) -> int:
                             "broker grpc": args.broker, "broker http": args.broker_http,
                             "broker ucx": args.ucx, "sidecar http": args.sidecar_http,
                             **({"console": args.console, "console tail": args.console_ws}
-                               if args.console and not args.secure else {})})
+                               if args.console else {})})
     for problem in problems:
         say(problem)
     if problems:
@@ -124,10 +125,10 @@ async def run_up(args: argparse.Namespace) -> int:
                     "/read)\n"
                     f"  broker ucx      {args.ucx}  (segment exports for the sidecar)\n"
                     f"  sidecar http    {args.sidecar_http}  (/health /stats /ping /read ...)\n"
-                    + (f"  web console     http://{args.console}  (live tail: ws://"
-                       f"{args.console_ws})\n" if args.console and not secure
-                       else "  web console     off (no login yet; not under --secure)\n"
-                       if secure else "")
+                    + (f"  web console     {scheme}://{args.console}  (live tail: "
+                       f"{'wss' if secure else 'ws'}://{args.console_ws})"
+                       f"{'  (log in as a SCRAM user)' if secure else ''}\n"
+                       if args.console else "")
                     + f"  sidecar socket  {args.run_dir / 'sidecar.sock'}\n"
                     f"  data dir        {args.data_dir}\n"
                     + (secure_up.banner(secure, args.registry) if secure else "")
@@ -177,7 +178,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="broker UCX listener the sidecar reads segments through")
     up.add_argument("--sidecar-http", default="127.0.0.1:8083")
     up.add_argument("--console", default="127.0.0.1:8080",
-                    help="the gateway's web console ('' for none; off under --secure)")
+                    help="the gateway's web console ('' for none; under --secure it wants a "
+                    "SCRAM user's credentials and follows ACLs)")
     up.add_argument("--console-ws", default="127.0.0.1:8090",
                     help="the web console's live tail (WebSocket)")
     up.add_argument("--log-level", default="info",

@@ -5,11 +5,21 @@
 ``/api/topics/<name>`` (DELETE); ``/api/topics/<name>/messages?partition=&offset=|timestamp=
 &limit=`` the message browser; ``/api/groups`` groups with their lag; ``/api/subjects``,
 ``/api/subjects/<s>/versions/<v>``, ``/api/subjects/<s>/diff?from=&to=`` the registry;
-``/api/totals`` records written and lag now, which the page samples for its charts.
+``/api/totals`` records written and lag now, which the page samples for its charts;
+``/api/tail-ticket?topic=&partition=`` a one-minute ticket for the live tail's WebSocket.
+
+With ``users`` (``--console-auth``) every request needs HTTP Basic credentials of a SCRAM
+user, and answers follow that user's ACLs as a Kafka client's would: topics it may not
+DESCRIBE are left out, messages need READ, creating needs CREATE and deleting DELETE,
+groups it may not DESCRIBE are left out, totals need DESCRIBE on the cluster, schemas need
+the registry's READ role. Browsers cannot put credentials on a WebSocket, so the page asks
+for a ticket (READ on the topic checked here) and the tail server takes only tickets.
 """
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import difflib
 import json
 from collections.abc import Callable
@@ -20,8 +30,11 @@ from kio.schema.errors import ErrorCode
 
 from gateway.broker_client import BrokerUnavailable
 from gateway.console import records
+from gateway.console.tail import Tickets
 from gateway.context import GatewayContext
-from kelp import httpd
+from gateway.listeners import ANONYMOUS
+from gateway.security import RegistryUsers, Session, current_session, session
+from kelp import acl, httpd
 from kelp.process import count_tasks
 from kelp.routes import BROKER
 from kelp.rpc.broker import v1 as pb
@@ -35,10 +48,13 @@ BROWSE_BYTES = 1 << 20     # bytes one browse fetches at most
 
 class ConsoleApi:
     def __init__(self, ctx: GatewayContext, ws_url: Callable[[], str],
-                 counters: Callable[[], dict[str, Any]]) -> None:
+                 counters: Callable[[], dict[str, Any]], *,
+                 users: RegistryUsers | None = None, tickets: Tickets | None = None) -> None:
         self.ctx = ctx
         self.ws_url = ws_url
         self.counters = counters
+        self.users = users
+        self.tickets = tickets
         self.router: httpd.Router[Callable[..., Any]] = httpd.Router()
         for method, pattern, target in (
                 ("GET", "/", self.index), ("GET", "/static/*", self.static),
@@ -48,7 +64,8 @@ class ConsoleApi:
                 ("GET", "/api/topics/*/messages", self.messages),
                 ("GET", "/api/groups", self.groups), ("GET", "/api/subjects", self.subjects),
                 ("GET", "/api/subjects/*/versions/*", self.schema),
-                ("GET", "/api/subjects/*/diff", self.diff), ("GET", "/api/totals", self.totals)):
+                ("GET", "/api/subjects/*/diff", self.diff), ("GET", "/api/totals", self.totals),
+                ("GET", "/api/tail-ticket", self.tail_ticket)):
             self.router.add(method, pattern, target)
 
     def routes(self) -> dict[str, httpd.Route]:
@@ -60,12 +77,46 @@ class ConsoleApi:
             target, args = self.router.match(request.method, request.path)
         except httpd.NoRoute:
             return httpd.Response.error(404, f"no console route {request.path}")
+        principal = self._principal(request)
+        if principal is None:
+            return dataclasses.replace(
+                httpd.Response.error(401, "the console wants a SCRAM user's credentials"),
+                headers={"www-authenticate": 'Basic realm="kelp console"'})
+        token = current_session.set(Session(host=request.client_host, principal=principal))
         try:
             return await target(request, *args)
+        except Forbidden as exc:
+            return httpd.Response.error(403, str(exc))
         except BrokerUnavailable as exc:
             return httpd.Response.error(503, f"broker unavailable: {exc}")
         except (ValueError, KeyError) as exc:
             return httpd.Response.error(400, f"bad request: {exc}")
+        finally:
+            current_session.reset(token)
+
+    def _principal(self, request: httpd.Request) -> str | None:
+        """The user's principal; ANONYMOUS when the console asks for no credentials; None
+        when it does and they are missing or wrong."""
+        if self.users is None:
+            return ANONYMOUS
+        header = request.headers.get("authorization", "")
+        scheme, _, encoded = header.partition(" ")
+        if scheme.lower() != "basic":
+            return None
+        try:
+            user, sep, password = base64.b64decode(encoded, validate=True).decode().partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return None
+        return self.users.authenticate(user, password) if sep else None
+
+    def _allows(self, operation: acl.Operation, resource: acl.ResourceType, name: str) -> bool:
+        return self.users is None or self.ctx.security.allows(operation, resource, name)
+
+    def _require(self, operation: acl.Operation, resource: acl.ResourceType, name: str
+                 ) -> None:
+        if not self._allows(operation, resource, name):
+            raise Forbidden(f"{session().principal} may not {operation.name} "
+                            f"{resource.name.lower()} {name}")
 
     # -- the page ---------------------------------------------------------------------------
 
@@ -98,26 +149,34 @@ class ConsoleApi:
             "registry": self.ctx.registry_state is not None, "tail": self.ws_url()})
 
     async def topics(self, request: httpd.Request) -> httpd.Response:
+        described = [t for t in await self._describe()
+                     if self._allows(acl.Operation.DESCRIBE, acl.ResourceType.TOPIC, t.name)]
         return httpd.Response.json([{
             "name": t.name, "internal": t.internal, "configs": dict(t.configs),
             "partitions": [{"partition": p.partition, "start": p.log_start_offset,
                             "end": p.high_watermark, "bytes": p.size_bytes}
                            for p in t.partition_states]}
-            for t in sorted(await self._describe(), key=lambda t: t.name)])
+            for t in sorted(described, key=lambda t: t.name)])
 
     async def create_topic(self, request: httpd.Request) -> httpd.Response:
         body = json.loads(request.body or b"{}")
+        if not (self._allows(acl.Operation.CREATE, acl.ResourceType.CLUSTER, acl.CLUSTER_NAME)
+                or self._allows(acl.Operation.CREATE, acl.ResourceType.TOPIC,
+                                str(body["name"]))):
+            raise Forbidden(f"{session().principal} may not create topic {body['name']}")
         spec = pb.TopicSpec(name=str(body["name"]), partitions=int(body.get("partitions", -1)))
         reply = await self.ctx.broker.call(BROKER.create_topics,
                                            pb.CreateTopicsRequest(topics=[spec]))
         return _result(reply.results[0])
 
     async def delete_topic(self, request: httpd.Request, name: str) -> httpd.Response:
+        self._require(acl.Operation.DELETE, acl.ResourceType.TOPIC, name)
         reply = await self.ctx.broker.call(BROKER.delete_topics,
                                            pb.DeleteTopicsRequest(names=[name]))
         return _result(reply.results[0])
 
     async def messages(self, request: httpd.Request, topic: str) -> httpd.Response:
+        self._require(acl.Operation.READ, acl.ResourceType.TOPIC, topic)
         partition = int(request.query.get("partition", "0"))
         limit = max(1, min(int(request.query.get("limit", "50")), MAX_BROWSE))
         if "timestamp" in request.query:  # seek by time: the first record at or after it
@@ -158,12 +217,15 @@ class ConsoleApi:
         listed = await self.ctx.broker.call(BROKER.list_groups, pb.ListGroupsRequest())
         groups = []
         for group in sorted(listed.groups, key=lambda g: g.group_id):
+            if not self._allows(acl.Operation.DESCRIBE, acl.ResourceType.GROUP, group.group_id):
+                continue
             offsets = await self.ctx.broker.call(BROKER.fetch_offsets, pb.FetchOffsetsRequest(
                 group_id=group.group_id, all_topics=True))
             partitions = [{"topic": o.topic, "partition": o.partition, "committed": o.offset,
                            "end": ends.get((o.topic, o.partition)),
                            "lag": max(ends.get((o.topic, o.partition), o.offset) - o.offset, 0)}
-                          for o in offsets.offsets if o.offset >= 0]
+                          for o in offsets.offsets if o.offset >= 0 and self._allows(
+                              acl.Operation.DESCRIBE, acl.ResourceType.TOPIC, o.topic)]
             groups.append({"group": group.group_id, "state": group.state,
                            "type": group.group_type or "classic",
                            "protocol": group.protocol_type, "partitions": partitions,
@@ -174,6 +236,7 @@ class ConsoleApi:
         return httpd.Response.json((await self._lag())[0])
 
     async def totals(self, request: httpd.Request) -> httpd.Response:
+        self._require(acl.Operation.DESCRIBE, acl.ResourceType.CLUSTER, acl.CLUSTER_NAME)
         groups, ends = await self._lag()
         return httpd.Response.json({"records": sum(ends.values()),
                                     "lag": sum(g["lag"] for g in groups)})
@@ -183,7 +246,20 @@ class ConsoleApi:
     def _registry(self) -> Any:
         if self.ctx.registry_state is None:
             raise KeyError("this gateway serves no registry")
+        if self.users is not None:
+            from registry.auth import Role
+
+            current = session()
+            if self.users.role(current.principal, current.host) < Role.READ:
+                raise Forbidden(f"{current.principal} may not read the schemas")
         return self.ctx.registry_state
+
+    async def tail_ticket(self, request: httpd.Request) -> httpd.Response:
+        topic = request.query["topic"]
+        partition = int(request.query.get("partition", "0"))
+        self._require(acl.Operation.READ, acl.ResourceType.TOPIC, topic)
+        ticket = self.tickets.issue(topic, partition) if self.tickets is not None else ""
+        return httpd.Response.json({"ticket": ticket})
 
     async def subjects(self, request: httpd.Request) -> httpd.Response:
         state = self._registry()
@@ -215,6 +291,10 @@ class ConsoleApi:
                                      lineterm="")
         return httpd.Response.json({"from": old.version, "to": new.version,
                                     "diff": "\n".join(lines)})
+
+
+class Forbidden(Exception):
+    """The user's ACLs do not allow this (403)."""
 
 
 def _pretty(schema: str) -> str:

@@ -15,6 +15,8 @@ import functools
 import itertools
 import json
 import logging
+import secrets
+import ssl
 import urllib.parse
 
 import trio
@@ -40,17 +42,46 @@ MAX_TAILS = 100            # open at once; more are refused (the browser says wh
 MESSAGE_LIMIT = 4096       # bytes the browser may send us in one message (it sends none)
 
 
+class Tickets:
+    """One-minute tickets for the live tail, issued by the console's API after its checks
+    (credentials, READ on the topic): browsers cannot put credentials on a WebSocket. A ticket
+    names its topic and partition and is good for one tail."""
+
+    LIFETIME_S = 60.0
+    MAX_OPEN = 1000  # tickets issued and not used yet, at most (the oldest go first)
+
+    def __init__(self) -> None:
+        self._issued: dict[str, tuple[str, int, float]] = {}
+
+    def issue(self, topic: str, partition: int) -> str:
+        now = trio.current_time()
+        for ticket, (_t, _p, expires) in list(self._issued.items()):
+            if expires < now or len(self._issued) >= self.MAX_OPEN:
+                del self._issued[ticket]
+        ticket = secrets.token_urlsafe(24)
+        self._issued[ticket] = (topic, partition, now + self.LIFETIME_S)
+        return ticket
+
+    def redeem(self, ticket: str, topic: str, partition: int) -> bool:
+        found = self._issued.pop(ticket, None)
+        return (found is not None and found[:2] == (topic, partition)
+                and found[2] >= trio.current_time())
+
+
 class Tails:
-    def __init__(self, ctx: GatewayContext) -> None:
+    def __init__(self, ctx: GatewayContext, tickets: Tickets | None = None) -> None:
+        """``tickets``: tails need one (the console asks for credentials)."""
         self.ctx = ctx
+        self.tickets = tickets
         self.open = 0
         self.behind_markers = 0
 
-    async def start(self, nursery: trio.Nursery, host: str, port: int) -> int:
+    async def start(self, nursery: trio.Nursery, host: str, port: int,
+                    ssl_context: ssl.SSLContext | None = None) -> int:
         """Serve tails on ``host:port`` in ``nursery`` (the gateway's, which also runs each
         connection's handler) until it is cancelled; the bound port."""
         server = await nursery.start(functools.partial(
-            serve_websocket, self.handle, host, port, ssl_context=None,
+            serve_websocket, self.handle, host, port, ssl_context=ssl_context,
             handler_nursery=nursery, message_queue_size=1, max_message_size=MESSAGE_LIMIT,
             connect_timeout=10, disconnect_timeout=5))
         return int(server.port)
@@ -65,7 +96,12 @@ class Tails:
             await request.reject(503, body=b"too many open tails")
             return
         topic, partition = parts[1], int(parts[2])
-        start = urllib.parse.parse_qs(target.query).get("from", ["end"])[0]
+        query = urllib.parse.parse_qs(target.query)
+        start = query.get("from", ["end"])[0]
+        if self.tickets is not None and not self.tickets.redeem(
+                query.get("ticket", [""])[0], topic, partition):
+            await request.reject(403, body=b"a live tail needs a ticket from /api/tail-ticket")
+            return
         self.open += 1
         # Nothing a tail meets may escape: its handler runs in the gateway's own nursery.
         try:

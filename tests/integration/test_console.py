@@ -225,3 +225,85 @@ def test_many_tails_and_a_stuck_one_keep_memory_bounded(console: ConsoleCluster,
         time.sleep(0.2)
     assert console.api("/api/overview")["gateway"]["tails"] == 0  # type: ignore[index]
     assert gateway_health(console)["tasks"] <= tasks_before, "closed tails left tasks"
+
+
+def test_the_console_follows_credentials_and_acls(tmp_path: Path, topic_name: str) -> None:
+    """--console-auth: HTTPS with the gateway's certificate, HTTP Basic credentials of a SCRAM
+    user, and only what that user's ACLs allow; the live tail takes only tickets the API
+    issued after its checks."""
+    import ssl
+
+    import httpx
+    from confluent_kafka.admin import (
+        AclBinding,
+        AclOperation,
+        AclPermissionType,
+        ResourcePatternType,
+        ResourceType,
+    )
+
+    from tests.secure import ADMIN, ADMIN_PASSWORD, ALICE, ALICE_PASSWORD, SecureCluster
+
+    console_port, ws_port = free_port(), free_port()
+    secure = SecureCluster(tmp_path / "secure", extra_gateway_args=[
+        "--console", f"127.0.0.1:{console_port}", "--console-ws", f"127.0.0.1:{ws_port}",
+        "--console-auth"]).start()
+    try:
+        secure.cluster.gateway.wait_for_log("console=https://")
+        admin_config = secure.librdkafka("SASL_SSL", user=ADMIN, password=ADMIN_PASSWORD)
+        admin = AdminClient(admin_config)
+        secret = f"{topic_name}-secret"
+        for future in admin.create_topics([NewTopic(topic_name, 1),
+                                           NewTopic(secret, 1)]).values():
+            future.result(30)
+        binding = AclBinding(ResourceType.TOPIC, topic_name, ResourcePatternType.LITERAL,
+                             f"User:{ALICE}", "*", AclOperation.READ, AclPermissionType.ALLOW)
+        for future in admin.create_acls([binding]).values():
+            future.result(10)
+        producer = Producer(admin_config)
+        producer.produce(topic_name, value=b"visible")
+        producer.produce(secret, value=b"hidden")
+        producer.flush(30)
+
+        url = f"https://127.0.0.1:{console_port}"
+        tls = ssl.create_default_context(cafile=str(secure.pki.ca_file))
+        with httpx.Client(verify=tls, timeout=10) as anonymous:
+            refused = anonymous.get(f"{url}/api/topics")
+            assert refused.status_code == 401
+            assert refused.headers["www-authenticate"].startswith("Basic")
+            assert anonymous.get(f"{url}/api/topics",
+                                 auth=(ALICE, "wrong")).status_code == 401
+        with httpx.Client(verify=tls, timeout=10, auth=(ALICE, ALICE_PASSWORD)) as alice:
+            names = [t["name"] for t in alice.get(f"{url}/api/topics").json()]
+            assert topic_name in names and secret not in names
+            shown = alice.get(f"{url}/api/topics/{topic_name}/messages").json()
+            assert [r["value"] for r in shown["records"]] == ["visible"]
+            assert alice.get(f"{url}/api/topics/{secret}/messages").status_code == 403
+            assert alice.get(f"{url}/api/totals").status_code == 403
+            assert alice.delete(f"{url}/api/topics/{topic_name}").status_code == 403
+            assert alice.get(f"{url}/api/tail-ticket",
+                             params={"topic": secret}).status_code == 403
+            ticket = alice.get(f"{url}/api/tail-ticket",
+                               params={"topic": topic_name}).json()["ticket"]
+        with httpx.Client(verify=tls, timeout=10, auth=(ADMIN, ADMIN_PASSWORD)) as root:
+            names = [t["name"] for t in root.get(f"{url}/api/topics").json()]
+            assert {topic_name, secret} <= set(names)  # a super user sees everything
+
+        async def tails() -> tuple[str, str]:
+            from trio_websocket import HandshakeError, open_websocket_url
+
+            wss = f"wss://127.0.0.1:{ws_port}/tail/{topic_name}/0?from=beginning"
+            try:
+                async with open_websocket_url(wss, ssl_context=tls):
+                    refused_without = "accepted"
+            except HandshakeError:
+                refused_without = "refused"
+            async with open_websocket_url(f"{wss}&ticket={ticket}", ssl_context=tls) as ws:
+                await ws.get_message()  # tailing ...
+                with trio.fail_after(10):
+                    first = json.loads(await ws.get_message())
+            return refused_without, first["records"][0]["value"]
+
+        assert trio.run(tails) == ("refused", "visible")
+    finally:
+        secure.stop()

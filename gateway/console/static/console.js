@@ -119,12 +119,15 @@ async function browse(event) {
       + ")");
 }
 
-function startTail() {
+async function startTail() {
   stopTail();
   const form = $("#browse");
   const topic = form.topic.value;
   const partition = form.partition.value || "0";
-  const url = tailUrl + "/tail/" + encodeURIComponent(topic) + "/" + partition + "?from=end";
+  // A WebSocket carries no credentials: the API (which checks them) hands out a ticket.
+  const ticket = await api("/api/tail-ticket?" + new URLSearchParams({ topic, partition }));
+  const url = tailUrl + "/tail/" + encodeURIComponent(topic) + "/" + partition + "?from=end"
+    + "&ticket=" + encodeURIComponent(ticket.ticket);
   const body = $("#messages-table tbody");
   body.replaceChildren();
   tailSocket = new WebSocket(url);
@@ -288,7 +291,7 @@ async function show(view) {
 
 window.addEventListener("hashchange", () => show(location.hash.slice(1)));
 $("#browse").addEventListener("submit", (event) => browse(event).catch((e) => say(e.message, true)));
-$("#tail-start").addEventListener("click", startTail);
+$("#tail-start").addEventListener("click", () => startTail().catch((e) => say(e.message, true)));
 $("#tail-stop").addEventListener("click", stopTail);
 $("#diff").addEventListener("submit", (event) => diff(event).catch((e) => say(e.message, true)));
 $("#create-topic").addEventListener("submit", async (event) => {
