@@ -339,10 +339,11 @@ async def _start_console(nursery: trio.Nursery, ctx: GatewayContext, args: argpa
     # With credentials the console speaks only TLS (the gateway's certificate).
     tls = args.tls.current() if users is not None and args.tls is not None else None
     tails = Tails(ctx, tickets)
-    bound_ws = await tails.start(nursery, ws_host, ws_port, tls)
+    bound_ws = await nursery.start(tails.run, ws_host, ws_port, tls)
     ws_url = f"{'wss' if tls else 'ws'}://{ws_host}:{bound_ws}"
     api = ConsoleApi(ctx, lambda: ws_url, lambda: {**counters(), "tails": tails.open,
-                                                   "tails_behind": tails.behind_markers},
+                                                   "tails_behind": tails.behind_markers,
+                                                   "tail_server_restarts": tails.restarts},
                      users=users, tickets=tickets)
     bound = await nursery.start(partial(httpd.serve_http, api.routes(), host, port,
                                         ssl_context=args.tls.current if tls else None))

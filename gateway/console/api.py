@@ -43,6 +43,7 @@ STATIC = Path(__file__).parent / "static"
 CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".css": "text/css; charset=utf-8",
                  ".js": "text/javascript; charset=utf-8"}
 MAX_BROWSE = 500           # records one browse returns at most
+MAX_GROUPS = 500           # groups whose lag one page computes (a broker call each)
 BROWSE_BYTES = 1 << 20     # bytes one browse fetches at most
 
 
@@ -216,9 +217,9 @@ class ConsoleApi:
                 for p in t.partition_states}
         listed = await self.ctx.broker.call(BROKER.list_groups, pb.ListGroupsRequest())
         groups = []
-        for group in sorted(listed.groups, key=lambda g: g.group_id):
-            if not self._allows(acl.Operation.DESCRIBE, acl.ResourceType.GROUP, group.group_id):
-                continue
+        visible = [g for g in sorted(listed.groups, key=lambda g: g.group_id)
+                   if self._allows(acl.Operation.DESCRIBE, acl.ResourceType.GROUP, g.group_id)]
+        for group in visible[:MAX_GROUPS]:
             offsets = await self.ctx.broker.call(BROKER.fetch_offsets, pb.FetchOffsetsRequest(
                 group_id=group.group_id, all_topics=True))
             partitions = [{"topic": o.topic, "partition": o.partition, "committed": o.offset,

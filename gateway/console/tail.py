@@ -75,44 +75,66 @@ class Tails:
         self.tickets = tickets
         self.open = 0
         self.behind_markers = 0
+        self.restarts = 0
 
-    async def start(self, nursery: trio.Nursery, host: str, port: int,
-                    ssl_context: ssl.SSLContext | None = None) -> int:
-        """Serve tails on ``host:port`` in ``nursery`` (the gateway's, which also runs each
-        connection's handler) until it is cancelled; the bound port."""
-        server = await nursery.start(functools.partial(
-            serve_websocket, self.handle, host, port, ssl_context=ssl_context,
-            handler_nursery=nursery, message_queue_size=1, max_message_size=MESSAGE_LIMIT,
-            connect_timeout=10, disconnect_timeout=5))
-        return int(server.port)
+    async def run(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None, *,
+                  task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve tails on ``host:port`` until cancelled; ``task_status.started(bound port)``.
+
+        Each connection's handler is a task in this server's nursery, which lives in the
+        gateway's. Handlers contain what they meet; should anything else escape (a WebSocket
+        connection failing outside a handler), the tails are dropped and the server starts
+        again on the same port, and the gateway and its Kafka clients carry on.
+        """
+        while True:
+            try:
+                async with trio.open_nursery() as handlers:
+                    server = await handlers.start(functools.partial(
+                        serve_websocket, self.handle, host, port, ssl_context=ssl_context,
+                        handler_nursery=handlers, message_queue_size=1,
+                        max_message_size=MESSAGE_LIMIT, connect_timeout=10,
+                        disconnect_timeout=5))
+                    if port == 0:
+                        port = int(server.port)
+                    task_status.started(port)
+                    task_status = trio.TASK_STATUS_IGNORED
+                    await trio.sleep_forever()
+            except Exception:
+                log.exception("live tail server failed; starting it again")
+                self.restarts += 1
+                await trio.sleep(1)
 
     async def handle(self, request: WebSocketRequest) -> None:
-        target = urllib.parse.urlsplit(request.path)
-        parts = [urllib.parse.unquote(p) for p in target.path.strip("/").split("/")]
-        if len(parts) != 3 or parts[0] != "tail" or not parts[2].isdigit():
-            await request.reject(404, body=b"ws path: /tail/<topic>/<partition>")
-            return
-        if self.open >= MAX_TAILS:
-            await request.reject(503, body=b"too many open tails")
-            return
-        topic, partition = parts[1], int(parts[2])
-        query = urllib.parse.parse_qs(target.query)
-        start = query.get("from", ["end"])[0]
-        if self.tickets is not None and not self.tickets.redeem(
-                query.get("ticket", [""])[0], topic, partition):
-            await request.reject(403, body=b"a live tail needs a ticket from /api/tail-ticket")
-            return
-        self.open += 1
         # Nothing a tail meets may escape: its handler runs in the gateway's own nursery.
+        counted = False
         try:
+            target = urllib.parse.urlsplit(request.path)
+            parts = [urllib.parse.unquote(p) for p in target.path.strip("/").split("/")]
+            if len(parts) != 3 or parts[0] != "tail" or not parts[2].isdigit():
+                await request.reject(404, body=b"ws path: /tail/<topic>/<partition>")
+                return
+            if self.open >= MAX_TAILS:
+                await request.reject(503, body=b"too many open tails")
+                return
+            topic, partition = parts[1], int(parts[2])
+            query = urllib.parse.parse_qs(target.query)
+            start = query.get("from", ["end"])[0]
+            if self.tickets is not None and not self.tickets.redeem(
+                    query.get("ticket", [""])[0], topic, partition):
+                await request.reject(403,
+                                     body=b"a live tail needs a ticket from /api/tail-ticket")
+                return
+            self.open += 1
+            counted = True
             ws = await request.accept()
             await self._tail(ws, topic, partition, start)
         except* ConnectionClosed:
             pass  # the tab closed
         except* Exception:
-            log.exception("live tail failed", extra={"topic": topic})
+            log.exception("live tail failed", extra={"path": request.path[:200]})
         finally:
-            self.open -= 1
+            if counted:
+                self.open -= 1
 
     async def _tail(self, ws: WebSocketConnection, topic: str, partition: int,
                     start: str) -> None:

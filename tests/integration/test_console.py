@@ -6,6 +6,7 @@ buffering), and closing them leaves no task behind (task counts from /health).""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -307,3 +308,35 @@ def test_the_console_follows_credentials_and_acls(tmp_path: Path, topic_name: st
         assert trio.run(tails) == ("refused", "visible")
     finally:
         secure.stop()
+
+
+def test_hostile_websocket_clients_cost_only_their_connection(console: ConsoleCluster,
+                                                              topic_name: str) -> None:
+    """Garbage, a half handshake, a bad path and a client that vanishes mid-handshake on the
+    live tail's port: the gateway keeps serving Kafka and tails."""
+    import socket
+
+    create(console.cluster.bootstrap, topic_name, 1)
+    ws_url = console.api("/api/overview")["tail"]  # type: ignore[index]
+    host, port = ws_url.removeprefix("ws://").rsplit(":", 1)
+    for payload in (b"\x00\xff" * 2000, b"GET /tail/x/0 HTTP/1.1\r\nHost: a\r\n",
+                    b"GET /nope HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: "
+                    b"Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                    b"Sec-WebSocket-Version: 13\r\n\r\n",
+                    b"GET /tail/x/0 HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n"
+                    b"Connection: Upgrade\r\nSec-WebSocket-Version: 99\r\n\r\n"):
+        with socket.create_connection((host, int(port)), timeout=5) as raw:
+            raw.sendall(payload)
+            raw.shutdown(socket.SHUT_WR)
+            with contextlib.suppress(OSError):  # an answer or a close, either will do
+                raw.recv(4096)
+
+    async def tail_once() -> str:
+        async with open_websocket_url(f"{ws_url}/tail/{topic_name}/0?from=beginning") as ws:
+            return json.loads(await ws.get_message())["tailing"]
+
+    assert trio.run(tail_once) == topic_name
+    assert console.cluster.gateway.popen is not None
+    assert console.cluster.gateway.popen.poll() is None  # alive
+    assert gateway_health(console)["status"] == "ok"
+    assert "Traceback" not in console.cluster.gateway.log_text()
