@@ -30,7 +30,10 @@ from trio_websocket import (
 from gateway.broker_client import BrokerUnavailable
 from gateway.console import records
 from gateway.context import GatewayContext
+from kelp.routes import BROKER
 from kelp.rpc.broker import v1 as pb
+
+EARLIEST, LATEST = -2, -1  # ListOffsets timestamps
 
 log = logging.getLogger("kelp.gateway.console")
 
@@ -162,18 +165,20 @@ class Tails:
             scope.cancel()
 
     async def _start_offset(self, topic: str, partition: int, start: str) -> int | None:
-        reply = await self.ctx.broker.fetch(pb.FetchRequest(
-            partitions=[pb.FetchPartition(topic=topic, partition=partition, offset=0,
-                                          max_bytes=1)], max_wait_ms=0, min_bytes=0,
-            max_bytes=1))
-        part = reply.partitions[0]
-        if part.high_watermark < 0:
+        """Where the tail starts (log start, end, or an offset within them); None if there is
+        no such partition. Asked with ListOffsets: no record bytes are read for it."""
+        where = pb.PartitionRef(topic=topic, partition=partition)
+        reply = await self.ctx.broker.call(BROKER.list_offsets, pb.ListOffsetsRequest(queries=[
+            pb.ListOffsetsRequestQuery(partition=where, timestamp=EARLIEST),
+            pb.ListOffsetsRequestQuery(partition=where, timestamp=LATEST)]))
+        first, end = reply.answers
+        if first.error_code or end.error_code:
             return None
         if start == "beginning":
-            return part.log_start_offset
+            return first.offset
         if start.isdigit():
-            return min(max(int(start), part.log_start_offset), part.high_watermark)
-        return part.high_watermark
+            return min(max(int(start), first.offset), end.offset)
+        return end.offset
 
     async def _fetch(self, topic: str, partition: int, offset: int,
                      send: trio.MemorySendChannel[str]) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,6 +156,3 @@ def main(argv: list[str]) -> None:
 
     cli.main(args=argv, prog_name="kelp", standalone_mode=True)
 
-
-def exit_with(code: int) -> NoReturn:
-    sys.exit(code)
