@@ -176,8 +176,8 @@ async def serve(args: argparse.Namespace) -> None:
         topics=lambda: {t.name: (t.topic_id, t.partition_count)
                         for t in registry.topics.values() if not t.internal},
         group_config=configs.group_value,
-        consumer_state_path=args.data_dir / "consumer-groups.json")
-    coordinator.load_consumer_groups()
+        state_dir=args.data_dir)
+    coordinator.load_groups()
     producer_ids = ProducerIds(args.data_dir)
     transactions = await trio.to_thread.run_sync(lambda: TransactionCoordinator(
         args.data_dir / "@transactions", offsets_config, registry, store, producer_ids,

@@ -7,6 +7,7 @@ the state machine.
 
 from __future__ import annotations
 
+import base64
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -21,6 +22,9 @@ MAX_METADATA_BYTES = 4096
 # Kafka bounds group ids only by the protocol's int16 string length; kelp keeps each group in
 # memory and in the offsets log's keys, so it refuses longer ones with INVALID_GROUP_ID.
 MAX_GROUP_ID_LENGTH = 1024
+# Kafka's classic groups are unbounded by default (group.max.size); kelp keeps every member's
+# metadata in memory and in the group file, so it caps them as KIP-848 groups are capped.
+MAX_MEMBERS = 1000
 
 
 def valid_group_id(group_id: str) -> bool:
@@ -135,3 +139,49 @@ def subscribed_topics(group: Group) -> set[str]:
         except (struct.error, UnicodeDecodeError):
             continue
     return topics
+
+
+def group_to_json(group: Group) -> dict[str, object] | None:
+    """What a restart keeps of a classic group: its last stable generation, as Kafka's
+    GroupMetadata record (None when there is no member to keep). A rebalance in progress is
+    not kept: its members learn of the lost generation by ILLEGAL_GENERATION and rejoin."""
+    if group.state != State.STABLE or not group.members:
+        return None
+    return {
+        "protocol_type": group.protocol_type, "protocol_name": group.protocol_name,
+        "generation": group.generation, "leader": group.leader,
+        "members": [{
+            "member_id": m.member_id, "instance_id": m.instance_id, "client_id": m.client_id,
+            "client_host": m.client_host, "session_timeout_s": m.session_timeout_s,
+            "rebalance_timeout_s": m.rebalance_timeout_s,
+            "protocols": [[name, _b64(meta)] for name, meta in m.protocols],
+            "assignment": _b64(m.assignment)} for m in group.members.values()],
+    }
+
+
+def group_from_json(group_id: str, value: object, now: float) -> Group:
+    """A group as ``group_to_json`` kept it: Stable, every member given a whole session from
+    ``now`` to heartbeat again (raises KeyError, ValueError or TypeError if damaged)."""
+    if not isinstance(value, dict):
+        raise TypeError("not an object")
+    group = Group(group_id, State.STABLE, str(value["protocol_type"]),
+                  str(value["protocol_name"]), int(value["generation"]), str(value["leader"]))
+    for m in value["members"]:
+        instance_id = None if m["instance_id"] is None else str(m["instance_id"])
+        member = Member(str(m["member_id"]), instance_id, str(m["client_id"]),
+                        str(m["client_host"]), float(m["session_timeout_s"]),
+                        float(m["rebalance_timeout_s"]),
+                        [(str(name), base64.b64decode(meta, validate=True))
+                         for name, meta in m["protocols"]],
+                        assignment=base64.b64decode(m["assignment"], validate=True))
+        member.deadline = now + member.session_timeout_s
+        group.members[member.member_id] = member
+        if instance_id is not None:
+            group.static[instance_id] = member.member_id
+    if group.leader not in group.members or not group.protocol_name:
+        raise ValueError("leader or protocol missing")
+    return group
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()

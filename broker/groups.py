@@ -31,9 +31,11 @@ from kio.schema.errors import ErrorCode
 
 from broker.consumer_coordinator import ConsumerCoordination
 from broker.consumer_group import ConsumerGroup
+from broker.group_file import GroupFile
 from broker.group_offsets import GroupOffsets
 from broker.group_state import (
     MAX_GROUP_ID_LENGTH,
+    MAX_MEMBERS,
     MAX_METADATA_BYTES,
     MAX_SESSION_TIMEOUT_MS,
     MIN_SESSION_TIMEOUT_MS,
@@ -45,6 +47,8 @@ from broker.group_state import (
     State,
     choose_protocol,
     common_protocols,
+    group_from_json,
+    group_to_json,
     valid_group_id,
 )
 from broker.log import now_ms
@@ -74,12 +78,12 @@ class Coordinator(ConsumerCoordination, GroupOffsets):
                  partition_exists: Callable[[str, int], bool] | None = None,
                  topics: Callable[[], dict[str, tuple[uuid.UUID, int]]] | None = None,
                  group_config: Callable[[str, str], int] | None = None,
-                 consumer_state_path: Path | None = None) -> None:
+                 state_dir: Path | None = None) -> None:
         self.store = store
-        self.consumer_state_path = consumer_state_path
-        self._consumer_save_lock = trio.Lock()
-        self._texts_version = self._written_version = 0
-        self._group_texts: dict[str, str] = {}
+        # Groups' state kept across restarts (None: in memory only, for tests): classic
+        # groups' stable generations, and KIP-848 groups (broker.consumer_group_store).
+        self.classic_file = GroupFile(state_dir and state_dir / "classic-groups.json")
+        self.consumer_file = GroupFile(state_dir and state_dir / "consumer-groups.json")
         # KIP-848 consumer groups (broker.consumer_coordinator): every topic's id and size,
         # and the group configs (consumer.session.timeout.ms, ...).
         self.consumer_groups: dict[str, ConsumerGroup] = {}
@@ -95,6 +99,28 @@ class Coordinator(ConsumerCoordination, GroupOffsets):
         for group_id in store.groups:  # groups known only by their offsets start Empty
             self.groups[group_id] = Group(group_id, empty_since_ms=now_ms())
 
+    def load_groups(self) -> None:
+        """Bring back the groups a restart would otherwise forget: members carry on in their
+        generation (heartbeats and commits keep working), and nobody is handed partitions
+        that a member which has not noticed the restart still consumes."""
+        now = trio.current_time()
+        for group_id, value in self.classic_file.read().items():
+            try:
+                group = group_from_json(group_id, value, now)
+            except (KeyError, ValueError, TypeError, AttributeError) as exc:
+                log.error("group state skipped", extra={"group": group_id,
+                                                        "error": repr(exc)})
+                continue
+            self.groups[group_id] = group
+            self._note(group)
+        self.load_consumer_groups()
+
+    def _note(self, group: Group) -> None:
+        """Remember the group for the group file; called where it becomes Stable or Empty
+        (in between, the file keeps its last stable generation, as Kafka's log does)."""
+        self.classic_file.note(group.group_id, group_to_json(group))
+        self._poke()  # the timer task writes what nobody waits for
+
     # -- timers -------------------------------------------------------------------------
 
     def _poke(self) -> None:
@@ -108,6 +134,10 @@ class Coordinator(ConsumerCoordination, GroupOffsets):
                 await self._changed.wait()
             self._changed = trio.Event()
             await self._on_timers(trio.current_time())
+            try:
+                await self.classic_file.save()
+            except OSError as exc:  # kept in memory: the next change retries the write
+                log.error("group state not written", extra={"error": str(exc)})
 
     def _next_deadline(self) -> float:
         deadlines = [trio.current_time() + 60.0, *self.consumer_deadlines()]
@@ -172,6 +202,8 @@ class Coordinator(ConsumerCoordination, GroupOffsets):
         elif member_id not in group.members and group.pending.pop(member_id, None) is None:
             return JoinResult(ErrorCode.unknown_member_id, member_id=member_id)
         member = group.members.get(member_id)
+        if member is None and len(group.members) >= MAX_MEMBERS:
+            return JoinResult(ErrorCode.group_max_size_reached, member_id=member_id)
         if member is None:
             member = group.members[member_id] = Member(
                 member_id, instance_id, client_id, client_host, session_timeout_ms / 1000,
@@ -211,6 +243,8 @@ class Coordinator(ConsumerCoordination, GroupOffsets):
             group.leader = new_id
         if group.state == State.STABLE and old.protocols == protocols:
             member.deadline = trio.current_time() + member.session_timeout_s
+            self._note(group)  # after a restart the new member id must be the known one
+            await self.classic_file.save()
             result = self._join_result(group, member)
             result.members = []  # the assignment stands: no need to compute a new one
             return result
@@ -265,6 +299,7 @@ class Coordinator(ConsumerCoordination, GroupOffsets):
         if not group.members:
             group.state, group.leader, group.protocol_name = State.EMPTY, "", ""
             group.empty_since_ms = now_ms()
+            self._note(group)
             return
         group.protocol_name = choose_protocol(group)
         if group.leader not in group.members:
@@ -322,6 +357,13 @@ class Coordinator(ConsumerCoordination, GroupOffsets):
                 for other in group.members.values():
                     other.assignment = assignments.get(other.member_id, b"")
                 group.state = State.STABLE
+                generation = group.generation
+                # Durable before anyone hears of it: a restart must not hand these
+                # partitions to someone else while their owners still consume them.
+                self._note(group)
+                await self.classic_file.save()
+                if group.state != State.STABLE or group.generation != generation:
+                    return ErrorCode.rebalance_in_progress, b"", "", ""  # changed meanwhile
                 for other in group.members.values():
                     if other.sync is not None:
                         other.sync.finish(ErrorCode.none)
@@ -392,6 +434,7 @@ class Coordinator(ConsumerCoordination, GroupOffsets):
                 group.generation += 1
                 group.state, group.leader = State.EMPTY, ""
                 group.empty_since_ms = now_ms()
+                self._note(group)
         elif group.state == State.PREPARING:
             self._maybe_complete_join(group, trio.current_time())
         self._poke()

@@ -16,6 +16,7 @@ from broker import consumer_group as cg
 from broker.consumer_coordinator import ConsumerCoordination
 from broker.consumer_group import HeartbeatError, MemberState
 from broker.consumer_heartbeat import Heartbeat
+from broker.group_file import GroupFile
 from broker.group_state import Group, State
 from broker.groups import _default_group_config
 
@@ -26,7 +27,7 @@ class Coordination(ConsumerCoordination):
     def __init__(self, topics: dict[str, tuple[uuid.UUID, int]]) -> None:
         self.groups = {}
         self.consumer_groups = {}
-        self.consumer_state_path = None
+        self.consumer_file = GroupFile(None)
         self.metadata = topics
         self.topics = lambda: self.metadata
         self.group_config = _default_group_config
@@ -248,21 +249,18 @@ def test_the_state_file_survives_a_restart_and_damage(tmp_path):
 
     async def run() -> None:
         c = Coordination({"t": (T1, 2)})
-        c.consumer_state_path = path
-        c._consumer_save_lock = trio.Lock()
-        c._texts_version = c._written_version = 0
-        c._group_texts = {}
+        c.consumer_file = GroupFile(path)
         first = await c.consumer_heartbeat(Heartbeat(
             "g", "", 0, rebalance_timeout_ms=1000, subscribed_topic_names=["t"], owned={}))
         again = Coordination({"t": (T1, 2)})
-        again.consumer_state_path, again._group_texts = path, {}
+        again.consumer_file = GroupFile(path)
         again.load_consumer_groups()
         member = again.consumer_groups["g"].members[first.member_id]
         assert member.member_epoch == first.member_epoch
         assert member.assigned == first.assignment
         path.write_text('{"g": {"group_epoch": "x"}, "h": 1}')
         damaged = Coordination({"t": (T1, 2)})
-        damaged.consumer_state_path, damaged._group_texts = path, {}
+        damaged.consumer_file = GroupFile(path)
         damaged.load_consumer_groups()  # each damaged group skipped, the broker starts
         assert damaged.consumer_groups == {}
         path.write_text("{not json")

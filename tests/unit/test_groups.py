@@ -10,9 +10,12 @@ from broker.log import LogConfig
 from broker.offsets import Committed, OffsetStore
 
 
-def coordinator(tmp_path, delay: float = 0.0) -> Coordinator:
+def coordinator(tmp_path, delay: float = 0.0, *, durable: bool = False) -> Coordinator:
     store = OffsetStore(tmp_path / "offsets", LogConfig(compacted=True))
-    return Coordinator(store, initial_rebalance_delay_s=delay)
+    c = Coordinator(store, initial_rebalance_delay_s=delay,
+                    state_dir=tmp_path if durable else None)
+    c.load_groups()
+    return c
 
 
 async def join(c: Coordinator, member: str = "", instance: str | None = None,
@@ -111,6 +114,66 @@ async def test_commits_survive_a_restart(tmp_path):
     assert await again.delete_group("g") == ErrorCode.none
     assert again.fetch_offsets("g", None) == {}
     again.store.close()
+
+
+async def test_a_restarted_coordinator_keeps_the_stable_generation(tmp_path):
+    """After a broker restart members carry on: the same generation, the same assignments,
+    and a newcomer's rebalance still waits for the old members to give theirs up."""
+    c = coordinator(tmp_path, durable=True)
+    first = await join(c, instance="pod-1")
+    await c.sync("g", first.generation, first.member_id, "pod-1", "consumer", "range",
+                 {first.member_id: b"all six"})
+    c.store.close()
+    (tmp_path / "consumer-groups.json").write_text("{}")
+    again = coordinator(tmp_path, durable=True)
+    group = again.groups["g"]
+    assert group.state == State.STABLE and group.generation == first.generation
+    assert again.heartbeat("g", first.generation, first.member_id, "pod-1") == ErrorCode.none
+    error, assignment, _, _ = await again.sync("g", first.generation, first.member_id, "pod-1",
+                                               "", "", {})
+    assert (error, assignment) == (ErrorCode.none, b"all six")
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(again.run)
+            nursery.start_soon(join, again)  # a newcomer parks until the old member rejoins
+            await trio.sleep(0.05)
+            assert group.state == State.PREPARING
+            assert again.heartbeat("g", first.generation, first.member_id, "pod-1") == \
+                ErrorCode.rebalance_in_progress
+            nursery.cancel_scope.cancel()
+    again.store.close()
+    (tmp_path / "classic-groups.json").write_text('{"g": {"generation": "x"}, "h": []}')
+    damaged = coordinator(tmp_path, durable=True)  # damaged entries skipped, start goes on
+    assert damaged.groups == {}
+    damaged.store.close()
+
+
+async def test_an_emptied_group_leaves_the_group_file(tmp_path):
+    c = coordinator(tmp_path, durable=True)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(c.run)
+        member = await join(c)
+        await c.sync("g", member.generation, member.member_id, None, "consumer", "range",
+                     {member.member_id: b"p"})
+        assert '"g"' in (tmp_path / "classic-groups.json").read_text()
+        c.leave("g", [(member.member_id, None)])
+        with trio.fail_after(2):
+            while (tmp_path / "classic-groups.json").read_text() != "{}":
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    c.store.close()
+
+
+async def test_a_group_is_capped_at_a_thousand_members(tmp_path):
+    c = coordinator(tmp_path, delay=60.0)
+    async with trio.open_nursery() as nursery:
+        for _ in range(1000):
+            nursery.start_soon(join, c)
+        await trio.sleep(0.1)
+        assert len(c.groups["g"].members) == 1000
+        assert (await join(c)).error == ErrorCode.group_max_size_reached
+        nursery.cancel_scope.cancel()
+    c.store.close()
 
 
 def test_offsets_replay_skips_records_it_cannot_read(tmp_path, caplog):
