@@ -29,6 +29,7 @@ class Proc:
     command: list[str]
     log_path: Path
     popen: subprocess.Popen[bytes] | None = None
+    ready: str = "msg=ready"  # the log line that says it serves
 
     def start(self) -> None:
         seen = len(self.log_text())  # a restart must wait for a *new* ready line
@@ -37,7 +38,7 @@ class Proc:
             self.command, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log_file,
             stderr=subprocess.STDOUT, start_new_session=True)
         log_file.close()
-        self.wait_for_log("msg=ready", start_at=seen)
+        self.wait_for_log(self.ready, start_at=seen)
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
