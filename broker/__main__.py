@@ -16,6 +16,7 @@ from broker.config_service import defaults_of
 from broker.configs import InvalidConfig
 from broker.exports import DEFAULT_CHUNK_BYTES, Exports, ExportsHttp
 from broker.groups import Coordinator
+from broker.membership import LEASE_TTL_S, BrokerInfo, Membership
 from broker.offsets import OffsetStore
 from broker.producer_ids import ProducerIds
 from broker.security import SecurityStore, read_users_file
@@ -26,6 +27,7 @@ from broker.ucx_export import LEASE_MS, UcxExporter
 from kelp import cluster_token, debug, grpc, httpd, logs, process
 from kelp import metrics as kelp_metrics
 from kelp.address import parse_host_port
+from kelp.etcd import Etcd
 
 log = logging.getLogger("kelp.broker")
 
@@ -90,6 +92,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "0600) with SCRAM-SHA-256 and SCRAM-SHA-512 credentials at start, "
                         "unless they exist; only salted keys are kept (like kafka-storage "
                         "format --add-scram)")
+    cluster = parser.add_argument_group("cluster (several brokers, metadata in etcd)")
+    cluster.add_argument("--etcd", default=None, metavar="HOST:PORT[,HOST:PORT...]",
+                         help="join a cluster whose metadata lives in this etcd (without it the "
+                         "broker runs alone, as before)")
+    cluster.add_argument("--broker-id", type=int, default=0,
+                         help="this broker's id in the cluster (default: 0)")
+    cluster.add_argument("--rack", default=None, help="this broker's rack, for replica placement")
+    cluster.add_argument("--advertise", default=None, metavar="HOST:PORT",
+                         help="the gRPC address other processes reach this broker at "
+                         "(default: --grpc)")
+    cluster.add_argument("--etcd-lease-ms", type=int, default=LEASE_TTL_S * 1000,
+                         help="how long the broker stays registered after its last keep-alive "
+                         f"reached etcd (default: {LEASE_TTL_S * 1000})")
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)
@@ -195,10 +210,21 @@ async def serve(args: argparse.Namespace) -> None:
                             auto_create_partitions=configs.int_value("num.partitions"),
                             append_delay_s=args.faults.get("append-delay-ms", 0.0) / 1000)
 
+    membership = None
+    if args.etcd:
+        try:
+            etcd = Etcd.from_text(args.etcd)
+        except ValueError as exc:
+            raise SystemExit(f"broker: --etcd: {exc}") from None
+        membership = Membership(etcd, BrokerInfo(
+            args.broker_id, args.advertise or args.grpc, args.http, args.ucx_advertise or args.ucx,
+            args.rack), ttl_s=max(1, round(args.etcd_lease_ms / 1000)))
+
     async def health(request: httpd.Request) -> httpd.Response:
+        cluster = {} if membership is None else {"cluster": membership.health()}
         return httpd.Response.json({"status": "ok", "topics": len(registry.topics),
                                     "partitions": registry.partition_count(),
-                                    **service.counters(), **exporter.health()})
+                                    **service.counters(), **exporter.health(), **cluster})
 
     metrics_route = kelp_metrics.route(broker_metrics.state(
         registry, store, transactions, service.counters))
@@ -234,6 +260,8 @@ async def serve(args: argparse.Namespace) -> None:
             if args.faults.get("ucx-stop-endpoint"):
                 routes["/debug/ucx-stop"] = httpd.Route(stop_ucx, frozenset({"POST"}))
             await nursery.start(httpd.serve_http, routes, http_host, http_port)
+            if membership is not None:  # registered once it serves
+                await nursery.start(membership.run)
             process.ready(log, grpc=str(grpc_address), http=args.http,
                           data_dir=str(args.data_dir))
     finally:

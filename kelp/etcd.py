@@ -72,11 +72,12 @@ class Entry:
     key: bytes
     value: bytes
     mod_revision: int  # the revision that last wrote it: ``put_if``'s precondition
+    create_revision: int = 0  # the revision that created it (an epoch: it only grows)
     lease: int = 0
 
 
 def _entry(kv: pb.KeyValue) -> Entry:
-    return Entry(kv.key, kv.value, kv.mod_revision, kv.lease)
+    return Entry(kv.key, kv.value, kv.mod_revision, kv.create_revision, kv.lease)
 
 
 class Etcd:

@@ -32,13 +32,19 @@ class Proc:
     ready: str = "msg=ready"  # the log line that says it serves
 
     def start(self) -> None:
+        seen = self.launch()
+        self.wait_for_log(self.ready, start_at=seen)
+
+    def launch(self) -> int:
+        """Start without waiting for the ready line; where in the log this life begins."""
         seen = len(self.log_text())  # a restart must wait for a *new* ready line
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log_file = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its life
         self.popen = subprocess.Popen(
             self.command, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log_file,
             stderr=subprocess.STDOUT, start_new_session=True)
         log_file.close()
-        self.wait_for_log(self.ready, start_at=seen)
+        return seen
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

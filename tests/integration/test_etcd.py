@@ -3,7 +3,7 @@ expire, and a mirror that follows a prefix through writes, deletes and an etcd r
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +24,7 @@ def etcd_server(tmp_path: Path) -> Iterator[EtcdServer]:
         server.stop()
 
 
-def run(main) -> None:  # noqa: ANN001 - an async function taking an Etcd
+def run(main: Callable[[], Awaitable[None]]) -> None:
     async def with_loop() -> None:
         async with trio_asyncio.open_loop():
             await main()

@@ -1,0 +1,98 @@
+"""Brokers in a cluster through a real etcd: registration under a lease, one controller, and
+what happens when brokers are killed, stopped and restarted, and when etcd restarts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cluster_procs import BrokerCluster, BrokerNode, wait_for
+
+
+@pytest.fixture
+def brokers(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[BrokerCluster]:
+    cluster = BrokerCluster(tmp_path).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            for node in cluster.brokers:
+                print(f"--- {node.proc.name} ---\n{node.proc.log_text()[-3000:]}")
+
+
+def views(nodes: list[BrokerNode]) -> list[dict]:
+    return [node.cluster() for node in nodes]
+
+
+def agreed(nodes: list[BrokerNode], broker_ids: list[int]) -> dict | None:
+    """The one view every node has, if they agree on the members and on a controller."""
+    seen = views(nodes)
+    first = seen[0]
+    if first["controller"] is None or first["brokers"] != broker_ids:
+        return None
+    if any((v["controller"], v["controller_epoch"], v["brokers"]) !=
+           (first["controller"], first["controller_epoch"], first["brokers"]) for v in seen):
+        return None
+    return first
+
+
+def test_brokers_register_and_agree_on_one_controller(brokers: BrokerCluster) -> None:
+    view = wait_for(lambda: agreed(brokers.brokers, [0, 1, 2]), "one view of three brokers")
+    assert all(v["registered"] for v in views(brokers.brokers))
+    controller = view["controller"]
+    assert [n.broker_id for n in brokers.brokers if n.broker_id == controller] == [controller]
+
+    # The controller is SIGKILLed: its lease runs out, another broker takes over with a
+    # higher epoch, and the dead one leaves the member list.
+    dead = brokers.brokers[controller]
+    dead.proc.kill()
+    alive = [n for n in brokers.brokers if n is not dead]
+    ids = sorted(n.broker_id for n in alive)
+    after = wait_for(lambda: agreed(alive, ids), "a new controller among the survivors",
+                     timeout=15)
+    assert after["controller"] in ids and after["controller_epoch"] > view["controller_epoch"]
+
+    # Restarted with the same id, it registers again and follows the new controller.
+    dead.proc.start()
+    again = wait_for(lambda: agreed(brokers.brokers, [0, 1, 2]), "three brokers again")
+    assert again["controller"] == after["controller"]
+
+    # A clean stop deregisters at once (the lease is revoked, not left to expire).
+    stopped = next(n for n in brokers.brokers if n.broker_id != again["controller"])
+    stopped.proc.stop()
+    rest = [n for n in brokers.brokers if n is not stopped]
+    wait_for(lambda: agreed(rest, sorted(n.broker_id for n in rest)),
+             "the stopped broker gone", timeout=2.5)
+
+
+def test_a_second_process_cannot_take_a_live_brokers_id(brokers: BrokerCluster,
+                                                        tmp_path: Path) -> None:
+    wait_for(lambda: agreed(brokers.brokers, [0, 1, 2]), "three brokers")
+    twin = BrokerNode(1, tmp_path / "twin", brokers.etcd)
+    twin.proc.launch()
+    try:
+        twin.proc.wait_for_log("waiting for its lease to expire")
+        assert "msg=ready" not in twin.proc.log_text()
+        # The original goes away: the twin takes the id once the old lease has expired.
+        brokers.brokers[1].proc.kill()
+        twin.proc.wait_for_log("msg=ready", timeout=15)
+        assert twin.cluster()["registered"]
+    finally:
+        twin.proc.stop()
+
+
+def test_brokers_come_back_after_etcd_restarts(brokers: BrokerCluster) -> None:
+    before = wait_for(lambda: agreed(brokers.brokers, [0, 1, 2]), "three brokers")
+    brokers.etcd.kill()
+    brokers.etcd.start()
+    after = wait_for(lambda: agreed(brokers.brokers, [0, 1, 2]),
+                     "three brokers after etcd's restart", timeout=30)
+    assert after["controller"] is not None
+    # Still serving all along: health answered by every broker.
+    assert all(json.dumps(n.health()) for n in brokers.brokers)
+    assert after["controller_epoch"] >= before["controller_epoch"]
