@@ -14,6 +14,7 @@ from broker import metrics as broker_metrics
 from broker.broker_configs import BrokerConfigs, check_broker_value
 from broker.config_service import defaults_of
 from broker.configs import InvalidConfig
+from broker.controller import Controller
 from broker.exports import DEFAULT_CHUNK_BYTES, Exports, ExportsHttp
 from broker.groups import Coordinator
 from broker.membership import LEASE_TTL_S, BrokerInfo, Membership
@@ -210,7 +211,7 @@ async def serve(args: argparse.Namespace) -> None:
                             auto_create_partitions=configs.int_value("num.partitions"),
                             append_delay_s=args.faults.get("append-delay-ms", 0.0) / 1000)
 
-    membership = None
+    membership = controller = None
     if args.etcd:
         try:
             etcd = Etcd.from_text(args.etcd)
@@ -219,9 +220,12 @@ async def serve(args: argparse.Namespace) -> None:
         membership = Membership(etcd, BrokerInfo(
             args.broker_id, args.advertise or args.grpc, args.http, args.ucx_advertise or args.ucx,
             args.rack), ttl_s=max(1, round(args.etcd_lease_ms / 1000)))
+        controller = Controller(etcd, membership)
 
     async def health(request: httpd.Request) -> httpd.Response:
-        cluster = {} if membership is None else {"cluster": membership.health()}
+        cluster = {} if membership is None or controller is None else {"cluster": {
+            **membership.health(), "leader_changes": controller.leader_changes,
+            "isr_changes": controller.isr_changes}}
         return httpd.Response.json({"status": "ok", "topics": len(registry.topics),
                                     "partitions": registry.partition_count(),
                                     **service.counters(), **exporter.health(), **cluster})
@@ -260,8 +264,9 @@ async def serve(args: argparse.Namespace) -> None:
             if args.faults.get("ucx-stop-endpoint"):
                 routes["/debug/ucx-stop"] = httpd.Route(stop_ucx, frozenset({"POST"}))
             await nursery.start(httpd.serve_http, routes, http_host, http_port)
-            if membership is not None:  # registered once it serves
+            if membership is not None and controller is not None:  # registered once it serves
                 await nursery.start(membership.run)
+                await nursery.start(controller.run)
             process.ready(log, grpc=str(grpc_address), http=args.http,
                           data_dir=str(args.data_dir))
     finally:

@@ -160,27 +160,38 @@ class Etcd:
         assert isinstance(reply, pb.DeleteRangeResponse)
         return reply.deleted
 
+    async def write_if(self, conditions: Sequence[tuple[bytes, str, int]],
+                       puts: Sequence[tuple[bytes, bytes]] = (), *, deletes: Sequence[bytes] = (),
+                       lease: int = 0) -> int | None:
+        """Apply ``puts`` and ``deletes`` together only if every condition holds; the new
+        revision, or None when one did not. A condition is ``(key, "mod" | "create",
+        revision)``: the key was last written, or created, at that revision (0: absent)."""
+        targets = {"mod": pb.CompareCompareTarget.MOD, "create": pb.CompareCompareTarget.CREATE}
+        compares = []
+        for key, field, revision in conditions:
+            compare = pb.Compare(result=pb.CompareCompareResult.EQUAL, target=targets[field],
+                                 key=key)
+            if field == "mod":
+                compare.mod_revision = revision
+            else:
+                compare.create_revision = revision
+            compares.append(compare)
+        ops = [pb.RequestOp(request_put=pb.PutRequest(key=k, value=v, lease=lease))
+               for k, v in puts]
+        ops += [pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=k)) for k in deletes]
+        reply = await self._call(KV.txn, pb.TxnRequest(compare=compares, success=ops))
+        assert isinstance(reply, pb.TxnResponse)
+        return reply.header.revision if reply.succeeded else None
+
     async def put_if(self, key: bytes, value: bytes, *, mod_revision: int, lease: int = 0
                      ) -> int | None:
         """Write ``key`` only if it was last written at ``mod_revision`` (0: only if absent).
         The new revision, or None when someone else wrote it first."""
-        compare = pb.Compare(result=pb.CompareCompareResult.EQUAL,
-                             target=pb.CompareCompareTarget.MOD, key=key,
-                             mod_revision=mod_revision)
-        put = pb.RequestOp(request_put=pb.PutRequest(key=key, value=value, lease=lease))
-        reply = await self._call(KV.txn, pb.TxnRequest(compare=[compare], success=[put]))
-        assert isinstance(reply, pb.TxnResponse)
-        return reply.header.revision if reply.succeeded else None
+        return await self.write_if([(key, "mod", mod_revision)], [(key, value)], lease=lease)
 
     async def delete_if(self, key: bytes, *, mod_revision: int) -> bool:
         """Delete ``key`` only if it was last written at ``mod_revision``."""
-        compare = pb.Compare(result=pb.CompareCompareResult.EQUAL,
-                             target=pb.CompareCompareTarget.MOD, key=key,
-                             mod_revision=mod_revision)
-        delete = pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=key))
-        reply = await self._call(KV.txn, pb.TxnRequest(compare=[compare], success=[delete]))
-        assert isinstance(reply, pb.TxnResponse)
-        return reply.succeeded
+        return await self.write_if([(key, "mod", mod_revision)], deletes=[key]) is not None
 
     async def status(self) -> pb.StatusResponse:
         reply = await self._call(MAINTENANCE.status, pb.StatusRequest())

@@ -4,11 +4,17 @@ what happens when brokers are killed, stopped and restarted, and when etcd resta
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
+import trio_asyncio
 
+from broker.controller import PARTITIONS, create_topic, parse_partition_key
+from broker.placement import PartitionState
+from kelp.etcd import Etcd
 from tests.cluster_procs import BrokerCluster, BrokerNode, wait_for
 
 
@@ -96,3 +102,68 @@ def test_brokers_come_back_after_etcd_restarts(brokers: BrokerCluster) -> None:
     # Still serving all along: health answered by every broker.
     assert all(json.dumps(n.health()) for n in brokers.brokers)
     assert after["controller_epoch"] >= before["controller_epoch"]
+
+
+def partition_states(etcd_endpoint: str) -> dict[tuple[str, int], PartitionState]:
+    async def read() -> dict[tuple[str, int], PartitionState]:
+        async with trio_asyncio.open_loop():
+            etcd = Etcd.from_text(etcd_endpoint)
+            try:
+                entries, _ = await etcd.get_prefix(PARTITIONS)
+            finally:
+                etcd.close()
+        return {parse_partition_key(e.key): PartitionState.decode(e.value) for e in entries}
+
+    return trio.run(read)
+
+
+def test_the_controller_moves_leaders_off_dead_brokers(brokers: BrokerCluster) -> None:
+    wait_for(lambda: agreed(brokers.brokers, [0, 1, 2]), "three brokers")
+
+    async def create() -> dict:
+        async with trio_asyncio.open_loop():
+            etcd = Etcd.from_text(brokers.etcd.endpoint)
+            try:
+                first = await create_topic(etcd, "orders", 6, 3, {0: None, 1: None, 2: None})
+                again = await create_topic(etcd, "orders", 6, 3, {0: None, 1: None, 2: None})
+                assert again is None  # created once
+                return first
+            finally:
+                etcd.close()
+
+    created = trio.run(create)
+    assert sorted(r.leader for r in created.values()) == [0, 0, 1, 1, 2, 2]
+
+    # Broker 0 is SIGKILLed: its partitions get new leaders from their ISR with the epoch
+    # bumped; it leaves every ISR; the others' partitions keep their leader and epoch.
+    brokers.brokers[0].proc.kill()
+
+    def moved() -> dict | None:
+        states = partition_states(brokers.etcd.endpoint)
+        if any(0 in s.isr or s.leader == 0 for s in states.values()):
+            return None
+        return states
+
+    after = wait_for(moved, "leaders moved off broker 0", timeout=20)
+    for (_topic, partition), state in after.items():
+        before = created[partition]
+        assert state.leader in (1, 2) and state.isr == tuple(b for b in before.replicas if b)
+        assert state.leader_epoch == before.leader_epoch + (before.leader == 0)
+        assert state.leader == before.leader or before.leader == 0
+
+    # It comes back: it does not lead or rejoin an ISR by itself (only a leader that sees
+    # it caught up may add it back), so the states stay as they are.
+    brokers.brokers[0].proc.start()
+    wait_for(lambda: agreed(brokers.brokers, [0, 1, 2]), "three brokers again")
+    time.sleep(1.5)
+    assert partition_states(brokers.etcd.endpoint) == after
+
+    # Two of three down: the last in-sync replica leads everything.
+    survivor = brokers.brokers[2]
+    for node in brokers.brokers:
+        if node is not survivor:
+            node.proc.kill()
+    wait_for(lambda: all(s.leader == 2 and s.isr == (2,) for s in
+                         partition_states(brokers.etcd.endpoint).values()),
+             "broker 2 leading alone", timeout=20)
+    assert survivor.cluster()["controller"] == 2

@@ -1,0 +1,157 @@
+"""The cluster controller: keeps every partition's leader and ISR in etcd true to the live brokers.
+
+Every broker with ``--etcd`` runs this; only the one holding the controller key
+(``broker.membership``) acts. It mirrors ``/kelp/partitions/`` and the broker registrations,
+and whenever either changes it applies ``broker.placement.after_brokers_changed`` to each
+partition: a dead leader is replaced from the ISR with the leader epoch bumped, dead followers
+leave the ISR, a partition with no live in-sync replica goes offline until one returns.
+
+Every write is a compare-and-swap on the partition's revision *and* on the controller key's
+create revision (the controller epoch): a controller deposed while it was deciding (its lease
+lost, another elected) has its writes refused by etcd, never applied over the new one's.
+
+Topic metadata lives beside it: ``/kelp/topics/<name>`` (id, partition count, replication
+factor) and ``/kelp/partitions/<name>/<n>`` (``PartitionState``), written together when a topic
+is created (``create_topic``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from dataclasses import dataclass
+
+import trio
+
+from broker.membership import CONTROLLER, Membership
+from broker.placement import PartitionState, after_brokers_changed, assign_replicas
+from kelp.etcd import Etcd, EtcdUnavailable, Mirror
+
+log = logging.getLogger("kelp.broker.controller")
+
+TOPICS = b"/kelp/topics/"
+PARTITIONS = b"/kelp/partitions/"
+RECHECK_S = 1.0  # how often a broker looks at whether it became (or stopped being) controller
+
+
+def partition_key(topic: str, partition: int) -> bytes:
+    return PARTITIONS + f"{topic}/{partition}".encode()
+
+
+def parse_partition_key(key: bytes) -> tuple[str, int]:
+    topic, _, number = key[len(PARTITIONS):].decode().rpartition("/")
+    return topic, int(number)
+
+
+@dataclass(frozen=True)
+class TopicMeta:
+    topic_id: uuid.UUID
+    partitions: int
+    replication_factor: int
+
+    def encode(self) -> bytes:
+        return json.dumps({"topic_id": str(self.topic_id), "partitions": self.partitions,
+                           "replication_factor": self.replication_factor}).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> TopicMeta:
+        value = json.loads(data)
+        return cls(uuid.UUID(value["topic_id"]), int(value["partitions"]),
+                   int(value["replication_factor"]))
+
+
+async def create_topic(etcd: Etcd, name: str, partitions: int, replication_factor: int,
+                       brokers: dict[int, str | None]) -> dict[int, PartitionState] | None:
+    """Place a new topic on ``brokers`` (id -> rack) and write it with all its partitions in
+    one etcd transaction; None if the topic exists. Raises ``PlacementError``."""
+    assignment = assign_replicas(range(partitions), replication_factor, brokers)
+    states = {p: PartitionState.new(replicas) for p, replicas in assignment.items()}
+    meta = TopicMeta(uuid.uuid4(), partitions, replication_factor)
+    topic_key = TOPICS + name.encode()
+    puts = [(topic_key, meta.encode())]
+    puts += [(partition_key(name, p), state.encode()) for p, state in states.items()]
+    written = await etcd.write_if([(topic_key, "create", 0)], puts)
+    return None if written is None else states
+
+
+class Controller:
+    def __init__(self, etcd: Etcd, membership: Membership, *, unclean: bool = False) -> None:
+        self.etcd = etcd
+        self.membership = membership
+        self.unclean = unclean
+        self.partitions = Mirror(etcd, PARTITIONS)
+        self.leader_changes = 0  # elections this broker made as controller
+        self.isr_changes = 0
+
+    def states(self) -> dict[tuple[str, int], PartitionState]:
+        """Every readable partition state, by (topic, partition)."""
+        found = {}
+        for key, entry in self.partitions.entries.items():
+            try:
+                found[parse_partition_key(key)] = PartitionState.decode(entry.value)
+            except (ValueError, KeyError, TypeError):
+                continue  # logged where the controller meets it
+        return found
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.partitions.run)
+            task_status.started()
+            while True:
+                if self.membership.is_controller:
+                    try:
+                        await self._control(self.membership.controller_epoch)
+                    except EtcdUnavailable as exc:
+                        log.warning("controller cannot reach etcd", extra={"error": str(exc)})
+                await trio.sleep(RECHECK_S)
+
+    def _still_controller(self, epoch: int) -> bool:
+        return self.membership.is_controller and self.membership.controller_epoch == epoch
+
+    async def _control(self, epoch: int) -> None:
+        """Reconcile until this broker stops being controller in ``epoch``."""
+        log.info("acting as controller", extra={"epoch": epoch})
+        brokers_mirror = self.membership.brokers_mirror
+        while self._still_controller(epoch):
+            seen = (brokers_mirror.revision, self.partitions.revision)
+            live = set(self.membership.brokers())
+            for key, entry in list(self.partitions.entries.items()):
+                if not self._still_controller(epoch):
+                    return
+                try:
+                    state = PartitionState.decode(entry.value)
+                except (ValueError, KeyError, TypeError) as exc:
+                    log.error("unreadable partition state left alone", extra={
+                        "key": key.decode(errors="replace"), "error": str(exc)})
+                    continue
+                new = after_brokers_changed(state, live, unclean=self.unclean)
+                if new == state:
+                    continue
+                written = await self.etcd.write_if(
+                    [(CONTROLLER, "create", epoch), (key, "mod", entry.mod_revision)],
+                    [(key, new.encode())])
+                if written is None:
+                    break  # deposed, or the partition changed meanwhile: look again
+                topic, partition = parse_partition_key(key)
+                if new.leader != state.leader:
+                    self.leader_changes += 1
+                    log.info("partition leader changed", extra={
+                        "topic": topic, "partition": partition, "leader": new.leader,
+                        "leader_epoch": new.leader_epoch, "isr": list(new.isr)})
+                else:
+                    self.isr_changes += 1
+            await self._wait_for_change(seen)
+
+    async def _wait_for_change(self, seen: tuple[int, int]) -> None:
+        """Until brokers or partitions change, or a recheck of controllership is due."""
+        async with trio.open_nursery() as nursery:
+            async def wake_on(mirror: Mirror, revision: int) -> None:
+                await mirror.wait_changed(revision)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(wake_on, self.membership.brokers_mirror, seen[0])
+            nursery.start_soon(wake_on, self.partitions, seen[1])
+            await trio.sleep(RECHECK_S)
+            nursery.cancel_scope.cancel()
