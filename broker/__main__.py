@@ -231,7 +231,8 @@ async def serve(args: argparse.Namespace) -> None:
                                     **service.counters(), **exporter.health(), **cluster})
 
     metrics_route = kelp_metrics.route(broker_metrics.state(
-        registry, store, transactions, service.counters))
+        registry, store, transactions, service.counters,
+        None if controller is None else controller.gauges))
 
     grpc_address = grpc.Address.parse(args.grpc)
     token = None

@@ -27,6 +27,7 @@ import trio
 from broker.membership import CONTROLLER, Membership
 from broker.placement import PartitionState, after_brokers_changed, assign_replicas
 from kelp.etcd import Etcd, EtcdUnavailable, Mirror
+from kelp.metrics import Gauges
 
 log = logging.getLogger("kelp.broker.controller")
 
@@ -83,6 +84,28 @@ class Controller:
         self.partitions = Mirror(etcd, PARTITIONS)
         self.leader_changes = 0  # elections this broker made as controller
         self.isr_changes = 0
+
+    def gauges(self) -> Gauges:
+        """The cluster as this broker sees it, for ``/metrics``."""
+        membership = self.membership
+        return {
+            "kelp_broker_cluster_brokers": (
+                "Live brokers registered in etcd.", (), [((), len(membership.brokers()))]),
+            "kelp_broker_cluster_registered": (
+                "1 while this broker's registration lease is held.", (),
+                [((), int(membership.registered))]),
+            "kelp_broker_controller": (
+                "1 while this broker is the controller.", (),
+                [((), int(membership.is_controller))]),
+            "kelp_broker_controller_epoch": (
+                "The controller epoch this broker knows.", (),
+                [((), membership.controller_epoch)]),
+            "kelp_broker_controller_leader_changes": (
+                "Partition leaders this broker changed as controller.", (),
+                [((), self.leader_changes)]),
+            "kelp_broker_controller_isr_changes": (
+                "ISR shrinks this broker wrote as controller.", (), [((), self.isr_changes)]),
+        }
 
     def states(self) -> dict[tuple[str, int], PartitionState]:
         """Every readable partition state, by (topic, partition)."""

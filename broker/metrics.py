@@ -68,8 +68,9 @@ def forget_topic(topic: str) -> None:
 
 def state(registry: TopicRegistry, offsets: OffsetStore,
           transactions: TransactionCoordinator | None,
-          counters: Callable[[], dict[str, int]]) -> Callable[[], Gauges]:
-    """The broker's state gauges, read at scrape time."""
+          counters: Callable[[], dict[str, int]],
+          cluster: Callable[[], Gauges] | None = None) -> Callable[[], Gauges]:
+    """The broker's state gauges, read at scrape time (``cluster``'s too, with ``--etcd``)."""
 
     def read() -> Gauges:
         partitions: dict[str, list[tuple[tuple[str, ...], float]]] = {
@@ -127,6 +128,8 @@ def state(registry: TopicRegistry, offsets: OffsetStore,
                 "Transactions under way.", (), [((), open_now)])
             gauges["kelp_broker_transactional_ids"] = (
                 "Transactional ids the coordinator keeps.", (), [((), len(transactions.txns))])
+        if cluster is not None:
+            gauges.update(cluster())
         return gauges
 
     return read

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from tests.etcd_proc import EtcdServer
 from tests.kelp_procs import Proc, free_port
 
@@ -40,6 +42,17 @@ class BrokerNode:
 
     def cluster(self) -> dict:
         return self.health()["cluster"]
+
+    def metric(self, name: str) -> float:
+        """One unlabelled sample of ``/metrics``, read with Prometheus's own parser."""
+        url = f"http://127.0.0.1:{self.http_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            text = reply.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and not sample.labels:
+                    return sample.value
+        raise KeyError(name)
 
 
 @dataclass

@@ -51,7 +51,9 @@ def test_brokers_register_and_agree_on_one_controller(brokers: BrokerCluster) ->
     view = wait_for(lambda: agreed(brokers.brokers, [0, 1, 2]), "one view of three brokers")
     assert all(v["registered"] for v in views(brokers.brokers))
     controller = view["controller"]
-    assert [n.broker_id for n in brokers.brokers if n.broker_id == controller] == [controller]
+    assert [n.metric("kelp_broker_controller") for n in brokers.brokers] == [
+        float(n.broker_id == controller) for n in brokers.brokers]
+    assert {n.metric("kelp_broker_cluster_brokers") for n in brokers.brokers} == {3.0}
 
     # The controller is SIGKILLed: its lease runs out, another broker takes over with a
     # higher epoch, and the dead one leaves the member list.
