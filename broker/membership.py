@@ -68,7 +68,8 @@ class Membership:
         self.registered = False
         self.controller_id: int | None = None
         self.controller_epoch = 0
-        self.lives = 0  # registrations so far: more than one means a lease was lost
+        self.lives = 0  # leases taken so far: more than one means a lease was lost
+        self.lives_registered = 0  # of which got as far as registering
 
     @property
     def is_controller(self) -> bool:
@@ -100,23 +101,34 @@ class Membership:
             while True:
                 try:
                     await self._live(task_status)
-                except EtcdUnavailable as exc:
-                    log.warning("etcd unavailable, registering again", extra={
+                except (EtcdUnavailable, LeaseLost) as exc:
+                    log.warning("registration ended, registering again", extra={
                         "error": str(exc)})
-                task_status = trio.TASK_STATUS_IGNORED  # started once, by the first life
+                if self.lives_registered:
+                    task_status = trio.TASK_STATUS_IGNORED  # started once, by the first
                 await trio.sleep(RETRY_S)
 
     async def _live(self, task_status: trio.TaskStatus[None]) -> None:
-        """One registration: from a new lease until it is lost (or cancelled)."""
+        """One registration: from a new lease until it is lost (or cancelled). Raises
+        ``EtcdUnavailable`` when etcd cannot be reached."""
         lease = await self.etcd.grant(self.ttl_s)
         self.lease = lease
         self.lives += 1
+        unavailable: EtcdUnavailable | LeaseLost | None = None
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._keep_alive, lease, nursery.cancel_scope)
-                await self._register(lease)
-                task_status.started()
-                await self._follow_controller(lease)
+                # Caught here, not around the nursery, which would wrap it in a group.
+                try:
+                    await self._register(lease)
+                    self.lives_registered += 1
+                    task_status.started()
+                    await self._follow_controller(lease)
+                except (EtcdUnavailable, LeaseLost) as exc:
+                    unavailable = exc
+                    nursery.cancel_scope.cancel()
+            if unavailable is not None:
+                raise unavailable
         finally:
             self.registered = False
             self.controller_id = None if self.controller_id == self.me.broker_id \

@@ -19,6 +19,7 @@ timeout; an unreachable etcd is ``EtcdUnavailable``, never a hang.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -119,6 +120,8 @@ class Etcd:
             try:
                 reply = await self._channel(index).call(route, request, timeout=self.timeout_s)
             except _UNREACHED as exc:
+                if isinstance(exc, GRPCError) and "lease not found" in (exc.message or ""):
+                    raise LeaseLost(exc.message) from exc  # a write under an expired lease
                 if isinstance(exc, GRPCError) and exc.status.name in (
                         "INVALID_ARGUMENT", "FAILED_PRECONDITION", "NOT_FOUND", "OUT_OF_RANGE"):
                     raise  # etcd answered: the request itself is wrong
@@ -210,11 +213,8 @@ class Etcd:
 
     async def revoke(self, lease: int) -> None:
         """End a lease now: its keys are deleted (a clean shutdown's deregistration)."""
-        try:
+        with contextlib.suppress(LeaseLost):  # already expired: nothing to end
             await self._call(LEASE.lease_revoke, pb.LeaseRevokeRequest(id=lease))
-        except GRPCError as exc:  # already expired: nothing to end
-            if exc.status.name != "NOT_FOUND":
-                raise
 
     async def keep_alive(self, lease: int, ttl_s: int) -> None:
         """Renew ``lease`` every third of its TTL until cancelled. Raises ``LeaseLost`` when
