@@ -20,6 +20,7 @@ from broker.groups import Coordinator
 from broker.membership import LEASE_TTL_S, BrokerInfo, Membership
 from broker.offsets import OffsetStore
 from broker.producer_ids import ProducerIds
+from broker.replicas import ReplicaManager
 from broker.security import SecurityStore, read_users_file
 from broker.service import BrokerService
 from broker.topics import TopicRegistry
@@ -211,7 +212,7 @@ async def serve(args: argparse.Namespace) -> None:
                             auto_create_partitions=configs.int_value("num.partitions"),
                             append_delay_s=args.faults.get("append-delay-ms", 0.0) / 1000)
 
-    membership = controller = None
+    membership = controller = replicas = None
     if args.etcd:
         try:
             etcd = Etcd.from_text(args.etcd)
@@ -221,11 +222,14 @@ async def serve(args: argparse.Namespace) -> None:
             args.broker_id, args.advertise or args.grpc, args.http, args.ucx_advertise or args.ucx,
             args.rack), ttl_s=max(1, round(args.etcd_lease_ms / 1000)))
         controller = Controller(etcd, membership)
+        replicas = ReplicaManager(registry, controller, args.broker_id)
 
     async def health(request: httpd.Request) -> httpd.Response:
-        cluster = {} if membership is None or controller is None else {"cluster": {
-            **membership.health(), "leader_changes": controller.leader_changes,
-            "isr_changes": controller.isr_changes}}
+        cluster = {}
+        if membership is not None and controller is not None and replicas is not None:
+            cluster = {"cluster": {**membership.health(), "replicas": replicas.roles(),
+                                   "leader_changes": controller.leader_changes,
+                                   "isr_changes": controller.isr_changes}}
         return httpd.Response.json({"status": "ok", "topics": len(registry.topics),
                                     "partitions": registry.partition_count(),
                                     **service.counters(), **exporter.health(), **cluster})
@@ -265,9 +269,10 @@ async def serve(args: argparse.Namespace) -> None:
             if args.faults.get("ucx-stop-endpoint"):
                 routes["/debug/ucx-stop"] = httpd.Route(stop_ucx, frozenset({"POST"}))
             await nursery.start(httpd.serve_http, routes, http_host, http_port)
-            if membership is not None and controller is not None:  # registered once it serves
-                await nursery.start(membership.run)
+            if membership is not None and controller is not None and replicas is not None:
+                await nursery.start(membership.run)  # registered once it serves
                 await nursery.start(controller.run)
+                await nursery.start(replicas.run)
             process.ready(log, grpc=str(grpc_address), http=args.http,
                           data_dir=str(args.data_dir))
     finally:

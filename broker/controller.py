@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 
@@ -50,25 +50,32 @@ class TopicMeta:
     topic_id: uuid.UUID
     partitions: int
     replication_factor: int
+    configs: dict[str, str] = field(default_factory=dict)
 
     def encode(self) -> bytes:
         return json.dumps({"topic_id": str(self.topic_id), "partitions": self.partitions,
-                           "replication_factor": self.replication_factor}).encode()
+                           "replication_factor": self.replication_factor,
+                           "configs": self.configs}, sort_keys=True).encode()
 
     @classmethod
     def decode(cls, data: bytes) -> TopicMeta:
         value = json.loads(data)
+        configs = value.get("configs", {})
+        if not isinstance(configs, dict):
+            raise TypeError("configs is not an object")
         return cls(uuid.UUID(value["topic_id"]), int(value["partitions"]),
-                   int(value["replication_factor"]))
+                   int(value["replication_factor"]),
+                   {str(k): str(v) for k, v in configs.items()})
 
 
 async def create_topic(etcd: Etcd, name: str, partitions: int, replication_factor: int,
-                       brokers: dict[int, str | None]) -> dict[int, PartitionState] | None:
+                       brokers: dict[int, str | None], configs: dict[str, str] | None = None
+                       ) -> dict[int, PartitionState] | None:
     """Place a new topic on ``brokers`` (id -> rack) and write it with all its partitions in
     one etcd transaction; None if the topic exists. Raises ``PlacementError``."""
     assignment = assign_replicas(range(partitions), replication_factor, brokers)
     states = {p: PartitionState.new(replicas) for p, replicas in assignment.items()}
-    meta = TopicMeta(uuid.uuid4(), partitions, replication_factor)
+    meta = TopicMeta(uuid.uuid4(), partitions, replication_factor, dict(configs or {}))
     topic_key = TOPICS + name.encode()
     puts = [(topic_key, meta.encode())]
     puts += [(partition_key(name, p), state.encode()) for p, state in states.items()]

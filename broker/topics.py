@@ -145,8 +145,10 @@ class TopicRegistry:
                 await trio.to_thread.run_sync(self._save)
 
     async def create(self, name: str, partitions: int, configs: dict[str, str] | None = None,
-                     *, validate_only: bool = False) -> Topic:
-        """Create a topic; raises ``TopicError`` with Kafka's error code when it cannot."""
+                     *, validate_only: bool = False, topic_id: uuid.UUID | None = None
+                     ) -> Topic:
+        """Create a topic; raises ``TopicError`` with Kafka's error code when it cannot.
+        ``topic_id``: the id the cluster gave it (a new one otherwise)."""
         check_topic_name(name)
         while (deleting := self._deleting.get(name)) is not None:
             await deleting.wait()
@@ -161,7 +163,7 @@ class TopicRegistry:
             configs = validate(dict(configs or {}))
         except InvalidConfig as exc:
             raise TopicError(ErrorCode.invalid_config, str(exc)) from None
-        topic = Topic(name, uuid.uuid4(), partitions, configs)
+        topic = Topic(name, topic_id or uuid.uuid4(), partitions, configs)
         if validate_only:
             return topic
         self._open_logs(topic)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +13,13 @@ import pytest
 import trio
 import trio_asyncio
 
-from broker.controller import PARTITIONS, create_topic, parse_partition_key
+from broker.controller import (
+    PARTITIONS,
+    TOPICS,
+    TopicMeta,
+    create_topic,
+    parse_partition_key,
+)
 from broker.placement import PartitionState
 from kelp.etcd import Etcd
 from tests.cluster_procs import BrokerCluster, BrokerNode, wait_for
@@ -126,6 +133,20 @@ def partition_states(etcd_endpoint: str) -> dict[tuple[str, int], PartitionState
     return trio.run(read)
 
 
+def created_id(etcd_endpoint: str) -> uuid.UUID:
+    async def read() -> uuid.UUID:
+        async with trio_asyncio.open_loop():
+            etcd = Etcd.from_text(etcd_endpoint)
+            try:
+                entry = await etcd.get(TOPICS + b"orders")
+            finally:
+                etcd.close()
+        assert entry is not None
+        return TopicMeta.decode(entry.value).topic_id
+
+    return trio.run(read)
+
+
 def test_the_controller_moves_leaders_off_dead_brokers(brokers: BrokerCluster) -> None:
     wait_for(lambda: agreed(brokers.brokers, [0, 1, 2]), "three brokers")
 
@@ -142,6 +163,16 @@ def test_the_controller_moves_leaders_off_dead_brokers(brokers: BrokerCluster) -
 
     created = trio.run(create)
     assert sorted(r.leader for r in created.values()) == [0, 0, 1, 1, 2, 2]
+
+    # Every broker opens its replicas under the cluster's topic id, and knows its roles.
+    def roles() -> list[dict]:
+        return [n.cluster()["replicas"] for n in brokers.brokers]
+
+    wait_for(lambda: roles() == [{"leader": 2, "follower": 4}] * 3, "replicas opened")
+    catalogues = [json.loads((n.workdir / f"broker{n.broker_id}" / "topics.json").read_text())
+                  for n in brokers.brokers]
+    assert {(t["name"], t["id"], t["partitions"]) for c in catalogues for t in c["topics"]} == {
+        ("orders", str(created_id(brokers.etcd.endpoint)), 6)}
 
     # Broker 0 is SIGKILLed: its partitions get new leaders from their ISR with the epoch
     # bumped; it leaves every ISR; the others' partitions keep their leader and epoch.
@@ -176,3 +207,4 @@ def test_the_controller_moves_leaders_off_dead_brokers(brokers: BrokerCluster) -
                          partition_states(brokers.etcd.endpoint).values()),
              "broker 2 leading alone", timeout=20)
     assert survivor.cluster()["controller"] == 2
+    assert survivor.cluster()["replicas"] == {"leader": 6, "follower": 0}

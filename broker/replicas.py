@@ -1,0 +1,107 @@
+"""The partitions this broker holds in a cluster, and its role in each (leader or follower).
+
+Follows the topics and partition states in etcd (``broker.controller``'s layout): a topic with
+a replica on this broker gets its local logs, under the topic id the cluster gave it, so every
+replica of a partition is the same topic to clients and to each other. Each hosted
+partition's current ``PartitionState`` says who leads and in which leader epoch.
+
+The local registry still opens every partition of such a topic, hosted or not (the ones not
+hosted stay empty and are never led here); topics deleted from etcd are not yet removed, and
+replication between the replicas comes next (issue 20).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from broker.controller import TOPICS, Controller, TopicMeta
+from broker.placement import PartitionState
+from broker.topics import TopicError, TopicRegistry
+from kelp.etcd import Mirror
+
+log = logging.getLogger("kelp.broker.replicas")
+
+RETRY_S = 1.0
+
+
+class ReplicaManager:
+    def __init__(self, registry: TopicRegistry, controller: Controller, broker_id: int) -> None:
+        self.registry = registry
+        self.controller = controller
+        self.broker_id = broker_id
+        self.topics = Mirror(controller.etcd, TOPICS)
+        # Hosted partitions and their state as last seen.
+        self.hosted: dict[tuple[str, int], PartitionState] = {}
+        self._refused: set[tuple[str, str]] = set()  # (topic, reason) already logged
+
+    def roles(self) -> dict[str, int]:
+        """How many hosted partitions this broker leads and follows (for /health)."""
+        leading = sum(1 for s in self.hosted.values() if s.leader == self.broker_id)
+        return {"leader": leading, "follower": len(self.hosted) - leading}
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.topics.run)
+            task_status.started()
+            partitions = self.controller.partitions
+            while True:
+                seen = (self.topics.revision, partitions.revision)
+                await self._reconcile()
+                async with trio.open_nursery() as waits:
+                    async def wake_on(mirror: Mirror, revision: int) -> None:
+                        await mirror.wait_changed(revision)
+                        waits.cancel_scope.cancel()
+
+                    waits.start_soon(wake_on, self.topics, seen[0])
+                    waits.start_soon(wake_on, partitions, seen[1])
+                    await trio.sleep(RETRY_S)  # also retries what failed last time
+                    waits.cancel_scope.cancel()
+
+    async def _reconcile(self) -> None:
+        states = self.controller.states()
+        hosted = {key: state for key, state in states.items()
+                  if self.broker_id in state.replicas}
+        for key, state in hosted.items():
+            before = self.hosted.get(key)
+            if before is None or before.leader != state.leader or \
+                    before.leader_epoch != state.leader_epoch:
+                log.info("partition role", extra={
+                    "topic": key[0], "partition": key[1], "leader": state.leader,
+                    "leader_epoch": state.leader_epoch,
+                    "role": "leader" if state.leader == self.broker_id else "follower"})
+        self.hosted = hosted
+        for name in sorted({topic for topic, _ in hosted}):
+            entry = self.topics.entries.get(TOPICS + name.encode())
+            if entry is None:
+                continue  # its partitions arrived before the topic key: next round
+            try:
+                meta = TopicMeta.decode(entry.value)
+            except (ValueError, KeyError, TypeError) as exc:
+                self._refuse(name, f"unreadable topic metadata: {exc}")
+                continue
+            local = self.registry.get(name)
+            if local is not None:
+                if local.topic_id != meta.topic_id:
+                    self._refuse(name, f"a local topic of that name has id {local.topic_id}, "
+                                       f"the cluster's is {meta.topic_id}")
+                continue
+            try:
+                await self.registry.create(name, meta.partitions, meta.configs,
+                                           topic_id=meta.topic_id)
+            except TopicError as exc:
+                self._refuse(name, str(exc))
+                continue
+            log.info("replicas opened", extra={
+                "topic": name, "partitions": sorted(p for t, p in hosted if t == name)})
+
+    def _refuse(self, topic: str, reason: str) -> None:
+        if (topic, reason) not in self._refused:
+            if len(self._refused) >= 10_000:  # a bound on what is remembered, not on logging
+                self._refused.clear()
+            self._refused.add((topic, reason))
+            log.error("cannot host the topic's replicas", extra={"topic": topic,
+                                                                  "reason": reason})
+
