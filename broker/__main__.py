@@ -12,6 +12,7 @@ import trio
 
 from broker import metrics as broker_metrics
 from broker.broker_configs import BrokerConfigs, check_broker_value
+from broker.cluster_topics import ClusterTopics
 from broker.config_service import defaults_of
 from broker.configs import InvalidConfig
 from broker.controller import Controller
@@ -223,6 +224,11 @@ async def serve(args: argparse.Namespace) -> None:
             args.rack), ttl_s=max(1, round(args.etcd_lease_ms / 1000)))
         controller = Controller(etcd, membership)
         replicas = ReplicaManager(registry, controller, args.broker_id)
+
+    if membership is not None:
+        service.cluster_topics = ClusterTopics(
+            etcd, membership, registry,
+            lambda: configs.int_value("default.replication.factor"))
 
     async def health(request: httpd.Request) -> httpd.Response:
         cluster = {}

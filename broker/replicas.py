@@ -1,12 +1,13 @@
 """The partitions this broker holds in a cluster, and its role in each (leader or follower).
 
-Follows the topics and partition states in etcd (``broker.controller``'s layout): a topic with
-a replica on this broker gets its local logs, under the topic id the cluster gave it, so every
+Follows the topics and partition states in etcd (``broker.controller``'s layout): a topic gets
+its local logs, under the topic id the cluster gave it, so every
 replica of a partition is the same topic to clients and to each other. Each hosted
 partition's current ``PartitionState`` says who leads and in which leader epoch.
 
-The local registry still opens every partition of such a topic, hosted or not (the ones not
-hosted stay empty and are never led here); topics deleted from etcd are not yet removed, and
+Until gateways route by leader, every broker opens every topic in etcd, with all its
+partitions, hosted or not (the ones not hosted stay empty and are never led here), so that
+Metadata through any broker lists every topic; topics deleted from etcd are not yet removed, and
 replication between the replicas comes next (issue 20).
 """
 
@@ -73,10 +74,8 @@ class ReplicaManager:
                     "leader_epoch": state.leader_epoch,
                     "role": "leader" if state.leader == self.broker_id else "follower"})
         self.hosted = hosted
-        for name in sorted({topic for topic, _ in hosted}):
-            entry = self.topics.entries.get(TOPICS + name.encode())
-            if entry is None:
-                continue  # its partitions arrived before the topic key: next round
+        for key, entry in sorted(self.topics.entries.items()):
+            name = key[len(TOPICS):].decode(errors="replace")
             try:
                 meta = TopicMeta.decode(entry.value)
             except (ValueError, KeyError, TypeError) as exc:

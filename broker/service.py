@@ -18,6 +18,7 @@ from kio.schema.errors import ErrorCode
 
 from broker import metrics
 from broker.broker_configs import BrokerConfigs
+from broker.cluster_topics import ClusterTopics
 from broker.config_service import ConfigCalls, QuotaCalls
 from broker.exports import ExportCalls, Exports
 from broker.group_service import GroupCalls
@@ -74,6 +75,8 @@ class BrokerService(DataStreams, GroupCalls, TxnCalls, ConfigCalls, QuotaCalls, 
         self.transactions = transactions
         self.auto_create_partitions = auto_create_partitions
         self.coordinator = coordinator
+        # In a cluster (--etcd): CreateTopics places topics through etcd (broker.cluster_topics).
+        self.cluster_topics: ClusterTopics | None = None
         self.exports = exports if exports is not None else Exports(registry)
         self.exporter = (exporter if exporter is not None
                          else UcxExporter(self.exports, "127.0.0.1", 0, enabled=False))
@@ -106,10 +109,23 @@ class BrokerService(DataStreams, GroupCalls, TxnCalls, ConfigCalls, QuotaCalls, 
         results = []
         for spec in request.topics:
             try:
-                topic = await self.registry.create(spec.name, spec.partitions, dict(spec.configs),
-                                             validate_only=request.validate_only)
+                replication = spec.replication_factor
+                if self.cluster_topics is not None:
+                    topic, replication = await self.cluster_topics.create(
+                        spec.name, spec.partitions, replication, dict(spec.configs),
+                        validate_only=request.validate_only)
+                else:
+                    if replication not in (0, -1, 1):
+                        raise TopicError(ErrorCode.invalid_replication_factor,
+                                         f"replication factor {replication} is not available: "
+                                         "this cluster has one broker")
+                    replication = 1
+                    topic = await self.registry.create(spec.name, spec.partitions,
+                                                       dict(spec.configs),
+                                                       validate_only=request.validate_only)
                 results.append(pb.TopicResult(name=spec.name, partitions=topic.partition_count,
-                                              topic_id=topic.topic_id.bytes))
+                                              topic_id=topic.topic_id.bytes,
+                                              replication_factor=replication))
             except TopicError as exc:
                 results.append(pb.TopicResult(name=spec.name, error_code=exc.code,
                                               error_message=str(exc)))

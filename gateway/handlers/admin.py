@@ -36,11 +36,6 @@ async def handle_create_topics(ctx: GatewayContext, request: Request) -> Any:
             errors[topic.name] = (ErrorCode.topic_authorization_failed,
                                   "Authorization failed.")
             continue
-        if topic.replication_factor not in (-1, 1):
-            errors[topic.name] = (ErrorCode.invalid_replication_factor,
-                                  f"replication factor {topic.replication_factor} is not "
-                                  "available: this cluster has one broker")
-            continue
         partitions = topic.num_partitions
         if topic.assignments:
             try:
@@ -51,7 +46,8 @@ async def handle_create_topics(ctx: GatewayContext, request: Request) -> Any:
                 errors[topic.name] = (exc.code, str(exc))
                 continue
         specs.append(pb.TopicSpec(
-            name=topic.name, partitions=partitions,
+            name=topic.name, partitions=partitions, replication_factor=(
+                1 if topic.assignments else topic.replication_factor),
             configs={c.name: c.value for c in topic.configs if c.value is not None}))
     results: dict[str, pb.TopicResult] = {}
     if specs:
@@ -70,7 +66,8 @@ async def handle_create_topics(ctx: GatewayContext, request: Request) -> Any:
             out.append(messages.build(
                 result_type, name=topic.name, topic_id=uuid.UUID(bytes=created.topic_id),
                 error_code=ErrorCode.none, error_message=None,
-                num_partitions=created.partitions, replication_factor=1, configs=()))
+                num_partitions=created.partitions,
+                replication_factor=created.replication_factor or 1, configs=()))
             continue
         code, message = errors.get(topic.name, (ErrorCode.unknown_server_error, "no result"))
         if created is not None:

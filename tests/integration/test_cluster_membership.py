@@ -4,6 +4,7 @@ what happens when brokers are killed, stopped and restarted, and when etcd resta
 from __future__ import annotations
 
 import json
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -12,6 +13,8 @@ from pathlib import Path
 import pytest
 import trio
 import trio_asyncio
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from broker.controller import (
     PARTITIONS,
@@ -23,6 +26,7 @@ from broker.controller import (
 from broker.placement import PartitionState
 from kelp.etcd import Etcd
 from tests.cluster_procs import BrokerCluster, BrokerNode, wait_for
+from tests.kelp_procs import Proc, free_port
 
 
 @pytest.fixture
@@ -208,3 +212,45 @@ def test_the_controller_moves_leaders_off_dead_brokers(brokers: BrokerCluster) -
              "broker 2 leading alone", timeout=20)
     assert survivor.cluster()["controller"] == 2
     assert survivor.cluster()["replicas"] == {"leader": 6, "follower": 0}
+
+
+def test_create_topics_through_kafka_places_replicas_over_the_cluster(
+        brokers: BrokerCluster, tmp_path: Path) -> None:
+    wait_for(lambda: agreed(brokers.brokers, [0, 1, 2]), "three brokers")
+    kafka_port, http_port = free_port(), free_port()
+    gateway = Proc("gateway", [
+        sys.executable, "-m", "gateway", "--listen", f"127.0.0.1:{kafka_port}",
+        "--broker", f"127.0.0.1:{brokers.brokers[1].grpc_port}",
+        "--http", f"127.0.0.1:{http_port}"], tmp_path / "gateway.log")
+    gateway.start()
+    try:
+        admin = AdminClient({"bootstrap.servers": f"127.0.0.1:{kafka_port}"})
+        futures = admin.create_topics([NewTopic("replicated", 4, 3), NewTopic("too-wide", 1, 4),
+                                       NewTopic("defaulted", 2)], request_timeout=20)
+        futures["replicated"].result(20)
+        futures["defaulted"].result(20)
+        with pytest.raises(KafkaException) as refused:
+            futures["too-wide"].result(20)
+        assert refused.value.args[0].code() == KafkaError.INVALID_REPLICATION_FACTOR
+        again = admin.create_topics([NewTopic("replicated", 4, 3)])["replicated"]
+        with pytest.raises(KafkaException) as exists:
+            again.result(20)
+        assert exists.value.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS
+
+        states = partition_states(brokers.etcd.endpoint)
+        replicated = {p: s for (t, p), s in states.items() if t == "replicated"}
+        assert sorted(replicated) == [0, 1, 2, 3]
+        assert all(sorted(s.replicas) == [0, 1, 2] for s in replicated.values())
+        assert all(len(s.replicas) == 1 for (t, _), s in states.items() if t == "defaulted")
+        assert not any(t == "too-wide" for t, _ in states)
+        # Every broker opened both topics (and the registry's _schemas, which the gateway
+        # created through the same path); the client sees them through the gateway.
+        wait_for(lambda: all(n.health()["topics"] == 3 for n in brokers.brokers),
+                 "the topics on every broker")
+        assert sorted(t for t, _ in states) == ["_schemas", "defaulted", "defaulted",
+                                                 "replicated", "replicated", "replicated",
+                                                 "replicated"]
+        listed = admin.list_topics(timeout=10).topics
+        assert len(listed["replicated"].partitions) == 4 and "too-wide" not in listed
+    finally:
+        gateway.stop()

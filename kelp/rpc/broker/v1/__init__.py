@@ -2277,6 +2277,11 @@ class TopicResult(betterproto2.Message):
     16-byte UUID
     """
 
+    replication_factor: "int" = betterproto2.field(6, betterproto2.TYPE_INT32)
+    """
+    CreateTopics: replicas of each partition
+    """
+
 
 default_message_pool.register_message("broker.v1", "TopicResult", TopicResult)
 
@@ -2295,6 +2300,11 @@ class TopicSpec(betterproto2.Message):
         betterproto2.TYPE_MAP,
         map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
     )
+
+    replication_factor: "int" = betterproto2.field(4, betterproto2.TYPE_INT32)
+    """
+    0 or -1 = broker default (default.replication.factor)
+    """
 
 
 default_message_pool.register_message("broker.v1", "TopicSpec", TopicSpec)

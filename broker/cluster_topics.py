@@ -1,0 +1,63 @@
+"""CreateTopics in a cluster: the topic is placed over the live brokers and written to etcd
+(``broker.controller.create_topic``), then answered once this broker's replica manager has
+opened it, so the client's next Metadata through this broker finds it.
+
+Kafka's answers: INVALID_REPLICATION_FACTOR when there are fewer live brokers than replicas,
+TOPIC_ALREADY_EXISTS when etcd has the name (whichever broker created it first wins), and
+REQUEST_TIMED_OUT when etcd cannot be reached (nothing was created).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import trio
+from kio.schema.errors import ErrorCode
+
+from broker.controller import create_topic
+from broker.membership import Membership
+from broker.placement import PlacementError, assign_replicas
+from broker.topics import Topic, TopicError, TopicRegistry
+from kelp.etcd import Etcd, EtcdUnavailable
+
+OPEN_TIMEOUT_S = 10.0
+
+
+class ClusterTopics:
+    def __init__(self, etcd: Etcd, membership: Membership, registry: TopicRegistry,
+                 default_replication_factor: Callable[[], int]) -> None:
+        self.etcd = etcd
+        self.membership = membership
+        self.registry = registry
+        self.default_replication_factor = default_replication_factor
+
+    async def create(self, name: str, partitions: int, replication_factor: int,
+                     configs: dict[str, str], *, validate_only: bool = False
+                     ) -> tuple[Topic, int]:
+        """The topic (as this broker holds it) and its replication factor; raises
+        ``TopicError`` with Kafka's code."""
+        if replication_factor in (0, -1):
+            replication_factor = self.default_replication_factor()
+        # Name, partition count and configs are checked as a lone broker checks them.
+        checked = await self.registry.create(name, partitions, configs, validate_only=True)
+        brokers = {i: info.rack for i, info in self.membership.brokers().items()}
+        try:
+            if validate_only:
+                assign_replicas(range(checked.partition_count), replication_factor, brokers)
+                return checked, replication_factor
+            states = await create_topic(self.etcd, name, checked.partition_count,
+                                        replication_factor, brokers, checked.configs)
+        except PlacementError as exc:
+            raise TopicError(ErrorCode.invalid_replication_factor, str(exc)) from None
+        except EtcdUnavailable as exc:
+            raise TopicError(ErrorCode.request_timed_out,
+                             f"the cluster's metadata store is unreachable: {exc}") from None
+        if states is None:
+            raise TopicError(ErrorCode.topic_already_exists, f"topic {name!r} already exists")
+        with trio.move_on_after(OPEN_TIMEOUT_S):
+            while (topic := self.registry.get(name)) is None:
+                await trio.sleep(0.02)
+            return topic, replication_factor
+        raise TopicError(ErrorCode.request_timed_out,
+                         f"topic {name!r} was created in the cluster but is not open on this "
+                         "broker yet")
