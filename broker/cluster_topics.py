@@ -14,7 +14,7 @@ from collections.abc import Callable
 import trio
 from kio.schema.errors import ErrorCode
 
-from broker.controller import create_topic
+from broker.controller import add_partitions, create_topic, delete_topic
 from broker.membership import Membership
 from broker.placement import PlacementError, assign_replicas
 from broker.topics import Topic, TopicError, TopicRegistry
@@ -54,10 +54,58 @@ class ClusterTopics:
                              f"the cluster's metadata store is unreachable: {exc}") from None
         if states is None:
             raise TopicError(ErrorCode.topic_already_exists, f"topic {name!r} already exists")
+        await self._wait_for(lambda: self.registry.get(name) is not None,
+                             f"topic {name!r} was created in the cluster but is not open on "
+                             "this broker yet")
+        topic = self.registry.get(name)
+        assert topic is not None
+        return topic, replication_factor
+
+    async def delete(self, name: str) -> Topic:
+        """Delete the topic from the cluster, answered once this broker has dropped it."""
+        local = self.registry.get(name)
+        if local is None:
+            raise TopicError(ErrorCode.unknown_topic_or_partition, f"unknown topic {name!r}")
+        try:
+            in_cluster = await delete_topic(self.etcd, name)
+        except EtcdUnavailable as exc:
+            raise TopicError(ErrorCode.request_timed_out,
+                             f"the cluster's metadata store is unreachable: {exc}") from None
+        if not in_cluster:  # a topic this broker had before it joined: only here
+            return await self.registry.delete(name)
+        await self._wait_for(lambda: self.registry.get(name) is not local,
+                             f"topic {name!r} was deleted in the cluster but is still open here")
+        return local
+
+    async def add_partitions(self, name: str, count: int, *, validate_only: bool = False
+                             ) -> Topic:
+        """Grow the topic in the cluster, answered once this broker has opened the new
+        partitions."""
+        checked = await self.registry.add_partitions(name, count, validate_only=True)
+        brokers = {i: info.rack for i, info in self.membership.brokers().items()}
+        if validate_only:
+            return checked
+        try:
+            grown = await add_partitions(self.etcd, name, count, brokers)
+        except PlacementError as exc:
+            raise TopicError(ErrorCode.invalid_replication_factor, str(exc)) from None
+        except ValueError as exc:
+            raise TopicError(ErrorCode.invalid_partitions, str(exc)) from None
+        except EtcdUnavailable as exc:
+            raise TopicError(ErrorCode.request_timed_out,
+                             f"the cluster's metadata store is unreachable: {exc}") from None
+        if grown is None:  # a topic this broker had before it joined: only here
+            return await self.registry.add_partitions(name, count)
+        await self._wait_for(
+            lambda: (t := self.registry.get(name)) is not None and t.partition_count >= count,
+            f"topic {name!r} grew in the cluster but not yet on this broker")
+        topic = self.registry.get(name)
+        assert topic is not None
+        return topic
+
+    async def _wait_for(self, done: Callable[[], bool], failure: str) -> None:
         with trio.move_on_after(OPEN_TIMEOUT_S):
-            while (topic := self.registry.get(name)) is None:
+            while not done():
                 await trio.sleep(0.02)
-            return topic, replication_factor
-        raise TopicError(ErrorCode.request_timed_out,
-                         f"topic {name!r} was created in the cluster but is not open on this "
-                         "broker yet")
+            return
+        raise TopicError(ErrorCode.request_timed_out, failure)

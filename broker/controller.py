@@ -83,6 +83,41 @@ async def create_topic(etcd: Etcd, name: str, partitions: int, replication_facto
     return None if written is None else states
 
 
+async def delete_topic(etcd: Etcd, name: str) -> bool:
+    """Remove a topic and all its partitions from etcd in one transaction; False if etcd has
+    no such topic."""
+    topic_key = TOPICS + name.encode()
+    entry = await etcd.get(topic_key)
+    while entry is not None:
+        if await etcd.write_if([(topic_key, "mod", entry.mod_revision)], deletes=[topic_key],
+                               delete_prefixes=[PARTITIONS + f"{name}/".encode()]) is not None:
+            return True
+        entry = await etcd.get(topic_key)  # changed meanwhile (partitions added): again
+    return False
+
+
+async def add_partitions(etcd: Etcd, name: str, count: int, brokers: dict[int, str | None]
+                         ) -> TopicMeta | None:
+    """Grow a topic to ``count`` partitions, placing the new ones on ``brokers`` (leaders
+    continuing the rotation); None if etcd has no such topic. Raises ``PlacementError``, and
+    ``ValueError`` when ``count`` does not grow the topic."""
+    topic_key = TOPICS + name.encode()
+    while (entry := await etcd.get(topic_key)) is not None:
+        meta = TopicMeta.decode(entry.value)
+        if count <= meta.partitions:
+            raise ValueError(f"topic {name!r} has {meta.partitions} partitions; the new count "
+                             f"must be larger, not {count}")
+        assignment = assign_replicas(range(meta.partitions, count), meta.replication_factor,
+                                     brokers)
+        grown = TopicMeta(meta.topic_id, count, meta.replication_factor, meta.configs)
+        puts = [(topic_key, grown.encode())]
+        puts += [(partition_key(name, p), PartitionState.new(r).encode())
+                 for p, r in assignment.items()]
+        if await etcd.write_if([(topic_key, "mod", entry.mod_revision)], puts) is not None:
+            return grown
+    return None
+
+
 class Controller:
     def __init__(self, etcd: Etcd, membership: Membership, *, unclean: bool = False) -> None:
         self.etcd = etcd

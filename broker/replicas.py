@@ -1,22 +1,25 @@
 """The partitions this broker holds in a cluster, and its role in each (leader or follower).
 
 Follows the topics and partition states in etcd (``broker.controller``'s layout): a topic gets
-its local logs, under the topic id the cluster gave it, so every
-replica of a partition is the same topic to clients and to each other. Each hosted
-partition's current ``PartitionState`` says who leads and in which leader epoch.
+its local logs under the topic id the cluster gave it, so every replica of a partition is the
+same topic to clients and to each other; partitions added in etcd are added here, and a topic
+deleted from etcd is deleted here (never a local topic the cluster did not give this broker).
+Each hosted partition's current ``PartitionState`` says who leads, in which leader epoch.
 
 Until gateways route by leader, every broker opens every topic in etcd, with all its
 partitions, hosted or not (the ones not hosted stay empty and are never led here), so that
-Metadata through any broker lists every topic; topics deleted from etcd are not yet removed, and
-replication between the replicas comes next (issue 20).
+Metadata through any broker lists every topic. Replication between the replicas comes next
+(issue 20).
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 
 import trio
 
+from broker import metrics
 from broker.controller import TOPICS, Controller, TopicMeta
 from broker.placement import PartitionState
 from broker.topics import TopicError, TopicRegistry
@@ -36,6 +39,7 @@ class ReplicaManager:
         # Hosted partitions and their state as last seen.
         self.hosted: dict[tuple[str, int], PartitionState] = {}
         self._refused: set[tuple[str, str]] = set()  # (topic, reason) already logged
+        self.opened: dict[str, uuid.UUID] = {}  # topics opened from etcd, by name
 
     def roles(self) -> dict[str, int]:
         """How many hosted partitions this broker leads and follows (for /health)."""
@@ -74,6 +78,7 @@ class ReplicaManager:
                     "leader_epoch": state.leader_epoch,
                     "role": "leader" if state.leader == self.broker_id else "follower"})
         self.hosted = hosted
+        in_etcd: set[str] = set()
         for key, entry in sorted(self.topics.entries.items()):
             name = key[len(TOPICS):].decode(errors="replace")
             try:
@@ -81,20 +86,39 @@ class ReplicaManager:
             except (ValueError, KeyError, TypeError) as exc:
                 self._refuse(name, f"unreadable topic metadata: {exc}")
                 continue
+            in_etcd.add(name)
             local = self.registry.get(name)
-            if local is not None:
-                if local.topic_id != meta.topic_id:
+            if local is not None and local.topic_id != meta.topic_id and \
+                    self.opened.get(name) == local.topic_id:
+                # Deleted and created again in etcd between two looks: the old one goes.
+                await self.registry.delete(name)
+                metrics.forget_topic(name)
+                local = None
+            try:
+                if local is None:
+                    await self.registry.create(name, meta.partitions, meta.configs,
+                                               topic_id=meta.topic_id)
+                    log.info("replicas opened", extra={
+                        "topic": name,
+                        "partitions": sorted(p for t, p in hosted if t == name)})
+                elif local.topic_id != meta.topic_id:
                     self._refuse(name, f"a local topic of that name has id {local.topic_id}, "
                                        f"the cluster's is {meta.topic_id}")
-                continue
-            try:
-                await self.registry.create(name, meta.partitions, meta.configs,
-                                           topic_id=meta.topic_id)
+                    continue
+                elif local.partition_count < meta.partitions:
+                    await self.registry.add_partitions(name, meta.partitions)
             except TopicError as exc:
                 self._refuse(name, str(exc))
                 continue
-            log.info("replicas opened", extra={
-                "topic": name, "partitions": sorted(p for t, p in hosted if t == name)})
+            self.opened[name] = meta.topic_id
+        for name, topic_id in list(self.opened.items()):
+            if name in in_etcd:
+                continue
+            del self.opened[name]
+            local = self.registry.get(name)
+            if local is not None and local.topic_id == topic_id:
+                await self.registry.delete(name)
+                metrics.forget_topic(name)
 
     def _refuse(self, topic: str, reason: str) -> None:
         if (topic, reason) not in self._refused:

@@ -146,7 +146,10 @@ class BrokerService(DataStreams, GroupCalls, TxnCalls, ConfigCalls, QuotaCalls, 
                 name = found.name
             assert name is not None
             try:
-                topic = await self.registry.delete(name)
+                if self.cluster_topics is not None:
+                    topic = await self.cluster_topics.delete(name)
+                else:
+                    topic = await self.registry.delete(name)
                 metrics.forget_topic(name)
                 results.append(pb.TopicResult(name=name, topic_id=topic.topic_id.bytes))
             except TopicError as exc:
@@ -159,8 +162,10 @@ class BrokerService(DataStreams, GroupCalls, TxnCalls, ConfigCalls, QuotaCalls, 
         results = []
         for target in request.targets:
             try:
-                topic = await self.registry.add_partitions(
-                    target.topic, target.count, validate_only=request.validate_only)
+                grow = (self.registry.add_partitions if self.cluster_topics is None
+                        else self.cluster_topics.add_partitions)
+                topic = await grow(target.topic, target.count,
+                                   validate_only=request.validate_only)
                 results.append(pb.TopicResult(name=target.topic,
                                               partitions=topic.partition_count))
             except TopicError as exc:

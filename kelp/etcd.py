@@ -165,10 +165,11 @@ class Etcd:
 
     async def write_if(self, conditions: Sequence[tuple[bytes, str, int]],
                        puts: Sequence[tuple[bytes, bytes]] = (), *, deletes: Sequence[bytes] = (),
-                       lease: int = 0) -> int | None:
-        """Apply ``puts`` and ``deletes`` together only if every condition holds; the new
-        revision, or None when one did not. A condition is ``(key, "mod" | "create",
-        revision)``: the key was last written, or created, at that revision (0: absent)."""
+                       delete_prefixes: Sequence[bytes] = (), lease: int = 0) -> int | None:
+        """Apply ``puts`` and ``deletes`` (keys, and every key under ``delete_prefixes``)
+        together only if every condition holds; the new revision, or None when one did not.
+        A condition is ``(key, "mod" | "create", revision)``: the key was last written, or
+        created, at that revision (0: absent)."""
         targets = {"mod": pb.CompareCompareTarget.MOD, "create": pb.CompareCompareTarget.CREATE}
         compares = []
         for key, field, revision in conditions:
@@ -182,6 +183,8 @@ class Etcd:
         ops = [pb.RequestOp(request_put=pb.PutRequest(key=k, value=v, lease=lease))
                for k, v in puts]
         ops += [pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=k)) for k in deletes]
+        ops += [pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(
+            key=k, range_end=prefix_end(k))) for k in delete_prefixes]
         reply = await self._call(KV.txn, pb.TxnRequest(compare=compares, success=ops))
         assert isinstance(reply, pb.TxnResponse)
         return reply.header.revision if reply.succeeded else None

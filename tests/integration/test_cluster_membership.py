@@ -14,7 +14,7 @@ import pytest
 import trio
 import trio_asyncio
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
 
 from broker.controller import (
     PARTITIONS,
@@ -173,10 +173,14 @@ def test_the_controller_moves_leaders_off_dead_brokers(brokers: BrokerCluster) -
         return [n.cluster()["replicas"] for n in brokers.brokers]
 
     wait_for(lambda: roles() == [{"leader": 2, "follower": 4}] * 3, "replicas opened")
-    catalogues = [json.loads((n.workdir / f"broker{n.broker_id}" / "topics.json").read_text())
-                  for n in brokers.brokers]
-    assert {(t["name"], t["id"], t["partitions"]) for c in catalogues for t in c["topics"]} == {
-        ("orders", str(created_id(brokers.etcd.endpoint)), 6)}
+    def catalogued() -> list[set[tuple[str, str, int]]]:
+        catalogues = [json.loads((n.workdir / f"broker{n.broker_id}" / "topics.json")
+                                 .read_text()) for n in brokers.brokers]
+        return [{(t["name"], t["id"], t["partitions"]) for t in c["topics"]}
+                for c in catalogues]
+
+    wanted = {("orders", str(created_id(brokers.etcd.endpoint)), 6)}
+    wait_for(lambda: catalogued() == [wanted] * 3, "the topic in every broker's catalogue")
 
     # Broker 0 is SIGKILLed: its partitions get new leaders from their ISR with the epoch
     # bumped; it leaves every ISR; the others' partitions keep their leader and epoch.
@@ -252,5 +256,44 @@ def test_create_topics_through_kafka_places_replicas_over_the_cluster(
                                                  "replicated"]
         listed = admin.list_topics(timeout=10).topics
         assert len(listed["replicated"].partitions) == 4 and "too-wide" not in listed
+    finally:
+        gateway.stop()
+
+
+def test_partitions_added_and_topics_deleted_through_kafka_reach_every_broker(
+        brokers: BrokerCluster, tmp_path: Path) -> None:
+    wait_for(lambda: agreed(brokers.brokers, [0, 1, 2]), "three brokers")
+    kafka_port, http_port = free_port(), free_port()
+    gateway = Proc("gateway", [
+        sys.executable, "-m", "gateway", "--listen", f"127.0.0.1:{kafka_port}",
+        "--broker", f"127.0.0.1:{brokers.brokers[0].grpc_port}",
+        "--http", f"127.0.0.1:{http_port}", "--no-registry"], tmp_path / "gateway.log")
+    gateway.start()
+    try:
+        admin = AdminClient({"bootstrap.servers": f"127.0.0.1:{kafka_port}"})
+        admin.create_topics([NewTopic("grows", 2, 2), NewTopic("goes", 1, 3)])["grows"].result(20)
+        admin.create_partitions([NewPartitions("grows", 5)])["grows"].result(20)
+        states = partition_states(brokers.etcd.endpoint)
+        grows = {p: s for (t, p), s in states.items() if t == "grows"}
+        assert sorted(grows) == [0, 1, 2, 3, 4] and all(len(s.replicas) == 2
+                                                         for s in grows.values())
+        wait_for(lambda: all(json.loads((n.workdir / f"broker{n.broker_id}" / "topics.json")
+                                        .read_text())["topics"] for n in brokers.brokers),
+                 "catalogues written")
+
+        def partition_counts(node: BrokerNode) -> dict[str, int]:
+            catalogue = json.loads((node.workdir / f"broker{node.broker_id}" / "topics.json")
+                                   .read_text())
+            return {t["name"]: t["partitions"] for t in catalogue["topics"]}
+
+        wait_for(lambda: all(partition_counts(n) == {"grows": 5, "goes": 1}
+                             for n in brokers.brokers), "five partitions everywhere")
+        admin.delete_topics(["goes"])["goes"].result(20)
+        assert not any(t == "goes" for t, _ in partition_states(brokers.etcd.endpoint))
+        wait_for(lambda: all(partition_counts(n) == {"grows": 5} for n in brokers.brokers),
+                 "the deleted topic gone from every broker")
+        time.sleep(1.5)  # and it stays gone (nothing re-opens it)
+        assert all(partition_counts(n) == {"grows": 5} for n in brokers.brokers)
+        assert "goes" not in admin.list_topics(timeout=10).topics
     finally:
         gateway.stop()
