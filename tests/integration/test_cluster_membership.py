@@ -218,15 +218,25 @@ def test_the_controller_moves_leaders_off_dead_brokers(brokers: BrokerCluster) -
     assert survivor.cluster()["replicas"] == {"leader": 6, "follower": 0}
 
 
+def gateway_on(node: BrokerNode, workdir: Path, *args: str) -> tuple[Proc, int]:
+    """A started gateway in front of one broker of the cluster, and its Kafka port."""
+    kafka_port = free_port()
+    gateway = Proc("gateway", [
+        sys.executable, "-m", "gateway", "--listen", f"127.0.0.1:{kafka_port}",
+        "--broker", f"127.0.0.1:{node.grpc_port}", "--http", f"127.0.0.1:{free_port()}",
+        *args], workdir / "gateway.log")
+    try:
+        gateway.start()
+    except BaseException:
+        gateway.stop()  # started but never ready: still not left behind
+        raise
+    return gateway, kafka_port
+
+
 def test_create_topics_through_kafka_places_replicas_over_the_cluster(
         brokers: BrokerCluster, tmp_path: Path) -> None:
     wait_for(lambda: agreed(brokers.brokers, [0, 1, 2]), "three brokers")
-    kafka_port, http_port = free_port(), free_port()
-    gateway = Proc("gateway", [
-        sys.executable, "-m", "gateway", "--listen", f"127.0.0.1:{kafka_port}",
-        "--broker", f"127.0.0.1:{brokers.brokers[1].grpc_port}",
-        "--http", f"127.0.0.1:{http_port}"], tmp_path / "gateway.log")
-    gateway.start()
+    gateway, kafka_port = gateway_on(brokers.brokers[1], tmp_path)
     try:
         admin = AdminClient({"bootstrap.servers": f"127.0.0.1:{kafka_port}"})
         futures = admin.create_topics([NewTopic("replicated", 4, 3), NewTopic("too-wide", 1, 4),
@@ -263,12 +273,7 @@ def test_create_topics_through_kafka_places_replicas_over_the_cluster(
 def test_partitions_added_and_topics_deleted_through_kafka_reach_every_broker(
         brokers: BrokerCluster, tmp_path: Path) -> None:
     wait_for(lambda: agreed(brokers.brokers, [0, 1, 2]), "three brokers")
-    kafka_port, http_port = free_port(), free_port()
-    gateway = Proc("gateway", [
-        sys.executable, "-m", "gateway", "--listen", f"127.0.0.1:{kafka_port}",
-        "--broker", f"127.0.0.1:{brokers.brokers[0].grpc_port}",
-        "--http", f"127.0.0.1:{http_port}", "--no-registry"], tmp_path / "gateway.log")
-    gateway.start()
+    gateway, kafka_port = gateway_on(brokers.brokers[0], tmp_path, "--no-registry")
     try:
         admin = AdminClient({"bootstrap.servers": f"127.0.0.1:{kafka_port}"})
         admin.create_topics([NewTopic("grows", 2, 2), NewTopic("goes", 1, 3)])["grows"].result(20)
