@@ -12,16 +12,12 @@ import trio
 
 from broker import metrics as broker_metrics
 from broker.broker_configs import BrokerConfigs, check_broker_value
-from broker.cluster_topics import ClusterTopics
 from broker.config_service import defaults_of
 from broker.configs import InvalidConfig
-from broker.controller import Controller
 from broker.exports import DEFAULT_CHUNK_BYTES, Exports, ExportsHttp
 from broker.groups import Coordinator
-from broker.membership import LEASE_TTL_S, BrokerInfo, Membership
 from broker.offsets import OffsetStore
 from broker.producer_ids import ProducerIds
-from broker.replicas import ReplicaManager
 from broker.security import SecurityStore, read_users_file
 from broker.service import BrokerService
 from broker.topics import TopicRegistry
@@ -30,7 +26,6 @@ from broker.ucx_export import LEASE_MS, UcxExporter
 from kelp import cluster_token, debug, grpc, httpd, logs, process
 from kelp import metrics as kelp_metrics
 from kelp.address import parse_host_port
-from kelp.etcd import Etcd
 
 log = logging.getLogger("kelp.broker")
 
@@ -105,9 +100,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     cluster.add_argument("--advertise", default=None, metavar="HOST:PORT",
                          help="the gRPC address other processes reach this broker at "
                          "(default: --grpc)")
-    cluster.add_argument("--etcd-lease-ms", type=int, default=LEASE_TTL_S * 1000,
+    cluster.add_argument("--etcd-lease-ms", type=int, default=10_000,
                          help="how long the broker stays registered after its last keep-alive "
-                         f"reached etcd (default: {LEASE_TTL_S * 1000})")
+                         "reached etcd (default: 10000; Kafka's broker.session.timeout.ms is "
+                         "9000)")
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)
@@ -215,6 +211,14 @@ async def serve(args: argparse.Namespace) -> None:
 
     membership = controller = replicas = None
     if args.etcd:
+        # Imported only for a cluster: a lone broker does not carry etcd's message classes
+        # (more long-lived objects make every full garbage collection of an idle broker dearer).
+        from broker.cluster_topics import ClusterTopics
+        from broker.controller import Controller
+        from broker.membership import BrokerInfo, Membership
+        from broker.replicas import ReplicaManager
+        from kelp.etcd import Etcd
+
         try:
             etcd = Etcd.from_text(args.etcd)
         except ValueError as exc:
@@ -225,7 +229,7 @@ async def serve(args: argparse.Namespace) -> None:
         controller = Controller(etcd, membership)
         replicas = ReplicaManager(registry, controller, args.broker_id)
 
-    if membership is not None:
+    if args.etcd and membership is not None:
         service.cluster_topics = ClusterTopics(
             etcd, membership, registry,
             lambda: configs.int_value("default.replication.factor"))

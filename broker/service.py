@@ -11,6 +11,7 @@ and refuses to start if a generated method is not implemented.
 from __future__ import annotations
 
 import uuid
+from typing import TYPE_CHECKING
 
 import grpclib.const
 import trio
@@ -18,7 +19,6 @@ from kio.schema.errors import ErrorCode
 
 from broker import metrics
 from broker.broker_configs import BrokerConfigs
-from broker.cluster_topics import ClusterTopics
 from broker.config_service import ConfigCalls, QuotaCalls
 from broker.exports import ExportCalls, Exports
 from broker.group_service import GroupCalls
@@ -36,6 +36,9 @@ from broker.ucx_export import LeaseCalls, UcxExporter
 from kelp import __version__, grpc
 from kelp.process import count_tasks
 from kelp.rpc.broker import v1 as pb
+
+if TYPE_CHECKING:
+    from broker.cluster_topics import ClusterTopics
 
 EARLIEST = -2
 LATEST = -1
