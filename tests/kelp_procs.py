@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -17,8 +18,29 @@ REPO = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S = 30.0
 
 
+# Below Linux's ephemeral range (32768-60999 by default): a port picked there and bound a
+# moment later by a child could meanwhile become the local end of some outgoing connection
+# (a CI run once lost a gateway to exactly that: "Address already in use").
+_PORTS = range(20000, 32000)
+_handed_out: set[int] = set()  # never the same port twice in one test process
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A loopback port nothing listens on now, outside the ephemeral range."""
+    for _ in range(200):
+        port = random.choice(_PORTS)
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        if len(_handed_out) > len(_PORTS) // 2:
+            _handed_out.clear()
+        _handed_out.add(port)
+        return port
+    with socket.socket() as sock:  # everything taken: let the kernel choose
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
