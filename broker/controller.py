@@ -26,7 +26,7 @@ import trio
 
 from broker.membership import CONTROLLER, Membership
 from broker.placement import PartitionState, after_brokers_changed, assign_replicas
-from kelp.etcd import Etcd, EtcdUnavailable, Mirror
+from kelp.etcd import Etcd, EtcdUnavailable, Mirror, wait_any_change
 from kelp.metrics import Gauges
 
 log = logging.getLogger("kelp.broker.controller")
@@ -207,16 +207,5 @@ class Controller:
                         "leader_epoch": new.leader_epoch, "isr": list(new.isr)})
                 else:
                     self.isr_changes += 1
-            await self._wait_for_change(seen)
-
-    async def _wait_for_change(self, seen: tuple[int, int]) -> None:
-        """Until brokers or partitions change, or a recheck of controllership is due."""
-        async with trio.open_nursery() as nursery:
-            async def wake_on(mirror: Mirror, revision: int) -> None:
-                await mirror.wait_changed(revision)
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(wake_on, self.membership.brokers_mirror, seen[0])
-            nursery.start_soon(wake_on, self.partitions, seen[1])
-            await trio.sleep(RECHECK_S)
-            nursery.cancel_scope.cancel()
+            await wait_any_change([(brokers_mirror, seen[0]), (self.partitions, seen[1])],
+                                  RECHECK_S)  # the recheck also notices a lost election

@@ -23,7 +23,7 @@ from broker import metrics
 from broker.controller import TOPICS, Controller, TopicMeta
 from broker.placement import PartitionState
 from broker.topics import TopicError, TopicRegistry
-from kelp.etcd import Mirror
+from kelp.etcd import Mirror, wait_any_change
 
 log = logging.getLogger("kelp.broker.replicas")
 
@@ -55,15 +55,8 @@ class ReplicaManager:
             while True:
                 seen = (self.topics.revision, partitions.revision)
                 await self._reconcile()
-                async with trio.open_nursery() as waits:
-                    async def wake_on(mirror: Mirror, revision: int) -> None:
-                        await mirror.wait_changed(revision)
-                        waits.cancel_scope.cancel()
-
-                    waits.start_soon(wake_on, self.topics, seen[0])
-                    waits.start_soon(wake_on, partitions, seen[1])
-                    await trio.sleep(RETRY_S)  # also retries what failed last time
-                    waits.cancel_scope.cancel()
+                # The timeout also retries what failed last time.
+                await wait_any_change([(self.topics, seen[0]), (partitions, seen[1])], RETRY_S)
 
     async def _reconcile(self) -> None:
         states = self.controller.states()

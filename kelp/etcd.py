@@ -322,3 +322,15 @@ class Mirror:
                     self.revision = reply.header.revision
                     self._signal()
             return f"watch stream ended: {stream.error!r}"
+
+
+async def wait_any_change(seen: Sequence[tuple[Mirror, int]], timeout_s: float) -> None:
+    """Until one of the mirrors is past the revision paired with it, or ``timeout_s``."""
+    with trio.move_on_after(timeout_s):
+        async with trio.open_nursery() as nursery:
+            async def wake_on(mirror: Mirror, revision: int) -> None:
+                await mirror.wait_changed(revision)
+                nursery.cancel_scope.cancel()
+
+            for mirror, revision in seen:
+                nursery.start_soon(wake_on, mirror, revision)
