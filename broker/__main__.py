@@ -290,6 +290,8 @@ async def serve(args: argparse.Namespace) -> None:
         registry.close()
         store.close()
         transactions.close()
+        if membership is not None:
+            membership.etcd.close()  # its channels, after every task that used them
 
 
 def main(argv: list[str] | None = None) -> None:
