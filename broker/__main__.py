@@ -96,6 +96,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "broker runs alone, as before)")
     cluster.add_argument("--broker-id", type=int, default=0,
                          help="this broker's id in the cluster (default: 0)")
+    cluster.add_argument("--replica-lag-time-max-ms", type=int, default=30_000,
+                         help="a follower that has not caught up with its leader for this long "
+                         "leaves the in-sync replicas (Kafka's replica.lag.time.max.ms; "
+                         "default: 30000)")
     cluster.add_argument("--rack", default=None, help="this broker's rack, for replica placement")
     cluster.add_argument("--advertise", default=None, metavar="HOST:PORT",
                          help="the gRPC address other processes reach this broker at "
@@ -209,6 +213,12 @@ async def serve(args: argparse.Namespace) -> None:
                             auto_create_partitions=configs.int_value("num.partitions"),
                             append_delay_s=args.faults.get("append-delay-ms", 0.0) / 1000)
 
+    token = None
+    if args.cluster_token_file is not None:
+        try:
+            token = cluster_token.ensure(args.cluster_token_file)
+        except cluster_token.TokenError as exc:
+            raise SystemExit(f"broker: {exc}") from None
     membership = controller = replicas = None
     if args.etcd:
         # Imported only for a cluster: a lone broker does not carry etcd's message classes
@@ -217,6 +227,7 @@ async def serve(args: argparse.Namespace) -> None:
         from broker.controller import Controller
         from broker.membership import BrokerInfo, Membership
         from broker.replicas import ReplicaManager
+        from broker.replication import Replication
         from kelp.etcd import Etcd
 
         try:
@@ -227,7 +238,10 @@ async def serve(args: argparse.Namespace) -> None:
             args.broker_id, args.advertise or args.grpc, args.http, args.ucx_advertise or args.ucx,
             args.rack), ttl_s=max(1, round(args.etcd_lease_ms / 1000)))
         controller = Controller(etcd, membership)
-        replicas = ReplicaManager(registry, controller, args.broker_id)
+        replication = Replication(registry, controller, membership, args.broker_id,
+                                  lag_ms=args.replica_lag_time_max_ms, token=token)
+        replicas = ReplicaManager(registry, controller, args.broker_id, replication)
+        service.replication = replication
 
     if args.etcd and membership is not None:
         service.cluster_topics = ClusterTopics(
@@ -249,12 +263,6 @@ async def serve(args: argparse.Namespace) -> None:
         None if controller is None else controller.gauges))
 
     grpc_address = grpc.Address.parse(args.grpc)
-    token = None
-    if args.cluster_token_file is not None:
-        try:
-            token = cluster_token.ensure(args.cluster_token_file)
-        except cluster_token.TokenError as exc:
-            raise SystemExit(f"broker: {exc}") from None
     http_host, http_port = parse_host_port(args.http)
     try:
         async with trio.open_nursery() as nursery:
@@ -282,6 +290,8 @@ async def serve(args: argparse.Namespace) -> None:
             if membership is not None and controller is not None and replicas is not None:
                 await nursery.start(membership.run)  # registered once it serves
                 await nursery.start(controller.run)
+                assert service.replication is not None
+                await nursery.start(service.replication.run)
                 await nursery.start(replicas.run)
             process.ready(log, grpc=str(grpc_address), http=args.http,
                           data_dir=str(args.data_dir))

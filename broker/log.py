@@ -45,6 +45,7 @@ from broker.producers import (
 )
 from broker.storage import cleaner, loader, search
 from broker.storage.config import INLINE_READ_LIMIT, IO_LIMITER, LogConfig, now_ms, topic_partition
+from broker.storage.epochs import EpochCache
 from broker.storage.producer_state import ProducerStateManager, Snapshot
 from broker.storage.segment import Segment, held
 from kelp import batchcheck, files, recordbatch, records
@@ -104,6 +105,13 @@ class PartitionLog:
         # topic re-created under the same name would otherwise get their writes.
         self._io_running = 0
         self._io_done = trio.Event()
+        # Set only in a cluster (``broker.replication``): the epoch this broker leads in, stamped
+        # into every batch it writes; the high-water mark the replicas agree on (None for a lone
+        # broker, whose high-water mark is its log end); the leader-epoch cache, built from the
+        # batch headers when first asked for.
+        self.leader_epoch = 0
+        self.replicated_hwm: int | None = None
+        self._epochs: EpochCache | None = None
 
     @classmethod
     def open(cls, directory: Path, config: LogConfig | None = None) -> PartitionLog:
@@ -111,7 +119,7 @@ class PartitionLog:
         config = config or LogConfig()
         directory.mkdir(parents=True, exist_ok=True)
         plog = cls(directory, config, loader.load(directory, config))
-        plog._producer_state.load(plog.log_start_offset, plog.high_watermark,
+        plog._producer_state.load(plog.log_start_offset, plog.log_end_offset,
                                   plog._headers_from)
         plog._checkpoint(durable=False)
         return plog
@@ -123,9 +131,31 @@ class PartitionLog:
         return self.segments[-1]
 
     @property
-    def high_watermark(self) -> int:
+    def log_end_offset(self) -> int:
         """The next offset to be assigned: includes every written batch, synced or not."""
         return self.active.next_offset
+
+    @property
+    def high_watermark(self) -> int:
+        """Consumers read below this: the log end for a lone broker, in a cluster the offset
+        every in-sync replica has reached."""
+        end = self.active.next_offset
+        return end if self.replicated_hwm is None else min(self.replicated_hwm, end)
+
+    def visible_end(self, committed_only: bool) -> int | None:
+        """Where a consumer's read stops: the last stable offset for read_committed, the
+        replicated high-water mark in a cluster, or None (the log end) for a lone broker."""
+        if committed_only:
+            return self.last_stable_offset
+        return None if self.replicated_hwm is None else self.high_watermark
+
+    def set_high_watermark(self, offset: int) -> None:
+        """The replicas' high-water mark moved (``broker.replication``): readers parked on
+        this partition look again."""
+        if offset != self.replicated_hwm:
+            self.replicated_hwm = offset
+            for listener in list(self._append_listeners):
+                listener()
 
     @property
     def log_start_offset(self) -> int:
@@ -150,7 +180,8 @@ class PartitionLog:
         transaction, or the high-water mark."""
         first = self.producers.first_unstable_offset()
         # Retention may have deleted an open transaction's first batches: never below the start.
-        return self.high_watermark if first is None else max(first, self._log_start)
+        hwm = self.high_watermark
+        return hwm if first is None else min(max(first, self._log_start), hwm)
 
     def aborted_between(self, start: int, end: int) -> list[AbortedTxn]:
         return self.producers.aborted_between(start, end)
@@ -174,8 +205,9 @@ class PartitionLog:
             self._roll()
         segment = self.active
         offset = segment.next_offset
-        recordbatch.rewrite_offset_and_epoch(batch, 0, offset)
+        recordbatch.rewrite_offset_and_epoch(batch, 0, offset, self.leader_epoch)
         segment.append(batch, [0], self.config.index_interval_bytes, now)
+        self._note_epoch(self.leader_epoch, offset)
         self.producers.end_txn(producer_id, epoch, kind, offset, now)
         return self._appended(segment, len(batch), 1, offset, offset, -1)
 
@@ -219,8 +251,10 @@ class PartitionLog:
         segment = self.active
         first_offset = next_offset = segment.next_offset
         append_time = now_ms() if self.config.log_append_time else -1
+        self._note_epoch(self.leader_epoch, first_offset)
         for (position, header), max_timestamp in zip(batches, max_timestamps, strict=True):
-            recordbatch.rewrite_offset_and_epoch(buffer, position, next_offset)
+            recordbatch.rewrite_offset_and_epoch(buffer, position, next_offset,
+                                                 self.leader_epoch)
             if append_time >= 0:
                 recordbatch.stamp_log_append_time(buffer, position, header, append_time)
             elif header.max_timestamp != max_timestamp and not (
@@ -235,6 +269,96 @@ class PartitionLog:
         return self._appended(segment, len(buffer),
                               sum(header.record_count for header in stored), first_offset,
                               next_offset - 1, append_time)
+
+    def append_replica(self, data: bytes) -> AppendResult:
+        """Write batches copied from the leader, byte for byte, offsets and epochs as the
+        leader gave them (a follower's append). Each must start where the log ends and pass
+        its CRC: the leader validated them, this checks only that they arrived whole."""
+        if self._closed:
+            raise OffsetOutOfRange("the partition's log is closed (topic deleted)")
+        buffer = bytearray(data)
+        batches = list(recordbatch.iter_batches(buffer))
+        if not batches:
+            raise CorruptBatch("empty record set")
+        expected = self.log_end_offset
+        for position, header in batches:
+            if header.base_offset != expected:
+                raise CorruptBatch(f"replicated batch at offset {header.base_offset}, the log "
+                                   f"ends at {expected}")
+            if not recordbatch.crc_matches(buffer, position, header):
+                raise CorruptBatch(f"replicated batch at offset {header.base_offset} fails "
+                                   f"its CRC")
+            expected = header.last_offset + 1
+        active = self.active
+        if active.size >= self.config.segment_bytes or (
+                active.size and now_ms() - active.first_append_ms >= self.config.segment_ms):
+            self._roll()
+        segment = self.active
+        append_ms = now_ms()
+        stored = segment.append(buffer, [position for position, _ in batches],
+                                self.config.index_interval_bytes, append_ms)
+        for (position, _), header in zip(batches, stored, strict=True):
+            self._note_epoch(header.partition_leader_epoch, header.base_offset)
+            if is_control(header):
+                kind = next((marker_kind(record.key) for record in records.iter_records(
+                    bytes(buffer[position : position + header.size]))), None)
+                if kind is not None:
+                    self.producers.end_txn(header.producer_id, header.producer_epoch, kind,
+                                           header.base_offset, header.max_timestamp)
+            else:
+                self.producers.record(header, append_ms)
+        return self._appended(segment, len(buffer),
+                              sum(header.record_count for header in stored),
+                              stored[0].base_offset, stored[-1].last_offset, -1)
+
+    # -- leader epochs and truncation (a cluster's replicas) ------------------------------
+
+    def epoch_cache(self) -> EpochCache:
+        """At which offset each leader epoch began (built from the batch headers once)."""
+        if self._epochs is None:
+            self._epochs = EpochCache.from_headers(
+                (header.partition_leader_epoch, header.base_offset)
+                for header, _ in self._headers_from(self.log_start_offset))
+        return self._epochs
+
+    def _note_epoch(self, epoch: int, start: int) -> None:
+        if self._epochs is not None:
+            self._epochs.assign(epoch, start)
+
+    def truncate_to(self, offset: int) -> int:
+        """Cut the log at ``offset`` (a follower dropping what its leader never had); a cut
+        inside a batch drops that whole batch. Returns the new log end."""
+        if self._closed:
+            raise OffsetOutOfRange("the partition's log is closed (topic deleted)")
+        offset = max(offset, self._log_start)
+        if offset >= self.log_end_offset:
+            return self.log_end_offset
+        while len(self.segments) > 1 and self.segments[-1].base_offset >= offset:
+            segment = self.segments.pop()
+            self._segment_bases.pop()
+            self._unsynced.pop(segment.base_offset, None)
+            segment.delete()
+        segment = self.active
+        position = segment.find(offset)
+        if position is not None:
+            segment.truncate(position, self.config.index_interval_bytes)
+            self._unsynced[segment.base_offset] = segment
+        self._dir_dirty = True
+        if self._epochs is not None:
+            self._epochs.truncate_from(self.log_end_offset)
+        if self.replicated_hwm is not None:
+            self.replicated_hwm = min(self.replicated_hwm, self.log_end_offset)
+        # Producer state past the cut is wrong: rebuilt from its snapshot (if not past the
+        # cut) and the headers after it.
+        self._producer_state = ProducerStateManager(self.directory)
+        self._producer_state.load(self._log_start, self.log_end_offset, self._headers_from)
+        point = loader.read_checkpoint(self.directory / loader.RECOVERY_POINT)
+        if point is None or point > self.log_end_offset:
+            loader.write_checkpoint(self.directory / loader.RECOVERY_POINT, self.log_end_offset,
+                                    durable=False)
+        log.warning("log truncated", extra={"dir": str(self.directory),
+                                            "log_end": self.log_end_offset})
+        return self.log_end_offset
 
     def _appended(self, segment: Segment, size: int, record_count: int, first_offset: int,
                   last_offset: int, append_time: int) -> AppendResult:
@@ -277,7 +401,7 @@ class PartitionLog:
                 await self._sync_done.wait()
                 continue
             self._sync_running = True
-            target, recovery_point = self._written, self.high_watermark
+            target, recovery_point = self._written, self.log_end_offset
             snapshot = self._producer_state.snapshot(recovery_point)
             segments = list(self._unsynced.values())
             self._unsynced.clear()
@@ -319,8 +443,8 @@ class PartitionLog:
 
     def _checkpoint(self, *, durable: bool) -> None:
         """Record everything written as recovered: producer snapshot, then recovery point."""
-        self._producer_state.write(self._producer_state.snapshot(self.high_watermark))
-        loader.write_checkpoint(self.directory / loader.RECOVERY_POINT, self.high_watermark,
+        self._producer_state.write(self._producer_state.snapshot(self.log_end_offset))
+        loader.write_checkpoint(self.directory / loader.RECOVERY_POINT, self.log_end_offset,
                                 durable=durable)
 
     # -- waiting readers --------------------------------------------------------------------
@@ -335,9 +459,9 @@ class PartitionLog:
 
     def _locate(self, offset: int) -> tuple[Segment, int] | None:
         """(segment, file position) of the batch holding ``offset``, or None at the end."""
-        if offset < self.log_start_offset or offset > self.high_watermark:
+        if offset < self.log_start_offset or offset > self.log_end_offset:
             raise OffsetOutOfRange(
-                f"offset {offset} outside [{self.log_start_offset}, {self.high_watermark}]"
+                f"offset {offset} outside [{self.log_start_offset}, {self.log_end_offset}]"
             )
         number = bisect.bisect_right(self._segment_bases, offset) - 1
         for segment in self.segments[max(number, 0) :]:
@@ -428,7 +552,7 @@ class PartitionLog:
     async def max_timestamp_offset(self) -> tuple[int, int] | None:
         """The (offset, timestamp) of the record with the largest timestamp (the earliest
         such record on ties), as ListOffsets' MAX_TIMESTAMP asks."""
-        if self.high_watermark <= self.log_start_offset:
+        if self.log_end_offset <= self.log_start_offset:
             return None
         return await search.max_timestamp_offset(self.segments, self.log_start_offset)
 

@@ -6,10 +6,10 @@ same topic to clients and to each other; partitions added in etcd are added here
 deleted from etcd is deleted here (never a local topic the cluster did not give this broker).
 Each hosted partition's current ``PartitionState`` says who leads, in which leader epoch.
 
-Until gateways route by leader, every broker opens every topic in etcd, with all its
-partitions, hosted or not (the ones not hosted stay empty and are never led here), so that
-Metadata through any broker lists every topic. Replication between the replicas comes next
-(issue 20).
+Every broker opens every topic in etcd, with all its partitions, hosted or not (the ones not
+hosted stay empty and are never led here), so that Metadata through any broker lists every
+topic. What each hosted partition's state asks of this broker (lead, follow) is
+``broker.replication``'s job.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import trio
 from broker import metrics
 from broker.controller import TOPICS, Controller, TopicMeta
 from broker.placement import PartitionState
+from broker.replication import Replication
 from broker.topics import TopicError, TopicRegistry
 from kelp.etcd import Mirror, wait_any_change
 
@@ -31,8 +32,10 @@ RETRY_S = 1.0
 
 
 class ReplicaManager:
-    def __init__(self, registry: TopicRegistry, controller: Controller, broker_id: int) -> None:
+    def __init__(self, registry: TopicRegistry, controller: Controller, broker_id: int,
+                 replication: Replication | None = None) -> None:
         self.registry = registry
+        self.replication = replication
         self.controller = controller
         self.broker_id = broker_id
         self.topics = Mirror(controller.etcd, TOPICS)
@@ -112,6 +115,9 @@ class ReplicaManager:
             if local is not None and local.topic_id == topic_id:
                 await self.registry.delete(name)
                 metrics.forget_topic(name)
+        if self.replication is not None:
+            self.replication.update(set(self.opened), {
+                key: state for key, state in hosted.items() if key[0] in self.opened})
 
     def _refuse(self, topic: str, reason: str) -> None:
         if (topic, reason) not in self._refused:

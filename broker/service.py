@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import grpclib.const
 import trio
+from grpclib.exceptions import GRPCError
 from kio.schema.errors import ErrorCode
 
 from broker import metrics
@@ -39,6 +40,7 @@ from kelp.rpc.broker import v1 as pb
 
 if TYPE_CHECKING:
     from broker.cluster_topics import ClusterTopics
+    from broker.replication import Replication
 
 EARLIEST = -2
 LATEST = -1
@@ -80,6 +82,8 @@ class BrokerService(DataStreams, GroupCalls, TxnCalls, ConfigCalls, QuotaCalls, 
         self.coordinator = coordinator
         # In a cluster (--etcd): CreateTopics places topics through etcd (broker.cluster_topics).
         self.cluster_topics: ClusterTopics | None = None
+        # In a cluster: replication between the brokers (broker.replication).
+        self.replication: Replication | None = None
         self.exports = exports if exports is not None else Exports(registry)
         self.exporter = (exporter if exporter is not None
                          else UcxExporter(self.exports, "127.0.0.1", 0, enabled=False))
@@ -184,9 +188,15 @@ class BrokerService(DataStreams, GroupCalls, TxnCalls, ConfigCalls, QuotaCalls, 
             error = ErrorCode.none
             if topic is None and request.auto_create:
                 try:
-                    topic = await self.registry.create(name, self.auto_create_partitions)
+                    if self.cluster_topics is not None:  # placed by the cluster, default RF
+                        topic, _ = await self.cluster_topics.create(
+                            name, self.auto_create_partitions, -1, {})
+                    else:
+                        topic = await self.registry.create(name, self.auto_create_partitions)
                 except TopicError as exc:
                     error = exc.code
+                    if exc.code == ErrorCode.topic_already_exists:  # another broker won
+                        topic = self.registry.get(name)
             if topic is None:
                 infos.append(pb.TopicInfo(name=name, error_code=error or
                                           ErrorCode.unknown_topic_or_partition))
@@ -203,13 +213,28 @@ class BrokerService(DataStreams, GroupCalls, TxnCalls, ConfigCalls, QuotaCalls, 
             infos.append(info)
         return pb.DescribeTopicsReply(topics=infos)
 
+    # -- between the brokers of a cluster (broker.replication) ---------------------------------
+
+    async def replica_fetch(self, request: pb.ReplicaFetchRequest) -> pb.ReplicaFetchReply:
+        if self.replication is None:
+            raise GRPCError(grpclib.const.Status.FAILED_PRECONDITION,
+                                    "this broker is not in a cluster")
+        return await self.replication.replica_fetch(request)
+
+    async def leader_epoch_end(self, request: pb.LeaderEpochEndRequest
+                               ) -> pb.LeaderEpochEndReply:
+        if self.replication is None:
+            raise GRPCError(grpclib.const.Status.FAILED_PRECONDITION,
+                                    "this broker is not in a cluster")
+        return await self.replication.leader_epoch_end(request)
+
     async def list_offsets(self, request: pb.ListOffsetsRequest) -> pb.ListOffsetsReply:
         answers = []
         for query in request.queries:
             ref = query.partition
             answer = pb.ListOffsetsReplyAnswer(partition=ref, offset=-1, timestamp=-1)
             try:
-                plog = self.registry.partition(ref.topic, ref.partition)
+                plog = self._served(ref.topic, ref.partition)
             except TopicError as exc:
                 answer.error_code = exc.code
                 answers.append(answer)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import trio
 from kio.schema.errors import ErrorCode
 
 from broker import metrics
-from broker.log import MessageTooLarge, OffsetOutOfRange
+from broker.log import MessageTooLarge, OffsetOutOfRange, PartitionLog
 from broker.producers import ProducerError
 from broker.topics import TopicError, TopicRegistry
 from broker.txn_coordinator import TransactionCoordinator
@@ -24,6 +25,9 @@ from kelp.batchcheck import BatchRejected
 from kelp.recordbatch import CorruptBatch, UnsupportedMagic
 from kelp.records import DEFAULT_FETCH_MAX_BYTES
 from kelp.rpc.broker import v1 as pb
+
+if TYPE_CHECKING:
+    from broker.replication import Replication
 
 log = logging.getLogger("kelp.broker.service")
 
@@ -38,6 +42,8 @@ class DataStreams:
 
     registry: TopicRegistry
     transactions: TransactionCoordinator | None
+    # In a cluster: which partitions this broker leads, their high-water marks, acks=all.
+    replication: Replication | None
     append_delay_s: float  # a test knob: every append as slow as a slow disk would make it
     open_streams: int
     pending_appends: int
@@ -68,10 +74,17 @@ class DataStreams:
         finally:
             self.open_streams -= 1
 
-    def _append(self, request: pb.AppendRequest) -> tuple[pb.AppendReply, Any]:
+    def _append(self, request: pb.AppendRequest) -> tuple[pb.AppendReply, _Pending | None]:
         reply = pb.AppendReply(request_id=request.request_id, base_offset=-1, log_append_time=-1)
         try:
             plog = self.registry.partition(request.topic, request.partition)
+            min_insync = 1
+            if self.replication is not None:
+                self.replication.check_leader(request.topic, request.partition)
+                if request.acks == -1:
+                    min_insync = self._min_insync(request.topic)
+                    self.replication.check_in_sync(request.topic, request.partition,
+                                                   min_insync)
             refused = self._txn_refusal(request)
             if refused is not None:
                 reply.error_code, reply.error_message = refused
@@ -112,9 +125,25 @@ class DataStreams:
         reply.base_offset = result.base_offset
         reply.log_append_time = result.log_append_time
         reply.log_start_offset = plog.log_start_offset
-        if request.acks == -1 and plog.config.sync_on_ack:
-            return reply, (plog, result.write_mark)
+        replicated_end = -1
+        if self.replication is not None:
+            self.replication.on_local_append(request.topic, request.partition, plog)
+            if request.acks == -1 and plog.replicated_hwm is not None:
+                replicated_end = result.last_offset + 1
+        mark = result.write_mark if request.acks == -1 and plog.config.sync_on_ack else 0
+        if mark or replicated_end >= 0:
+            return reply, _Pending(plog, request.topic, request.partition, mark,
+                                   replicated_end, min_insync)
         return reply, None
+
+    def _min_insync(self, topic: str) -> int:
+        known = self.registry.get(topic)
+        value = self.registry.defaults.effective({} if known is None else known.configs).get(
+            "min.insync.replicas", "1")
+        try:
+            return int(value)
+        except ValueError:
+            return 1
 
     def _txn_refusal(self, request: pb.AppendRequest) -> tuple[ErrorCode, str] | None:
         """Why a transactional batch may not be written (its producer is fenced, or the
@@ -129,12 +158,19 @@ class DataStreams:
         return self.transactions.append_error(header.producer_id, header.producer_epoch,
                                               request.topic, request.partition)
 
-    async def _reply_when_durable(self, reply: pb.AppendReply, durable: Any,
+    async def _reply_when_durable(self, reply: pb.AppendReply, pending: _Pending,
                                   send: Callable[[pb.AppendReply], None]) -> None:
-        plog, mark = durable
+        plog = pending.plog
         self.pending_appends += 1
         try:
-            await plog.wait_durable(mark)
+            if pending.write_mark:
+                await plog.wait_durable(pending.write_mark)
+            if pending.replicated_end >= 0 and self.replication is not None:
+                await self.replication.wait_replicated(
+                    pending.topic, pending.partition, plog, pending.replicated_end,
+                    pending.min_insync)
+        except TopicError as exc:  # leadership moved, or too few replicas hold it
+            reply.error_code, reply.error_message = exc.code, str(exc)
         except OffsetOutOfRange as exc:  # the topic was deleted before its sync
             reply.error_code = ErrorCode.unknown_topic_or_partition
             reply.error_message = str(exc)
@@ -223,9 +259,8 @@ class DataStreams:
         committed_only = request.isolation_level == READ_COMMITTED
         for part in request.partitions:
             try:
-                plog = self.registry.partition(part.topic, part.partition)
-                total += plog.bytes_after(
-                    part.offset, plog.last_stable_offset if committed_only else None)
+                plog = self._served(part.topic, part.partition)
+                total += plog.bytes_after(part.offset, plog.visible_end(committed_only))
             except (TopicError, OffsetOutOfRange):
                 errors = True
         return total, errors
@@ -241,7 +276,7 @@ class DataStreams:
                                       high_watermark=-1, log_start_offset=-1,
                                       last_stable_offset=-1)
             try:
-                plog = self.registry.partition(part.topic, part.partition)
+                plog = self._served(part.topic, part.partition)
                 out.high_watermark = plog.high_watermark
                 out.log_start_offset = plog.log_start_offset
                 # Taken before the read: a marker written meanwhile only moves it later.
@@ -252,7 +287,7 @@ class DataStreams:
                 first_with_data = not any(r.records for r in results)
                 if budget > 0 or (first_with_data and may_exceed):
                     read = await plog.read(part.offset, limit, at_least_one=first_with_data,
-                                           end=stable if committed_only else None)
+                                           end=plog.visible_end(committed_only))
                     out.records = read.records
                     out.high_watermark = read.high_watermark
                     if read.records:
@@ -271,9 +306,29 @@ class DataStreams:
             results.append(out)
         return pb.FetchReply(request_id=request.request_id, partitions=results)
 
+    def _served(self, topic: str, partition: int) -> PartitionLog:
+        """The partition's log, if this broker serves its clients (in a cluster: leads it)."""
+        plog = self.registry.partition(topic, partition)
+        if self.replication is not None:
+            self.replication.check_leader(topic, partition)
+        return plog
+
     # The names the cancellation tests drive the streams by.
     serve_append = append
     serve_fetch = fetch
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """What an acks=all reply waits for: its bytes on disk (``write_mark``, 0: not asked) and
+    in a cluster every in-sync replica holding offsets below ``replicated_end`` (-1: none)."""
+
+    plog: PartitionLog
+    topic: str
+    partition: int
+    write_mark: int
+    replicated_end: int
+    min_insync: int
 
 
 def _fetch_budget(request: pb.FetchRequest) -> int:

@@ -47,6 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--broker", default="127.0.0.1:17777",
                         help="broker gRPC address, HOST:PORT or unix:PATH "
                         "(default: 127.0.0.1:17777)")
+    parser.add_argument("--etcd", default=None, metavar="HOST:PORT[,HOST:PORT...]",
+                        help="a cluster's etcd: send each partition's produce and fetch to its "
+                        "leader broker (--broker still takes the control calls)")
     parser.add_argument("--broker-tls", action="store_true",
                         help="reach the broker's gRPC over TLS (a broker on another host "
                         "started with --grpc-tls-certfile)")
@@ -247,6 +250,17 @@ async def serve(args: argparse.Namespace) -> None:
             connections_max_idle_ms=args.connections_max_idle_ms,
             request_timeout_ms=args.request_timeout_ms)
         ctx = GatewayContext(config, broker)
+        if args.etcd:
+            # Imported only for a cluster (a lone gateway does not carry etcd's messages).
+            from gateway.router import Router
+            from kelp.etcd import Etcd
+
+            try:
+                etcd = Etcd.from_text(args.etcd)
+            except ValueError as exc:
+                raise SystemExit(f"gateway: --etcd: {exc}") from None
+            ctx.router = Router(etcd, broker, tls=broker_tls, token=broker.token)
+            await nursery.start(ctx.router.run)
         await nursery.start(ctx.quotas.run)
         # Users and ACLs matter from the first connection only when something checks them.
         await nursery.start(partial(
@@ -293,7 +307,7 @@ async def serve(args: argparse.Namespace) -> None:
             "/health": health, "/debug/versions": versions,
             "/metrics": kelp_metrics.route(gateway_state)}
         if not args.no_registry:
-            registry = SchemaRegistry(RegistryBrokerLink(broker), Identity("", 0),
+            registry = SchemaRegistry(RegistryBrokerLink(broker, ctx.leader), Identity("", 0),
                                       topic=args.schemas_topic, group=args.registry_group)
             users = (RegistryUsers(ctx.security, args.schemas_topic) if args.registry_auth
                      else None)

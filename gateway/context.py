@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from kio.schema.errors import ErrorCode
 
@@ -19,6 +20,9 @@ from kelp import acl
 from kelp.routes import BROKER
 from kelp.rpc.broker import v1 as pb
 from registry.state import RegistryState
+
+if TYPE_CHECKING:
+    from gateway.router import Router
 
 NODE_ID = 0
 # The client address of the connection a handler serves (for DescribeGroups' client_host).
@@ -102,6 +106,8 @@ class GatewayContext:
     fetch_pool: BytePool = field(init=False)
     quotas: ClientQuotas = field(init=False)
     security: SecurityView = field(init=False)
+    # In a cluster (--etcd): which broker leads each partition (gateway.router).
+    router: Router | None = None
 
     def __post_init__(self) -> None:
         self.security = SecurityView(self.broker, self.config.authorizer)
@@ -109,6 +115,15 @@ class GatewayContext:
         self.request_pool = BytePool(self.config.queued_max_request_bytes)
         self.fetch_pool = BytePool(self.config.fetch_memory_bytes)
         self.quotas = ClientQuotas(self.broker)
+
+    def leader(self, topic: str, partition: int) -> BrokerClient:
+        """The broker to send the partition's produce and fetch to (raises
+        ``BrokerUnavailable`` when a cluster partition has no reachable leader)."""
+        return self.broker if self.router is None else self.router.leader(topic, partition)
+
+    def data_brokers(self) -> list[BrokerClient]:
+        """Every broker appends may go to (their backlogs bound what this gateway queues)."""
+        return [self.broker] if self.router is None else self.router.clients()
 
     def owns(self, topic: str) -> bool:
         """Whether the current connection may write ``topic`` as its owner."""

@@ -3,6 +3,7 @@ broker client: the same calls, with the client's two failures told as one ``Brok
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from gateway.broker_client import BrokerClient, BrokerFailed, BrokerUnavailable
@@ -14,8 +15,11 @@ Rep = TypeVar("Rep")
 
 
 class RegistryBrokerLink:
-    def __init__(self, broker: BrokerClient) -> None:
+    def __init__(self, broker: BrokerClient,
+                 leader: Callable[[str, int], BrokerClient] | None = None) -> None:
         self.broker = broker
+        # In a cluster, the client of a partition's leader (the gateway's router).
+        self.leader = leader or (lambda topic, partition: broker)
 
     async def wait_connected(self) -> None:
         await self.broker.wait_connected()
@@ -29,15 +33,18 @@ class RegistryBrokerLink:
 
     async def fetch(self, request: pb.FetchRequest) -> pb.FetchReply:
         try:
-            return await self.broker.fetch(request)
+            first = request.partitions[0] if request.partitions else None
+            broker = self.broker if first is None else self.leader(first.topic, first.partition)
+            return await broker.fetch(request)
         except (BrokerUnavailable, BrokerFailed) as exc:
             raise BrokerDown(str(exc)) from exc
 
     async def append(self, topic: str, partition: int, batch: bytes) -> pb.AppendReply:
         try:
             # Within the gateway's bound on unanswered appends, like every Kafka producer.
-            await self.broker.wait_append_writable()
-            waiter = self.broker.submit_append(topic, partition, batch, -1)
+            broker = self.leader(topic, partition)
+            await broker.wait_append_writable()
+            waiter = broker.submit_append(topic, partition, batch, -1)
             assert waiter is not None  # acks=all is always answered
             reply: pb.AppendReply = await waiter.wait()
         except (BrokerUnavailable, BrokerFailed) as exc:

@@ -10,8 +10,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import trio
+import trio_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
+from broker.controller import PARTITIONS, parse_partition_key
+from broker.placement import PartitionState
+from kelp.etcd import Etcd
 from tests.etcd_proc import EtcdServer
 from tests.kelp_procs import Proc, free_port
 
@@ -22,6 +27,7 @@ class BrokerNode:
     workdir: Path
     etcd: EtcdServer
     lease_ms: int = 3000
+    extra_args: tuple[str, ...] = ()
     grpc_port: int = field(default_factory=free_port)
     http_port: int = field(default_factory=free_port)
     ucx_port: int = field(default_factory=free_port)
@@ -32,7 +38,8 @@ class BrokerNode:
             sys.executable, "-m", "broker", "--data-dir", str(self.workdir / name),
             "--grpc", f"127.0.0.1:{self.grpc_port}", "--http", f"127.0.0.1:{self.http_port}",
             "--ucx", f"127.0.0.1:{self.ucx_port}", "--etcd", self.etcd.endpoint,
-            "--broker-id", str(self.broker_id), "--etcd-lease-ms", str(self.lease_ms)],
+            "--broker-id", str(self.broker_id), "--etcd-lease-ms", str(self.lease_ms),
+            *self.extra_args],
             self.workdir / f"{name}.log")
 
     def health(self) -> dict:
@@ -60,10 +67,11 @@ class BrokerCluster:
     workdir: Path
     size: int = 3
     lease_ms: int = 3000
+    broker_args: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.etcd = EtcdServer(self.workdir)
-        self.brokers = [BrokerNode(i, self.workdir, self.etcd, self.lease_ms)
+        self.brokers = [BrokerNode(i, self.workdir, self.etcd, self.lease_ms, self.broker_args)
                         for i in range(self.size)]
 
     def start(self) -> BrokerCluster:
@@ -95,3 +103,33 @@ def wait_for(check: Callable[[], object], what: str, timeout: float = 20.0) -> o
             last = exc
         time.sleep(0.1)
     raise AssertionError(f"{what}: not within {timeout} s (last: {last!r})")
+
+
+def partition_states(etcd_endpoint: str) -> dict[tuple[str, int], PartitionState]:
+    async def read() -> dict[tuple[str, int], PartitionState]:
+        async with trio_asyncio.open_loop():
+            etcd = Etcd.from_text(etcd_endpoint)
+            try:
+                entries, _ = await etcd.get_prefix(PARTITIONS)
+            finally:
+                etcd.close()
+        return {parse_partition_key(e.key): PartitionState.decode(e.value) for e in entries}
+
+    return trio.run(read)
+
+
+def gateway_on(node: BrokerNode, workdir: Path, *args: str,
+               name: str = "gateway") -> tuple[Proc, int]:
+    """A started gateway in front of one broker of the cluster (``--etcd`` among ``args`` to
+    route each partition to its leader), and its Kafka port."""
+    kafka_port = free_port()
+    gateway = Proc(name, [
+        sys.executable, "-m", "gateway", "--listen", f"127.0.0.1:{kafka_port}",
+        "--broker", f"127.0.0.1:{node.grpc_port}", "--http", f"127.0.0.1:{free_port()}",
+        *args], workdir / f"{name}.log")
+    try:
+        gateway.start()
+    except BaseException:
+        gateway.stop()  # started but never ready: still not left behind
+        raise
+    return gateway, kafka_port

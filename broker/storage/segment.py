@@ -218,6 +218,12 @@ class Segment:
             self.offset_index.append(header.base_offset, position)
             self._indexed_position = position
 
+    def truncate(self, position: int, index_interval: int) -> None:
+        """Cut the file at ``position`` (a batch start) and rebuild the indexes from what
+        stays (a follower's truncation: rare, so a rescan is fine)."""
+        os.ftruncate(self.fd, position)
+        self.recover(verify_crc=False, compacted=True, index_interval=index_interval)
+
     def sync(self) -> None:
         """fdatasync the file (called in a worker thread while ``held``)."""
         os.fdatasync(self.fd)

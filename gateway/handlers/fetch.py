@@ -12,9 +12,10 @@ import datetime
 import uuid
 from typing import Any
 
+import trio
 from kio.schema.errors import ErrorCode
 
-from gateway.broker_client import BrokerUnavailable
+from gateway.broker_client import BrokerClient, BrokerUnavailable
 from gateway.context import GatewayContext, current_holds, current_output
 from gateway.kafka import apis, messages
 from gateway.kafka.connection import Request
@@ -111,21 +112,65 @@ async def _fetch_records(ctx: GatewayContext, body: Any,
     holds = current_holds.get()
     if holds is not None:
         holds.append((ctx.fetch_pool, granted))
+    request = pb.FetchRequest(
+        partitions=[pb.FetchPartition(topic=name, partition=p.partition, offset=p.fetch_offset,
+                                      max_bytes=min(p.partition_max_bytes, granted))
+                    for name, _id, parts in wanted for p in parts],
+        max_wait_ms=int(body.max_wait.total_seconds() * 1000),
+        min_bytes=body.min_bytes, max_bytes=granted,
+        isolation_level=int(getattr(body, "isolation_level", 0)))
     try:
-        reply = await ctx.broker.fetch(pb.FetchRequest(
-            partitions=[pb.FetchPartition(topic=name, partition=p.partition,
-                                          offset=p.fetch_offset,
-                                          max_bytes=min(p.partition_max_bytes, granted))
-                        for name, _id, parts in wanted for p in parts],
-            max_wait_ms=int(body.max_wait.total_seconds() * 1000),
-            min_bytes=body.min_bytes, max_bytes=granted,
-            isolation_level=int(getattr(body, "isolation_level", 0))))
+        if ctx.router is not None:
+            return await _fetch_from_leaders(ctx, request)
+        reply = await ctx.broker.fetch(request)
     except BrokerUnavailable:
         return {}  # every partition answers NOT_LEADER_OR_FOLLOWER; clients retry
     finally:
         if holds is None:
             ctx.fetch_pool.release(granted)
     return {(r.topic, r.partition): r for r in reply.partitions}
+
+
+async def _fetch_from_leaders(ctx: GatewayContext, request: pb.FetchRequest
+                              ) -> dict[tuple[str, int], pb.FetchedPartition]:
+    """A cluster's fetch: one per leader broker, in parallel, sharing the byte budget. The
+    first to come back with records (or an error) ends the others' long polls, which are then
+    asked again without waiting, so the client gets what every leader has now."""
+    groups: dict[BrokerClient, list[pb.FetchPartition]] = {}
+    for part in request.partitions:
+        try:
+            groups.setdefault(ctx.leader(part.topic, part.partition), []).append(part)
+        except BrokerUnavailable:
+            continue  # answered NOT_LEADER_OR_FOLLOWER: the client refreshes its metadata
+    if not groups:
+        return {}
+    share = max(request.max_bytes // len(groups), 1)
+    results: dict[tuple[str, int], pb.FetchedPartition] = {}
+
+    async def fetch_one(broker: BrokerClient, parts: list[pb.FetchPartition], wait_ms: int,
+                        done: trio.CancelScope | None) -> None:
+        try:
+            reply = await broker.fetch(pb.FetchRequest(
+                partitions=parts, max_wait_ms=wait_ms, min_bytes=request.min_bytes,
+                max_bytes=share, isolation_level=request.isolation_level))
+        except BrokerUnavailable:
+            return
+        for found in reply.partitions:
+            results[(found.topic, found.partition)] = found
+        if done is not None and any(f.records or f.error_code for f in reply.partitions):
+            done.cancel()
+
+    async with trio.open_nursery() as nursery:
+        for broker, parts in groups.items():
+            nursery.start_soon(fetch_one, broker, parts, request.max_wait_ms,
+                               nursery.cancel_scope)
+    unanswered = {broker: [p for p in parts if (p.topic, p.partition) not in results]
+                  for broker, parts in groups.items()}
+    async with trio.open_nursery() as nursery:
+        for broker, parts in unanswered.items():
+            if parts and len(parts) < len(request.partitions):
+                nursery.start_soon(fetch_one, broker, parts, 0, None)
+    return results
 
 
 async def handle_list_offsets(ctx: GatewayContext, request: Request) -> Any:
@@ -137,13 +182,21 @@ async def handle_list_offsets(ctx: GatewayContext, request: Request) -> Any:
         timestamp=p.timestamp, isolation_level=isolation)
         for t in body.topics if t.name in allowed for p in t.partitions]
     answers: dict[tuple[str, int], pb.ListOffsetsReplyAnswer] = {}
-    try:
-        if queries:
-            reply = await ctx.broker.call(BROKER.list_offsets,
-                                          pb.ListOffsetsRequest(queries=queries))
-            answers = {(a.partition.topic, a.partition.partition): a for a in reply.answers}
-    except BrokerUnavailable:
-        pass
+    by_broker: dict[BrokerClient, list[pb.ListOffsetsRequestQuery]] = {}
+    for query in queries:
+        with contextlib.suppress(BrokerUnavailable):  # no leader: NOT_LEADER_OR_FOLLOWER
+            by_broker.setdefault(ctx.leader(query.partition.topic, query.partition.partition),
+                                 []).append(query)
+
+    async def ask(broker: BrokerClient, asked: list[pb.ListOffsetsRequestQuery]) -> None:
+        with contextlib.suppress(BrokerUnavailable):
+            reply = await broker.call(BROKER.list_offsets, pb.ListOffsetsRequest(queries=asked))
+            answers.update({(a.partition.topic, a.partition.partition): a
+                            for a in reply.answers})
+
+    async with trio.open_nursery() as nursery:
+        for broker, asked in by_broker.items():
+            nursery.start_soon(ask, broker, asked)
 
     response_type = messages.response_type(apis.ApiKey.LIST_OFFSETS, request.version)
     topic_type = messages.nested(response_type, "ListOffsetsTopicResponse")

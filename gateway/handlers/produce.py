@@ -1,4 +1,5 @@
-"""Produce: queue each partition's batches on the broker's append stream, in request order.
+"""Produce: queue each partition's batches on its broker's append stream, in request order (in
+a cluster, the stream of the partition's leader).
 
 ``handle`` is deliberately not ``async``: it runs in the connection's read loop, so the appends
 of one connection are queued in the order the client sent them (Kafka's ordering guarantee for
@@ -37,7 +38,7 @@ def throttle_for(waited_s: float) -> datetime.timedelta:
 def ready(ctx: GatewayContext, request: Request) -> bool:
     """Whether ``prepare`` has nothing to wait for (the common case: checked first, so a
     produce pays for the waiting machinery only when it must wait)."""
-    if not ctx.broker.append_writable():
+    if not all(broker.append_writable() for broker in ctx.data_brokers()):
         return False
     return ctx.registry_state is None or all(
         ctx.topic_settings.get(t.name) is not None for t in request.body.topic_data)
@@ -46,7 +47,8 @@ def ready(ctx: GatewayContext, request: Request) -> bool:
 async def prepare(ctx: GatewayContext, request: Request) -> None:
     """Wait for room on the broker's append stream, and make sure the validation settings of
     every topic written are known (cached ~2 s)."""
-    await ctx.broker.wait_append_writable()
+    for broker in ctx.data_brokers():
+        await broker.wait_append_writable()
     if ctx.registry_state is None:
         return
     stale = [t.name for t in request.body.topic_data if ctx.topic_settings.get(t.name) is None]
@@ -110,7 +112,8 @@ def handle(ctx: GatewayContext, request: Request) -> Awaitable[Any]:
                 error, message, record_errors = _validate(ctx, topic.name, part.records)
             if error == ErrorCode.none:
                 try:
-                    waiter = ctx.broker.submit_append(topic.name, part.index, part.records, acks)
+                    waiter = ctx.leader(topic.name, part.index).submit_append(
+                        topic.name, part.index, part.records, acks)
                 except BrokerUnavailable as exc:
                     error, message = ErrorCode.not_leader_or_follower, str(exc)
             outcomes.append((topic.name, part.index, error, message, waiter, record_errors))

@@ -4,7 +4,6 @@ what happens when brokers are killed, stopped and restarted, and when etcd resta
 from __future__ import annotations
 
 import json
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,16 +16,12 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
 
 from broker.controller import (
-    PARTITIONS,
     TOPICS,
     TopicMeta,
     create_topic,
-    parse_partition_key,
 )
-from broker.placement import PartitionState
 from kelp.etcd import Etcd
-from tests.cluster_procs import BrokerCluster, BrokerNode, wait_for
-from tests.kelp_procs import Proc, free_port
+from tests.cluster_procs import BrokerCluster, BrokerNode, gateway_on, partition_states, wait_for
 
 
 @pytest.fixture
@@ -124,19 +119,6 @@ def test_brokers_come_back_after_etcd_restarts(brokers: BrokerCluster) -> None:
     assert after["controller_epoch"] >= before["controller_epoch"]
 
 
-def partition_states(etcd_endpoint: str) -> dict[tuple[str, int], PartitionState]:
-    async def read() -> dict[tuple[str, int], PartitionState]:
-        async with trio_asyncio.open_loop():
-            etcd = Etcd.from_text(etcd_endpoint)
-            try:
-                entries, _ = await etcd.get_prefix(PARTITIONS)
-            finally:
-                etcd.close()
-        return {parse_partition_key(e.key): PartitionState.decode(e.value) for e in entries}
-
-    return trio.run(read)
-
-
 def created_id(etcd_endpoint: str) -> uuid.UUID:
     async def read() -> uuid.UUID:
         async with trio_asyncio.open_loop():
@@ -199,12 +181,19 @@ def test_the_controller_moves_leaders_off_dead_brokers(brokers: BrokerCluster) -
         assert state.leader_epoch == before.leader_epoch + (before.leader == 0)
         assert state.leader == before.leader or before.leader == 0
 
-    # It comes back: it does not lead or rejoin an ISR by itself (only a leader that sees
-    # it caught up may add it back), so the states stay as they are.
+    # It comes back: it leads nothing (leaders and epochs stay), and each leader adds it back
+    # to the ISR once it has caught up (broker.replication), in replica order.
     brokers.brokers[0].proc.start()
     wait_for(lambda: agreed(brokers.brokers, [0, 1, 2]), "three brokers again")
-    time.sleep(1.5)
-    assert partition_states(brokers.etcd.endpoint) == after
+    def all_in_sync() -> dict | None:
+        states = partition_states(brokers.etcd.endpoint)
+        return states if all(len(s.isr) == 3 for s in states.values()) else None
+
+    rejoined = wait_for(all_in_sync, "broker 0 back in every ISR")
+    assert isinstance(rejoined, dict)
+    for key, state in rejoined.items():
+        assert (state.leader, state.leader_epoch) == (after[key].leader, after[key].leader_epoch)
+        assert state.isr == state.replicas
 
     # Two of three down: the last in-sync replica leads everything.
     survivor = brokers.brokers[2]
@@ -216,21 +205,6 @@ def test_the_controller_moves_leaders_off_dead_brokers(brokers: BrokerCluster) -
              "broker 2 leading alone", timeout=20)
     assert survivor.cluster()["controller"] == 2
     assert survivor.cluster()["replicas"] == {"leader": 6, "follower": 0}
-
-
-def gateway_on(node: BrokerNode, workdir: Path, *args: str) -> tuple[Proc, int]:
-    """A started gateway in front of one broker of the cluster, and its Kafka port."""
-    kafka_port = free_port()
-    gateway = Proc("gateway", [
-        sys.executable, "-m", "gateway", "--listen", f"127.0.0.1:{kafka_port}",
-        "--broker", f"127.0.0.1:{node.grpc_port}", "--http", f"127.0.0.1:{free_port()}",
-        *args], workdir / "gateway.log")
-    try:
-        gateway.start()
-    except BaseException:
-        gateway.stop()  # started but never ready: still not left behind
-        raise
-    return gateway, kafka_port
 
 
 def test_create_topics_through_kafka_places_replicas_over_the_cluster(

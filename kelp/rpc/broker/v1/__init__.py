@@ -100,6 +100,8 @@ __all__ = (
     "InitProducerIdRequest",
     "JoinGroupReply",
     "JoinGroupRequest",
+    "LeaderEpochEndReply",
+    "LeaderEpochEndRequest",
     "LeaveGroupReply",
     "LeaveGroupReplyResult",
     "LeaveGroupRequest",
@@ -126,6 +128,8 @@ __all__ = (
     "ReadChunkReply",
     "ReadChunkRequest",
     "RecordError",
+    "ReplicaFetchReply",
+    "ReplicaFetchRequest",
     "ScramCredential",
     "ScramDeletion",
     "ScramUpsertion",
@@ -1652,6 +1656,48 @@ default_message_pool.register_message("broker.v1", "JoinGroupRequest", JoinGroup
 
 
 @dataclass(eq=False, repr=False)
+class LeaderEpochEndReply(betterproto2.Message):
+    error_code: "int" = betterproto2.field(1, betterproto2.TYPE_INT32)
+
+    error_message: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    leader_epoch: "int" = betterproto2.field(3, betterproto2.TYPE_INT32)
+    """
+    the largest epoch <= the asked one the leader knows
+    """
+
+    end_offset: "int" = betterproto2.field(4, betterproto2.TYPE_INT64)
+    """
+    where it ended (-1: unknown)
+    """
+
+
+default_message_pool.register_message("broker.v1", "LeaderEpochEndReply", LeaderEpochEndReply)
+
+
+@dataclass(eq=False, repr=False)
+class LeaderEpochEndRequest(betterproto2.Message):
+    topic: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    partition: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
+
+    leader_epoch: "int" = betterproto2.field(3, betterproto2.TYPE_INT32)
+    """
+    the follower's latest epoch
+    """
+
+    current_leader_epoch: "int" = betterproto2.field(4, betterproto2.TYPE_INT32)
+    """
+    the epoch the follower thinks the leader leads in
+    """
+
+    topic_id: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message("broker.v1", "LeaderEpochEndRequest", LeaderEpochEndRequest)
+
+
+@dataclass(eq=False, repr=False)
 class LeaveGroupReply(betterproto2.Message):
     error_code: "int" = betterproto2.field(1, betterproto2.TYPE_INT32)
 
@@ -2035,6 +2081,66 @@ class RecordError(betterproto2.Message):
 
 
 default_message_pool.register_message("broker.v1", "RecordError", RecordError)
+
+
+@dataclass(eq=False, repr=False)
+class ReplicaFetchReply(betterproto2.Message):
+    error_code: "int" = betterproto2.field(1, betterproto2.TYPE_INT32)
+    """
+    NOT_LEADER_OR_FOLLOWER, FENCED_LEADER_EPOCH, ...
+    """
+
+    error_message: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    records: "bytes" = betterproto2.field(3, betterproto2.TYPE_BYTES)
+    """
+    whole batches from fetch_offset, byte for byte
+    """
+
+    high_watermark: "int" = betterproto2.field(4, betterproto2.TYPE_INT64)
+
+    log_start_offset: "int" = betterproto2.field(5, betterproto2.TYPE_INT64)
+
+    log_end_offset: "int" = betterproto2.field(6, betterproto2.TYPE_INT64)
+
+    leader_epoch: "int" = betterproto2.field(7, betterproto2.TYPE_INT32)
+
+
+default_message_pool.register_message("broker.v1", "ReplicaFetchReply", ReplicaFetchReply)
+
+
+@dataclass(eq=False, repr=False)
+class ReplicaFetchRequest(betterproto2.Message):
+    topic: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    partition: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
+
+    replica_id: "int" = betterproto2.field(3, betterproto2.TYPE_INT32)
+    """
+    the follower's broker id
+    """
+
+    leader_epoch: "int" = betterproto2.field(4, betterproto2.TYPE_INT32)
+    """
+    the epoch the follower follows in
+    """
+
+    fetch_offset: "int" = betterproto2.field(5, betterproto2.TYPE_INT64)
+    """
+    the follower's log end (everything below is durable there)
+    """
+
+    max_bytes: "int" = betterproto2.field(6, betterproto2.TYPE_INT32)
+
+    max_wait_ms: "int" = betterproto2.field(7, betterproto2.TYPE_INT32)
+
+    topic_id: "str" = betterproto2.field(8, betterproto2.TYPE_STRING)
+    """
+    the cluster's id of the topic (a re-created name differs)
+    """
+
+
+default_message_pool.register_message("broker.v1", "ReplicaFetchRequest", ReplicaFetchRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -3191,6 +3297,48 @@ class BrokerStub(betterproto2_grpclib.ServiceStub):
             metadata=metadata,
         )
 
+    async def replica_fetch(
+        self,
+        message: "ReplicaFetchRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ReplicaFetchReply":
+        """
+        Between the brokers of a cluster (broker.replication): a follower's fetch from its
+        partition's leader (a long poll; its offset tells the leader how far the follower got), and
+        where a leader epoch ended on the leader (Kafka's OffsetForLeaderEpoch), so a follower that
+        comes back truncates what the leader never had before fetching.
+        """
+
+        return await self._unary_unary(
+            "/broker.v1.Broker/ReplicaFetch",
+            message,
+            ReplicaFetchReply,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def leader_epoch_end(
+        self,
+        message: "LeaderEpochEndRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "LeaderEpochEndReply":
+
+        return await self._unary_unary(
+            "/broker.v1.Broker/LeaderEpochEnd",
+            message,
+            LeaderEpochEndReply,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 class BrokerBase(betterproto2_grpclib.ServiceBase):
     """
@@ -3415,6 +3563,20 @@ class BrokerBase(betterproto2_grpclib.ServiceBase):
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def read_chunk(self, message: "ReadChunkRequest") -> "ReadChunkReply":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def replica_fetch(self, message: "ReplicaFetchRequest") -> "ReplicaFetchReply":
+        """
+        Between the brokers of a cluster (broker.replication): a follower's fetch from its
+        partition's leader (a long poll; its offset tells the leader how far the follower got), and
+        where a leader epoch ended on the leader (Kafka's OffsetForLeaderEpoch), so a follower that
+        comes back truncates what the leader never had before fetching.
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def leader_epoch_end(self, message: "LeaderEpochEndRequest") -> "LeaderEpochEndReply":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -3759,6 +3921,22 @@ class BrokerBase(betterproto2_grpclib.ServiceBase):
         response = await self.read_chunk(request)
         await stream.send_message(response)
 
+    async def __rpc_replica_fetch(
+        self, stream: "grpclib.server.Stream[ReplicaFetchRequest, ReplicaFetchReply]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.replica_fetch(request)
+        await stream.send_message(response)
+
+    async def __rpc_leader_epoch_end(
+        self, stream: "grpclib.server.Stream[LeaderEpochEndRequest, LeaderEpochEndReply]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.leader_epoch_end(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> "dict[str, grpclib.const.Handler]":
         return {
             "/broker.v1.Broker/Health": grpclib.const.Handler(
@@ -4012,5 +4190,17 @@ class BrokerBase(betterproto2_grpclib.ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 ReadChunkRequest,
                 ReadChunkReply,
+            ),
+            "/broker.v1.Broker/ReplicaFetch": grpclib.const.Handler(
+                self.__rpc_replica_fetch,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ReplicaFetchRequest,
+                ReplicaFetchReply,
+            ),
+            "/broker.v1.Broker/LeaderEpochEnd": grpclib.const.Handler(
+                self.__rpc_leader_epoch_end,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                LeaderEpochEndRequest,
+                LeaderEpochEndReply,
             ),
         }

@@ -1,0 +1,437 @@
+"""Replication between the brokers of a cluster, as Kafka does it.
+
+``ReplicaManager`` (``broker.replicas``) tells ``Replication`` the state of every partition
+this broker hosts whenever etcd changes; this module acts on it:
+
+* **leader**: stamps its leader epoch into what it writes, answers its followers'
+  ``ReplicaFetch`` (a long poll whose offset is the follower's log end), keeps their progress
+  (``broker.isr.LeaderProgress``), moves the high-water mark (consumers read below it;
+  ``acks=all`` waits for it) and writes ISR shrinks and expansions to etcd, compare-and-swap
+  on the partition's revision, so a deposed leader's write fails;
+* **follower**: one task per followed partition: first asks the leader where its own latest
+  epoch ended (``LeaderEpochEnd``, Kafka's OffsetForLeaderEpoch) and truncates there, so
+  records a deposed leader wrote alone are never served; then fetches, appends the leader's
+  batches byte for byte (``PartitionLog.append_replica``), makes them durable on the fsync
+  policy before fetching again (the next fetch offset is what the leader counts), and keeps
+  the leader's high-water mark.
+
+A topic the cluster does not manage (internal ones, created by this broker alone) is not
+touched: the broker serves it as a lone broker would.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, replace
+
+import trio
+from kio.schema.errors import ErrorCode
+
+from broker.controller import Controller, partition_key
+from broker.isr import LeaderProgress
+from broker.log import OffsetOutOfRange, PartitionLog
+from broker.membership import Membership
+from broker.placement import NO_LEADER, PartitionState
+from broker.storage.epochs import UNDEFINED
+from broker.topics import TopicError, TopicRegistry
+from kelp import grpc
+from kelp.etcd import EtcdUnavailable
+from kelp.recordbatch import CorruptBatch
+from kelp.routes import BROKER
+from kelp.rpc.broker import v1 as pb
+
+log = logging.getLogger("kelp.broker.replication")
+
+REPLICA_LAG_MS = 30_000  # Kafka's replica.lag.time.max.ms
+FETCH_WAIT_MS = 500      # a follower's long poll
+FETCH_MAX_BYTES = 1 << 20  # what a follower asks for; a leader never sends more than:
+MAX_REPLICA_FETCH_BYTES = 8 << 20
+CALL_TIMEOUT_S = 10.0
+RETRY_S = 0.2
+
+Key = tuple[str, int]
+
+
+class ReplicaError(TopicError):
+    """An append or read this broker cannot serve as a replica (the Kafka error to answer);
+    a ``TopicError``, so every path that answers those answers this."""
+
+
+@dataclass
+class Led:
+    """A partition this broker leads, in ``state.leader_epoch``."""
+
+    state: PartitionState
+    progress: LeaderProgress
+    # Set when leadership of this epoch ends: waiters for the high-water mark give up.
+    ended: trio.Event
+
+
+class Replication:
+    def __init__(self, registry: TopicRegistry, controller: Controller, membership: Membership,
+                 broker_id: int, *, lag_ms: int = REPLICA_LAG_MS, token: str | None = None
+                 ) -> None:
+        self.registry = registry
+        self.controller = controller
+        self.membership = membership
+        self.broker_id = broker_id
+        self.lag_ms = lag_ms
+        self.token = token
+        self.led: dict[Key, Led] = {}
+        self.managed: set[str] = set()  # topics whose partitions the cluster manages
+        self.following: dict[Key, tuple[int, int, trio.CancelScope]] = {}  # leader, epoch
+        self._channels: dict[str, grpc.Channel] = {}
+        self._nursery: trio.Nursery | None = None
+        self._isr_wanted = trio.Event()
+        self.isr_writes = 0
+
+    # -- roles ----------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._maintain_isr)
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
+            for led in self.led.values():
+                led.ended.set()
+            for channel in self._channels.values():
+                channel.close()
+
+    def update(self, managed: set[str], hosted: dict[Key, PartitionState]) -> None:
+        """The cluster's view changed: lead, follow or let go of each hosted partition."""
+        self.managed = managed
+        for key in list(self.led):
+            state = hosted.get(key)
+            if state is None or state.leader != self.broker_id or \
+                    state.leader_epoch != self.led[key].state.leader_epoch:
+                self._stop_leading(key)
+        for key in list(self.following):
+            leader, epoch, scope = self.following[key]
+            state = hosted.get(key)
+            if state is None or state.leader != leader or state.leader_epoch != epoch:
+                scope.cancel()
+                del self.following[key]
+        for key, state in hosted.items():
+            plog = self._log(key)
+            if plog is None:
+                continue
+            if state.leader == self.broker_id:
+                led = self.led.get(key)
+                if led is None:
+                    self._start_leading(key, state, plog)
+                else:
+                    led.state = state
+                    led.progress.isr = state.isr
+                    led.progress.replicas = state.replicas
+                    self._advance(key, led, plog)
+            elif state.leader != NO_LEADER and key not in self.following and \
+                    self._nursery is not None:
+                scope = trio.CancelScope()
+                self.following[key] = (state.leader, state.leader_epoch, scope)
+                self._nursery.start_soon(self._follow, key, state.leader, state.leader_epoch,
+                                         scope)
+
+    def _log(self, key: Key) -> PartitionLog | None:
+        try:
+            return self.registry.partition(*key)
+        except TopicError:
+            return None
+
+    def _start_leading(self, key: Key, state: PartitionState, plog: PartitionLog) -> None:
+        plog.leader_epoch = state.leader_epoch
+        end = plog.log_end_offset
+        # What this broker knew as a follower; alone in the ISR, everything it has.
+        start_hwm = end if state.isr == (self.broker_id,) else min(
+            plog.replicated_hwm or 0, end)
+        progress = LeaderProgress(self.broker_id, state.replicas, state.isr, epoch_start=end,
+                                  high_watermark=start_hwm, now_ms=_now_ms())
+        self.led[key] = Led(state, progress, trio.Event())
+        plog.set_high_watermark(start_hwm)
+        self._advance(key, self.led[key], plog)
+        log.info("leading", extra={"topic": key[0], "partition": key[1],
+                                   "leader_epoch": state.leader_epoch, "log_end": end,
+                                   "high_watermark": plog.high_watermark})
+
+    def _stop_leading(self, key: Key) -> None:
+        led = self.led.pop(key)
+        led.ended.set()
+        plog = self._log(key)
+        if plog is not None:
+            plog.set_high_watermark(plog.high_watermark)  # wakes parked readers to look again
+
+    def _advance(self, key: Key, led: Led, plog: PartitionLog) -> None:
+        if led.progress.advance(plog.log_end_offset):
+            plog.set_high_watermark(led.progress.high_watermark)
+        if led.progress.wanted_isr(plog.log_end_offset, _now_ms(), self.lag_ms) != \
+                led.state.isr:
+            self._isr_wanted.set()
+
+    # -- what the data path asks --------------------------------------------------------------
+
+    def check_leader(self, topic: str, partition: int) -> None:
+        """Raise ``ReplicaError`` unless this broker may serve clients for the partition (it
+        leads it, or the topic is not the cluster's)."""
+        if topic in self.managed and (topic, partition) not in self.led:
+            raise ReplicaError(ErrorCode.not_leader_or_follower,
+                               f"broker {self.broker_id} does not lead {topic}-{partition}")
+
+    def check_in_sync(self, topic: str, partition: int, min_insync: int) -> None:
+        """``acks=all`` refused before writing when the ISR is below min.insync.replicas."""
+        led = self.led.get((topic, partition))
+        if led is not None and len(led.state.isr) < min_insync:
+            raise ReplicaError(ErrorCode.not_enough_replicas,
+                               f"{len(led.state.isr)} in-sync replicas of {topic}-{partition}, "
+                               f"min.insync.replicas is {min_insync}")
+
+    def on_local_append(self, topic: str, partition: int, plog: PartitionLog) -> None:
+        """The leader wrote: alone in the ISR, its high-water mark moves at once."""
+        led = self.led.get((topic, partition))
+        if led is not None:
+            self._advance((topic, partition), led, plog)
+
+    async def wait_replicated(self, topic: str, partition: int, plog: PartitionLog,
+                              end: int, min_insync: int) -> None:
+        """Until every in-sync replica holds the offsets below ``end`` (``acks=all``)."""
+        key = (topic, partition)
+        led = self.led.get(key)
+        if led is None:
+            if topic in self.managed:
+                raise ReplicaError(ErrorCode.not_leader_or_follower,
+                                   f"leadership of {topic}-{partition} moved")
+            return
+        while plog.high_watermark < end:
+            if led.ended.is_set():
+                raise ReplicaError(ErrorCode.not_leader_or_follower,
+                                   f"leadership of {topic}-{partition} moved before the "
+                                   "records were replicated")
+            woken = trio.Event()
+            plog.add_append_listener(woken.set)
+            try:
+                with trio.move_on_after(1.0):
+                    await woken.wait()
+            finally:
+                plog.remove_append_listener(woken.set)
+        if len(led.state.isr) < min_insync:
+            raise ReplicaError(ErrorCode.not_enough_replicas_after_append,
+                               f"written, but only {len(led.state.isr)} in-sync replicas hold "
+                               f"it; min.insync.replicas is {min_insync}")
+
+    # -- leader side of the broker-to-broker calls --------------------------------------------
+
+    async def replica_fetch(self, request: pb.ReplicaFetchRequest) -> pb.ReplicaFetchReply:
+        key = (request.topic, request.partition)
+        reply = pb.ReplicaFetchReply(high_watermark=-1, log_start_offset=-1, log_end_offset=-1)
+        led = self.led.get(key)
+        plog = self._log(key)
+        if led is None or plog is None:
+            reply.error_code = ErrorCode.not_leader_or_follower
+            reply.error_message = f"broker {self.broker_id} does not lead {key}"
+            return reply
+        epoch = led.state.leader_epoch
+        reply.leader_epoch = epoch
+        if request.leader_epoch != epoch:
+            reply.error_code = (ErrorCode.fenced_leader_epoch if request.leader_epoch < epoch
+                                else ErrorCode.unknown_leader_epoch)
+            reply.error_message = f"the leader is in epoch {epoch}"
+            return reply
+        if request.topic_id and request.topic_id != str(self._topic_id(request.topic)):
+            reply.error_code = ErrorCode.unknown_topic_id
+            return reply
+        offset = request.fetch_offset
+        if offset > plog.log_end_offset or offset < plog.log_start_offset:
+            reply.error_code = ErrorCode.offset_out_of_range
+            reply.log_start_offset, reply.log_end_offset = (plog.log_start_offset,
+                                                            plog.log_end_offset)
+            return reply
+        led.progress.on_fetch(request.replica_id, offset, plog.log_end_offset, _now_ms())
+        self._advance(key, led, plog)
+        if offset == plog.log_end_offset:
+            # Nothing to send yet: park until an append, the wait's end, or a lost lead.
+            woken = trio.Event()
+            plog.add_append_listener(woken.set)
+            try:
+                with trio.move_on_after(min(max(request.max_wait_ms, 0), 5_000) / 1000):
+                    while offset == plog.log_end_offset and not led.ended.is_set():
+                        await woken.wait()
+                        woken = _rearm(plog, woken)
+            finally:
+                plog.remove_append_listener(woken.set)
+        try:
+            budget = request.max_bytes if request.max_bytes > 0 else FETCH_MAX_BYTES
+            read = await plog.read(offset, min(budget, MAX_REPLICA_FETCH_BYTES))
+            reply.records = read.records
+        except OffsetOutOfRange as exc:
+            reply.error_code, reply.error_message = ErrorCode.offset_out_of_range, str(exc)
+        reply.high_watermark = plog.high_watermark
+        reply.log_start_offset = plog.log_start_offset
+        reply.log_end_offset = plog.log_end_offset
+        return reply
+
+    async def leader_epoch_end(self, request: pb.LeaderEpochEndRequest
+                               ) -> pb.LeaderEpochEndReply:
+        key = (request.topic, request.partition)
+        led = self.led.get(key)
+        plog = self._log(key)
+        if led is None or plog is None:
+            return pb.LeaderEpochEndReply(error_code=ErrorCode.not_leader_or_follower,
+                                          leader_epoch=-1, end_offset=-1)
+        if request.current_leader_epoch != led.state.leader_epoch:
+            return pb.LeaderEpochEndReply(error_code=ErrorCode.fenced_leader_epoch,
+                                          leader_epoch=-1, end_offset=-1)
+        cache = await trio.to_thread.run_sync(plog.epoch_cache)
+        epoch, end = cache.end_offset_for(request.leader_epoch, plog.log_end_offset)
+        return pb.LeaderEpochEndReply(leader_epoch=epoch, end_offset=end)
+
+    def _topic_id(self, name: str) -> object:
+        topic = self.registry.get(name)
+        return None if topic is None else topic.topic_id
+
+    # -- ISR changes ----------------------------------------------------------------------------
+
+    async def _maintain_isr(self) -> None:
+        while True:
+            with trio.move_on_after(max(self.lag_ms / 2000, 0.05)):
+                await self._isr_wanted.wait()
+            self._isr_wanted = trio.Event()
+            for key, led in list(self.led.items()):
+                plog = self._log(key)
+                if plog is None:
+                    continue
+                wanted = led.progress.wanted_isr(plog.log_end_offset, _now_ms(), self.lag_ms)
+                if wanted != led.state.isr:
+                    await self._write_isr(key, led, wanted)
+            await trio.sleep(0.01)  # a burst of wants is one pass
+
+    async def _write_isr(self, key: Key, led: Led, isr: tuple[int, ...]) -> None:
+        etcd_key = partition_key(*key)
+        entry = self.controller.partitions.entries.get(etcd_key)
+        if entry is None:
+            return
+        try:
+            current = PartitionState.decode(entry.value)
+        except (ValueError, KeyError, TypeError):
+            return
+        if current.leader != self.broker_id or current.leader_epoch != led.state.leader_epoch:
+            return  # the mirror is ahead of us: update() will let go of the lead
+        new = replace(current, isr=isr)
+        try:
+            written = await self.controller.etcd.write_if(
+                [(etcd_key, "mod", entry.mod_revision)], [(etcd_key, new.encode())])
+        except EtcdUnavailable as exc:
+            log.warning("cannot write the ISR", extra={"topic": key[0], "partition": key[1],
+                                                       "error": str(exc)})
+            return
+        if written is not None:
+            self.isr_writes += 1
+            log.info("ISR changed", extra={"topic": key[0], "partition": key[1],
+                                           "isr": list(isr), "was": list(current.isr)})
+
+    # -- follower side ----------------------------------------------------------------------------
+
+    def _channel(self, leader: int) -> grpc.Channel | None:
+        info = self.membership.brokers().get(leader)
+        if info is None:
+            return None
+        channel = self._channels.get(info.grpc)
+        if channel is None:
+            channel = self._channels[info.grpc] = grpc.Channel(
+                grpc.Address.parse(info.grpc), token=self.token)
+        return channel
+
+    async def _follow(self, key: Key, leader: int, epoch: int, scope: trio.CancelScope) -> None:
+        topic, partition = key
+        truncated = False
+        failures = 0
+        with scope:
+            log.info("following", extra={"topic": topic, "partition": partition,
+                                         "leader": leader, "leader_epoch": epoch})
+            while True:
+                plog = self._log(key)
+                channel = self._channel(leader)
+                if plog is None or channel is None:
+                    await trio.sleep(RETRY_S)
+                    continue
+                topic_id = str(self._topic_id(topic))
+                try:
+                    if not truncated:
+                        await self._truncate(channel, key, plog, leader, epoch, topic_id)
+                        truncated = True
+                    truncated = await self._fetch_once(channel, key, plog, epoch, topic_id)
+                    failures = 0
+                except Exception as exc:
+                    if isinstance(exc, OffsetOutOfRange):
+                        return  # the topic was deleted
+                    failures += 1
+                    if failures in (1, 10) or failures % 100 == 0:
+                        log.warning("replica fetch failed", extra={
+                            "topic": topic, "partition": partition, "leader": leader,
+                            "error": grpc.describe_failure(exc), "failures": failures})
+                    await trio.sleep(min(RETRY_S * failures, 2.0))
+
+    async def _truncate(self, channel: grpc.Channel, key: Key, plog: PartitionLog,
+                        leader: int, epoch: int, topic_id: str) -> None:
+        cache = await trio.to_thread.run_sync(plog.epoch_cache)
+        latest = cache.latest
+        if latest == UNDEFINED or plog.log_end_offset == plog.log_start_offset:
+            return
+        reply = await channel.call(BROKER.leader_epoch_end, pb.LeaderEpochEndRequest(
+            topic=key[0], partition=key[1], leader_epoch=latest, current_leader_epoch=epoch,
+            topic_id=topic_id), timeout=CALL_TIMEOUT_S)
+        if reply.error_code:
+            raise ReplicaError(ErrorCode(reply.error_code), "leader refused LeaderEpochEnd")
+        if reply.end_offset == UNDEFINED:
+            # The leader knows no epoch this old: keep only what was known replicated.
+            cut = plog.replicated_hwm or plog.log_start_offset
+        else:
+            # Where the epoch the leader names ended here too, and no further than there.
+            mine = cache.end_offset_for(reply.leader_epoch, plog.log_end_offset)[1]
+            cut = min(reply.end_offset, mine if mine != UNDEFINED else reply.end_offset)
+        if cut < plog.log_end_offset:
+            log.warning("truncating to the leader's epoch boundary", extra={
+                "topic": key[0], "partition": key[1], "from": plog.log_end_offset, "to": cut,
+                "epoch": reply.leader_epoch})
+            await trio.to_thread.run_sync(plog.truncate_to, cut)
+
+    async def _fetch_once(self, channel: grpc.Channel, key: Key, plog: PartitionLog,
+                          epoch: int, topic_id: str) -> bool:
+        """One fetch from the leader; returns False when the log must be truncated again."""
+        reply = await channel.call(BROKER.replica_fetch, pb.ReplicaFetchRequest(
+            topic=key[0], partition=key[1], replica_id=self.broker_id, leader_epoch=epoch,
+            fetch_offset=plog.log_end_offset, max_bytes=FETCH_MAX_BYTES,
+            max_wait_ms=FETCH_WAIT_MS, topic_id=topic_id), timeout=CALL_TIMEOUT_S)
+        if reply.error_code == ErrorCode.offset_out_of_range:
+            if plog.log_end_offset > reply.log_end_offset >= 0:
+                return False  # ahead of the leader: truncate first
+            raise ReplicaError(ErrorCode.offset_out_of_range,
+                               f"the leader's log starts at {reply.log_start_offset}, this "
+                               f"replica ends at {plog.log_end_offset}")
+        if reply.error_code:
+            raise ReplicaError(ErrorCode(reply.error_code),
+                               reply.error_message or ErrorCode(reply.error_code).name)
+        if reply.records:
+            try:
+                result = plog.append_replica(reply.records)
+            except CorruptBatch as exc:
+                raise ReplicaError(ErrorCode.corrupt_message, str(exc)) from exc
+            if plog.config.sync_on_ack:
+                await plog.wait_durable(result.write_mark)
+        if reply.high_watermark >= 0:
+            plog.set_high_watermark(min(reply.high_watermark, plog.log_end_offset))
+        return True
+
+
+def _rearm(plog: PartitionLog, woken: trio.Event) -> trio.Event:
+    plog.remove_append_listener(woken.set)
+    fresh = trio.Event()
+    plog.add_append_listener(fresh.set)
+    return fresh
+
+
+def _now_ms() -> float:
+    return time.monotonic() * 1000

@@ -1,0 +1,94 @@
+"""Which broker serves each partition, in a cluster (the gateway's ``--etcd``).
+
+The gateway stays stateless: it follows the brokers and partition states in etcd (as the
+brokers write them, ``broker.membership`` and ``broker.controller``) and keeps one
+``BrokerClient`` per live broker. Produce, Fetch and ListOffsets go to each partition's leader;
+a partition with no leader, or whose leader the gateway cannot reach, answers
+NOT_LEADER_OR_FOLLOWER, and the client retries after refreshing its metadata. Topics that are
+not the cluster's (none in etcd) and every control call go to the gateway's own ``--broker``.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+
+import trio
+
+from broker.controller import PARTITIONS, partition_key
+from broker.membership import BROKERS, BrokerInfo
+from broker.placement import NO_LEADER, PartitionState
+from gateway.broker_client import BrokerClient, BrokerUnavailable
+from kelp import grpc
+from kelp.etcd import Etcd, Mirror
+
+log = logging.getLogger("kelp.gateway.router")
+
+
+class Router:
+    def __init__(self, etcd: Etcd, default: BrokerClient, *, tls: ssl.SSLContext | None = None,
+                 token: str | None = None) -> None:
+        self.etcd = etcd
+        self.default = default
+        self.tls = tls
+        self.token = token
+        self.brokers = Mirror(etcd, BROKERS)
+        self.partitions = Mirror(etcd, PARTITIONS)
+        self._clients: dict[str, BrokerClient] = {str(default.address): default}
+        self._by_id: dict[int, BrokerClient] = {}
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await nursery.start(self.brokers.run)
+                await nursery.start(self.partitions.run)
+                self._connect_brokers()
+                task_status.started()
+                while True:
+                    seen = self.brokers.revision
+                    await self.brokers.wait_changed(seen)
+                    self._connect_brokers()
+        finally:
+            self._nursery = None
+            self.etcd.close()
+
+    def _connect_brokers(self) -> None:
+        """A client for every live broker (kept when one dies: it comes back at its address)."""
+        assert self._nursery is not None
+        for entry in self.brokers.entries.values():
+            try:
+                info = BrokerInfo.decode(entry.value)
+            except (ValueError, KeyError, TypeError):
+                continue
+            client = self._clients.get(info.grpc)
+            if client is None:
+                client = BrokerClient(grpc.Address.parse(info.grpc), self.tls, self.token)
+                self._clients[info.grpc] = client
+                self._nursery.start_soon(client.run)
+                log.info("broker found", extra={"broker_id": info.broker_id,
+                                                "address": info.grpc})
+            self._by_id[info.broker_id] = client
+
+    def clients(self) -> list[BrokerClient]:
+        return list(self._clients.values())
+
+    def leader(self, topic: str, partition: int) -> BrokerClient:
+        """The client of the partition's leader; raises ``BrokerUnavailable`` when it has none
+        the gateway can reach (the Kafka client is told NOT_LEADER_OR_FOLLOWER and retries)."""
+        entry = self.partitions.entries.get(partition_key(topic, partition))
+        if entry is None:
+            return self.default  # not the cluster's partition: the gateway's own broker
+        try:
+            state = PartitionState.decode(entry.value)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BrokerUnavailable(f"unreadable state of {topic}-{partition}") from exc
+        if state.leader == NO_LEADER:
+            raise BrokerUnavailable(f"{topic}-{partition} has no leader")
+        client = self._by_id.get(state.leader)
+        if client is None:
+            raise BrokerUnavailable(f"the leader of {topic}-{partition} (broker "
+                                    f"{state.leader}) is not registered")
+        return client
