@@ -58,6 +58,7 @@ fuzz *ARGS:
 soak:
     KELP_CRASH_CYCLES=50 {{python}} -m pytest tests/integration/test_crash_harness.py -s
     KELP_TXN_KILL_CYCLES=50 {{python}} -m pytest tests/integration/test_transactions.py -s -k sigkill
+    KELP_CLUSTER_KILL_CYCLES=60 {{python}} -m pytest tests/integration/test_replication_chaos.py -s
 
 # Regenerate the gRPC code in kelp/rpc from proto/ (never edit the output by hand).
 proto:

@@ -251,7 +251,10 @@ async def serve(args: argparse.Namespace) -> None:
     async def health(request: httpd.Request) -> httpd.Response:
         cluster = {}
         if membership is not None and controller is not None and replicas is not None:
+            replication = service.replication
             cluster = {"cluster": {**membership.health(), "replicas": replicas.roles(),
+                                   "isr_writes": 0 if replication is None
+                                   else replication.isr_writes,
                                    "leader_changes": controller.leader_changes,
                                    "isr_changes": controller.isr_changes}}
         return httpd.Response.json({"status": "ok", "topics": len(registry.topics),

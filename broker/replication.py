@@ -85,6 +85,10 @@ class Replication:
         self._nursery: trio.Nursery | None = None
         self._isr_wanted = trio.Event()
         self.isr_writes = 0
+        # Until the first look at etcd, this broker does not know which topics are the
+        # cluster's: it serves no client (a restarted broker must not answer for partitions
+        # it no longer leads, nor read past a high-water mark it does not know yet).
+        self.ready = False
 
     # -- roles ----------------------------------------------------------------------------
 
@@ -106,6 +110,7 @@ class Replication:
     def update(self, managed: set[str], hosted: dict[Key, PartitionState]) -> None:
         """The cluster's view changed: lead, follow or let go of each hosted partition."""
         self.managed = managed
+        self.ready = True
         for key in list(self.led):
             state = hosted.get(key)
             if state is None or state.leader != self.broker_id or \
@@ -177,6 +182,9 @@ class Replication:
     def check_leader(self, topic: str, partition: int) -> None:
         """Raise ``ReplicaError`` unless this broker may serve clients for the partition (it
         leads it, or the topic is not the cluster's)."""
+        if not self.ready:
+            raise ReplicaError(ErrorCode.not_leader_or_follower,
+                               f"broker {self.broker_id} is still reading the cluster's state")
         if topic in self.managed and (topic, partition) not in self.led:
             raise ReplicaError(ErrorCode.not_leader_or_follower,
                                f"broker {self.broker_id} does not lead {topic}-{partition}")

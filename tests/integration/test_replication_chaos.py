@@ -1,0 +1,168 @@
+"""The scale-out history check: three brokers, two routing gateways, an RF=3 topic; an
+idempotent acks=all producer writes through one gateway and a group consumer reads through the
+other while brokers are SIGKILLed and restarted one at a time, and etcd restarts once.
+
+Every ack and every consumed record is recorded; at the end the whole topic is read again and
+checked: no acknowledged record lost, none stored twice, each at the offset its ack named (when
+the client was told one), each partition in the order it was produced, and the group consumer
+saw every acknowledged record.
+``KELP_CLUSTER_KILL_CYCLES`` sets the number of kills (10 here; ``just soak`` runs more).
+
+The gateways' control calls (groups, metadata) go to broker 0, which is not killed: group
+coordinators do not move with leadership yet (issue 20's remaining work).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, KafkaError, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from tests.cluster_procs import BrokerCluster, gateway_on, partition_states, wait_for
+from tests.integration.test_replication import consume_all
+
+CYCLES = int(os.environ.get("KELP_CLUSTER_KILL_CYCLES", "10"))
+PARTITIONS = 6
+
+
+@pytest.fixture
+def brokers(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[BrokerCluster]:
+    cluster = BrokerCluster(tmp_path, broker_args=("--replica-lag-time-max-ms", "5000")).start()
+    try:
+        wait_for(lambda: all(b.cluster()["registered"] for b in cluster.brokers) and
+                 len({b.cluster()["controller"] for b in cluster.brokers} - {None}) == 1,
+                 "three registered brokers and one controller")
+        yield cluster
+    finally:
+        cluster.stop()
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            for node in cluster.brokers:
+                print(f"--- {node.proc.name} ---\n{node.proc.log_text()[-4000:]}")
+
+
+class History:
+    """What the clients saw: acks (value -> partition, offset) and consumed records."""
+
+    def __init__(self) -> None:
+        self.acked: dict[str, tuple[int, int]] = {}
+        self.failed: list[str] = []
+        self.consumed: list[tuple[int, int, str]] = []
+        self.sent = 0
+        self.stop = threading.Event()
+
+
+def run_producer(bootstrap: str, history: History) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True,
+                         "acks": "all", "linger.ms": 5, "message.timeout.ms": 120_000})
+
+    def delivered(error: KafkaError | None, message: object) -> None:
+        if error is not None:
+            history.failed.append(str(error))
+        else:
+            history.acked[message.value().decode()] = (message.partition(), message.offset())
+
+    while not history.stop.is_set():
+        value = f"{history.sent % PARTITIONS}:{history.sent}"
+        producer.produce("history", value.encode(), partition=history.sent % PARTITIONS,
+                         on_delivery=delivered)
+        history.sent += 1
+        producer.poll(0.002)
+    producer.flush(120)
+
+
+def run_consumer(bootstrap: str, history: History) -> None:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "history",
+                         "auto.offset.reset": "earliest", "session.timeout.ms": 10_000,
+                         "enable.auto.commit": True, "auto.commit.interval.ms": 500})
+    consumer.subscribe(["history"])
+    try:
+        while not history.stop.is_set() or len({v for _, _, v in history.consumed}) < len(
+                history.acked):
+            for message in consumer.consume(500, timeout=0.2):
+                if message.error() is None:
+                    history.consumed.append((message.partition(), message.offset(),
+                                             message.value().decode()))
+            if history.stop.is_set() and time.monotonic() > history.deadline:
+                break
+    finally:
+        consumer.close()
+
+
+def test_no_acknowledged_record_is_lost_or_duplicated_while_brokers_die(
+        brokers: BrokerCluster, tmp_path: Path) -> None:
+    gateways = [gateway_on(brokers.brokers[0], tmp_path, "--no-registry", "--etcd",
+                           brokers.etcd.endpoint, name=f"gateway{i}") for i in range(2)]
+    try:
+        produce_to, consume_from = (f"127.0.0.1:{port}" for _, port in gateways)
+        admin = AdminClient({"bootstrap.servers": produce_to})
+        admin.create_topics([NewTopic("history", PARTITIONS, 3)])["history"].result(30)
+        history = History()
+        history.deadline = float("inf")
+        threads = [threading.Thread(target=run_producer, args=(produce_to, history)),
+                   threading.Thread(target=run_consumer, args=(consume_from, history))]
+        for thread in threads:
+            thread.start()
+        try:
+            wait_for(lambda: len(history.acked) > 200, "the first acks", timeout=30)
+            for cycle in range(CYCLES):
+                victim = brokers.brokers[1 + cycle % 2]
+                victim.proc.kill()
+                wait_for(lambda v=victim.broker_id: all(
+                    s.leader != v and v not in s.isr
+                    for s in partition_states(brokers.etcd.endpoint).values()),
+                    f"cycle {cycle}: leaders off broker {victim.broker_id}", timeout=30)
+                acked = len(history.acked)
+                wait_for(lambda a=acked: len(history.acked) > a + 50,
+                         f"cycle {cycle}: acks go on without broker {victim.broker_id}",
+                         timeout=30)
+                victim.proc.start()
+                wait_for(lambda: all(len(s.isr) == 3 for s in
+                                     partition_states(brokers.etcd.endpoint).values()),
+                         f"cycle {cycle}: broker {victim.broker_id} back in every ISR",
+                         timeout=60)
+                if cycle == CYCLES // 2:
+                    brokers.etcd.stop()
+                    brokers.etcd.start()
+        finally:
+            history.stop.set()
+            history.deadline = time.monotonic() + 60
+            for thread in threads:
+                thread.join(180)
+        print(f"history: {history.sent} sent, {len(history.acked)} acked, "
+              f"{len(history.consumed)} consumed, {CYCLES} kills")
+        assert not any(thread.is_alive() for thread in threads)
+        assert not history.failed, history.failed[:5]
+        assert len(history.acked) == history.sent > 1000
+
+        stored = consume_all(consume_from, "history", PARTITIONS, len(history.acked))
+        values = [v for _, _, v in stored]
+        assert len(values) == len(set(values)), "a record stored twice"
+        where = {v: (p, o) for p, o, v in stored}
+        lost = sorted(set(history.acked) - set(where))
+        # librdkafka reports a batch as delivered without an offset when a later batch of the
+        # same producer was accepted while it awaited a retry (its sequence proves it stored):
+        # those are checked for presence, order and uniqueness, not position.
+        misplaced = {v: (history.acked[v], where[v]) for v in history.acked
+                     if v in where and history.acked[v][1] is not None
+                     and where[v] != history.acked[v]}
+        assert not lost and not misplaced, (f"{len(lost)} lost: {lost[:10]}; "
+                                            f"{len(misplaced)} misplaced: "
+                                            f"{list(misplaced.items())[:10]}")
+        for partition in range(PARTITIONS):
+            sequence = [int(v.split(":")[1]) for p, _, v in stored if p == partition]
+            assert sequence == sorted(sequence), f"partition {partition} out of order"
+        # The group consumer saw every acknowledged record (some twice after a rebalance is
+        # at-least-once, as in Kafka), and nothing that was not stored.
+        consumed = {v for _, _, v in history.consumed}
+        assert consumed == set(history.acked)
+        assert {(p, o, v) for p, o, v in history.consumed} <= set(stored)
+    finally:
+        for gateway, _ in gateways:
+            gateway.stop()
