@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -60,6 +61,74 @@ def up_commands(args: argparse.Namespace, options: UpConfig | None = None,
     ]
 
 
+def with_port(address: str, offset: int) -> str:
+    """``address`` with its port moved by ``offset`` (the i-th broker or gateway of a local
+    cluster listens next to the first)."""
+    host, port = address.rsplit(":", 1)
+    return f"{host}:{int(port) + offset}"
+
+
+def cluster_commands(args: argparse.Namespace, options: UpConfig
+                     ) -> list[tuple[str, list[str]] | tuple[str, list[str], str]]:
+    """``kelp up --brokers N --gateways M``: etcd, N brokers in a cluster and M gateways
+    routing each partition to its leader, on one machine. Broker i listens at the broker
+    addresses' ports + 10*i (HTTP + 100*i), gateway j at the Kafka port + j and the HTTP
+    port + 100*j; every gateway's control calls (groups, transactions, configs) go to
+    broker 0, and the sidecar reads through broker 0."""
+    python = sys.executable
+    token = str(args.run_dir / "cluster.token")
+    etcd_peer = with_port(args.etcd_client, 1)
+    broker_configs = [arg for pair in options.broker_configs + args.broker_config
+                      for arg in ("--config", pair)]
+    commands: list[tuple[str, list[str]] | tuple[str, list[str], str]] = [(
+        "etcd", ["etcd", "--name", "kelp", "--data-dir", str(args.data_dir / "etcd"),
+                 "--listen-client-urls", f"http://{args.etcd_client}",
+                 "--advertise-client-urls", f"http://{args.etcd_client}",
+                 "--listen-peer-urls", f"http://{etcd_peer}",
+                 "--initial-advertise-peer-urls", f"http://{etcd_peer}",
+                 "--initial-cluster", f"kelp=http://{etcd_peer}"],
+        "ready to serve client requests")]
+    for i in range(args.brokers):
+        commands.append((f"broker{i}", [
+            python, "-m", "broker", "--data-dir", str(args.data_dir / f"broker{i}"),
+            "--grpc", with_port(args.broker, 10 * i),
+            "--http", with_port(args.broker_http, 100 * i),
+            "--ucx", with_port(args.ucx, 10 * i), "--cluster-token-file", token,
+            "--etcd", args.etcd_client, "--broker-id", str(i),
+            "--log-level", args.log_level, *broker_configs, *options.flags["broker"]]))
+    for j in range(args.gateways):
+        kafka = with_port(args.kafka, j)
+        console = (["--console", args.console, "--console-ws", args.console_ws]
+                   if args.console and j == 0 else [])
+        commands.append((f"gateway{j}", [
+            python, "-m", "gateway", "--listen", kafka, *console,
+            "--advertise", with_port(args.advertise, j) if args.advertise else kafka,
+            "--broker", args.broker, "--broker-token-file", token, "--etcd", args.etcd_client,
+            "--http", with_port(args.registry, 100 * j), "--log-level", args.log_level,
+            *options.flags["gateway"]]))
+    commands.append(("sidecar", [
+        python, "-m", "rdma", "--socket", str(args.run_dir / "sidecar.sock"),
+        "--http", args.sidecar_http, "--broker", args.broker, "--broker-token-file", token,
+        "--broker-http", args.broker_http, "--log-level", args.log_level,
+        *options.flags["sidecar"]]))
+    return commands
+
+
+def cluster_addresses(args: argparse.Namespace) -> dict[str, str]:
+    addresses = {"etcd": args.etcd_client}
+    for i in range(args.brokers):
+        addresses[f"broker{i} grpc"] = with_port(args.broker, 10 * i)
+        addresses[f"broker{i} http"] = with_port(args.broker_http, 100 * i)
+        addresses[f"broker{i} ucx"] = with_port(args.ucx, 10 * i)
+    for j in range(args.gateways):
+        addresses[f"gateway{j} kafka"] = with_port(args.kafka, j)
+        addresses[f"gateway{j} http"] = with_port(args.registry, 100 * j)
+    addresses["sidecar http"] = args.sidecar_http
+    if args.console:
+        addresses.update({"console": args.console, "console tail": args.console_ws})
+    return addresses
+
+
 def load_options(args: argparse.Namespace) -> UpConfig:
     """The config file's options, checked before anything starts: a broker config the broker
     would refuse stops ``up`` with the reason, instead of a child restarted forever."""
@@ -91,6 +160,11 @@ async def run_up(args: argparse.Namespace) -> int:
         except OSError as exc:
             say(f"cannot create {directory}: {exc.strerror or exc}")
             return 1
+    if args.brokers < 1 or args.gateways < 1:
+        say("--brokers and --gateways must be at least 1")
+        return 1
+    if args.brokers > 1 or args.gateways > 1:
+        return await run_cluster(args, options)
     problems = check_ports({"kafka": args.kafka, "gateway http": args.registry,
                             "broker grpc": args.broker, "broker http": args.broker_http,
                             "broker ucx": args.ucx, "sidecar http": args.sidecar_http,
@@ -133,6 +207,44 @@ async def run_up(args: argparse.Namespace) -> int:
                     f"  data dir        {args.data_dir}\n"
                     + (secure_up.banner(secure, args.registry) if secure else "")
                     + "A child that dies is restarted; Ctrl-C stops all three.", flush=True)
+                await first_of(signals.__anext__, supervisor.failed.wait)
+                if supervisor.failed.is_set():
+                    exit_code = 1
+            finally:
+                with trio.CancelScope(shield=True):
+                    await supervisor.stop_all()
+                nursery.cancel_scope.cancel()
+    return exit_code
+
+
+async def run_cluster(args: argparse.Namespace, options: UpConfig) -> int:
+    """``kelp up --brokers N --gateways M``: a cluster on this machine, with its own etcd."""
+    if args.secure:
+        say("--secure is not available with --brokers/--gateways yet")
+        return 1
+    if shutil.which("etcd") is None:
+        say("--brokers/--gateways need etcd (Debian: apt-get install etcd-server)")
+        return 1
+    addresses = cluster_addresses(args)
+    problems = check_ports({**addresses, "etcd peer": with_port(args.etcd_client, 1)})
+    for problem in problems:
+        say(problem)
+    if problems:
+        return 1
+    supervisor = Supervisor(cluster_commands(args, options))
+    exit_code = 0
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            try:
+                if not await supervisor.start_all(nursery):
+                    return 1
+                listing = "".join(f"  {name:16}{address}\n" for name, address in
+                                  addresses.items())
+                print(f"kelp cluster is ready ({args.brokers} brokers, {args.gateways} "
+                      f"gateways)\n{listing}  data dir        {args.data_dir}\n"
+                      "Topics take replication.factor up to the broker count "
+                      "(default.replication.factor: --broker-config). A child that dies is "
+                      "restarted; Ctrl-C stops all.", flush=True)
                 await first_of(signals.__anext__, supervisor.failed.wait)
                 if supervisor.failed.is_set():
                     exit_code = 1
@@ -192,6 +304,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="SASL_SSL instead of plaintext, ACLs on, registry over HTTPS with "
                     "Basic auth: makes a CA, a server certificate and an admin user in "
                     "<run-dir>/secure and prints the credentials (README, 'Security')")
+    up.add_argument("--brokers", type=int, default=1,
+                    help="run a cluster of this many brokers with its own etcd (README, "
+                    "'Clusters')")
+    up.add_argument("--gateways", type=int, default=1,
+                    help="gateways in front of the cluster (Kafka port + 1 each)")
+    up.add_argument("--etcd-client", default="127.0.0.1:2379",
+                    help="the cluster's etcd client address (its peer port is the next one)")
     up.add_argument("--broker-config", action="append", default=[], metavar="NAME=VALUE",
                     help="a broker config by Kafka's name, e.g. num.partitions=3 "
                     "(repeatable; wins over the config file)")

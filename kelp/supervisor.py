@@ -58,11 +58,16 @@ class Child:
     ready: trio.Event = field(default_factory=trio.Event)
     restarts: list[float] = field(default_factory=list)
     started_at: float = 0.0
+    # What the child logs once it serves (kelp's processes log msg=ready; etcd does not).
+    ready_marker: str = "msg=ready"
 
 
 class Supervisor:
-    def __init__(self, commands: Sequence[tuple[str, list[str]]]) -> None:
-        self.children = [Child(name, command) for name, command in commands]
+    def __init__(self, commands: Sequence[tuple[str, list[str]] | tuple[str, list[str], str]]
+                 ) -> None:
+        self.children = [Child(command[0], command[1], ready_marker=command[2])
+                         if len(command) == 3 else Child(command[0], command[1])
+                         for command in commands]
         self.stopping = False
         self.failed = trio.Event()  # a child could not start, or crash-looped
         self._pipe_read, self._pipe_write = os.pipe()  # the write end is never written
@@ -91,7 +96,8 @@ class Supervisor:
             pass_fds=(self._pipe_read,))
         child.started_at = time.monotonic()
         assert child.proc.stderr is not None
-        nursery.start_soon(_relay, child.name, child.proc.stderr, child.ready)
+        nursery.start_soon(_relay, child.name, child.proc.stderr, child.ready,
+                           child.ready_marker)
 
     def _exited(self, child: Child) -> Callable[[], Awaitable[None]]:
         async def wait() -> None:
@@ -147,7 +153,8 @@ class Supervisor:
         os.close(self._pipe_read)
 
 
-async def _relay(name: str, stream: trio.abc.ReceiveStream, ready: trio.Event) -> None:
+async def _relay(name: str, stream: trio.abc.ReceiveStream, ready: trio.Event,
+                 marker: str = "msg=ready") -> None:
     """Copy a child's log lines to our stderr, prefixed, and notice its ready line."""
     buffered = b""
     async for chunk in stream:
@@ -155,7 +162,7 @@ async def _relay(name: str, stream: trio.abc.ReceiveStream, ready: trio.Event) -
         *lines, buffered = buffered.split(b"\n")
         for line in lines:
             text = line.decode("utf-8", "replace")
-            if "msg=ready" in text:
+            if marker in text:
                 ready.set()
             print(f"{name:8}| {text}", file=sys.stderr, flush=True)
 
