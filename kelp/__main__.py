@@ -181,32 +181,38 @@ async def run_up(args: argparse.Namespace) -> int:
                           for address in (args.kafka, args.advertise, args.registry)
                           if address)})
         secure = secure_up.prepare(args.run_dir, args.advertise or args.kafka, hosts)
-    supervisor = Supervisor(up_commands(args, options, secure))
+    scheme = "https" if secure else "http"
+    banner = (
+        "kelp is ready\n"
+        f"  kafka           {args.advertise or args.kafka}"
+        f"{'  (SASL_SSL)' if secure else ''}\n"
+        f"  schema registry {scheme}://{args.registry}  (gateway HTTP, /health)\n"
+        f"  broker grpc     {args.broker}\n"
+        f"  broker http     {args.broker_http}  (/health, /metrics, /segments, "
+        "/read)\n"
+        f"  broker ucx      {args.ucx}  (segment exports for the sidecar)\n"
+        f"  sidecar http    {args.sidecar_http}  (/health /stats /ping /read ...)\n"
+        + (f"  web console     {scheme}://{args.console}  (live tail: "
+           f"{'wss' if secure else 'ws'}://{args.console_ws})"
+           f"{'  (log in as a SCRAM user)' if secure else ''}\n"
+           if args.console else "")
+        + f"  sidecar socket  {args.run_dir / 'sidecar.sock'}\n"
+        f"  data dir        {args.data_dir}\n"
+        + (secure_up.banner(secure, args.registry) if secure else "")
+        + "A child that dies is restarted; Ctrl-C stops all three.")
+    return await supervise(Supervisor(up_commands(args, options, secure)), banner)
+
+
+async def supervise(supervisor: Supervisor, banner: str) -> int:
+    """Start every child, print ``banner``, and serve until Ctrl-C or SIGTERM (0) or a child
+    that cannot start or keeps dying (1); every child is stopped on the way out."""
     exit_code = 0
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             try:
                 if not await supervisor.start_all(nursery):
                     return 1
-                scheme = "https" if secure else "http"
-                print(
-                    "kelp is ready\n"
-                    f"  kafka           {args.advertise or args.kafka}"
-                    f"{'  (SASL_SSL)' if secure else ''}\n"
-                    f"  schema registry {scheme}://{args.registry}  (gateway HTTP, /health)\n"
-                    f"  broker grpc     {args.broker}\n"
-                    f"  broker http     {args.broker_http}  (/health, /metrics, /segments, "
-                    "/read)\n"
-                    f"  broker ucx      {args.ucx}  (segment exports for the sidecar)\n"
-                    f"  sidecar http    {args.sidecar_http}  (/health /stats /ping /read ...)\n"
-                    + (f"  web console     {scheme}://{args.console}  (live tail: "
-                       f"{'wss' if secure else 'ws'}://{args.console_ws})"
-                       f"{'  (log in as a SCRAM user)' if secure else ''}\n"
-                       if args.console else "")
-                    + f"  sidecar socket  {args.run_dir / 'sidecar.sock'}\n"
-                    f"  data dir        {args.data_dir}\n"
-                    + (secure_up.banner(secure, args.registry) if secure else "")
-                    + "A child that dies is restarted; Ctrl-C stops all three.", flush=True)
+                print(banner, flush=True)
                 await first_of(signals.__anext__, supervisor.failed.wait)
                 if supervisor.failed.is_set():
                     exit_code = 1
@@ -231,28 +237,12 @@ async def run_cluster(args: argparse.Namespace, options: UpConfig) -> int:
         say(problem)
     if problems:
         return 1
-    supervisor = Supervisor(cluster_commands(args, options))
-    exit_code = 0
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
-            try:
-                if not await supervisor.start_all(nursery):
-                    return 1
-                listing = "".join(f"  {name:16}{address}\n" for name, address in
-                                  addresses.items())
-                print(f"kelp cluster is ready ({args.brokers} brokers, {args.gateways} "
-                      f"gateways)\n{listing}  data dir        {args.data_dir}\n"
-                      "Topics take replication.factor up to the broker count "
-                      "(default.replication.factor: --broker-config). A child that dies is "
-                      "restarted; Ctrl-C stops all.", flush=True)
-                await first_of(signals.__anext__, supervisor.failed.wait)
-                if supervisor.failed.is_set():
-                    exit_code = 1
-            finally:
-                with trio.CancelScope(shield=True):
-                    await supervisor.stop_all()
-                nursery.cancel_scope.cancel()
-    return exit_code
+    listing = "".join(f"  {name:16}{address}\n" for name, address in addresses.items())
+    return await supervise(Supervisor(cluster_commands(args, options)), (
+        f"kelp cluster is ready ({args.brokers} brokers, {args.gateways} gateways)\n"
+        f"{listing}  data dir        {args.data_dir}\n"
+        "Topics take replication.factor up to the broker count (default.replication.factor: "
+        "--broker-config). A child that dies is restarted; Ctrl-C stops all."))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

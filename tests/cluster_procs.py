@@ -6,7 +6,7 @@ import json
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,6 +88,25 @@ class BrokerCluster:
     def running(self) -> list[BrokerNode]:
         return [b for b in self.brokers
                 if b.proc.popen is not None and b.proc.popen.poll() is None]
+
+
+def running_cluster(workdir: Path, request: object, *, broker_args: tuple[str, ...] = (),
+                    wait_registered: bool = True) -> Iterator[BrokerCluster]:
+    """A started cluster for a fixture (``yield from`` it): stopped afterwards, with each
+    broker's log tail printed when the test failed."""
+    cluster = BrokerCluster(workdir, broker_args=broker_args).start()
+    try:
+        if wait_registered:
+            wait_for(lambda: all(b.cluster()["registered"] for b in cluster.brokers) and
+                     len({b.cluster()["controller"] for b in cluster.brokers} - {None}) == 1,
+                     "every broker registered and one controller")
+        yield cluster
+    finally:
+        cluster.stop()
+        report = getattr(getattr(request, "node", None), "rep_call", None)
+        if report is not None and report.failed:
+            for node in cluster.brokers:
+                print(f"--- {node.proc.name} ---\n{node.proc.log_text()[-4000:]}")
 
 
 def wait_for(check: Callable[[], object], what: str, timeout: float = 20.0) -> object:

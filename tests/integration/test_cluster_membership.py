@@ -21,20 +21,19 @@ from broker.controller import (
     create_topic,
 )
 from kelp.etcd import Etcd
-from tests.cluster_procs import BrokerCluster, BrokerNode, gateway_on, partition_states, wait_for
+from tests.cluster_procs import (
+    BrokerCluster,
+    BrokerNode,
+    gateway_on,
+    partition_states,
+    running_cluster,
+    wait_for,
+)
 
 
 @pytest.fixture
 def brokers(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[BrokerCluster]:
-    cluster = BrokerCluster(tmp_path).start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-        report = getattr(request.node, "rep_call", None)
-        if report is not None and report.failed:
-            for node in cluster.brokers:
-                print(f"--- {node.proc.name} ---\n{node.proc.log_text()[-3000:]}")
+    yield from running_cluster(tmp_path, request, wait_registered=False)
 
 
 def views(nodes: list[BrokerNode]) -> list[dict]:

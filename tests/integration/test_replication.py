@@ -14,24 +14,21 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from tests.cluster_procs import BrokerCluster, BrokerNode, gateway_on, partition_states, wait_for
+from tests.cluster_procs import (
+    BrokerCluster,
+    BrokerNode,
+    gateway_on,
+    partition_states,
+    running_cluster,
+    wait_for,
+)
 
 
 @pytest.fixture
 def brokers(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[BrokerCluster]:
     # A short replica lag so that ISR changes happen within a test.
-    cluster = BrokerCluster(tmp_path, broker_args=("--replica-lag-time-max-ms", "5000")).start()
-    try:
-        wait_for(lambda: all(b.cluster()["registered"] for b in cluster.brokers) and
-                 len({b.cluster()["controller"] for b in cluster.brokers} - {None}) == 1,
-                 "three registered brokers and one controller")
-        yield cluster
-    finally:
-        cluster.stop()
-        report = getattr(request.node, "rep_call", None)
-        if report is not None and report.failed:
-            for node in cluster.brokers:
-                print(f"--- {node.proc.name} ---\n{node.proc.log_text()[-4000:]}")
+    yield from running_cluster(tmp_path, request,
+                               broker_args=("--replica-lag-time-max-ms", "5000"))
 
 
 @pytest.fixture
