@@ -2,6 +2,7 @@
 
 Names: ``produce`` (librdkafka through gateway and broker vs a raw two-hop trio pipe),
 ``transactions`` (transactional produce vs idempotent produce on the same cluster),
+``cluster`` (produce throughput, CPU and ack latency with RF=3 on three brokers vs RF=1 on one),
 ``storage`` (the log engine vs plain file IO), ``registry`` (Schema Registry register and
 lookup latency vs the same server's /health round trip), ``rdma`` (sidecar reads over UCX, the
 sidecar API and the HTTP fallback vs local pread), ``mount`` (dd and random 4 KiB reads through
@@ -13,12 +14,13 @@ from __future__ import annotations
 
 import argparse
 
-from bench import mount, produce, rdma, registry, storage, transactions
+from bench import cluster, mount, produce, rdma, registry, storage, transactions
 
 BENCHMARKS = {
     "produce": lambda args: produce.run(records=args.records, record_bytes=args.record_bytes),
     "transactions": lambda args: transactions.run(records=args.records,
                                                   record_bytes=args.record_bytes),
+    "cluster": lambda args: cluster.run(records=args.records, record_bytes=args.record_bytes),
     "storage": lambda args: storage.run(total_mb=args.storage_mb),
     "registry": lambda args: registry.run(count=args.registry_requests),
     "rdma": lambda args: rdma.run(),

@@ -226,6 +226,7 @@ async def serve(args: argparse.Namespace) -> None:
         from broker.cluster_topics import ClusterTopics
         from broker.controller import Controller
         from broker.membership import BrokerInfo, Membership
+        from broker.partition_admin import PartitionAdmin
         from broker.replicas import ReplicaManager
         from broker.replication import Replication
         from kelp.etcd import Etcd
@@ -242,6 +243,7 @@ async def serve(args: argparse.Namespace) -> None:
                                   lag_ms=args.replica_lag_time_max_ms, token=token)
         replicas = ReplicaManager(registry, controller, args.broker_id, replication)
         service.replication = replication
+        service.partition_admin = PartitionAdmin(controller, membership)
 
     if args.etcd and membership is not None:
         service.cluster_topics = ClusterTopics(

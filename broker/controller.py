@@ -25,7 +25,12 @@ from dataclasses import dataclass, field
 import trio
 
 from broker.membership import CONTROLLER, Membership
-from broker.placement import PartitionState, after_brokers_changed, assign_replicas
+from broker.placement import (
+    PartitionState,
+    after_brokers_changed,
+    assign_replicas,
+    reassignment_step,
+)
 from kelp.etcd import Etcd, EtcdUnavailable, Mirror, wait_any_change
 from kelp.metrics import Gauges
 
@@ -191,7 +196,8 @@ class Controller:
                     log.error("unreadable partition state left alone", extra={
                         "key": key.decode(errors="replace"), "error": str(exc)})
                     continue
-                new = after_brokers_changed(state, live, unclean=self.unclean)
+                new = reassignment_step(after_brokers_changed(state, live,
+                                                              unclean=self.unclean), live)
                 if new == state:
                     continue
                 written = await self.etcd.write_if(
@@ -200,6 +206,10 @@ class Controller:
                 if written is None:
                     break  # deposed, or the partition changed meanwhile: look again
                 topic, partition = parse_partition_key(key)
+                if new.replicas != state.replicas:
+                    log.info("partition replicas changed", extra={
+                        "topic": topic, "partition": partition, "replicas": list(new.replicas),
+                        "reassigning": new.target is not None})
                 if new.leader != state.leader:
                     self.leader_changes += 1
                     log.info("partition leader changed", extra={

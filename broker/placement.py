@@ -91,6 +91,10 @@ class PartitionState:
     leader: int
     leader_epoch: int
     isr: tuple[int, ...]
+    # A reassignment in progress (``reassignment_step``): the replicas asked for, and those
+    # the partition had when it was asked (a cancel goes back to them).
+    target: tuple[int, ...] | None = None
+    original: tuple[int, ...] | None = None
 
     @classmethod
     def new(cls, replicas: Iterable[int]) -> PartitionState:
@@ -99,19 +103,42 @@ class PartitionState:
         return cls(replicas, replicas[0], 0, replicas)
 
     def encode(self) -> bytes:
-        return json.dumps({"replicas": list(self.replicas), "leader": self.leader,
-                           "leader_epoch": self.leader_epoch, "isr": list(self.isr)},
-                          separators=(",", ":")).encode()
+        value: dict[str, object] = {
+            "replicas": list(self.replicas), "leader": self.leader,
+            "leader_epoch": self.leader_epoch, "isr": list(self.isr)}
+        if self.target is not None and self.original is not None:
+            value.update(target=list(self.target), original=list(self.original))
+        return json.dumps(value, separators=(",", ":")).encode()
 
     @classmethod
     def decode(cls, data: bytes) -> PartitionState:
         value = json.loads(data)
+        if not isinstance(value, dict):
+            raise ValueError(f"partition state is not an object: {value!r}")
+        target = value.get("target")
+        original = value.get("original")
         state = cls(tuple(int(b) for b in value["replicas"]), int(value["leader"]),
-                    int(value["leader_epoch"]), tuple(int(b) for b in value["isr"]))
+                    int(value["leader_epoch"]), tuple(int(b) for b in value["isr"]),
+                    None if target is None else tuple(int(b) for b in target),
+                    None if original is None or target is None
+                    else tuple(int(b) for b in original))
         if not state.replicas or not set(state.isr) <= set(state.replicas) or (
-                state.leader != NO_LEADER and state.leader not in state.isr):
+                state.leader != NO_LEADER and state.leader not in state.isr) or (
+                state.target is not None and not state.target):
             raise ValueError(f"inconsistent partition state {value!r}")
         return state
+
+    @property
+    def adding(self) -> tuple[int, ...]:
+        if self.target is None or self.original is None:
+            return ()
+        return tuple(b for b in self.target if b not in self.original)
+
+    @property
+    def removing(self) -> tuple[int, ...]:
+        if self.target is None or self.original is None:
+            return ()
+        return tuple(b for b in self.original if b not in self.target)
 
     def with_leader(self, leader: int, isr: Iterable[int]) -> PartitionState:
         """A new leader (or the same one with another ISR): the epoch moves only when the
@@ -149,3 +176,45 @@ def preferred_leader(state: PartitionState, live: set[int]) -> PartitionState | 
     if state.leader == preferred or preferred not in live or preferred not in state.isr:
         return None
     return state.with_leader(preferred, state.isr)
+
+
+def reassign(state: PartitionState, target: tuple[int, ...] | None) -> PartitionState:
+    """Start a reassignment to ``target`` (None: cancel the one in progress). The replicas
+    move in ``reassignment_step``s as the new ones catch up."""
+    if target is None:
+        if state.original is None:
+            return state
+        return _settle(state, state.original)
+    original = state.original if state.original is not None else state.replicas
+    if target == original:
+        return _settle(state, original)
+    return replace(state, target=target, original=original)
+
+
+def reassignment_step(state: PartitionState, live: set[int]) -> PartitionState:
+    """What the controller writes next for a reassignment in progress (Kafka's order): first
+    the new replicas join (as followers, outside the ISR, fetching from the leader); once every
+    target replica is in the ISR, the partition becomes the target alone, its leader kept if it
+    stays, else the first in-sync target replica (epoch bumped)."""
+    if state.target is None:
+        return state
+    missing = tuple(b for b in state.target if b not in state.replicas)
+    if missing:
+        return replace(state, replicas=state.replicas + missing)
+    if all(b in state.isr and b in live for b in state.target):
+        return _settle(state, state.target)
+    return state
+
+
+def _settle(state: PartitionState, replicas: tuple[int, ...]) -> PartitionState:
+    """The partition on exactly ``replicas``, nothing in progress."""
+    isr = tuple(b for b in replicas if b in state.isr)
+    settled = replace(state, replicas=replicas, isr=isr or state.isr, target=None,
+                      original=None)
+    if state.leader in isr:
+        return replace(settled, isr=isr)
+    if isr:
+        return replace(settled.with_leader(isr[0], isr), replicas=replicas)
+    # None of them in sync (a cancel before any caught up): keep serving where it is.
+    return replace(state, replicas=tuple(dict.fromkeys(replicas + state.isr)), target=None,
+                   original=None)

@@ -40,6 +40,7 @@ from kelp.rpc.broker import v1 as pb
 
 if TYPE_CHECKING:
     from broker.cluster_topics import ClusterTopics
+    from broker.partition_admin import PartitionAdmin
     from broker.replication import Replication
 
 EARLIEST = -2
@@ -82,8 +83,10 @@ class BrokerService(DataStreams, GroupCalls, TxnCalls, ConfigCalls, QuotaCalls, 
         self.coordinator = coordinator
         # In a cluster (--etcd): CreateTopics places topics through etcd (broker.cluster_topics).
         self.cluster_topics: ClusterTopics | None = None
-        # In a cluster: replication between the brokers (broker.replication).
+        # In a cluster: replication between the brokers (broker.replication), and
+        # ElectLeaders and reassignments through etcd (broker.partition_admin).
         self.replication: Replication | None = None
+        self.partition_admin: PartitionAdmin | None = None
         self.exports = exports if exports is not None else Exports(registry)
         self.exporter = (exporter if exporter is not None
                          else UcxExporter(self.exports, "127.0.0.1", 0, enabled=False))
@@ -227,6 +230,23 @@ class BrokerService(DataStreams, GroupCalls, TxnCalls, ConfigCalls, QuotaCalls, 
             raise GRPCError(grpclib.const.Status.FAILED_PRECONDITION,
                                     "this broker is not in a cluster")
         return await self.replication.leader_epoch_end(request)
+
+    def _admin(self) -> PartitionAdmin:
+        if self.partition_admin is None:
+            raise GRPCError(grpclib.const.Status.FAILED_PRECONDITION,
+                            "this broker is not in a cluster")
+        return self.partition_admin
+
+    async def elect_leaders(self, request: pb.ElectLeadersRequest) -> pb.ElectLeadersReply:
+        return await self._admin().elect_leaders(request)
+
+    async def reassign_partitions(self, request: pb.ReassignPartitionsRequest
+                                  ) -> pb.ReassignPartitionsReply:
+        return await self._admin().reassign(request)
+
+    async def list_reassignments(self, request: pb.ListReassignmentsRequest
+                                 ) -> pb.ListReassignmentsReply:
+        return await self._admin().list_reassignments(request)
 
     async def list_offsets(self, request: pb.ListOffsetsRequest) -> pb.ListOffsetsReply:
         answers = []

@@ -138,13 +138,14 @@ def partition_states(etcd_endpoint: str) -> dict[tuple[str, int], PartitionState
 
 
 def gateway_on(node: BrokerNode, workdir: Path, *args: str,
-               name: str = "gateway") -> tuple[Proc, int]:
+               name: str = "gateway", http_port: int | None = None) -> tuple[Proc, int]:
     """A started gateway in front of one broker of the cluster (``--etcd`` among ``args`` to
     route each partition to its leader), and its Kafka port."""
     kafka_port = free_port()
     gateway = Proc(name, [
         sys.executable, "-m", "gateway", "--listen", f"127.0.0.1:{kafka_port}",
-        "--broker", f"127.0.0.1:{node.grpc_port}", "--http", f"127.0.0.1:{free_port()}",
+        "--broker", f"127.0.0.1:{node.grpc_port}",
+        "--http", f"127.0.0.1:{http_port or free_port()}",
         *args], workdir / f"{name}.log")
     try:
         gateway.start()
@@ -152,3 +153,43 @@ def gateway_on(node: BrokerNode, workdir: Path, *args: str,
         gateway.stop()  # started but never ready: still not left behind
         raise
     return gateway, kafka_port
+
+
+@dataclass
+class ReplicatedCluster:
+    """Three brokers on a real etcd behind a routing gateway, creating topics with three
+    replicas by default: what the client matrix runs against as its second cluster."""
+
+    workdir: Path
+    replication_factor: int = 3
+    kafka_port: int = 0
+    gateway_http_port: int = field(default_factory=free_port)
+
+    def start(self) -> ReplicatedCluster:
+        self.brokers = BrokerCluster(self.workdir, broker_args=(
+            "--group-initial-rebalance-delay-ms", "100",
+            "--config", f"default.replication.factor={self.replication_factor}")).start()
+        try:
+            wait_for(lambda: all(b.cluster()["registered"] for b in self.brokers.brokers),
+                     "every broker registered")
+            self.gateway, self.kafka_port = gateway_on(
+                self.brokers.brokers[0], self.workdir, "--etcd", self.brokers.etcd.endpoint,
+                http_port=self.gateway_http_port)
+        except BaseException:
+            self.brokers.stop()
+            raise
+        return self
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.kafka_port}"
+
+    def versions_seen(self, client_id: str) -> dict[str, int]:
+        """API name -> highest version the client with this client id used."""
+        url = f"http://127.0.0.1:{self.gateway_http_port}/debug/versions?client_id={client_id}"
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            return json.load(reply).get(client_id, {})
+
+    def stop(self) -> None:
+        self.gateway.stop()
+        self.brokers.stop()

@@ -110,6 +110,7 @@ class Proc:
 class Cluster:
     """A broker and a gateway on free ports, with data in ``workdir``."""
 
+    replication_factor = 1  # what topics get (ReplicatedCluster has 3)
     workdir: Path
     gateway_args: list[str] = field(default_factory=list)
     broker_args: list[str] = field(default_factory=list)

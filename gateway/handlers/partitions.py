@@ -17,6 +17,7 @@ from kio.schema.errors import ErrorCode
 
 from gateway import assignments, authorized
 from gateway.context import NODE_ID, GatewayContext, TopicMeta
+from gateway.handlers import cluster_partitions
 from gateway.handlers.logs import LOG_DIR
 from gateway.kafka import apis, messages
 from gateway.kafka.connection import Request
@@ -105,6 +106,8 @@ async def handle_elect_leaders(ctx: GatewayContext, request: Request) -> Any:
     result_type = messages.nested(response_type, "ReplicaElectionResult")
     partition_type = messages.nested(response_type, "PartitionResult")
     election_type = getattr(body, "election_type", PREFERRED)  # v0 is preferred only
+    if ctx.router is not None:
+        return await cluster_partitions.elect_leaders(ctx, request, election_type, NO_TIME)
     if body.topic_partitions is None:
         # Every partition: Kafka reports only those an election changed, and on one broker
         # every partition already has its preferred (and only) leader.
@@ -139,6 +142,8 @@ async def handle_elect_leaders(ctx: GatewayContext, request: Request) -> Any:
 
 
 async def handle_list_partition_reassignments(ctx: GatewayContext, request: Request) -> Any:
+    if ctx.router is not None:
+        return await cluster_partitions.list_reassignments(ctx, request, NO_TIME)
     # With one broker no reassignment is ever in progress, so the answer lists none.
     response_type = messages.response_type(apis.ApiKey.LIST_PARTITION_REASSIGNMENTS,
                                             request.version)
@@ -147,6 +152,8 @@ async def handle_list_partition_reassignments(ctx: GatewayContext, request: Requ
 
 
 async def handle_alter_partition_reassignments(ctx: GatewayContext, request: Request) -> Any:
+    if ctx.router is not None:
+        return await cluster_partitions.alter_reassignments(ctx, request, NO_TIME)
     body = request.body
     response_type = messages.response_type(apis.ApiKey.ALTER_PARTITION_REASSIGNMENTS,
                                             request.version)

@@ -9,17 +9,35 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
+from collections.abc import Iterator
 
+import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from tests.clients.preferred import assert_preferred_versions
+from tests.cluster_procs import ReplicatedCluster
 from tests.kelp_procs import Cluster
 from tests.partition_reader import read_partition
 
 COUNT = 2000
 ROW = {"API_VERSIONS", "METADATA", "PRODUCE", "FETCH", "FIND_COORDINATOR", "JOIN_GROUP",
        "SYNC_GROUP", "OFFSET_COMMIT", "OFFSET_FETCH", "LIST_OFFSETS"}
+
+
+@pytest.fixture(scope="module", params=["one broker", "three brokers, RF=3"])
+def cluster(request: pytest.FixtureRequest, cluster: Cluster,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster | ReplicatedCluster]:
+    """Every row runs against the shared single broker, then against a replicated cluster
+    (three brokers on etcd, a routing gateway, topics with three replicas)."""
+    if request.param == "one broker":
+        yield cluster
+        return
+    replicated = ReplicatedCluster(tmp_path_factory.mktemp("replicated")).start()
+    try:
+        yield replicated
+    finally:
+        replicated.stop()
 
 
 def values() -> list[bytes]:
@@ -30,7 +48,8 @@ def test_confluent_kafka_row(cluster: Cluster, topic_name: str) -> None:
     client_id = f"confluent-row-{topic_name}"
     common = {"bootstrap.servers": cluster.bootstrap, "client.id": client_id}
     admin = AdminClient(common)
-    admin.create_topics([NewTopic(topic_name, 2, 1, config={"retention.ms": "86400000"})])[
+    admin.create_topics([NewTopic(topic_name, 2, cluster.replication_factor,
+                                  config={"retention.ms": "86400000"})])[
         topic_name].result(timeout=10)
     (configs,) = admin.describe_configs(
         [ConfigResource(ConfigResource.Type.TOPIC, topic_name)]).values()
@@ -82,7 +101,8 @@ def test_kafka_python_row(cluster: Cluster, topic_name: str) -> None:
 
     client_id = f"kafka-python-row-{topic_name}"
     admin = KafkaAdminClient(bootstrap_servers=cluster.bootstrap, client_id=client_id)
-    admin.create_topics([KNewTopic(topic_name, 2, 1, topic_configs={"retention.ms": "86400000"})])
+    admin.create_topics([KNewTopic(topic_name, 2, cluster.replication_factor,
+                                   topic_configs={"retention.ms": "86400000"})])
     described = admin.describe_configs([KConfigResource(ConfigResourceType.TOPIC, topic_name)])
     assert "86400000" in repr(described)
 
@@ -133,7 +153,7 @@ def test_aiokafka_row(cluster: Cluster, topic_name: str) -> None:
     async def row() -> None:
         admin = AIOKafkaAdminClient(bootstrap_servers=cluster.bootstrap, client_id=client_id)
         await admin.start()
-        await admin.create_topics([ANewTopic(topic_name, 2, 1,
+        await admin.create_topics([ANewTopic(topic_name, 2, cluster.replication_factor,
                                              topic_configs={"retention.ms": "86400000"})])
         producer = AIOKafkaProducer(bootstrap_servers=cluster.bootstrap, client_id=client_id,
                                     enable_idempotence=True, acks="all",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 from hypothesis import given
@@ -16,6 +17,8 @@ from broker.placement import (
     assign_replicas,
     preferred_leader,
     rack_alternating,
+    reassign,
+    reassignment_step,
 )
 
 brokers_strategy = st.dictionaries(
@@ -114,3 +117,31 @@ def test_states_round_trip_and_refuse_nonsense() -> None:
                 b"[]", b"{"):
         with pytest.raises((ValueError, KeyError, TypeError)):
             PartitionState.decode(bad)
+
+
+def test_a_reassignment_adds_the_new_replicas_then_drops_the_old_once_they_are_in_sync():
+    state = PartitionState((0, 1, 2), 0, 4, (0, 1, 2))
+    asked = reassign(state, (1, 2, 3))
+    assert (asked.target, asked.original, asked.adding, asked.removing) == (
+        (1, 2, 3), (0, 1, 2), (3,), (0,))
+    live = {0, 1, 2, 3}
+    step = reassignment_step(asked, live)
+    assert step.replicas == (0, 1, 2, 3) and step.isr == (0, 1, 2) and step.leader == 0
+    assert reassignment_step(step, live) == step  # broker 3 not in sync yet: wait
+    caught_up = replace(step, isr=(0, 1, 2, 3))
+    done = reassignment_step(caught_up, live)
+    # The leader was removed: the first in-sync target replica leads, in a new epoch.
+    assert (done.replicas, done.isr, done.leader, done.leader_epoch) == ((1, 2, 3),
+                                                                        (1, 2, 3), 1, 5)
+    assert done.target is None and PartitionState.decode(done.encode()) == done
+
+
+def test_a_cancelled_reassignment_goes_back_to_the_original_replicas():
+    state = reassignment_step(reassign(PartitionState((0, 1), 1, 2, (0, 1)), (2, 3)),
+                              {0, 1, 2, 3})
+    assert state.replicas == (0, 1, 2, 3)
+    back = reassign(state, None)
+    assert (back.replicas, back.isr, back.leader, back.leader_epoch, back.target) == (
+        (0, 1), (0, 1), 1, 2, None)
+    assert PartitionState.decode(state.encode()) == state
+    assert reassign(back, None) == back  # nothing in progress: nothing to cancel

@@ -82,6 +82,8 @@ __all__ = (
     "DescribeTopicsRequest",
     "DescribeTransactionsReply",
     "DescribeTransactionsRequest",
+    "ElectLeadersReply",
+    "ElectLeadersRequest",
     "EndTxnRequest",
     "FetchOffsetsReply",
     "FetchOffsetsRequest",
@@ -112,6 +114,8 @@ __all__ = (
     "ListOffsetsReplyAnswer",
     "ListOffsetsRequest",
     "ListOffsetsRequestQuery",
+    "ListReassignmentsReply",
+    "ListReassignmentsRequest",
     "ListSegmentsReply",
     "ListSegmentsRequest",
     "ListTransactionsReply",
@@ -121,12 +125,17 @@ __all__ = (
     "OpenReadReply",
     "OpenReadRequest",
     "PartitionRef",
+    "PartitionResult",
     "PartitionState",
     "QuotaEntityPart",
     "QuotaEntry",
     "QuotaValue",
     "ReadChunkReply",
     "ReadChunkRequest",
+    "ReassignPartitionsReply",
+    "ReassignPartitionsRequest",
+    "ReassignPartitionsRequestTarget",
+    "Reassignment",
     "RecordError",
     "ReplicaFetchReply",
     "ReplicaFetchRequest",
@@ -1340,6 +1349,36 @@ default_message_pool.register_message(
 
 
 @dataclass(eq=False, repr=False)
+class ElectLeadersReply(betterproto2.Message):
+    results: "list[PartitionResult]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+
+default_message_pool.register_message("broker.v1", "ElectLeadersReply", ElectLeadersReply)
+
+
+@dataclass(eq=False, repr=False)
+class ElectLeadersRequest(betterproto2.Message):
+    partitions: "list[PartitionRef]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    empty with all = every partition
+    """
+
+    election_type: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
+    """
+    0 preferred, 1 unclean (Kafka's values)
+    """
+
+    all: "bool" = betterproto2.field(3, betterproto2.TYPE_BOOL)
+
+
+default_message_pool.register_message("broker.v1", "ElectLeadersRequest", ElectLeadersRequest)
+
+
+@dataclass(eq=False, repr=False)
 class EndTxnRequest(betterproto2.Message):
     transactional_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
@@ -1831,6 +1870,31 @@ default_message_pool.register_message(
 
 
 @dataclass(eq=False, repr=False)
+class ListReassignmentsReply(betterproto2.Message):
+    reassignments: "list[Reassignment]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+
+default_message_pool.register_message("broker.v1", "ListReassignmentsReply", ListReassignmentsReply)
+
+
+@dataclass(eq=False, repr=False)
+class ListReassignmentsRequest(betterproto2.Message):
+    partitions: "list[PartitionRef]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    empty = every reassignment in progress
+    """
+
+
+default_message_pool.register_message(
+    "broker.v1", "ListReassignmentsRequest", ListReassignmentsRequest
+)
+
+
+@dataclass(eq=False, repr=False)
 class ListSegmentsReply(betterproto2.Message):
     status: "int" = betterproto2.field(1, betterproto2.TYPE_INT32)
 
@@ -1987,6 +2051,20 @@ default_message_pool.register_message("broker.v1", "PartitionRef", PartitionRef)
 
 
 @dataclass(eq=False, repr=False)
+class PartitionResult(betterproto2.Message):
+    partition: "PartitionRef | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
+
+    error_code: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
+
+    error_message: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message("broker.v1", "PartitionResult", PartitionResult)
+
+
+@dataclass(eq=False, repr=False)
 class PartitionState(betterproto2.Message):
     partition: "int" = betterproto2.field(1, betterproto2.TYPE_INT32)
 
@@ -2068,6 +2146,65 @@ class ReadChunkRequest(betterproto2.Message):
 
 
 default_message_pool.register_message("broker.v1", "ReadChunkRequest", ReadChunkRequest)
+
+
+@dataclass(eq=False, repr=False)
+class Reassignment(betterproto2.Message):
+    partition: "PartitionRef | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
+
+    replicas: "list[int]" = betterproto2.field(2, betterproto2.TYPE_INT32, repeated=True)
+
+    adding: "list[int]" = betterproto2.field(3, betterproto2.TYPE_INT32, repeated=True)
+
+    removing: "list[int]" = betterproto2.field(4, betterproto2.TYPE_INT32, repeated=True)
+
+
+default_message_pool.register_message("broker.v1", "Reassignment", Reassignment)
+
+
+@dataclass(eq=False, repr=False)
+class ReassignPartitionsReply(betterproto2.Message):
+    results: "list[PartitionResult]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+
+default_message_pool.register_message(
+    "broker.v1", "ReassignPartitionsReply", ReassignPartitionsReply
+)
+
+
+@dataclass(eq=False, repr=False)
+class ReassignPartitionsRequest(betterproto2.Message):
+    targets: "list[ReassignPartitionsRequestTarget]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+
+default_message_pool.register_message(
+    "broker.v1", "ReassignPartitionsRequest", ReassignPartitionsRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class ReassignPartitionsRequestTarget(betterproto2.Message):
+    partition: "PartitionRef | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
+
+    replicas: "list[int]" = betterproto2.field(2, betterproto2.TYPE_INT32, repeated=True)
+
+    cancel: "bool" = betterproto2.field(3, betterproto2.TYPE_BOOL)
+    """
+    Kafka's null replicas: back to the original ones
+    """
+
+
+default_message_pool.register_message(
+    "broker.v1", "ReassignPartitionsRequest.Target", ReassignPartitionsRequestTarget
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -3339,6 +3476,65 @@ class BrokerStub(betterproto2_grpclib.ServiceStub):
             metadata=metadata,
         )
 
+    async def elect_leaders(
+        self,
+        message: "ElectLeadersRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ElectLeadersReply":
+        """
+        A cluster's partition administration (broker.partition_admin), written to etcd: Kafka's
+        ElectLeaders and the partition reassignment APIs. A lone broker answers
+        FAILED_PRECONDITION (the gateway answers those APIs itself then).
+        """
+
+        return await self._unary_unary(
+            "/broker.v1.Broker/ElectLeaders",
+            message,
+            ElectLeadersReply,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def reassign_partitions(
+        self,
+        message: "ReassignPartitionsRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ReassignPartitionsReply":
+
+        return await self._unary_unary(
+            "/broker.v1.Broker/ReassignPartitions",
+            message,
+            ReassignPartitionsReply,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def list_reassignments(
+        self,
+        message: "ListReassignmentsRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ListReassignmentsReply":
+
+        return await self._unary_unary(
+            "/broker.v1.Broker/ListReassignments",
+            message,
+            ListReassignmentsReply,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 class BrokerBase(betterproto2_grpclib.ServiceBase):
     """
@@ -3577,6 +3773,27 @@ class BrokerBase(betterproto2_grpclib.ServiceBase):
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def leader_epoch_end(self, message: "LeaderEpochEndRequest") -> "LeaderEpochEndReply":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def elect_leaders(self, message: "ElectLeadersRequest") -> "ElectLeadersReply":
+        """
+        A cluster's partition administration (broker.partition_admin), written to etcd: Kafka's
+        ElectLeaders and the partition reassignment APIs. A lone broker answers
+        FAILED_PRECONDITION (the gateway answers those APIs itself then).
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def reassign_partitions(
+        self, message: "ReassignPartitionsRequest"
+    ) -> "ReassignPartitionsReply":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def list_reassignments(
+        self, message: "ListReassignmentsRequest"
+    ) -> "ListReassignmentsReply":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -3937,6 +4154,30 @@ class BrokerBase(betterproto2_grpclib.ServiceBase):
         response = await self.leader_epoch_end(request)
         await stream.send_message(response)
 
+    async def __rpc_elect_leaders(
+        self, stream: "grpclib.server.Stream[ElectLeadersRequest, ElectLeadersReply]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.elect_leaders(request)
+        await stream.send_message(response)
+
+    async def __rpc_reassign_partitions(
+        self, stream: "grpclib.server.Stream[ReassignPartitionsRequest, ReassignPartitionsReply]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.reassign_partitions(request)
+        await stream.send_message(response)
+
+    async def __rpc_list_reassignments(
+        self, stream: "grpclib.server.Stream[ListReassignmentsRequest, ListReassignmentsReply]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.list_reassignments(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> "dict[str, grpclib.const.Handler]":
         return {
             "/broker.v1.Broker/Health": grpclib.const.Handler(
@@ -4202,5 +4443,23 @@ class BrokerBase(betterproto2_grpclib.ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 LeaderEpochEndRequest,
                 LeaderEpochEndReply,
+            ),
+            "/broker.v1.Broker/ElectLeaders": grpclib.const.Handler(
+                self.__rpc_elect_leaders,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ElectLeadersRequest,
+                ElectLeadersReply,
+            ),
+            "/broker.v1.Broker/ReassignPartitions": grpclib.const.Handler(
+                self.__rpc_reassign_partitions,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ReassignPartitionsRequest,
+                ReassignPartitionsReply,
+            ),
+            "/broker.v1.Broker/ListReassignments": grpclib.const.Handler(
+                self.__rpc_list_reassignments,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ListReassignmentsRequest,
+                ListReassignmentsReply,
             ),
         }
