@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 import trio
 import trio_asyncio
 from prometheus_client.parser import text_string_to_metric_families
@@ -18,7 +19,7 @@ from broker.controller import PARTITIONS, parse_partition_key
 from broker.placement import PartitionState
 from kelp.etcd import Etcd
 from tests.etcd_proc import EtcdServer
-from tests.kelp_procs import Proc, free_port
+from tests.kelp_procs import Cluster, Proc, free_port
 
 
 @dataclass
@@ -193,3 +194,20 @@ class ReplicatedCluster:
     def stop(self) -> None:
         self.gateway.stop()
         self.brokers.stop()
+
+
+@pytest.fixture(name="cluster", scope="module", params=["one broker", "three brokers, RF=3"])
+def single_and_replicated(request: pytest.FixtureRequest, cluster: Cluster,
+                          tmp_path_factory: pytest.TempPathFactory
+                          ) -> Iterator[Cluster | ReplicatedCluster]:
+    """For the client matrix modules (imported there, it overrides their ``cluster``): each
+    test runs against the shared single broker, then against a replicated cluster (three
+    brokers on etcd, a routing gateway, topics with three replicas by default)."""
+    if request.param == "one broker":
+        yield cluster
+        return
+    replicated = ReplicatedCluster(tmp_path_factory.mktemp("replicated")).start()
+    try:
+        yield replicated
+    finally:
+        replicated.stop()

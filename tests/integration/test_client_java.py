@@ -7,6 +7,7 @@ from pathlib import Path
 
 from tests.clients.preferred import assert_preferred_versions
 from tests.clients.prepare import run_java
+from tests.cluster_procs import single_and_replicated  # noqa: F401 (the cluster fixture)
 from tests.kelp_procs import Cluster
 
 

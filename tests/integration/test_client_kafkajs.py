@@ -6,6 +6,7 @@ import subprocess
 
 from tests.clients.preferred import assert_preferred_versions
 from tests.clients.prepare import JS_DIR, prepare_js
+from tests.cluster_procs import single_and_replicated  # noqa: F401 (the cluster fixture)
 from tests.kelp_procs import Cluster
 
 

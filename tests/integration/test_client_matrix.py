@@ -9,35 +9,18 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
-from collections.abc import Iterator
 
-import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from tests.clients.preferred import assert_preferred_versions
-from tests.cluster_procs import ReplicatedCluster
+from tests.cluster_procs import single_and_replicated  # noqa: F401 (the cluster fixture)
 from tests.kelp_procs import Cluster
 from tests.partition_reader import read_partition
 
 COUNT = 2000
 ROW = {"API_VERSIONS", "METADATA", "PRODUCE", "FETCH", "FIND_COORDINATOR", "JOIN_GROUP",
        "SYNC_GROUP", "OFFSET_COMMIT", "OFFSET_FETCH", "LIST_OFFSETS"}
-
-
-@pytest.fixture(scope="module", params=["one broker", "three brokers, RF=3"])
-def cluster(request: pytest.FixtureRequest, cluster: Cluster,
-            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster | ReplicatedCluster]:
-    """Every row runs against the shared single broker, then against a replicated cluster
-    (three brokers on etcd, a routing gateway, topics with three replicas)."""
-    if request.param == "one broker":
-        yield cluster
-        return
-    replicated = ReplicatedCluster(tmp_path_factory.mktemp("replicated")).start()
-    try:
-        yield replicated
-    finally:
-        replicated.stop()
 
 
 def values() -> list[bytes]:
