@@ -14,7 +14,7 @@ from collections.abc import Callable
 import trio
 from kio.schema.errors import ErrorCode
 
-from broker.controller import add_partitions, create_topic, delete_topic
+from broker.controller import add_partitions, alter_topic_configs, create_topic, delete_topic
 from broker.membership import Membership
 from broker.placement import PlacementError, assign_replicas
 from broker.topics import Topic, TopicError, TopicRegistry
@@ -102,6 +102,24 @@ class ClusterTopics:
         topic = self.registry.get(name)
         assert topic is not None
         return topic
+
+    async def alter_configs(self, name: str, configs: dict[str, str], *,
+                            validate_only: bool = False) -> None:
+        """Replace a topic's configs in the cluster, answered once this broker has them."""
+        await self.registry.alter_configs(name, configs, validate_only=True)  # checks them
+        if validate_only:
+            return
+        try:
+            in_cluster = await alter_topic_configs(self.etcd, name, configs)
+        except EtcdUnavailable as exc:
+            raise TopicError(ErrorCode.request_timed_out,
+                             f"the cluster's metadata store is unreachable: {exc}") from None
+        if not in_cluster:  # a topic this broker had before it joined: only here
+            await self.registry.alter_configs(name, configs)
+            return
+        await self._wait_for(
+            lambda: (t := self.registry.get(name)) is not None and t.configs == configs,
+            f"topic {name!r}'s configs changed in the cluster but not yet on this broker")
 
     async def _wait_for(self, done: Callable[[], bool], failure: str) -> None:
         with trio.move_on_after(OPEN_TIMEOUT_S):

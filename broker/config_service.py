@@ -9,6 +9,8 @@ that is a topic default reaches every topic without an override at once.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import trio
 from kio.schema.errors import ErrorCode
 
@@ -17,6 +19,9 @@ from broker.broker_configs import BrokerConfigs, ConfigError, Entry, Op
 from broker.configs import Defaults
 from broker.topics import TopicError, TopicRegistry
 from kelp.rpc.broker import v1 as pb
+
+if TYPE_CHECKING:
+    from broker.cluster_topics import ClusterTopics
 
 TOPIC_RESOURCE, BROKER_RESOURCE, LOGGER_RESOURCE, GROUP_RESOURCE = 2, 4, 8, 32
 
@@ -38,6 +43,7 @@ class ConfigCalls:
     registry: TopicRegistry
     broker_configs: BrokerConfigs
     _config_lock: trio.Lock
+    cluster_topics: ClusterTopics | None  # in a cluster, topic configs live in etcd
 
     async def describe_configs(self, request: pb.DescribeConfigsRequest
                                ) -> pb.DescribeConfigsReply:
@@ -93,7 +99,11 @@ class ConfigCalls:
                 raise TopicError(ErrorCode.unknown_topic_or_partition, f"unknown topic {name!r}")
             planned = {} if replace_all else dict(topic.configs)
             broker_configs.apply_ops(planned, ops, self.registry.defaults.values)
-            await self.registry.alter_configs(name, planned, validate_only=validate_only)
+            if self.cluster_topics is not None:  # in etcd, for every broker
+                await self.cluster_topics.alter_configs(name, planned,
+                                                        validate_only=validate_only)
+            else:
+                await self.registry.alter_configs(name, planned, validate_only=validate_only)
         elif kind == BROKER_RESOURCE:
             planned = configs.plan_broker(name, ops, replace_all)
             if not validate_only:

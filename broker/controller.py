@@ -101,6 +101,20 @@ async def delete_topic(etcd: Etcd, name: str) -> bool:
     return False
 
 
+async def alter_topic_configs(etcd: Etcd, name: str, configs: dict[str, str]) -> bool:
+    """Replace a topic's configs in etcd (every broker applies them); False if etcd has no
+    such topic."""
+    topic_key = TOPICS + name.encode()
+    while (entry := await etcd.get(topic_key)) is not None:
+        meta = TopicMeta.decode(entry.value)
+        altered = TopicMeta(meta.topic_id, meta.partitions, meta.replication_factor,
+                            dict(configs))
+        if await etcd.write_if([(topic_key, "mod", entry.mod_revision)],
+                               [(topic_key, altered.encode())]) is not None:
+            return True
+    return False
+
+
 async def add_partitions(etcd: Etcd, name: str, count: int, brokers: dict[int, str | None]
                          ) -> TopicMeta | None:
     """Grow a topic to ``count`` partitions, placing the new ones on ``brokers`` (leaders

@@ -101,8 +101,11 @@ class ReplicaManager:
                     self._refuse(name, f"a local topic of that name has id {local.topic_id}, "
                                        f"the cluster's is {meta.topic_id}")
                     continue
-                elif local.partition_count < meta.partitions:
-                    await self.registry.add_partitions(name, meta.partitions)
+                else:
+                    if local.partition_count < meta.partitions:
+                        await self.registry.add_partitions(name, meta.partitions)
+                    if local.configs != meta.configs:
+                        await self.registry.alter_configs(name, meta.configs)
             except TopicError as exc:
                 self._refuse(name, str(exc))
                 continue

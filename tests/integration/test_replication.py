@@ -5,6 +5,7 @@ min.insync.replicas refuses acks=all while reads go on."""
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections.abc import Iterator
@@ -202,3 +203,37 @@ def test_a_leader_fenced_while_stopped_truncates_what_it_wrote_alone(
     assert "truncating to the leader's epoch boundary" in old.proc.log_text()
     values = [v for p, _, v in consume_all(kafka, "fenced", 3, 30) if p == partition]
     assert values == [f"s{i}" for i in range(20)] + [f"n{i}" for i in range(10)]
+
+
+def test_topic_configs_altered_through_one_broker_apply_on_every_leader(
+        brokers: BrokerCluster, kafka: str) -> None:
+    """AlterConfigs reaches the gateway's broker, which writes the topic's configs to etcd;
+    every broker applies them, so min.insync.replicas raised after creation is enforced by
+    leaders that never saw the request."""
+    from confluent_kafka.admin import ConfigResource
+
+    create(kafka, NewTopic("configured", 3, 3))
+    admin = AdminClient({"bootstrap.servers": kafka})
+    resource = ConfigResource(ConfigResource.Type.TOPIC, "configured",
+                              set_config={"min.insync.replicas": "3"})
+    admin.alter_configs([resource])[resource].result(30)
+
+    def catalogued(node: BrokerNode) -> dict[str, str]:
+        catalogue = json.loads((node.workdir / f"broker{node.broker_id}" / "topics.json")
+                               .read_text())
+        return next(t.get("configs", {}) for t in catalogue["topics"]
+                    if t["name"] == "configured")
+
+    wait_for(lambda: all(catalogued(n) == {"min.insync.replicas": "3"}
+                         for n in brokers.brokers), "the config on every broker")
+    partition = next(p for p, leader in leaders(brokers, "configured").items() if leader == 1)
+    brokers.brokers[2].proc.kill()
+    wait_for(lambda: 2 not in partition_states(brokers.etcd.endpoint)[
+        ("configured", partition)].isr, "broker 2 out of the ISR", timeout=30)
+    errors: list[KafkaError] = []
+    producer = Producer({"bootstrap.servers": kafka, "acks": "all", "retries": 0,
+                         "message.timeout.ms": 10_000})
+    producer.produce("configured", b"refused", partition=partition,
+                     on_delivery=lambda error, _message: errors.append(error))
+    producer.flush(20)
+    assert [e.code() if e else None for e in errors] == [KafkaError.NOT_ENOUGH_REPLICAS]
