@@ -71,6 +71,11 @@ class BrokerClient:
         self._calls = trio.CapacityLimiter(MAX_CONCURRENT_CALLS)
 
     @property
+    def connected(self) -> bool:
+        """Whether the streams are up now (False while the broker is away)."""
+        return self._connected.is_set()
+
+    @property
     def pending(self) -> int:
         """Appends and fetches sent whose reply has not come yet."""
         return self._appends.outstanding + self._fetches.outstanding

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from kio.schema.errors import ErrorCode
@@ -143,8 +143,16 @@ class GatewayContext:
         self, names: list[str], *, auto_create: bool = False
     ) -> list[tuple[ErrorCode, TopicMeta | None]]:
         """(error code, metadata) per name, or for every topic when ``names`` is empty."""
-        reply = await self.broker.call(
-            BROKER.describe_topics, pb.DescribeTopicsRequest(names=names, auto_create=auto_create))
+        request = pb.DescribeTopicsRequest(names=names, auto_create=auto_create)
+        try:
+            reply = await self.broker.call(BROKER.describe_topics, request)
+        except BrokerUnavailable:
+            if self.router is None:
+                raise
+            # In a cluster every broker holds every topic's metadata: Metadata goes on while
+            # the gateway's own broker is down (auto-creation waits for it).
+            reply = await self.router.call_any(BROKER.describe_topics, replace(
+                request, auto_create=False))
         out: list[tuple[ErrorCode, TopicMeta | None]] = []
         for info in reply.topics:
             if info.error_code:

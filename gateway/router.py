@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+from typing import Any, TypeVar
 
 import trio
 
@@ -23,6 +24,10 @@ from kelp import grpc
 from kelp.etcd import Etcd, Mirror
 
 log = logging.getLogger("kelp.gateway.router")
+
+Rep = TypeVar("Rep")
+
+CALL_ANY_TIMEOUT_S = 3.0
 
 
 class Router:
@@ -72,6 +77,27 @@ class Router:
                                                 "address": info.grpc})
             self._by_id[info.broker_id] = client
 
+    async def call_any(self, method: grpc.Route[Any, Rep], request: Any) -> Rep:
+        """A read-only call answered by the first other live broker that can (the caller
+        tried the gateway's own); raises ``BrokerUnavailable`` when none can."""
+        failure: BrokerUnavailable | None = None
+        for client in [c for c in self._by_id.values() if c is not self.default]:
+            try:
+                return await client.call(method, request, timeout=CALL_ANY_TIMEOUT_S)
+            except BrokerUnavailable as exc:
+                failure = exc
+        raise failure or BrokerUnavailable("no broker is registered")
+
+    def leader_epoch(self, topic: str, partition: int) -> int:
+        """The partition's leader epoch as etcd has it (0 when unknown), for Metadata."""
+        entry = self.partitions.entries.get(partition_key(topic, partition))
+        if entry is None:
+            return 0
+        try:
+            return PartitionState.decode(entry.value).leader_epoch
+        except (ValueError, KeyError, TypeError):
+            return 0
+
     def clients(self) -> list[BrokerClient]:
         return list(self._clients.values())
 
@@ -91,4 +117,10 @@ class Router:
         if client is None:
             raise BrokerUnavailable(f"the leader of {topic}-{partition} (broker "
                                     f"{state.leader}) is not registered")
+        if not client.connected:
+            # Dead or restarting: answered at once (the client retries after refreshing its
+            # metadata) rather than waiting for a reconnection that may never come, while
+            # the controller moves the lead elsewhere.
+            raise BrokerUnavailable(f"the leader of {topic}-{partition} (broker "
+                                    f"{state.leader}) is not connected")
         return client

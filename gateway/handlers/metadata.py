@@ -73,10 +73,15 @@ def build_response(ctx: GatewayContext, request: Request,
     topics = []
     for error, meta in described:
         assert meta is not None
+        # In a cluster, each partition's real leader epoch: a client that was told
+        # NOT_LEADER_OR_FOLLOWER sees a newer epoch once the lead moved, and fetches again at
+        # once (KIP-320) instead of waiting for a metadata it would believe.
+        router = ctx.router
         partitions = tuple(
             messages.build(partition_type, error_code=ErrorCode.none, partition_index=index,
-                           leader_id=NODE_ID, leader_epoch=0, replica_nodes=(NODE_ID,),
-                           isr_nodes=(NODE_ID,), offline_replicas=())
+                           leader_id=NODE_ID, leader_epoch=0 if router is None
+                           else router.leader_epoch(meta.name, index),
+                           replica_nodes=(NODE_ID,), isr_nodes=(NODE_ID,), offline_replicas=())
             for index in range(meta.partitions)
         )
         topics.append(messages.build(
