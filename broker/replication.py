@@ -289,9 +289,11 @@ class Replication:
         if led is None or plog is None:
             return pb.LeaderEpochEndReply(error_code=ErrorCode.not_leader_or_follower,
                                           leader_epoch=-1, end_offset=-1)
-        if request.current_leader_epoch != led.state.leader_epoch:
-            return pb.LeaderEpochEndReply(error_code=ErrorCode.fenced_leader_epoch,
-                                          leader_epoch=-1, end_offset=-1)
+        current = request.current_leader_epoch  # -1: a client that does not say
+        if current >= 0 and current != led.state.leader_epoch:
+            return pb.LeaderEpochEndReply(
+                error_code=ErrorCode.fenced_leader_epoch if current < led.state.leader_epoch
+                else ErrorCode.unknown_leader_epoch, leader_epoch=-1, end_offset=-1)
         cache = await trio.to_thread.run_sync(plog.epoch_cache)
         epoch, end = cache.end_offset_for(request.leader_epoch, plog.log_end_offset)
         return pb.LeaderEpochEndReply(leader_epoch=epoch, end_offset=end)

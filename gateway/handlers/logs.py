@@ -1,7 +1,8 @@
 """OffsetForLeaderEpoch and DescribeLogDirs, answered from the broker's partition states.
 
-kelp has one leader and leader epoch 0 for every partition, so the end offset of epoch 0 (and
-of any later epoch a client asks about) is the high-water mark.
+A lone broker leads every partition in leader epoch 0, so the end offset of epoch 0 (and of any
+later epoch a client asks about) is the high-water mark. In a cluster each partition's leader
+answers from its leader-epoch cache (``LeaderEpochEnd``), as Kafka's leader does.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ async def _states(ctx: GatewayContext, names: list[str]
 
 async def handle_offset_for_leader_epoch(ctx: GatewayContext, request: Request) -> Any:
     body = request.body
+    if ctx.router is not None:
+        return await _cluster_epoch_ends(ctx, request)
     states = await _states(ctx, [t.topic for t in body.topics])
     response_type = messages.response_type(apis.ApiKey.OFFSET_FOR_LEADER_EPOCH, request.version)
     topic_type = messages.nested(response_type, "OffsetForLeaderTopicResult")
@@ -60,6 +63,40 @@ async def handle_offset_for_leader_epoch(ctx: GatewayContext, request: Request) 
 
     return messages.build(response_type, throttle_time=datetime.timedelta(0), topics=tuple(
         topic_type(topic=t.topic, partitions=tuple(answer(t.topic, p) for p in t.partitions))
+        for t in body.topics))
+
+
+async def _cluster_epoch_ends(ctx: GatewayContext, request: Request) -> Any:
+    body = request.body
+    response_type = messages.response_type(apis.ApiKey.OFFSET_FOR_LEADER_EPOCH, request.version)
+    topic_type = messages.nested(response_type, "OffsetForLeaderTopicResult")
+    partition_type = messages.nested(response_type, "EpochEndOffset")
+
+    async def answer(topic: str, wanted: Any) -> Any:
+        if not ctx.security.allows(acl.Operation.DESCRIBE, acl.ResourceType.TOPIC, topic):
+            return partition_type(error_code=ErrorCode.topic_authorization_failed,
+                                  partition=wanted.partition)
+        try:
+            leader = ctx.leader(topic, wanted.partition)
+            reply = await leader.call(BROKER.leader_epoch_end, pb.LeaderEpochEndRequest(
+                topic=topic, partition=wanted.partition, leader_epoch=wanted.leader_epoch,
+                current_leader_epoch=getattr(wanted, "current_leader_epoch", -1)))
+        except BrokerUnavailable:
+            return partition_type(error_code=ErrorCode.not_leader_or_follower,
+                                  partition=wanted.partition)
+        return partition_type(error_code=ErrorCode(reply.error_code), partition=wanted.partition,
+                              leader_epoch=reply.leader_epoch, end_offset=reply.end_offset)
+
+    # One call at a time (each a short unary call to a leader): a request naming many
+    # partitions costs time, never a task per partition.
+    results: dict[tuple[str, int], Any] = {}
+    for t in body.topics:
+        for p in t.partitions:
+            if (t.topic, p.partition) not in results:
+                results[(t.topic, p.partition)] = await answer(t.topic, p)
+    return messages.build(response_type, throttle_time=datetime.timedelta(0), topics=tuple(
+        topic_type(topic=t.topic, partitions=tuple(results[(t.topic, p.partition)]
+                                                   for p in t.partitions))
         for t in body.topics))
 
 

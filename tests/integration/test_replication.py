@@ -237,3 +237,34 @@ def test_topic_configs_altered_through_one_broker_apply_on_every_leader(
                      on_delivery=lambda error, _message: errors.append(error))
     producer.flush(20)
     assert [e.code() if e else None for e in errors] == [KafkaError.NOT_ENOUGH_REPLICAS]
+
+
+def test_offset_for_leader_epoch_is_answered_by_the_leader_from_its_epochs(
+        brokers: BrokerCluster, kafka: str) -> None:
+    """After a failover a consumer validates its position (KIP-320): the gateway asks the
+    partition's leader where each epoch ended, and fences a client with a stale epoch."""
+    from kio.index import load_request_schema
+
+    from tests.integration.test_api_versions_matrix import mk, nested
+    from tests.kafka_raw import request_once
+
+    create(kafka, NewTopic("epochs", 3, 3))
+    partition = next(p for p, leader in leaders(brokers, "epochs").items() if leader == 1)
+    produce(kafka, "epochs", [(partition, f"e0-{i}") for i in range(10)])
+    brokers.brokers[1].proc.kill()
+    wait_for(lambda: partition_states(brokers.etcd.endpoint)[("epochs", partition)].leader
+             not in (1, -1), "a new leader")
+    produce(kafka, "epochs", [(partition, f"e1-{i}") for i in range(5)])
+    request_type = load_request_schema(23, 4)
+
+    def ask(current: int, epoch: int) -> tuple[int, int, int]:
+        response = request_once(kafka, mk(request_type, replica_id=-1, topics=(mk(
+            nested(request_type, "OffsetForLeaderTopic"), topic="epochs", partitions=(
+                mk(nested(request_type, "OffsetForLeaderPartition"), partition=partition,
+                   current_leader_epoch=current, leader_epoch=epoch),)),)))
+        found = response.topics[0].partitions[0]
+        return found.error_code, found.leader_epoch, found.end_offset
+
+    assert ask(1, 0) == (0, 0, 10)   # epoch 0 ended where the new leader's began
+    assert ask(1, 1) == (0, 1, 15)   # the current epoch ends at the log end
+    assert ask(0, 0)[0] == 74        # FENCED_LEADER_EPOCH: the client's metadata is stale
