@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import ssl
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from broker.ucx_export import LEASE_MS, UcxExporter
 from kelp import cluster_token, debug, grpc, httpd, logs, process
 from kelp import metrics as kelp_metrics
 from kelp.address import parse_host_port
+from kelp.metrics import Gauges
 
 log = logging.getLogger("kelp.broker")
 
@@ -265,7 +267,8 @@ async def serve(args: argparse.Namespace) -> None:
 
     metrics_route = kelp_metrics.route(broker_metrics.state(
         registry, store, transactions, service.counters,
-        None if controller is None else controller.gauges))
+        None if controller is None or service.replication is None
+        else _both(controller.gauges, service.replication.gauges)))
 
     grpc_address = grpc.Address.parse(args.grpc)
     http_host, http_port = parse_host_port(args.http)
@@ -307,6 +310,10 @@ async def serve(args: argparse.Namespace) -> None:
         transactions.close()
         if membership is not None:
             membership.etcd.close()  # its channels, after every task that used them
+
+
+def _both(first: Callable[[], Gauges], second: Callable[[], Gauges]) -> Callable[[], Gauges]:
+    return lambda: {**first(), **second()}
 
 
 def main(argv: list[str] | None = None) -> None:

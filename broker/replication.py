@@ -37,6 +37,7 @@ from broker.storage.epochs import UNDEFINED
 from broker.topics import TopicError, TopicRegistry
 from kelp import grpc
 from kelp.etcd import EtcdUnavailable
+from kelp.metrics import Gauges
 from kelp.recordbatch import CorruptBatch
 from kelp.routes import BROKER
 from kelp.rpc.broker import v1 as pb
@@ -176,6 +177,25 @@ class Replication:
         if led.progress.wanted_isr(plog.log_end_offset, _now_ms(), self.lag_ms) != \
                 led.state.isr:
             self._isr_wanted.set()
+
+    def gauges(self) -> Gauges:
+        """Replication as this broker sees it, for ``/metrics`` (Kafka's names in spirit:
+        UnderReplicatedPartitions, AtMinIsr, LeaderCount)."""
+        under = sum(1 for led in self.led.values()
+                    if len(led.state.isr) < len(led.state.replicas))
+        return {
+            "kelp_broker_leader_partitions": (
+                "Partitions this broker leads.", (), [((), len(self.led))]),
+            "kelp_broker_follower_partitions": (
+                "Partitions this broker follows (fetching from their leader).", (),
+                [((), len(self.following))]),
+            "kelp_broker_under_replicated_partitions": (
+                "Partitions this broker leads whose ISR lacks some replica.", (),
+                [((), under)]),
+            "kelp_broker_isr_writes": (
+                "ISR shrinks and expansions this broker wrote as leader.", (),
+                [((), self.isr_writes)]),
+        }
 
     # -- what the data path asks --------------------------------------------------------------
 

@@ -114,6 +114,10 @@ def test_acks_all_records_survive_a_leaders_sigkill_and_it_returns_byte_for_byte
     after = produce(kafka, "orders", [(i % 3, f"b{i}") for i in range(300)])
     moved = leaders(brokers, "orders")
     assert 1 not in moved.values()
+    alive = [n for n in brokers.brokers if n is not victim]
+    # Every partition lacks broker 1 now: each leader reports it under-replicated.
+    assert sum(n.metric("kelp_broker_leader_partitions") for n in alive) == 3
+    assert sum(n.metric("kelp_broker_under_replicated_partitions") for n in alive) == 3
 
     acked = {**before, **after}
     seen = consume_all(kafka, "orders", 3, len(acked))
@@ -133,6 +137,9 @@ def test_acks_all_records_survive_a_leaders_sigkill_and_it_returns_byte_for_byte
     wait_for(lambda: all(len(s.isr) == 3 for (t, _), s in
                          partition_states(brokers.etcd.endpoint).items() if t == "orders"),
              "broker 1 back in every ISR", timeout=30)
+    wait_for(lambda: sum(n.metric("kelp_broker_under_replicated_partitions")
+                         for n in brokers.brokers) == 0, "nothing under-replicated")
+    assert sum(n.metric("kelp_broker_follower_partitions") for n in brokers.brokers) == 6
     for partition in range(3):
         wait_for(lambda p=partition: len({log_bytes(n, "orders", p)
                                           for n in brokers.brokers}) == 1,
