@@ -1,4 +1,5 @@
-"""compose/compose.yaml must start processes that exist, with flags they accept.
+"""compose/compose.yaml and compose/cluster.yaml must start processes that exist, with flags
+they accept.
 
 There is no Docker engine here, so the file is checked against the code instead: every service
 runs ``python -m <module>`` from the one image, every ``--flag`` it passes appears in that
@@ -20,20 +21,25 @@ import yaml
 from tests.kelp_procs import REPO
 
 COMPOSE = REPO / "compose" / "compose.yaml"
+CLUSTER = REPO / "compose" / "cluster.yaml"
 DOCKERFILE = REPO / "compose" / "Dockerfile"
 
 pytestmark = pytest.mark.timeout(60)
 
 
-def _services() -> dict[str, Any]:
-    return yaml.safe_load(COMPOSE.read_text())["services"]
+def _services(path: Path) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text())["services"]
 
 
-SERVICES = _services()
+SERVICES = _services(COMPOSE)
+CLUSTER_SERVICES = _services(CLUSTER)
+# Every kelp process of both files, by "file:service" (etcd, in the cluster, is not kelp's).
+KELP_SERVICES = {**{f"compose:{n}": s for n, s in SERVICES.items()},
+                 **{f"cluster:{n}": s for n, s in CLUSTER_SERVICES.items() if n != "etcd"}}
 
 
 def _command(name: str) -> list[str]:
-    command = SERVICES[name]["command"]
+    command = (KELP_SERVICES.get(name) or SERVICES[name])["command"]
     # Exec form only: a shell string would need shell parsing to check, and a shell as PID 1
     # would swallow SIGTERM.
     assert isinstance(command, list), f"{name}: command must be an exec-form list"
@@ -55,7 +61,7 @@ def test_the_three_processes_are_there() -> None:
         "broker": "broker", "gateway": "gateway", "sidecar": "rdma"}
 
 
-@pytest.mark.parametrize("name", sorted(SERVICES))
+@pytest.mark.parametrize("name", sorted(KELP_SERVICES))
 def test_every_flag_appears_in_the_module_help(name: str) -> None:
     command = _command(name)
     shown = _run("-m", command[2], "--help")
@@ -68,7 +74,7 @@ def test_every_flag_appears_in_the_module_help(name: str) -> None:
             f"{name}: {flag} is not in `python -m {command[2]} --help`:\n{shown.stdout}")
 
 
-@pytest.mark.parametrize("name", sorted(SERVICES))
+@pytest.mark.parametrize("name", sorted(KELP_SERVICES))
 def test_the_arguments_parse(name: str) -> None:
     command = _command(name)
     module = command[2]
@@ -79,9 +85,9 @@ def test_the_arguments_parse(name: str) -> None:
     assert parsed.returncode == 0, f"{name}: {command[3:]} rejected:\n{parsed.stderr}"
 
 
-@pytest.mark.parametrize("name", sorted(SERVICES))
+@pytest.mark.parametrize("name", sorted(KELP_SERVICES))
 def test_every_service_uses_the_one_image(name: str) -> None:
-    service = SERVICES[name]
+    service = KELP_SERVICES[name]
     assert service["image"] == "kelp:local"
     assert (COMPOSE.parent / service["build"]["context"]).resolve() == REPO
     assert (REPO / service["build"]["dockerfile"]).resolve() == DOCKERFILE
@@ -90,10 +96,33 @@ def test_every_service_uses_the_one_image(name: str) -> None:
 def test_the_image_contains_every_module_a_service_runs() -> None:
     copied = {Path(line.split()[1]).parts[0] for line in DOCKERFILE.read_text().splitlines()
               if line.startswith("COPY ")}
-    for name in SERVICES:
+    for name in KELP_SERVICES:
         module = _command(name)[2]
         assert module in copied, f"{name}: compose/Dockerfile does not COPY {module}/"
         assert (REPO / module / "__main__.py").exists()
+
+
+def test_the_cluster_file_wires_brokers_and_gateways_through_etcd() -> None:
+    """Three brokers with distinct ids, each advertising its own service name; gateways and
+    brokers on the etcd the etcd service advertises."""
+    etcd = CLUSTER_SERVICES["etcd"]["command"]
+    endpoint = etcd[etcd.index("--advertise-client-urls") + 1].removeprefix("http://")
+
+    def flag(name: str, wanted: str) -> str:
+        command = _command(f"cluster:{name}")
+        return command[command.index(wanted) + 1]
+
+    brokers = [n for n in CLUSTER_SERVICES if n.startswith("broker")]
+    gateways = [n for n in CLUSTER_SERVICES if n.startswith("gateway")]
+    assert len(brokers) == 3 and len(gateways) == 2
+    assert sorted(flag(n, "--broker-id") for n in brokers) == ["0", "1", "2"]
+    for name in brokers:
+        assert flag(name, "--advertise") == f"{name}:17777"
+        assert flag(name, "--ucx-advertise") == f"{name}:17779"
+        assert flag(name, "--etcd") == endpoint
+    for name in gateways:
+        assert flag(name, "--etcd") == endpoint
+        assert flag(name, "--broker").split(":")[0] in brokers
 
 
 def test_prometheus_scrapes_each_process_on_its_http_port() -> None:
