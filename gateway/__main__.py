@@ -50,6 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--etcd", default=None, metavar="HOST:PORT[,HOST:PORT...]",
                         help="a cluster's etcd: send each partition's produce and fetch to its "
                         "leader broker (--broker still takes the control calls)")
+    parser.add_argument("--node-id", type=int, default=0,
+                        help="this gateway's Kafka node id in a cluster (with --etcd): every "
+                        "gateway is a node in Metadata; give each its own (default: 0)")
     parser.add_argument("--broker-tls", action="store_true",
                         help="reach the broker's gRPC over TLS (a broker on another host "
                         "started with --grpc-tls-certfile)")
@@ -259,7 +262,9 @@ async def serve(args: argparse.Namespace) -> None:
                 etcd = Etcd.from_text(args.etcd)
             except ValueError as exc:
                 raise SystemExit(f"gateway: --etcd: {exc}") from None
-            ctx.router = Router(etcd, broker, tls=broker_tls, token=broker.token)
+            ctx.router = Router(etcd, broker, tls=broker_tls, token=broker.token,
+                                node=(args.node_id, config.advertised_host,
+                                      config.advertised_port))
             await nursery.start(ctx.router.run)
         await nursery.start(ctx.quotas.run)
         # Users and ACLs matter from the first connection only when something checks them.

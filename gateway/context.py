@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+import zlib
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
@@ -115,6 +116,28 @@ class GatewayContext:
         self.request_pool = BytePool(self.config.queued_max_request_bytes)
         self.fetch_pool = BytePool(self.config.fetch_memory_bytes)
         self.quotas = ClientQuotas(self.broker)
+
+    @property
+    def node_id(self) -> int:
+        """This gateway's Kafka node id (``--node-id`` in a cluster)."""
+        return NODE_ID if self.router is None else self.router.node[0]
+
+    def kafka_nodes(self) -> list[tuple[int, str, int]]:
+        """(node id, host, port) of the Kafka nodes clients see: this gateway alone, or every
+        live gateway of a cluster, this one at the current listener's address."""
+        host, port = self.advertised()
+        if self.router is None:
+            return [(NODE_ID, host, port)]
+        return [(node, host, port) if node == self.node_id else (node, other_host, other_port)
+                for node, other_host, other_port in self.router.nodes()]
+
+    @staticmethod
+    def partition_node(topic: str, index: int, nodes: list[tuple[int, str, int]]) -> int:
+        """The gateway Metadata names as a partition's leader: spread over the gateways, the
+        same from each (any gateway serves any partition; this spreads the clients)."""
+        if len(nodes) == 1:
+            return nodes[0][0]
+        return nodes[(zlib.crc32(topic.encode()) + index) % len(nodes)][0]
 
     def leader(self, topic: str, partition: int) -> BrokerClient:
         """The broker to send the partition's produce and fetch to (raises

@@ -10,6 +10,8 @@ not the cluster's (none in etcd) and every control call go to the gateway's own 
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import ssl
 from typing import Any, TypeVar
@@ -21,9 +23,13 @@ from broker.membership import BROKERS, BrokerInfo
 from broker.placement import NO_LEADER, PartitionState
 from gateway.broker_client import BrokerClient, BrokerUnavailable
 from kelp import grpc
-from kelp.etcd import Etcd, Mirror
+from kelp.etcd import Etcd, EtcdUnavailable, LeaseLost, Mirror
 
 log = logging.getLogger("kelp.gateway.router")
+
+# Each gateway is a Kafka node: /kelp/gateways/<node id> -> {"host", "port"} under a lease.
+GATEWAYS = b"/kelp/gateways/"
+GATEWAY_LEASE_S = 10
 
 Rep = TypeVar("Rep")
 
@@ -32,8 +38,11 @@ CALL_ANY_TIMEOUT_S = 3.0
 
 class Router:
     def __init__(self, etcd: Etcd, default: BrokerClient, *, tls: ssl.SSLContext | None = None,
-                 token: str | None = None) -> None:
+                 token: str | None = None, node: tuple[int, str, int] = (0, "127.0.0.1", 9092)
+                 ) -> None:
         self.etcd = etcd
+        self.node = node  # this gateway: (node id, advertised host, port)
+        self.gateways = Mirror(etcd, GATEWAYS)
         self.default = default
         self.tls = tls
         self.token = token
@@ -50,6 +59,8 @@ class Router:
                 self._nursery = nursery
                 await nursery.start(self.brokers.run)
                 await nursery.start(self.partitions.run)
+                await nursery.start(self.gateways.run)
+                nursery.start_soon(self._register)
                 self._connect_brokers()
                 task_status.started()
                 while True:
@@ -59,6 +70,40 @@ class Router:
         finally:
             self._nursery = None
             self.etcd.close()
+
+    async def _register(self) -> None:
+        """Keep this gateway listed as a Kafka node while it runs (a lease: a gateway that
+        dies leaves the other gateways' Metadata within its TTL)."""
+        node_id, host, port = self.node
+        key = GATEWAYS + str(node_id).encode()
+        value = json.dumps({"host": host, "port": port}).encode()
+        while True:
+            lease = 0
+            try:
+                lease = await self.etcd.grant(GATEWAY_LEASE_S)
+                await self.etcd.put(key, value, lease=lease)
+                await self.etcd.keep_alive(lease, GATEWAY_LEASE_S)
+            except (EtcdUnavailable, LeaseLost) as exc:
+                log.warning("gateway registration lost, registering again",
+                            extra={"error": str(exc)})
+            finally:
+                if lease:
+                    with trio.CancelScope(shield=True), trio.move_on_after(2), \
+                            contextlib.suppress(EtcdUnavailable):
+                        await self.etcd.revoke(lease)
+            await trio.sleep(1.0)
+
+    def nodes(self) -> list[tuple[int, str, int]]:
+        """Every live gateway (node id, host, port), this one included, by node id."""
+        found = {self.node[0]: self.node}
+        for key, entry in self.gateways.entries.items():
+            try:
+                node_id = int(key[len(GATEWAYS):])
+                value = json.loads(entry.value)
+                found.setdefault(node_id, (node_id, str(value["host"]), int(value["port"])))
+            except (ValueError, KeyError, TypeError):
+                continue
+        return [found[node_id] for node_id in sorted(found)]
 
     def _connect_brokers(self) -> None:
         """A client for every live broker (kept when one dies: it comes back at its address)."""

@@ -104,6 +104,7 @@ def cluster_commands(args: argparse.Namespace, options: UpConfig
             python, "-m", "gateway", "--listen", kafka, *console,
             "--advertise", with_port(args.advertise, j) if args.advertise else kafka,
             "--broker", args.broker, "--broker-token-file", token, "--etcd", args.etcd_client,
+            "--node-id", str(j),
             "--http", with_port(args.registry, 100 * j), "--log-level", args.log_level,
             *options.flags["gateway"]]))
     commands.append(("sidecar", [

@@ -12,7 +12,7 @@ from kio.schema.errors import ErrorCode
 
 from gateway import assignments, authorized
 from gateway.broker_client import BrokerUnavailable
-from gateway.context import NODE_ID, GatewayContext
+from gateway.context import GatewayContext
 from gateway.kafka import apis, messages
 from gateway.kafka.connection import Request
 from kelp import acl
@@ -202,12 +202,12 @@ async def handle_create_partitions(ctx: GatewayContext, request: Request) -> Any
 async def handle_describe_cluster(ctx: GatewayContext, request: Request) -> Any:
     response_type = messages.response_type(apis.ApiKey.DESCRIBE_CLUSTER, request.version)
     broker_type = messages.nested(response_type, "DescribeClusterBroker")
-    host, port = ctx.advertised()
+    nodes = ctx.kafka_nodes()
     return messages.build(
         response_type, throttle_time=datetime.timedelta(0), error_code=ErrorCode.none,
         error_message=None, endpoint_type=1, cluster_id=ctx.config.cluster_id,
-        controller_id=NODE_ID, brokers=(messages.build(
-            broker_type, broker_id=NODE_ID, host=host, port=port, rack=None,
-            is_fenced=False),),
+        controller_id=nodes[0][0], brokers=tuple(messages.build(
+            broker_type, broker_id=node, host=host, port=port, rack=None,
+            is_fenced=False) for node, host, port in nodes),
         cluster_authorized_operations=authorized.cluster(
             ctx, request.body.include_cluster_authorized_operations))

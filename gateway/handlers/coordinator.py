@@ -13,7 +13,7 @@ from typing import Any
 from kio.schema.errors import ErrorCode
 
 from gateway import access
-from gateway.context import NODE_ID, GatewayContext
+from gateway.context import GatewayContext
 from gateway.kafka import apis, messages
 from gateway.kafka.connection import Request
 from kelp import acl
@@ -38,7 +38,7 @@ async def handle(ctx: GatewayContext, request: Request) -> Any:
         if key_type not in (GROUP, TRANSACTION):
             return ErrorCode.invalid_request, f"unknown key type {key_type}", -1, "", -1
         host, port = ctx.advertised()
-        return ErrorCode.none, None, NODE_ID, host, port
+        return ErrorCode.none, None, ctx.node_id, host, port
 
     if messages.has_field(response_type, "coordinators"):  # v4+: a batch of keys
         coordinator_type = messages.nested(response_type, "Coordinator")

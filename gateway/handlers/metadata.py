@@ -1,4 +1,5 @@
-"""Metadata: one node (this gateway, at its advertised address) leads every partition."""
+"""Metadata: this gateway (at its advertised address) leads every partition; in a cluster every
+live gateway is a node and the partitions are spread over them (any gateway serves any)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from kio.schema.errors import ErrorCode
 
 from gateway import authorized
 from gateway.broker_client import BrokerUnavailable
-from gateway.context import NODE_ID, GatewayContext, TopicMeta
+from gateway.context import GatewayContext, TopicMeta
 from gateway.kafka import apis, messages
 from gateway.kafka.connection import Request
 from kelp import acl
@@ -70,6 +71,7 @@ def build_response(ctx: GatewayContext, request: Request,
     broker_type = messages.nested(response_type, "MetadataResponseBroker")
     topic_type = messages.nested(response_type, "MetadataResponseTopic")
     partition_type = messages.nested(response_type, "MetadataResponsePartition")
+    nodes = ctx.kafka_nodes()
     topics = []
     for error, meta in described:
         assert meta is not None
@@ -77,20 +79,22 @@ def build_response(ctx: GatewayContext, request: Request,
         # NOT_LEADER_OR_FOLLOWER sees a newer epoch once the lead moved, and fetches again at
         # once (KIP-320) instead of waiting for a metadata it would believe.
         router = ctx.router
+        leaders = [ctx.partition_node(meta.name, index, nodes)
+                   for index in range(meta.partitions)]
         partitions = tuple(
             messages.build(partition_type, error_code=ErrorCode.none, partition_index=index,
-                           leader_id=NODE_ID, leader_epoch=0 if router is None
+                           leader_id=leader, leader_epoch=0 if router is None
                            else router.leader_epoch(meta.name, index),
-                           replica_nodes=(NODE_ID,), isr_nodes=(NODE_ID,), offline_replicas=())
-            for index in range(meta.partitions)
+                           replica_nodes=(leader,), isr_nodes=(leader,), offline_replicas=())
+            for index, leader in enumerate(leaders)
         )
         topics.append(messages.build(
             topic_type, error_code=error, name=meta.name, topic_id=meta.topic_id,
             is_internal=meta.internal, partitions=partitions,
             topic_authorized_operations=authorized.topic(ctx, topic_requested, meta.name)))
-    host, port = ctx.advertised()
-    broker = messages.build(broker_type, node_id=NODE_ID, host=host, port=port, rack=None)
+    brokers = tuple(messages.build(broker_type, node_id=node, host=host, port=port, rack=None)
+                    for node, host, port in nodes)
     return messages.build(
-        response_type, throttle_time=datetime.timedelta(0), brokers=(broker,),
-        cluster_id=ctx.config.cluster_id, controller_id=NODE_ID, topics=tuple(topics),
+        response_type, throttle_time=datetime.timedelta(0), brokers=brokers,
+        cluster_id=ctx.config.cluster_id, controller_id=nodes[0][0], topics=tuple(topics),
         cluster_authorized_operations=cluster_operations, error_code=ErrorCode.none)

@@ -83,11 +83,14 @@ async def handle_describe_topic_partitions(ctx: GatewayContext, request: Request
             next_cursor = cursor_type(topic_name=name, partition_index=first)
             break
         last = min(meta.partitions, first + limit)
+        nodes = ctx.kafka_nodes()  # as Metadata names them
+        leaders = {index: ctx.partition_node(name, index, nodes) for index in range(first, last)}
         partitions = tuple(partition_type(
-            error_code=ErrorCode.none, partition_index=index, leader_id=NODE_ID,
-            leader_epoch=0, replica_nodes=(NODE_ID,), isr_nodes=(NODE_ID,),
+            error_code=ErrorCode.none, partition_index=index, leader_id=leader,
+            leader_epoch=0 if ctx.router is None else ctx.router.leader_epoch(name, index),
+            replica_nodes=(leader,), isr_nodes=(leader,),
             eligible_leader_replicas=(), last_known_elr=(), offline_replicas=())
-            for index in range(first, last))
+            for index, leader in leaders.items())
         limit -= len(partitions)
         out.append(topic_type(
             error_code=ErrorCode.none, name=name, topic_id=meta.topic_id,

@@ -120,6 +120,7 @@ def test_the_cluster_file_wires_brokers_and_gateways_through_etcd() -> None:
         assert flag(name, "--advertise") == f"{name}:17777"
         assert flag(name, "--ucx-advertise") == f"{name}:17779"
         assert flag(name, "--etcd") == endpoint
+    assert sorted(flag(n, "--node-id") for n in gateways) == ["0", "1"]
     for name in gateways:
         assert flag(name, "--etcd") == endpoint
         assert flag(name, "--broker").split(":")[0] in brokers

@@ -275,3 +275,36 @@ def test_offset_for_leader_epoch_is_answered_by_the_leader_from_its_epochs(
     assert ask(1, 0) == (0, 0, 10)   # epoch 0 ended where the new leader's began
     assert ask(1, 1) == (0, 1, 15)   # the current epoch ends at the log end
     assert ask(0, 0)[0] == 74        # FENCED_LEADER_EPOCH: the client's metadata is stale
+
+
+def test_gateways_are_kafka_nodes_sharing_the_partitions(brokers: BrokerCluster,
+                                                         tmp_path: Path) -> None:
+    """Two gateways: Metadata through either lists both as nodes, with the same leader for
+    each partition, spread over them; a producer writes through both, and when one gateway
+    stops, the other takes its partitions."""
+    gateways = [gateway_on(brokers.brokers[0], tmp_path, "--no-registry", "--etcd",
+                           brokers.etcd.endpoint, "--node-id", str(i), name=f"gw{i}")
+                for i in range(2)]
+    try:
+        addresses = [f"127.0.0.1:{port}" for _, port in gateways]
+        create(addresses[0], NewTopic("spread", 6, 3))
+
+        def view(bootstrap: str) -> tuple[dict[int, int], dict[int, str]]:
+            admin = AdminClient({"bootstrap.servers": bootstrap})
+            metadata = admin.list_topics("spread", timeout=10)
+            return ({p.id: p.leader for p in metadata.topics["spread"].partitions.values()},
+                    {b.id: f"{b.host}:{b.port}" for b in metadata.brokers.values()})
+
+        wait_for(lambda: all(len(view(a)[1]) == 2 for a in addresses), "both gateways listed")
+        (leaders_0, nodes_0), (leaders_1, nodes_1) = (view(a) for a in addresses)
+        assert nodes_0 == nodes_1 == {0: addresses[0], 1: addresses[1]}
+        assert leaders_0 == leaders_1 and set(leaders_0.values()) == {0, 1}
+        acked = produce(addresses[0], "spread", [(i % 6, f"a{i}") for i in range(120)])
+        gateways[1][0].stop()
+        wait_for(lambda: view(addresses[0])[1] == {0: addresses[0]}, "gateway 1 gone")
+        acked.update(produce(addresses[0], "spread", [(i % 6, f"b{i}") for i in range(120)]))
+        values = [v for _, _, v in consume_all(addresses[0], "spread", 6, 240)]
+        assert sorted(values) == sorted(acked) and len(values) == 240
+    finally:
+        for gateway, _ in gateways:
+            gateway.stop()
