@@ -192,6 +192,11 @@ class Replication:
             "kelp_broker_under_replicated_partitions": (
                 "Partitions this broker leads whose ISR lacks some replica.", (),
                 [((), under)]),
+            "kelp_broker_partition_in_sync_replicas": (
+                "In-sync replicas of each partition this broker leads, as it last saw them.",
+                ("topic", "partition"),
+                [((topic, str(partition)), len(led.state.isr))
+                 for (topic, partition), led in self.led.items()]),
             "kelp_broker_isr_writes": (
                 "ISR shrinks and expansions this broker wrote as leader.", (),
                 [((), self.isr_writes)]),

@@ -51,14 +51,15 @@ class BrokerNode:
     def cluster(self) -> dict:
         return self.health()["cluster"]
 
-    def metric(self, name: str) -> float:
-        """One unlabelled sample of ``/metrics``, read with Prometheus's own parser."""
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample of ``/metrics`` (unlabelled, or with exactly ``labels``), read with
+        Prometheus's own parser."""
         url = f"http://127.0.0.1:{self.http_port}/metrics"
         with urllib.request.urlopen(url, timeout=5) as reply:
             text = reply.read().decode()
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
-                if sample.name == name and not sample.labels:
+                if sample.name == name and sample.labels == labels:
                     return sample.value
         raise KeyError(name)
 

@@ -161,6 +161,11 @@ def test_min_insync_replicas_refuses_acks_all_while_reads_continue(
         node.proc.kill()
     wait_for(lambda: partition_states(brokers.etcd.endpoint)[("strict", 0)].isr == (0,),
              "broker 0 alone in the ISR", timeout=30)
+    # ... and the leader knows it (its view follows etcd a moment later): otherwise the append
+    # is written and refused after it (NOT_ENOUGH_REPLICAS_AFTER_APPEND), as in Kafka.
+    wait_for(lambda: brokers.brokers[0].metric("kelp_broker_partition_in_sync_replicas",
+                                               topic="strict", partition="0") == 1,
+             "the leader seeing itself alone in the ISR")
 
     errors: list[KafkaError] = []
     producer = Producer({"bootstrap.servers": kafka, "acks": "all", "retries": 0,
@@ -243,6 +248,10 @@ def test_topic_configs_altered_through_one_broker_apply_on_every_leader(
     brokers.brokers[2].proc.kill()
     wait_for(lambda: 2 not in partition_states(brokers.etcd.endpoint)[
         ("configured", partition)].isr, "broker 2 out of the ISR", timeout=30)
+    wait_for(lambda: brokers.brokers[1].metric("kelp_broker_partition_in_sync_replicas",
+                                               topic="configured",
+                                               partition=str(partition)) == 2,
+             "the leader seeing broker 2 out of the ISR")
     errors: list[KafkaError] = []
     producer = Producer({"bootstrap.servers": kafka, "acks": "all", "retries": 0,
                          "message.timeout.ms": 10_000})
@@ -321,6 +330,7 @@ def test_a_partition_moves_to_a_new_broker_with_no_gap_for_its_consumer(
     create(kafka, NewTopic("moving", 1, 3))
     assert partition_states(brokers.etcd.endpoint)[("moving", 0)].replicas == (0, 1, 2)
     stop = threading.Event()
+    produced = threading.Event()  # the producer flushed: every ack is in
     acked: list[str] = []
     consumed: list[tuple[int, str]] = []
 
@@ -335,12 +345,17 @@ def test_a_partition_moves_to_a_new_broker_with_no_gap_for_its_consumer(
             sent += 1
             producer.poll(0.002)
         assert producer.flush(60) == 0
+        produced.set()
 
     def consume() -> None:
         consumer = Consumer({"bootstrap.servers": kafka, "group.id": "mover",
                              "enable.auto.commit": False})
         consumer.assign([TopicPartition("moving", 0, 0)])
-        while not stop.is_set() or len(consumed) < len(acked):
+        deadline = float("inf")
+        while (not produced.is_set() or len(consumed) < len(acked)) and \
+                time.monotonic() < deadline:
+            if stop.is_set() and deadline == float("inf"):
+                deadline = time.monotonic() + 60
             for message in consumer.consume(200, timeout=0.2):
                 if message.error() is None:
                     consumed.append((message.offset(), message.value().decode()))
