@@ -41,6 +41,14 @@ class LeaderProgress:
         self.followers = {replica: FollowerProgress(caught_up_ms=now_ms)
                           for replica in replicas if replica != me}
 
+    def forget(self, replicas: set[int]) -> None:
+        """These left the ISR (the controller saw them die, or this leader shrank it): what
+        they reached before says nothing now, so they rejoin only after fetching again (else
+        a dead follower's last progress would add it straight back)."""
+        for replica in replicas:
+            if replica in self.followers:
+                self.followers[replica] = FollowerProgress(caught_up_ms=-1e18)
+
     def on_fetch(self, replica: int, fetch_offset: int, leader_end: int, now_ms: float) -> None:
         progress = self.followers.setdefault(replica, FollowerProgress(caught_up_ms=now_ms))
         progress.log_end = fetch_offset

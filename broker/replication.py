@@ -132,6 +132,7 @@ class Replication:
                 if led is None:
                     self._start_leading(key, state, plog)
                 else:
+                    led.progress.forget(set(led.state.isr) - set(state.isr))
                     led.state = state
                     led.progress.isr = state.isr
                     led.progress.replicas = state.replicas

@@ -115,3 +115,16 @@ def test_a_lagging_follower_leaves_the_isr_and_rejoins_once_caught_up():
     assert progress.wanted_isr(40, 3100, lag_ms=2500) == (0, 1)
     progress.on_fetch(2, 40, 40, 3200)
     assert progress.wanted_isr(40, 3200, lag_ms=2500) == (0, 1, 2)
+
+
+def test_a_follower_dropped_from_the_isr_rejoins_only_after_fetching_again():
+    progress = LeaderProgress(0, (0, 1, 2), (0, 1, 2), epoch_start=0, high_watermark=10,
+                              now_ms=0)
+    for replica in (1, 2):
+        progress.on_fetch(replica, 10, 10, 100)
+    # The controller drops broker 2 (its lease ended): its old progress must not re-add it.
+    progress.forget({2})
+    progress.isr = (0, 1)
+    assert progress.wanted_isr(10, 200, lag_ms=5000) == (0, 1)
+    progress.on_fetch(2, 10, 10, 300)  # it is back and caught up
+    assert progress.wanted_isr(10, 300, lag_ms=5000) == (0, 1, 2)
