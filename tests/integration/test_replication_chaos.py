@@ -39,7 +39,7 @@ from tests.cluster_procs import (
 CYCLES = int(os.environ.get("KELP_CLUSTER_KILL_CYCLES", "10"))
 
 # Not in the default run for now: on the fresh CI machine this check failed in two of its last
-# three runs (a duplicated batch once, an unattributed failure once; both open, issue 20).
+# three runs (a batch stored twice once, a record out of order once; both open, issue 20).
 # `just soak` runs it (KELP_CLUSTER_KILL_CYCLES=60), as does setting that variable.
 pytestmark = pytest.mark.skipif("KELP_CLUSTER_KILL_CYCLES" not in os.environ,
                                 reason="the history check runs in `just soak` until its open "
