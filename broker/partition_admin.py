@@ -126,7 +126,7 @@ class PartitionAdmin:
             return _result(ref, ErrorCode.none, "")
         key = partition_key(ref.topic, ref.partition)
         entry = self.controller.partitions.entries.get(key)
-        if entry is None or PartitionState.decode(entry.value) != state:
+        if entry is None or _decoded(entry.value) != state:
             return _result(ref, ErrorCode.request_timed_out,
                            "the partition changed meanwhile: try again")
         try:
@@ -139,6 +139,14 @@ class PartitionAdmin:
             return _result(ref, ErrorCode.request_timed_out,
                            "the partition changed meanwhile: try again")
         return _result(ref, ErrorCode.none, "")
+
+
+def _decoded(value: bytes) -> PartitionState | None:
+    """The state in ``value``, or None if it cannot be read (then it is not the one we saw)."""
+    try:
+        return PartitionState.decode(value)
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _result(ref: pb.PartitionRef, code: ErrorCode, message: str) -> pb.PartitionResult:
