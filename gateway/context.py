@@ -13,6 +13,7 @@ from kio.schema.errors import ErrorCode
 from gateway.broker_client import BrokerClient, BrokerUnavailable
 from gateway.listeners import Listener
 from gateway.memory import BytePool, Output
+from gateway.produce_order import ProduceOrder
 from gateway.quotas import ClientQuotas
 from gateway.sasl import MECHANISMS
 from gateway.security import SecurityView, session
@@ -33,6 +34,9 @@ current_peer: ContextVar[str] = ContextVar("current_peer", default="")
 current_output: ContextVar[Output | None] = ContextVar("current_output", default=None)
 current_holds: ContextVar[list[tuple[BytePool, int]] | None] = ContextVar(
     "current_holds", default=None)
+# The connection's idempotent-produce chains (see gateway.produce_order).
+current_produce_order: ContextVar[ProduceOrder | None] = ContextVar(
+    "current_produce_order", default=None)
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from gateway.context import (
     current_holds,
     current_output,
     current_peer,
+    current_produce_order,
 )
 from gateway.handlers import HANDLERS, PREPARE
 from gateway.handlers import security as security_handlers
@@ -48,6 +49,7 @@ from gateway.listeners import (
     subject_name,
 )
 from gateway.memory import LARGE_FRAME_BYTES, BytePool, Output
+from gateway.produce_order import ProduceOrder
 from gateway.sasl import SaslFailed
 from gateway.security import Session, current_session
 from gateway.security import session as security_session
@@ -209,6 +211,7 @@ class KafkaServer:
         current_session.set(session)  # one object: the SASL handlers change it in place
         output = Output()
         current_output.set(output)
+        current_produce_order.set(ProduceOrder())
         self.connections += 1
         kafka = KafkaConnection(self.ctx.config.max_request_bytes)
         live: set[_Slot] = set()  # slots whose holds are not given back yet

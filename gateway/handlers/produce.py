@@ -11,14 +11,16 @@ from __future__ import annotations
 import datetime
 import time
 from collections.abc import Awaitable
+from dataclasses import dataclass
 from typing import Any
 
 from kio.schema.errors import ErrorCode
 
 from gateway.broker_client import BrokerUnavailable
-from gateway.context import DropConnection, GatewayContext
+from gateway.context import DropConnection, GatewayContext, current_produce_order
 from gateway.kafka import apis, messages
 from gateway.kafka.connection import Request
+from gateway.produce_order import Ticket, producer_of
 from kelp import acl, recordbatch
 from kelp.decompress import ZSTD
 from registry import validation
@@ -85,39 +87,67 @@ def _validate(ctx: GatewayContext, topic: str, data: bytes) -> tuple[int, str | 
             f"record {index} rejected by schema validation: {reason}", failures)
 
 
+@dataclass
+class _Outcome:
+    topic: str
+    partition: int
+    error: int
+    message: str | None
+    waiter: Any = None          # the broker's reply, when the batch was sent
+    record_errors: Any = ()
+    ticket: Ticket | None = None  # its place in the connection's produce order
+
+
 def handle(ctx: GatewayContext, request: Request) -> Awaitable[Any]:
     body = request.body
     acks = body.acks
-    # (topic, partition, error or None, error message, waiter, record errors)
-    outcomes: list[tuple[str, int, int, str | None, Any, Any]] = []
+    outcomes: list[_Outcome] = []
     refused = _refusals(ctx, body)
     for topic in body.topic_data:
         for part in topic.partition_data:
-            error, message, waiter = ErrorCode.none, None, None
+            outcome = _Outcome(topic.name, part.index, ErrorCode.none, None)
             if topic.name in refused:
-                error, message = refused[topic.name]
+                outcome.error, outcome.message = refused[topic.name]
             elif acks not in VALID_ACKS:
-                error = ErrorCode.invalid_required_acks
-                message = f"acks must be 0, 1 or -1, not {acks}"
+                outcome.error = ErrorCode.invalid_required_acks
+                outcome.message = f"acks must be 0, 1 or -1, not {acks}"
             elif not part.records:
-                error, message = ErrorCode.corrupt_message, "no record batches"
+                outcome.error, outcome.message = ErrorCode.corrupt_message, "no record batches"
             elif request.version < ZSTD_SINCE_VERSION and _uses_zstd(part.records):
                 # KIP-110: a client that asks for an older version cannot be given zstd back,
                 # so Kafka refuses it on the way in.
-                error = ErrorCode.unsupported_compression_type
-                message = (f"Produce requests with version < {ZSTD_SINCE_VERSION} may not "
-                           "use ZStandard compression")
-            record_errors: Any = ()
-            if error == ErrorCode.none:
-                error, message, record_errors = _validate(ctx, topic.name, part.records)
-            if error == ErrorCode.none:
-                try:
-                    waiter = ctx.leader(topic.name, part.index).submit_append(
-                        topic.name, part.index, part.records, acks)
-                except BrokerUnavailable as exc:
-                    error, message = ErrorCode.not_leader_or_follower, str(exc)
-            outcomes.append((topic.name, part.index, error, message, waiter, record_errors))
+                outcome.error = ErrorCode.unsupported_compression_type
+                outcome.message = (f"Produce requests with version < {ZSTD_SINCE_VERSION} may "
+                                   "not use ZStandard compression")
+            if outcome.error == ErrorCode.none:
+                outcome.error, outcome.message, outcome.record_errors = _validate(
+                    ctx, topic.name, part.records)
+            if outcome.error == ErrorCode.none:
+                _submit(ctx, outcome, part.records, acks)
+            outcomes.append(outcome)
     return _collect(ctx, request, acks, outcomes, time.monotonic())
+
+
+def _submit(ctx: GatewayContext, outcome: _Outcome, records: bytes, acks: int) -> None:
+    """Queue the batches on the partition's leader, unless an idempotent producer's earlier
+    batches must reach it first (``gateway.produce_order``)."""
+    order = current_produce_order.get()
+    producer = producer_of(records) if order is not None and acks != 0 else None
+    now = time.monotonic()
+    try:
+        leader = ctx.leader(outcome.topic, outcome.partition)
+        if producer is not None:
+            admitted = order.admit(outcome.topic, outcome.partition, producer, leader, now)
+            if isinstance(admitted, str):
+                outcome.error, outcome.message = ErrorCode.not_leader_or_follower, admitted
+                return
+            outcome.ticket = admitted
+        outcome.waiter = leader.submit_append(outcome.topic, outcome.partition, records, acks)
+    except BrokerUnavailable as exc:
+        outcome.error, outcome.message = ErrorCode.not_leader_or_follower, str(exc)
+        if producer is not None:
+            order.not_sent(outcome.topic, outcome.partition, producer, outcome.ticket, now)
+            outcome.ticket = None
 
 
 def _refusals(ctx: GatewayContext, body: Any) -> dict[str, tuple[ErrorCode, str]]:
@@ -144,19 +174,19 @@ def _refusals(ctx: GatewayContext, body: Any) -> dict[str, tuple[ErrorCode, str]
 
 
 async def _collect(ctx: GatewayContext, request: Request, acks: int,
-                   outcomes: list[tuple[str, int, int, str | None, Any, Any]],
-                   started: float) -> Any:
+                   outcomes: list[_Outcome], started: float) -> Any:
     if acks == 0:
         return None  # the protocol: no response at all
     response_type = messages.response_type(apis.ApiKey.PRODUCE, request.version)
     topic_type = messages.nested(response_type, "TopicProduceResponse")
     partition_type = messages.nested(response_type, "PartitionProduceResponse")
     by_topic: dict[str, list[Any]] = {}
-    for topic, index, error, message, waiter, failures in outcomes:
+    for outcome in outcomes:
+        error, message, failures = outcome.error, outcome.message, outcome.record_errors
         base_offset, log_start, append_time = -1, -1, None
-        if waiter is not None:
+        if outcome.waiter is not None:
             try:
-                reply = await waiter.wait()
+                reply = await outcome.waiter.wait()
                 error, message = ErrorCode(reply.error_code), reply.error_message or None
                 failures = [(e.batch_index, e.message) for e in reply.record_errors]
                 base_offset, log_start = reply.base_offset, reply.log_start_offset
@@ -165,12 +195,15 @@ async def _collect(ctx: GatewayContext, request: Request, acks: int,
                         reply.log_append_time / 1000, tz=datetime.UTC)
             except BrokerUnavailable as exc:
                 error, message = ErrorCode.not_leader_or_follower, str(exc)
+        if outcome.ticket is not None:
+            order = current_produce_order.get()
+            if order is not None:
+                order.finished(outcome.ticket, error, time.monotonic())
         record_errors = _record_errors(response_type, failures)
-        by_topic.setdefault(topic, []).append(messages.build(
-            partition_type, index=index, error_code=error, base_offset=base_offset,
-            log_append_time=append_time, log_start_offset=log_start,
-            record_errors=record_errors,
-            error_message=message))
+        by_topic.setdefault(outcome.topic, []).append(messages.build(
+            partition_type, index=outcome.partition, error_code=error,
+            base_offset=base_offset, log_append_time=append_time, log_start_offset=log_start,
+            record_errors=record_errors, error_message=message))
     ctx.produces_answered += 1
     every = ctx.config.drop_produce_every
     if every and ctx.produces_answered % every == 0:
