@@ -8,6 +8,7 @@ import ssl
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -16,6 +17,7 @@ from broker.broker_configs import BrokerConfigs, check_broker_value
 from broker.config_service import defaults_of
 from broker.configs import InvalidConfig
 from broker.exports import DEFAULT_CHUNK_BYTES, Exports, ExportsHttp
+from broker.group_file import GroupFile
 from broker.groups import Coordinator
 from broker.offsets import OffsetStore
 from broker.producer_ids import ProducerIds
@@ -28,6 +30,9 @@ from kelp import cluster_token, debug, grpc, httpd, logs, process
 from kelp import metrics as kelp_metrics
 from kelp.address import parse_host_port
 from kelp.metrics import Gauges
+
+if TYPE_CHECKING:
+    from broker.coordination import Coordination
 
 log = logging.getLogger("kelp.broker")
 
@@ -180,30 +185,55 @@ async def serve(args: argparse.Namespace) -> None:
                              defaults=defaults_of(configs),
                              retention_check_s=args.retention_check_ms / 1000)
     offsets_config = registry.defaults.log_config({"cleanup.policy": "compact"})
-    # '@' cannot appear in a topic name, so this directory never collides with a topic's.
-    store = await trio.to_thread.run_sync(OffsetStore, args.data_dir / "@consumer-offsets",
-                                          offsets_config)
+
     def partition_exists(topic: str, partition: int) -> bool:
         known = registry.get(topic)
         return known is not None and 0 <= partition < known.partition_count
 
-    coordinator = Coordinator(
-        store, initial_rebalance_delay_s=configs.int_value("group.initial.rebalance.delay.ms")
-        / 1000, offsets_retention_ms=configs.int_value("offsets.retention.minutes") * 60_000,
-        session_timeout_bounds_ms=(configs.int_value("group.min.session.timeout.ms"),
-                                   configs.int_value("group.max.session.timeout.ms")),
-        partition_exists=partition_exists,
-        topics=lambda: {t.name: (t.topic_id, t.partition_count)
-                        for t in registry.topics.values() if not t.internal},
-        group_config=configs.group_value,
-        state_dir=args.data_dir)
-    coordinator.load_groups()
-    producer_ids = ProducerIds(args.data_dir)
-    transactions = await trio.to_thread.run_sync(lambda: TransactionCoordinator(
-        args.data_dir / "@transactions", offsets_config, registry, store, producer_ids,
-        member_error=coordinator.txn_member_error,
-        max_timeout_ms=configs.int_value("transaction.max.timeout.ms"),
-        id_expiration_ms=configs.int_value("transactional.id.expiration.ms")))
+    def build_groups(store: OffsetStore,
+                     group_files: tuple[GroupFile, GroupFile] | None = None) -> Coordinator:
+        return Coordinator(
+            store, initial_rebalance_delay_s=configs.int_value(
+                "group.initial.rebalance.delay.ms") / 1000,
+            offsets_retention_ms=configs.int_value("offsets.retention.minutes") * 60_000,
+            session_timeout_bounds_ms=(configs.int_value("group.min.session.timeout.ms"),
+                                       configs.int_value("group.max.session.timeout.ms")),
+            partition_exists=partition_exists,
+            topics=lambda: {t.name: (t.topic_id, t.partition_count)
+                            for t in registry.topics.values() if not t.internal},
+            group_config=configs.group_value, state_dir=args.data_dir, group_files=group_files)
+
+    def build_txns(store: OffsetStore, coordinator: Coordinator,
+                   **shared: Any) -> TransactionCoordinator:
+        return TransactionCoordinator(
+            None if shared else args.data_dir / "@transactions", offsets_config, registry,
+            store, producer_ids, member_error=coordinator.txn_member_error,
+            max_timeout_ms=configs.int_value("transaction.max.timeout.ms"),
+            id_expiration_ms=configs.int_value("transactional.id.expiration.ms"), **shared)
+
+    store: OffsetStore | None = None
+    coordinator: Coordinator | None = None
+    transactions: TransactionCoordinator | None = None
+    etcd = None
+    if args.etcd:
+        # A cluster keeps coordination in a replicated partition, led by one broker at a time
+        # (broker.coordination); producer ids come in blocks reserved in etcd.
+        from broker.producer_ids import ClusterProducerIds
+        from kelp.etcd import Etcd
+
+        try:
+            etcd = Etcd.from_text(args.etcd)
+        except ValueError as exc:
+            raise SystemExit(f"broker: --etcd: {exc}") from None
+        producer_ids: ProducerIds = ClusterProducerIds(etcd)
+    else:
+        # '@' cannot appear in a topic name, so these directories never collide with a topic's.
+        store = await trio.to_thread.run_sync(OffsetStore, args.data_dir / "@consumer-offsets",
+                                              offsets_config)
+        coordinator = build_groups(store)
+        coordinator.load_groups()
+        producer_ids = ProducerIds(args.data_dir)
+        transactions = await trio.to_thread.run_sync(build_txns, store, coordinator)
     exports = Exports(registry, chunk_bytes=args.chunk_bytes)
     ucx_host, ucx_port = parse_host_port(args.ucx)
     exporter = UcxExporter(exports, ucx_host, ucx_port, enabled=not args.no_ucx,
@@ -231,12 +261,8 @@ async def serve(args: argparse.Namespace) -> None:
         from broker.partition_admin import PartitionAdmin
         from broker.replicas import ReplicaManager
         from broker.replication import Replication
-        from kelp.etcd import Etcd
 
-        try:
-            etcd = Etcd.from_text(args.etcd)
-        except ValueError as exc:
-            raise SystemExit(f"broker: --etcd: {exc}") from None
+        assert etcd is not None
         membership = Membership(etcd, BrokerInfo(
             args.broker_id, args.advertise or args.grpc, args.http, args.ucx_advertise or args.ucx,
             args.rack), ttl_s=max(1, round(args.etcd_lease_ms / 1000)))
@@ -247,10 +273,25 @@ async def serve(args: argparse.Namespace) -> None:
         service.replication = replication
         service.partition_admin = PartitionAdmin(controller, membership)
 
-    if args.etcd and membership is not None:
+    coordination = None
+    if etcd is not None and membership is not None:
+        from broker.coordination import CoordinationHost
+
         service.cluster_topics = ClusterTopics(
             etcd, membership, registry,
             lambda: configs.int_value("default.replication.factor"))
+        assert service.replication is not None
+        coordination = CoordinationHost(
+            service.replication, membership, service.cluster_topics,
+            lambda: configs.int_value("offsets.topic.replication.factor"),
+            build_groups, build_txns)
+
+        def coordinating(current: Coordination | None) -> None:
+            service.coordinator = None if current is None else current.groups
+            service.transactions = None if current is None else current.transactions
+
+        coordination.on_change = coordinating
+        service.coordination_host = coordination
 
     async def health(request: httpd.Request) -> httpd.Response:
         cluster = {}
@@ -266,7 +307,8 @@ async def serve(args: argparse.Namespace) -> None:
                                     **service.counters(), **exporter.health(), **cluster})
 
     metrics_route = kelp_metrics.route(broker_metrics.state(
-        registry, store, transactions, service.counters,
+        registry, lambda: None if service.coordinator is None else service.coordinator.store,
+        lambda: service.transactions, service.counters,
         None if controller is None or service.replication is None
         else _both(controller.gauges, service.replication.gauges)))
 
@@ -275,10 +317,11 @@ async def serve(args: argparse.Namespace) -> None:
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(registry.run)
-            nursery.start_soon(coordinator.run)
-            nursery.start_soon(store.log.maintain, registry.retention_check_s)
-            nursery.start_soon(transactions.log.maintain, registry.retention_check_s)
-            nursery.start_soon(transactions.run)
+            if coordinator is not None and store is not None and transactions is not None:
+                nursery.start_soon(coordinator.run)
+                nursery.start_soon(store.log.maintain, registry.retention_check_s)
+                nursery.start_soon(transactions.log.maintain, registry.retention_check_s)
+                nursery.start_soon(transactions.run)
             await nursery.start(exporter.run)
             await nursery.start(partial(grpc.serve, service.mapping(), grpc_address,
                                         tls=grpc_tls(args), token=token))
@@ -301,13 +344,16 @@ async def serve(args: argparse.Namespace) -> None:
                 assert service.replication is not None
                 await nursery.start(service.replication.run)
                 await nursery.start(replicas.run)
+                assert coordination is not None
+                await nursery.start(coordination.run)
             process.ready(log, grpc=str(grpc_address), http=args.http,
                           data_dir=str(args.data_dir))
     finally:
         # Only after every task that could touch a log has ended.
         registry.close()
-        store.close()
-        transactions.close()
+        if store is not None and transactions is not None:
+            store.close()
+            transactions.close()
         if membership is not None:
             membership.etcd.close()  # its channels, after every task that used them
 

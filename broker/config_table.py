@@ -136,8 +136,10 @@ _BROKER = [
                  "CreateTopics request that asks for the default.", minimum=1),
     BrokerConfig("default.replication.factor", _T.INT, "1", "Replicas of a new topic (one "
                  "broker: 1).", minimum=1),
-    BrokerConfig("offsets.topic.replication.factor", _T.SHORT, "1", "Replicas of the "
-                 "committed-offsets log.", minimum=1),
+    BrokerConfig("offsets.topic.replication.factor", _T.SHORT, "3", "Replicas of the "
+                 "coordination partition in a cluster (offsets, groups, transactions; at most "
+                 "3; it is created once that many brokers are alive). A lone broker keeps one "
+                 "copy.", minimum=1),
     BrokerConfig("delete.topic.enable", _T.BOOLEAN, "true", "Whether DeleteTopics is "
                  "served."),
     BrokerConfig("offsets.retention.minutes", _T.INT, str(7 * 24 * 60), "How long the "

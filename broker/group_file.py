@@ -18,6 +18,10 @@ from pathlib import Path
 
 import trio
 
+from broker import internal_log
+from broker.internal_log import Replicated, group_key, is_group_key
+from broker.log import PartitionLog, now_ms
+from kelp import records
 from kelp.files import replace_file
 
 log = logging.getLogger("kelp.broker.groups")
@@ -50,8 +54,7 @@ class GroupFile:
 
     def note(self, group_id: str, state: object | None) -> None:
         """Remember a group's state as it is now (None: nothing to keep)."""
-        text = None if state is None else json.dumps(state, sort_keys=True,
-                                                     separators=(",", ":"))
+        text = None if state is None else _encode(state)
         if self._texts.get(group_id) == text:
             return
         if text is None:
@@ -80,3 +83,55 @@ class GroupFile:
                 path = self.path
                 await trio.to_thread.run_sync(lambda: replace_file(path, text, durable=True))
                 self._written = version
+
+
+class GroupLog(GroupFile):
+    """Groups' state as records of a cluster's shared coordination log, one per group keyed
+    ``[kind, group id]`` (a tombstone when a group goes), so that the replicas of that log
+    hold it and whichever broker leads it next coordinates the same groups. A save appends
+    the groups changed since the last one and waits until every in-sync replica has them."""
+
+    def __init__(self, kind: str, plog: PartitionLog, replicated: Replicated) -> None:
+        super().__init__(None)
+        self.kind = kind
+        self.plog = plog
+        self.replicated = replicated
+        self._on_log: dict[str, str] = {}  # each group's state as the log last got it
+
+    def read(self) -> dict[str, object]:
+        state: dict[str, object] = {}
+
+        def apply(key: list[str], value: object | None) -> None:
+            if value is None:
+                state.pop(key[1], None)
+            else:
+                state[key[1]] = value
+
+        internal_log.replay(self.plog, apply, f"{self.kind} group", is_group_key(self.kind))
+        self._on_log = {group_id: _encode(value) for group_id, value in state.items()}
+        return state
+
+    async def save(self) -> None:
+        wanted = self._version
+        with trio.CancelScope(shield=True):
+            async with self._lock:
+                if self._written >= wanted:
+                    return
+                version, texts = self._version, dict(self._texts)
+                changed = [(internal_log.encode(group_key(self.kind, group_id)),
+                            None if text is None else text.encode())
+                           for group_id in sorted(set(texts) | set(self._on_log))
+                           if (text := texts.get(group_id)) != self._on_log.get(group_id)]
+                if changed:
+                    result = self.plog.append(records.build_batch(changed, now_ms()))
+                    if self.plog.config.sync_on_ack:
+                        await self.plog.wait_durable(result.write_mark)
+                    if self.replicated is not None:
+                        await self.replicated(result.last_offset + 1)
+                self._on_log = texts
+                self._written = version
+
+
+def _encode(state: object) -> str:
+    """A group's state as ``GroupFile.note`` encodes it (so unchanged states compare equal)."""
+    return json.dumps(state, sort_keys=True, separators=(",", ":"))

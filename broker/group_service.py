@@ -10,6 +10,7 @@ from kio.schema.errors import ErrorCode
 
 from broker.consumer_group import Assignment
 from broker.consumer_heartbeat import Heartbeat
+from broker.coordination import coordinated
 from broker.groups import Coordinator
 from broker.log import now_ms
 from broker.offsets import Committed
@@ -29,6 +30,7 @@ class GroupCalls:
             raise GRPCError(Status.UNIMPLEMENTED, "this broker runs no group coordinator")
         return self.coordinator
 
+    @coordinated
     async def join_group(self, r: pb.JoinGroupRequest) -> pb.JoinGroupReply:
         result = await self._groups.join(
             r.group_id, r.member_id, r.group_instance_id, r.protocol_type,
@@ -41,6 +43,7 @@ class GroupCalls:
             members=[pb.GroupMember(member_id=m, group_instance_id=i, metadata=meta)
                      for m, i, meta in result.members])
 
+    @coordinated
     async def sync_group(self, r: pb.SyncGroupRequest) -> pb.SyncGroupReply:
         error, assignment, protocol_type, protocol_name = await self._groups.sync(
             r.group_id, r.generation_id, r.member_id, r.group_instance_id, r.protocol_type,
@@ -48,10 +51,12 @@ class GroupCalls:
         return pb.SyncGroupReply(error_code=error, assignment=assignment,
                                  protocol_type=protocol_type, protocol_name=protocol_name)
 
+    @coordinated
     async def heartbeat(self, r: pb.HeartbeatRequest) -> pb.HeartbeatReply:
         return pb.HeartbeatReply(error_code=self._groups.heartbeat(
             r.group_id, r.generation_id, r.member_id, r.group_instance_id))
 
+    @coordinated
     async def leave_group(self, r: pb.LeaveGroupRequest) -> pb.LeaveGroupReply:
         top, results = self._groups.leave(
             r.group_id, [(m.member_id, m.group_instance_id) for m in r.members])
@@ -59,6 +64,7 @@ class GroupCalls:
             pb.LeaveGroupReplyResult(member_id=m, group_instance_id=i, error_code=code)
             for m, i, code in results])
 
+    @coordinated
     async def commit_offsets(self, r: pb.CommitOffsetsRequest) -> pb.CommitOffsetsReply:
         now = now_ms()
         offsets = {(o.topic, o.partition): Committed(o.offset, o.leader_epoch, o.metadata, now)
@@ -69,6 +75,7 @@ class GroupCalls:
             pb.CommittedOffset(topic=t, partition=p, error_code=code)
             for (t, p), code in results.items()])
 
+    @coordinated
     async def fetch_offsets(self, r: pb.FetchOffsetsRequest) -> pb.FetchOffsetsReply:
         wanted = None if r.all_topics else [(t.topic, p) for t in r.topics
                                             for p in t.partitions]
@@ -93,6 +100,7 @@ class GroupCalls:
                                if (t, p) in unstable else ErrorCode.none)
             for (t, p), c in sorted(found.items())])
 
+    @coordinated
     async def list_groups(self, r: pb.ListGroupsRequest) -> pb.ListGroupsReply:
         states = {s.lower() for s in r.states}
         types = {t.lower() for t in r.types}
@@ -106,6 +114,7 @@ class GroupCalls:
                        if not states or g.state.lower() in states]
         return pb.ListGroupsReply(groups=listed)
 
+    @coordinated
     async def describe_groups(self, r: pb.DescribeGroupsRequest) -> pb.DescribeGroupsReply:
         described = []
         for group_id in r.group_ids:
@@ -120,12 +129,14 @@ class GroupCalls:
                     for m in group.members.values()]))
         return pb.DescribeGroupsReply(groups=described)
 
+    @coordinated
     async def delete_groups(self, r: pb.DeleteGroupsRequest) -> pb.DeleteGroupsReply:
         return pb.DeleteGroupsReply(results=[
             pb.DeleteGroupsReplyResult(group_id=g,
                                        error_code=await self._groups.delete_group(g))
             for g in r.group_ids])
 
+    @coordinated
     async def delete_offsets(self, r: pb.DeleteOffsetsRequest) -> pb.DeleteOffsetsReply:
         error, results = await self._groups.delete_offsets(
             r.group_id, [(t.topic, p) for t in r.topics for p in t.partitions])
@@ -135,6 +146,7 @@ class GroupCalls:
 
     # -- KIP-848 consumer groups ------------------------------------------------------------
 
+    @coordinated
     async def consumer_group_heartbeat(self, r: pb.ConsumerGroupHeartbeatRequest
                                        ) -> pb.ConsumerGroupHeartbeatReply:
         beat = Heartbeat(
@@ -155,6 +167,7 @@ class GroupCalls:
             has_assignment=result.assignment is not None,
             assignment=_topic_partitions(result.assignment or {}))
 
+    @coordinated
     async def consumer_group_describe(self, r: pb.ConsumerGroupDescribeRequest
                                       ) -> pb.ConsumerGroupDescribeReply:
         names = {topic_id: name for name, (topic_id, _count) in self._groups.topics().items()}

@@ -78,12 +78,15 @@ class Coordinator(ConsumerCoordination, GroupOffsets):
                  partition_exists: Callable[[str, int], bool] | None = None,
                  topics: Callable[[], dict[str, tuple[uuid.UUID, int]]] | None = None,
                  group_config: Callable[[str, str], int] | None = None,
-                 state_dir: Path | None = None) -> None:
+                 state_dir: Path | None = None,
+                 group_files: tuple[GroupFile, GroupFile] | None = None) -> None:
         self.store = store
         # Groups' state kept across restarts (None: in memory only, for tests): classic
-        # groups' stable generations, and KIP-848 groups (broker.consumer_group_store).
-        self.classic_file = GroupFile(state_dir and state_dir / "classic-groups.json")
-        self.consumer_file = GroupFile(state_dir and state_dir / "consumer-groups.json")
+        # groups' stable generations, and KIP-848 groups (broker.consumer_group_store). In a
+        # cluster, ``group_files`` keep them in the shared coordination log instead.
+        self.classic_file, self.consumer_file = group_files or (
+            GroupFile(state_dir and state_dir / "classic-groups.json"),
+            GroupFile(state_dir and state_dir / "consumer-groups.json"))
         # KIP-848 consumer groups (broker.consumer_coordinator): every topic's id and size,
         # and the group configs (consumer.session.timeout.ms, ...).
         self.consumer_groups: dict[str, ConsumerGroup] = {}

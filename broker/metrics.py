@@ -66,11 +66,13 @@ def forget_topic(topic: str) -> None:
             counter.remove(topic)
 
 
-def state(registry: TopicRegistry, offsets: OffsetStore,
-          transactions: TransactionCoordinator | None,
+def state(registry: TopicRegistry, offsets: Callable[[], OffsetStore | None],
+          transactions: Callable[[], TransactionCoordinator | None],
           counters: Callable[[], dict[str, int]],
           cluster: Callable[[], Gauges] | None = None) -> Callable[[], Gauges]:
-    """The broker's state gauges, read at scrape time (``cluster``'s too, with ``--etcd``)."""
+    """The broker's state gauges, read at scrape time (``cluster``'s too, with ``--etcd``).
+    ``offsets`` and ``transactions`` give the coordinators' state (None in a cluster while
+    this broker does not coordinate)."""
 
     def read() -> Gauges:
         partitions: dict[str, list[tuple[tuple[str, ...], float]]] = {
@@ -87,7 +89,8 @@ def state(registry: TopicRegistry, offsets: OffsetStore,
                 partitions["size"].append((labels, plog.size_bytes))
                 partitions["unflushed"].append((labels, plog.unflushed_bytes))
         committed, lag = [], []
-        for group, by_partition in list(offsets.groups.items()):
+        store = offsets()
+        for group, by_partition in list(store.groups.items() if store is not None else ()):
             for (topic_name, index), commit in by_partition.items():
                 end = ends.get((topic_name, index))
                 if end is None:
@@ -122,12 +125,13 @@ def state(registry: TopicRegistry, offsets: OffsetStore,
         for name, value in counters().items():
             gauges[f"kelp_broker_{name}"] = (f"Now: {name.replace('_', ' ')}.", (),
                                              [((), value)])
-        if transactions is not None:
-            open_now = sum(1 for txn in transactions.txns.values() if txn.state.open)
+        coordinator = transactions()
+        if coordinator is not None:
+            open_now = sum(1 for txn in coordinator.txns.values() if txn.state.open)
             gauges["kelp_broker_transactions_open"] = (
                 "Transactions under way.", (), [((), open_now)])
             gauges["kelp_broker_transactional_ids"] = (
-                "Transactional ids the coordinator keeps.", (), [((), len(transactions.txns))])
+                "Transactional ids the coordinator keeps.", (), [((), len(coordinator.txns))])
         if cluster is not None:
             gauges.update(cluster())
         return gauges

@@ -33,8 +33,22 @@ TopicPartition = tuple[str, int]
 
 
 class OffsetStore:
-    def __init__(self, directory: Path, config: LogConfig) -> None:
-        self.log = PartitionLog.open(directory, config)
+    def __init__(self, directory: Path | None, config: LogConfig | None = None, *,
+                 shared: PartitionLog | None = None,
+                 replicated: internal_log.Replicated = None) -> None:
+        """A lone broker's offsets log in ``directory``; in a cluster, the ``shared``
+        coordination log (offsets, groups and transactions in one replicated partition),
+        where a commit is acknowledged once ``replicated``."""
+        if shared is None:
+            assert directory is not None
+            shared_keys = None
+            self.log = PartitionLog.open(directory, config)
+        else:
+            shared_keys = internal_log.is_offset_key
+            self.log = shared
+        self._owns_log = shared is None
+        self._shared_keys = shared_keys
+        self.replicated = replicated
         self.groups: dict[str, dict[TopicPartition, Committed]] = {}
         # Commits written but not yet visible, in log order: (write mark, group, changes).
         # They become visible in that order once durable, whatever order their writers'
@@ -45,7 +59,7 @@ class OffsetStore:
 
     def _replay(self) -> None:
         """Rebuild every group's offsets (an unreadable record is skipped with a log line)."""
-        internal_log.replay(self.log, self._apply, "commit")
+        internal_log.replay(self.log, self._apply, "commit", self._shared_keys)
         for group in [g for g, offsets in self.groups.items() if not offsets]:
             del self.groups[group]
 
@@ -74,6 +88,8 @@ class OffsetStore:
         self._pending.append((result.write_mark, group, changes))
         if self.log.config.sync_on_ack:
             await self.log.wait_durable(result.write_mark)
+        if self.replicated is not None:
+            await self.replicated(result.last_offset + 1)
         self._make_visible(result.write_mark)
 
     def _make_visible(self, up_to: int) -> None:
@@ -96,4 +112,5 @@ class OffsetStore:
         return self.groups.get(group, {})
 
     def close(self) -> None:
-        self.log.close()
+        if self._owns_log:
+            self.log.close()

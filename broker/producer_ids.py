@@ -13,10 +13,14 @@ still be using, and their retries would be taken for someone else's duplicates.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
 from kelp.files import replace_file
+
+if TYPE_CHECKING:  # a lone broker does not load etcd's messages
+    from kelp.etcd import Etcd
 
 BLOCK = 1000
 MAX_EPOCH = 32767
@@ -57,11 +61,15 @@ class ProducerIds:
     async def allocate(self) -> int:
         async with self._lock:
             if self._next >= self._block_end:
-                start = await trio.to_thread.run_sync(self._reserve_block)
+                start = await self._reserve()
                 self._next, self._block_end = start, start + BLOCK
             allocated = self._next
             self._next += 1
             return allocated
+
+    async def _reserve(self) -> int:
+        """The start of a block of ids nobody else hands out, recorded before it is used."""
+        return await trio.to_thread.run_sync(self._reserve_block)
 
     def _reserve_block(self) -> int:
         start = self._recorded_next_block
@@ -74,3 +82,27 @@ class ProducerIds:
         if producer_id >= 0 and 0 <= epoch < MAX_EPOCH - 1:
             return producer_id, epoch + 1
         return await self.allocate(), 0
+
+
+class ClusterProducerIds(ProducerIds):
+    """Producer ids for a cluster: blocks reserved in etcd (``/kelp/producer-id-block``, the
+    next block's start) by compare-and-swap, as Kafka's controller hands brokers blocks, so
+    no two brokers, and no coordinator after a failover, hand out the same id."""
+
+    KEY = b"/kelp/producer-id-block"
+
+    def __init__(self, etcd: Etcd) -> None:
+        self._etcd = etcd
+        self._next = 0
+        self._block_end = 0
+        self._lock = trio.Lock()
+
+    async def _reserve(self) -> int:
+        while True:
+            entry = await self._etcd.get(self.KEY)
+            start = 0 if entry is None else int(entry.value)
+            written = await self._etcd.put_if(self.KEY, str(start + BLOCK).encode(),
+                                              mod_revision=0 if entry is None
+                                              else entry.mod_revision)
+            if written is not None:
+                return start

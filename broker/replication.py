@@ -90,6 +90,8 @@ class Replication:
         # cluster's: it serves no client (a restarted broker must not answer for partitions
         # it no longer leads, nor read past a high-water mark it does not know yet).
         self.ready = False
+        # Set (and replaced) whenever ``update`` has run: roles may have changed.
+        self.roles_changed = trio.Event()
 
     # -- roles ----------------------------------------------------------------------------
 
@@ -143,6 +145,13 @@ class Replication:
                 self.following[key] = (state.leader, state.leader_epoch, scope)
                 self._nursery.start_soon(self._follow, key, state.leader, state.leader_epoch,
                                          scope)
+        changed, self.roles_changed = self.roles_changed, trio.Event()
+        changed.set()
+
+    def leader_epoch(self, key: Key) -> int | None:
+        """The epoch this broker leads ``key`` in, or None if it does not lead it."""
+        led = self.led.get(key)
+        return None if led is None else led.state.leader_epoch
 
     def _log(self, key: Key) -> PartitionLog | None:
         try:

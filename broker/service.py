@@ -21,6 +21,7 @@ from kio.schema.errors import ErrorCode
 from broker import metrics
 from broker.broker_configs import BrokerConfigs
 from broker.config_service import ConfigCalls, QuotaCalls
+from broker.coordination import CoordinationHost, coordinated
 from broker.exports import ExportCalls, Exports
 from broker.group_service import GroupCalls
 from broker.groups import Coordinator
@@ -81,6 +82,9 @@ class BrokerService(DataStreams, GroupCalls, TxnCalls, ConfigCalls, QuotaCalls, 
         self.transactions = transactions
         self.auto_create_partitions = auto_create_partitions
         self.coordinator = coordinator
+        # In a cluster: the coordinators come and go with the lead of the coordination
+        # partition (broker.coordination), and the calls that use them run under it.
+        self.coordination_host: CoordinationHost | None = None
         # In a cluster (--etcd): CreateTopics places topics through etcd (broker.cluster_topics).
         self.cluster_topics: ClusterTopics | None = None
         # In a cluster: replication between the brokers (broker.replication), and
@@ -294,6 +298,7 @@ class BrokerService(DataStreams, GroupCalls, TxnCalls, ConfigCalls, QuotaCalls, 
             results.append(result)
         return pb.DeleteRecordsReply(results=results)
 
+    @coordinated
     async def init_producer_id(self, request: pb.InitProducerIdRequest
                                ) -> pb.InitProducerIdReply:
         if request.transactional_id is not None:

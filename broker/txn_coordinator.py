@@ -58,13 +58,23 @@ MAX_TRANSACTIONAL_IDS = 100_000
 
 
 class TransactionCoordinator:
-    def __init__(self, directory: Path, config: LogConfig, registry: TopicRegistry,
-                 offsets: OffsetStore, producer_ids: ProducerIds, *,
+    def __init__(self, directory: Path | None, config: LogConfig | None,
+                 registry: TopicRegistry, offsets: OffsetStore, producer_ids: ProducerIds, *,
                  member_error: Callable[[str, int, str, str | None], ErrorCode | None],
                  max_timeout_ms: int = DEFAULT_MAX_TIMEOUT_MS,
                  id_expiration_ms: int = DEFAULT_ID_EXPIRATION_MS,
-                 max_ids: int = MAX_TRANSACTIONAL_IDS) -> None:
-        self.log = PartitionLog.open(directory, config)
+                 max_ids: int = MAX_TRANSACTIONAL_IDS,
+                 shared: PartitionLog | None = None,
+                 replicated: internal_log.Replicated = None) -> None:
+        # A lone broker's transaction log in ``directory``; in a cluster the shared
+        # coordination log (see ``broker.offsets.OffsetStore``).
+        if shared is None:
+            assert directory is not None
+            self.log = PartitionLog.open(directory, config)
+        else:
+            self.log = shared
+        self._owns_log = shared is None
+        self.replicated = replicated
         self.registry = registry
         self.offsets = offsets
         self.producer_ids = producer_ids
@@ -77,7 +87,8 @@ class TransactionCoordinator:
         self.by_producer: dict[int, str] = {}
         self._locks: dict[str, trio.Lock] = {}
         self._changed = trio.Event()
-        internal_log.replay(self.log, self._apply, "transaction state")
+        internal_log.replay(self.log, self._apply, "transaction state",
+                            None if shared is None else internal_log.is_txn_key)
         self.by_producer = {txn.producer_id: tid for tid, txn in self.txns.items()}
 
     def _apply(self, key: Any, value: Any | None) -> None:
@@ -89,7 +100,8 @@ class TransactionCoordinator:
             self.txns[key] = Txn.from_json(key, value)
 
     def close(self) -> None:
-        self.log.close()
+        if self._owns_log:
+            self.log.close()
 
     # -- persistence ----------------------------------------------------------------------
 
@@ -101,6 +113,8 @@ class TransactionCoordinator:
         self._changed.set()
         if durable:
             await self.log.wait_durable(result.write_mark)
+            if self.replicated is not None:
+                await self.replicated(result.last_offset + 1)
 
     @contextlib.asynccontextmanager
     async def _locked(self, transactional_id: str) -> AsyncIterator[None]:

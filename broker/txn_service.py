@@ -12,6 +12,7 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from kio.schema.errors import ErrorCode
 
+from broker.coordination import coordinated
 from broker.log import now_ms
 from broker.offsets import Committed
 from broker.transactions import Txn, TxnError
@@ -28,6 +29,7 @@ class TxnCalls:
             raise GRPCError(Status.UNIMPLEMENTED, "this broker runs no transaction coordinator")
         return self.transactions
 
+    @coordinated
     async def add_partitions_to_txn(self, r: pb.AddPartitionsToTxnRequest
                                     ) -> pb.AddPartitionsToTxnReply:
         wanted = [(t.topic, p) for t in r.topics for p in t.partitions]
@@ -39,10 +41,12 @@ class TxnCalls:
             return pb.AddPartitionsToTxnReply(error_code=exc.code)
         return pb.AddPartitionsToTxnReply(results=_results(results))
 
+    @coordinated
     async def add_offsets_to_txn(self, r: pb.AddOffsetsToTxnRequest) -> pb.TxnReply:
         return await _reply(self._txns.add_offsets(r.transactional_id, r.producer_id,
                                                    r.producer_epoch, r.group_id))
 
+    @coordinated
     async def txn_offset_commit(self, r: pb.TxnOffsetCommitRequest
                                 ) -> pb.TxnOffsetCommitReply:
         now = now_ms()
@@ -56,10 +60,12 @@ class TxnCalls:
             results = dict.fromkeys(offsets, exc.code)
         return pb.TxnOffsetCommitReply(results=_results(results))
 
+    @coordinated
     async def end_txn(self, r: pb.EndTxnRequest) -> pb.TxnReply:
         return await _reply(self._txns.end_txn(r.transactional_id, r.producer_id,
                                                r.producer_epoch, r.committed))
 
+    @coordinated
     async def describe_transactions(self, r: pb.DescribeTransactionsRequest
                                     ) -> pb.DescribeTransactionsReply:
         states = []
@@ -71,6 +77,7 @@ class TxnCalls:
                 if txn is None else _state(txn))
         return pb.DescribeTransactionsReply(transactions=states)
 
+    @coordinated
     async def list_transactions(self, r: pb.ListTransactionsRequest
                                 ) -> pb.ListTransactionsReply:
         listed = self._txns.list(set(r.states), set(r.producer_ids), r.min_duration_ms)

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from gateway.router import Router
 
 NODE_ID = 0
+COORDINATION_TOPIC = "__consumer_offsets"  # as broker.coordination names it
 # The client address of the connection a handler serves (for DescribeGroups' client_host).
 current_peer: ContextVar[str] = ContextVar("current_peer", default="")
 # The connection's unsent output, and the pool bytes the request being served holds until its
@@ -147,6 +148,15 @@ class GatewayContext:
         """The broker to send the partition's produce and fetch to (raises
         ``BrokerUnavailable`` when a cluster partition has no reachable leader)."""
         return self.broker if self.router is None else self.router.leader(topic, partition)
+
+    def coordinator(self) -> BrokerClient:
+        """The broker that coordinates groups, offsets and transactions: in a cluster the
+        leader of the coordination partition (``broker.coordination``; raises
+        ``BrokerUnavailable`` while it has none the gateway can reach), else the gateway's own
+        broker."""
+        if self.router is None:
+            return self.broker
+        return self.router.leader(COORDINATION_TOPIC, 0)
 
     def data_brokers(self) -> list[BrokerClient]:
         """Every broker appends may go to (their backlogs bound what this gateway queues)."""

@@ -95,6 +95,8 @@ def cluster_commands(args: argparse.Namespace, options: UpConfig
             "--http", with_port(args.broker_http, 100 * i),
             "--ucx", with_port(args.ucx, 10 * i), "--cluster-token-file", token,
             "--etcd", args.etcd_client, "--broker-id", str(i),
+            # The coordination partition's replicas: as many as there are brokers, up to 3.
+            "--config", f"offsets.topic.replication.factor={min(args.brokers, 3)}",
             "--log-level", args.log_level, *broker_configs, *options.flags["broker"]]))
     for j in range(args.gateways):
         kafka = with_port(args.kafka, j)

@@ -42,7 +42,7 @@ async def handle_heartbeat(ctx: GatewayContext, request: Request) -> Any:
                               member_id=None, member_epoch=-1, heartbeat_interval=NO_TIME,
                               assignment=None)
     try:
-        reply = await ctx.broker.call(BROKER.consumer_group_heartbeat,
+        reply = await ctx.coordinator().call(BROKER.consumer_group_heartbeat,
                                       pb.ConsumerGroupHeartbeatRequest(
             group_id=body.group_id, member_id=body.member_id, member_epoch=body.member_epoch,
             instance_id=body.instance_id, rack_id=body.rack_id,
@@ -92,7 +92,7 @@ async def handle_describe(ctx: GatewayContext, request: Request) -> Any:
         error_message="Group authorization failed.") for g in denied]
     try:
         if group_ids:
-            reply = await ctx.broker.call(BROKER.consumer_group_describe,
+            reply = await ctx.coordinator().call(BROKER.consumer_group_describe,
                                           pb.ConsumerGroupDescribeRequest(group_ids=group_ids))
             groups += reply.groups
     except BrokerUnavailable as exc:

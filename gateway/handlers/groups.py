@@ -43,7 +43,7 @@ async def handle_join(ctx: GatewayContext, request: Request) -> Any:
     response_type = _response(apis.ApiKey.JOIN_GROUP, request)
     member_type = messages.nested(response_type, "JoinGroupResponseMember")
     try:
-        reply = await ctx.broker.call(BROKER.join_group, pb.JoinGroupRequest(
+        reply = await ctx.coordinator().call(BROKER.join_group, pb.JoinGroupRequest(
             group_id=body.group_id, member_id=body.member_id,
             group_instance_id=getattr(body, "group_instance_id", None),
             protocol_type=body.protocol_type,
@@ -70,7 +70,7 @@ async def handle_sync(ctx: GatewayContext, request: Request) -> Any:
     body = request.body
     response_type = _response(apis.ApiKey.SYNC_GROUP, request)
     try:
-        reply = await ctx.broker.call(BROKER.sync_group, pb.SyncGroupRequest(
+        reply = await ctx.coordinator().call(BROKER.sync_group, pb.SyncGroupRequest(
             group_id=body.group_id, generation_id=body.generation_id, member_id=body.member_id,
             group_instance_id=getattr(body, "group_instance_id", None),
             protocol_type=getattr(body, "protocol_type", None) or "",
@@ -89,7 +89,7 @@ async def handle_sync(ctx: GatewayContext, request: Request) -> Any:
 async def handle_heartbeat(ctx: GatewayContext, request: Request) -> Any:
     body = request.body
     try:
-        reply = await ctx.broker.call(BROKER.heartbeat, pb.HeartbeatRequest(
+        reply = await ctx.coordinator().call(BROKER.heartbeat, pb.HeartbeatRequest(
             group_id=body.group_id, generation_id=body.generation_id, member_id=body.member_id,
             group_instance_id=getattr(body, "group_instance_id", None)))
         error = ErrorCode(reply.error_code)
@@ -109,7 +109,7 @@ async def handle_leave(ctx: GatewayContext, request: Request) -> Any:
         identities = [pb.MemberIdentity(member_id=body.member_id)]
     response_type = _response(apis.ApiKey.LEAVE_GROUP, request)
     try:
-        reply = await ctx.broker.call(BROKER.leave_group, pb.LeaveGroupRequest(
+        reply = await ctx.coordinator().call(BROKER.leave_group, pb.LeaveGroupRequest(
             group_id=body.group_id, members=identities))
         top, results = ErrorCode(reply.error_code), list(reply.results)
     except BrokerUnavailable:
@@ -144,7 +144,7 @@ async def handle_offset_commit(ctx: GatewayContext, request: Request) -> Any:
                if (t.name, p.partition_index) not in errors]
     try:
         if offsets:
-            reply = await ctx.broker.call(BROKER.commit_offsets, pb.CommitOffsetsRequest(
+            reply = await ctx.coordinator().call(BROKER.commit_offsets, pb.CommitOffsetsRequest(
                 group_id=body.group_id, generation_id=generation, member_id=body.member_id,
                 group_instance_id=getattr(body, "group_instance_id", None), offsets=offsets))
             errors.update({(r.topic, r.partition): ErrorCode(r.error_code)
@@ -189,7 +189,7 @@ async def _fetch_group(ctx: GatewayContext, group_id: str, topics: Any, member: 
         request.topics = [pb.TopicPartitions(topic=t.name, partitions=list(t.partition_indexes))
                           for t in topics]
     try:
-        reply = await ctx.broker.call(BROKER.fetch_offsets, request)
+        reply = await ctx.coordinator().call(BROKER.fetch_offsets, request)
     except BrokerUnavailable:
         return ErrorCode.coordinator_not_available, {}
     by_topic: dict[str, list[pb.CommittedOffset]] = {}
@@ -236,7 +236,7 @@ async def handle_list_groups(ctx: GatewayContext, request: Request) -> Any:
     response_type = _response(apis.ApiKey.LIST_GROUPS, request)
     listed_type = messages.nested(response_type, "ListedGroup")
     try:
-        reply = await ctx.broker.call(BROKER.list_groups, pb.ListGroupsRequest(
+        reply = await ctx.coordinator().call(BROKER.list_groups, pb.ListGroupsRequest(
             states=list(getattr(body, "states_filter", ())),
             types=list(getattr(body, "types_filter", ()))))
         error, groups = ErrorCode.none, list(reply.groups)
@@ -264,7 +264,7 @@ async def handle_describe_groups(ctx: GatewayContext, request: Request) -> Any:
     group_ids = [g for g in group_ids if ctx.security.allows(DESCRIBE, GROUP, g)]
     try:
         if group_ids:
-            reply = await ctx.broker.call(BROKER.describe_groups, pb.DescribeGroupsRequest(
+            reply = await ctx.coordinator().call(BROKER.describe_groups, pb.DescribeGroupsRequest(
                 group_ids=group_ids))
             described += reply.groups
     except BrokerUnavailable:
@@ -290,7 +290,7 @@ async def handle_delete_groups(ctx: GatewayContext, request: Request) -> Any:
                for g in body.groups_names if g not in allowed]
     try:
         if allowed:
-            reply = await ctx.broker.call(BROKER.delete_groups, pb.DeleteGroupsRequest(
+            reply = await ctx.coordinator().call(BROKER.delete_groups, pb.DeleteGroupsRequest(
                 group_ids=allowed))
             results += [(r.group_id, ErrorCode(r.error_code)) for r in reply.results]
     except BrokerUnavailable:
@@ -310,7 +310,7 @@ async def handle_offset_delete(ctx: GatewayContext, request: Request) -> Any:
                for t in body.topics if t.name in denied for p in t.partitions}
     error = ErrorCode.none
     try:
-        reply = await ctx.broker.call(BROKER.delete_offsets, pb.DeleteOffsetsRequest(
+        reply = await ctx.coordinator().call(BROKER.delete_offsets, pb.DeleteOffsetsRequest(
             group_id=body.group_id, topics=[pb.TopicPartitions(
                 topic=t.name, partitions=[p.partition_index for p in t.partitions])
                 for t in body.topics if t.name not in denied]))

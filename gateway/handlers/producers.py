@@ -24,7 +24,7 @@ async def handle_init_producer_id(ctx: GatewayContext, request: Request) -> Any:
         return response_type(throttle_time=datetime.timedelta(0), error_code=refused,
                              producer_id=-1, producer_epoch=-1)
     try:
-        reply = await ctx.broker.call(BROKER.init_producer_id, pb.InitProducerIdRequest(
+        reply = await ctx.coordinator().call(BROKER.init_producer_id, pb.InitProducerIdRequest(
             transactional_id=body.transactional_id,
             producer_id=getattr(body, "producer_id", -1),
             producer_epoch=getattr(body, "producer_epoch", -1),

@@ -42,7 +42,7 @@ async def _txn_call(ctx: GatewayContext, request: Request, route: Any, message: 
                     ) -> ErrorCode:
     """The error of a broker transaction call answering a ``TxnReply``."""
     try:
-        reply = await ctx.broker.call(route, message)
+        reply = await ctx.coordinator().call(route, message)
     except BrokerUnavailable:
         return ErrorCode.coordinator_not_available
     return _code(reply.error_code, request)
@@ -70,7 +70,7 @@ async def handle_add_partitions(ctx: GatewayContext, request: Request) -> Any:
                        else ErrorCode.operation_not_attempted for tp in wanted}
         else:
             try:
-                reply = await ctx.broker.call(BROKER.add_partitions_to_txn,
+                reply = await ctx.coordinator().call(BROKER.add_partitions_to_txn,
                                               pb.AddPartitionsToTxnRequest(
                     transactional_id=transactional_id, producer_id=producer_id,
                     producer_epoch=epoch, verify_only=verify_only,
@@ -146,13 +146,14 @@ async def handle_txn_offset_commit(ctx: GatewayContext, request: Request) -> Any
                     metadata=p.committed_metadata))
         if offsets:
             try:
-                reply = await ctx.broker.call(BROKER.txn_offset_commit, pb.TxnOffsetCommitRequest(
-                    transactional_id=body.transactional_id, group_id=body.group_id,
-                    producer_id=body.producer_id, producer_epoch=body.producer_epoch,
-                    generation_id=getattr(body, "generation_id", -1),
-                    member_id=getattr(body, "member_id", ""),
-                    group_instance_id=getattr(body, "group_instance_id", None),
-                    offsets=offsets))
+                reply = await ctx.coordinator().call(
+                    BROKER.txn_offset_commit, pb.TxnOffsetCommitRequest(
+                        transactional_id=body.transactional_id, group_id=body.group_id,
+                        producer_id=body.producer_id, producer_epoch=body.producer_epoch,
+                        generation_id=getattr(body, "generation_id", -1),
+                        member_id=getattr(body, "member_id", ""),
+                        group_instance_id=getattr(body, "group_instance_id", None),
+                        offsets=offsets))
                 results.update({(r.topic, r.partition): _code(r.error_code, request)
                                 for r in reply.results})
             except BrokerUnavailable:
@@ -190,7 +191,7 @@ async def handle_describe_transactions(ctx: GatewayContext, request: Request) ->
     found: dict[str, pb.TransactionState] = {}
     try:
         if allowed:
-            reply = await ctx.broker.call(BROKER.describe_transactions,
+            reply = await ctx.coordinator().call(BROKER.describe_transactions,
                                           pb.DescribeTransactionsRequest(
                                               transactional_ids=allowed))
             found = {t.transactional_id: t for t in reply.transactions}
@@ -226,7 +227,7 @@ async def handle_list_transactions(ctx: GatewayContext, request: Request) -> Any
     unknown = tuple(s for s in body.state_filters if s not in known)
     error, listed = ErrorCode.none, []
     try:
-        reply = await ctx.broker.call(BROKER.list_transactions, pb.ListTransactionsRequest(
+        reply = await ctx.coordinator().call(BROKER.list_transactions, pb.ListTransactionsRequest(
             states=list(body.state_filters), producer_ids=list(body.producer_id_filters),
             min_duration_ms=getattr(body, "duration_filter", -1)))
         listed = [t for t in reply.transactions
