@@ -35,6 +35,8 @@ from broker.group_file import GroupFile, GroupLog
 from broker.log import PartitionLog
 from broker.offsets import OffsetStore
 from broker.topics import TopicError
+from broker.transactions import TxnError
+from broker.txn_markers import ClusterMarkers
 
 if TYPE_CHECKING:
     from broker.cluster_topics import ClusterTopics
@@ -146,8 +148,11 @@ class CoordinationHost:
         groups = self.build_groups(store, (GroupLog("classic", plog, replicated),
                                            GroupLog("consumer", plog, replicated)))
         groups.load_groups()
+        markers = ClusterMarkers(self.replication.registry, self.replication,
+                                 lambda: self.epoch == epoch)
         transactions = await trio.to_thread.run_sync(
-            lambda: self.build_txns(store, groups, shared=plog, replicated=replicated))
+            lambda: self.build_txns(store, groups, shared=plog, replicated=replicated,
+                                    markers=markers))
         coordination = Coordination(store, groups, transactions)
         if self.replication.leader_epoch(KEY) != epoch:
             return  # lost the lead while loading: the loop looks again
@@ -175,13 +180,14 @@ class CoordinationHost:
     @staticmethod
     async def _run_tasks(coordination: Coordination, scope: trio.CancelScope) -> None:
         """The coordinators' timers, until leadership ends. A write failing because it could
-        not be replicated any more means the same: the timers stop quietly."""
+        not be replicated any more, or markers abandoned because coordination moved, mean
+        the same: the timers stop quietly."""
         with scope:
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(coordination.groups.run)
                     nursery.start_soon(coordination.transactions.run)
-            except* TopicError as group:
+            except* (TopicError, TxnError) as group:
                 log.info("coordinator timers stopped", extra={
                     "reason": str(group.exceptions[0])})
 

@@ -379,7 +379,7 @@ class Replication:
 
     # -- follower side ----------------------------------------------------------------------------
 
-    def _channel(self, leader: int) -> grpc.Channel | None:
+    def channel(self, leader: int) -> grpc.Channel | None:
         info = self.membership.brokers().get(leader)
         if info is None:
             return None
@@ -398,7 +398,7 @@ class Replication:
                                          "leader": leader, "leader_epoch": epoch})
             while True:
                 plog = self._log(key)
-                channel = self._channel(leader)
+                channel = self.channel(leader)
                 if plog is None or channel is None:
                     await trio.sleep(RETRY_S)
                     continue

@@ -33,6 +33,7 @@ from broker.streams import DataStreams
 from broker.topics import TopicError, TopicRegistry
 from broker.transactions import TxnError
 from broker.txn_coordinator import TransactionCoordinator
+from broker.txn_markers import write_here
 from broker.txn_service import TxnCalls
 from broker.ucx_export import LeaseCalls, UcxExporter
 from kelp import __version__, grpc
@@ -234,6 +235,18 @@ class BrokerService(DataStreams, GroupCalls, TxnCalls, ConfigCalls, QuotaCalls, 
             raise GRPCError(grpclib.const.Status.FAILED_PRECONDITION,
                                     "this broker is not in a cluster")
         return await self.replication.leader_epoch_end(request)
+
+    async def write_txn_marker(self, request: pb.WriteTxnMarkerRequest
+                               ) -> pb.WriteTxnMarkerReply:
+        if self.replication is None:
+            raise GRPCError(grpclib.const.Status.FAILED_PRECONDITION,
+                            "this broker is not in a cluster")
+        try:
+            await write_here(self.registry, self.replication, request.topic, request.partition,
+                             request.producer_id, request.producer_epoch, request.kind)
+        except TopicError as exc:
+            return pb.WriteTxnMarkerReply(error_code=exc.code, error_message=str(exc))
+        return pb.WriteTxnMarkerReply()
 
     def _admin(self) -> PartitionAdmin:
         if self.partition_admin is None:

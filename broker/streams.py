@@ -154,6 +154,11 @@ class DataStreams:
             return None
         header = recordbatch.parse_header(records)
         if self.transactions is None:
+            if self.replication is not None:
+                # In a cluster the coordinator is usually another broker: as Kafka's leaders
+                # before KIP-890, this one takes the batch; the partition's producer state
+                # still fences older epochs, and the coordinator's markers end it.
+                return None
             return ErrorCode.invalid_txn_state, "this broker has no transaction coordinator"
         return self.transactions.append_error(header.producer_id, header.producer_epoch,
                                               request.topic, request.partition)

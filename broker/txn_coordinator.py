@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,10 @@ RETRY_S = 1.0
 # (COORDINATOR_NOT_AVAILABLE, retriable: open transactions end within their timeout).
 MAX_TRANSACTIONAL_IDS = 100_000
 
+# Writes (topic, partition, producer id, epoch, kind)'s marker and returns once it is durable
+# where the partition is led.
+WriteMarker = Callable[[str, int, int, int, int], Awaitable[None]]
+
 
 class TransactionCoordinator:
     def __init__(self, directory: Path | None, config: LogConfig | None,
@@ -65,7 +69,8 @@ class TransactionCoordinator:
                  id_expiration_ms: int = DEFAULT_ID_EXPIRATION_MS,
                  max_ids: int = MAX_TRANSACTIONAL_IDS,
                  shared: PartitionLog | None = None,
-                 replicated: internal_log.Replicated = None) -> None:
+                 replicated: internal_log.Replicated = None,
+                 markers: WriteMarker | None = None) -> None:
         # A lone broker's transaction log in ``directory``; in a cluster the shared
         # coordination log (see ``broker.offsets.OffsetStore``).
         if shared is None:
@@ -75,6 +80,8 @@ class TransactionCoordinator:
             self.log = shared
         self._owns_log = shared is None
         self.replicated = replicated
+        # In a cluster, markers go to each partition's leader (broker.txn_markers).
+        self.markers = markers
         self.registry = registry
         self.offsets = offsets
         self.producer_ids = producer_ids
@@ -330,17 +337,24 @@ class TransactionCoordinator:
             txn.state = TxnState.PREPARE_COMMIT if commit else TxnState.PREPARE_ABORT
             await self._persist(txn)
         kind = COMMIT if commit else ABORT
-        written: list[tuple[PartitionLog, int]] = []
-        for topic, partition in sorted(txn.partitions):
-            try:
-                plog = self.registry.partition(topic, partition)
-                written.append((plog, plog.append_marker(txn.producer_id, txn.producer_epoch,
-                                                         kind).write_mark))
-            except (TopicError, OffsetOutOfRange):
-                continue  # the topic was deleted: no reader is left to need the marker
-        async with trio.open_nursery() as nursery:
-            for plog, mark in written:
-                nursery.start_soon(self._durable, plog, mark)
+        if self.markers is not None:
+            markers = self.markers
+            async with trio.open_nursery() as nursery:
+                for topic, partition in sorted(txn.partitions):
+                    nursery.start_soon(markers, topic, partition, txn.producer_id,
+                                       txn.producer_epoch, kind)
+        else:
+            written: list[tuple[PartitionLog, int]] = []
+            for topic, partition in sorted(txn.partitions):
+                try:
+                    plog = self.registry.partition(topic, partition)
+                    written.append((plog, plog.append_marker(
+                        txn.producer_id, txn.producer_epoch, kind).write_mark))
+                except (TopicError, OffsetOutOfRange):
+                    continue  # the topic was deleted: no reader is left to need the marker
+            async with trio.open_nursery() as nursery:
+                for plog, mark in written:
+                    nursery.start_soon(self._durable, plog, mark)
         if commit:
             for group, offsets in txn.offsets.items():
                 await self.offsets.write(group, offsets)

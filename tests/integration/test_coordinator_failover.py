@@ -114,3 +114,66 @@ def test_groups_offsets_and_producer_ids_survive_the_coordinators_death(
                  "the old coordinator back in sync", timeout=60)
     finally:
         gateway.stop()
+
+
+def read_committed(bootstrap: str, topic: str, partitions: int) -> list[str]:
+    """Every record a read_committed reader gets, up to the last stable offsets."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "auditor",
+                         "isolation.level": "read_committed", "enable.auto.commit": False,
+                         "auto.offset.reset": "earliest"})
+    values: list[str] = []
+    try:
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                for p in range(partitions)}
+        consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(
+                consumer.position([TopicPartition(topic, p)])[0].offset < end
+                for p, end in ends.items()):
+            values += [m.value().decode() for m in consumer.consume(100, timeout=0.5)
+                       if m.error() is None]
+    finally:
+        consumer.close()
+    return values
+
+
+def test_transactions_span_partitions_led_by_other_brokers_and_survive_the_coordinator(
+        brokers: BrokerCluster, tmp_path: Path) -> None:
+    gateway, port = gateway_on(brokers.brokers[0], tmp_path, "--no-registry", "--etcd",
+                               brokers.etcd.endpoint)
+    bootstrap = f"127.0.0.1:{port}"
+    try:
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        admin.create_topics([NewTopic("ledger", 3, 3)])["ledger"].result(30)
+        coordinator = coordinator_of(brokers)
+        leaders = {partition_states(brokers.etcd.endpoint)[("ledger", p)].leader
+                   for p in range(3)}
+        assert len(leaders) > 1  # markers must reach leaders other than the coordinator
+
+        producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": "ledger-tx"})
+        producer.init_transactions(30)
+
+        def transaction(values: range, commit: bool) -> None:
+            producer.begin_transaction()
+            for n in values:
+                producer.produce("ledger", f"{n}".encode(), partition=n % 3)
+            producer.flush(30)
+            if commit:
+                producer.commit_transaction(30)
+            else:
+                producer.abort_transaction(30)
+
+        transaction(range(0, 30), commit=True)
+        transaction(range(30, 60), commit=False)
+        assert sorted(int(v) for v in read_committed(bootstrap, "ledger", 3)) == \
+            list(range(30))
+
+        brokers.brokers[coordinator].proc.kill()
+        coordinator_of(brokers, not_on=coordinator)
+        # The same producer goes on with the new coordinator, which read its id and epoch
+        # from the replicated log.
+        transaction(range(60, 90), commit=True)
+        assert sorted(int(v) for v in read_committed(bootstrap, "ledger", 3)) == \
+            [*range(30), *range(60, 90)]
+    finally:
+        gateway.stop()

@@ -158,6 +158,8 @@ __all__ = (
     "TxnOffsetCommitReply",
     "TxnOffsetCommitRequest",
     "TxnReply",
+    "WriteTxnMarkerReply",
+    "WriteTxnMarkerRequest",
 )
 
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
@@ -2637,6 +2639,37 @@ class TxnReply(betterproto2.Message):
 default_message_pool.register_message("broker.v1", "TxnReply", TxnReply)
 
 
+@dataclass(eq=False, repr=False)
+class WriteTxnMarkerReply(betterproto2.Message):
+    error_code: "int" = betterproto2.field(1, betterproto2.TYPE_INT32)
+
+    error_message: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message("broker.v1", "WriteTxnMarkerReply", WriteTxnMarkerReply)
+
+
+@dataclass(eq=False, repr=False)
+class WriteTxnMarkerRequest(betterproto2.Message):
+    topic: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    partition: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
+
+    producer_id: "int" = betterproto2.field(3, betterproto2.TYPE_INT64)
+
+    producer_epoch: "int" = betterproto2.field(4, betterproto2.TYPE_INT32)
+
+    kind: "int" = betterproto2.field(5, betterproto2.TYPE_INT32)
+    """
+    1 COMMIT, 0 ABORT (the control record's type)
+    """
+
+    coordinator_epoch: "int" = betterproto2.field(6, betterproto2.TYPE_INT32)
+
+
+default_message_pool.register_message("broker.v1", "WriteTxnMarkerRequest", WriteTxnMarkerRequest)
+
+
 class BrokerStub(betterproto2_grpclib.ServiceStub):
     """
     Error codes use Kafka's numbering so the gateway can pass them through unchanged.
@@ -3476,6 +3509,29 @@ class BrokerStub(betterproto2_grpclib.ServiceStub):
             metadata=metadata,
         )
 
+    async def write_txn_marker(
+        self,
+        message: "WriteTxnMarkerRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "WriteTxnMarkerReply":
+        """
+        A cluster's transaction coordinator ending a transaction on a partition another broker
+        leads (Kafka's WriteTxnMarkers): the leader writes the COMMIT or ABORT marker and answers
+        once every in-sync replica holds it.
+        """
+
+        return await self._unary_unary(
+            "/broker.v1.Broker/WriteTxnMarker",
+            message,
+            WriteTxnMarkerReply,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
     async def elect_leaders(
         self,
         message: "ElectLeadersRequest",
@@ -3773,6 +3829,15 @@ class BrokerBase(betterproto2_grpclib.ServiceBase):
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def leader_epoch_end(self, message: "LeaderEpochEndRequest") -> "LeaderEpochEndReply":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def write_txn_marker(self, message: "WriteTxnMarkerRequest") -> "WriteTxnMarkerReply":
+        """
+        A cluster's transaction coordinator ending a transaction on a partition another broker
+        leads (Kafka's WriteTxnMarkers): the leader writes the COMMIT or ABORT marker and answers
+        once every in-sync replica holds it.
+        """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -4154,6 +4219,14 @@ class BrokerBase(betterproto2_grpclib.ServiceBase):
         response = await self.leader_epoch_end(request)
         await stream.send_message(response)
 
+    async def __rpc_write_txn_marker(
+        self, stream: "grpclib.server.Stream[WriteTxnMarkerRequest, WriteTxnMarkerReply]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.write_txn_marker(request)
+        await stream.send_message(response)
+
     async def __rpc_elect_leaders(
         self, stream: "grpclib.server.Stream[ElectLeadersRequest, ElectLeadersReply]"
     ) -> None:
@@ -4443,6 +4516,12 @@ class BrokerBase(betterproto2_grpclib.ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 LeaderEpochEndRequest,
                 LeaderEpochEndReply,
+            ),
+            "/broker.v1.Broker/WriteTxnMarker": grpclib.const.Handler(
+                self.__rpc_write_txn_marker,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                WriteTxnMarkerRequest,
+                WriteTxnMarkerReply,
             ),
             "/broker.v1.Broker/ElectLeaders": grpclib.const.Handler(
                 self.__rpc_elect_leaders,
