@@ -292,6 +292,10 @@ async def serve(args: argparse.Namespace) -> None:
 
         coordination.on_change = coordinating
         service.coordination_host = coordination
+        from broker.cluster_security import ClusterSecurity
+
+        service.cluster_security = ClusterSecurity(etcd, lambda: service.security,
+                                                   service.replace_security)
 
     async def health(request: httpd.Request) -> httpd.Response:
         cluster = {}
@@ -344,8 +348,9 @@ async def serve(args: argparse.Namespace) -> None:
                 assert service.replication is not None
                 await nursery.start(service.replication.run)
                 await nursery.start(replicas.run)
-                assert coordination is not None
+                assert coordination is not None and service.cluster_security is not None
                 await nursery.start(coordination.run)
+                await nursery.start(service.cluster_security.run)
             process.ready(log, grpc=str(grpc_address), http=args.http,
                           data_dir=str(args.data_dir))
     finally:

@@ -43,10 +43,16 @@ class SecurityStore:
 
     @classmethod
     def load(cls, path: Path | None) -> SecurityStore:
-        store = cls(path)
         if path is None or not path.exists():
-            return store
-        data = json.loads(path.read_text())
+            return cls(path)
+        return cls.from_json(path, path.read_text())
+
+    @classmethod
+    def from_json(cls, path: Path | None, text: str) -> SecurityStore:
+        """The store ``to_json`` wrote (raises ValueError, KeyError or TypeError if it is
+        not that)."""
+        store = cls(path)
+        data = json.loads(text)
         store.version = int(data.get("version", 1))
         for user, mechanisms in data.get("users", {}).items():
             store.users[user] = {

@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import trio
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
 from kio.schema.errors import ErrorCode
 
 from broker.security import SecurityError, SecurityStore
 from kelp import acl
 from kelp.acl_wire import binding_from_pb, binding_to_pb, filter_from_pb
 from kelp.rpc.broker import v1 as pb
+
+if TYPE_CHECKING:
+    from broker.cluster_security import ClusterSecurity
 
 MAX_WAIT_MS = 30_000
 
@@ -25,6 +31,14 @@ class SecurityCalls:
     security: SecurityStore
     _security_lock: trio.Lock
     _security_changed: trio.Event
+    # In a cluster, the store lives in etcd (broker.cluster_security); None for a lone broker.
+    cluster_security: ClusterSecurity | None
+
+    def replace_security(self, newer: SecurityStore) -> None:
+        """Swap in the store another broker changed (a cluster), and wake the pollers."""
+        self.security = newer
+        self._security_changed.set()
+        self._security_changed = trio.Event()
 
     def security_snapshot(self) -> pb.SecuritySnapshot:
         store = self.security
@@ -99,10 +113,15 @@ class SecurityCalls:
         """Bump the version, make it durable (or undo the change in memory), wake pollers.
         Shielded: a caller that gives up must not leave memory and disk disagreeing."""
         store = self.security
+        cluster = self.cluster_security
         with trio.CancelScope(shield=True):
             store.version += 1
             try:
-                await trio.to_thread.run_sync(store.save)
+                if cluster is None:
+                    await trio.to_thread.run_sync(store.save)
+                elif not await cluster.commit(store):
+                    raise GRPCError(Status.UNAVAILABLE, "credentials or ACLs were changed "
+                                    "through another broker meanwhile: retry")
             except BaseException:
                 store.version -= 1
                 undo()

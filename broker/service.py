@@ -41,6 +41,7 @@ from kelp.process import count_tasks
 from kelp.rpc.broker import v1 as pb
 
 if TYPE_CHECKING:
+    from broker.cluster_security import ClusterSecurity
     from broker.cluster_topics import ClusterTopics
     from broker.partition_admin import PartitionAdmin
     from broker.replication import Replication
@@ -79,6 +80,7 @@ class BrokerService(DataStreams, GroupCalls, TxnCalls, ConfigCalls, QuotaCalls, 
         self.security = security or SecurityStore(None)
         self._security_lock = trio.Lock()
         self._security_changed = trio.Event()
+        self.cluster_security: ClusterSecurity | None = None
         self.producer_ids = producer_ids or ProducerIds(registry.data_dir)
         self.transactions = transactions
         self.auto_create_partitions = auto_create_partitions
