@@ -234,7 +234,11 @@ async def serve(args: argparse.Namespace) -> None:
         coordinator.load_groups()
         producer_ids = ProducerIds(args.data_dir)
         transactions = await trio.to_thread.run_sync(build_txns, store, coordinator)
-    exports = Exports(registry, chunk_bytes=args.chunk_bytes)
+    try:
+        exports = Exports(registry, chunk_bytes=args.chunk_bytes,
+                          broker_id=args.broker_id if args.etcd else 0)
+    except ValueError as exc:
+        raise SystemExit(f"broker: {exc}") from None
     ucx_host, ucx_port = parse_host_port(args.ucx)
     exporter = UcxExporter(exports, ucx_host, ucx_port, enabled=not args.no_ucx,
                            lease_ms=args.ucx_lease_ms, advertise=args.ucx_advertise)

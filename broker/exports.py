@@ -58,18 +58,27 @@ class Chunk:
 
 
 class Exports:
-    def __init__(self, registry: TopicRegistry, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> None:
+    def __init__(self, registry: TopicRegistry, chunk_bytes: int = DEFAULT_CHUNK_BYTES, *,
+                 broker_id: int = 0) -> None:
+        """``broker_id``: in a cluster, this broker's (its volumes carry it, see
+        ``kelp.fileid.broker_of``); 0 for a lone broker."""
         if chunk_bytes < 4096 or chunk_bytes & (chunk_bytes - 1):
             raise ValueError(f"chunk size must be a power of two >= 4096, not {chunk_bytes}")
+        if not 0 <= broker_id <= fileid.MAX_CLUSTER_BROKER_ID:
+            raise ValueError(f"broker id {broker_id} outside [0, "
+                             f"{fileid.MAX_CLUSTER_BROKER_ID}]")
         self.registry = registry
         self.chunk_bytes = chunk_bytes
+        self.volume_base = broker_id << fileid.BROKER_VOLUME_BITS
         self._volumes: dict[tuple[str, int], int] = {}
         self._partitions: dict[int, tuple[str, int]] = {}
 
     def volume(self, topic: str, partition: int) -> int:
         key = (topic, partition)
         if key not in self._volumes:
-            number = len(self._volumes) + 1
+            if len(self._volumes) + 1 >= 1 << fileid.BROKER_VOLUME_BITS:
+                raise ExportError(507, "more partitions than this broker can number volumes for")
+            number = self.volume_base + len(self._volumes) + 1
             self._volumes[key] = number
             self._partitions[number] = key
         return self._volumes[key]

@@ -112,7 +112,8 @@ def cluster_commands(args: argparse.Namespace, options: UpConfig
     commands.append(("sidecar", [
         python, "-m", "rdma", "--socket", str(args.run_dir / "sidecar.sock"),
         "--http", args.sidecar_http, "--broker", args.broker, "--broker-token-file", token,
-        "--broker-http", args.broker_http, "--log-level", args.log_level,
+        "--broker-http", args.broker_http, "--etcd", args.etcd_client,
+        "--log-level", args.log_level,
         *options.flags["sidecar"]]))
     return commands
 

@@ -19,6 +19,16 @@ import re
 from dataclasses import dataclass
 
 MAX_VOLUME = 2**32 - 1
+# In a cluster a volume's top bits name the broker that numbered it (SeaweedFS's master maps a
+# volume to its server; here the number says it): broker ``b`` numbers its volumes from
+# ``b << BROKER_VOLUME_BITS``, so any process can tell which broker serves a file id.
+BROKER_VOLUME_BITS = 20
+MAX_CLUSTER_BROKER_ID = (MAX_VOLUME >> BROKER_VOLUME_BITS)
+
+
+def broker_of(volume: int) -> int:
+    """The id of the broker that numbered ``volume``."""
+    return volume >> BROKER_VOLUME_BITS
 MAX_KEY = 2**64 - 1
 MAX_COOKIE = 2**32 - 1
 COOKIE_DIGITS = 8

@@ -96,6 +96,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       "(default: 30000)")
     data.add_argument("--timeout-ms", type=int, default=10_000,
                       help="a read's deadline, both paths included (default: 10000)")
+    parser.add_argument("--etcd", default=None, metavar="HOST:PORT[,HOST:PORT]",
+                        help="a cluster's etcd: read each chunk from the broker its file id "
+                        "names (default: every read from --broker)")
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)
@@ -103,6 +106,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         grpc.Address.parse(args.broker)
     except ValueError as exc:
         parser.error(f"argument --broker: {exc}")
+    if args.etcd is not None:
+        try:
+            grpc.Address.parse(args.etcd.split(",")[0].strip())
+        except ValueError as exc:
+            parser.error(f"argument --etcd: {exc}")
     try:
         resolve_shares(args.buffers, args.buffer_bytes, args.client_buffers, args.http_reserve)
     except PoolConfigError as exc:
@@ -142,7 +150,7 @@ def config_from_args(args: argparse.Namespace) -> SidecarConfig:
         http_reserve=args.http_reserve)
     return SidecarConfig(socket=args.socket, http_host=http_host, http_port=http_port,
                          reader=reader, socket_mode=args.socket_mode,
-                         socket_gid=getattr(args, "socket_gid", None))
+                         socket_gid=getattr(args, "socket_gid", None), etcd=args.etcd)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -33,6 +33,9 @@ from kelp.address import parse_host_port
 from kelp.routes import BROKER
 from kelp.rpc.broker import v1 as broker_pb
 from rdma.pool import Account, BufferPool, Loan, Slot
+
+if TYPE_CHECKING:
+    from rdma.brokers import Brokers
 
 log = logging.getLogger("kelp.sidecar")
 
@@ -71,6 +74,7 @@ class Session:
     """A chunk the broker has leased to us: where it is and how to reach it."""
 
     lease_id: int
+    broker: grpc.Channel  # the broker that granted the lease (where it is closed)
     endpoint: Any
     key: Any  # rdma.ucx.RemoteKey of the segment's mapping
     chunk_position: int
@@ -102,8 +106,10 @@ IDLE_LOAN_CHECK_S = 1.0  # the same while nothing is lent
 
 
 class Reader:
-    def __init__(self, config: ReaderConfig) -> None:
+    def __init__(self, config: ReaderConfig, brokers: Brokers | None = None) -> None:
         self.config = config
+        # In a cluster, the broker each file id names (rdma.brokers); else ``broker`` only.
+        self.brokers = brokers
         self.pool = BufferPool(config.buffers, config.buffer_bytes,
                                share=config.client_buffers, reserve=config.http_reserve)
         self.broker = grpc.Channel(grpc.Address.parse(config.broker),
@@ -116,8 +122,8 @@ class Reader:
         self._limit = trio.CapacityLimiter(config.max_concurrent)
         self._connecting = trio.Lock()
         # Leases handed back by cancelled reads, closed by ``run``'s task.
-        self._leases_to_close, self._leases_to_close_out = trio.open_memory_channel[int](
-            MAX_LEASES_TO_CLOSE)
+        self._leases_to_close, self._leases_to_close_out = trio.open_memory_channel[
+            tuple[int, grpc.Channel]](MAX_LEASES_TO_CLOSE)
         self.counters = {"rdma_reads": 0, "rdma_bytes": 0, "fallback_reads": 0,
                          "fallback_bytes": 0, "rdma_failures": 0, "sessions_opened": 0,
                          "endpoints_opened": 0, "endpoints_dropped_stuck": 0}
@@ -313,11 +319,12 @@ class Reader:
                 return session
         # New, or the active segment's last chunk has grown since: ask the broker again.
         await self._forget_session(file_id)
+        broker, address = self._broker_for(file_id)
         try:
-            reply = await self.broker.call(BROKER.open_read,
-                                           broker_pb.OpenReadRequest(file_id=file_id), timeout=5)
+            reply = await broker.call(BROKER.open_read,
+                                      broker_pb.OpenReadRequest(file_id=file_id), timeout=5)
         except Exception as exc:  # refused, reset, timed out: the broker is not reachable
-            raise ReadFailed(503, f"broker {self.config.broker} OpenRead failed: "
+            raise ReadFailed(503, f"broker {address} OpenRead failed: "
                              f"{grpc.describe_failure(exc)}") from None
         if reply.status != 200:
             raise ReadFailed(reply.status, reply.error)
@@ -332,10 +339,11 @@ class Reader:
                 await self._drop_peer(reply.ucx_address)
                 raise ReadFailed(503, f"cannot use the broker's rkey: {exc}") from None
         except BaseException:
-            self._hand_back(reply.lease_id)  # synchronous: a cancelled read returns at once
+            # Synchronous: a cancelled read returns at once.
+            self._hand_back(reply.lease_id, broker)
             raise
         lifetime = min(self.config.session_ms, reply.lease_ms * 0.8) / 1000
-        session = Session(reply.lease_id, peer.endpoint, key, reply.chunk_position,
+        session = Session(reply.lease_id, broker, peer.endpoint, key, reply.chunk_position,
                           reply.chunk_length, trio.current_time() + lifetime)
         peer.sessions[file_id] = session
         self.counters["sessions_opened"] += 1
@@ -375,22 +383,28 @@ class Reader:
             peer.sessions[f"{file_id}#retired{session.lease_id}"] = session
             return
         session.key.close()
-        await self._close_lease(session.lease_id)
+        await self._close_lease(session.lease_id, session.broker)
 
-    def _hand_back(self, lease_id: int) -> None:
+    def _broker_for(self, file_id: str) -> tuple[grpc.Channel, str]:
+        """The broker holding ``file_id``'s bytes (in a cluster, the one its volume names)."""
+        found = self.brokers.for_file(file_id) if self.brokers is not None else None
+        return found or (self.broker, self.config.broker)
+
+    def _hand_back(self, lease_id: int, broker: grpc.Channel) -> None:
         """Close a lease from a task that cannot wait (it is being cancelled): the Reader's own
         task sends the CloseRead. Bounded; a lease that does not fit expires by itself."""
         with contextlib.suppress(trio.WouldBlock):
-            self._leases_to_close.send_nowait(lease_id)
+            self._leases_to_close.send_nowait((lease_id, broker))
 
     async def _close_handed_back(self) -> None:
-        async for lease_id in self._leases_to_close_out:
-            await self._close_lease(lease_id)
+        async for lease_id, broker in self._leases_to_close_out:
+            await self._close_lease(lease_id, broker)
 
-    async def _close_lease(self, lease_id: int) -> None:
+    @staticmethod
+    async def _close_lease(lease_id: int, broker: grpc.Channel) -> None:
         with contextlib.suppress(Exception):  # best effort: the lease expires anyway
-            await self.broker.call(BROKER.close_read,
-                                   broker_pb.CloseReadRequest(lease_id=lease_id), timeout=2)
+            await broker.call(BROKER.close_read,
+                              broker_pb.CloseReadRequest(lease_id=lease_id), timeout=2)
 
     async def _drop_peer(self, address: str, *, force: bool = False) -> None:
         peer = self._peers.pop(address, None)
@@ -405,16 +419,17 @@ class Reader:
             if not session.in_use:
                 session.key.close()
             # else: the endpoint's close destroys its keys once UCX releases it
-            await self._close_lease(session.lease_id)
+            await self._close_lease(session.lease_id, session.broker)
 
     async def _fallback_read(self, file_id: str, offset: int, size: int, slot: Slot) -> None:
         """The fallback: the broker copies the range (``ReadChunk``) into ``slot``."""
         request = broker_pb.ReadChunkRequest(file_id=file_id, offset=offset, size=size)
+        broker, address = self._broker_for(file_id)
         try:
-            reply = await self.broker.call(BROKER.read_chunk, request,
-                                           timeout=self.config.timeout_ms / 1000)
+            reply = await broker.call(BROKER.read_chunk, request,
+                                      timeout=self.config.timeout_ms / 1000)
         except Exception as exc:  # refused, reset, timed out: the broker is not reachable
-            raise ReadFailed(503, f"broker {self.config.broker} ReadChunk failed: "
+            raise ReadFailed(503, f"broker {address} ReadChunk failed: "
                              f"{grpc.describe_failure(exc)}") from None
         if reply.status != 200:
             raise ReadFailed(reply.status if reply.status < 500 else 503,
@@ -427,11 +442,12 @@ class Reader:
 
     async def stat(self, file_id: str) -> int:
         """The bytes chunk ``file_id`` holds now (asked of the broker: ``StatChunk``)."""
+        broker, address = self._broker_for(file_id)
         try:
-            reply = await self.broker.call(BROKER.stat_chunk,
-                                           broker_pb.StatChunkRequest(file_id=file_id), timeout=5)
+            reply = await broker.call(BROKER.stat_chunk,
+                                      broker_pb.StatChunkRequest(file_id=file_id), timeout=5)
         except Exception as exc:
-            raise ReadFailed(503, f"broker {self.config.broker} StatChunk failed: "
+            raise ReadFailed(503, f"broker {address} StatChunk failed: "
                              f"{grpc.describe_failure(exc)}") from None
         if reply.status != 200:
             raise ReadFailed(reply.status, reply.error)

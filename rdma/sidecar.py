@@ -62,6 +62,8 @@ class SidecarConfig:
     reader: ReaderConfig = field(default_factory=ReaderConfig)
     socket_mode: int = 0o600  # set explicitly on the socket, never left to the umask
     socket_gid: int | None = None
+    # A cluster's etcd: each read goes to the broker its file id names (rdma.brokers).
+    etcd: str | None = None
 
     @property
     def broker(self) -> str:
@@ -383,6 +385,12 @@ async def run_sidecar(
     await _check_socket_path(config.socket)
     async with http.Client(max_connections=2) as sidecar.http_client, \
             trio.open_nursery() as nursery:
+        if config.etcd is not None:
+            from rdma.brokers import Brokers  # a lone broker's sidecar loads no etcd client
+
+            brokers = Brokers(config.etcd, config.reader.broker_token)
+            await nursery.start(brokers.run)
+            sidecar.reader.brokers = brokers
         await nursery.start(sidecar.reader.run)
         await nursery.start(partial(grpc.serve, sidecar.grpc_mapping(),
                                     grpc.Address(path=str(config.socket)),

@@ -45,6 +45,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--broker-token-file", type=Path, default=None, metavar="FILE",
                         help="the cluster token the broker requires (kelp up's "
                         "<run dir>/cluster.token), for listings and fallback reads")
+    parser.add_argument("--etcd", default=None, metavar="HOST:PORT[,HOST:PORT]",
+                        help="a cluster's etcd: list each partition from its leader and read "
+                        "each chunk from the broker its file id names (the sidecar needs "
+                        "--etcd too)")
     parser.add_argument("--sidecar", default=".kelp/run/sidecar.sock", metavar="PATH",
                         help="the sidecar's Unix socket (default: .kelp/run/sidecar.sock)")
     parser.add_argument("--no-sidecar", action="store_true",
@@ -113,7 +117,7 @@ async def serve(args: argparse.Namespace) -> None:
         sidecar=None if args.no_sidecar else str(args.sidecar), broker=args.broker,
         fallback=not args.no_fallback, timeout_ms=args.timeout_ms,
         broker_token=(cluster_token.read(args.broker_token_file)
-                      if args.broker_token_file else None)))
+                      if args.broker_token_file else None), etcd=args.etcd))
     fs = KelpFs(source, MountConfig(refresh_s=args.refresh_ms / 1000, prefetch=args.prefetch,
                                     cache_blocks=args.cache_blocks,
                                     max_concurrent=args.max_concurrent))

@@ -18,7 +18,7 @@ import logging
 import mmap
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -27,6 +27,9 @@ from kelp.mux import Multiplexed
 from kelp.routes import BROKER, SIDECAR
 from kelp.rpc.broker import v1 as broker_pb
 from kelp.rpc.sidecar import v1 as sidecar_pb
+
+if TYPE_CHECKING:
+    from rdma.brokers import Brokers
 
 log = logging.getLogger("kelp.mount")
 
@@ -49,6 +52,9 @@ class SourceConfig:
     fallback: bool = True
     timeout_ms: int = 10_000
     broker_token: str | None = None  # the cluster token, when the broker requires one
+    # A cluster's etcd: each partition listed by its leader, each chunk read (on the fallback)
+    # from the broker its file id names (rdma.brokers).
+    etcd: str | None = None
 
 
 @dataclass
@@ -75,11 +81,25 @@ class Source:
         # Loans (plus reads in flight) the sidecar lets one connection hold; more reads would
         # wait for a release. Learned from Capabilities on each connect.
         self.share: int | None = None
+        self.brokers: Brokers | None = None
 
     # -- the sidecar stream ---------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
+        if self.config.etcd is not None:
+            async with trio.open_nursery() as nursery:
+                from rdma.brokers import Brokers  # only a cluster's mount loads etcd's client
+
+                self.brokers = Brokers(self.config.etcd, self.config.broker_token)
+                await nursery.start(self.brokers.run)
+                await nursery.start(self._run)
+                task_status.started()
+            return
+        await self._run(task_status=task_status)
+
+    async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                   ) -> None:
         task_status.started()
         try:
             if not self.config.sidecar:
@@ -198,21 +218,27 @@ class Source:
         return Loan(memoryview(data))
 
     async def _broker_read(self, file_id: str, offset: int, size: int) -> bytes:
+        where = self.brokers.for_file(file_id) if self.brokers is not None else None
         reply = await self._broker_call(BROKER.read_chunk, broker_pb.ReadChunkRequest(
-            file_id=file_id, offset=offset, size=size))
+            file_id=file_id, offset=offset, size=size), where)
         if len(reply.data) != size:
             raise SourceError(503, f"broker answered {len(reply.data)} bytes, not {size}")
         return bytes(reply.data)
 
-    async def _broker_call(self, route: grpc.Route[Any, Any], request: Any) -> Any:
-        """A call of the broker's read API; a status other than 200 is a ``SourceError``."""
-        if self._broker is None:
-            self._broker = grpc.Channel(self._broker_address, token=self.config.broker_token)
+    async def _broker_call(self, route: grpc.Route[Any, Any], request: Any,
+                           where: tuple[grpc.Channel, str] | None = None) -> Any:
+        """A call of the broker's read API (of ``where``'s broker, else ``--broker``); a
+        status other than 200 is a ``SourceError``."""
+        if where is None:
+            if self._broker is None:
+                self._broker = grpc.Channel(self._broker_address,
+                                            token=self.config.broker_token)
+            where = self._broker, self.config.broker
+        channel, address = where
         try:
-            reply = await self._broker.call(route, request,
-                                            timeout=self.config.timeout_ms / 1000)
+            reply = await channel.call(route, request, timeout=self.config.timeout_ms / 1000)
         except Exception as exc:  # refused, reset, timed out: the broker is not reachable
-            raise SourceError(503, f"broker {self.config.broker} {route.name}: "
+            raise SourceError(503, f"broker {address} {route.name}: "
                               f"{grpc.describe_failure(exc)}") from None
         status = getattr(reply, "status", 200)
         if status != 200:
@@ -230,8 +256,10 @@ class Source:
     async def listing(self, topic: str, partition: int) -> dict[str, Any]:
         """A partition's segments and chunk maps, as the broker's HTTP /segments shows them
         (the tree is built from that shape)."""
+        where = (self.brokers.for_partition(topic, partition) if self.brokers is not None
+                 else None)
         reply = await self._broker_call(BROKER.list_segments, broker_pb.ListSegmentsRequest(
-            topic=topic, partition=partition))
+            topic=topic, partition=partition), where)
         return {
             "topic": reply.topic, "partition": reply.partition, "volume": reply.volume,
             "chunk_bytes": reply.chunk_bytes, "log_start_offset": reply.log_start_offset,
