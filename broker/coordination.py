@@ -15,8 +15,10 @@ client COORDINATOR_NOT_AVAILABLE and it looks for the coordinator again), then c
 timers and every call still running in them. A write is acknowledged once every in-sync replica
 of the partition holds it, so the next leader knows everything a client was told.
 
-The partition is created (replication factor ``offsets.topic.replication.factor``, capped at 3)
-once that many brokers are alive, as Kafka creates its offsets topic.
+The partition is created when a coordinator call first finds none (replication factor
+``offsets.topic.replication.factor``, capped at 3), once that many brokers are alive, as Kafka
+creates its offsets topic on the first FindCoordinator; a cluster nobody asks for a group or a
+transaction does without it.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ log = logging.getLogger("kelp.broker.coordination")
 TOPIC = "__consumer_offsets"
 KEY = (TOPIC, 0)
 TOPIC_CONFIGS = {"cleanup.policy": "compact"}
-RECHECK_S = 1.0
+RECHECK_S = 5.0  # a safety net: every change of roles wakes the loop
 
 BuildGroups = Callable[[OffsetStore, tuple[GroupFile, GroupFile]], "Coordinator"]
 BuildTxns = Callable[..., "TransactionCoordinator"]
@@ -86,6 +88,9 @@ class CoordinationHost:
         self.loads = 0
         self._calls: set[trio.CancelScope] = set()  # coordinated calls running now
         self._tasks: trio.CancelScope | None = None
+        self._nursery: trio.Nursery | None = None
+        self._creating = False
+        self._warned = False  # about too few brokers for the coordination topic
         self.on_change: Callable[[Coordination | None], None] = lambda _c: None
 
     # -- serving calls ------------------------------------------------------------------
@@ -96,6 +101,9 @@ class CoordinationHost:
         refused) when it stops coordinating meanwhile."""
         current = self.current
         if current is None:
+            if self.replication.ready and TOPIC not in self.replication.managed:
+                self._create_soon()
+                raise NotCoordinator(f"{TOPIC} is being created")
             raise NotCoordinator(f"broker {self.replication.broker_id} does not lead {TOPIC}")
         scope = trio.CancelScope()
         self._calls.add(scope)
@@ -115,6 +123,7 @@ class CoordinationHost:
                   ) -> None:
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 task_status.started()
                 while True:
                     changed = self.replication.roles_changed
@@ -129,11 +138,10 @@ class CoordinationHost:
                                 # Not coordinating: calls are refused, the next look retries.
                                 log.error("coordination not loaded", extra={
                                     "error": repr(exc)})
-                    if self.replication.ready and TOPIC not in self.replication.managed:
-                        await self._create_topic()
                     with trio.move_on_after(RECHECK_S):
                         await changed.wait()
         finally:
+            self._nursery = None
             self._stop()
 
     async def _start(self, nursery: trio.Nursery, epoch: int) -> None:
@@ -195,14 +203,28 @@ class CoordinationHost:
         self.replication.on_local_append(*KEY, plog)
         await self.replication.wait_replicated(*KEY, plog, end, 1)
 
+    def _create_soon(self) -> None:
+        if not self._creating and self._nursery is not None:
+            self._creating = True
+            self._nursery.start_soon(self._create_topic)
+
     async def _create_topic(self) -> None:
-        wanted = min(max(self.replication_factor(), 1), 3)
-        if len(self.membership.brokers()) < wanted:
-            return  # as Kafka: not before enough brokers are alive to hold its replicas
-        with contextlib.suppress(TopicError):  # another broker created it first, or etcd is down
-            await self.cluster_topics.create(TOPIC, 1, wanted, dict(TOPIC_CONFIGS))
-            log.info("coordination topic created", extra={"topic": TOPIC,
-                                                          "replication_factor": wanted})
+        try:
+            wanted = min(max(self.replication_factor(), 1), 3)
+            if len(self.membership.brokers()) < wanted:
+                if not self._warned:
+                    self._warned = True
+                    log.warning("not enough brokers for the coordination topic yet", extra={
+                        "topic": TOPIC, "brokers": len(self.membership.brokers()),
+                        "replication_factor": wanted})
+                return  # as Kafka: not before enough brokers are alive to hold its replicas
+            # Another broker may create it first, or etcd be down: the next call asks again.
+            with contextlib.suppress(TopicError):
+                await self.cluster_topics.create(TOPIC, 1, wanted, dict(TOPIC_CONFIGS))
+                log.info("coordination topic created", extra={
+                    "topic": TOPIC, "replication_factor": wanted})
+        finally:
+            self._creating = False
 
 
 P = ParamSpec("P")

@@ -230,13 +230,16 @@ def test_create_topics_through_kafka_places_replicas_over_the_cluster(
         assert all(sorted(s.replicas) == [0, 1, 2] for s in replicated.values())
         assert all(len(s.replicas) == 1 for (t, _), s in states.items() if t == "defaulted")
         assert not any(t == "too-wide" for t, _ in states)
-        # Every broker opened both topics (and the registry's _schemas, which the gateway
-        # created through the same path); the client sees them through the gateway.
-        wait_for(lambda: all(n.health()["topics"] == 3 for n in brokers.brokers),
+        # Every broker opened both topics, the registry's _schemas (which the gateway created
+        # through the same path) and the coordination partition, created when the registry's
+        # election group first asked for a coordinator; the client sees them through the
+        # gateway.
+        wait_for(lambda: all(n.health()["topics"] == 4 for n in brokers.brokers),
                  "the topics on every broker")
-        assert sorted(t for t, _ in states) == ["_schemas", "defaulted", "defaulted",
-                                                 "replicated", "replicated", "replicated",
-                                                 "replicated"]
+        states = partition_states(brokers.etcd.endpoint)
+        assert sorted(t for t, _ in states) == ["__consumer_offsets", "_schemas", "defaulted",
+                                                 "defaulted", "replicated", "replicated",
+                                                 "replicated", "replicated"]
         listed = admin.list_topics(timeout=10).topics
         assert len(listed["replicated"].partitions) == 4 and "too-wide" not in listed
     finally:

@@ -30,7 +30,8 @@ def brokers(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[BrokerCl
 
 def coordinator_of(brokers: BrokerCluster, *, not_on: int | None = None) -> int:
     """The broker leading the coordination partition (once it has three in-sync replicas,
-    or once its lead moved off ``not_on``)."""
+    or once its lead moved off ``not_on``). It exists once a client asked for a group or a
+    transaction."""
     def state() -> object:
         return partition_states(brokers.etcd.endpoint).get(COORDINATION)
 
@@ -59,7 +60,6 @@ def test_groups_offsets_and_producer_ids_survive_the_coordinators_death(
         admin = AdminClient({"bootstrap.servers": bootstrap})
         admin.create_topics([NewTopic("orders", 3, 3)])["orders"].result(30)
         produce(bootstrap, "orders", 300)
-        victim_id = coordinator_of(brokers)
 
         consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "billing",
                              "auto.offset.reset": "earliest", "enable.auto.commit": False,
@@ -75,6 +75,8 @@ def test_groups_offsets_and_producer_ids_survive_the_coordinators_death(
         positions = {tp.partition: max(tp.offset, 0) for tp in committed}  # -1001: none
         assert sum(positions.values()) == len(seen)
 
+        # The group's first call created the coordination partition.
+        victim_id = coordinator_of(brokers)
         victim = brokers.brokers[victim_id]
         victim.proc.kill()
         killed_at = time.monotonic()
@@ -145,13 +147,13 @@ def test_transactions_span_partitions_led_by_other_brokers_and_survive_the_coord
     try:
         admin = AdminClient({"bootstrap.servers": bootstrap})
         admin.create_topics([NewTopic("ledger", 3, 3)])["ledger"].result(30)
-        coordinator = coordinator_of(brokers)
         leaders = {partition_states(brokers.etcd.endpoint)[("ledger", p)].leader
                    for p in range(3)}
         assert len(leaders) > 1  # markers must reach leaders other than the coordinator
 
         producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": "ledger-tx"})
         producer.init_transactions(30)
+        coordinator = coordinator_of(brokers)  # created by the producer's first call
 
         def transaction(values: range, commit: bool) -> None:
             producer.begin_transaction()
