@@ -28,6 +28,17 @@ def brokers(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[BrokerCl
     yield from running_cluster(tmp_path, request)
 
 
+@pytest.fixture
+def bootstrap(brokers: BrokerCluster, tmp_path: Path) -> Iterator[str]:
+    """A routing gateway's Kafka address."""
+    gateway, port = gateway_on(brokers.brokers[0], tmp_path, "--no-registry", "--etcd",
+                               brokers.etcd.endpoint)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        gateway.stop()
+
+
 def coordinator_of(brokers: BrokerCluster, *, not_on: int | None = None) -> int:
     """The broker leading the coordination partition (once it has three in-sync replicas,
     or once its lead moved off ``not_on``). It exists once a client asked for a group or a
@@ -52,70 +63,64 @@ def produce(bootstrap: str, topic: str, count: int, start: int = 0) -> None:
 
 
 def test_groups_offsets_and_producer_ids_survive_the_coordinators_death(
-        brokers: BrokerCluster, tmp_path: Path) -> None:
-    gateway, port = gateway_on(brokers.brokers[0], tmp_path, "--no-registry", "--etcd",
-                               brokers.etcd.endpoint)
-    bootstrap = f"127.0.0.1:{port}"
+        brokers: BrokerCluster, bootstrap: str) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic("orders", 3, 3)])["orders"].result(30)
+    produce(bootstrap, "orders", 300)
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "billing",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                         "session.timeout.ms": int(SESSION_TIMEOUT_S * 1000)})
+    consumer.subscribe(["orders"])
+    seen: list[str] = []
+    deadline = time.monotonic() + 60
+    while len(seen) < 150 and time.monotonic() < deadline:
+        seen += [m.value().decode() for m in consumer.consume(50, timeout=0.5)
+                 if m.error() is None]
+    assert len(seen) >= 150
+    committed = consumer.commit(asynchronous=False)
+    positions = {tp.partition: max(tp.offset, 0) for tp in committed}  # -1001: none
+    assert sum(positions.values()) == len(seen)
+
+    # The group's first call created the coordination partition.
+    victim_id = coordinator_of(brokers)
+    victim = brokers.brokers[victim_id]
+    victim.proc.kill()
+    killed_at = time.monotonic()
+    coordinator_of(brokers, not_on=victim_id)
+
+    # The same member carries on: heartbeats and commits reach the new coordinator,
+    # which knows its generation from the replicated log.
+    produce(bootstrap, "orders", 30, start=300)
+    resumed_at = None
+    deadline = time.monotonic() + 60
+    while len(seen) < 330 and time.monotonic() < deadline:
+        got = [m.value().decode() for m in consumer.consume(50, timeout=0.5)
+               if m.error() is None]
+        if got and resumed_at is None:
+            resumed_at = time.monotonic()
+        seen += got
+    assert sorted(int(v) for v in seen) == list(range(330))
+    assert resumed_at is not None and resumed_at - killed_at < SESSION_TIMEOUT_S + 5
+    consumer.commit(asynchronous=False)
+    consumer.close()
+
+    # Committed offsets are the new coordinator's: a new member starts where they are.
+    again = Consumer({"bootstrap.servers": bootstrap, "group.id": "billing",
+                      "auto.offset.reset": "earliest", "enable.auto.commit": False})
     try:
-        admin = AdminClient({"bootstrap.servers": bootstrap})
-        admin.create_topics([NewTopic("orders", 3, 3)])["orders"].result(30)
-        produce(bootstrap, "orders", 300)
-
-        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "billing",
-                             "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                             "session.timeout.ms": int(SESSION_TIMEOUT_S * 1000)})
-        consumer.subscribe(["orders"])
-        seen: list[str] = []
-        deadline = time.monotonic() + 60
-        while len(seen) < 150 and time.monotonic() < deadline:
-            seen += [m.value().decode() for m in consumer.consume(50, timeout=0.5)
-                     if m.error() is None]
-        assert len(seen) >= 150
-        committed = consumer.commit(asynchronous=False)
-        positions = {tp.partition: max(tp.offset, 0) for tp in committed}  # -1001: none
-        assert sum(positions.values()) == len(seen)
-
-        # The group's first call created the coordination partition.
-        victim_id = coordinator_of(brokers)
-        victim = brokers.brokers[victim_id]
-        victim.proc.kill()
-        killed_at = time.monotonic()
-        coordinator_of(brokers, not_on=victim_id)
-
-        # The same member carries on: heartbeats and commits reach the new coordinator,
-        # which knows its generation from the replicated log.
-        produce(bootstrap, "orders", 30, start=300)
-        resumed_at = None
-        deadline = time.monotonic() + 60
-        while len(seen) < 330 and time.monotonic() < deadline:
-            got = [m.value().decode() for m in consumer.consume(50, timeout=0.5)
-                   if m.error() is None]
-            if got and resumed_at is None:
-                resumed_at = time.monotonic()
-            seen += got
-        assert sorted(int(v) for v in seen) == list(range(330))
-        assert resumed_at is not None and resumed_at - killed_at < SESSION_TIMEOUT_S + 5
-        consumer.commit(asynchronous=False)
-        consumer.close()
-
-        # Committed offsets are the new coordinator's: a new member starts where they are.
-        again = Consumer({"bootstrap.servers": bootstrap, "group.id": "billing",
-                          "auto.offset.reset": "earliest", "enable.auto.commit": False})
-        try:
-            stored = again.committed([TopicPartition("orders", p) for p in range(3)],
-                                     timeout=20)
-            assert sum(tp.offset for tp in stored) == 330
-        finally:
-            again.close()
-
-        # Producer ids keep coming from etcd's blocks: a new producer gets a fresh id and its
-        # idempotent writes are accepted.
-        produce(bootstrap, "orders", 10, start=330)
-        victim.proc.start()
-        wait_for(lambda: len(partition_states(brokers.etcd.endpoint)[COORDINATION].isr) == 3,
-                 "the old coordinator back in sync", timeout=60)
+        stored = again.committed([TopicPartition("orders", p) for p in range(3)],
+                                 timeout=20)
+        assert sum(tp.offset for tp in stored) == 330
     finally:
-        gateway.stop()
+        again.close()
+
+    # Producer ids keep coming from etcd's blocks: a new producer gets a fresh id and its
+    # idempotent writes are accepted.
+    produce(bootstrap, "orders", 10, start=330)
+    victim.proc.start()
+    wait_for(lambda: len(partition_states(brokers.etcd.endpoint)[COORDINATION].isr) == 3,
+             "the old coordinator back in sync", timeout=60)
 
 
 def read_committed(bootstrap: str, topic: str, partitions: int) -> list[str]:
@@ -140,42 +145,36 @@ def read_committed(bootstrap: str, topic: str, partitions: int) -> list[str]:
 
 
 def test_transactions_span_partitions_led_by_other_brokers_and_survive_the_coordinator(
-        brokers: BrokerCluster, tmp_path: Path) -> None:
-    gateway, port = gateway_on(brokers.brokers[0], tmp_path, "--no-registry", "--etcd",
-                               brokers.etcd.endpoint)
-    bootstrap = f"127.0.0.1:{port}"
-    try:
-        admin = AdminClient({"bootstrap.servers": bootstrap})
-        admin.create_topics([NewTopic("ledger", 3, 3)])["ledger"].result(30)
-        leaders = {partition_states(brokers.etcd.endpoint)[("ledger", p)].leader
-                   for p in range(3)}
-        assert len(leaders) > 1  # markers must reach leaders other than the coordinator
+        brokers: BrokerCluster, bootstrap: str) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic("ledger", 3, 3)])["ledger"].result(30)
+    leaders = {partition_states(brokers.etcd.endpoint)[("ledger", p)].leader
+               for p in range(3)}
+    assert len(leaders) > 1  # markers must reach leaders other than the coordinator
 
-        producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": "ledger-tx"})
-        producer.init_transactions(30)
-        coordinator = coordinator_of(brokers)  # created by the producer's first call
+    producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": "ledger-tx"})
+    producer.init_transactions(30)
+    coordinator = coordinator_of(brokers)  # created by the producer's first call
 
-        def transaction(values: range, commit: bool) -> None:
-            producer.begin_transaction()
-            for n in values:
-                producer.produce("ledger", f"{n}".encode(), partition=n % 3)
-            producer.flush(30)
-            if commit:
-                producer.commit_transaction(30)
-            else:
-                producer.abort_transaction(30)
+    def transaction(values: range, commit: bool) -> None:
+        producer.begin_transaction()
+        for n in values:
+            producer.produce("ledger", f"{n}".encode(), partition=n % 3)
+        producer.flush(30)
+        if commit:
+            producer.commit_transaction(30)
+        else:
+            producer.abort_transaction(30)
 
-        transaction(range(0, 30), commit=True)
-        transaction(range(30, 60), commit=False)
-        assert sorted(int(v) for v in read_committed(bootstrap, "ledger", 3)) == \
-            list(range(30))
+    transaction(range(0, 30), commit=True)
+    transaction(range(30, 60), commit=False)
+    assert sorted(int(v) for v in read_committed(bootstrap, "ledger", 3)) == \
+        list(range(30))
 
-        brokers.brokers[coordinator].proc.kill()
-        coordinator_of(brokers, not_on=coordinator)
-        # The same producer goes on with the new coordinator, which read its id and epoch
-        # from the replicated log.
-        transaction(range(60, 90), commit=True)
-        assert sorted(int(v) for v in read_committed(bootstrap, "ledger", 3)) == \
-            [*range(30), *range(60, 90)]
-    finally:
-        gateway.stop()
+    brokers.brokers[coordinator].proc.kill()
+    coordinator_of(brokers, not_on=coordinator)
+    # The same producer goes on with the new coordinator, which read its id and epoch
+    # from the replicated log.
+    transaction(range(60, 90), commit=True)
+    assert sorted(int(v) for v in read_committed(bootstrap, "ledger", 3)) == \
+        [*range(30), *range(60, 90)]
