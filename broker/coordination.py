@@ -59,8 +59,11 @@ BuildTxns = Callable[..., "TransactionCoordinator"]
 
 
 class NotCoordinator(GRPCError):
+    """ABORTED: the broker is up, the call was refused for its role (the gateway answers
+    COORDINATOR_NOT_AVAILABLE without counting the broker unreachable)."""
+
     def __init__(self, why: str) -> None:
-        super().__init__(Status.UNAVAILABLE, f"not the coordinator: {why}")
+        super().__init__(Status.ABORTED, f"not the coordinator: {why}")
 
 
 class Coordination:

@@ -120,7 +120,7 @@ class SecurityCalls:
                 if cluster is None:
                     await trio.to_thread.run_sync(store.save)
                 elif not await cluster.commit(store):
-                    raise GRPCError(Status.UNAVAILABLE, "credentials or ACLs were changed "
+                    raise GRPCError(Status.ABORTED, "credentials or ACLs were changed "
                                     "through another broker meanwhile: retry")
             except BaseException:
                 store.version -= 1

@@ -189,7 +189,8 @@ class BrokerClient:
                 reply = await self._channel.call(route, request, timeout=timeout)
         except GRPCError as exc:
             if exc.status in _UNAVAILABLE:
-                self._note_outage(exc)
+                if exc.status != Status.ABORTED:  # ABORTED: reached, refused for its role
+                    self._note_outage(exc)
                 raise BrokerUnavailable(f"broker {self.address}: {exc.message}") from exc
             log.error("broker call failed", exc_info=True,
                       extra={"method": route.name, "status": exc.status.name})
