@@ -151,3 +151,31 @@ def test_a_second_endpoint_answers_when_the_first_is_down(etcd_server: EtcdServe
             etcd.close()
 
     run(main)
+
+
+def test_cluster_producer_ids_never_overlap(etcd_server: EtcdServer) -> None:
+    """Brokers (and coordinators after a failover) reserve producer-id blocks by
+    compare-and-swap: racing allocators hand out disjoint ids, and a new one starts past them."""
+    from broker.producer_ids import BLOCK, ClusterProducerIds
+
+    async def main() -> None:
+        clients = [Etcd.from_text(etcd_server.endpoint) for _ in range(4)]
+        try:
+            allocators = [ClusterProducerIds(client) for client in clients[:3]]
+            handed: list[int] = []
+
+            async def take(allocator: ClusterProducerIds) -> None:
+                for _ in range(BLOCK + 10):  # crosses into a second block
+                    handed.append(await allocator.allocate())
+
+            async with trio.open_nursery() as nursery:
+                for allocator in allocators:
+                    nursery.start_soon(take, allocator)
+            assert len(handed) == len(set(handed)) == 3 * (BLOCK + 10)
+            later = await ClusterProducerIds(clients[3]).allocate()
+            assert later > max(handed)
+        finally:
+            for client in clients:
+                client.close()
+
+    run(main)
