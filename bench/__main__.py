@@ -6,7 +6,8 @@ Names: ``produce`` (librdkafka through gateway and broker vs a raw two-hop trio 
 ``storage`` (the log engine vs plain file IO), ``registry`` (Schema Registry register and
 lookup latency vs the same server's /health round trip), ``rdma`` (sidecar reads over UCX, the
 sidecar API and the HTTP fallback vs local pread), ``mount`` (dd and random 4 KiB reads through
-``kelp mount`` vs the sidecar's raw reads and the local file). No name runs them all. Ratios are
+``kelp mount`` vs the sidecar's raw reads and the local file), ``latency`` (ack and end-to-end
+p50/p99/p99.9 at fixed rates vs the raw two-hop round trip). No name runs them all. Ratios are
 always kelp's speed over the baseline's: 1.0 means as fast as the raw path.
 """
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-from bench import cluster, mount, produce, rdma, registry, storage, transactions
+from bench import cluster, latency, mount, produce, rdma, registry, storage, transactions
 
 BENCHMARKS = {
     "produce": lambda args: produce.run(records=args.records, record_bytes=args.record_bytes),
@@ -25,6 +26,7 @@ BENCHMARKS = {
     "registry": lambda args: registry.run(count=args.registry_requests),
     "rdma": lambda args: rdma.run(),
     "mount": lambda args: mount.run(),
+    "latency": lambda args: latency.run(),
 }
 
 

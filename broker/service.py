@@ -313,23 +313,30 @@ class BrokerService(DataStreams, GroupCalls, TxnCalls, ConfigCalls, QuotaCalls, 
             results.append(result)
         return pb.DeleteRecordsReply(results=results)
 
-    @coordinated
     async def init_producer_id(self, request: pb.InitProducerIdRequest
                                ) -> pb.InitProducerIdReply:
         if request.transactional_id is not None:
-            if self.transactions is None:
-                return pb.InitProducerIdReply(error_code=ErrorCode.coordinator_not_available,
-                                              producer_id=-1, producer_epoch=-1)
-            try:
-                producer_id, epoch = await self.transactions.init_producer_id(
-                    request.transactional_id, request.transaction_timeout_ms,
-                    request.producer_id, request.producer_epoch)
-            except TxnError as exc:
-                return pb.InitProducerIdReply(error_code=exc.code, producer_id=-1,
-                                              producer_epoch=-1)
-            return pb.InitProducerIdReply(producer_id=producer_id, producer_epoch=epoch)
+            return await self._init_transactional(request)
+        # An idempotent producer's id: any broker hands one out (in a cluster, from a block
+        # reserved in etcd), coordinator or not.
         producer_id, epoch = await self.producer_ids.init(request.producer_id,
                                                           request.producer_epoch)
+        return pb.InitProducerIdReply(producer_id=producer_id, producer_epoch=epoch)
+
+    @coordinated
+    async def _init_transactional(self, request: pb.InitProducerIdRequest
+                                  ) -> pb.InitProducerIdReply:
+        """A transactional producer's id and epoch: the transaction coordinator's."""
+        if self.transactions is None:
+            return pb.InitProducerIdReply(error_code=ErrorCode.coordinator_not_available,
+                                          producer_id=-1, producer_epoch=-1)
+        try:
+            producer_id, epoch = await self.transactions.init_producer_id(
+                request.transactional_id, request.transaction_timeout_ms,
+                request.producer_id, request.producer_epoch)
+        except TxnError as exc:
+            return pb.InitProducerIdReply(error_code=exc.code, producer_id=-1,
+                                          producer_epoch=-1)
         return pb.InitProducerIdReply(producer_id=producer_id, producer_epoch=epoch)
 
     async def describe_producers(self, request: pb.DescribeProducersRequest

@@ -6,7 +6,7 @@ import uuid
 import zlib
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kio.schema.errors import ErrorCode
 
@@ -28,6 +28,12 @@ if TYPE_CHECKING:
 
 NODE_ID = 0
 COORDINATION_TOPIC = "__consumer_offsets"  # as broker.coordination names it
+# What a group or transaction call gets while its coordinator broker cannot be reached (it is
+# restarting, or in a cluster its lead is moving). This gateway stays the client's coordinator
+# node, so "load in progress" (retry, same coordinator) rather than COORDINATOR_NOT_AVAILABLE:
+# on that, librdkafka marks the coordinator dead and re-resolves it to this same node, tearing
+# down its in-flight requests each time, and the group's heartbeats stall past the session.
+COORDINATOR_UNREACHABLE = ErrorCode.coordinator_load_in_progress
 # The client address of the connection a handler serves (for DescribeGroups' client_host).
 current_peer: ContextVar[str] = ContextVar("current_peer", default="")
 # The connection's unsent output, and the pool bytes the request being served holds until its
@@ -157,6 +163,16 @@ class GatewayContext:
         if self.router is None:
             return self.broker
         return self.router.leader(COORDINATION_TOPIC, 0)
+
+    async def any_broker_call(self, method: Any, request: Any) -> Any:
+        """A call any broker answers alike: the gateway's own, or in a cluster another while
+        that one is down. Raises ``BrokerUnavailable`` when none can."""
+        try:
+            return await self.broker.call(method, request)
+        except BrokerUnavailable:
+            if self.router is None:
+                raise
+            return await self.router.call_any(method, request)
 
     def data_brokers(self) -> list[BrokerClient]:
         """Every broker appends may go to (their backlogs bound what this gateway queues)."""

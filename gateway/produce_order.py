@@ -17,7 +17,11 @@ So each Kafka connection keeps, per partition written by an idempotent producer,
   refused with NOT_LEADER_OR_FOLLOWER (retried by the client after the failed one) until the
   failed batch comes again;
 - a batch for a new leader while batches are outstanding at the old one is refused the same way
-  (and blocks the chain at its own sequence): it must not overtake them.
+  (and blocks the chain at its own sequence): it must not overtake them;
+- a batch the leader answered OUT_OF_ORDER_SEQUENCE_NUMBER while an earlier one of the chain
+  failed or is still being answered (the leader refused that one, say because it became leader
+  a moment later) is answered NOT_LEADER_OR_FOLLOWER instead: it is retried after the earlier
+  one, where OUT_OF_ORDER would have made librdkafka bump its epoch.
 
 A block that the client never clears (it gave the batch up, or bumped its epoch itself) lapses
 after ``BLOCK_LIFETIME_S``; a new producer id or epoch starts a fresh chain. Chains exist only
@@ -27,8 +31,9 @@ while they have batches outstanding or a block, and a connection keeps at most
 
 from __future__ import annotations
 
+import contextlib
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kio.schema.errors import ErrorCode
 
@@ -66,7 +71,7 @@ class Chain:
     producer_id: int
     epoch: int
     broker: object = None        # where the outstanding batches went
-    outstanding: int = 0
+    pending: list[int] = field(default_factory=list)  # their sequences, in sending order
     blocked_at: int | None = None  # the sequence the client must send again first
     blocked_since: float = 0.0
 
@@ -90,6 +95,7 @@ class ProduceOrder:
     def __init__(self) -> None:
         self._chains: dict[tuple[str, int], Chain] = {}
         self.refused = 0
+        self.reordered = 0  # OUT_OF_ORDER answers turned into NOT_LEADER_OR_FOLLOWER
 
     def admit(self, topic: str, partition: int, producer: tuple[int, int, int],
               broker: object, now: float) -> Ticket | str:
@@ -102,7 +108,7 @@ class ProduceOrder:
                 now - chain.blocked_since > BLOCK_LIFETIME_S:
             chain.blocked_at = None
         if chain is None or (chain.producer_id, chain.epoch) != (producer_id, epoch):
-            if chain is not None and chain.outstanding and chain.broker is not broker:
+            if chain is not None and chain.pending and chain.broker is not broker:
                 return self._refuse("batches of an earlier producer epoch are still "
                                     "outstanding at the partition's previous leader")
             # The old chain's tickets still count down on it (``finished`` sees it detached).
@@ -113,12 +119,12 @@ class ProduceOrder:
                 return self._refuse(f"sequence {chain.blocked_at} of this producer failed "
                                     f"and must be sent again first")
             chain.blocked_at = None
-        if chain.outstanding and chain.broker is not broker:
+        if chain.pending and chain.broker is not broker:
             chain.block(sequence, now)
             return self._refuse("the partition's leader changed while earlier batches of this "
                                 "producer were outstanding at the previous one")
         chain.broker = broker
-        chain.outstanding += 1
+        chain.pending.append(sequence)
         return Ticket(key, chain, sequence)
 
     def not_sent(self, topic: str, partition: int, producer: tuple[int, int, int],
@@ -136,15 +142,23 @@ class ProduceOrder:
             self._store(key, chain)
         chain.block(sequence, now)
 
-    def finished(self, ticket: Ticket, error: int, now: float) -> None:
-        """The batch was answered with ``error``."""
+    def finished(self, ticket: Ticket, error: int, now: float) -> int:
+        """The batch was answered with ``error``; returns the error to give the client."""
         chain = ticket.chain
-        chain.outstanding -= 1
+        with contextlib.suppress(ValueError):
+            chain.pending.remove(ticket.sequence)
+        if error == ErrorCode.out_of_order_sequence_number and (
+                any(_before(other, ticket.sequence) for other in chain.pending)
+                or (chain.blocked_at is not None
+                    and _before(chain.blocked_at, ticket.sequence))):
+            error = ErrorCode.not_leader_or_follower  # an earlier batch failed: retry after it
+            self.reordered += 1
         if error in RETRIED_ERRORS:
             chain.block(ticket.sequence, now)
-        if not chain.outstanding and chain.blocked_at is None and \
+        if not chain.pending and chain.blocked_at is None and \
                 self._chains.get(ticket.key) is chain:
             del self._chains[ticket.key]
+        return error
 
     def _refuse(self, reason: str) -> str:
         self.refused += 1
@@ -154,7 +168,7 @@ class ProduceOrder:
         self._chains.pop(key, None)
         self._chains[key] = chain
         if len(self._chains) > MAX_CHAINS:  # the oldest idle block goes first
-            idle = next((k for k, c in self._chains.items() if not c.outstanding), None)
+            idle = next((k for k, c in self._chains.items() if not c.pending), None)
             if idle is not None:
                 del self._chains[idle]
 

@@ -11,7 +11,7 @@ from kio.schema.errors import ErrorCode
 
 from gateway import authorized
 from gateway.broker_client import BrokerUnavailable
-from gateway.context import GatewayContext, current_peer
+from gateway.context import COORDINATOR_UNREACHABLE, GatewayContext, current_peer
 from gateway.kafka import apis, messages
 from gateway.kafka.connection import Request
 from kelp import acl
@@ -59,7 +59,7 @@ async def handle_heartbeat(ctx: GatewayContext, request: Request) -> Any:
             client_id=request.header.client_id or "", client_host=current_peer.get()))
     except BrokerUnavailable as exc:
         return messages.build(response_type, throttle_time=NO_TIME,
-                              error_code=ErrorCode.coordinator_not_available,
+                              error_code=COORDINATOR_UNREACHABLE,
                               error_message=str(exc), member_id=None, member_epoch=-1,
                               heartbeat_interval=NO_TIME, assignment=None)
     assignment = None
@@ -97,7 +97,7 @@ async def handle_describe(ctx: GatewayContext, request: Request) -> Any:
             groups += reply.groups
     except BrokerUnavailable as exc:
         groups += [pb.ConsumerGroupDescribeReplyGroup(
-            group_id=g, error_code=ErrorCode.coordinator_not_available, error_message=str(exc))
+            group_id=g, error_code=COORDINATOR_UNREACHABLE, error_message=str(exc))
             for g in group_ids]
     requested = body.include_authorized_operations
 

@@ -13,7 +13,7 @@ from kio.schema.errors import ErrorCode
 
 from gateway import authorized
 from gateway.broker_client import BrokerUnavailable
-from gateway.context import GatewayContext, current_peer
+from gateway.context import COORDINATOR_UNREACHABLE, GatewayContext, current_peer
 from gateway.kafka import apis, messages
 from gateway.kafka.connection import Request
 from kelp import acl
@@ -54,7 +54,7 @@ async def handle_join(ctx: GatewayContext, request: Request) -> Any:
             client_id=request.header.client_id or "", client_host=current_peer.get()),
             timeout=rebalance_ms / 1000 + CALL_MARGIN_S)
     except BrokerUnavailable:
-        reply = pb.JoinGroupReply(error_code=ErrorCode.coordinator_not_available,
+        reply = pb.JoinGroupReply(error_code=COORDINATOR_UNREACHABLE,
                                   generation_id=-1, member_id=body.member_id)
     return messages.build(
         response_type, throttle_time=NO_TIME, error_code=ErrorCode(reply.error_code),
@@ -79,7 +79,7 @@ async def handle_sync(ctx: GatewayContext, request: Request) -> Any:
                          for a in body.assignments]),
             timeout=600.0)
     except BrokerUnavailable:
-        reply = pb.SyncGroupReply(error_code=ErrorCode.coordinator_not_available)
+        reply = pb.SyncGroupReply(error_code=COORDINATOR_UNREACHABLE)
     return messages.build(
         response_type, throttle_time=NO_TIME, error_code=ErrorCode(reply.error_code),
         protocol_type=reply.protocol_type or None, protocol_name=reply.protocol_name or None,
@@ -94,7 +94,7 @@ async def handle_heartbeat(ctx: GatewayContext, request: Request) -> Any:
             group_instance_id=getattr(body, "group_instance_id", None)))
         error = ErrorCode(reply.error_code)
     except BrokerUnavailable:
-        error = ErrorCode.coordinator_not_available
+        error = COORDINATOR_UNREACHABLE
     return messages.build(_response(apis.ApiKey.HEARTBEAT, request),
                           throttle_time=NO_TIME, error_code=error)
 
@@ -113,10 +113,10 @@ async def handle_leave(ctx: GatewayContext, request: Request) -> Any:
             group_id=body.group_id, members=identities))
         top, results = ErrorCode(reply.error_code), list(reply.results)
     except BrokerUnavailable:
-        top, results = ErrorCode.coordinator_not_available, []
+        top, results = COORDINATOR_UNREACHABLE, []
     if hasattr(body, "members"):
         member_type = messages.nested(response_type, "MemberResponse")
-        top = ErrorCode.none if top != ErrorCode.coordinator_not_available else top
+        top = ErrorCode.none if top != COORDINATOR_UNREACHABLE else top
         return messages.build(response_type, throttle_time=NO_TIME, error_code=top,
                               members=tuple(member_type(
                                   member_id=r.member_id, group_instance_id=r.group_instance_id,
@@ -158,7 +158,7 @@ async def handle_offset_commit(ctx: GatewayContext, request: Request) -> Any:
         topic_type(name=t.name, partitions=tuple(partition_type(
             partition_index=p.partition_index,
             error_code=errors.get((t.name, p.partition_index),
-                                  ErrorCode.coordinator_not_available))
+                                  COORDINATOR_UNREACHABLE))
             for p in t.partitions)) for t in body.topics))
 
 
@@ -191,7 +191,7 @@ async def _fetch_group(ctx: GatewayContext, group_id: str, topics: Any, member: 
     try:
         reply = await ctx.coordinator().call(BROKER.fetch_offsets, request)
     except BrokerUnavailable:
-        return ErrorCode.coordinator_not_available, {}
+        return COORDINATOR_UNREACHABLE, {}
     by_topic: dict[str, list[pb.CommittedOffset]] = {}
     for offset in reply.offsets:
         if ctx.security.allows(DESCRIBE, TOPIC, offset.topic):
@@ -241,7 +241,7 @@ async def handle_list_groups(ctx: GatewayContext, request: Request) -> Any:
             types=list(getattr(body, "types_filter", ()))))
         error, groups = ErrorCode.none, list(reply.groups)
     except BrokerUnavailable:
-        error, groups = ErrorCode.coordinator_not_available, []
+        error, groups = COORDINATOR_UNREACHABLE, []
     if not ctx.security.allows_cluster(DESCRIBE):  # Kafka: else only the groups it may see
         groups = [g for g in groups if ctx.security.allows(DESCRIBE, GROUP, g.group_id)]
     return messages.build(response_type, throttle_time=NO_TIME, error_code=error,
@@ -269,7 +269,7 @@ async def handle_describe_groups(ctx: GatewayContext, request: Request) -> Any:
             described += reply.groups
     except BrokerUnavailable:
         described += [pb.DescribeGroupsReplyDescribed(
-            group_id=g, error_code=ErrorCode.coordinator_not_available) for g in group_ids]
+            group_id=g, error_code=COORDINATOR_UNREACHABLE) for g in group_ids]
     requested = getattr(body, "include_authorized_operations", False)
     return messages.build(response_type, throttle_time=NO_TIME, groups=tuple(messages.build(
         group_type, error_code=ErrorCode(g.error_code), group_id=g.group_id,
@@ -294,7 +294,7 @@ async def handle_delete_groups(ctx: GatewayContext, request: Request) -> Any:
                 group_ids=allowed))
             results += [(r.group_id, ErrorCode(r.error_code)) for r in reply.results]
     except BrokerUnavailable:
-        results += [(g, ErrorCode.coordinator_not_available) for g in allowed]
+        results += [(g, COORDINATOR_UNREACHABLE) for g in allowed]
     return messages.build(response_type, throttle_time=NO_TIME, results=tuple(
         result_type(group_id=g, error_code=code) for g, code in results))
 
@@ -317,7 +317,7 @@ async def handle_offset_delete(ctx: GatewayContext, request: Request) -> Any:
         error = ErrorCode(reply.error_code)
         results.update({(r.topic, r.partition): ErrorCode(r.error_code) for r in reply.results})
     except BrokerUnavailable:
-        error = ErrorCode.coordinator_not_available
+        error = COORDINATOR_UNREACHABLE
     return response_type(error_code=error, throttle_time=NO_TIME, topics=tuple(
         topic_type(name=t.name, partitions=tuple(partition_type(
             partition_index=p.partition_index,

@@ -198,7 +198,10 @@ async def _collect(ctx: GatewayContext, request: Request, acks: int,
         if outcome.ticket is not None:
             order = current_produce_order.get()
             if order is not None:
-                order.finished(outcome.ticket, error, time.monotonic())
+                told = order.finished(outcome.ticket, error, time.monotonic())
+                if told != error:
+                    error, message = ErrorCode(told), ("an earlier batch of this producer "
+                                                       "failed here: retry in order")
         record_errors = _record_errors(response_type, failures)
         by_topic.setdefault(outcome.topic, []).append(messages.build(
             partition_type, index=outcome.partition, error_code=error,

@@ -8,7 +8,7 @@ from typing import Any
 from kio.schema.errors import ErrorCode
 
 from gateway.broker_client import BrokerUnavailable
-from gateway.context import GatewayContext
+from gateway.context import COORDINATOR_UNREACHABLE, GatewayContext
 from gateway.kafka import apis, messages
 from gateway.kafka.connection import Request
 from kelp import acl
@@ -23,18 +23,22 @@ async def handle_init_producer_id(ctx: GatewayContext, request: Request) -> Any:
     if refused is not None:
         return response_type(throttle_time=datetime.timedelta(0), error_code=refused,
                              producer_id=-1, producer_epoch=-1)
+    request_message = pb.InitProducerIdRequest(
+        transactional_id=body.transactional_id,
+        producer_id=getattr(body, "producer_id", -1),
+        producer_epoch=getattr(body, "producer_epoch", -1),
+        transaction_timeout_ms=int(body.transaction_timeout.total_seconds() * 1000))
     try:
-        reply = await ctx.coordinator().call(BROKER.init_producer_id, pb.InitProducerIdRequest(
-            transactional_id=body.transactional_id,
-            producer_id=getattr(body, "producer_id", -1),
-            producer_epoch=getattr(body, "producer_epoch", -1),
-            transaction_timeout_ms=int(body.transaction_timeout.total_seconds() * 1000)))
+        if body.transactional_id is not None:  # the transaction coordinator's
+            reply = await ctx.coordinator().call(BROKER.init_producer_id, request_message)
+        else:  # any broker hands out ids (in a cluster, from blocks reserved in etcd)
+            reply = await ctx.any_broker_call(BROKER.init_producer_id, request_message)
         error, producer_id, epoch = ErrorCode(reply.error_code), reply.producer_id, \
             reply.producer_epoch
         if error == ErrorCode.producer_fenced and request.version < 4:
             error = ErrorCode.invalid_producer_epoch  # PRODUCER_FENCED came with v4 (KIP-588)
     except BrokerUnavailable:
-        error, producer_id, epoch = ErrorCode.coordinator_not_available, -1, -1
+        error, producer_id, epoch = COORDINATOR_UNREACHABLE, -1, -1
     return response_type(throttle_time=datetime.timedelta(0), error_code=error,
                          producer_id=producer_id, producer_epoch=epoch)
 

@@ -14,7 +14,7 @@ from typing import Any
 from kio.schema.errors import ErrorCode
 
 from gateway.broker_client import BrokerUnavailable
-from gateway.context import GatewayContext
+from gateway.context import COORDINATOR_UNREACHABLE, GatewayContext
 from gateway.kafka import apis, messages
 from gateway.kafka.connection import Request
 from kelp import acl
@@ -44,7 +44,7 @@ async def _txn_call(ctx: GatewayContext, request: Request, route: Any, message: 
     try:
         reply = await ctx.coordinator().call(route, message)
     except BrokerUnavailable:
-        return ErrorCode.coordinator_not_available
+        return COORDINATOR_UNREACHABLE
     return _code(reply.error_code, request)
 
 
@@ -82,7 +82,7 @@ async def handle_add_partitions(ctx: GatewayContext, request: Request) -> Any:
                     results = {(r.topic, r.partition): ErrorCode(r.error_code)
                                for r in reply.results}
             except BrokerUnavailable:
-                results = dict.fromkeys(wanted, ErrorCode.coordinator_not_available)
+                results = dict.fromkeys(wanted, COORDINATOR_UNREACHABLE)
         by_topic: dict[str, list[Any]] = {}
         for (topic, partition), code in results.items():
             by_topic.setdefault(topic, []).append(partition_type(
@@ -157,7 +157,7 @@ async def handle_txn_offset_commit(ctx: GatewayContext, request: Request) -> Any
                 results.update({(r.topic, r.partition): _code(r.error_code, request)
                                 for r in reply.results})
             except BrokerUnavailable:
-                results.update({(o.topic, o.partition): ErrorCode.coordinator_not_available
+                results.update({(o.topic, o.partition): COORDINATOR_UNREACHABLE
                                 for o in offsets})
     by_topic: dict[str, list[Any]] = {}
     for (topic, partition), code in results.items():
@@ -202,7 +202,7 @@ async def handle_describe_transactions(ctx: GatewayContext, request: Request) ->
         got = found.get(tid)
         if got is None:
             code = (ErrorCode.transactional_id_authorization_failed if tid not in allowed
-                    else ErrorCode.coordinator_not_available)
+                    else COORDINATOR_UNREACHABLE)
             got = pb.TransactionState(transactional_id=tid, error_code=code, producer_id=-1,
                                       producer_epoch=-1, start_ms=-1)
         # Kafka leaves out the topics the principal may not DESCRIBE.
@@ -233,7 +233,7 @@ async def handle_list_transactions(ctx: GatewayContext, request: Request) -> Any
         listed = [t for t in reply.transactions
                   if ctx.security.allows(Op.DESCRIBE, Res.TRANSACTIONAL_ID, t.transactional_id)]
     except BrokerUnavailable:
-        error = ErrorCode.coordinator_not_available
+        error = COORDINATOR_UNREACHABLE
     return response_type(throttle_time=NO_TIME, error_code=error, unknown_state_filters=unknown,
                          transaction_states=tuple(state_type(
                              transactional_id=t.transactional_id, producer_id=t.producer_id,

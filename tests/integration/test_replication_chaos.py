@@ -26,7 +26,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    ConsumerGroupTopicPartitions,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from tests.cluster_procs import (
@@ -128,6 +135,17 @@ def run_consumer(bootstrap: str, history: History) -> None:
         consumer.close()
 
 
+def committed_total(admin: AdminClient) -> int:
+    """The sum of the group's committed offsets, as its coordinator answers now (-1 while it
+    cannot)."""
+    try:
+        listed = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions("history")])
+        partitions = listed["history"].result(10).topic_partitions
+    except KafkaException:
+        return -1
+    return sum(max(tp.offset, 0) for tp in partitions)
+
+
 def read_log(bootstrap: str, topic: str, partitions: int) -> list[tuple[int, int, str]]:
     """(partition, offset, value) of every stored record, each offset once (a consumer may
     deliver one twice; the log holds it once), read up to each partition's high-water mark."""
@@ -190,10 +208,14 @@ def test_no_acknowledged_record_is_lost_or_duplicated_while_brokers_die(
                 if cycle == CYCLES // 2:
                     brokers.etcd.stop()
                     brokers.etcd.start()
-                # The group consumes again before the next kill, so each pause has one cause.
+                # The group consumes again, and commits through its coordinator (wherever that
+                # is now), before the next kill, so each pause has one cause.
                 before = len(history.consumed)
                 wait_for(lambda b=before: len(history.consumed) > b + 100,
                          f"cycle {cycle}: consumption going on", timeout=60)
+                committed = committed_total(admin)
+                wait_for(lambda c=committed: committed_total(admin) > c,
+                         f"cycle {cycle}: the group committing", timeout=60)
                 history.cycles.append((history.kills[-1][0], time.monotonic(),
                                        victim.broker_id == coordinator))
         finally:

@@ -104,3 +104,27 @@ def test_producer_fields_come_from_the_first_batch_header() -> None:
     batch[recordbatch.BASE_SEQUENCE:recordbatch.BASE_SEQUENCE + 4] = (17).to_bytes(4, "big")
     assert producer_of(bytes(batch)) == (42, 3, 17)
     assert producer_of(bytes(batch[:20])) is None  # malformed: left to the broker
+
+
+def test_out_of_order_behind_a_failed_batch_is_retried_not_resequenced() -> None:
+    """The leader refused the first batch (not leader yet) and then took the second as leader,
+    seeing a gap: the client is told to retry the second after the first, not that
+    sequences were lost (librdkafka bumps its epoch on that)."""
+    order = ProduceOrder()
+    first = admitted(order.admit("t", 0, (PID, EPOCH, 10), NEW, 0.0))
+    second = admitted(order.admit("t", 0, (PID, EPOCH, 13), NEW, 0.0))
+    # The second's answer may be handled first: the first is still pending then.
+    assert order.finished(second, ErrorCode.out_of_order_sequence_number, 0.1) == \
+        ErrorCode.not_leader_or_follower
+    assert order.finished(first, ErrorCode.not_leader_or_follower, 0.1) == \
+        ErrorCode.not_leader_or_follower
+    assert isinstance(order.admit("t", 0, (PID, EPOCH, 13), NEW, 0.2), str)
+    admitted(order.admit("t", 0, (PID, EPOCH, 10), NEW, 0.2))
+    assert order.reordered == 1
+
+
+def test_a_first_batch_out_of_order_is_passed_on() -> None:
+    order = ProduceOrder()
+    only = admitted(order.admit("t", 0, (PID, EPOCH, 10), NEW, 0.0))
+    assert order.finished(only, ErrorCode.out_of_order_sequence_number, 0.1) == \
+        ErrorCode.out_of_order_sequence_number
