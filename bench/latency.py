@@ -61,11 +61,11 @@ def _fixed_rate(bootstrap: str, topic: str, partitions: int, rate: int
     done = threading.Event()
 
     def consume() -> None:
+        # One record per poll: a batch call would wait for its batch to fill or time out.
         while len(end_to_end) < count and not done.is_set():
-            for message in consumer.consume(1000, timeout=0.1):
-                if message.error() is None:
-                    end_to_end.append(time.perf_counter()
-                                      - float(message.value()[:20].decode()))
+            message = consumer.poll(0.05)
+            if message is not None and message.error() is None:
+                end_to_end.append(time.perf_counter() - float(message.value()[:20].decode()))
 
     reader = threading.Thread(target=consume)
     reader.start()

@@ -10,7 +10,8 @@ them together:
   segment *before* anyone is told it exists: a process crash after the write loses nothing
   acknowledged. The high-water mark is everything written, synced or not.
 - durability: ``wait_durable`` adds ``fdatasync`` with group commit (appends that arrive while
-  a sync runs share the next one), then checkpoints the recovery point and producer snapshot.
+  a sync runs share the next one); at most once a second a sync also checkpoints the recovery
+  point and producer snapshot (hints for the next start, not part of an acknowledgement).
 - reads, by offset (whole batches) or by timestamp; waiting readers register an append
   listener (a per-partition parking spot signalled by every append), never a sleep loop.
 - transactions: the coordinator's COMMIT and ABORT markers (``append_marker``), the last
@@ -50,6 +51,9 @@ from broker.storage.producer_state import ProducerStateManager, Snapshot
 from broker.storage.segment import Segment, held
 from kelp import batchcheck, files, recordbatch, records
 from kelp.recordbatch import CorruptBatch
+
+# How often a sync also writes the checkpoints (see ``wait_durable``).
+CHECKPOINT_INTERVAL_S = 1.0
 
 __all__ = ["AppendResult", "LogConfig", "MessageTooLarge", "OffsetOutOfRange", "PartitionLog",
            "ReadResult", "Segment", "held", "now_ms", "topic_partition"]
@@ -95,6 +99,7 @@ class PartitionLog:
         self._dir_dirty = loaded.created
         self._sync_running = False
         self._sync_done = trio.Event()
+        self._next_checkpoint = 0.0  # trio time when a sync next writes the checkpoints
         self._append_listeners: set[Callable[[], None]] = set()
         self._producer_state = ProducerStateManager(directory)
         self._unsynced_messages = 0
@@ -402,7 +407,13 @@ class PartitionLog:
                 continue
             self._sync_running = True
             target, recovery_point = self._written, self.log_end_offset
-            snapshot = self._producer_state.snapshot(recovery_point)
+            # The checkpoints (producer snapshot, recovery point) ride along at most every
+            # CHECKPOINT_INTERVAL_S: writing them cost more than the fsync itself, on every
+            # acknowledgement's path; a staler one only means more of the log to check on start.
+            snapshot = None
+            if trio.current_time() >= self._next_checkpoint:
+                snapshot = self._producer_state.snapshot(recovery_point)
+                self._next_checkpoint = trio.current_time() + CHECKPOINT_INTERVAL_S
             segments = list(self._unsynced.values())
             self._unsynced.clear()
             sync_dir = self._dir_dirty
@@ -423,7 +434,9 @@ class PartitionLog:
                     if not segment.retired:
                         self._unsynced[segment.base_offset] = segment
                 self._dir_dirty = self._dir_dirty or sync_dir
-                self._producer_state.write_failed()
+                if snapshot is not None:
+                    self._producer_state.write_failed()
+                    self._next_checkpoint = 0.0  # the next sync tries again
                 raise
             finally:
                 self._sync_running = False
@@ -431,11 +444,13 @@ class PartitionLog:
                 done.set()
 
     def _sync_files(self, segments: list[Segment], sync_dir: bool, recovery_point: int,
-                    producer_snapshot: Snapshot) -> None:
+                    producer_snapshot: Snapshot | None) -> None:
         for segment in segments:
             segment.sync()
         if sync_dir:
             files.sync_directory(self.directory)
+        if producer_snapshot is None:
+            return
         # Neither is fsynced: a stale one only means more checking and rebuilding on start.
         self._producer_state.write(producer_snapshot)
         loader.write_checkpoint(self.directory / loader.RECOVERY_POINT, recovery_point,

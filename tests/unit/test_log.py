@@ -351,3 +351,23 @@ def test_a_wrong_max_timestamp_is_corrected_as_kafka_does(tmp_path):
     assert header.max_timestamp == 5000 and recordbatch.crc_matches(stored, 0, header)
     assert stored[61:] == bytes(batch[61:])  # the records themselves are untouched
     plog.close()
+
+
+async def test_a_sync_checkpoints_at_most_once_an_interval(tmp_path) -> None:
+    """The recovery point and producer snapshot are hints for the next start: a sync writes
+    them at most every CHECKPOINT_INTERVAL_S (they cost more than the fsync itself), and a
+    clean close writes them whole."""
+    from broker.storage import loader
+
+    plog = PartitionLog.open(tmp_path / "t-0")
+    point = tmp_path / "t-0" / loader.RECOVERY_POINT
+    await plog.wait_durable(plog.append(batch_of(1)).write_mark)
+    assert loader.read_checkpoint(point) == 1  # the first sync: due
+    await plog.wait_durable(plog.append(batch_of(1)).write_mark)
+    assert loader.read_checkpoint(point) == 1  # the next within the interval: not written
+    assert plog.unflushed_bytes == 0  # durable all the same
+    plog.close()
+    assert loader.read_checkpoint(point) == 2
+    again = PartitionLog.open(tmp_path / "t-0")
+    assert again.log_end_offset == 2
+    again.close()

@@ -11,6 +11,7 @@ import trio
 from kio.schema.errors import ErrorCode
 
 from broker import internal_log
+from broker import log as broker_log
 from broker.log import LogConfig, PartitionLog
 from broker.offsets import Committed, OffsetStore
 from broker.producer_ids import ProducerIds
@@ -363,7 +364,10 @@ async def test_offset_metadata_is_bounded(rig: Rig):
         ("t", 0): ErrorCode.offset_metadata_too_large}
 
 
-async def test_the_aborted_index_is_appended_and_a_lost_append_costs_only_a_replay(tmp_path):
+async def test_the_aborted_index_is_appended_and_a_lost_append_costs_only_a_replay(
+        tmp_path, monkeypatch):
+    # Every sync checkpoints here (in a broker, at most one a second does).
+    monkeypatch.setattr(broker_log, "CHECKPOINT_INTERVAL_S", 0.0)
     plog = PartitionLog.open(tmp_path / "t-0")
     for pid in range(1, 6):
         plog.append(txn_batch(pid, 0))
