@@ -212,3 +212,14 @@ def single_and_replicated(request: pytest.FixtureRequest, cluster: Cluster,
         yield replicated
     finally:
         replicated.stop()
+
+
+def routed_gateway(brokers: BrokerCluster, workdir: Path) -> Iterator[str]:
+    """For a fixture (``yield from`` it): a routing gateway without a registry in front of
+    broker 0, yielding its Kafka address; stopped afterwards."""
+    gateway, port = gateway_on(brokers.brokers[0], workdir, "--no-registry", "--etcd",
+                               brokers.etcd.endpoint)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        gateway.stop()

@@ -13,8 +13,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from tests.cluster_procs import (
     BrokerCluster,
-    gateway_on,
     partition_states,
+    routed_gateway,
     running_cluster,
     wait_for,
 )
@@ -31,12 +31,7 @@ def brokers(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[BrokerCl
 @pytest.fixture
 def bootstrap(brokers: BrokerCluster, tmp_path: Path) -> Iterator[str]:
     """A routing gateway's Kafka address."""
-    gateway, port = gateway_on(brokers.brokers[0], tmp_path, "--no-registry", "--etcd",
-                               brokers.etcd.endpoint)
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        gateway.stop()
+    yield from routed_gateway(brokers, tmp_path)
 
 
 def coordinator_of(brokers: BrokerCluster, *, not_on: int | None = None) -> int:

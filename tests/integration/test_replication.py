@@ -26,6 +26,7 @@ from tests.cluster_procs import (
     BrokerNode,
     gateway_on,
     partition_states,
+    routed_gateway,
     running_cluster,
     wait_for,
 )
@@ -41,12 +42,7 @@ def brokers(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[BrokerCl
 @pytest.fixture
 def kafka(brokers: BrokerCluster, tmp_path: Path) -> Iterator[str]:
     """A routing gateway whose control calls go to broker 0 (never killed here)."""
-    gateway, port = gateway_on(brokers.brokers[0], tmp_path, "--no-registry", "--etcd",
-                               brokers.etcd.endpoint)
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        gateway.stop()
+    yield from routed_gateway(brokers, tmp_path)
 
 
 def create(bootstrap: str, topic: NewTopic) -> None:
