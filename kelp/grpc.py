@@ -38,7 +38,7 @@ import hyperframe.frame
 import trio
 import trio_asyncio
 from grpclib.const import Status
-from grpclib.exceptions import GRPCError
+from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from kelp import cluster_token
 from kelp.address import Address
@@ -506,13 +506,21 @@ class Channel:
                                                            route.reply_type, timeout)
 
     async def _unary(self, path: str, request: Any, reply_type: type, timeout: float) -> Any:
-        async with self._channel.request(
-            path, grpclib.const.Cardinality.UNARY_UNARY, type(request), reply_type, timeout=timeout
-        ) as stream:
-            await stream.send_message(request, end=True)
-            reply = await stream.recv_message()
-            await stream.recv_trailing_metadata()
-            return reply
+        try:
+            async with self._channel.request(
+                path, grpclib.const.Cardinality.UNARY_UNARY, type(request), reply_type,
+                timeout=timeout
+            ) as stream:
+                await stream.send_message(request, end=True)
+                reply = await stream.recv_message()
+                await stream.recv_trailing_metadata()
+                return reply
+        except AttributeError as exc:
+            # grpclib opening a stream on a connection its peer has just closed (the
+            # connection's transport is already gone): a lost connection like any other.
+            if "_transport" not in str(exc):
+                raise
+            raise StreamTerminatedError("Connection lost") from exc
 
     @contextlib.asynccontextmanager
     async def open_stream(self, route: Route[Req, Rep]
