@@ -20,7 +20,7 @@ from broker.exports import DEFAULT_CHUNK_BYTES, Exports, ExportsHttp
 from broker.group_file import GroupFile
 from broker.groups import Coordinator
 from broker.offsets import OffsetStore
-from broker.producer_ids import ProducerIds
+from broker.producer_ids import BlockAllocator, ProducerIds
 from broker.security import SecurityStore, read_users_file
 from broker.service import BrokerService
 from broker.topics import TopicRegistry
@@ -225,7 +225,7 @@ async def serve(args: argparse.Namespace) -> None:
             etcd = Etcd.from_text(args.etcd)
         except ValueError as exc:
             raise SystemExit(f"broker: --etcd: {exc}") from None
-        producer_ids: ProducerIds = ClusterProducerIds(etcd)
+        producer_ids: BlockAllocator = ClusterProducerIds(etcd)
     else:
         # '@' cannot appear in a topic name, so these directories never collide with a topic's.
         store = await trio.to_thread.run_sync(OffsetStore, args.data_dir / "@consumer-offsets",

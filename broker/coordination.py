@@ -10,9 +10,9 @@ the others. Its followers replicate it like any partition; its leader is the coo
 ``CoordinationHost`` watches this broker's roles. When it comes to lead the partition it
 replays the log into a fresh ``Coordinator`` and ``TransactionCoordinator`` (the path a lone
 broker's restart takes) and hands them to the service; when it stops leading it takes them away
-first, so new calls are answered "not the coordinator" (UNAVAILABLE: the gateway tells the
-client COORDINATOR_NOT_AVAILABLE and it looks for the coordinator again), then cancels their
-timers and every call still running in them. A write is acknowledged once every in-sync replica
+first, so new calls are answered "not the coordinator" (ABORTED: the gateway tells the client
+COORDINATOR_LOAD_IN_PROGRESS and it retries), then cancels their timers and every call still
+running in them. A write is acknowledged once every in-sync replica
 of the partition holds it, so the next leader knows everything a client was told.
 
 The partition is created when a coordinator call first finds none (replication factor
@@ -60,7 +60,7 @@ BuildTxns = Callable[..., "TransactionCoordinator"]
 
 class NotCoordinator(GRPCError):
     """ABORTED: the broker is up, the call was refused for its role (the gateway answers
-    COORDINATOR_NOT_AVAILABLE without counting the broker unreachable)."""
+    COORDINATOR_LOAD_IN_PROGRESS without counting the broker unreachable)."""
 
     def __init__(self, why: str) -> None:
         super().__init__(Status.ABORTED, f"not the coordinator: {why}")
@@ -154,11 +154,16 @@ class CoordinationHost:
         # The logs are replayed in worker threads: a long log must not stall the broker.
         # Nothing else writes it meanwhile (a leader's log is written only by its coordinator).
         started = trio.current_time()
-        store = await trio.to_thread.run_sync(
-            lambda: OffsetStore(None, shared=plog, replicated=replicated))
-        groups = self.build_groups(store, (GroupLog("classic", plog, replicated),
-                                           GroupLog("consumer", plog, replicated)))
-        groups.load_groups()
+        group_logs = (GroupLog("classic", plog, replicated), GroupLog("consumer", plog, replicated))
+
+        def replay() -> OffsetStore:
+            for group_log in group_logs:
+                group_log.preload()
+            return OffsetStore(None, shared=plog, replicated=replicated)
+
+        store = await trio.to_thread.run_sync(replay)
+        groups = self.build_groups(store, group_logs)
+        groups.load_groups()  # from what the thread read
         markers = ClusterMarkers(self.replication.registry, self.replication,
                                  lambda: self.epoch == epoch)
         transactions = await trio.to_thread.run_sync(

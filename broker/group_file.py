@@ -97,8 +97,17 @@ class GroupLog(GroupFile):
         self.plog = plog
         self.replicated = replicated
         self._on_log: dict[str, str] = {}  # each group's state as the log last got it
+        self._preloaded: dict[str, object] | None = None
+
+    def preload(self) -> None:
+        """Replay the log now (in a worker thread), for the next ``read``: the coordinator
+        reads its groups on the event loop."""
+        self._preloaded = self.read()
 
     def read(self) -> dict[str, object]:
+        if self._preloaded is not None:
+            state, self._preloaded = self._preloaded, None
+            return state
         state: dict[str, object] = {}
 
         def apply(key: list[str], value: object | None) -> None:

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import trio
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
 
 from kelp.files import replace_file
 
@@ -49,14 +51,17 @@ def read_next_block(path: Path) -> int:
     return int(text[:-1])
 
 
-class ProducerIds:
-    def __init__(self, data_dir: Path) -> None:
-        self._path = data_dir / FILE_NAME
-        # Checked now, so damage stops the broker's start rather than a producer's init.
-        self._recorded_next_block = read_next_block(self._path)
+class BlockAllocator:
+    """Ids handed out from blocks; where a block is reserved is the subclass's business."""
+
+    def __init__(self) -> None:
         self._next = 0
         self._block_end = 0
         self._lock = trio.Lock()
+
+    async def _reserve(self) -> int:
+        """The start of a block of ids nobody else hands out, recorded before it is used."""
+        raise NotImplementedError
 
     async def allocate(self) -> int:
         async with self._lock:
@@ -67,8 +72,23 @@ class ProducerIds:
             self._next += 1
             return allocated
 
+    async def init(self, producer_id: int, epoch: int) -> tuple[int, int]:
+        """A new (id, epoch 0), or the same id with its epoch bumped (a new id past the max)."""
+        if producer_id >= 0 and 0 <= epoch < MAX_EPOCH - 1:
+            return producer_id, epoch + 1
+        return await self.allocate(), 0
+
+
+class ProducerIds(BlockAllocator):
+    """A lone broker's: blocks recorded in ``<data>/producer-ids``."""
+
+    def __init__(self, data_dir: Path) -> None:
+        super().__init__()
+        self._path = data_dir / FILE_NAME
+        # Checked now, so damage stops the broker's start rather than a producer's init.
+        self._recorded_next_block = read_next_block(self._path)
+
     async def _reserve(self) -> int:
-        """The start of a block of ids nobody else hands out, recorded before it is used."""
         return await trio.to_thread.run_sync(self._reserve_block)
 
     def _reserve_block(self) -> int:
@@ -77,32 +97,40 @@ class ProducerIds:
         self._recorded_next_block = start + BLOCK
         return start
 
-    async def init(self, producer_id: int, epoch: int) -> tuple[int, int]:
-        """A new (id, epoch 0), or the same id with its epoch bumped (a new id past the max)."""
-        if producer_id >= 0 and 0 <= epoch < MAX_EPOCH - 1:
-            return producer_id, epoch + 1
-        return await self.allocate(), 0
 
 
-class ClusterProducerIds(ProducerIds):
+class ClusterProducerIds(BlockAllocator):
     """Producer ids for a cluster: blocks reserved in etcd (``/kelp/producer-id-block``, the
     next block's start) by compare-and-swap, as Kafka's controller hands brokers blocks, so
-    no two brokers, and no coordinator after a failover, hand out the same id."""
+    no two brokers, and no coordinator after a failover, hand out the same id. etcd out of
+    reach or a damaged key refuse the producer (UNAVAILABLE, FAILED_PRECONDITION) rather
+    than hand out an id that may be in use."""
 
     KEY = b"/kelp/producer-id-block"
 
     def __init__(self, etcd: Etcd) -> None:
+        super().__init__()
         self._etcd = etcd
-        self._next = 0
-        self._block_end = 0
-        self._lock = trio.Lock()
 
     async def _reserve(self) -> int:
+        from kelp.etcd import EtcdUnavailable  # only a cluster's broker gets here
+
         while True:
-            entry = await self._etcd.get(self.KEY)
-            start = 0 if entry is None else int(entry.value)
-            written = await self._etcd.put_if(self.KEY, str(start + BLOCK).encode(),
-                                              mod_revision=0 if entry is None
-                                              else entry.mod_revision)
+            try:
+                entry = await self._etcd.get(self.KEY)
+                start = 0 if entry is None else _block_start(entry.value)
+                written = await self._etcd.put_if(self.KEY, str(start + BLOCK).encode(),
+                                                  mod_revision=0 if entry is None
+                                                  else entry.mod_revision)
+            except EtcdUnavailable as exc:
+                raise GRPCError(Status.UNAVAILABLE, f"etcd is unreachable: {exc}") from None
             if written is not None:
                 return start
+
+
+def _block_start(value: bytes) -> int:
+    if not value.isdigit():  # ASCII digits only, as written: a damaged key is never "0"
+        raise GRPCError(Status.FAILED_PRECONDITION,
+                        f"{ClusterProducerIds.KEY.decode()} holds {value[:40]!r}, not the next "
+                        "producer id block: write a number larger than any producer id in use")
+    return int(value)

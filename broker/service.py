@@ -26,7 +26,7 @@ from broker.exports import ExportCalls, Exports
 from broker.group_service import GroupCalls
 from broker.groups import Coordinator
 from broker.log import OffsetOutOfRange
-from broker.producer_ids import ProducerIds
+from broker.producer_ids import BlockAllocator, ProducerIds
 from broker.security import SecurityStore
 from broker.security_service import SecurityCalls
 from broker.streams import DataStreams
@@ -69,7 +69,7 @@ class BrokerService(DataStreams, GroupCalls, TxnCalls, ConfigCalls, QuotaCalls, 
                  broker_configs: BrokerConfigs | None = None,
                  security: SecurityStore | None = None,
                  transactions: TransactionCoordinator | None = None,
-                 producer_ids: ProducerIds | None = None,
+                 producer_ids: BlockAllocator | None = None,
                  auto_create_partitions: int = 1, append_delay_s: float = 0.0) -> None:
         self.registry = registry
         # Without one, the broker's configs are the registry's defaults, kept in memory only.

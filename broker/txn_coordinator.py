@@ -32,7 +32,7 @@ from broker import internal_log, metrics
 from broker.group_state import MAX_METADATA_BYTES
 from broker.log import LogConfig, OffsetOutOfRange, PartitionLog, now_ms
 from broker.offsets import Committed, OffsetStore
-from broker.producer_ids import MAX_EPOCH, ProducerIds
+from broker.producer_ids import MAX_EPOCH, BlockAllocator
 from broker.producers import ABORT, COMMIT
 from broker.topics import TopicError, TopicRegistry
 from broker.transactions import (
@@ -63,7 +63,7 @@ WriteMarker = Callable[[str, int, int, int, int], Awaitable[None]]
 
 class TransactionCoordinator:
     def __init__(self, directory: Path | None, config: LogConfig | None,
-                 registry: TopicRegistry, offsets: OffsetStore, producer_ids: ProducerIds, *,
+                 registry: TopicRegistry, offsets: OffsetStore, producer_ids: BlockAllocator, *,
                  member_error: Callable[[str, int, str, str | None], ErrorCode | None],
                  max_timeout_ms: int = DEFAULT_MAX_TIMEOUT_MS,
                  id_expiration_ms: int = DEFAULT_ID_EXPIRATION_MS,

@@ -24,6 +24,7 @@ from kio.schema.errors import ErrorCode
 
 from broker.log import OffsetOutOfRange
 from broker.placement import NO_LEADER
+from broker.producers import ABORT, COMMIT
 from broker.topics import TopicError, TopicRegistry
 from broker.transactions import TxnError
 from kelp import grpc
@@ -41,7 +42,11 @@ RETRY_S = (0.05, 1.0)  # first and longest pause between attempts
 async def write_here(registry: TopicRegistry, replication: Replication, topic: str,
                      partition: int, producer_id: int, epoch: int, kind: int) -> None:
     """Write the marker as the partition's leader; returns once the ISR holds it. Raises
-    ``TopicError`` (with Kafka's code) when this broker does not lead it, or it is gone."""
+    ``TopicError`` (with Kafka's code) when this broker does not lead it, or it is gone, or
+    ``kind`` is neither COMMIT nor ABORT."""
+    if kind not in (COMMIT, ABORT):
+        raise TopicError(ErrorCode.invalid_request, f"marker kind {kind} is neither COMMIT "
+                         "nor ABORT")
     replication.check_leader(topic, partition)
     plog = registry.partition(topic, partition)
     try:
