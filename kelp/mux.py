@@ -27,8 +27,6 @@ from typing import Generic, Protocol, TypeVar
 
 import trio
 
-from kelp.grpc import ClientStream
-
 
 class _Tagged(Protocol):
     request_id: int
@@ -36,6 +34,17 @@ class _Tagged(Protocol):
 
 Req = TypeVar("Req", bound=_Tagged)
 Rep = TypeVar("Rep", bound=_Tagged)
+Req_contra = TypeVar("Req_contra", contravariant=True)
+Rep_co = TypeVar("Rep_co", covariant=True)
+
+
+class Stream(Protocol[Req_contra, Rep_co]):
+    """What ``Multiplexed`` needs of a stream: a gRPC ``ClientStream``, or the sidecar's read
+    socket (rdma.read_socket)."""
+
+    def send(self, message: Req_contra, size: int = 0) -> None: ...
+
+    async def recv(self) -> Rep_co | None: ...
 
 
 class Waiter(Generic[Rep]):
@@ -63,7 +72,7 @@ class Multiplexed(Generic[Req, Rep]):
     def __init__(self, *, max_outstanding: int,
                  unclaimed: Callable[[Rep], None] | None = None) -> None:
         self.max_outstanding = max_outstanding
-        self.stream: ClientStream[Req, Rep] | None = None  # None while not connected
+        self.stream: Stream[Req, Rep] | None = None  # None while not connected
         self._unclaimed = unclaimed
         self._ids = itertools.count(1)
         self._waiting: dict[int, Waiter[Rep]] = {}
@@ -125,7 +134,7 @@ class Multiplexed(Generic[Req, Rep]):
         if self.stream is not None:
             self.stream.send(request)
 
-    async def deliver_replies(self, stream: ClientStream[Req, Rep]) -> None:
+    async def deliver_replies(self, stream: Stream[Req, Rep]) -> None:
         """Hand each reply of ``stream`` to its waiter until the stream ends."""
         while (reply := await stream.recv()) is not None:
             self.deliver(reply)

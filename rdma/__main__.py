@@ -1,7 +1,8 @@
 """``python -m rdma``: the kelp RDMA sidecar.
 
-Serves the read API to the mount over gRPC on a Unix socket and to people over HTTP
-(/health, /stats, /ping, /capabilities, /read). Reads go over UCX (one-sided GETs of the
+Serves the read API to the mount over gRPC on a Unix socket, in plain frames on a second
+Unix socket (the read socket: the same reads at a fraction of gRPC's cost) and to people over
+HTTP (/health, /stats, /ping, /capabilities, /read). Reads go over UCX (one-sided GETs of the
 broker's registered segment memory: shared memory/cma or tcp here, verbs where the hardware
 has them) and fall back to a copy by the broker (gRPC ReadChunk).
 """
@@ -46,6 +47,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         metavar="PATH",
                         help="Unix socket for the gRPC API (the mount's path); its directory is "
                         "created if missing (default: .kelp/run/sidecar.sock)")
+    parser.add_argument("--read-socket", type=Path, default=None, metavar="PATH",
+                        help="Unix socket for the framed read protocol, the mount's fast path "
+                        "(default: next to --socket, its name ending .reads.sock)")
+    parser.add_argument("--no-read-socket", action="store_true",
+                        help="serve no read socket (readers use gRPC ReadStream)")
     parser.add_argument("--http", type=_host_port, default="127.0.0.1:8083", metavar="HOST:PORT",
                         help="HTTP API address; port 0 picks a free port "
                         "(default: 127.0.0.1:8083)")
@@ -60,11 +66,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the cluster token the broker requires (its --cluster-token-file); "
                         "without it a broker that has one grants no UCX lease and no read")
     parser.add_argument("--socket-mode", type=_mode, default=0o600, metavar="OCTAL",
-                        help="permissions of the gRPC socket, set explicitly rather than "
+                        help="permissions of the gRPC and read sockets, set explicitly rather than "
                         "from the umask (default: 0600: only this user's mount reads)")
     parser.add_argument("--socket-group", default=None, metavar="GROUP",
-                        help="group of the gRPC socket (with --socket-mode 0660, that group's "
-                        "members may read)")
+                        help="group of the gRPC and read sockets (with --socket-mode 0660, that "
+                        "group's members may read)")
     data = parser.add_argument_group("data path")
     data.add_argument("--no-ucx", action="store_true",
                       help="read through the broker's copy (ReadChunk) only")
@@ -150,7 +156,14 @@ def config_from_args(args: argparse.Namespace) -> SidecarConfig:
         http_reserve=args.http_reserve)
     return SidecarConfig(socket=args.socket, http_host=http_host, http_port=http_port,
                          reader=reader, socket_mode=args.socket_mode,
-                         socket_gid=getattr(args, "socket_gid", None), etcd=args.etcd)
+                         socket_gid=getattr(args, "socket_gid", None), etcd=args.etcd,
+                         read_socket=None if args.no_read_socket else
+                         args.read_socket or default_read_socket(args.socket))
+
+
+def default_read_socket(grpc_socket: Path) -> Path:
+    """``sidecar.sock`` -> ``sidecar.reads.sock``, beside it."""
+    return grpc_socket.with_name(f"{grpc_socket.stem}.reads{grpc_socket.suffix or '.sock'}")
 
 
 def main(argv: list[str] | None = None) -> None:

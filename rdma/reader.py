@@ -224,27 +224,32 @@ class Reader:
         given back before this returns."""
         self.check(file_id, offset, size)
         timeout_ms = self.config.timeout_ms
-        deadline = trio.current_time() + timeout_ms / 1000
         slot: Slot | None = None
-        with trio.move_on_at(deadline):
+        # One deadline for the whole read: waiting for a buffer, then reading into it.
+        with trio.move_on_after(timeout_ms / 1000) as deadline:
             slot = await self.pool.acquire(account)
+            try:
+                # The limiter without a schedule point when it has room (see pool.acquire).
+                try:
+                    self._limit.acquire_nowait()
+                except trio.WouldBlock:
+                    await self._limit.acquire()
+                try:
+                    transport = await self._read_into(file_id, offset, size, slot)
+                finally:
+                    self._limit.release()
+                if lend_to is not None:
+                    return Fetched(transport, loan=self.pool.lend(slot, lend_to,
+                                                                  self.config.lend_ms / 1000))
+                return Fetched(transport, data=bytes(slot.view[:size]))
+            finally:
+                if slot.loan is None:
+                    self.pool.give_back(slot)
+        assert deadline.cancelled_caught
         if slot is None:
             raise ReadFailed(503, f"no read buffer came free within {timeout_ms} ms: "
                              f"{self.pool.describe(account)}")
-        try:
-            try:
-                async with self._limit:
-                    with trio.fail_at(deadline):
-                        transport = await self._read_into(file_id, offset, size, slot)
-            except trio.TooSlowError:
-                raise ReadFailed(504, f"read did not finish within {timeout_ms} ms") from None
-            if lend_to is not None:
-                return Fetched(transport, loan=self.pool.lend(slot, lend_to,
-                                                              self.config.lend_ms / 1000))
-            return Fetched(transport, data=bytes(slot.view[:size]))
-        finally:
-            if slot.loan is None:
-                self.pool.give_back(slot)
+        raise ReadFailed(504, f"read did not finish within {timeout_ms} ms")
 
     async def _read_into(self, file_id: str, offset: int, size: int, slot: Slot) -> str:
         """Read ``size`` bytes at ``offset`` of chunk ``file_id`` into ``slot`` (held by the

@@ -1,10 +1,12 @@
 """The RDMA sidecar: the read API for the mount (gRPC on a Unix socket) and for people (HTTP).
 
 gRPC: Read (bytes, or a lent shared-memory buffer for zero-copy consumers), Release, Stat,
-Capabilities, Health, Stats. HTTP: ``/read`` (the bytes), ``/health``, ``/stats``, ``/ping``
-(is the broker's HTTP endpoint reachable, and how fast) and ``/capabilities``. The data path
-itself (UCX GETs from the broker's export, the broker's copy, ReadChunk, as fallback) is
-:mod:`rdma.reader`; this module is the two front doors and their validation.
+Capabilities, Health, Stats. The read socket (:mod:`rdma.read_socket`, next to the gRPC one):
+ReadStream's reads in plain frames, the local readers' fast path. HTTP: ``/read`` (the
+bytes), ``/health``, ``/stats``, ``/ping`` (is the broker's HTTP endpoint reachable, and how
+fast) and ``/capabilities``. The data path itself (UCX GETs from the broker's export, the
+broker's copy, ReadChunk, as fallback) is :mod:`rdma.reader`; this module is the front doors
+and their validation.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from kelp import __version__, grpc, http, httpd, metrics, process
 from kelp.reads import MAX_READ_BYTES, BadReadRequest, parse_read_request
 from kelp.routes import SIDECAR
 from kelp.rpc.sidecar import v1 as sidecar_pb
+from rdma import read_socket
 from rdma.pool import Account, ReleaseRefused
 from rdma.reader import Fetched, Reader, ReaderConfig, ReadFailed
 
@@ -44,6 +47,7 @@ MAX_SOCKET_PATH_BYTES = 107
 COUNTERS = (
     "http_requests",
     "grpc_requests",
+    "read_socket_requests",  # reads on the read socket
     "read_requests",        # every /read
     "read_rejected",        # invalid parameters (400)
     "read_failed",          # valid, but neither path could serve it
@@ -64,6 +68,8 @@ class SidecarConfig:
     socket_gid: int | None = None
     # A cluster's etcd: each read goes to the broker its file id names (rdma.brokers).
     etcd: str | None = None
+    # The read socket (rdma.read_socket), same mode and group as the gRPC one; None: none.
+    read_socket: Path | None = None
 
     @property
     def broker(self) -> str:
@@ -106,6 +112,11 @@ class Sidecar(sidecar_pb.SidecarBase):
     def all_counters(self) -> dict[str, int]:
         return {**self.counters, **self.reader.counters, **self.reader.pool.stats()}
 
+    def read_socket_path(self) -> str:
+        """The read socket, absolute (readers may run elsewhere); empty: none is served."""
+        socket = self.config.read_socket
+        return os.path.abspath(socket) if socket is not None else ""
+
     def uptime_ms(self) -> int:
         return int((time.monotonic() - self.started) * 1000)
 
@@ -134,7 +145,8 @@ class Sidecar(sidecar_pb.SidecarBase):
     async def capabilities(self, request: sidecar_pb.CapabilitiesRequest
                            ) -> sidecar_pb.CapabilitiesReply:
         self.counters["grpc_requests"] += 1
-        return sidecar_pb.CapabilitiesReply(**self.reader.capabilities())
+        return sidecar_pb.CapabilitiesReply(**self.reader.capabilities(),
+                                            read_socket=self.read_socket_path())
 
     @grpc.per_connection
     @grpc.on_unsent("take_back_loan")
@@ -174,10 +186,11 @@ class Sidecar(sidecar_pb.SidecarBase):
         return sidecar_pb.StatReply(status=200, size=size)
 
     async def grpc_read(self, request: sidecar_pb.ReadRequest, account: Account, *,
-                        scope: object | None = None) -> sidecar_pb.ReadReply:
+                        scope: object | None = None, counter: str = "grpc_requests"
+                        ) -> sidecar_pb.ReadReply:
         """One read for ``account``; a zero-copy one lends its buffer to ``scope`` (the stream
-        it came on; by default the connection itself)."""
-        self.counters["grpc_requests"] += 1
+        it came on; by default the connection itself). ``counter``: the front door's."""
+        self.counters[counter] += 1
         self.counters["read_requests"] += 1
         if request.size < 1 or request.size > MAX_READ_BYTES:
             self.counters["read_rejected"] += 1
@@ -200,15 +213,17 @@ class Sidecar(sidecar_pb.SidecarBase):
 
     async def serve_read_stream(
             self, recv: Callable[[], Awaitable[sidecar_pb.ReadRequest | None]],
-            send: Callable[[sidecar_pb.ReadReply], None], *, account: Account) -> None:
-        """Reads on one stream, each in its own task. Releases travel in the requests; what
+            send: Callable[[sidecar_pb.ReadReply], None], *, account: Account,
+            counter: str = "grpc_requests") -> None:
+        """Reads on one stream (gRPC ReadStream, or a read socket connection: ``counter``
+        counts its reads), each in its own task. Releases travel in the requests; what
         the stream still has lent when it ends (the consumer went away) goes back to the
         pool."""
         pool = self.reader.pool
         scope = _StreamScope()
 
         async def one(request: sidecar_pb.ReadRequest, refused: list[int]) -> None:
-            reply = await self.grpc_read(request, account, scope=scope)
+            reply = await self.grpc_read(request, account, scope=scope, counter=counter)
             reply.request_id = request.request_id
             reply.release_refused = refused
             send(reply)
@@ -299,6 +314,7 @@ class Sidecar(sidecar_pb.SidecarBase):
             **self.reader.capabilities(),
             "zero_copy": True,
             "grpc_socket": str(self.config.socket),
+            "read_socket": self.read_socket_path(),
             "grpc_methods": sorted(route.path.rsplit("/", 1)[1] for route in SIDECAR),
             "http_endpoints": ["/capabilities", "/health", "/metrics", "/ping", "/read",
                                "/stats"],
@@ -383,6 +399,11 @@ async def run_sidecar(
     sidecar = Sidecar(config)
     config.socket.parent.mkdir(parents=True, exist_ok=True)
     await _check_socket_path(config.socket)
+    if config.read_socket is not None:
+        if config.read_socket == config.socket:
+            raise SidecarError(f"--read-socket {config.read_socket} is the gRPC socket too")
+        config.read_socket.parent.mkdir(parents=True, exist_ok=True)
+        await _check_socket_path(config.read_socket)
     async with http.Client(max_connections=2) as sidecar.http_client, \
             trio.open_nursery() as nursery:
         if config.etcd is not None:
@@ -396,9 +417,12 @@ async def run_sidecar(
                                     grpc.Address(path=str(config.socket)),
                                     socket_mode=config.socket_mode,
                                     socket_gid=config.socket_gid))
+        if config.read_socket is not None:
+            await nursery.start(partial(read_socket.serve, sidecar, config.read_socket,
+                                        mode=config.socket_mode, gid=config.socket_gid))
         sidecar.http_port = await nursery.start(
             httpd.serve_http, sidecar.http_routes(), config.http_host, config.http_port)
-        process.ready(log, socket=str(config.socket),
+        process.ready(log, socket=str(config.socket), read_socket=str(config.read_socket),
                       http=f"{config.http_host}:{sidecar.http_port}",
                       broker=config.broker, broker_http=config.broker_http)
         task_status.started(sidecar)

@@ -32,6 +32,7 @@ from rdma.mount.tree import Node, Tree
 log = logging.getLogger("kelp.mount")
 
 BLOCK = 1024 * 1024
+SMALL_READ = 32 * 1024  # a read this small away from the last one's end is a random read
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,8 @@ class KelpFs(pyfuse3.Operations):
         self._next_fh = 1
         self._handles: dict[int, tuple[int, int]] = {}  # fh -> (inode, end of last read)
         self._nursery: trio.Nursery | None = None
-        self.counters = {"reads": 0, "bytes": 0, "prefetched": 0, "cache_hits": 0}
+        self.counters = {"reads": 0, "bytes": 0, "prefetched": 0, "cache_hits": 0,
+                         "small_reads": 0}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
@@ -213,6 +215,19 @@ class KelpFs(pyfuse3.Operations):
                 if ahead * BLOCK < node.size:
                     self._nursery.start_soon(self._prefetch, node, ahead)
         self._handles[fh] = (inode, offset + size)
+        if (size <= SMALL_READ and offset != last_end and first == last
+                and not self._held(node, first)):
+            # A random reader: fetch just the bytes asked for, not the whole block (a 1 MiB
+            # copy for a 4 KiB read), and give the buffer back at once. (A sequential reader's
+            # reads can come out of order too, but the kernel's readahead makes them big.)
+            loan = await self._fetch(node, offset, min(size, node.size - offset))
+            try:
+                piece = bytes(loan.data)
+            finally:
+                self.source.release(loan)
+            self.counters["bytes"] += len(piece)
+            self.counters["small_reads"] += 1
+            return piece
         if first == last:
             block = await self._block(node, first)
             start = offset - first * BLOCK
@@ -233,6 +248,11 @@ class KelpFs(pyfuse3.Operations):
         with contextlib.suppress(pyfuse3.FUSEError):
             await self._block(node, index)
 
+    def _held(self, node: Node, index: int) -> bool:
+        """Whether block ``index`` is cached or being fetched."""
+        key = self._key(node, index)
+        return key in self._blocks or key in self._fetching
+
     def _key(self, node: Node, index: int) -> BlockKey:
         return (node.inode, index, min(BLOCK, node.size - index * BLOCK))
 
@@ -252,7 +272,7 @@ class KelpFs(pyfuse3.Operations):
                 break
         done = self._fetching[key] = trio.Event()
         try:
-            loan = await self._fetch(node, index, key[2])
+            loan = await self._fetch(node, index * BLOCK, key[2])
             while len(self._blocks) >= self.config.cache_blocks:
                 _, evicted = self._blocks.popitem(last=False)
                 self.source.release(evicted)
@@ -279,8 +299,9 @@ class KelpFs(pyfuse3.Operations):
             _, evicted = self._blocks.popitem(last=False)
             self.source.release(evicted)
 
-    async def _fetch(self, node: Node, index: int, length: int) -> Loan:
-        pieces = node.locate(index * BLOCK, length)
+    async def _fetch(self, node: Node, start: int, length: int) -> Loan:
+        """``length`` bytes of ``node`` from ``start`` (within one block)."""
+        pieces = node.locate(start, length)
         self._fit_share()
         async with self._fetch_limit:
             self._in_flight += 1
@@ -296,7 +317,7 @@ class KelpFs(pyfuse3.Operations):
                     self.source.release(loan)
                 return Loan(memoryview(bytes(data)))
             except SourceError as exc:
-                log.warning("read failed", extra={"file": node.name, "block": index,
+                log.warning("read failed", extra={"file": node.name, "offset": start,
                                                   "error": str(exc)})
                 if exc.status == 404:
                     self._listed.pop(node.partition or ("", 0), None)  # refresh next time

@@ -1,8 +1,10 @@
 """Where the mount's bytes and listings come from.
 
 Listings (topics, a partition's segments and chunk maps) come from the broker's gRPC read API
-(DescribeTopics, ListSegments). Chunk bytes come from the sidecar over one long-lived gRPC
-stream (ReadStream) on its Unix socket, as zero-copy loans: the reply names a slot of the
+(DescribeTopics, ListSegments). Chunk bytes come from the sidecar over one long-lived
+connection to its read socket (:mod:`rdma.read_socket`, named by its Capabilities; gRPC
+ReadStream on its gRPC socket when it serves none, or with ``read_socket=False``), as
+zero-copy loans: the reply names a slot of the
 sidecar's shared-memory pool, which the mount maps read-only once and hands to the kernel
 without copying; the slot is given back inside a later request on the same stream (loans
 belong to the connection that took them; the sidecar takes back a stream's loans when it
@@ -23,10 +25,12 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from kelp import grpc
-from kelp.mux import Multiplexed
+from kelp.mux import Multiplexed, Stream
 from kelp.routes import BROKER, SIDECAR
 from kelp.rpc.broker import v1 as broker_pb
 from kelp.rpc.sidecar import v1 as sidecar_pb
+from rdma import read_socket
+from rdma.read_socket import ReadSocketStream
 
 if TYPE_CHECKING:
     from rdma.brokers import Brokers
@@ -55,6 +59,8 @@ class SourceConfig:
     # A cluster's etcd: each partition listed by its leader, each chunk read (on the fallback)
     # from the broker its file id names (rdma.brokers).
     etcd: str | None = None
+    # The sidecar's read socket when it has one; False: always gRPC ReadStream (to compare).
+    read_socket: bool = True
 
 
 @dataclass
@@ -75,6 +81,7 @@ class Source:
             max_outstanding=MAX_OUTSTANDING_READS, unclaimed=self._abandoned)
         self._connected = trio.Event()
         self._to_release: list[int] = []
+        self._releases_waiting = trio.Event()
         self._pools: dict[str, mmap.mmap] = {}
         self.counters = {"sidecar_reads": 0, "fallback_reads": 0, "read_errors": 0}
         self.sidecar_problem: str | None = None if config.sidecar else "sidecar disabled"
@@ -82,6 +89,7 @@ class Source:
         # wait for a release. Learned from Capabilities on each connect.
         self.share: int | None = None
         self.brokers: Brokers | None = None
+        self.transport = ""  # how reads reach the sidecar now: "read socket" or "grpc"
 
     # -- the sidecar stream ---------------------------------------------------------------------
 
@@ -106,10 +114,9 @@ class Source:
                 await trio.sleep_forever()
             channel = grpc.Channel(grpc.Address(path=self.config.sidecar))
             try:
-                async with trio.open_nursery() as helpers:
-                    while True:
-                        await self._serve_stream(channel, helpers)
-                        await trio.sleep(0.5)
+                while True:
+                    await self._serve_stream(channel)
+                    await trio.sleep(0.5)
             finally:
                 channel.close()
                 for pool in self._pools.values():
@@ -120,14 +127,21 @@ class Source:
             if self._broker is not None:
                 self._broker.close()
 
-    async def _serve_stream(self, channel: grpc.Channel, helpers: trio.Nursery) -> None:
+    async def _serve_stream(self, channel: grpc.Channel) -> None:
         """One stream's life: route replies to their waiters until it ends."""
         try:
-            async with channel.open_stream(SIDECAR.read_stream) as stream:
-                self._reads.stream, self.sidecar_problem = stream, None
-                self._connected.set()
-                helpers.start_soon(self._learn_share, channel)
-                await self._reads.deliver_replies(stream)
+            # How many buffers this connection may hold at once (the sidecar's
+            # --client-buffers), and where its read socket is.
+            capabilities = await channel.call(SIDECAR.capabilities,
+                                              sidecar_pb.CapabilitiesRequest(), timeout=5)
+            self.share = capabilities.client_buffers or None
+            if capabilities.read_socket and self.config.read_socket:
+                async with read_socket.connect(capabilities.read_socket) as fast:
+                    self.share = fast.hello.client_buffers or None
+                    await self._deliver(fast)
+            else:
+                async with channel.open_stream(SIDECAR.read_stream) as stream:
+                    await self._deliver(stream)
         except Exception as exc:
             self.sidecar_problem = f"sidecar {self.config.sidecar}: {exc}"
         finally:
@@ -141,22 +155,34 @@ class Source:
         if reply.shared is not None and reply.shared.handle:
             self._to_release.append(reply.shared.handle)
 
-    async def _learn_share(self, channel: grpc.Channel) -> None:
-        """Ask how many buffers this connection may hold at once (the sidecar's
-        ``--client-buffers``); reads do not wait for the answer."""
-        try:
-            reply = await channel.call(SIDECAR.capabilities, sidecar_pb.CapabilitiesRequest(),
-                                       timeout=5)
-        except Exception:  # the stream fails too, or reads go on without a known share
-            return
-        self.share = reply.client_buffers or None
+    async def _deliver(self, stream: Stream[sidecar_pb.ReadRequest, sidecar_pb.ReadReply]
+                       ) -> None:
+        self._reads.stream, self.sidecar_problem = stream, None
+        self.transport = "read socket" if isinstance(stream, ReadSocketStream) else "grpc"
+        self._connected.set()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._send_releases)
+            await self._reads.deliver_replies(stream)
+            nursery.cancel_scope.cancel()
 
     def release(self, loan: Loan) -> None:
-        """Give a loan back (a stream message costs tens of microseconds: send it now)."""
+        """Give a loan back. The handle rides in the next read's request when one is made in
+        the same scheduler step (the mount evicts, then reads: one frame, one wake-up of the
+        sidecar instead of two); otherwise ``_send_releases`` sends it alone right after."""
         loan.data.release()
         if loan.handle and self._reads.stream is not None:
             self._to_release.append(loan.handle)
-            self._reads.send_untracked(sidecar_pb.ReadRequest(release=self._take_releases()))
+            self._releases_waiting.set()
+
+    async def _send_releases(self) -> None:
+        """Send the releases no read has carried (runs while connected)."""
+        while True:
+            await self._releases_waiting.wait()
+            self._releases_waiting = trio.Event()
+            await trio.lowlevel.checkpoint()  # let a read made in this step take them along
+            if self._to_release and self._reads.stream is not None:
+                self._reads.send_untracked(sidecar_pb.ReadRequest(
+                    release=self._take_releases()))
 
     def _take_releases(self) -> list[int]:
         handles, self._to_release = self._to_release, []

@@ -106,7 +106,7 @@ async def test_a_read_cancelled_at_every_checkpoint_gives_everything_back(
             await let_ucx_finish()
             rig.assert_whole()
             k += 1
-        assert k > 3  # the read really had checkpoints to cancel at
+        assert k >= 3  # the read really had checkpoints to cancel at (the HTTP path has 2)
 
 
 async def test_an_abandoned_get_keeps_its_slot_out_of_the_pool_until_ucx_is_done(

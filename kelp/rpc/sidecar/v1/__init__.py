@@ -90,6 +90,12 @@ class CapabilitiesReply(betterproto2.Message):
     a loan not released by then is taken back (--lend-ms)
     """
 
+    read_socket: "str" = betterproto2.field(12, betterproto2.TYPE_STRING)
+    """
+    The read socket (rdma/wire.py frames): the same reads as ReadStream at a fraction of the
+    cost, for local readers; empty when the sidecar serves none (--no-read-socket).
+    """
+
 
 default_message_pool.register_message("sidecar.v1", "CapabilitiesReply", CapabilitiesReply)
 

@@ -1,0 +1,115 @@
+"""The read socket's frames (rdma.wire): what is encoded decodes to the same request or reply,
+split however the stream likes, and anything else — truncated, padded, lying about a length,
+random — is a WireError, never another exception or a wrong object."""
+
+from __future__ import annotations
+
+import contextlib
+import struct
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kelp.rpc.sidecar import v1 as sidecar_pb
+from rdma import wire
+
+HANDLES = st.lists(st.integers(1, 2**63 - 1), max_size=40)
+FILE_IDS = st.text(st.characters(min_codepoint=33, max_codepoint=126), max_size=wire.MAX_FILE_ID)
+READS = st.builds(
+    lambda file_id, offset, size, request_id, release: sidecar_pb.ReadRequest(
+        file_id=file_id, offset=offset, size=size, zero_copy=True, request_id=request_id,
+        release=release),
+    FILE_IDS, st.integers(0, 2**64 - 1), st.integers(0, 2**32 - 1), st.integers(0, 2**64 - 1),
+    HANDLES)
+
+
+@st.composite
+def replies(draw: st.DrawFn) -> sidecar_pb.ReadReply:
+    shared = draw(st.none() | st.builds(
+        lambda offset, length, handle: sidecar_pb.SharedBuffer(
+            path="/dev/shm/kelp-pool", offset=offset, length=length, handle=handle),
+        st.integers(0, 2**64 - 1), st.integers(0, 2**32 - 1), st.integers(1, 2**63 - 1)))
+    return sidecar_pb.ReadReply(
+        status=draw(st.sampled_from([200, 400, 403, 404, 416, 502, 503, 504])),
+        error=draw(st.text(max_size=200)), shared=shared,
+        transport=draw(st.sampled_from(["", "ucx", "http"])),
+        request_id=draw(st.integers(0, 2**64 - 1)), release_refused=draw(HANDLES))
+
+
+def _bodies(stream: bytes, cuts: list[int]) -> list[bytes]:
+    """Feed ``stream`` in pieces cut at ``cuts``; the whole bodies that come out."""
+    frames = wire.FrameBuffer()
+    bodies = []
+    last = 0
+    for cut in sorted({*cuts, len(stream)}):
+        frames.feed(stream[last:cut])
+        last = cut
+        while (body := frames.next()) is not None:
+            bodies.append(body)
+    assert frames.buffered == 0
+    return bodies
+
+
+@given(st.lists(READS, min_size=1, max_size=5), st.lists(st.integers(0, 4000), max_size=8))
+def test_reads_round_trip_however_the_stream_is_cut(requests: list[sidecar_pb.ReadRequest],
+                                                    cuts: list[int]) -> None:
+    stream = b"".join(wire.encode_read(r) for r in requests)
+    decoded = [wire.decode_read(b) for b in _bodies(stream, [c % len(stream) for c in cuts])]
+    assert decoded == requests
+
+
+@given(replies())
+def test_replies_round_trip(reply: sidecar_pb.ReadReply) -> None:
+    body = _bodies(wire.encode_reply(reply), [])[0]
+    decoded = wire.decode_reply(body, "/dev/shm/kelp-pool")
+    assert decoded == reply
+
+
+def test_hello_round_trips_and_a_newer_version_is_refused() -> None:
+    body = _bodies(wire.encode_hello(4, "/dev/shm/kelp-pool-1"), [])[0]
+    hello = wire.decode_hello(body)
+    assert (hello.version, hello.client_buffers, hello.pool_path) == (
+        wire.VERSION, 4, "/dev/shm/kelp-pool-1")
+    newer = bytearray(body)
+    struct.pack_into("<H", newer, 1, wire.VERSION + 1)
+    with pytest.raises(wire.WireError, match="version"):
+        wire.decode_hello(bytes(newer))
+
+
+@given(READS, st.data())
+def test_a_truncated_or_padded_read_is_refused(request: sidecar_pb.ReadRequest,
+                                               data: st.DataObject) -> None:
+    body = wire.encode_read(request)[4:]
+    cut = data.draw(st.integers(0, len(body) - 1))
+    with pytest.raises(wire.WireError):
+        wire.decode_read(body[:cut])
+    with pytest.raises(wire.WireError):
+        wire.decode_read(body + data.draw(st.binary(min_size=1, max_size=9)))
+
+
+@given(st.binary(max_size=300))
+def test_random_bodies_are_refused_or_decoded_never_crash(body: bytes) -> None:
+    for decode in (wire.decode_read, lambda b: wire.decode_reply(b, "/p"), wire.decode_hello):
+        with contextlib.suppress(wire.WireError):
+            decode(body)
+
+
+@pytest.mark.parametrize("length", [0, wire.MAX_FRAME + 1, 0xFFFFFFFF])
+def test_frame_lengths_out_of_bounds_are_refused_before_buffering(length: int) -> None:
+    frames = wire.FrameBuffer()
+    frames.feed(struct.pack("<I", length) + b"x" * 16)
+    with pytest.raises(wire.WireError, match="frame of"):
+        frames.next()
+
+
+def test_what_cannot_be_encoded_is_refused() -> None:
+    with pytest.raises(wire.WireError):
+        wire.encode_read(sidecar_pb.ReadRequest(file_id="x" * 256, size=1))
+    with pytest.raises(wire.WireError):
+        wire.encode_read(sidecar_pb.ReadRequest(file_id="1,ab", size=2**32))
+    with pytest.raises(wire.WireError):
+        wire.encode_read(sidecar_pb.ReadRequest(file_id="1,ab", size=1,
+                                                release=list(range(1, wire.MAX_RELEASES + 2))))
+    with pytest.raises(UnicodeEncodeError):
+        wire.encode_read(sidecar_pb.ReadRequest(file_id="1,ü", size=1))
