@@ -1,17 +1,24 @@
 """The FUSE mount: sequential ``dd bs=1M`` and random 4 KiB preads of one sealed segment
-through ``kelp mount``, against the sidecar's raw read speed for the same bytes (its ReadStream
-with zero-copy loans, as the mount uses it, 4 in flight) and local pread of the file, in one
-run. Each mount measurement starts cold (the file's pages dropped from the page cache)."""
+through ``kelp mount`` reading through the sidecar, against the same mount forced onto the
+broker's copy (``--no-sidecar``), the sidecar's raw reads (read socket and gRPC ReadStream, zero
+-copy loans as the mount takes them) and the local file, all in one run.
+
+"Cold" runs drop the file's pages from the page cache first (through the mount that is FUSE's
+own cache, so every byte comes through kelp); "warm" runs read it again with its pages cached,
+which the mount allows for sealed segments (they never change), as the kernel does for the
+local file."""
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
@@ -40,10 +47,11 @@ print(time.perf_counter() - started)
 """
 
 
-def _dd_seconds(path: Path) -> float:
-    fd = os.open(path, os.O_RDONLY)
-    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # cold: through FUSE, not the cache
-    os.close(fd)
+def _dd_seconds(path: Path, *, cold: bool = True) -> float:
+    if cold:  # through FUSE, not the cache
+        fd = os.open(path, os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
     started = time.perf_counter()
     subprocess.run(["dd", f"if={path}", "of=/dev/null", "bs=1M"], check=True,
                    capture_output=True, timeout=300)
@@ -56,14 +64,13 @@ def _random_seconds(path: Path) -> float:
     return float(out)
 
 
-async def _sidecar_seconds(source: Source, chunks: list[dict], block: int,
+async def _sidecar_seconds(source: Source, pieces: list[tuple[str, int, int]],
                            depth: int) -> float:
-    """Read every chunk in ``block``-sized pieces, ``depth`` at a time, as the mount does."""
-    pieces = [(c["file_id"], off, min(block, c["size"] - off))
-              for c in chunks for off in range(0, c["size"], block)]
-    started = time.perf_counter()
+    """Read ``pieces`` (file id, offset, size), ``depth`` at a time, as the mount does."""
     async with trio.open_nursery() as nursery:
         await nursery.start(source.run)
+        source.release(await source.read(*pieces[0]))  # connected, session open
+        started = time.perf_counter()
         todo = iter(pieces)
 
         async def worker() -> None:
@@ -78,21 +85,51 @@ async def _sidecar_seconds(source: Source, chunks: list[dict], block: int,
     return elapsed
 
 
+def _sidecar_runs(socket: Path, broker_port: int, chunks: list[dict]
+                  ) -> dict[str, tuple[float, float]]:
+    """Per sidecar API: (sequential GB/s with 1 MiB x4, seconds per random 4 KiB read)."""
+    sequential = [(c["file_id"], off, min(1 << 20, c["size"] - off))
+                  for c in chunks for off in range(0, c["size"], 1 << 20)]
+    total = sum(size for _, _, size in sequential)
+    rng = random.Random(5)
+    small = [(c["file_id"], rng.randrange(0, c["size"] - 4096) & ~4095, 4096)
+             for c in (rng.choice(chunks) for _ in range(RANDOM_READS))]
+    figures = {}
+    for api, read_socket in (("read socket", True), ("gRPC ReadStream", False)):
+        def source(read_socket: bool = read_socket) -> Source:
+            return Source(SourceConfig(sidecar=str(socket), read_socket=read_socket,
+                                       broker=f"127.0.0.1:{broker_port}"))
+
+        async def runs(source: Callable[[], Source] = source) -> tuple[float, float]:
+            async with trio_asyncio.open_loop():
+                seq = min([await _sidecar_seconds(source(), sequential, 4) for _ in range(2)])
+                return total / seq / 1e9, await _sidecar_seconds(source(), small, 1) / len(small)
+
+        figures[api] = trio.run(runs)
+    return figures
+
+
+def _mount(workdir: Path, name: str, cluster: Cluster, *args: str) -> tuple[Proc, Path]:
+    mountpoint = workdir / name
+    mountpoint.mkdir()
+    return Proc(name, [sys.executable, "-m", "rdma.mount", str(mountpoint),
+                       "--broker", f"127.0.0.1:{cluster.broker_port}", *args],
+                workdir / f"{name}.log"), mountpoint
+
+
 def run() -> list[tuple[str, str, str, float]]:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         cluster = Cluster(workdir / "c", gateway_args=["--no-registry"])
         cluster.start()
         sidecar, socket, _ = cluster.sidecar("sidecar")
-        mountpoint = workdir / "mnt"
-        mountpoint.mkdir()
-        mount = Proc("mount", [sys.executable, "-m", "rdma.mount", str(mountpoint),
-                               "--broker", f"127.0.0.1:{cluster.broker_port}",
-                               "--sidecar", str(socket)], workdir / "mount.log")
+        mount, mountpoint = _mount(workdir, "mnt", cluster, "--sidecar", str(socket))
+        plain, plain_point = _mount(workdir, "plain", cluster, "--no-sidecar")
         try:
             sidecar.start()
             fill_topic(cluster.bootstrap, TOPIC, megabytes=72, segment_bytes=SEGMENT)
             mount.start()
+            plain.start()
             url = (f"http://127.0.0.1:{cluster.broker_http_port}/segments?topic={TOPIC}"
                    "&partition=0")
             with urllib.request.urlopen(url, timeout=10) as reply:
@@ -101,38 +138,46 @@ def run() -> list[tuple[str, str, str, float]]:
             size = segment["size"]
             local = cluster.data_dir / f"{TOPIC}-0" / name
             mounted = mountpoint / "topics" / TOPIC / "0" / name
-            dd = min(_dd_seconds(mounted) for _ in range(2))
-            mount_random = _random_seconds(mounted)
-            source = Source(SourceConfig(sidecar=str(socket),
-                                         broker=f"127.0.0.1:{cluster.broker_port}"))
-
-            async def sidecar_runs() -> tuple[float, float]:
-                async with trio_asyncio.open_loop():
-                    sequential = min([await _sidecar_seconds(source, segment["chunks"],
-                                                             1 << 20, 4) for _ in range(2)])
-                    few = [dict(c) for c in segment["chunks"]][:1]
-                    small = await _sidecar_seconds(source, few, 4096, 1)
-                    return sequential, small / (few[0]["size"] // 4096)
-
-            sidecar_seq, sidecar_4k = trio.run(sidecar_runs)
-            local_dd = min(_dd_seconds(local) for _ in range(2))
-            local_random = _random_seconds(local)
+            seconds = {
+                "mount cold": min(_dd_seconds(mounted) for _ in range(2)),
+                "mount warm": min(_dd_seconds(mounted, cold=False) for _ in range(2)),
+                "no-sidecar cold": _dd_seconds(plain_point / "topics" / TOPIC / "0" / name),
+                "local cold": min(_dd_seconds(local) for _ in range(2)),
+                "local warm": min(_dd_seconds(local, cold=False) for _ in range(2)),
+            }
+            per_read = {"mount": _random_seconds(mounted) / RANDOM_READS,
+                        "no-sidecar": _random_seconds(plain_point / "topics" / TOPIC / "0"
+                                                      / name) / RANDOM_READS,
+                        "local": _random_seconds(local) / RANDOM_READS}
+            apis = _sidecar_runs(socket, cluster.broker_port, segment["chunks"])
         finally:
             mount.stop()
+            plain.stop()
             sidecar.stop()
             cluster.stop()
-    gbps = [size / seconds / 1e9 for seconds in (dd, sidecar_seq, local_dd)]
-    per_read = [mount_random / RANDOM_READS * 1e6, sidecar_4k * 1e6,
-                local_random / RANDOM_READS * 1e6]
-    print(f"mount sequential dd bs=1M ({size >> 20} MiB, cold): {gbps[0]:.2f} GB/s | sidecar "
-          f"raw (ReadStream, 1 MiB x4): {gbps[1]:.2f} GB/s | local dd: {gbps[2]:.2f} GB/s")
-    print(f"random 4 KiB preads: mount {per_read[0]:.1f} us | sidecar raw {per_read[1]:.1f} us"
-          f" | local {per_read[2]:.1f} us (each)")
+    gbps = {what: size / took / 1e9 for what, took in seconds.items()}
+    us = {what: took * 1e6 for what, took in per_read.items()}
+    print(f"sequential dd bs=1M of {size >> 20} MiB, GB/s: " + ", ".join(
+        f"{what} {rate:.2f}" for what, rate in gbps.items()))
+    print("random 4 KiB preads, us each: " + ", ".join(
+        f"{what} {took:.1f}" for what, took in us.items()))
+    for api, (rate, took) in apis.items():
+        print(f"sidecar raw over the {api}: sequential 1 MiB x4 {rate:.2f} GB/s, random 4 KiB "
+              f"{took * 1e6:.1f} us each")
+    fast, grpc = apis["read socket"], apis["gRPC ReadStream"]
     return [
-        ("mount sequential dd 1M vs sidecar raw", f"{gbps[0]:.2f} GB/s", f"{gbps[1]:.2f} GB/s",
-         gbps[0] / gbps[1]),
-        ("mount sequential dd 1M vs local file", f"{gbps[0]:.2f} GB/s", f"{gbps[2]:.2f} GB/s",
-         gbps[0] / gbps[2]),
-        ("mount random 4K pread vs local pread", f"{per_read[0]:.1f} us",
-         f"{per_read[2]:.1f} us", per_read[2] / per_read[0]),
+        ("mount dd 1M cold vs local dd cold", f"{gbps['mount cold']:.2f} GB/s",
+         f"{gbps['local cold']:.2f} GB/s", gbps["mount cold"] / gbps["local cold"]),
+        ("mount dd 1M warm vs local dd warm", f"{gbps['mount warm']:.2f} GB/s",
+         f"{gbps['local warm']:.2f} GB/s", gbps["mount warm"] / gbps["local warm"]),
+        ("mount random 4K pread vs local pread", f"{us['mount']:.1f} us",
+         f"{us['local']:.1f} us", us["local"] / us["mount"]),
+        ("mount dd 1M cold vs mount --no-sidecar", f"{gbps['mount cold']:.2f} GB/s",
+         f"{gbps['no-sidecar cold']:.2f} GB/s", gbps["mount cold"] / gbps["no-sidecar cold"]),
+        ("mount random 4K vs mount --no-sidecar", f"{us['mount']:.1f} us",
+         f"{us['no-sidecar']:.1f} us", us["no-sidecar"] / us["mount"]),
+        ("sidecar 4K read: read socket vs gRPC", f"{fast[1] * 1e6:.1f} us",
+         f"{grpc[1] * 1e6:.1f} us", grpc[1] / fast[1]),
+        ("sidecar 1M x4: read socket vs gRPC", f"{fast[0]:.2f} GB/s", f"{grpc[0]:.2f} GB/s",
+         fast[0] / grpc[0]),
     ]
