@@ -39,6 +39,7 @@ from gateway.handlers import HANDLERS, PREPARE
 from gateway.handlers import security as security_handlers
 from gateway.kafka import apis, messages
 from gateway.kafka.connection import KafkaConnection, ProtocolError, Request
+from gateway.kafka.fetch_response import frame_size
 from gateway.kafka.framing import frame
 from gateway.listeners import (
     ANONYMOUS,
@@ -51,6 +52,7 @@ from gateway.listeners import (
 from gateway.memory import LARGE_FRAME_BYTES, BytePool, Output
 from gateway.produce_order import ProduceOrder
 from gateway.sasl import SaslFailed
+from gateway.scatter import Buffer, send_buffers
 from gateway.security import Session, current_session
 from gateway.security import session as security_session
 from kelp.logs import RateLimited
@@ -101,7 +103,7 @@ class _Slot:
 
     def __init__(self) -> None:
         self.done = trio.Event()
-        self.payload: bytes | None = None
+        self.payload: list[Buffer] | None = None  # the framed answer, written in order
         self.holds: list[tuple[BytePool, int]] = []
         self.close_after = False  # close the connection once this answer is written
 
@@ -409,7 +411,7 @@ class KafkaServer:
         failure closes the connection (v0 has no way to carry an error)."""
         try:
             reply = await security_handlers.authenticate_step(self.ctx, token)
-            slot.payload = frame(reply)
+            slot.payload = [frame(reply)]
         except SaslFailed as exc:
             self.authentication_failures += 1
             auth_log.warning("SASL authentication failed", error=str(exc)[:200])
@@ -455,10 +457,10 @@ class KafkaServer:
                 if body is None:  # acks=0: no answer to carry the throttle, mute here
                     budget.mute_for(delay)
             if body is not None:
-                slot.payload = encoded or kafka.encode_response(request, body)
+                slot.payload = encoded or kafka.encode_response_buffers(request, body)
                 output = current_output.get()
                 if output is not None:
-                    output.queued(len(slot.payload))
+                    output.queued(frame_size(slot.payload))
                 throttle = getattr(body, "throttle_time", None)
                 if throttle:
                     self.throttled += 1
@@ -492,7 +494,7 @@ class KafkaServer:
             slot.done.set()
 
     def _apply_quota(self, kafka: KafkaConnection, request: Request,
-                     body: Any) -> tuple[Any, float, bytes | None]:
+                     body: Any) -> tuple[Any, float, list[Buffer] | None]:
         """Count a produce's request bytes or a fetch's response bytes against the client's
         byte-rate quota; past it, the answer carries the throttle time (a fetch is answered
         empty, as Kafka does, and its bytes are not counted). Returns the answer, the delay,
@@ -504,10 +506,11 @@ class KafkaServer:
         if request.api_key == apis.ApiKey.PRODUCE:
             delay = self.ctx.quotas.record(quotas.PRODUCE, client_id, request.size, now, user)
         else:
-            encoded = kafka.encode_response(request, body)
-            delay = self.ctx.quotas.record(quotas.FETCH, client_id, len(encoded), now, user)
+            encoded = kafka.encode_response_buffers(request, body)
+            size = frame_size(encoded)
+            delay = self.ctx.quotas.record(quotas.FETCH, client_id, size, now, user)
             if delay:
-                self.ctx.quotas.record(quotas.FETCH, client_id, -len(encoded), now, user)
+                self.ctx.quotas.record(quotas.FETCH, client_id, -size, now, user)
                 body = dataclasses.replace(body, responses=())
         if delay and body is not None:
             encoded = None
@@ -517,15 +520,15 @@ class KafkaServer:
 
     @staticmethod
     def _error_payload(kafka: KafkaConnection, request: Request, exc: Exception,
-                       code: ErrorCode = ErrorCode.unknown_server_error) -> bytes | None:
+                       code: ErrorCode = ErrorCode.unknown_server_error) -> list[Buffer] | None:
         """``code`` in the request's response type; None if it gets no answer."""
         body = request.body
         if request.api_key == apis.ApiKey.PRODUCE and getattr(body, "acks", None) == 0:
             return None
         try:
             response_type = messages.response_type(request.api_key, request.version)
-            return kafka.encode_response(request, messages.error_response(
-                response_type, code, f"kelp: {type(exc).__name__}"))
+            return [kafka.encode_response(request, messages.error_response(
+                response_type, code, f"kelp: {type(exc).__name__}"))]
         except Exception:
             log.exception("could not build an error response")
             return None
@@ -536,8 +539,8 @@ class KafkaServer:
         async for slot in slots:
             await slot.done.wait()
             if slot.payload is not None:
-                await stream.send_all(slot.payload)
-                output.written(len(slot.payload))
+                await send_buffers(stream, slot.payload)
+                output.written(frame_size(slot.payload))
                 slot.payload = None
             slot.release()
             live.discard(slot)

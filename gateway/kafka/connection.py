@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.kafka import apis, headers, messages, vet
+from gateway.kafka import apis, fetch_response, headers, messages, vet
 from gateway.kafka.framing import FrameBuffer, FrameTooLarge, frame
 
 
@@ -117,6 +117,17 @@ class KafkaConnection:
                 f"malformed {apis.api_name(api_key)} v{version} request: "
                 f"{type(exc).__name__}: {exc}", api_key=api_key, version=version) from exc
         return Request(header, body, len(payload))
+
+    def encode_response_buffers(self, request: Request,
+                                body: Any) -> list[fetch_response.Buffer]:
+        """The framed response as buffers to write in order: a Fetch response around its
+        records as they are (see ``fetch_response``), anything else as one buffer."""
+        if request.api_key == apis.ApiKey.FETCH:
+            buffers = fetch_response.encode(request.version, request.header.correlation_id,
+                                            body)
+            if buffers is not None:
+                return buffers
+        return [self.encode_response(request, body)]
 
     def encode_response(self, request: Request, body: Any) -> bytes:
         """Frame a response entity for ``request`` with the header version kio gives it."""
