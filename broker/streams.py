@@ -22,6 +22,7 @@ from broker.topics import TopicError, TopicRegistry
 from broker.txn_coordinator import TransactionCoordinator
 from kelp import grpc, recordbatch
 from kelp.batchcheck import BatchRejected
+from kelp.fetch_wire import FetchReplyWire
 from kelp.recordbatch import CorruptBatch, UnsupportedMagic
 from kelp.records import DEFAULT_FETCH_MAX_BYTES
 from kelp.rpc.broker import v1 as pb
@@ -309,7 +310,8 @@ class DataStreams:
             except OffsetOutOfRange:
                 out.error_code = ErrorCode.offset_out_of_range
             results.append(out)
-        return pb.FetchReply(request_id=request.request_id, partitions=results)
+        # Written with its records copied once, not by betterproto (see kelp.fetch_wire).
+        return FetchReplyWire(request_id=request.request_id, partitions=results)
 
     def _served(self, topic: str, partition: int) -> PartitionLog:
         """The partition's log, if this broker serves its clients (in a cluster: leads it)."""

@@ -11,6 +11,7 @@ Kafka error) and ``run`` reconnects with backoff.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import ssl
 from typing import Any, TypeVar
@@ -21,6 +22,7 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from kelp import grpc
+from kelp.fetch_wire import FetchReplyWire
 from kelp.mux import Multiplexed, Waiter
 from kelp.routes import BROKER
 from kelp.rpc.broker import v1 as pb
@@ -36,6 +38,8 @@ MAX_CONCURRENT_CALLS = 64  # unary calls in flight (the two streams take two mor
 MAX_OUTSTANDING_APPENDS = 4096
 # Fetches waiting for their reply (most park in a long poll at the broker): past this, more wait.
 MAX_OUTSTANDING_FETCHES = 4096
+# Broker.Fetch with its replies read by kelp.fetch_wire: the records copied once, not thrice.
+FETCH_ROUTE = dataclasses.replace(BROKER.fetch, reply_type=FetchReplyWire)
 
 
 class BrokerUnavailable(Exception):
@@ -106,7 +110,7 @@ class BrokerClient:
         assert self._channel is not None
         async with (
             self._channel.open_stream(BROKER.append) as appends,
-            self._channel.open_stream(BROKER.fetch) as fetches,
+            self._channel.open_stream(FETCH_ROUTE) as fetches,
         ):
             self._appends.stream, self._fetches.stream = appends, fetches
             self._connected.set()
