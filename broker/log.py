@@ -26,6 +26,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -75,6 +76,17 @@ class ReadResult:
     records: bytes
     high_watermark: int
     log_start_offset: int
+    # Where ``records`` lie: the segment file (its path, device and inode, taken while the
+    # segment was held) and the byte position; None when there are no records.
+    location: FileLocation | None = None
+
+
+@dataclass(frozen=True)
+class FileLocation:
+    path: str
+    device: int
+    inode: int
+    position: int
 
 
 class OffsetOutOfRange(Exception):
@@ -534,7 +546,11 @@ class PartitionLog:
                         if at_least_one else b"")
             elif cut < len(data):
                 data = data[:cut]
-        return ReadResult(data, hwm, start)
+            location = None
+            if data:
+                stat = os.fstat(segment.fd)  # held: the descriptor is still open
+                location = FileLocation(str(segment.path), stat.st_dev, stat.st_ino, position)
+        return ReadResult(data, hwm, start, location)
 
     def segment_by_serial(self, serial: int) -> Segment | None:
         return next((s for s in self.segments if s.serial == serial), None)

@@ -290,11 +290,18 @@ class DataStreams:
                 # Kafka returns at least one batch even past the budget, but only for the first
                 # partition that has data; later ones respect what remains (KIP-74).
                 limit = min(part.max_bytes, budget) if part.max_bytes > 0 else budget
-                first_with_data = not any(r.records for r in results)
+                first_with_data = not any(r.records or r.file for r in results)
                 if budget > 0 or (first_with_data and may_exceed):
                     read = await plog.read(part.offset, limit, at_least_one=first_with_data,
                                            end=plog.visible_end(committed_only))
-                    out.records = read.records
+                    if request.file_ranges and read.location is not None:
+                        # The gateway shares this host: it sends the bytes from the file.
+                        where = read.location
+                        out.file = pb.FileRange(path=where.path, device=where.device,
+                                                inode=where.inode, position=where.position,
+                                                size=len(read.records))
+                    else:
+                        out.records = read.records
                     out.high_watermark = read.high_watermark
                     if read.records:
                         metrics.FETCHED_BYTES.labels(part.topic).inc(len(read.records))

@@ -12,6 +12,7 @@ Kafka error) and ``run`` reconnects with backoff.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 import ssl
 from typing import Any, TypeVar
@@ -40,6 +41,10 @@ MAX_OUTSTANDING_APPENDS = 4096
 MAX_OUTSTANDING_FETCHES = 4096
 # Broker.Fetch with its replies read by kelp.fetch_wire: the records copied once, not thrice.
 FETCH_ROUTE = dataclasses.replace(BROKER.fetch, reply_type=FetchReplyWire)
+# Segment-file ranges the gateway could not open as the broker named them, in a row: past
+# this the broker's files are taken to be out of reach (another container, another host) and
+# fetches ask for bytes. One miss can be retention deleting a segment in between.
+MAX_FILE_MISSES = 3
 
 
 class BrokerUnavailable(Exception):
@@ -73,6 +78,10 @@ class BrokerClient:
         self._connected = trio.Event()
         self._outage = False  # logged once when calls start failing, once when they recover
         self._calls = trio.CapacityLimiter(MAX_CONCURRENT_CALLS)
+        # Whether fetches ask for segment-file ranges (gateway.segment_files): a broker on
+        # this host may share its files; one elsewhere cannot.
+        self.reads_files = _on_this_host(address)
+        self._file_misses = 0
 
     @property
     def connected(self) -> bool:
@@ -176,6 +185,18 @@ class BrokerClient:
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise BrokerUnavailable(f"broker {self.address} fetch stream failed") from exc
 
+    def note_file_ranges(self, *, opened: bool) -> None:
+        """Count a fetch whose file ranges all opened (or not): after ``MAX_FILE_MISSES``
+        misses in a row, stop asking for them."""
+        if opened:
+            self._file_misses = 0
+            return
+        self._file_misses += 1
+        if self._file_misses >= MAX_FILE_MISSES and self.reads_files:
+            self.reads_files = False
+            log.warning("the broker's segment files cannot be opened here: fetching bytes "
+                        "instead of sending from its files", extra={"broker": str(self.address)})
+
     # -- control ------------------------------------------------------------------------------
 
     async def call(self, method: grpc.Route[Any, Rep], request: Any, *,
@@ -216,6 +237,19 @@ class BrokerClient:
                 error += " (give the gateway the broker's token: --broker-token-file)"
             log.warning("broker unreachable", extra={"broker": str(self.address),
                                                      "error": error})
+
+
+def _on_this_host(address: grpc.Address) -> bool:
+    """Whether ``address`` is a Unix socket or a loopback address (the broker's host)."""
+    if address.path is not None:
+        return True
+    host = (address.host or "").strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _cancel_fetch(request_id: int) -> pb.FetchRequest:

@@ -20,6 +20,10 @@ REQUEST_SECONDS = Histogram("kelp_gateway_request_duration_seconds",
                             ["api"], buckets=LATENCY_BUCKETS)
 REQUEST_ERRORS = Counter("kelp_gateway_request_errors",
                          "Responses whose top-level error code is not NONE.", ["api", "error"])
+FETCH_FILE_BYTES = Counter("kelp_gateway_fetch_file_bytes",
+                           "Record bytes sent to consumers from the broker's segment files "
+                           "(os.sendfile; read into memory for TLS) instead of through the "
+                           "broker's stream.")
 THROTTLED = Counter("kelp_gateway_throttled_responses",
                     "Responses that carried a throttle time (quotas).", ["api"])
 REGISTRY_REQUESTS = Histogram("kelp_registry_request_duration_seconds",

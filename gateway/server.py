@@ -52,7 +52,7 @@ from gateway.listeners import (
 from gateway.memory import LARGE_FRAME_BYTES, BytePool, Output
 from gateway.produce_order import ProduceOrder
 from gateway.sasl import SaslFailed
-from gateway.scatter import Buffer, send_buffers
+from gateway.scatter import Buffer, close_files, send_buffers
 from gateway.security import Session, current_session
 from gateway.security import session as security_session
 from kelp.logs import RateLimited
@@ -108,6 +108,9 @@ class _Slot:
         self.close_after = False  # close the connection once this answer is written
 
     def release(self) -> None:
+        payload, self.payload = self.payload, None
+        if payload is not None:
+            close_files(payload)  # a response never written: its segment files
         holds, self.holds = self.holds, []
         for pool, size in holds:
             pool.release(size)
@@ -541,6 +544,7 @@ class KafkaServer:
             if slot.payload is not None:
                 await send_buffers(stream, slot.payload)
                 output.written(frame_size(slot.payload))
+                close_files(slot.payload)
                 slot.payload = None
             slot.release()
             live.discard(slot)

@@ -1,7 +1,10 @@
 """Fetch (long-poll on the broker) and ListOffsets.
 
 Record batches come back from the broker byte for byte as stored and go to the client as they
-are: never decoded, never rebuilt. Fetch sessions are not kept: every response carries session
+are: never decoded, never rebuilt. When the broker shares the gateway's host, it answers with
+where they lie in its segment files instead, and the response writer sends them from there
+(``os.sendfile``, see gateway.segment_files). The response is framed by hand around them
+(gateway.kafka.fetch_response). Fetch sessions are not kept: every response carries session
 id 0, which tells clients to send full fetch requests (KIP-227's sessionless mode).
 """
 
@@ -15,6 +18,7 @@ from typing import Any
 import trio
 from kio.schema.errors import ErrorCode
 
+from gateway import metrics, segment_files
 from gateway.broker_client import BrokerClient, BrokerUnavailable
 from gateway.context import GatewayContext, current_holds, current_output
 from gateway.kafka import apis, messages
@@ -118,17 +122,56 @@ async def _fetch_records(ctx: GatewayContext, body: Any,
                     for name, _id, parts in wanted for p in parts],
         max_wait_ms=int(body.max_wait.total_seconds() * 1000),
         min_bytes=body.min_bytes, max_bytes=granted,
-        isolation_level=int(getattr(body, "isolation_level", 0)))
+        isolation_level=int(getattr(body, "isolation_level", 0)),
+        # One broker on this host: records may come as segment-file ranges (os.sendfile).
+        file_ranges=ctx.router is None and ctx.broker.reads_files)
     try:
         if ctx.router is not None:
             return await _fetch_from_leaders(ctx, request)
         reply = await ctx.broker.fetch(request)
+        results = {(r.topic, r.partition): r for r in reply.partitions}
+        if request.file_ranges:
+            await _open_files(ctx, request, results)
+        return results
     except BrokerUnavailable:
         return {}  # every partition answers NOT_LEADER_OR_FOLLOWER; clients retry
     finally:
         if holds is None:
             ctx.fetch_pool.release(granted)
-    return {(r.topic, r.partition): r for r in reply.partitions}
+
+
+async def _open_files(ctx: GatewayContext, request: pb.FetchRequest,
+                      results: dict[tuple[str, int], pb.FetchedPartition]) -> None:
+    """Open the segment-file range each partition's records came as; the records are then
+    that open range (``segment_files.FileSlice``, or bytes when small), which the response
+    writer sends with os.sendfile. Ranges that cannot be opened as the broker named them
+    are fetched again as bytes, without waiting."""
+    missed: set[tuple[str, int]] = set()
+    opened = kept = 0
+    for key, found in results.items():
+        if found.file is None:
+            continue
+        keep_open = kept < segment_files.MAX_OPEN_PER_RESPONSE
+        piece = segment_files.open_range(found.file, keep_open=keep_open)
+        kept += isinstance(piece, segment_files.FileSlice)
+        if piece is None:
+            missed.add(key)
+            continue
+        # From here these records are gateway-private: bytes or an open file range.
+        found.records = piece
+        found.file = None
+        opened += len(piece)
+    if opened or missed:
+        ctx.broker.note_file_ranges(opened=not missed)
+        metrics.FETCH_FILE_BYTES.inc(opened)
+    if not missed:
+        return
+    retry = pb.FetchRequest(
+        partitions=[p for p in request.partitions if (p.topic, p.partition) in missed],
+        max_wait_ms=0, min_bytes=0, max_bytes=max(request.max_bytes - opened, 1),
+        isolation_level=request.isolation_level)
+    reply = await ctx.broker.fetch(retry)
+    results.update({(r.topic, r.partition): r for r in reply.partitions})
 
 
 async def _fetch_from_leaders(ctx: GatewayContext, request: pb.FetchRequest

@@ -18,10 +18,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import struct
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from typing import Any
 
-Buffer = bytes | bytearray | memoryview
+# Records are bytes, or anything with a length that the writer knows how to send (a range of a
+# segment file, see gateway.segment_files): this codec only frames them.
+Buffer = bytes | bytearray | memoryview | Sized
 
 FIRST_FLEXIBLE = 12  # compact arrays, compact strings and tagged fields from here
 FIRST_TOPIC_ID = 13  # topics by id instead of by name
@@ -120,7 +122,7 @@ class _Frame:
         self.head = bytearray()
         self.buffers: list[Buffer] = [b"", self.head]  # [0]: the size, once known
 
-    def records(self, records: bytes | None, flexible: bool) -> None:
+    def records(self, records: Buffer | None, flexible: bool) -> None:
         if records is None:
             _null_length(self.head, flexible)
             return
@@ -131,7 +133,7 @@ class _Frame:
             if size > _MAX_I32:
                 raise ValueError(f"records of {size} bytes do not fit a Fetch response")
             self.head += _I32.pack(size)
-        if size <= INLINE_RECORDS:
+        if size <= INLINE_RECORDS and isinstance(records, bytes | bytearray | memoryview):
             self.head += records
             return
         self.buffers.append(records)

@@ -50,6 +50,7 @@ class FakeBroker:
         self.fetching = 0
         self.fetches_answered = 0
         self.park_fetches = False
+        self.reads_files = False  # as BrokerClient: records come as bytes, not file ranges
 
     def append_writable(self) -> bool:
         return False  # so every produce goes through the wait (and its client watcher)

@@ -190,3 +190,26 @@ async def test_scatter_write_to_a_gone_peer_is_a_broken_resource() -> None:
     with pytest.raises(trio.BrokenResourceError):
         await send_buffers(sender, [b"a" * 100, b"b" * 10_000_000])
     await sender.aclose()
+
+
+class _Unread:
+    """Records the writer will send from elsewhere (as a segment-file range): only sized."""
+
+    def __len__(self) -> int:
+        return 10
+
+
+@pytest.mark.parametrize("version", VERSIONS, ids=[f"v{v}" for v in VERSIONS])
+def test_records_that_are_not_bytes_are_left_to_the_writer(version: int) -> None:
+    unread = _Unread()
+    body = _response(version, [("t", [_partition(version, 0, b"x" * 10)])])
+    expected = _kio_frame(version, body)
+    part = dataclasses.replace(body.responses[0].partitions[0], records=unread)
+    body = dataclasses.replace(body, responses=(
+        dataclasses.replace(body.responses[0], partitions=(part,)),))
+    buffers = fetch_response.encode(version, 1234, body)
+    assert buffers is not None and unread in buffers
+    assert fetch_response.frame_size(buffers) == len(expected)
+    at = buffers.index(unread)
+    joined = b"".join(b"x" * 10 if b is unread else b for b in buffers)  # type: ignore[misc]
+    assert joined == expected and at > 0

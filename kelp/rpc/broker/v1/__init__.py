@@ -91,6 +91,7 @@ __all__ = (
     "FetchReply",
     "FetchRequest",
     "FetchedPartition",
+    "FileRange",
     "GetSecurityRequest",
     "GroupMember",
     "GroupProtocol",
@@ -1420,6 +1421,11 @@ class FetchedPartition(betterproto2.Message):
     read_committed: the aborted transactions whose records the fetched range may hold.
     """
 
+    file: "FileRange | None" = betterproto2.field(9, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    instead of records, when the request asked file_ranges
+    """
+
 
 default_message_pool.register_message("broker.v1", "FetchedPartition", FetchedPartition)
 
@@ -1513,8 +1519,35 @@ class FetchRequest(betterproto2.Message):
     1 (read_committed): only below the last stable offset
     """
 
+    file_ranges: "bool" = betterproto2.field(8, betterproto2.TYPE_BOOL)
+    """
+    The gateway may read this broker's segment files (same host): a partition's records may
+    come as ``file`` (where they lie) instead of ``records``, for os.sendfile to the client.
+    """
+
 
 default_message_pool.register_message("broker.v1", "FetchRequest", FetchRequest)
+
+
+@dataclass(eq=False, repr=False)
+class FileRange(betterproto2.Message):
+    """
+    Whole record batches at [position, position + size) of a segment file; device and inode
+    name the file the broker read, so a reader that opens ``path`` can tell it is the same one.
+    """
+
+    path: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    device: "int" = betterproto2.field(2, betterproto2.TYPE_UINT64)
+
+    inode: "int" = betterproto2.field(3, betterproto2.TYPE_UINT64)
+
+    position: "int" = betterproto2.field(4, betterproto2.TYPE_INT64)
+
+    size: "int" = betterproto2.field(5, betterproto2.TYPE_INT64)
+
+
+default_message_pool.register_message("broker.v1", "FileRange", FileRange)
 
 
 @dataclass(eq=False, repr=False)
