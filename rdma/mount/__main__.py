@@ -58,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-concurrent", type=int, default=4,
                         help="block fetches in flight (default: 4)")
     parser.add_argument("--prefetch", type=int, default=3,
-                        help="1 MiB blocks read ahead for sequential readers (default: 3)")
+                        help="4 MiB blocks read ahead for sequential readers (default: 3)")
     parser.add_argument("--cache-blocks", type=int, default=4,
                         help="blocks held at once; with fetches in flight it is kept within "
                         "the sidecar's --client-buffers (default: 4)")
