@@ -30,6 +30,7 @@ log = logging.getLogger("kelp.mount")
 
 GRACE_S = 3.0
 READ_AHEAD_KB = 4096
+CONNECT_WAIT_S = 2.0  # for the sidecar at start; past it the mount starts on the fallback
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -127,6 +128,9 @@ async def serve(args: argparse.Namespace) -> None:
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(source.run)
+            # Ready means reading through the sidecar when it is there: the first reads must
+            # not fall back to the broker for want of a connection still being made.
+            await source.wait_connected(CONNECT_WAIT_S)
             await nursery.start(fs.run)
             fuse_scope = trio.CancelScope()
             fuse_done = trio.Event()

@@ -165,6 +165,15 @@ class Source:
             await self._reads.deliver_replies(stream)
             nursery.cancel_scope.cancel()
 
+    async def wait_connected(self, timeout_s: float) -> bool:
+        """Until reads go to the sidecar (True), or ``timeout_s`` has passed or there is no
+        sidecar to wait for (False)."""
+        if not self.config.sidecar:
+            return False
+        with trio.move_on_after(timeout_s):
+            await self._connected.wait()
+        return self._reads.stream is not None
+
     def release(self, loan: Loan) -> None:
         """Give a loan back. The handle rides in the next read's request when one is made in
         the same scheduler step (the mount evicts, then reads: one frame, one wake-up of the
