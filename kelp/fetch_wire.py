@@ -34,6 +34,7 @@ class MalformedReply(ValueError):
 
 
 def uvarint(value: int) -> bytes:
+    """An unsigned varint (7 bits a byte, least significant first): protobuf's and Kafka's."""
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)

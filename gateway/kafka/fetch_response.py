@@ -21,6 +21,9 @@ import struct
 from collections.abc import Sequence, Sized
 from typing import Any
 
+# Kafka's unsigned varint is protobuf's (7 bits a byte, least significant first).
+from kelp.fetch_wire import uvarint
+
 # Records are bytes, or anything with a length that the writer knows how to send (a range of a
 # segment file, see gateway.segment_files): this codec only frames them.
 Buffer = bytes | bytearray | memoryview | Sized
@@ -40,16 +43,6 @@ _ABORTED = struct.Struct(">qq")  # producer_id, first_offset
 _NO_UUID = bytes(16)
 _MAX_I16 = 2**15 - 1
 _MAX_I32 = 2**31 - 1
-
-
-def uvarint(value: int) -> bytes:
-    """Kafka's unsigned varint (7 bits a byte, least significant first)."""
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def frame_size(buffers: Sequence[Buffer]) -> int:
