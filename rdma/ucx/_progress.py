@@ -165,16 +165,13 @@ class Progress:
         if op.on_done is not None:
             op.on_done(status)
 
-    async def _wait(self, op: _Op, *, yield_when_done: bool = True) -> None:
-        """Wait for ``op``; raise its error. A trio checkpoint either way, except that a GET
-        (``yield_when_done=False``) inline progress finished (shared memory and cma copy right
-        there) returns without a schedule point: the trip through the scheduler would cost a
-        local reader more than the copy did (its caller has checked for cancellation)."""
+    async def _wait(self, op: _Op) -> None:
+        """Wait for ``op``; raise its error. A trio checkpoint either way (a loop of GETs that
+        shared memory finishes inline must still let deadlines and other tasks run)."""
         if not op.done and op.error is None:
             self._progress_inline(op)
         if op.done or op.error is not None:
-            if yield_when_done:
-                await trio.lowlevel.cancel_shielded_checkpoint()
+            await trio.lowlevel.cancel_shielded_checkpoint()
         else:
             op.event = trio.Event()
             self._wake()
@@ -268,8 +265,7 @@ class Progress:
         params = self._request_params(token, memh=memh)
         ret = self._lib.ucp_get_nbx(handle, cdata, size, remote, rkey, params)
         on_done = None if settled is None else (lambda _status: settled())
-        await self._wait(self._track(ret, token, "get", endpoint, cdata, on_done),
-                         yield_when_done=False)
+        await self._wait(self._track(ret, token, "get", endpoint, cdata, on_done))
 
     async def _run_flush(self, endpoint: Endpoint) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
