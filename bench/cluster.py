@@ -10,9 +10,11 @@ spreads over machines.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from confluent_kafka import Producer
@@ -57,6 +59,24 @@ def _throughput(bootstrap: str, records: int, value: bytes) -> float:
     if producer.flush(180):
         raise RuntimeError("records not delivered")
     return records / (time.perf_counter() - started)
+
+
+@contextlib.contextmanager
+def replicated_cluster(workdir: Path) -> Iterator[tuple[str, list[Proc]]]:
+    """Three registered brokers on a real etcd behind a routing gateway: (bootstrap, the
+    kelp processes), all stopped on exit."""
+    three = BrokerCluster(workdir).start()
+    gateway = None
+    try:
+        wait_for(lambda: all(b.cluster()["registered"] for b in three.brokers),
+                 "three brokers registered")
+        gateway, port = gateway_on(three.brokers[0], workdir, "--no-registry",
+                                   "--etcd", three.etcd.endpoint)
+        yield f"127.0.0.1:{port}", [b.proc for b in three.brokers] + [gateway]
+    finally:
+        if gateway is not None:
+            gateway.stop()
+        three.stop()
 
 
 def _latency(bootstrap: str, value: bytes) -> tuple[float, float]:
@@ -107,20 +127,8 @@ def run(records: int, record_bytes: int) -> list[tuple[str, str, str, float]]:
                            "RF=1, one broker")
         finally:
             single.stop()
-        three = BrokerCluster(Path(tmp) / "three").start()
-        gateway = None
-        try:
-            wait_for(lambda: all(b.cluster()["registered"] for b in three.brokers),
-                     "three brokers registered")
-            gateway, port = gateway_on(three.brokers[0], Path(tmp) / "three", "--no-registry",
-                                       "--etcd", three.etcd.endpoint)
-            replicated = _measure(f"127.0.0.1:{port}",
-                                  [b.proc for b in three.brokers] + [gateway], records, value,
-                                  "RF=3, three brokers")
-        finally:
-            if gateway is not None:
-                gateway.stop()
-            three.stop()
+        with replicated_cluster(Path(tmp) / "three") as (bootstrap, procs):
+            replicated = _measure(bootstrap, procs, records, value, "RF=3, three brokers")
     size = f"{record_bytes} B"
     return [
         (f"produce {size} RF=3 vs RF=1 (rec/s)", f"{replicated[0]:,.0f}", f"{one[0]:,.0f}",

@@ -28,7 +28,7 @@ import trio
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from tests.cluster_procs import BrokerCluster, gateway_on, wait_for
+from bench.cluster import replicated_cluster
 from tests.kelp_procs import Cluster
 
 RATES = (1_000, 5_000, 20_000)
@@ -163,19 +163,8 @@ def run() -> list[tuple[str, str, str, float]]:
                 rows += _runs(cluster.bootstrap, partitions, RATES, 1, pipe, synced)
         finally:
             cluster.stop()
-        three = BrokerCluster(Path(tmp) / "three").start()
-        gateway = None
-        try:
-            wait_for(lambda: all(b.cluster()["registered"] for b in three.brokers),
-                     "three brokers registered")
-            gateway, port = gateway_on(three.brokers[0], Path(tmp) / "three", "--no-registry",
-                                       "--etcd", three.etcd.endpoint)
-            rows += _runs(f"127.0.0.1:{port}", REPLICATED_PARTITIONS, REPLICATED_RATES, 3,
-                          pipe, synced)
-        finally:
-            if gateway is not None:
-                gateway.stop()
-            three.stop()
+        with replicated_cluster(Path(tmp) / "three") as (bootstrap, _):
+            rows += _runs(bootstrap, REPLICATED_PARTITIONS, REPLICATED_RATES, 3, pipe, synced)
     return rows
 
 
