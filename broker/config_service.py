@@ -146,12 +146,17 @@ def _parts(entity: quotas.Entity) -> list[pb.QuotaEntityPart]:
     return [pb.QuotaEntityPart(type=kind, name=name) for kind, name in entity]
 
 
+MAX_QUOTA_WAIT_MS = 30_000  # the longest a DescribeClientQuotas long poll is held
+
+
 class QuotaCalls:
     """DescribeClientQuotas and AlterClientQuotas: the quotas live with the dynamic configs
     (saved through ``ConfigCalls._save_configs``, the other half of the same service)."""
 
     broker_configs: BrokerConfigs
     _config_lock: trio.Lock
+    _quotas_version: int
+    _quotas_changed: trio.Event
 
     async def describe_client_quotas(self, request: pb.DescribeClientQuotasRequest
                                      ) -> pb.DescribeClientQuotasReply:
@@ -161,7 +166,10 @@ class QuotaCalls:
             quotas.check_filters(filters)
         except quotas.QuotaError as exc:
             return pb.DescribeClientQuotasReply(error_code=exc.code, error_message=str(exc))
-        return pb.DescribeClientQuotasReply(entries=[
+        if request.known_version == self._quotas_version and request.wait_ms:
+            with trio.move_on_after(min(request.wait_ms, MAX_QUOTA_WAIT_MS) / 1000):
+                await self._quotas_changed.wait()
+        return pb.DescribeClientQuotasReply(version=self._quotas_version, entries=[
             pb.QuotaEntry(entity=_parts(entity), values=[
                 pb.QuotaValue(key=k, value=v) for k, v in sorted(values.items())])
             for entity, values in self.broker_configs.quotas.items()
@@ -190,6 +198,10 @@ class QuotaCalls:
                         lambda e=entity, p=previous: _restore_quota(store, e, p))
             except quotas.QuotaError as exc:
                 out.error_code, out.error_message = exc.code, str(exc)
+        if not request.validate_only:  # answer the long polls (a failed change is harmless)
+            self._quotas_version += 1
+            self._quotas_changed.set()
+            self._quotas_changed = trio.Event()
         return pb.AlterClientQuotasReply(results=results)
 
 

@@ -10,6 +10,7 @@ and refuses to start if a generated method is not implemented.
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from typing import TYPE_CHECKING
 
@@ -76,6 +77,9 @@ class BrokerService(DataStreams, GroupCalls, TxnCalls, ConfigCalls, QuotaCalls, 
         self.broker_configs = broker_configs or BrokerConfigs.from_flags(
             [f"{name}={value}" for name, value in registry.defaults.values.items()])
         self._config_lock = trio.Lock()
+        # Where a restarted broker starts: a gateway's known version never matches by chance.
+        self._quotas_version = secrets.randbits(62) + 1
+        self._quotas_changed = trio.Event()
         # SCRAM credentials and ACLs (in memory only without one, as in unit tests).
         self.security = security or SecurityStore(None)
         self._security_lock = trio.Lock()

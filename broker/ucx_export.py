@@ -81,6 +81,7 @@ class UcxExporter:
         self._worker: object | None = None
         self._current: dict[int, _Mapping] = {}  # segment serial -> newest mapping
         self._leases: dict[int, _Lease] = {}
+        self._lease_opened = trio.Event()  # wakes the expiry loop of an export with none
         self._lease_ids = itertools.count(1)
         self._endpoints: list[object] = []
         self._scope = trio.CancelScope()
@@ -174,6 +175,7 @@ class UcxExporter:
         mapping.leases += 1
         self._leases[lease_id] = _Lease(mapping, trio.current_time() + self.lease_ms / 1000)
         self.counters["leases_opened"] += 1
+        self._lease_opened.set()
         return pb.OpenReadReply(
             status=200, lease_id=lease_id, ucx_address=self.address or "",
             descriptor=mapping.descriptor, mapped_length=mapping.size,
@@ -227,6 +229,11 @@ class UcxExporter:
 
     async def _expire_leases(self) -> None:
         while True:
+            if not self._leases and not self._current:
+                # Nothing to expire: sleep until a read opens. An idle broker must not wake
+                # each second (a wake-up is most of an idle process's CPU).
+                await self._lease_opened.wait()
+                self._lease_opened = trio.Event()
             await trio.sleep(1)
             now = trio.current_time()
             for lease_id in [i for i, lease in self._leases.items() if lease.deadline < now]:

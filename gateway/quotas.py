@@ -1,9 +1,9 @@
 """Client quotas enforced by the gateway: produce and fetch byte rates per client, measured
 and throttled as Kafka does (KIP-13, KIP-219).
 
-The quotas live in the broker (``broker.quotas``); each gateway reads them all, again every
-few seconds and at once after an AlterClientQuotas it served. A client's quota is found by
-Kafka's precedence over user and client-id entities (the user is the connection's principal
+The quotas live in the broker (``broker.quotas``); each gateway reads them all, again as soon as
+they change (a long poll) and at once after an AlterClientQuotas it served. A client's quota is
+found by Kafka's precedence over user and client-id entities (the user is the connection's principal
 name, ANONYMOUS without authentication). Its rate is measured over ``SAMPLES`` windows of
 ``WINDOW_S``; a response that takes it over the quota carries ``throttle_time_ms`` for the time
 the client must wait to be back within it, and the gateway does not read that connection
@@ -13,6 +13,7 @@ not counted twice.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -29,7 +30,8 @@ ANONYMOUS = "ANONYMOUS"
 PRODUCE, FETCH = "producer_byte_rate", "consumer_byte_rate"
 WINDOW_S = 1.0  # Kafka's quota.window.size.seconds
 SAMPLES = 11  # Kafka's quota.window.num
-REFRESH_S = 5.0
+REFRESH_S = 5.0  # how often quotas are read again when the broker cannot be long-polled
+POLL_WAIT_MS = 20_000  # how long the broker may hold a read of the quotas that did not change
 MAX_TRACKED = 10_000  # clients with a rate being measured; the least recent are forgotten
 
 Entity = tuple[tuple[str, str | None], ...]
@@ -87,6 +89,7 @@ class ClientQuotas:
         self.entries: dict[Entity, dict[str, float]] = {}
         self._rates: OrderedDict[tuple[str, Entity], Rate] = OrderedDict()
         self._changed = trio.Event()
+        self._poll = trio.CancelScope()  # the long poll under way
         self.throttled = 0
 
     def quota(self, key: str, client_id: str, user: str = ANONYMOUS) -> tuple[Entity, float] | None:
@@ -123,22 +126,36 @@ class ClientQuotas:
         return delay
 
     def changed(self) -> None:
-        """Read the quotas again now (an AlterClientQuotas went through this gateway)."""
+        """Read the quotas again now (an AlterClientQuotas went through this gateway; its
+        broker may not be the one holding this gateway's long poll)."""
         self._changed.set()
+        self._poll.cancel()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
         task_status.started()
+        version = 0
         while True:
-            try:
-                reply = await self.broker.call(BROKER.describe_client_quotas,
-                                               pb.DescribeClientQuotasRequest())
+            reply = None
+            if self._changed.is_set():  # read them again at once
+                self._changed = trio.Event()
+                version = 0
+            # A long poll: the broker answers when the quotas change (or after POLL_WAIT_MS),
+            # so an idle gateway does not wake to ask again. On an outage, keep enforcing what
+            # was last read (the outage is logged elsewhere).
+            with trio.CancelScope() as self._poll, contextlib.suppress(BrokerUnavailable):
+                reply = await self.broker.call(
+                    BROKER.describe_client_quotas,
+                    pb.DescribeClientQuotasRequest(known_version=version, wait_ms=POLL_WAIT_MS),
+                    timeout=POLL_WAIT_MS / 1000 + 10)
+            if self._changed.is_set():
+                continue
+            if reply is not None:
+                version = reply.version
                 self.entries = {
                     tuple(sorted((p.type, p.name) for p in e.entity)):
                         {v.key: v.value for v in e.values}
                     for e in reply.entries}
-            except BrokerUnavailable:
-                pass  # keep enforcing what was last read; the outage is logged elsewhere
-            with trio.move_on_after(REFRESH_S):
-                await self._changed.wait()
-            self._changed = trio.Event()
+            if reply is None or not version:  # unreachable, or a broker without long polls
+                with trio.move_on_after(REFRESH_S):
+                    await self._changed.wait()

@@ -501,15 +501,23 @@ class Channel:
 
     async def call(self, route: Route[Any, Rep], request: Any, *, timeout: float = 10.0
                    ) -> Rep:
-        """A unary call of ``route`` (``kelp.routes.BROKER.open_read``)."""
-        return await trio_asyncio.aio_as_trio(self._unary)(route.path, request,
-                                                           route.reply_type, timeout)
+        """A unary call of ``route`` (``kelp.routes.BROKER.open_read``); raises
+        ``TimeoutError`` without an answer in ``timeout`` seconds.
 
-    async def _unary(self, path: str, request: Any, reply_type: type, timeout: float) -> Any:
+        The deadline is trio's, not grpclib's: a grpclib deadline is an asyncio timer on both
+        ends, and trio-asyncio keeps a cancelled timer until it falls due, so every call woke
+        both processes once more, ``timeout`` seconds later. On an idle kelp those wake-ups
+        were most of the CPU. Leaving the scope resets the stream, which cancels the handler.
+        """
+        with trio.move_on_after(timeout):
+            return await trio_asyncio.aio_as_trio(self._unary)(route.path, request,
+                                                               route.reply_type)
+        raise TimeoutError(f"{route.path}: no answer within {timeout:g} s")
+
+    async def _unary(self, path: str, request: Any, reply_type: type) -> Any:
         try:
             async with self._channel.request(
-                path, grpclib.const.Cardinality.UNARY_UNARY, type(request), reply_type,
-                timeout=timeout
+                path, grpclib.const.Cardinality.UNARY_UNARY, type(request), reply_type
             ) as stream:
                 await stream.send_message(request, end=True)
                 reply = await stream.recv_message()

@@ -145,6 +145,7 @@ class BufferPool:
         self._free: list[Slot] = list(reversed(self.slots))  # pop() hands out slot 0 first
         self._waiters: collections.OrderedDict[Any, Account] = collections.OrderedDict()
         self._loans: dict[int, Loan] = {}
+        self._watch = trio.Event()  # set by each loan and account: wakes an idle reaper
         self._accounts: dict[object, Account] = {}
         self.http = Account("http", http=True)
         self.region: Any = None  # rdma.ucx.MemoryRegion once registered
@@ -162,6 +163,7 @@ class BufferPool:
         account = self._accounts.get(key)
         if account is None or account.closed:
             account = self._accounts[key] = Account(name(), alive=alive)
+            self._watch.set()
         return account
 
     def existing_account(self, key: object) -> Account | None:
@@ -269,7 +271,19 @@ class BufferPool:
             handle = secrets.randbits(63)
         loan = Loan(handle, slot, account, scope, trio.current_time() + lend_s)
         slot.loan = self._loans[handle] = account.loans[handle] = loan
+        self._watch.set()
         return loan
+
+    @property
+    def watching(self) -> bool:
+        """Whether :meth:`reap` has anything to look at: loans, or clients that may leave."""
+        return bool(self._loans) or any(a.alive is not None for a in self._accounts.values())
+
+    async def wait_watching(self) -> None:
+        """Until :attr:`watching` (at once if it is)."""
+        while not self.watching:
+            await self._watch.wait()
+            self._watch = trio.Event()
 
     def release(self, handle: int, account: Account) -> None:
         """``account`` gives loan ``handle`` back; raises :class:`ReleaseRefused` if nothing is

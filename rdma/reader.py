@@ -102,7 +102,7 @@ class Fetched:
 
 MAX_LEASES_TO_CLOSE = 1024
 LOAN_CHECK_S = 0.2  # how often loans are checked for their deadline and their owner's end
-IDLE_LOAN_CHECK_S = 1.0  # the same while nothing is lent
+IDLE_LOAN_CHECK_S = 1.0  # how often clients with nothing lent are checked for their end
 
 
 class Reader:
@@ -119,6 +119,7 @@ class Reader:
         self.ucx_version = ""
         self.transports: set[str] = set()
         self._peers: dict[str, _Peer] = {}
+        self._peer_opened = trio.Event()  # wakes the expiry loop of a reader with no peers
         self._limit = trio.CapacityLimiter(config.max_concurrent)
         self._connecting = trio.Lock()
         # Leases handed back by cancelled reads, closed by ``run``'s task.
@@ -143,6 +144,9 @@ class Reader:
                     nursery.start_soon(self._close_handed_back)
                     task_status.started()
                     while True:
+                        if not self._peers:  # nothing to expire: sleep until a peer opens
+                            await self._peer_opened.wait()
+                            self._peer_opened = trio.Event()
                         await trio.sleep(1)
                         await self._expire()
         finally:
@@ -150,7 +154,9 @@ class Reader:
 
     async def _reap_loans(self) -> None:
         while True:
-            # Often while buffers are lent, seldom when none is: an idle sidecar stays asleep.
+            # Often while buffers are lent, seldom while only clients are, never with neither:
+            # an idle sidecar stays asleep (a wake-up costs an idle process more than its work).
+            await self.pool.wait_watching()
             await trio.sleep(LOAN_CHECK_S if self.pool.lent else IDLE_LOAN_CHECK_S)
             self.pool.reap()
 
@@ -372,6 +378,7 @@ class Reader:
             raise ReadFailed(503, f"cannot reach the broker's UCX listener {address}: "
                              f"{exc}") from None
         peer = self._peers[address] = _Peer(endpoint, trio.current_time())
+        self._peer_opened.set()
         self.counters["endpoints_opened"] += 1
         with contextlib.suppress(Exception):
             self.transports.update(endpoint.rma_transports())

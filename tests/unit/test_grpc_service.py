@@ -115,6 +115,42 @@ async def test_unary_and_stream_methods_are_served_from_trio(tmp_path: Path) -> 
             nursery.cancel_scope.cancel()
 
 
+class Slow(Complete):
+    """A Stats that never answers, and notes when it is cancelled."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = trio.Event()
+        self.cancelled = trio.Event()
+
+    async def stats(self, request: pb.StatsRequest) -> pb.StatsReply:
+        self.started.set()
+        try:
+            await trio.sleep_forever()
+        finally:
+            self.cancelled.set()
+        raise AssertionError("unreachable")
+
+
+async def test_a_call_past_its_timeout_fails_and_cancels_the_handler(tmp_path: Path) -> None:
+    service = Slow()
+    address = grpc.Address(path=str(tmp_path / "s.sock"))
+    async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
+        await nursery.start(grpc.serve, grpc.service_mapping(service), address)
+        channel = grpc.Channel(address)
+        try:
+            with pytest.raises(TimeoutError, match="no answer within 0.3 s"):
+                await channel.call(SIDECAR.stats, pb.StatsRequest(), timeout=0.3)
+            assert service.started.is_set()
+            with trio.fail_after(5):  # the stream was reset: the handler does not linger
+                await service.cancelled.wait()
+            # The channel still serves the next call.
+            assert (await channel.call(SIDECAR.health, pb.HealthRequest())).status == "ok"
+        finally:
+            channel.close()
+            nursery.cancel_scope.cancel()
+
+
 @pytest.mark.parametrize(("text", "expected"), [
     ("127.0.0.1:9092", ("127.0.0.1", 9092)),
     ("localhost:0", ("localhost", 0)),

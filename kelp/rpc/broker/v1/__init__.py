@@ -1082,6 +1082,11 @@ class DescribeClientQuotasReply(betterproto2.Message):
 
     entries: "list[QuotaEntry]" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, repeated=True)
 
+    version: "int" = betterproto2.field(4, betterproto2.TYPE_UINT64)
+    """
+    changes with every change of the quotas (0: no long poll)
+    """
+
 
 default_message_pool.register_message(
     "broker.v1", "DescribeClientQuotasReply", DescribeClientQuotasReply
@@ -1098,6 +1103,14 @@ class DescribeClientQuotasRequest(betterproto2.Message):
     """
 
     strict: "bool" = betterproto2.field(2, betterproto2.TYPE_BOOL)
+
+    known_version: "int" = betterproto2.field(3, betterproto2.TYPE_UINT64)
+    """
+    A long poll: while the quotas are still at known_version, answer only once they change
+    or wait_ms has passed (a gateway watching them need not ask again every few seconds).
+    """
+
+    wait_ms: "int" = betterproto2.field(4, betterproto2.TYPE_UINT32)
 
 
 default_message_pool.register_message(
