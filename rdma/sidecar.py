@@ -40,6 +40,10 @@ POOL_GAUGES = frozenset({"buffers", "buffers_free", "buffers_lent", "buffers_ucx
                          "buffer_waiters", "clients"})
 
 PING_TIMEOUT_S = 2.0
+# Reads one stream (a gRPC ReadStream or a read socket connection) may have under way; past
+# it a read is refused at once (429) instead of becoming one more waiting task. The mount keeps
+# at most 256 outstanding (rdma.mount.source.MAX_OUTSTANDING_READS).
+MAX_READS_IN_FLIGHT = 1024
 # The largest single /read; a bigger range is the caller's to split (the mount reads chunks).
 # sockaddr_un.sun_path is 108 bytes on Linux, including the terminating NUL.
 MAX_SOCKET_PATH_BYTES = 107
@@ -51,6 +55,7 @@ COUNTERS = (
     "read_requests",        # every /read
     "read_rejected",        # invalid parameters (400)
     "read_failed",          # valid, but neither path could serve it
+    "reads_over_limit",     # refused: over MAX_READS_IN_FLIGHT on their stream
     "reads",                # served
     "read_bytes",
     "pings",
@@ -221,9 +226,14 @@ class Sidecar(sidecar_pb.SidecarBase):
         pool."""
         pool = self.reader.pool
         scope = _StreamScope()
+        in_flight = 0
 
         async def one(request: sidecar_pb.ReadRequest, refused: list[int]) -> None:
-            reply = await self.grpc_read(request, account, scope=scope, counter=counter)
+            nonlocal in_flight
+            try:
+                reply = await self.grpc_read(request, account, scope=scope, counter=counter)
+            finally:
+                in_flight -= 1
             reply.request_id = request.request_id
             reply.release_refused = refused
             send(reply)
@@ -239,7 +249,15 @@ class Sidecar(sidecar_pb.SidecarBase):
                             refused.append(handle)
                             if worst is None or exc.status < worst.status:
                                 worst = exc  # 403 (someone else's) before 404
-                    if request.size:
+                    if request.size and in_flight >= MAX_READS_IN_FLIGHT:
+                        # Still read (its releases above count): only the read is refused.
+                        self.counters["reads_over_limit"] += 1
+                        send(sidecar_pb.ReadReply(
+                            status=429, request_id=request.request_id,
+                            release_refused=refused,
+                            error=f"over {MAX_READS_IN_FLIGHT} reads in flight on this stream"))
+                    elif request.size:
+                        in_flight += 1
                         nursery.start_soon(one, request, refused)
                     elif worst is not None:
                         send(sidecar_pb.ReadReply(status=worst.status, error=worst.message,

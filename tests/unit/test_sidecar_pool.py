@@ -15,6 +15,7 @@ import trio
 import trio.testing
 
 from kelp.rpc.sidecar import v1 as sidecar_pb
+from rdma import sidecar as sidecar_module
 from rdma.pool import BufferPool, PoolConfigError, ReleaseRefused, resolve_shares
 from rdma.reader import ReadFailed
 from rdma.sidecar import Sidecar, SidecarConfig
@@ -214,6 +215,52 @@ async def test_a_stream_gives_back_its_loans_and_refuses_foreign_releases(
             await requests_in.aclose()  # the consumer goes away holding a loan
         assert rig.pool.lent == 1 and foreign.loan.handle in rig.pool._loans
         rig.pool.release(foreign.loan.handle, theirs)
+        await let_ucx_finish()
+        rig.assert_whole()
+
+
+async def test_a_stream_over_its_reads_in_flight_is_refused_and_still_read(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past MAX_READS_IN_FLIGHT a read is answered 429 at once rather than becoming one more
+    waiting task, and the stream is still read: its releases keep working."""
+    monkeypatch.setattr(sidecar_module, "MAX_READS_IN_FLIGHT", 2)
+    async with make_rig(tmp_path, buffers=8) as rig:
+        rig.use_ucx(True)
+        rig.worker.paused = True  # the GETs stay under way
+        sidecar = Sidecar(SidecarConfig(socket=tmp_path / "s.sock"), rig.reader)
+        account = rig.pool.account_for("c", lambda: "c")
+        requests_in, requests = trio.open_memory_channel[Any](10)
+        replies: list[sidecar_pb.ReadReply] = []
+
+        async def recv() -> Any:
+            try:
+                return await requests.receive()
+            except trio.EndOfChannel:
+                return None
+
+        def read(n: int) -> sidecar_pb.ReadRequest:
+            return sidecar_pb.ReadRequest(file_id=file_id(1), offset=n, size=10, request_id=n)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: sidecar.serve_read_stream(recv, replies.append,
+                                                                 account=account))
+            for n in (1, 2, 3):
+                await requests_in.send(read(n))
+            await trio.testing.wait_all_tasks_blocked()
+            assert [(r.request_id, r.status) for r in replies] == [(3, 429)]
+            assert "over 2 reads in flight" in replies[0].error
+            assert sidecar.counters["reads_over_limit"] == 1
+            # A release (of nothing: 404) is still read and answered meanwhile.
+            await requests_in.send(sidecar_pb.ReadRequest(release=[12345], request_id=4))
+            await trio.testing.wait_all_tasks_blocked()
+            assert (replies[-1].request_id, replies[-1].status) == (4, 404)
+            rig.worker.paused = False
+            await let_ucx_finish()
+            assert sorted(r.request_id for r in replies if r.status == 200) == [1, 2]
+            await requests_in.send(read(5))  # room again
+            await let_ucx_finish()
+            assert (replies[-1].request_id, replies[-1].status) == (5, 200)
+            await requests_in.aclose()
         await let_ucx_finish()
         rig.assert_whole()
 
