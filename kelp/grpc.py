@@ -43,6 +43,7 @@ from grpclib.exceptions import GRPCError, StreamTerminatedError
 from kelp import cluster_token
 from kelp.address import Address
 from kelp.logs import RateLimited
+from kelp.unix_socket import bind_unix
 
 __all__ = ["Address", "Channel", "ClientStream", "Route", "Routes", "StreamSender", "serve",
            "service_mapping", "stream_handler", "unary_handler"]
@@ -451,16 +452,12 @@ async def serve(
     if token is not None:
         _require_token(server, token)
     if address.path:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(address.path)
-        previous = os.umask(0o177)  # process-wide, but only while the socket is bound
+        listener = bind_unix(address.path, mode=socket_mode, gid=socket_gid)
         try:
-            await trio_asyncio.aio_as_trio(server.start)(path=address.path)
-        finally:
-            os.umask(previous)
-        if socket_gid is not None:
-            os.chown(address.path, -1, socket_gid)
-        os.chmod(address.path, socket_mode)
+            await trio_asyncio.aio_as_trio(server.start)(sock=listener)
+        except BaseException:
+            listener.close()
+            raise
     else:
         await trio_asyncio.aio_as_trio(server.start)(address.host, address.port, ssl=tls)
     task_status.started()

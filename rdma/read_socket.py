@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from kelp.rpc.sidecar import v1 as sidecar_pb
+from kelp.unix_socket import bind_unix
 from rdma import wire
 
 if TYPE_CHECKING:
@@ -126,34 +127,11 @@ class FramedSocket:
 
 # -- the sidecar's side -------------------------------------------------------------------------
 
-def bind(path: Path, mode: int, gid: int | None) -> socket.socket:
-    """A listening Unix socket at ``path`` (a stale socket there is replaced; the caller
-    checked nobody serves it). Created under umask 0177 so nobody else can connect before the
-    explicit chmod."""
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o177)
-    try:
-        listener.bind(str(path))
-    except BaseException:
-        listener.close()
-        raise
-    finally:
-        os.umask(old)
-    if gid is not None:
-        os.chown(path, -1, gid)
-    os.chmod(path, mode)
-    listener.listen(BACKLOG)
-    listener.setblocking(False)
-    return listener
-
-
 async def serve(sidecar: Sidecar, path: Path, *, mode: int = 0o600, gid: int | None = None,
                 task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve the read socket at ``path`` until cancelled; removes the socket file on the way
     out."""
-    listener = bind(path, mode, gid)
+    listener = bind_unix(path, mode=mode, gid=gid, backlog=BACKLOG)
     numbers = itertools.count(1)
     try:
         async with trio.open_nursery() as nursery:

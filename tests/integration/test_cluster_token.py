@@ -141,15 +141,17 @@ def start_sidecar(tmp_path: Path, name: str, *args: str, umask: int = 0) -> Proc
 def test_the_sidecar_socket_mode_is_set_not_inherited(tmp_path: Path) -> None:
     default = start_sidecar(tmp_path, "default", umask=0)
     try:
-        assert stat.S_IMODE(os.stat(tmp_path / "default.sock").st_mode) == 0o600
+        for path in (tmp_path / "default.sock", tmp_path / "default.reads.sock"):
+            assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, path
     finally:
         default.stop()
     group = start_sidecar(tmp_path, "group", "--socket-mode", "0660", "--socket-group",
                           str(os.getgid()), umask=0o077)
     try:
-        info = os.stat(tmp_path / "group.sock")
-        assert stat.S_IMODE(info.st_mode) == 0o660
-        assert info.st_gid == os.getgid()
+        for path in (tmp_path / "group.sock", tmp_path / "group.reads.sock"):
+            info = os.stat(path)
+            assert stat.S_IMODE(info.st_mode) == 0o660, path
+            assert info.st_gid == os.getgid()
     finally:
         group.stop()
     bad = subprocess.run([sys.executable, "-m", "rdma", "--socket", str(tmp_path / "x.sock"),

@@ -139,7 +139,7 @@ async def test_a_call_past_its_timeout_fails_and_cancels_the_handler(tmp_path: P
         await nursery.start(grpc.serve, grpc.service_mapping(service), address)
         channel = grpc.Channel(address)
         try:
-            with pytest.raises(TimeoutError, match="no answer within 0.3 s"):
+            with pytest.raises(TimeoutError, match=r"no answer within 0\.3 s"):
                 await channel.call(SIDECAR.stats, pb.StatsRequest(), timeout=0.3)
             assert service.started.is_set()
             with trio.fail_after(5):  # the stream was reset: the handler does not linger
