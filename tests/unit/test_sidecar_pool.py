@@ -178,6 +178,26 @@ async def test_never_released_loans_starve_nobody(tmp_path: Path) -> None:
 # -- the stream handler --------------------------------------------------------------------------
 
 
+class ConsumerEnd:
+    """A read stream's consumer end: ``requests_in`` takes what the test sends (closing it
+    ends the stream), ``replies`` collects what the handler answered."""
+
+    def __init__(self, sidecar: Sidecar, account: Any) -> None:
+        self.requests_in, self._requests = trio.open_memory_channel[Any](10)
+        self.replies: list[sidecar_pb.ReadReply] = []
+        self._sidecar, self._account = sidecar, account
+
+    async def _recv(self) -> Any:
+        try:
+            return await self._requests.receive()
+        except trio.EndOfChannel:
+            return None
+
+    async def serve(self) -> None:
+        await self._sidecar.serve_read_stream(self._recv, self.replies.append,
+                                              account=self._account)
+
+
 async def test_a_stream_gives_back_its_loans_and_refuses_foreign_releases(
         tmp_path: Path) -> None:
     async with make_rig(tmp_path) as rig:
@@ -185,19 +205,11 @@ async def test_a_stream_gives_back_its_loans_and_refuses_foreign_releases(
         sidecar = Sidecar(SidecarConfig(socket=tmp_path / "s.sock"), rig.reader)
         mine, theirs = (rig.pool.account_for(k, lambda k=k: k) for k in ("mine", "theirs"))
         foreign = await rig.reader.fetch(theirs, file_id(9), 0, 10, lend_to=theirs)
-
-        requests_in, requests = trio.open_memory_channel[Any](10)
-        replies: list[sidecar_pb.ReadReply] = []
-
-        async def recv() -> Any:
-            try:
-                return await requests.receive()
-            except trio.EndOfChannel:
-                return None
+        consumer = ConsumerEnd(sidecar, mine)
+        requests_in, replies = consumer.requests_in, consumer.replies
 
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(lambda: sidecar.serve_read_stream(recv, replies.append,
-                                                                 account=mine))
+            nursery.start_soon(consumer.serve)
             for n in (1, 2):
                 await requests_in.send(sidecar_pb.ReadRequest(
                     file_id=file_id(1), offset=n, size=10, zero_copy=True, request_id=n))
@@ -228,22 +240,14 @@ async def test_a_stream_over_its_reads_in_flight_is_refused_and_still_read(
         rig.use_ucx(True)
         rig.worker.paused = True  # the GETs stay under way
         sidecar = Sidecar(SidecarConfig(socket=tmp_path / "s.sock"), rig.reader)
-        account = rig.pool.account_for("c", lambda: "c")
-        requests_in, requests = trio.open_memory_channel[Any](10)
-        replies: list[sidecar_pb.ReadReply] = []
-
-        async def recv() -> Any:
-            try:
-                return await requests.receive()
-            except trio.EndOfChannel:
-                return None
+        consumer = ConsumerEnd(sidecar, rig.pool.account_for("c", lambda: "c"))
+        requests_in, replies = consumer.requests_in, consumer.replies
 
         def read(n: int) -> sidecar_pb.ReadRequest:
             return sidecar_pb.ReadRequest(file_id=file_id(1), offset=n, size=10, request_id=n)
 
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(lambda: sidecar.serve_read_stream(recv, replies.append,
-                                                                 account=account))
+            nursery.start_soon(consumer.serve)
             for n in (1, 2, 3):
                 await requests_in.send(read(n))
             await trio.testing.wait_all_tasks_blocked()
