@@ -267,6 +267,8 @@ async def serve(args: argparse.Namespace) -> None:
                                       config.advertised_port))
             await nursery.start(ctx.router.run)
         await nursery.start(ctx.quotas.run)
+        if ctx.router is None:  # one broker: idle consumers' fetches answered here
+            await nursery.start(ctx.idle_polls.run)
         # Users and ACLs matter from the first connection only when something checks them.
         await nursery.start(partial(
             ctx.security.run, needed_at_start=args.authorizer or args.registry_auth
@@ -287,6 +289,8 @@ async def serve(args: argparse.Namespace) -> None:
                 "sasl_failures": ctx.security.authentication_failures,
                 "tls_failures": server.tls_failures,
                 "closed_unauthenticated": server.authentication_failures,
+                "idle_fetches_answered": ctx.idle_polls.answered,
+                "idle_partitions_watched": ctx.idle_polls.watching,
                 "registry": registry.health() if registry is not None else None})
 
         async def versions(request: httpd.Request) -> httpd.Response:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from kio.schema.errors import ErrorCode
 
 from gateway.broker_client import BrokerClient, BrokerUnavailable
+from gateway.idle_polls import IdlePolls
 from gateway.listeners import Listener
 from gateway.memory import BytePool, Output
 from gateway.produce_order import ProduceOrder
@@ -117,6 +118,7 @@ class GatewayContext:
     request_pool: BytePool = field(init=False)
     fetch_pool: BytePool = field(init=False)
     quotas: ClientQuotas = field(init=False)
+    idle_polls: IdlePolls = field(init=False)
     security: SecurityView = field(init=False)
     # In a cluster (--etcd): which broker leads each partition (gateway.router).
     router: Router | None = None
@@ -127,6 +129,7 @@ class GatewayContext:
         self.request_pool = BytePool(self.config.queued_max_request_bytes)
         self.fetch_pool = BytePool(self.config.fetch_memory_bytes)
         self.quotas = ClientQuotas(self.broker)
+        self.idle_polls = IdlePolls(self.broker)
 
     @property
     def node_id(self) -> int:

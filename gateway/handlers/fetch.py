@@ -128,8 +128,13 @@ async def _fetch_records(ctx: GatewayContext, body: Any,
     try:
         if ctx.router is not None:
             return await _fetch_from_leaders(ctx, request)
+        # A consumer that has read everything waits here, not on the broker (gateway.idle_polls).
+        idle = await ctx.idle_polls.answer(request)
+        if idle is not None:
+            return idle
         reply = await ctx.broker.fetch(request)
         results = {(r.topic, r.partition): r for r in reply.partitions}
+        ctx.idle_polls.note(request, results)
         if request.file_ranges:
             await _open_files(ctx, request, results)
         return results
