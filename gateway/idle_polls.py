@@ -18,7 +18,6 @@ Only with a single broker (no router: a cluster's leaders move), and only for fe
 
 from __future__ import annotations
 
-import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -26,8 +25,6 @@ import trio
 
 from gateway.broker_client import BrokerClient, BrokerUnavailable
 from kelp.rpc.broker import v1 as pb
-
-log = logging.getLogger("kelp.gateway.fetch")
 
 MAX_WATCHES = 1024  # partitions watched at once; the least recently used go first
 WATCH_WAIT_MS = 30_000  # the broker's longest long poll (broker.streams.MAX_FETCH_WAIT_S)
@@ -57,7 +54,6 @@ class IdlePolls:
         self._watches: OrderedDict[Key, _Watch] = OrderedDict()
         self._nursery: trio.Nursery | None = None
         self.answered = 0  # fetches answered here, without the broker
-        self.watches_started = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
@@ -90,17 +86,12 @@ class IdlePolls:
             if key in self._watches:
                 self._watches.move_to_end(key)
                 continue
-            watch = _Watch(key, pb.FetchedPartition(
-                topic=part.topic, partition=part.partition,
-                high_watermark=found.high_watermark,
-                last_stable_offset=found.last_stable_offset,
-                log_start_offset=found.log_start_offset))
+            watch = _Watch(key, _empty(found))
             self._watches[key] = watch
             if len(self._watches) > MAX_WATCHES:
                 _, oldest = self._watches.popitem(last=False)
                 oldest.scope.cancel()
                 oldest.end()
-            self.watches_started += 1
             self._nursery.start_soon(self._watch, watch)
 
     async def _watch(self, watch: _Watch) -> None:
@@ -152,8 +143,13 @@ class IdlePolls:
             request.max_wait_ms = max(request.max_wait_ms - waited_ms, 0)
             return None
         self.answered += 1
-        return {(w.key[0], w.key[1]): pb.FetchedPartition(
-            topic=w.empty.topic, partition=w.empty.partition,
-            high_watermark=w.empty.high_watermark,
-            last_stable_offset=w.empty.last_stable_offset,
-            log_start_offset=w.empty.log_start_offset) for w in watches}
+        return {(w.key[0], w.key[1]): _empty(w.empty) for w in watches}
+
+
+def _empty(found: pb.FetchedPartition) -> pb.FetchedPartition:
+    """A fresh empty answer with ``found``'s offsets (each response gets its own: the fetch
+    handler may fill in what it answers)."""
+    return pb.FetchedPartition(topic=found.topic, partition=found.partition,
+                               high_watermark=found.high_watermark,
+                               last_stable_offset=found.last_stable_offset,
+                               log_start_offset=found.log_start_offset)
