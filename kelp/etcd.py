@@ -318,8 +318,18 @@ class Mirror:
                         self.entries.pop(event.kv.key, None)
                     else:
                         self.entries[event.kv.key] = _entry(event.kv)
-                if reply.header.revision > self.revision:
-                    self.revision = reply.header.revision
+                if reply.events:
+                    # Not the header's revision: a watch catching up sends the store's
+                    # current revision with a batch that may not reach it yet.
+                    reached = reply.events[-1].kv.mod_revision
+                elif reply.created:
+                    # The store's revision when the watch was made, before the events since
+                    # ``start_revision`` are sent: the copy is not there yet.
+                    continue
+                else:
+                    reached = reply.header.revision  # a progress notice: every event is sent
+                if reached > self.revision:
+                    self.revision = reached
                     self._signal()
             return f"watch stream ended: {stream.error!r}"
 

@@ -129,6 +129,37 @@ def test_the_mirror_follows_writes_and_survives_an_etcd_restart(
     run(main)
 
 
+def test_the_mirror_claims_a_revision_only_once_its_copy_reaches_it(
+        etcd_server: EtcdServer) -> None:
+    # A watch that starts behind the store (the load was a while ago) first answers "created"
+    # with the store's revision, then sends the events since: the mirror must not claim that
+    # revision before it has applied them (a waiter would read a stale copy, then sleep).
+    async def main() -> None:
+        etcd = Etcd.from_text(etcd_server.endpoint)
+        try:
+            loaded_at = await etcd.put(b"/elsewhere", b"0")
+            await etcd.put(b"/c/a", b"1")
+            await etcd.put(b"/c/b", b"2")
+            await etcd.delete(b"/c/a")
+            _, last = await etcd.get_prefix(b"/c/")
+            mirror = Mirror(etcd, b"/c/")
+            mirror.entries, mirror.revision = {}, loaded_at  # as if loaded before the writes
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(mirror._follow)
+                with trio.fail_after(10):
+                    seen = loaded_at
+                    while mirror.revision < last:
+                        await mirror.wait_changed(seen)
+                        seen = mirror.revision
+                        if seen >= last:
+                            assert set(mirror.entries) == {b"/c/b"}
+                nursery.cancel_scope.cancel()
+        finally:
+            etcd.close()
+
+    run(main)
+
+
 def test_an_unreachable_etcd_is_an_error_not_a_hang() -> None:
     async def main() -> None:
         etcd = Etcd.from_text(f"127.0.0.1:{free_port()},127.0.0.1:{free_port()}")
