@@ -304,7 +304,7 @@ class Reader:
         try:
             await session.endpoint.get(session.key, session.chunk_position + offset,
                                        slot.view[:size], local=self.pool.region,
-                                       settled=settled)
+                                       settled=settled, schedule=False)
         except (ucx.UcxError, ValueError) as exc:
             self._note_abandoned(session, pending)
             await self._forget_session(file_id)

@@ -165,13 +165,16 @@ class Progress:
         if op.on_done is not None:
             op.on_done(status)
 
-    async def _wait(self, op: _Op) -> None:
+    async def _wait(self, op: _Op, *, schedule: bool = True) -> None:
         """Wait for ``op``; raise its error. A trio checkpoint either way (a loop of GETs that
-        shared memory finishes inline must still let deadlines and other tasks run)."""
+        shared memory finishes inline must still let deadlines and other tasks run), unless
+        the caller says it yields soon anyway (``schedule=False``: a read task about to end
+        spares a trip round the scheduler)."""
         if not op.done and op.error is None:
             self._progress_inline(op)
         if op.done or op.error is not None:
-            await trio.lowlevel.cancel_shielded_checkpoint()
+            if schedule:
+                await trio.lowlevel.cancel_shielded_checkpoint()
         else:
             op.event = trio.Event()
             self._wake()
@@ -253,6 +256,7 @@ class Progress:
         rkey: Any,
         memh: Any,
         settled: Callable[[], None] | None = None,
+        schedule: bool = True,
     ) -> None:
         try:
             self._check_usable()
@@ -265,7 +269,8 @@ class Progress:
         params = self._request_params(token, memh=memh)
         ret = self._lib.ucp_get_nbx(handle, cdata, size, remote, rkey, params)
         on_done = None if settled is None else (lambda _status: settled())
-        await self._wait(self._track(ret, token, "get", endpoint, cdata, on_done))
+        await self._wait(self._track(ret, token, "get", endpoint, cdata, on_done),
+                         schedule=schedule)
 
     async def _run_flush(self, endpoint: Endpoint) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()

@@ -206,6 +206,7 @@ class Endpoint:
         *,
         local: MemoryRegion | None = None,
         settled: Callable[[], None] | None = None,
+        schedule: bool = True,
     ) -> None:
         """Read ``len(dest)`` bytes at ``offset`` of the remote region into ``dest``.
 
@@ -217,6 +218,10 @@ class Endpoint:
         posted, and also when the caller stopped waiting first (cancelled, or the endpoint
         failed) and UCX finishes or cancels the request later. A buffer pool uses it to reuse
         ``dest`` only when that is safe.
+
+        Like every trio operation it is a schedule point, even when shared memory finished
+        the copy inline; ``schedule=False`` skips that yield (it still checks for
+        cancellation) for a caller that yields soon anyway, never for one looping on GETs.
         """
         worker = self._worker
         try:
@@ -236,7 +241,8 @@ class Endpoint:
             if settled is not None:  # never posted: UCX never saw the buffer
                 settled()
             raise
-        await worker._run_get(self, cdata, size, remote, key._handle, memh, settled)
+        await worker._run_get(self, cdata, size, remote, key._handle, memh, settled,
+                              schedule)
 
     # -- closing ------------------------------------------------------------------------------
 

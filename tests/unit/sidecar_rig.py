@@ -72,7 +72,8 @@ class FakeEndpoint:
         return ["fake/memory"]
 
     async def get(self, key: FakeKey, offset: int, dest: memoryview, *, local: Any = None,
-                  settled: Callable[[], None] | None = None) -> None:
+                  settled: Callable[[], None] | None = None, schedule: bool = True) -> None:
+        # ``schedule`` makes no difference here: the fake always waits for its op.
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
             if key.closed or self.closed:

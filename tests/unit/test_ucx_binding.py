@@ -252,6 +252,34 @@ async def test_get_and_bounds_over_loopback() -> None:
         assert region.closed
 
 
+async def test_a_get_that_spares_the_schedule_point_still_reads_and_honours_cancellation(
+        ) -> None:
+    async with ucx.open_worker() as worker:
+        exported = bytearray(os.urandom(1 << 16))
+        region = worker.register(exported)
+        listener = worker.listen("127.0.0.1", 0)
+        with trio.fail_after(DEADLINE):
+            client = await worker.connect("127.0.0.1", listener.address[1])
+            await listener.accept()
+        key = client.import_key(region.export())
+        settled: list[int] = []
+        with trio.fail_after(DEADLINE):
+            dest = bytearray(4096)
+            await client.get(key, 8192, dest, schedule=False,
+                             settled=lambda: settled.append(1))
+            assert dest == exported[8192:12288] and settled == [1]
+            # Cancelled before it starts: nothing is posted, the buffer is never touched.
+            untouched = bytearray(4096)
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await client.get(key, 0, untouched, schedule=False,
+                                 settled=lambda: settled.append(2))
+            assert scope.cancelled_caught
+            assert untouched == bytearray(4096) and settled == [1, 2]
+        await client.close()
+        region.close()
+
+
 async def test_empty_buffer_is_refused_and_close_after_the_worker_is_a_noop() -> None:
     async with ucx.open_worker() as worker:
         with pytest.raises(ValueError):
