@@ -215,15 +215,22 @@ async def read(endpoint: ucx.Endpoint, key: ucx.RemoteKey, offset: int, size: in
     return bytes(dest)
 
 
+async def export_to_self(worker: ucx.Worker, size: int
+                         ) -> tuple[bytearray, ucx.MemoryRegion, ucx.Endpoint, ucx.RemoteKey]:
+    """``size`` random bytes registered on ``worker`` and a key to them on an endpoint the
+    worker connected to itself over loopback: (bytes, region, endpoint, key)."""
+    exported = bytearray(os.urandom(size))
+    region = worker.register(exported)
+    listener = worker.listen("127.0.0.1", 0)
+    with trio.fail_after(DEADLINE):
+        client = await worker.connect("127.0.0.1", listener.address[1])
+        await listener.accept()
+    return exported, region, client, client.import_key(region.export())
+
+
 async def test_get_and_bounds_over_loopback() -> None:
     async with ucx.open_worker() as worker:
-        exported = bytearray(os.urandom(1 << 20))
-        region = worker.register(exported)
-        listener = worker.listen("127.0.0.1", 0)
-        with trio.fail_after(DEADLINE):
-            client = await worker.connect("127.0.0.1", listener.address[1])
-            await listener.accept()
-        key = client.import_key(region.export())
+        exported, region, client, key = await export_to_self(worker, 1 << 20)
         assert key.length == len(exported)
 
         with trio.fail_after(DEADLINE):
@@ -255,13 +262,7 @@ async def test_get_and_bounds_over_loopback() -> None:
 async def test_a_get_that_spares_the_schedule_point_still_reads_and_honours_cancellation(
         ) -> None:
     async with ucx.open_worker() as worker:
-        exported = bytearray(os.urandom(1 << 16))
-        region = worker.register(exported)
-        listener = worker.listen("127.0.0.1", 0)
-        with trio.fail_after(DEADLINE):
-            client = await worker.connect("127.0.0.1", listener.address[1])
-            await listener.accept()
-        key = client.import_key(region.export())
+        exported, region, client, key = await export_to_self(worker, 1 << 16)
         settled: list[int] = []
         with trio.fail_after(DEADLINE):
             dest = bytearray(4096)
