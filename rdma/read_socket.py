@@ -40,7 +40,7 @@ RECEIVE_BYTES = 256 * 1024
 # is bounded by its outstanding reads, so only a broken or hostile peer gets near it).
 MAX_QUEUED_BYTES = 4 * 1024 * 1024
 BACKLOG = 64
-UNBROKEN_RECEIVES = 8  # receives without a wait before one yields to the other tasks
+UNBROKEN_STEPS = 8  # frames or receives without a wait before one yields to the other tasks
 
 
 class FramedSocket:
@@ -54,7 +54,7 @@ class FramedSocket:
         self._queued = bytearray()
         self._has_queued = trio.Event()
         self._frames = wire.FrameBuffer()
-        self._unbroken = 0  # receives in a row that found data without waiting
+        self._unbroken = 0  # frames and receives in a row that needed no wait
         self.error: str | None = None
 
     def send(self, frame: bytes) -> None:
@@ -96,10 +96,14 @@ class FramedSocket:
                 del self._queued[:sent]
 
     async def receive(self) -> bytes | None:
-        """The next frame body; None when the peer has closed (mid-frame is an error)."""
+        """The next frame body; None when the peer has closed (mid-frame is an error).
+
+        A cancel point only before it takes anything: a frame taken is never lost."""
+        await trio.lowlevel.checkpoint_if_cancelled()
         while True:
             body = self._frames.next()
             if body is not None:
+                await self._take_turns()
                 return body
             try:
                 data = self._sock.recv(RECEIVE_BYTES)
@@ -110,19 +114,21 @@ class FramedSocket:
             except OSError as exc:
                 self._fail(f"receive: {exc}")
                 raise trio.BrokenResourceError(self.error) from None
-            # A peer that never pauses must not starve the other tasks; one that just woke us
-            # (the usual case) costs no extra trip round the scheduler.
-            self._unbroken += 1
-            if self._unbroken >= UNBROKEN_RECEIVES:
-                self._unbroken = 0
-                await trio.lowlevel.checkpoint()
-            else:
-                await trio.lowlevel.checkpoint_if_cancelled()
             if not data:
                 if self._frames.buffered:
                     raise wire.WireError("connection closed inside a frame")
                 return None
             self._frames.feed(data)
+            await self._take_turns()
+
+    async def _take_turns(self) -> None:
+        # A peer that never pauses must not starve the other tasks, but a yield per frame
+        # costs a trip round the scheduler per read: yield after a few steps without a wait.
+        # Shielded, so a frame already taken is never dropped by a cancel.
+        self._unbroken += 1
+        if self._unbroken >= UNBROKEN_STEPS:
+            self._unbroken = 0
+            await trio.lowlevel.cancel_shielded_checkpoint()
 
     def _fail(self, why: str) -> None:
         if self.error is None:
