@@ -112,26 +112,31 @@ async def _fetch_records(ctx: GatewayContext, body: Any,
     if output is not None:
         await output.wait_drained()
     wanted_bytes = body.max_bytes if body.max_bytes > 0 else DEFAULT_FETCH_MAX_BYTES
+    request = pb.FetchRequest(
+        partitions=[pb.FetchPartition(topic=name, partition=p.partition, offset=p.fetch_offset,
+                                      max_bytes=p.partition_max_bytes)
+                    for name, _id, parts in wanted for p in parts],
+        max_wait_ms=int(body.max_wait.total_seconds() * 1000),
+        min_bytes=body.min_bytes, max_bytes=wanted_bytes,
+        isolation_level=int(getattr(body, "isolation_level", 0)),
+        # One broker on this host: records may come as segment-file ranges (os.sendfile).
+        file_ranges=ctx.router is None and ctx.broker.reads_files)
+    if ctx.router is None:
+        # A consumer that has read everything waits here, not on the broker
+        # (gateway.idle_polls), and takes no fetch memory for it: its answer is empty.
+        idle = await ctx.idle_polls.answer(request)
+        if idle is not None:
+            return idle
     granted = ctx.fetch_pool.grant(wanted_bytes, MIN_FETCH_GRANT)
     holds = current_holds.get()
     if holds is not None:
         holds.append((ctx.fetch_pool, granted))
-    request = pb.FetchRequest(
-        partitions=[pb.FetchPartition(topic=name, partition=p.partition, offset=p.fetch_offset,
-                                      max_bytes=min(p.partition_max_bytes, granted))
-                    for name, _id, parts in wanted for p in parts],
-        max_wait_ms=int(body.max_wait.total_seconds() * 1000),
-        min_bytes=body.min_bytes, max_bytes=granted,
-        isolation_level=int(getattr(body, "isolation_level", 0)),
-        # One broker on this host: records may come as segment-file ranges (os.sendfile).
-        file_ranges=ctx.router is None and ctx.broker.reads_files)
+    request.max_bytes = granted
+    for part in request.partitions:
+        part.max_bytes = min(part.max_bytes, granted)
     try:
         if ctx.router is not None:
             return await _fetch_from_leaders(ctx, request)
-        # A consumer that has read everything waits here, not on the broker (gateway.idle_polls).
-        idle = await ctx.idle_polls.answer(request)
-        if idle is not None:
-            return idle
         reply = await ctx.broker.fetch(request)
         results = {(r.topic, r.partition): r for r in reply.partitions}
         ctx.idle_polls.note(request, results)
