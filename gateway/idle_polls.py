@@ -57,6 +57,7 @@ class IdlePolls:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
+        # Cancelled, each watch's task ends it and forgets it on its way out (``_watch``).
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -64,9 +65,6 @@ class IdlePolls:
                 await trio.sleep_forever()
         finally:
             self._nursery = None
-            for watch in self._watches.values():
-                watch.end()
-            self._watches.clear()
 
     @property
     def watching(self) -> int:

@@ -6,7 +6,6 @@ every second instead of fetching, which is not the idle this checks."""
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import time
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from tests.kelp_procs import Cluster, Proc, free_port
+from tests.kelp_procs import Cluster, Proc
 
 MEASURE_S = 30.0
 CPU_BOUND_PERCENT = 1.0
@@ -29,10 +28,7 @@ def cpu_seconds(proc: Proc) -> float:
 
 def test_idle_processes_use_under_one_percent_cpu(tmp_path: Path, topic_name: str) -> None:
     cluster = Cluster(tmp_path / "c").start()
-    sidecar = Proc("sidecar", [
-        sys.executable, "-m", "rdma", "--socket", str(tmp_path / "sidecar.sock"),
-        "--http", f"127.0.0.1:{free_port()}", "--broker", f"127.0.0.1:{cluster.broker_port}",
-        "--broker-http", f"127.0.0.1:{cluster.broker_http_port}"], tmp_path / "sidecar.log")
+    sidecar, _socket, _http_port = cluster.sidecar()
     consumer = None
     stop = threading.Event()
     poller = None
