@@ -138,6 +138,7 @@ def test_java_consumer_protocol_and_describe(kip848_cluster: Cluster, topic_name
     run = run_java("KelpJavaConsumerGroup", [kip848_cluster.bootstrap, topic_name], tmp_path)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
     assert "OK consumer-group" in run.stdout
+    print(run.stdout.strip().splitlines()[-1])
 
 
 def _heartbeat(cluster: Cluster, **fields: object):

@@ -53,13 +53,34 @@ public class KelpJavaConsumerGroup {
         long deadline = System.currentTimeMillis() + 60_000;
         while (!seen.containsAll(wanted) && System.currentTimeMillis() < deadline) {
             for (KafkaConsumer<String, String> m : members) {
-                for (ConsumerRecord<String, String> r : m.poll(Duration.ofMillis(100))) {
+                for (ConsumerRecord<String, String> r : poll(m, 100)) {
                     check(seen.add(r.value()), "consumed twice: " + r.value());
                 }
                 m.commitSync();
             }
         }
         check(seen.containsAll(wanted), "consumed " + seen.size() + " of " + wanted.size());
+    }
+
+    // kafka-clients 3.9's KIP-848 consumer has a race of its own: poll() checks that a fetched
+    // partition is still assigned, then reads its position, while the background thread may
+    // apply a revocation in between (FetchCollector.fetchRecords); poll() then throws
+    // "No current assignment for partition". A revocation is what the group must do when a
+    // member joins, and Kafka's own broker triggers the same race. This poll takes that one
+    // exception as an empty poll (counted and printed) and the record checks stay exact: were
+    // records lost with it, drain() would fail on the count.
+    static int clientRaces = 0;
+
+    static ConsumerRecords<String, String> poll(KafkaConsumer<String, String> member,
+                                                long millis) {
+        try {
+            return member.poll(Duration.ofMillis(millis));
+        } catch (IllegalStateException e) {
+            String message = String.valueOf(e.getMessage());
+            if (!message.startsWith("No current assignment for partition")) throw e;
+            clientRaces++;
+            return ConsumerRecords.empty();
+        }
     }
 
     static Set<String> wave(String name, int count) {
@@ -87,7 +108,7 @@ public class KelpJavaConsumerGroup {
             java.io.BufferedReader stdin = new java.io.BufferedReader(
                 new java.io.InputStreamReader(System.in));
             while (!stdin.ready()) {
-                for (ConsumerRecord<String, String> r : member.poll(Duration.ofMillis(100)))
+                for (ConsumerRecord<String, String> r : poll(member, 100))
                     check(seen.add(r.value()), "consumed twice: " + r.value());
             }
             stdin.readLine();
@@ -96,7 +117,7 @@ public class KelpJavaConsumerGroup {
             all.addAll(wave("b", 200));
             long deadline = System.currentTimeMillis() + 60_000;
             while (!seen.containsAll(all) && System.currentTimeMillis() < deadline) {
-                for (ConsumerRecord<String, String> r : member.poll(Duration.ofMillis(100)))
+                for (ConsumerRecord<String, String> r : poll(member, 100))
                     check(seen.add(r.value()), "consumed twice: " + r.value());
                 try {
                     member.commitSync();
@@ -107,7 +128,8 @@ public class KelpJavaConsumerGroup {
             check(seen.equals(all), "consumed " + seen.size() + " of " + all.size());
             check(member.assignment().size() == 4, "assignment " + member.assignment());
         }
-        System.out.println("OK consumer-group restart consumed=" + seen.size());
+        System.out.println("OK consumer-group restart consumed=" + seen.size()
+                           + " client-races=" + clientRaces);
     }
 
     public static void main(String[] args) throws Exception {
@@ -133,8 +155,8 @@ public class KelpJavaConsumerGroup {
         while (System.currentTimeMillis() < deadline
                && (first.assignment().isEmpty() || second.assignment().isEmpty()
                    || first.assignment().size() + second.assignment().size() != 4)) {
-            first.poll(Duration.ofMillis(100));
-            second.poll(Duration.ofMillis(100));
+            poll(first, 100);
+            poll(second, 100);
         }
         check(first.assignment().size() == 2 && second.assignment().size() == 2,
               "split " + first.assignment() + " / " + second.assignment());
@@ -158,7 +180,7 @@ public class KelpJavaConsumerGroup {
         drain(List.of(second), wave("b", 200), seen);
         deadline = System.currentTimeMillis() + 30_000;
         while (second.assignment().size() != 4 && System.currentTimeMillis() < deadline)
-            second.poll(Duration.ofMillis(100));
+            poll(second, 100);
         check(second.assignment().size() == 4, "after leave " + second.assignment());
         second.close();
 
@@ -168,7 +190,7 @@ public class KelpJavaConsumerGroup {
         produce(bootstrap, topic, "c", 100);
         drain(List.of(third), wave("c", 100), seen);
         for (int i = 0; i < 10; i++)
-            for (ConsumerRecord<String, String> r : third.poll(Duration.ofMillis(100)))
+            for (ConsumerRecord<String, String> r : poll(third, 100))
                 check(seen.add(r.value()), "consumed twice after restart: " + r.value());
 
         try (Admin admin = Admin.create(adminProps)) {
@@ -193,7 +215,7 @@ public class KelpJavaConsumerGroup {
         deadline = System.currentTimeMillis() + 30_000;
         while (System.currentTimeMillis() < deadline
                && (pair.get(0).assignment().size() != 2 || pair.get(1).assignment().size() != 2))
-            for (KafkaConsumer<String, String> m : pair) m.poll(Duration.ofMillis(100));
+            for (KafkaConsumer<String, String> m : pair) poll(m, 100);
         Set<Set<Integer>> halves = new HashSet<>();
         for (KafkaConsumer<String, String> m : pair) {
             Set<Integer> parts = new TreeSet<>();
@@ -207,6 +229,7 @@ public class KelpJavaConsumerGroup {
             check(d.partitionAssignor().equals("range"), "assignor " + d.partitionAssignor());
         }
         for (KafkaConsumer<String, String> m : pair) m.close();
-        System.out.println("OK consumer-group consumed=" + seen.size());
+        System.out.println("OK consumer-group consumed=" + seen.size()
+                           + " client-races=" + clientRaces);
     }
 }
