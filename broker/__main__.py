@@ -309,7 +309,9 @@ async def serve(args: argparse.Namespace) -> None:
                                    "isr_writes": 0 if replication is None
                                    else replication.isr_writes,
                                    "leader_changes": controller.leader_changes,
-                                   "isr_changes": controller.isr_changes}}
+                                   "isr_changes": controller.isr_changes,
+                                   "replication": {} if replication is None
+                                   else replication.detail()}}
         return httpd.Response.json({"status": "ok", "topics": len(registry.topics),
                                     "partitions": registry.partition_count(),
                                     **service.counters(), **exporter.health(), **cluster})

@@ -10,7 +10,10 @@ fetch and writes the ISR changes it asks for to etcd. Kafka's rules (``Partition
   the log end the leader had at its previous fetch (then it was caught up as of the previous
   one: a follower fetching continuously under steady produce never quite reaches the end);
 * it leaves the ISR when not caught up for ``replica.lag.time.max.ms``; it joins the ISR once
-  its log end reaches the high-water mark and the start of this leader's epoch;
+  a fetch shows its log end at the high-water mark and the start of this leader's epoch. The
+  verdict is the fetch's, kept until the ISR is written: judged again later, against a
+  high-water mark the other followers have since moved on, a follower a few records behind
+  under steady produce could wait indefinitely (Kafka expands the ISR at that fetch too);
 * the high-water mark is the smallest log end in the ISR (the leader's own included) and never
   goes back while this broker leads.
 """
@@ -26,6 +29,9 @@ class FollowerProgress:
     caught_up_ms: float = 0.0       # the last time it was known caught up
     leader_end_at_fetch: int = -1   # the leader's log end at its previous fetch
     fetch_ms: float = 0.0           # when that fetch came
+    # A fetch found its log end at the high-water mark and this epoch's start: it may join.
+    # Lost if its log end goes back (it restarted and truncated) or it leaves the ISR.
+    reached_hwm: bool = False
 
 
 class LeaderProgress:
@@ -51,6 +57,10 @@ class LeaderProgress:
 
     def on_fetch(self, replica: int, fetch_offset: int, leader_end: int, now_ms: float) -> None:
         progress = self.followers.setdefault(replica, FollowerProgress(caught_up_ms=now_ms))
+        if fetch_offset < progress.log_end:
+            progress.reached_hwm = False
+        if fetch_offset >= max(self.high_watermark, self.epoch_start):
+            progress.reached_hwm = True
         progress.log_end = fetch_offset
         if fetch_offset >= leader_end:
             progress.caught_up_ms = now_ms
@@ -85,7 +95,6 @@ class LeaderProgress:
             if replica in self.isr:
                 if now_ms - progress.caught_up_ms <= lag_ms:
                     keep.add(replica)
-            elif progress.log_end >= max(self.high_watermark, self.epoch_start) and \
-                    now_ms - progress.caught_up_ms <= lag_ms:
+            elif progress.reached_hwm and now_ms - progress.caught_up_ms <= lag_ms:
                 keep.add(replica)
         return tuple(replica for replica in self.replicas if replica in keep)

@@ -82,6 +82,10 @@ class Replication:
         self.led: dict[Key, Led] = {}
         self.managed: set[str] = set()  # topics whose partitions the cluster manages
         self.following: dict[Key, tuple[int, int, trio.CancelScope]] = {}  # leader, epoch
+        # When each followed partition's last fetch was answered (monotonic seconds), and the
+        # offset it fetched at: /health shows a follower that stalls without an error.
+        self.fetched: dict[Key, tuple[float, int]] = {}
+        self._isr_write_losses = 0
         self._channels: dict[str, grpc.Channel] = {}
         self._nursery: trio.Nursery | None = None
         self._isr_wanted = trio.Event()
@@ -125,6 +129,7 @@ class Replication:
             if state is None or state.leader != leader or state.leader_epoch != epoch:
                 scope.cancel()
                 del self.following[key]
+                self.fetched.pop(key, None)
         for key, state in hosted.items():
             plog = self._log(key)
             if plog is None:
@@ -211,6 +216,33 @@ class Replication:
                 "ISR shrinks and expansions this broker wrote as leader.", (),
                 [((), self.isr_writes)]),
         }
+
+    def detail(self) -> dict[str, object]:
+        """Each partition's replication as this broker sees it, for ``/health``: as leader,
+        every follower's progress; as follower, when its last fetch was answered."""
+        now_s, now_ms = time.monotonic(), _now_ms()
+        led = {}
+        for (topic, partition), entry in self.led.items():
+            plog = self._log((topic, partition))
+            followers = {str(replica): {
+                "log_end": progress.log_end, "reached_hwm": progress.reached_hwm,
+                "ms_since_fetch": round(now_ms - progress.fetch_ms) if progress.fetch_ms else None,
+                "ms_since_caught_up": round(now_ms - progress.caught_up_ms)
+                if progress.caught_up_ms >= 0 else None}  # None: forgotten, not fetched since
+                for replica, progress in entry.progress.followers.items()}
+            led[f"{topic}-{partition}"] = {
+                "leader_epoch": entry.state.leader_epoch, "isr": list(entry.state.isr),
+                "log_end": None if plog is None else plog.log_end_offset,
+                "high_watermark": entry.progress.high_watermark, "followers": followers}
+        following = {}
+        for (topic, partition), (leader, epoch, _) in self.following.items():
+            at = self.fetched.get((topic, partition))
+            plog = self._log((topic, partition))
+            following[f"{topic}-{partition}"] = {
+                "leader": leader, "leader_epoch": epoch,
+                "log_end": None if plog is None else plog.log_end_offset,
+                "s_since_fetch": None if at is None else round(now_s - at[0], 1)}
+        return {"leading": led, "following": following}
 
     # -- what the data path asks --------------------------------------------------------------
 
@@ -372,7 +404,16 @@ class Replication:
             log.warning("cannot write the ISR", extra={"topic": key[0], "partition": key[1],
                                                        "error": str(exc)})
             return
-        if written is not None:
+        if written is None:
+            # Someone wrote the partition since this broker's copy of it (the controller, or a
+            # change the watch has not brought yet): the next pass tries again on a fresh copy.
+            self._isr_write_losses += 1
+            if self._isr_write_losses in (1, 10) or self._isr_write_losses % 100 == 0:
+                log.info("ISR write lost a race, retrying", extra={
+                    "topic": key[0], "partition": key[1], "isr": list(isr),
+                    "mod_revision": entry.mod_revision, "losses": self._isr_write_losses})
+        else:
+            self._isr_write_losses = 0
             self.isr_writes += 1
             log.info("ISR changed", extra={"topic": key[0], "partition": key[1],
                                            "isr": list(isr), "was": list(current.isr)})
@@ -407,7 +448,9 @@ class Replication:
                     if not truncated:
                         await self._truncate(channel, key, plog, leader, epoch, topic_id)
                         truncated = True
+                    fetch_offset = plog.log_end_offset
                     truncated = await self._fetch_once(channel, key, plog, epoch, topic_id)
+                    self.fetched[key] = (time.monotonic(), fetch_offset)
                     failures = 0
                 except Exception as exc:
                     if isinstance(exc, OffsetOutOfRange):

@@ -108,7 +108,13 @@ def running_cluster(workdir: Path, request: object, *, broker_args: tuple[str, .
         report = getattr(getattr(request, "node", None), "rep_call", None)
         if report is not None and report.failed:
             for node in cluster.brokers:
-                print(f"--- {node.proc.name} ---\n{node.proc.log_text()[-4000:]}")
+                text = node.proc.log_text()
+                # The warnings of the whole run (a kill cycle's trouble is often long past the
+                # tail), then the tail.
+                warnings = [line for line in text.splitlines()
+                            if "level=warning" in line or "level=error" in line]
+                print(f"--- {node.proc.name}: last warnings ---\n" + "\n".join(warnings[-40:]))
+                print(f"--- {node.proc.name} ---\n{text[-4000:]}")
 
 
 def wait_for(check: Callable[[], object], what: str, timeout: float = 20.0) -> object:

@@ -151,6 +151,20 @@ def test_acks_all_records_survive_a_leaders_sigkill_and_it_returns_byte_for_byte
                                           for n in brokers.brokers}) == 1,
                  f"orders-{partition} identical on every replica")
         assert log_bytes(brokers.brokers[0], "orders", partition)
+    # /health shows it from each side: the leader counts both followers at its log end, each
+    # follower's last fetch was answered just now.
+    for partition in range(3):
+        name = f"orders-{partition}"
+        views = {n.broker_id: n.cluster()["replication"] for n in brokers.brokers}
+        (leader,) = [b for b, view in views.items() if name in view["leading"]]
+        led = views[leader]["leading"][name]
+        assert len(led["isr"]) == 3
+        assert {f: p["log_end"] for f, p in led["followers"].items()} == {
+            str(b): led["log_end"] for b in views if b != leader}
+        for follower in (b for b in views if b != leader):
+            followed = views[follower]["following"][name]
+            assert followed["leader"] == leader and followed["log_end"] == led["log_end"]
+            assert followed["s_since_fetch"] < 5  # long polls end within 0.5 s
 
 
 def test_min_insync_replicas_refuses_acks_all_while_reads_continue(

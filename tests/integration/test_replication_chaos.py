@@ -18,6 +18,7 @@ then too.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 import threading
@@ -146,6 +147,20 @@ def committed_total(admin: AdminClient) -> int:
     return sum(max(tp.offset, 0) for tp in partitions)
 
 
+def replication_report(brokers: BrokerCluster) -> str:
+    """Each partition's state in etcd and each broker's own view of its replication (leaders'
+    follower progress, followers' last fetch), for a failure message."""
+    lines = [f"{key}: {state}" for key, state in
+             sorted(partition_states(brokers.etcd.endpoint).items())]
+    for node in brokers.brokers:
+        try:
+            detail = node.cluster().get("replication")
+        except OSError as exc:
+            detail = repr(exc)
+        lines.append(f"broker {node.broker_id}: {json.dumps(detail, sort_keys=True)}")
+    return "\n".join(lines)
+
+
 def read_log(bootstrap: str, topic: str, partitions: int) -> list[tuple[int, int, str]]:
     """(partition, offset, value) of every stored record, each offset once (a consumer may
     deliver one twice; the log holds it once), read up to each partition's high-water mark."""
@@ -201,10 +216,14 @@ def test_no_acknowledged_record_is_lost_or_duplicated_while_brokers_die(
                          f"cycle {cycle}: acks go on without broker {victim.broker_id}",
                          timeout=30)
                 victim.proc.start()
-                wait_for(lambda: all(len(s.isr) == 3 for s in
-                                     partition_states(brokers.etcd.endpoint).values()),
-                         f"cycle {cycle}: broker {victim.broker_id} back in every ISR",
-                         timeout=60)
+                try:
+                    wait_for(lambda: all(len(s.isr) == 3 for s in
+                                         partition_states(brokers.etcd.endpoint).values()),
+                             f"cycle {cycle}: broker {victim.broker_id} back in every ISR",
+                             timeout=60)
+                except AssertionError:
+                    print(replication_report(brokers))
+                    raise
                 if cycle == CYCLES // 2:
                     brokers.etcd.stop()
                     brokers.etcd.start()

@@ -117,6 +117,29 @@ def test_a_lagging_follower_leaves_the_isr_and_rejoins_once_caught_up():
     assert progress.wanted_isr(40, 3200, lag_ms=2500) == (0, 1, 2)
 
 
+def test_a_follower_that_reached_the_high_watermark_joins_though_it_moved_on_since():
+    # Broker 1 comes back into an ISR of (0, 2) under steady produce: its fetch at 100 meets
+    # the high-water mark, but broker 2 fetches at 110 before the ISR is judged.
+    progress = LeaderProgress(0, (0, 1, 2), (0, 2), epoch_start=50, high_watermark=100,
+                              now_ms=0)
+    progress.on_fetch(2, 100, 100, 10)
+    progress.on_fetch(1, 100, 100, 20)
+    progress.on_fetch(2, 110, 110, 30)
+    progress.advance(110)
+    assert progress.high_watermark == 110
+    assert progress.wanted_isr(110, 40, lag_ms=5000) == (0, 1, 2)
+
+
+def test_a_follower_that_went_back_must_reach_the_high_watermark_again():
+    progress = LeaderProgress(0, (0, 1, 2), (0, 2), epoch_start=50, high_watermark=100,
+                              now_ms=0)
+    progress.on_fetch(1, 100, 100, 10)
+    progress.on_fetch(1, 60, 100, 20)  # restarted and truncated before the ISR was written
+    assert progress.wanted_isr(100, 30, lag_ms=5000) == (0, 2)
+    progress.on_fetch(1, 100, 100, 40)
+    assert progress.wanted_isr(100, 50, lag_ms=5000) == (0, 1, 2)
+
+
 def test_a_follower_dropped_from_the_isr_rejoins_only_after_fetching_again():
     progress = LeaderProgress(0, (0, 1, 2), (0, 1, 2), epoch_start=0, high_watermark=10,
                               now_ms=0)
