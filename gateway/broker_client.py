@@ -177,9 +177,16 @@ class BrokerClient:
             raise BrokerUnavailable(f"broker {self.address} append stream failed") from exc
         return None if acks == 0 else waiter
 
-    async def fetch(self, request: pb.FetchRequest) -> pb.FetchReply:
-        """One fetch on the shared stream; cancelled, it tells the broker to drop it too."""
-        await self.wait_connected()
+    async def fetch(self, request: pb.FetchRequest, *, wait_connected: bool = True
+                    ) -> pb.FetchReply:
+        """One fetch on the shared stream; cancelled, it tells the broker to drop it too.
+        While the broker is away it waits for the reconnection (``CONNECT_WAIT_S``), or with
+        ``wait_connected=False`` raises ``BrokerUnavailable`` at once: a cluster's gateway,
+        whose partitions move to another leader meanwhile."""
+        if wait_connected:
+            await self.wait_connected()
+        elif not self.connected:
+            raise BrokerUnavailable(f"broker {self.address} is not connected")
         try:
             return await self._fetches.call(request, cancel=_cancel_fetch)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:

@@ -203,9 +203,14 @@ async def _fetch_from_leaders(ctx: GatewayContext, request: pb.FetchRequest
     async def fetch_one(broker: BrokerClient, parts: list[pb.FetchPartition], wait_ms: int,
                         done: trio.CancelScope | None) -> None:
         try:
+            # Never waiting for a dead leader to come back: its partitions are answered
+            # NOT_LEADER_OR_FOLLOWER now, so the client looks for the new leader, and the
+            # other leaders' records go out (a leader lost while this fetch was in flight
+            # held the whole response for the reconnection wait, 10 s).
             reply = await broker.fetch(pb.FetchRequest(
                 partitions=parts, max_wait_ms=wait_ms, min_bytes=request.min_bytes,
-                max_bytes=share, isolation_level=request.isolation_level))
+                max_bytes=share, isolation_level=request.isolation_level),
+                wait_connected=False)
         except BrokerUnavailable:
             return
         for found in reply.partitions:

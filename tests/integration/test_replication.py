@@ -167,6 +167,36 @@ def test_acks_all_records_survive_a_leaders_sigkill_and_it_returns_byte_for_byte
             assert followed["s_since_fetch"] < 5  # long polls end within 0.5 s
 
 
+def test_a_leader_dying_under_a_long_poll_does_not_hold_the_other_partitions(
+        brokers: BrokerCluster, kafka: str) -> None:
+    # One Fetch through the gateway covers partitions led by every broker. When a leader dies
+    # while the consumer's long poll is parked there, the records of the partitions whose
+    # leaders live must still come at once (the gateway held the whole response for its
+    # 10 s reconnection wait), well before the dead broker's lease even ends.
+    create(kafka, NewTopic("spread", 3, 3))
+    led = leaders(brokers, "spread")
+    victim = brokers.brokers[1]
+    alive = next(p for p, leader in led.items() if leader == 2)
+    consumer = Consumer({"bootstrap.servers": kafka, "group.id": "spread",
+                         "fetch.wait.max.ms": 2000, "enable.partition.eof": False})
+    consumer.assign([TopicPartition("spread", p, 0) for p in range(3)])
+    try:
+        consumer.consume(10, timeout=2.0)  # the long polls are parked, nothing to read
+        victim.proc.kill()
+        time.sleep(0.2)  # the gateway sees the streams close; the poll is still in flight
+        killed_at = time.monotonic()
+        produce(kafka, "spread", [(alive, "after")])
+        got: list[str] = []
+        while not got and time.monotonic() - killed_at < 15:
+            got = [m.value().decode() for m in consumer.consume(10, timeout=0.5)
+                   if m.error() is None]
+        waited = time.monotonic() - killed_at
+    finally:
+        consumer.close()
+    assert got == ["after"]
+    assert waited < 3.0, f"the record of a live leader's partition took {waited:.1f} s"
+
+
 def test_min_insync_replicas_refuses_acks_all_while_reads_continue(
         brokers: BrokerCluster, kafka: str) -> None:
     create(kafka, NewTopic("strict", 1, 3, config={"min.insync.replicas": "2"}))
