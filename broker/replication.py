@@ -449,9 +449,20 @@ class Replication:
                         await self._truncate(channel, key, plog, leader, epoch, topic_id)
                         truncated = True
                     fetch_offset = plog.log_end_offset
-                    truncated = await self._fetch_once(channel, key, plog, epoch, topic_id)
+                    leader_end = await self._fetch_once(channel, key, plog, epoch, topic_id)
                     self.fetched[key] = (time.monotonic(), fetch_offset)
                     failures = 0
+                    if leader_end is not None:
+                        # This log ends past the leader's: truncate where the epochs say and,
+                        # if they leave it past the leader's end still, there (as Kafka's
+                        # follower does; nothing past it was acknowledged). Without that
+                        # second cut the fetch was refused again at once, in a silent loop.
+                        await self._truncate(channel, key, plog, leader, epoch, topic_id)
+                        if plog.log_end_offset > leader_end:
+                            log.warning("truncating to the leader's log end", extra={
+                                "topic": topic, "partition": partition,
+                                "from": plog.log_end_offset, "to": leader_end})
+                            await trio.to_thread.run_sync(plog.truncate_to, leader_end)
                 except Exception as exc:
                     if isinstance(exc, OffsetOutOfRange):
                         return  # the topic was deleted
@@ -487,15 +498,16 @@ class Replication:
             await trio.to_thread.run_sync(plog.truncate_to, cut)
 
     async def _fetch_once(self, channel: grpc.Channel, key: Key, plog: PartitionLog,
-                          epoch: int, topic_id: str) -> bool:
-        """One fetch from the leader; returns False when the log must be truncated again."""
+                          epoch: int, topic_id: str) -> int | None:
+        """One fetch from the leader; the leader's log end when this log ends past it (to be
+        truncated before fetching again), else None."""
         reply = await channel.call(BROKER.replica_fetch, pb.ReplicaFetchRequest(
             topic=key[0], partition=key[1], replica_id=self.broker_id, leader_epoch=epoch,
             fetch_offset=plog.log_end_offset, max_bytes=FETCH_MAX_BYTES,
             max_wait_ms=FETCH_WAIT_MS, topic_id=topic_id), timeout=CALL_TIMEOUT_S)
         if reply.error_code == ErrorCode.offset_out_of_range:
             if plog.log_end_offset > reply.log_end_offset >= 0:
-                return False  # ahead of the leader: truncate first
+                return reply.log_end_offset  # ahead of the leader: truncate first
             raise ReplicaError(ErrorCode.offset_out_of_range,
                                f"the leader's log starts at {reply.log_start_offset}, this "
                                f"replica ends at {plog.log_end_offset}")
@@ -511,7 +523,7 @@ class Replication:
                 await plog.wait_durable(result.write_mark)
         if reply.high_watermark >= 0:
             plog.set_high_watermark(min(reply.high_watermark, plog.log_end_offset))
-        return True
+        return None
 
 
 def _rearm(plog: PartitionLog, woken: trio.Event) -> trio.Event:
