@@ -465,7 +465,14 @@ class Replication:
                             await trio.to_thread.run_sync(plog.truncate_to, leader_end)
                 except Exception as exc:
                     if isinstance(exc, OffsetOutOfRange):
-                        return  # the topic was deleted
+                        # The log was closed under us: its topic was deleted. Look again (a
+                        # topic made again under that name has a new log, to be checked from
+                        # scratch) until update() ends this task. Ending it here instead left
+                        # the partition marked as followed, and a topic re-created between two
+                        # looks at etcd was never replicated here.
+                        truncated = False
+                        await trio.sleep(RETRY_S)
+                        continue
                     failures += 1
                     if failures in (1, 10) or failures % 100 == 0:
                         log.warning("replica fetch failed", extra={

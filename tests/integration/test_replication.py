@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from kafka import KafkaAdminClient
 from kafka import TopicPartition as KTopicPartition
@@ -195,6 +195,35 @@ def test_a_leader_dying_under_a_long_poll_does_not_hold_the_other_partitions(
         consumer.close()
     assert got == ["after"]
     assert waited < 3.0, f"the record of a live leader's partition took {waited:.1f} s"
+
+
+def test_a_topic_deleted_and_made_again_is_replicated_afresh(brokers: BrokerCluster,
+                                                              kafka: str) -> None:
+    # Deleted while its followers are fetching, then created again under the same name at
+    # once: every broker replicates the new topic (none keeps a dead follower of the old one).
+    admin = AdminClient({"bootstrap.servers": kafka})
+    create(kafka, NewTopic("again", 1, 3))
+    produce(kafka, "again", [(0, f"old{i}") for i in range(200)])
+    admin.delete_topics(["again"])["again"].result(30)
+    wait_for(lambda: ("again", 0) not in partition_states(brokers.etcd.endpoint),
+             "the old topic gone from etcd")
+    wait_for(lambda: _create_again(admin), "the topic created again", timeout=30)
+    acked = produce(kafka, "again", [(0, f"new{i}") for i in range(100)])
+    wait_for(lambda: len(partition_states(brokers.etcd.endpoint)[("again", 0)].isr) == 3,
+             "every broker in the new topic's ISR", timeout=30)
+    wait_for(lambda: len({log_bytes(n, "again", 0) for n in brokers.brokers}) == 1,
+             "the new topic identical on every replica")
+    seen = consume_all(kafka, "again", 1, len(acked))
+    assert [v for _, _, v in seen] == [f"new{i}" for i in range(100)]
+
+
+def _create_again(admin: AdminClient) -> bool:
+    """Create "again" (RF=3); False while the old one is still being deleted."""
+    try:
+        admin.create_topics([NewTopic("again", 1, 3)])["again"].result(30)
+    except KafkaException:  # TOPIC_ALREADY_EXISTS while the delete completes
+        return False
+    return True
 
 
 def test_min_insync_replicas_refuses_acks_all_while_reads_continue(
