@@ -82,9 +82,9 @@ class Replication:
         self.led: dict[Key, Led] = {}
         self.managed: set[str] = set()  # topics whose partitions the cluster manages
         self.following: dict[Key, tuple[int, int, trio.CancelScope]] = {}  # leader, epoch
-        # When each followed partition's last fetch was answered (monotonic seconds), and the
-        # offset it fetched at: /health shows a follower that stalls without an error.
-        self.fetched: dict[Key, tuple[float, int]] = {}
+        # When each followed partition's last fetch was answered (monotonic seconds): /health
+        # shows a follower that stalls without an error.
+        self.fetched: dict[Key, float] = {}
         self._isr_write_losses = 0
         self._channels: dict[str, grpc.Channel] = {}
         self._nursery: trio.Nursery | None = None
@@ -241,7 +241,7 @@ class Replication:
             following[f"{topic}-{partition}"] = {
                 "leader": leader, "leader_epoch": epoch,
                 "log_end": None if plog is None else plog.log_end_offset,
-                "s_since_fetch": None if at is None else round(now_s - at[0], 1)}
+                "s_since_fetch": None if at is None else round(now_s - at, 1)}
         return {"leading": led, "following": following}
 
     # -- what the data path asks --------------------------------------------------------------
@@ -448,9 +448,8 @@ class Replication:
                     if not truncated:
                         await self._truncate(channel, key, plog, leader, epoch, topic_id)
                         truncated = True
-                    fetch_offset = plog.log_end_offset
                     leader_end = await self._fetch_once(channel, key, plog, epoch, topic_id)
-                    self.fetched[key] = (time.monotonic(), fetch_offset)
+                    self.fetched[key] = time.monotonic()
                     failures = 0
                     if leader_end is not None:
                         # This log ends past the leader's: truncate where the epochs say and,
