@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import trio
 from kio.schema.errors import ErrorCode
@@ -69,6 +69,18 @@ class Led:
     ended: trio.Event
 
 
+@dataclass
+class Followed:
+    """A partition this broker follows: its leader in ``epoch``, the task's scope, and when
+    the task's last fetch was answered (monotonic seconds; /health shows a follower that
+    stalls without an error)."""
+
+    leader: int
+    epoch: int
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    fetched_at: float | None = None
+
+
 class Replication:
     def __init__(self, registry: TopicRegistry, controller: Controller, membership: Membership,
                  broker_id: int, *, lag_ms: int = REPLICA_LAG_MS, token: str | None = None
@@ -81,10 +93,7 @@ class Replication:
         self.token = token
         self.led: dict[Key, Led] = {}
         self.managed: set[str] = set()  # topics whose partitions the cluster manages
-        self.following: dict[Key, tuple[int, int, trio.CancelScope]] = {}  # leader, epoch
-        # When each followed partition's last fetch was answered (monotonic seconds): /health
-        # shows a follower that stalls without an error.
-        self.fetched: dict[Key, float] = {}
+        self.following: dict[Key, Followed] = {}
         self._isr_write_losses = 0
         self._channels: dict[str, grpc.Channel] = {}
         self._nursery: trio.Nursery | None = None
@@ -124,12 +133,12 @@ class Replication:
                     state.leader_epoch != self.led[key].state.leader_epoch:
                 self._stop_leading(key)
         for key in list(self.following):
-            leader, epoch, scope = self.following[key]
+            followed = self.following[key]
             state = hosted.get(key)
-            if state is None or state.leader != leader or state.leader_epoch != epoch:
-                scope.cancel()
+            if state is None or state.leader != followed.leader or \
+                    state.leader_epoch != followed.epoch:
+                followed.scope.cancel()
                 del self.following[key]
-                self.fetched.pop(key, None)
         for key, state in hosted.items():
             plog = self._log(key)
             if plog is None:
@@ -146,10 +155,8 @@ class Replication:
                     self._advance(key, led, plog)
             elif state.leader != NO_LEADER and key not in self.following and \
                     self._nursery is not None:
-                scope = trio.CancelScope()
-                self.following[key] = (state.leader, state.leader_epoch, scope)
-                self._nursery.start_soon(self._follow, key, state.leader, state.leader_epoch,
-                                         scope)
+                followed = self.following[key] = Followed(state.leader, state.leader_epoch)
+                self._nursery.start_soon(self._follow, key, followed)
         changed, self.roles_changed = self.roles_changed, trio.Event()
         changed.set()
 
@@ -235,11 +242,11 @@ class Replication:
                 "log_end": None if plog is None else plog.log_end_offset,
                 "high_watermark": entry.progress.high_watermark, "followers": followers}
         following = {}
-        for (topic, partition), (leader, epoch, _) in self.following.items():
-            at = self.fetched.get((topic, partition))
+        for (topic, partition), followed in self.following.items():
+            at = followed.fetched_at
             plog = self._log((topic, partition))
             following[f"{topic}-{partition}"] = {
-                "leader": leader, "leader_epoch": epoch,
+                "leader": followed.leader, "leader_epoch": followed.epoch,
                 "log_end": None if plog is None else plog.log_end_offset,
                 "s_since_fetch": None if at is None else round(now_s - at, 1)}
         return {"leading": led, "following": following}
@@ -430,11 +437,12 @@ class Replication:
                 grpc.Address.parse(info.grpc), token=self.token)
         return channel
 
-    async def _follow(self, key: Key, leader: int, epoch: int, scope: trio.CancelScope) -> None:
+    async def _follow(self, key: Key, followed: Followed) -> None:
         topic, partition = key
+        leader, epoch = followed.leader, followed.epoch
         truncated = False
         failures = 0
-        with scope:
+        with followed.scope:
             log.info("following", extra={"topic": topic, "partition": partition,
                                          "leader": leader, "leader_epoch": epoch})
             while True:
@@ -449,7 +457,7 @@ class Replication:
                         await self._truncate(channel, key, plog, leader, epoch, topic_id)
                         truncated = True
                     leader_end = await self._fetch_once(channel, key, plog, epoch, topic_id)
-                    self.fetched[key] = time.monotonic()
+                    followed.fetched_at = time.monotonic()
                     failures = 0
                     if leader_end is not None:
                         # This log ends past the leader's: truncate where the epochs say and,
