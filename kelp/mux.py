@@ -163,6 +163,8 @@ class Multiplexed(Generic[Req, Rep]):
             self._wake_one()
 
     def _wake_one(self) -> None:
+        if not self.room:  # nobody waits for room: the common case, and unpark is not free
+            return
         room = self.max_outstanding - len(self._waiting)
         if room > 0:
             self.room.unpark(count=room)

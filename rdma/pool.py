@@ -196,6 +196,11 @@ class BufferPool:
         account.held += 1
         return slot
 
+    def take_now(self, account: Account) -> Slot | None:
+        """A slot for ``account`` if :meth:`acquire` would take one without waiting, else
+        None (nothing taken)."""
+        return self._take(account) if self._may_take(account) else None
+
     async def acquire(self, account: Account) -> Slot:
         """A slot for ``account``, waiting (first come, first served) while the pool or the
         account's share is exhausted. Cancellable; give the slot back with :meth:`give_back`
@@ -207,8 +212,9 @@ class BufferPool:
         await trio.lowlevel.checkpoint_if_cancelled()
         # After every change _dispatch has served whoever could be served, so a newcomer that
         # may take a slot jumps nobody.
-        if self._may_take(account):
-            return self._take(account)
+        slot = self.take_now(account)
+        if slot is not None:
+            return slot
         task = trio.lowlevel.current_task()
         self._waiters[task] = account
 

@@ -22,6 +22,7 @@ Who may hold which slot, for how long, and what comes back when a read is cancel
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -82,6 +83,35 @@ class Session:
     expires: float
     in_use: int = 0  # GETs UCX has not finished: the key must outlive them
     abandoned_at: float | None = None  # a GET's reader stopped waiting before UCX finished
+    inline: bool = True  # GETs finish during the call (cma, shared memory): see fetch_now
+
+
+class _GetInto:
+    """One GET into a pool slot: it keeps the session's key alive (``in_use``) and the slot
+    out of the pool (``ucx_pending``) until UCX settles it, even after its reader has
+    stopped waiting."""
+
+    __slots__ = ("pending", "pool", "session", "slot")
+
+    def __init__(self, pool: BufferPool, session: Session, slot: Slot) -> None:
+        self.pool, self.session, self.slot = pool, session, slot
+        self.pending = True
+        session.in_use += 1
+        pool.ucx_begin(slot)
+
+    def settled(self) -> None:
+        """UCX is done with the slot and the key (called once, maybe after the read ended)."""
+        if self.pending:
+            self.pending = False
+            self.session.in_use -= 1
+            if not self.session.in_use:
+                self.session.abandoned_at = None
+            self.pool.ucx_settled(self.slot)
+
+    def abandon(self) -> None:
+        """Its reader stops waiting with UCX still at work: when, for the stuck-GET check."""
+        if self.pending and self.session.abandoned_at is None:
+            self.session.abandoned_at = trio.current_time()
 
 
 @dataclass
@@ -100,7 +130,20 @@ class Fetched:
     loan: Loan | None = None
 
 
+@functools.lru_cache(maxsize=4096)  # a reader asks for the same few chunks again and again
+def _file_id_problem(file_id: str) -> str | None:
+    """Why ``file_id`` is not a file id, or None."""
+    try:
+        fileid.parse(file_id)
+    except fileid.FileIdError as exc:
+        return str(exc)
+    return None
+
+
 MAX_LEASES_TO_CLOSE = 1024
+# Reads up to this size try fetch_now: a small read's time is mostly its trips round the
+# scheduler; a big one's is its copy, and one that does not finish inline would be read twice.
+INLINE_READ_MAX = 256 * 1024
 LOAN_CHECK_S = 0.2  # how often loans are checked for their deadline and their owner's end
 IDLE_LOAN_CHECK_S = 1.0  # how often clients with nothing lent are checked for their end
 
@@ -125,7 +168,7 @@ class Reader:
         # Leases handed back by cancelled reads, closed by ``run``'s task.
         self._leases_to_close, self._leases_to_close_out = trio.open_memory_channel[
             tuple[int, grpc.Channel]](MAX_LEASES_TO_CLOSE)
-        self.counters = {"rdma_reads": 0, "rdma_bytes": 0, "fallback_reads": 0,
+        self.counters = {"rdma_reads": 0, "rdma_bytes": 0, "inline_reads": 0, "fallback_reads": 0,
                          "fallback_bytes": 0, "rdma_failures": 0, "sessions_opened": 0,
                          "endpoints_opened": 0, "endpoints_dropped_stuck": 0}
 
@@ -216,10 +259,9 @@ class Reader:
                              f"({self.pool.size} bytes, --buffer-bytes)")
         if offset < 0:
             raise ReadFailed(400, "offset must not be negative")
-        try:
-            fileid.parse(file_id)
-        except fileid.FileIdError as exc:
-            raise ReadFailed(400, f"bad file_id: {exc}") from None
+        problem = _file_id_problem(file_id)
+        if problem is not None:
+            raise ReadFailed(400, f"bad file_id: {problem}")
 
     async def fetch(self, account: Account, file_id: str, offset: int, size: int, *,
                     lend_to: object | None = None) -> Fetched:
@@ -244,10 +286,7 @@ class Reader:
                     transport = await self._read_into(file_id, offset, size, slot)
                 finally:
                     self._limit.release()
-                if lend_to is not None:
-                    return Fetched(transport, loan=self.pool.lend(slot, lend_to,
-                                                                  self.config.lend_ms / 1000))
-                return Fetched(transport, data=bytes(slot.view[:size]))
+                return self._hand_over(slot, size, transport, lend_to)
             finally:
                 if slot.loan is None:
                     self.pool.give_back(slot)
@@ -256,6 +295,51 @@ class Reader:
             raise ReadFailed(503, f"no read buffer came free within {timeout_ms} ms: "
                              f"{self.pool.describe(account)}")
         raise ReadFailed(504, f"read did not finish within {timeout_ms} ms")
+
+    def fetch_now(self, account: Account, file_id: str, offset: int, size: int, *,
+                  lend_to: object | None = None) -> Fetched | None:
+        """:meth:`fetch` for a read that needs no wait, served without a schedule point: its
+        chunk's UCX session cached, a buffer free for ``account``, and a GET the worker
+        finishes inline (shared memory and cma copy during the call). None when one of them
+        is missing, with nothing kept: await :meth:`fetch` then. A local reader's small read
+        costs a trip round trio's scheduler less this way, in the task that received it.
+        Raises :class:`ReadFailed` for a request no path could serve, as :meth:`fetch` does."""
+        from rdma import ucx
+
+        self.check(file_id, offset, size)
+        if size > INLINE_READ_MAX or self.worker is None or not self._limit.available_tokens:
+            return None
+        session = self._cached_session(file_id, offset + size)
+        if session is None or not session.inline or offset + size > session.chunk_length:
+            return None
+        slot = self.pool.take_now(account)
+        if slot is None:
+            return None
+        try:
+            try:
+                into, get = self._start_get(file_id, session, offset, size, slot)
+                if not get.done:
+                    # Not a transport that copies inline (tcp, a remote broker): stop waiting
+                    # (the slot comes back once UCX settles the GET) and let fetch read it.
+                    into.abandon()
+                    session.inline = False
+                    return None
+            except (ucx.UcxError, ValueError):
+                return None  # fetch reads it again, and reports or falls back as it does
+            self._count_ucx(size)
+            self.counters["inline_reads"] += 1
+            return self._hand_over(slot, size, "ucx", lend_to)
+        finally:
+            if slot.loan is None:
+                self.pool.give_back(slot)
+
+    def _hand_over(self, slot: Slot, size: int, transport: str, lend_to: object | None
+                   ) -> Fetched:
+        """The read's bytes: the slot lent to ``lend_to``, or (None) copied out of it."""
+        if lend_to is not None:
+            return Fetched(transport, loan=self.pool.lend(slot, lend_to,
+                                                          self.config.lend_ms / 1000))
+        return Fetched(transport, data=bytes(slot.view[:size]))
 
     async def _read_into(self, file_id: str, offset: int, size: int, slot: Slot) -> str:
         """Read ``size`` bytes at ``offset`` of chunk ``file_id`` into ``slot`` (held by the
@@ -285,42 +369,39 @@ class Reader:
         from rdma import ucx
 
         session = await self._session(file_id, offset + size)
-        if offset + size > session.chunk_length:
-            raise ReadFailed(416, f"range {offset}+{size} runs past the end of chunk "
-                             f"{file_id} ({session.chunk_length} bytes)")
-        pending = True
-
-        def settled() -> None:  # UCX is done with the slot and the key (may come later)
-            nonlocal pending
-            if pending:
-                pending = False
-                session.in_use -= 1
-                if not session.in_use:
-                    session.abandoned_at = None
-                self.pool.ucx_settled(slot)
-
-        session.in_use += 1
-        self.pool.ucx_begin(slot)
+        into: _GetInto | None = None
         try:
-            await session.endpoint.get(session.key, session.chunk_position + offset,
-                                       slot.view[:size], local=self.pool.region,
-                                       settled=settled, schedule=False)
+            into, get = self._start_get(file_id, session, offset, size, slot)
+            await get.wait(schedule=False)
         except (ucx.UcxError, ValueError) as exc:
-            self._note_abandoned(session, pending)
+            if into is not None:
+                into.abandon()
             await self._forget_session(file_id)
             raise ReadFailed(503, f"UCX GET failed: {exc}") from None
         except BaseException:
-            self._note_abandoned(session, pending)
+            if into is not None:
+                into.abandon()
             raise
+        self._count_ucx(size)
+
+    def _start_get(self, file_id: str, session: Session, offset: int, size: int, slot: Slot
+                   ) -> tuple[_GetInto, Any]:
+        """Post the GET of ``size`` bytes at ``offset`` of the session's chunk into ``slot``
+        (no schedule point): its bookkeeping and the posted ``rdma.ucx.Get``."""
+        if offset + size > session.chunk_length:
+            raise ReadFailed(416, f"range {offset}+{size} runs past the end of chunk "
+                             f"{file_id} ({session.chunk_length} bytes)")
+        into = _GetInto(self.pool, session, slot)
+        get = session.endpoint.start_get(session.key, session.chunk_position + offset,
+                                         slot.view[:size], local=self.pool.region,
+                                         settled=into.settled)
+        return into, get
+
+    def _count_ucx(self, size: int) -> None:
         self.counters["rdma_reads"] += 1
         self.counters["rdma_bytes"] += size
 
-    @staticmethod
-    def _note_abandoned(session: Session, pending: bool) -> None:
-        if pending and session.abandoned_at is None:
-            session.abandoned_at = trio.current_time()
-
-    async def _session(self, file_id: str, needed: int) -> Session:
+    def _cached_session(self, file_id: str, needed: int) -> Session | None:
         for peer in self._peers.values():
             session = peer.sessions.get(file_id)
             # Not one about to expire: a read started now must end well before its lease does.
@@ -328,6 +409,12 @@ class Reader:
                     and session.expires - trio.current_time() > self.config.timeout_ms / 1000):
                 peer.last_used = trio.current_time()
                 return session
+        return None
+
+    async def _session(self, file_id: str, needed: int) -> Session:
+        session = self._cached_session(file_id, needed)
+        if session is not None:
+            return session
         # New, or the active segment's last chunk has grown since: ask the broker again.
         await self._forget_session(file_id)
         broker, address = self._broker_for(file_id)

@@ -195,26 +195,58 @@ class Sidecar(sidecar_pb.SidecarBase):
                         ) -> sidecar_pb.ReadReply:
         """One read for ``account``; a zero-copy one lends its buffer to ``scope`` (the stream
         it came on; by default the connection itself). ``counter``: the front door's."""
+        reply = self.read_now(request, account, scope=scope, counter=counter)
+        if reply is not None:
+            return reply
         self.counters[counter] += 1
         self.counters["read_requests"] += 1
-        if request.size < 1 or request.size > MAX_READ_BYTES:
-            self.counters["read_rejected"] += 1
-            return sidecar_pb.ReadReply(status=400, error=f"size must be in 1..{MAX_READ_BYTES}")
-        pool = self.reader.pool
-        lend_to = (scope if scope is not None else account) if request.zero_copy else None
         try:
             fetched = await self._fetch(account, request.file_id, request.offset,
-                                        request.size, lend_to=lend_to)
+                                        request.size, lend_to=self._lend_to(request, account,
+                                                                            scope))
         except ReadFailed as exc:
             return sidecar_pb.ReadReply(status=exc.status, error=exc.message)
-        if fetched.loan is not None:
-            loan = fetched.loan
+        return self._reply(fetched, request.size)
+
+    def read_now(self, request: sidecar_pb.ReadRequest, account: Account, *,
+                 scope: object | None = None, counter: str = "grpc_requests"
+                 ) -> sidecar_pb.ReadReply | None:
+        """:meth:`grpc_read` answered without a schedule point when it needs no wait (see
+        :meth:`Reader.fetch_now`), refusals included; None (nothing counted or taken): await
+        :meth:`grpc_read`."""
+        try:
+            if request.size < 1 or request.size > MAX_READ_BYTES:
+                raise ReadFailed(400, f"size must be in 1..{MAX_READ_BYTES}")
+            fetched = self.reader.fetch_now(account, request.file_id, request.offset,
+                                            request.size,
+                                            lend_to=self._lend_to(request, account, scope))
+        except ReadFailed as exc:
+            self.counters[counter] += 1
+            self.counters["read_requests"] += 1
+            self._count_failure(exc)
+            return sidecar_pb.ReadReply(status=exc.status, error=exc.message)
+        if fetched is None:
+            return None
+        self.counters[counter] += 1
+        self.counters["read_requests"] += 1
+        self._count_read(request.size)
+        return self._reply(fetched, request.size)
+
+    @staticmethod
+    def _lend_to(request: sidecar_pb.ReadRequest, account: Account, scope: object | None
+                 ) -> object | None:
+        return (scope if scope is not None else account) if request.zero_copy else None
+
+    def _reply(self, fetched: Fetched, size: int) -> sidecar_pb.ReadReply:
+        if fetched.loan is None:
             return sidecar_pb.ReadReply(status=200, transport=fetched.transport,
-                                        shared=sidecar_pb.SharedBuffer(
-                                            path=str(pool.path),
-                                            offset=loan.slot.index * pool.size,
-                                            length=request.size, handle=loan.handle))
-        return sidecar_pb.ReadReply(status=200, transport=fetched.transport, data=fetched.data)
+                                        data=fetched.data)
+        pool = self.reader.pool
+        return sidecar_pb.ReadReply(status=200, transport=fetched.transport,
+                                    shared=sidecar_pb.SharedBuffer(
+                                        path=str(pool.path),
+                                        offset=fetched.loan.slot.index * pool.size,
+                                        length=size, handle=fetched.loan.handle))
 
     async def serve_read_stream(
             self, recv: Callable[[], Awaitable[sidecar_pb.ReadRequest | None]],
@@ -257,8 +289,14 @@ class Sidecar(sidecar_pb.SidecarBase):
                             release_refused=refused,
                             error=f"over {MAX_READS_IN_FLIGHT} reads in flight on this stream"))
                     elif request.size:
-                        in_flight += 1
-                        nursery.start_soon(one, request, refused)
+                        reply = self.read_now(request, account, scope=scope, counter=counter)
+                        if reply is None:  # it has to wait: in a task of its own
+                            in_flight += 1
+                            nursery.start_soon(one, request, refused)
+                        else:
+                            reply.request_id = request.request_id
+                            reply.release_refused = refused
+                            send(reply)
                     elif worst is not None:
                         send(sidecar_pb.ReadReply(status=worst.status, error=worst.message,
                                                   request_id=request.request_id,
@@ -282,11 +320,17 @@ class Sidecar(sidecar_pb.SidecarBase):
         try:
             fetched = await self.reader.fetch(account, file_id, offset, size, lend_to=lend_to)
         except ReadFailed as exc:
-            self.counters["read_rejected" if exc.status < 500 else "read_failed"] += 1
+            self._count_failure(exc)
             raise
+        self._count_read(size)
+        return fetched
+
+    def _count_failure(self, exc: ReadFailed) -> None:
+        self.counters["read_rejected" if exc.status < 500 else "read_failed"] += 1
+
+    def _count_read(self, size: int) -> None:
         self.counters["reads"] += 1
         self.counters["read_bytes"] += size
-        return fetched
 
     # --- HTTP (people and scripts) --------------------------------------------------------
 

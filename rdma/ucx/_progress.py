@@ -179,12 +179,7 @@ class Progress:
             op.event = trio.Event()
             self._wake()
             await op.event.wait()  # cancellation leaves `op` tracked until UCX is done with it
-        if op.done and op.status == self._c.UCS_OK:
-            return  # completed, even if the endpoint failed right after
-        if op.error is not None:
-            raise op.error
-        assert op.status is not None
-        raise self._error(op.status, op.what, op.endpoint)
+        self._finished(op)
 
     def _fail_ops(self, tokens: Any, error: UcxError) -> None:
         for token in list(tokens):
@@ -247,7 +242,7 @@ class Progress:
 
     # -- operations (called by Endpoint) ------------------------------------------------------
 
-    async def _run_get(
+    def _post_get(
         self,
         endpoint: Endpoint,
         cdata: Any,
@@ -256,8 +251,8 @@ class Progress:
         rkey: Any,
         memh: Any,
         settled: Callable[[], None] | None = None,
-        schedule: bool = True,
-    ) -> None:
+    ) -> _Op:
+        """Post a GET and progress inline (no schedule point): the op, done or in flight."""
         try:
             self._check_usable()
             handle = endpoint._live_handle()
@@ -269,8 +264,23 @@ class Progress:
         params = self._request_params(token, memh=memh)
         ret = self._lib.ucp_get_nbx(handle, cdata, size, remote, rkey, params)
         on_done = None if settled is None else (lambda _status: settled())
-        await self._wait(self._track(ret, token, "get", endpoint, cdata, on_done),
-                         schedule=schedule)
+        op = self._track(ret, token, "get", endpoint, cdata, on_done)
+        if not op.done and op.error is None:
+            self._progress_inline(op)
+            if not op.done:
+                self._wake()  # the progress task polls for it, whether or not anyone waits
+        return op
+
+    def _finished(self, op: _Op) -> bool:
+        """True if ``op`` completed; raises its error if it failed; False while in flight."""
+        if op.done and op.status == self._c.UCS_OK:
+            return True  # completed, even if the endpoint failed right after
+        if op.error is not None:
+            raise op.error
+        if op.done:
+            assert op.status is not None
+            raise self._error(op.status, op.what, op.endpoint)
+        return False
 
     async def _run_flush(self, endpoint: Endpoint) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()

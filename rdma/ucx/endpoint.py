@@ -223,11 +223,32 @@ class Endpoint:
         the copy inline; ``schedule=False`` skips that yield (it still checks for
         cancellation) for a caller that yields soon anyway, never for one looping on GETs.
         """
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+        except BaseException:
+            if settled is not None:  # never posted: UCX never saw the buffer
+                settled()
+            raise
+        await self.start_get(key, offset, dest, local=local, settled=settled).wait(
+            schedule=schedule)
+
+    def start_get(
+        self,
+        key: RemoteKey,
+        offset: int,
+        dest: Buffer,
+        *,
+        local: MemoryRegion | None = None,
+        settled: Callable[[], None] | None = None,
+    ) -> Get:
+        """`get` without a schedule point: post the GET, progress the worker inline (shared
+        memory and cma copy right there) and return it, finished or not (`Get.done`). For a
+        server that answers a request in the task that read it when nothing has to wait.
+        Raises at once what `get` would raise before posting; ``settled`` as for `get`."""
         worker = self._worker
         try:
             if key.endpoint is not self:
                 raise ValueError("remote key was imported on another endpoint")
-            await trio.lowlevel.checkpoint_if_cancelled()
             self._live_handle()  # a failed endpoint raises its PeerError before "key is closed"
             cdata = worker._binding.ffi.from_buffer("char[]", dest, require_writable=True)
             size = len(cdata)
@@ -241,8 +262,8 @@ class Endpoint:
             if settled is not None:  # never posted: UCX never saw the buffer
                 settled()
             raise
-        await worker._run_get(self, cdata, size, remote, key._handle, memh, settled,
-                              schedule)
+        return Get(worker, worker._post_get(self, cdata, size, remote, key._handle, memh,
+                                            settled))
 
     # -- closing ------------------------------------------------------------------------------
 
@@ -329,3 +350,25 @@ class Listener:
 
     def __repr__(self) -> str:
         return f"<Listener {self.address[0]}:{self.address[1]}{' closed' if self.closed else ''}>"
+
+
+class Get:
+    """A posted GET (`Endpoint.start_get`). Dropping it without waiting abandons only the
+    wait: the destination stays referenced until UCX is done with it (``settled`` says when).
+    """
+
+    __slots__ = ("_op", "_worker")
+
+    def __init__(self, worker: Any, op: Any) -> None:
+        self._worker = worker
+        self._op = op
+
+    @property
+    def done(self) -> bool:
+        """True once the bytes are in place; False while UCX still works on it. Raises the
+        GET's error if it failed."""
+        return bool(self._worker._finished(self._op))
+
+    async def wait(self, *, schedule: bool = True) -> None:
+        """Until the GET is done (raises its error); ``schedule`` as for `Endpoint.get`."""
+        await self._worker._wait(self._op, schedule=schedule)

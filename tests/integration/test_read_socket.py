@@ -20,6 +20,7 @@ import trio_asyncio
 from kelp.rpc.sidecar import v1 as sidecar_pb
 from rdma import wire
 from rdma.mount.source import Source, SourceConfig
+from rdma.reader import INLINE_READ_MAX
 from tests.integration.test_rdma_reads import Rig, _mapped, _ranges, _rig
 
 pytestmark = pytest.mark.timeout(240)
@@ -105,7 +106,35 @@ async def test_the_mounts_reader_reads_byte_exact_ranges_over_the_read_socket(ri
     assert after["read_socket_requests"] - before["read_socket_requests"] >= len(ranges)
     assert after["rdma_reads"] - before["rdma_reads"] == len(ranges)
     assert after["grpc_requests"] - before["grpc_requests"] <= 2  # Capabilities only
+    # A small read of a chunk whose UCX session is open is answered in the task that received
+    # it when its GET finishes inline, as cma's and shared memory's do (tcp's never do).
+    transports = json.loads(rig.http("/capabilities")[1])["transports"]
+    if any(t.split("/")[0] in ("cma", "sysv", "posix", "xpmem", "knem") for t in transports):
+        small = sum(1 for _, _, size, _ in ranges if size <= INLINE_READ_MAX)
+        chunks = len({file_id for file_id, _, _, _ in ranges})
+        assert after["inline_reads"] - before["inline_reads"] >= small - chunks > 0
     _wait_for(lambda: rig.stats()["buffers_lent"] == 0)  # every loan came back
+
+
+async def test_reads_over_a_transport_that_does_not_copy_inline_are_byte_exact(
+        rig: Rig) -> None:
+    """Over UCX's tcp transport a GET finishes only when the broker answers, never during the
+    call: the first small read of an open session finds that out, leaves that GET to settle
+    and reads again the way that waits; every byte still comes over UCX, exactly."""
+    sidecar, socket, http_port = rig.cluster.sidecar("sidecar-tcp", "--ucx-transports", "tcp")
+    sidecar.start()
+    try:
+        tcp = Rig(rig.cluster, sidecar, socket, http_port)
+        file_id, _, _, _ = _ranges(rig, count=0, seed=3)[0]
+        ranges = [r for r in _ranges(rig, count=12, seed=3) if r[0] == file_id]
+        await _read_all(_source(tcp), ranges + ranges)  # again: its session is cached now
+        assert json.loads(tcp.http("/capabilities")[1])["transports"] == ["tcp/lo"]
+        stats = tcp.stats()
+        assert stats["rdma_reads"] == 2 * len(ranges) and stats["fallback_reads"] == 0
+        assert stats["inline_reads"] == 0
+        _wait_for(lambda: tcp.stats()["buffers_free"] == tcp.stats()["buffers"])
+    finally:
+        sidecar.stop()
 
 
 def test_a_vanished_readers_loans_come_back(rig: Rig) -> None:

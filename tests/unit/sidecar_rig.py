@@ -44,6 +44,18 @@ class FakeOp:
     done: trio.Event = field(default_factory=trio.Event)
 
 
+class FakeGet:
+    def __init__(self, op: FakeOp) -> None:
+        self.op = op
+
+    @property
+    def done(self) -> bool:
+        return self.op.done.is_set()
+
+    async def wait(self, *, schedule: bool = True) -> None:
+        await self.op.done.wait()  # cancelling abandons the wait, not the op
+
+
 class FakeKey:
     def __init__(self) -> None:
         self.closed = False
@@ -76,6 +88,17 @@ class FakeEndpoint:
         # ``schedule`` makes no difference here: the fake always waits for its op.
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
+        except BaseException:
+            if settled is not None:
+                settled()
+            raise
+        await self.start_get(key, offset, dest, settled=settled).wait()
+
+    def start_get(self, key: FakeKey, offset: int, dest: memoryview, *, local: Any = None,
+                  settled: Callable[[], None] | None = None) -> FakeGet:
+        """Posts the op; with ``worker.inline`` (and not paused) it is done at once, as a
+        cma or shared-memory GET is."""
+        try:
             if key.closed or self.closed:
                 raise ucx.UcxError(ucx.errors.INVALID_PARAM, "get", "key or endpoint closed")
             if self.worker.fail_gets:
@@ -85,8 +108,11 @@ class FakeEndpoint:
                 settled()
             raise
         op = FakeOp(dest, offset, settled)
-        self.worker.post(op)
-        await op.done.wait()  # cancelling abandons the wait, not the op
+        if self.worker.inline and not self.worker.paused:
+            self.worker.finish(op)
+        else:
+            self.worker.post(op)
+        return FakeGet(op)
 
     async def close(self, *, force: bool = False, timeout: float = 5.0) -> None:
         self.closed = True
@@ -101,6 +127,7 @@ class FakeWorker:
         self.inflight: list[FakeOp] = []
         self._paused = False
         self.fail_gets = False
+        self.inline = False  # True: GETs complete during start_get (cma, shared memory)
         self.endpoints: list[FakeEndpoint] = []
         self._work = trio.lowlevel.ParkingLot()
 
