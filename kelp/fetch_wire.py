@@ -6,53 +6,56 @@ records into a FetchedPartition, that into the FetchReply, each through a fresh 
 the records again on the gateway's side.
 
 ``FetchReplyWire`` is a ``FetchReply`` that writes itself with the records copied once (each
-partition's small fields are still encoded by betterproto, the records field is framed here),
-and reads itself with one copy of the records (the small fields are again parsed by
-betterproto). The bytes are plain protobuf: any peer that reads ``FetchReply`` reads them, and
-this reader reads what betterproto writes. Protobuf allows fields in any order and takes the
-last occurrence of a repeated scalar, so the records field goes last.
+partition's small fields are encoded by :mod:`kelp.stream_wire`, the records field is framed
+here), and reads itself with one copy of the records (:mod:`kelp.stream_wire` parses it
+all, faster than betterproto too). The bytes are plain protobuf: any peer that reads
+``FetchReply`` reads them, and this reader reads what betterproto writes. Protobuf allows
+fields in any order and takes the last occurrence of a repeated scalar, so the records field
+goes last.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Iterator
 from typing import Any
 
 from kelp.rpc.broker import v1 as pb
+from kelp.stream_wire import (
+    FETCHED_PARTITION,
+    MESSAGE,
+    UINT,
+    MalformedMessage,
+    Schema,
+    uvarint,
+)
 
 Buffer = bytes | bytearray | memoryview
 
 PARTITIONS_FIELD = 2  # FetchReply.partitions
 RECORDS_FIELD = 6  # FetchedPartition.records
-_VARINT, _FIXED64, _LEN, _FIXED32 = 0, 1, 2, 5
-_MAX_VARINT_BYTES = 10
+_LEN = 2
 
+MalformedReply = MalformedMessage  # the bytes are not a FetchReply
 
-class MalformedReply(ValueError):
-    """The bytes are not a FetchReply (a length or tag runs past its message)."""
-
-
-def uvarint(value: int) -> bytes:
-    """An unsigned varint (7 bits a byte, least significant first): protobuf's and Kafka's."""
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
+FETCH_REPLY = Schema(pb.FetchReply, [(1, "request_id", UINT, None, False),
+                                     (PARTITIONS_FIELD, "partitions", MESSAGE,
+                                      FETCHED_PARTITION, True)])
+# A fetched partition's small fields: everything but its records, which are framed below.
+_SMALL_FIELDS = Schema(pb.FetchedPartition, [
+    (number, name, kind, nested, repeated)
+    for number, (name, kind, nested, repeated) in FETCHED_PARTITION.by_number.items()
+    if number != RECORDS_FIELD])
+_REQUEST_ID_KEY = uvarint(1 << 3)
 _PARTITION_KEY = uvarint(PARTITIONS_FIELD << 3 | _LEN)
 _RECORDS_KEY = uvarint(RECORDS_FIELD << 3 | _LEN)
 
 
 def encode_reply(reply: pb.FetchReply) -> list[Buffer]:
     """``reply``'s wire form as buffers: the records as they are, between small pieces."""
-    pieces: list[Buffer] = [bytes(pb.FetchReply(request_id=reply.request_id))]
+    pieces: list[Buffer] = [_REQUEST_ID_KEY, uvarint(reply.request_id)] if reply.request_id \
+        else []
     for part in reply.partitions:
         records = part.records
-        small = bytes(dataclasses.replace(part, records=b""))
+        small = _SMALL_FIELDS.encode(part)
         if records:
             tail = _RECORDS_KEY + uvarint(len(records))
             pieces += [_PARTITION_KEY, uvarint(len(small) + len(tail) + len(records)), small,
@@ -63,69 +66,12 @@ def encode_reply(reply: pb.FetchReply) -> list[Buffer]:
 
 
 def decode_reply(data: bytes | bytearray | memoryview) -> pb.FetchReply:
-    """A FetchReply from its wire form; raises ``MalformedReply``."""
-    view = memoryview(data).cast("B")
-    rest: list[memoryview] = []
-    partitions: list[pb.FetchedPartition] = []
-    for number, wire_type, start, body, end in _fields(view, 0, len(view)):
-        if number == PARTITIONS_FIELD and wire_type == _LEN:
-            partitions.append(_decode_partition(view, body, end))
-        else:
-            rest.append(view[start:end])
-    reply = pb.FetchReply.FromString(b"".join(rest))
-    reply.partitions = partitions
+    """A FetchReply from its wire form (each partition's records copied once); raises
+    ``MalformedReply``."""
+    if isinstance(data, memoryview):
+        data = data.cast("B")
+    reply: pb.FetchReply = FETCH_REPLY.decode(data)
     return reply
-
-
-def _decode_partition(view: memoryview, begin: int, end: int) -> pb.FetchedPartition:
-    rest: list[memoryview] = []
-    records: memoryview | None = None
-    for number, wire_type, start, body, field_end in _fields(view, begin, end):
-        if number == RECORDS_FIELD and wire_type == _LEN:
-            records = view[body:field_end]  # a later occurrence replaces an earlier one
-        else:
-            rest.append(view[start:field_end])
-    part = pb.FetchedPartition.FromString(b"".join(rest))
-    part.records = b"" if records is None else bytes(records)
-    return part
-
-
-def _fields(view: memoryview, position: int,
-            end: int) -> Iterator[tuple[int, int, int, int, int]]:
-    """(number, wire type, field start, value start, field end) of each field in
-    ``view[position:end]``, every length checked against ``end``."""
-    while position < end:
-        start = position
-        key, position = _varint(view, position, end)
-        number, wire_type = key >> 3, key & 7
-        if number == 0:
-            raise MalformedReply("field number 0")
-        body = position
-        if wire_type == _VARINT:
-            _value, position = _varint(view, position, end)
-        elif wire_type == _FIXED64:
-            position += 8
-        elif wire_type == _FIXED32:
-            position += 4
-        elif wire_type == _LEN:
-            size, body = _varint(view, position, end)
-            position = body + size
-        else:
-            raise MalformedReply(f"wire type {wire_type} of field {number}")
-        if position > end:
-            raise MalformedReply(f"field {number} runs past its message")
-        yield number, wire_type, start, body, position
-
-
-def _varint(view: memoryview, position: int, end: int) -> tuple[int, int]:
-    value = shift = 0
-    for index in range(position, min(end, position + _MAX_VARINT_BYTES)):
-        byte = view[index]
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, index + 1
-        shift += 7
-    raise MalformedReply("varint runs past its message or past 10 bytes")
 
 
 class FetchReplyWire(pb.FetchReply):

@@ -43,6 +43,7 @@ from grpclib.exceptions import GRPCError, StreamTerminatedError
 from kelp import cluster_token
 from kelp.address import Address
 from kelp.logs import RateLimited
+from kelp.stream_wire import StreamCodec
 from kelp.unix_socket import bind_unix
 
 __all__ = ["Address", "Channel", "ClientStream", "Route", "Routes", "StreamSender", "serve",
@@ -448,7 +449,7 @@ async def serve(
     on other hosts; only to callers with the cluster ``token`` when given). Needs a
     trio-asyncio loop. A Unix socket gets ``socket_mode`` (and ``socket_gid``) explicitly: it
     is created under umask 0177, so it is never reachable by others before the chmod."""
-    server = grpclib.server.Server([_Service(mapping)])
+    server = grpclib.server.Server([_Service(mapping)], codec=StreamCodec())
     if token is not None:
         _require_token(server, token)
     if address.path:
@@ -487,9 +488,10 @@ class Channel:
                  token: str | None = None) -> None:
         self.address = address
         if address.path:
-            self._channel = grpclib.client.Channel(path=address.path)
+            self._channel = grpclib.client.Channel(path=address.path, codec=StreamCodec())
         else:
-            self._channel = grpclib.client.Channel(address.host, address.port, ssl=tls)
+            self._channel = grpclib.client.Channel(address.host, address.port, ssl=tls,
+                                                   codec=StreamCodec())
         if token is not None:  # every call carries the cluster token
             async def add_token(event: grpclib.events.SendRequest) -> None:
                 event.metadata[cluster_token.METADATA_KEY] = token

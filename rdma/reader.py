@@ -168,7 +168,8 @@ class Reader:
         # Leases handed back by cancelled reads, closed by ``run``'s task.
         self._leases_to_close, self._leases_to_close_out = trio.open_memory_channel[
             tuple[int, grpc.Channel]](MAX_LEASES_TO_CLOSE)
-        self.counters = {"rdma_reads": 0, "rdma_bytes": 0, "inline_reads": 0, "fallback_reads": 0,
+        self.counters = {"rdma_reads": 0, "rdma_bytes": 0, "inline_reads": 0,
+                         "inline_misses": 0, "fallback_reads": 0,
                          "fallback_bytes": 0, "rdma_failures": 0, "sessions_opened": 0,
                          "endpoints_opened": 0, "endpoints_dropped_stuck": 0}
 
@@ -323,6 +324,7 @@ class Reader:
                     # (the slot comes back once UCX settles the GET) and let fetch read it.
                     into.abandon()
                     session.inline = False
+                    self.counters["inline_misses"] += 1
                     return None
             except (ucx.UcxError, ValueError):
                 return None  # fetch reads it again, and reports or falls back as it does

@@ -118,9 +118,10 @@ async def test_the_mounts_reader_reads_byte_exact_ranges_over_the_read_socket(ri
 
 async def test_reads_over_a_transport_that_does_not_copy_inline_are_byte_exact(
         rig: Rig) -> None:
-    """Over UCX's tcp transport a GET finishes only when the broker answers, never during the
-    call: the first small read of an open session finds that out, leaves that GET to settle
-    and reads again the way that waits; every byte still comes over UCX, exactly."""
+    """Over UCX's tcp transport a GET finishes only when the broker answers, seldom during
+    the call: the first small read of an open session that finds that out leaves its GET to
+    settle and reads again the way that waits, and the session stops trying; every byte
+    still comes over UCX, exactly."""
     sidecar, socket, http_port = rig.cluster.sidecar("sidecar-tcp", "--ucx-transports", "tcp")
     sidecar.start()
     try:
@@ -131,7 +132,9 @@ async def test_reads_over_a_transport_that_does_not_copy_inline_are_byte_exact(
         assert json.loads(tcp.http("/capabilities")[1])["transports"] == ["tcp/lo"]
         stats = tcp.stats()
         assert stats["rdma_reads"] == 2 * len(ranges) and stats["fallback_reads"] == 0
-        assert stats["inline_reads"] == 0
+        # The first GET of the session that did not finish during the call (a tcp GET can,
+        # when the broker answers within the inline progress rounds) was its last try.
+        assert stats["inline_misses"] <= 1 and stats["inline_reads"] + stats["inline_misses"] >= 1
         _wait_for(lambda: tcp.stats()["buffers_free"] == tcp.stats()["buffers"])
     finally:
         sidecar.stop()
