@@ -171,8 +171,10 @@ def test_a_leader_dying_under_a_long_poll_does_not_hold_the_other_partitions(
         brokers: BrokerCluster, kafka: str) -> None:
     # One Fetch through the gateway covers partitions led by every broker. When a leader dies
     # while the consumer's long poll is parked there, the records of the partitions whose
-    # leaders live must still come at once (the gateway held the whole response for its
-    # 10 s reconnection wait), well before the dead broker's lease even ends.
+    # leaders live must still come as soon as they are committed (the gateway held the whole
+    # response for its 10 s reconnection wait: 9.9 s). With RF=3 the dead broker is in their
+    # ISR until its 3 s lease ends, so the high-water mark moves (and the record is readable)
+    # only then: about 3 s.
     create(kafka, NewTopic("spread", 3, 3))
     led = leaders(brokers, "spread")
     victim = brokers.brokers[1]
@@ -194,7 +196,7 @@ def test_a_leader_dying_under_a_long_poll_does_not_hold_the_other_partitions(
     finally:
         consumer.close()
     assert got == ["after"]
-    assert waited < 3.0, f"the record of a live leader's partition took {waited:.1f} s"
+    assert waited < 6.0, f"the record of a live leader's partition took {waited:.1f} s"
 
 
 def test_a_topic_deleted_and_made_again_is_replicated_afresh(brokers: BrokerCluster,

@@ -40,7 +40,16 @@ fetched_partitions = st.builds(
     file=st.one_of(st.none(), st.builds(pb.FileRange, path=TEXT, device=U64, inode=U64,
                                         position=I64, size=I64)))
 
+replica_fetch_requests = st.builds(
+    pb.ReplicaFetchRequest, topic=TEXT, partition=I32, replica_id=I32, leader_epoch=I32,
+    fetch_offset=I64, max_bytes=I32, max_wait_ms=I32, topic_id=TEXT)
+replica_fetch_replies = st.builds(
+    pb.ReplicaFetchReply, error_code=I32, error_message=TEXT, records=st.binary(max_size=300),
+    high_watermark=I64, log_start_offset=I64, log_end_offset=I64, leader_epoch=I32)
+
 CASES = [(stream_wire.APPEND_REQUEST, append_requests),
+         (stream_wire.REPLICA_FETCH_REQUEST, replica_fetch_requests),
+         (stream_wire.REPLICA_FETCH_REPLY, replica_fetch_replies),
          (stream_wire.APPEND_REPLY, append_replies),
          (stream_wire.FETCH_REQUEST, fetch_requests),
          (stream_wire.FETCHED_PARTITION, fetched_partitions)]
