@@ -316,18 +316,22 @@ class Reader:
         slot = self.pool.take_now(account)
         if slot is None:
             return None
+        into: _GetInto | None = None
         try:
             try:
                 into, get = self._start_get(file_id, session, offset, size, slot)
-                if not get.done:
-                    # Not a transport that copies inline (tcp, a remote broker): stop waiting
-                    # (the slot comes back once UCX settles the GET) and let fetch read it.
-                    into.abandon()
+                done: bool | None = get.done
+            except (ucx.UcxError, ValueError):
+                done = None  # failed: fetch reads it again, and reports or falls back as it does
+            if not done:
+                if into is not None:
+                    into.abandon()  # the slot comes back once UCX settles the GET
+                if done is False:
+                    # Not a transport that copies inline (tcp, a remote broker): this session
+                    # stops trying, and fetch reads this one the waiting way.
                     session.inline = False
                     self.counters["inline_misses"] += 1
-                    return None
-            except (ucx.UcxError, ValueError):
-                return None  # fetch reads it again, and reports or falls back as it does
+                return None
             self._count_ucx(size)
             self.counters["inline_reads"] += 1
             return self._hand_over(slot, size, "ucx", lend_to)
