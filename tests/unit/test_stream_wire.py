@@ -3,6 +3,7 @@ the very bytes betterproto writes and reads them back to the same messages, eith
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -66,6 +67,17 @@ def test_the_same_bytes_as_betterproto_and_back(schema: stream_wire.Schema, mess
     assert wire == bytes(message)
     assert schema.decode(wire) == message
     assert type(message).FromString(wire) == message
+
+
+@pytest.mark.parametrize("schema", [schema for schema, _ in CASES] + [
+    stream_wire.FETCH_PARTITION, stream_wire.RECORD_ERROR, stream_wire.ABORTED_TRANSACTION,
+    stream_wire.FILE_RANGE], ids=lambda schema: schema.cls.__name__)
+def test_every_field_of_the_generated_message_is_in_its_table(
+        schema: stream_wire.Schema) -> None:
+    # A field added to broker.proto (and regenerated) but not here would be dropped on the
+    # wire without a word: the tables must name exactly the generated fields.
+    generated = {field.name for field in dataclasses.fields(schema.cls)}
+    assert {name for name, _, _, _ in schema.by_number.values()} == generated
 
 
 def test_unknown_fields_of_a_newer_peer_are_skipped() -> None:
