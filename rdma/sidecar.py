@@ -198,8 +198,7 @@ class Sidecar(sidecar_pb.SidecarBase):
         reply = self.read_now(request, account, scope=scope, counter=counter)
         if reply is not None:
             return reply
-        self.counters[counter] += 1
-        self.counters["read_requests"] += 1
+        self._count_request(counter)
         try:
             fetched = await self._fetch(account, request.file_id, request.offset,
                                         request.size, lend_to=self._lend_to(request, account,
@@ -221,14 +220,12 @@ class Sidecar(sidecar_pb.SidecarBase):
                                             request.size,
                                             lend_to=self._lend_to(request, account, scope))
         except ReadFailed as exc:
-            self.counters[counter] += 1
-            self.counters["read_requests"] += 1
+            self._count_request(counter)
             self._count_failure(exc)
             return sidecar_pb.ReadReply(status=exc.status, error=exc.message)
         if fetched is None:
             return None
-        self.counters[counter] += 1
-        self.counters["read_requests"] += 1
+        self._count_request(counter)
         self._count_read(request.size)
         return self._reply(fetched, request.size)
 
@@ -324,6 +321,10 @@ class Sidecar(sidecar_pb.SidecarBase):
             raise
         self._count_read(size)
         return fetched
+
+    def _count_request(self, counter: str) -> None:
+        self.counters[counter] += 1  # the front door's (gRPC, read socket)
+        self.counters["read_requests"] += 1
 
     def _count_failure(self, exc: ReadFailed) -> None:
         self.counters["read_rejected" if exc.status < 500 else "read_failed"] += 1
