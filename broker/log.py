@@ -10,8 +10,10 @@ them together:
   segment *before* anyone is told it exists: a process crash after the write loses nothing
   acknowledged. The high-water mark is everything written, synced or not.
 - durability: ``wait_durable`` adds ``fdatasync`` with group commit (appends that arrive while
-  a sync runs share the next one); at most once a second a sync also checkpoints the recovery
-  point and producer snapshot (hints for the next start, not part of an acknowledgement).
+  a sync runs share the next one; the syncs that several partitions need at once share a
+  round of ``broker.storage.syncer``, submitted to the kernel's AIO); at most once a second a
+  sync also checkpoints the recovery point and producer snapshot (hints for the next start,
+  not part of an acknowledgement).
 - reads, by offset (whole batches) or by timestamp; waiting readers register an append
   listener (a per-partition parking spot signalled by every append), never a sleep loop.
 - transactions: the coordinator's COMMIT and ABORT markers (``append_marker``), the last
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -50,6 +53,7 @@ from broker.storage.config import INLINE_READ_LIMIT, IO_LIMITER, LogConfig, now_
 from broker.storage.epochs import EpochCache
 from broker.storage.producer_state import ProducerStateManager, Snapshot
 from broker.storage.segment import Segment, held
+from broker.storage.syncer import SYNCER, SyncJob
 from kelp import batchcheck, files, recordbatch, records
 from kelp.recordbatch import CorruptBatch
 
@@ -436,8 +440,10 @@ class PartitionLog:
                     for segment in segments:
                         holds.enter_context(held(segment))
                     started = time.perf_counter()
-                    await trio.to_thread.run_sync(self._sync_files, segments, sync_dir,
-                                                  recovery_point, snapshot, limiter=IO_LIMITER)
+                    after = (functools.partial(self._after_sync, sync_dir, recovery_point,
+                                               snapshot)
+                             if sync_dir or snapshot is not None else None)
+                    await SYNCER.sync(SyncJob([segment.fd for segment in segments], after))
                     metrics.FSYNC_SECONDS.observe(time.perf_counter() - started)
                 metrics.GROUP_COMMIT_BYTES.observe(max(target - self._synced, 0))
                 self._synced = max(self._synced, target)
@@ -455,10 +461,10 @@ class PartitionLog:
                 done, self._sync_done = self._sync_done, trio.Event()
                 done.set()
 
-    def _sync_files(self, segments: list[Segment], sync_dir: bool, recovery_point: int,
+    def _after_sync(self, sync_dir: bool, recovery_point: int,
                     producer_snapshot: Snapshot | None) -> None:
-        for segment in segments:
-            segment.sync()
+        """In a worker thread once the segments are durable: the directory (a segment was
+        created) and, at most once a CHECKPOINT_INTERVAL_S, the checkpoints."""
         if sync_dir:
             files.sync_directory(self.directory)
         if producer_snapshot is None:

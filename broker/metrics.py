@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Histogram
 
+from broker.storage.syncer import SYNCER
 from kelp import recordbatch
 from kelp.metrics import Gauges
 
@@ -125,6 +126,10 @@ def state(registry: TopicRegistry, offsets: Callable[[], OffsetStore | None],
         for name, value in counters().items():
             gauges[f"kelp_broker_{name}"] = (f"Now: {name.replace('_', ' ')}.", (),
                                              [((), value)])
+        for name, value in SYNCER.counters.items():
+            gauges[f"kelp_broker_group_commit_{name}"] = (
+                f"Since start, cross-partition group commit: {name.replace('_', ' ')}.", (),
+                [((), value)])
         coordinator = transactions()
         if coordinator is not None:
             open_now = sum(1 for txn in coordinator.txns.values() if txn.state.open)

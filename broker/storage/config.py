@@ -10,7 +10,8 @@ import trio
 
 from broker.producers import DEFAULT_EXPIRATION_MS
 
-# Large reads, every fsync and compaction leave the event loop through this limiter (shared by
+# Large reads, fsyncs in worker threads (where the kernel's AIO cannot take them: see
+# ``syncer``) and compaction leave the event loop through this limiter (shared by
 # every partition, so a burst of them cannot take all of trio's worker threads); small reads
 # are cheaper inline.
 IO_LIMITER = trio.CapacityLimiter(8)

@@ -77,6 +77,11 @@ def test_broker_and_gateway_metrics(cluster: Cluster, topic_name: str) -> None:
     assert value(broker, "kelp_broker_fetched_records_total", topic=topic_name) >= 40
     assert value(broker, "kelp_broker_fsync_seconds_count") > 0  # acks=all waits for fsync
     assert value(broker, "kelp_broker_group_commit_bytes_count") > 0
+    # Linux (CI) has native AIO: the data syncs went to the kernel, not to worker threads.
+    assert value(broker, "kelp_broker_group_commit_aio_syncs") > 0
+    assert value(broker, "kelp_broker_group_commit_thread_syncs") == 0
+    assert 0 < value(broker, "kelp_broker_group_commit_rounds") <= value(
+        broker, "kelp_broker_group_commit_jobs")
     assert value(broker, "kelp_broker_topics") >= 1
     assert value(broker, "process_resident_memory_bytes") > 10e6
 
