@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
 import trio
@@ -33,11 +34,13 @@ from broker.isr import LeaderProgress
 from broker.log import OffsetOutOfRange, PartitionLog
 from broker.membership import Membership
 from broker.placement import NO_LEADER, PartitionState
+from broker.replica_links import LeaderLink
 from broker.storage.epochs import UNDEFINED
 from broker.topics import TopicError, TopicRegistry
 from kelp import grpc
 from kelp.etcd import EtcdUnavailable
 from kelp.metrics import Gauges
+from kelp.mux import serve_each
 from kelp.recordbatch import CorruptBatch
 from kelp.routes import BROKER
 from kelp.rpc.broker import v1 as pb
@@ -48,6 +51,7 @@ REPLICA_LAG_MS = 30_000  # Kafka's replica.lag.time.max.ms
 FETCH_WAIT_MS = 500      # a follower's long poll
 FETCH_MAX_BYTES = 1 << 20  # what a follower asks for; a leader never sends more than:
 MAX_REPLICA_FETCH_BYTES = 8 << 20
+MAX_STREAM_FETCHES = 4096  # a follower's fetches outstanding on one ReplicaFetchStream
 CALL_TIMEOUT_S = 10.0
 RETRY_S = 0.2
 
@@ -96,9 +100,11 @@ class Replication:
         self.following: dict[Key, Followed] = {}
         self._isr_write_losses = 0
         self._channels: dict[str, grpc.Channel] = {}
+        self._links: dict[str, LeaderLink] = {}  # by leader address: the fetch streams
         self._nursery: trio.Nursery | None = None
         self._isr_wanted = trio.Event()
         self.isr_writes = 0
+        self.fetches = {"stream": 0, "unary": 0}  # a follower's fetches, by how they went
         # Until the first look at etcd, this broker does not know which topics are the
         # cluster's: it serves no client (a restarted broker must not answer for partitions
         # it no longer leads, nor read past a high-water mark it does not know yet).
@@ -222,6 +228,10 @@ class Replication:
             "kelp_broker_isr_writes": (
                 "ISR shrinks and expansions this broker wrote as leader.", (),
                 [((), self.isr_writes)]),
+            "kelp_broker_replica_fetches": (
+                "Fetches this broker made as a follower, by how: on its ReplicaFetchStream "
+                "to the leader, or as unary calls (while that stream is not up).", ("how",),
+                [((how,), count) for how, count in self.fetches.items()]),
         }
 
     def detail(self) -> dict[str, object]:
@@ -306,7 +316,36 @@ class Replication:
 
     # -- leader side of the broker-to-broker calls --------------------------------------------
 
+    async def replica_fetch_stream(
+            self, recv: Callable[[], Awaitable[pb.ReplicaFetchRequest | None]],
+            send: grpc.StreamSender) -> None:
+        """A follower's fetches on one stream: each parks in its own task (as a unary fetch
+        does) and its reply echoes its request id; a request with ``cancel`` drops the
+        parked fetch of that id. What a stream may have outstanding, and the reply bytes
+        queued for it, are bounded."""
+        async def one(request: pb.ReplicaFetchRequest) -> None:
+            reply, reserved = await self._replica_fetch(request, send)
+            reply.request_id = request.request_id
+            send(reply, size=len(reply.records), reserved=reserved)
+
+        def refuse(request: pb.ReplicaFetchRequest) -> None:
+            send(pb.ReplicaFetchReply(
+                request_id=request.request_id, error_code=ErrorCode.policy_violation,
+                error_message=f"over {MAX_STREAM_FETCHES} fetches outstanding on this "
+                "stream, or a request id already in use",
+                high_watermark=-1, log_start_offset=-1, log_end_offset=-1))
+
+        await serve_each(recv, one, limit=MAX_STREAM_FETCHES, refuse=refuse)
+
     async def replica_fetch(self, request: pb.ReplicaFetchRequest) -> pb.ReplicaFetchReply:
+        return (await self._replica_fetch(request))[0]
+
+    async def _replica_fetch(self, request: pb.ReplicaFetchRequest,
+                             stream: grpc.StreamSender | None = None
+                             ) -> tuple[pb.ReplicaFetchReply, int]:
+        """The reply, and (on a ``stream``) the bytes reserved for it there: the caller hands
+        them back by sending the reply with them; if no reply is made they are released
+        here."""
         key = (request.topic, request.partition)
         reply = pb.ReplicaFetchReply(high_watermark=-1, log_start_offset=-1, log_end_offset=-1)
         led = self.led.get(key)
@@ -314,23 +353,23 @@ class Replication:
         if led is None or plog is None:
             reply.error_code = ErrorCode.not_leader_or_follower
             reply.error_message = f"broker {self.broker_id} does not lead {key}"
-            return reply
+            return reply, 0
         epoch = led.state.leader_epoch
         reply.leader_epoch = epoch
         if request.leader_epoch != epoch:
             reply.error_code = (ErrorCode.fenced_leader_epoch if request.leader_epoch < epoch
                                 else ErrorCode.unknown_leader_epoch)
             reply.error_message = f"the leader is in epoch {epoch}"
-            return reply
+            return reply, 0
         if request.topic_id and request.topic_id != str(self._topic_id(request.topic)):
             reply.error_code = ErrorCode.unknown_topic_id
-            return reply
+            return reply, 0
         offset = request.fetch_offset
         if offset > plog.log_end_offset or offset < plog.log_start_offset:
             reply.error_code = ErrorCode.offset_out_of_range
             reply.log_start_offset, reply.log_end_offset = (plog.log_start_offset,
                                                             plog.log_end_offset)
-            return reply
+            return reply, 0
         led.progress.on_fetch(request.replica_id, offset, plog.log_end_offset, _now_ms())
         self._advance(key, led, plog)
         if offset == plog.log_end_offset:
@@ -344,16 +383,26 @@ class Replication:
                         woken = _rearm(plog, woken)
             finally:
                 plog.remove_append_listener(woken.set)
+        budget = min(request.max_bytes if request.max_bytes > 0 else FETCH_MAX_BYTES,
+                     MAX_REPLICA_FETCH_BYTES)
+        # On a stream: the bytes this reply may take, reserved before reading (a follower's
+        # many partitions must not queue more than the stream's bound between them).
+        reserved = 0
+        if stream is not None:
+            budget = reserved = await stream.reserve(min(budget, plog.bytes_after(offset)))
         try:
-            budget = request.max_bytes if request.max_bytes > 0 else FETCH_MAX_BYTES
-            read = await plog.read(offset, min(budget, MAX_REPLICA_FETCH_BYTES))
+            read = await plog.read(offset, budget)
             reply.records = read.records
         except OffsetOutOfRange as exc:
             reply.error_code, reply.error_message = ErrorCode.offset_out_of_range, str(exc)
+        except BaseException:
+            if stream is not None:
+                stream.release(reserved)
+            raise
         reply.high_watermark = plog.high_watermark
         reply.log_start_offset = plog.log_start_offset
         reply.log_end_offset = plog.log_end_offset
-        return reply
+        return reply, reserved
 
     async def leader_epoch_end(self, request: pb.LeaderEpochEndRequest
                                ) -> pb.LeaderEpochEndReply:
@@ -437,6 +486,15 @@ class Replication:
                 grpc.Address.parse(info.grpc), token=self.token)
         return channel
 
+    def _link(self, channel: grpc.Channel) -> LeaderLink | None:
+        """The fetch stream to ``channel``'s broker, opened (in the background) on first use."""
+        address = str(channel.address)
+        link = self._links.get(address)
+        if link is None and self._nursery is not None:
+            link = self._links[address] = LeaderLink(channel, address)
+            self._nursery.start_soon(link.run)
+        return link
+
     async def _follow(self, key: Key, followed: Followed) -> None:
         topic, partition = key
         leader, epoch = followed.leader, followed.epoch
@@ -515,10 +573,17 @@ class Replication:
                           epoch: int, topic_id: str) -> int | None:
         """One fetch from the leader; the leader's log end when this log ends past it (to be
         truncated before fetching again), else None."""
-        reply = await channel.call(BROKER.replica_fetch, pb.ReplicaFetchRequest(
+        request = pb.ReplicaFetchRequest(
             topic=key[0], partition=key[1], replica_id=self.broker_id, leader_epoch=epoch,
             fetch_offset=plog.log_end_offset, max_bytes=FETCH_MAX_BYTES,
-            max_wait_ms=FETCH_WAIT_MS, topic_id=topic_id), timeout=CALL_TIMEOUT_S)
+            max_wait_ms=FETCH_WAIT_MS, topic_id=topic_id)
+        link = self._link(channel)
+        reply = None
+        if link is not None:
+            reply = await link.fetch(request, CALL_TIMEOUT_S)
+            self.fetches["stream" if reply is not None else "unary"] += 1
+        if reply is None:  # the stream is not up (yet, or at all)
+            reply = await channel.call(BROKER.replica_fetch, request, timeout=CALL_TIMEOUT_S)
         if reply.error_code == ErrorCode.offset_out_of_range:
             if plog.log_end_offset > reply.log_end_offset >= 0:
                 return reply.log_end_offset  # ahead of the leader: truncate first

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import grpclib.const
@@ -234,6 +235,14 @@ class BrokerService(DataStreams, GroupCalls, TxnCalls, ConfigCalls, QuotaCalls, 
             raise GRPCError(grpclib.const.Status.FAILED_PRECONDITION,
                                     "this broker is not in a cluster")
         return await self.replication.replica_fetch(request)
+
+    async def replica_fetch_stream(
+            self, recv: Callable[[], Awaitable[pb.ReplicaFetchRequest | None]],
+            send: grpc.StreamSender) -> None:
+        if self.replication is None:
+            raise GRPCError(grpclib.const.Status.FAILED_PRECONDITION,
+                            "this broker is not in a cluster")
+        await self.replication.replica_fetch_stream(recv, send)
 
     async def leader_epoch_end(self, request: pb.LeaderEpochEndRequest
                                ) -> pb.LeaderEpochEndReply:

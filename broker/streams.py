@@ -7,6 +7,7 @@ mixin of ``broker.service.BrokerService``; the methods take the generated servic
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from broker.txn_coordinator import TransactionCoordinator
 from kelp import grpc, recordbatch
 from kelp.batchcheck import BatchRejected
 from kelp.fetch_wire import FetchReplyWire
+from kelp.mux import serve_each
 from kelp.recordbatch import CorruptBatch, UnsupportedMagic
 from kelp.records import DEFAULT_FETCH_MAX_BYTES
 from kelp.rpc.broker import v1 as pb
@@ -198,46 +200,32 @@ class DataStreams:
         """Each fetch parks in its own task until it has data or its wait ends; a request
         with ``cancel`` drops the parked fetch of that id."""
         self.open_streams += 1
-        scopes: dict[int, trio.CancelScope] = {}
         try:
-            async with trio.open_nursery() as nursery:
-                while (request := await recv()) is not None:
-                    if request.cancel:
-                        scope = scopes.get(request.request_id)
-                        if scope is not None:
-                            scope.cancel()
-                        continue
-                    scope = trio.CancelScope()
-                    scopes[request.request_id] = scope
-                    nursery.start_soon(self._fetch_task, request, scope, scopes, send)
-                nursery.cancel_scope.cancel()  # the gateway closed the stream
+            await serve_each(recv, functools.partial(self._fetch_task, send=send))
         finally:
             self.open_streams -= 1
 
-    async def _fetch_task(self, request: pb.FetchRequest, scope: trio.CancelScope,
-                          scopes: dict[int, trio.CancelScope], send: grpc.StreamSender) -> None:
+    async def _fetch_task(self, request: pb.FetchRequest, send: grpc.StreamSender) -> None:
         self.pending_fetches += 1
         try:
-            with scope:
-                available = await self._wait_for_data(request)
-                # Bound the fetched bytes this stream holds: read only once the replies
-                # already queued for the gateway leave room (backpressure per gateway stream).
-                # Reserve what the read can return (what the log holds past the offsets,
-                # within the request's budget), not the budget: one big max_bytes must not
-                # serialise every other fetch on the stream. The read then stays within what
-                # was reserved, though more may have arrived meanwhile; only KIP-74's one
-                # batch larger than the whole budget can pass it.
-                reserved = await send.reserve(min(_fetch_budget(request), available))
-                try:
-                    reply = await self._read(request, reserved)
-                except BaseException:
-                    send.release(reserved)
-                    raise
-                send(reply, size=sum(len(p.records) for p in reply.partitions),
-                     reserved=reserved)
+            available = await self._wait_for_data(request)
+            # Bound the fetched bytes this stream holds: read only once the replies
+            # already queued for the gateway leave room (backpressure per gateway stream).
+            # Reserve what the read can return (what the log holds past the offsets,
+            # within the request's budget), not the budget: one big max_bytes must not
+            # serialise every other fetch on the stream. The read then stays within what
+            # was reserved, though more may have arrived meanwhile; only KIP-74's one
+            # batch larger than the whole budget can pass it.
+            reserved = await send.reserve(min(_fetch_budget(request), available))
+            try:
+                reply = await self._read(request, reserved)
+            except BaseException:
+                send.release(reserved)
+                raise
+            send(reply, size=sum(len(p.records) for p in reply.partitions),
+                 reserved=reserved)
         finally:
             self.pending_fetches -= 1
-            scopes.pop(request.request_id, None)
 
     async def _wait_for_data(self, request: pb.FetchRequest) -> int:
         """Park until ``min_bytes`` are available, or an error, or ``max_wait_ms``; returns

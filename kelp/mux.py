@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Generic, Protocol, TypeVar
 
 import trio
@@ -168,3 +168,46 @@ class Multiplexed(Generic[Req, Rep]):
         room = self.max_outstanding - len(self._waiting)
         if room > 0:
             self.room.unpark(count=room)
+
+
+class _Cancellable(Protocol):
+    request_id: int
+    cancel: bool
+
+
+Cancellable = TypeVar("Cancellable", bound=_Cancellable)
+
+
+async def serve_each(recv: Callable[[], Awaitable[Cancellable | None]],
+                     run: Callable[[Cancellable], Awaitable[None]], *,
+                     limit: int | None = None,
+                     refuse: Callable[[Cancellable], None] | None = None) -> None:
+    """The server's side of such a stream: each request of ``recv`` in a task of its own
+    (``run(request)``, which sends its reply), until the stream ends; a request with
+    ``cancel`` cancels the task of its ``request_id``, if it still runs. With ``limit``, a
+    request past that many running, or reusing the id of one still running, goes to
+    ``refuse`` instead."""
+    scopes: dict[int, trio.CancelScope] = {}
+
+    async def one(request: Cancellable, scope: trio.CancelScope) -> None:
+        try:
+            with scope:
+                await run(request)
+        finally:
+            if scopes.get(request.request_id) is scope:
+                del scopes[request.request_id]
+
+    async with trio.open_nursery() as nursery:
+        while (request := await recv()) is not None:
+            if request.cancel:
+                scope = scopes.get(request.request_id)
+                if scope is not None:
+                    scope.cancel()
+                continue
+            if limit is not None and refuse is not None and (
+                    len(scopes) >= limit or request.request_id in scopes):
+                refuse(request)
+                continue
+            scope = scopes[request.request_id] = trio.CancelScope()
+            nursery.start_soon(one, request, scope)
+        nursery.cancel_scope.cancel()  # the peer closed the stream

@@ -218,12 +218,13 @@ REPLICA_FETCH_REQUEST = Schema(pb.ReplicaFetchRequest, [
     (1, "topic", STRING, None, False), (2, "partition", INT, None, False),
     (3, "replica_id", INT, None, False), (4, "leader_epoch", INT, None, False),
     (5, "fetch_offset", INT, None, False), (6, "max_bytes", INT, None, False),
-    (7, "max_wait_ms", INT, None, False), (8, "topic_id", STRING, None, False)])
+    (7, "max_wait_ms", INT, None, False), (8, "topic_id", STRING, None, False),
+    (9, "request_id", UINT, None, False), (10, "cancel", BOOL, None, False)])
 REPLICA_FETCH_REPLY = Schema(pb.ReplicaFetchReply, [
     (1, "error_code", INT, None, False), (2, "error_message", STRING, None, False),
     (3, "records", BYTES, None, False), (4, "high_watermark", INT, None, False),
     (5, "log_start_offset", INT, None, False), (6, "log_end_offset", INT, None, False),
-    (7, "leader_epoch", INT, None, False)])
+    (7, "leader_epoch", INT, None, False), (8, "request_id", UINT, None, False)])
 
 SCHEMAS = {schema.cls: schema for schema in (APPEND_REQUEST, APPEND_REPLY, FETCH_REQUEST,
                                              REPLICA_FETCH_REQUEST, REPLICA_FETCH_REPLY)}

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from kafka import KafkaAdminClient
@@ -498,3 +499,68 @@ def test_a_preferred_leader_election_moves_the_lead_back(brokers: BrokerCluster,
                 for p in t.partition_result] == [84]  # ELECTION_NOT_NEEDED
     finally:
         admin.close()
+
+
+def test_followers_fetch_on_one_stream_per_leader(brokers: BrokerCluster, kafka: str) -> None:
+    """A replicated append's two fetches (the records out, the follower's next offset back)
+    ride each follower's ReplicaFetchStream to the leader, not a unary call apiece."""
+    create(kafka, NewTopic("streamed", 3, 3))
+    for round_ in range(10):  # each acks=all round needs both fetches of every follower
+        produce(kafka, "streamed", [(i % 3, f"s{round_}-{i}") for i in range(30)])
+    streamed = sum(n.metric("kelp_broker_replica_fetches", how="stream")
+                   for n in brokers.brokers)
+    unary = sum(n.metric("kelp_broker_replica_fetches", how="unary") for n in brokers.brokers)
+    assert streamed > 0
+    assert streamed > 5 * unary  # unary only while a stream is (re)connecting
+
+
+def test_a_fetch_stream_echoes_ids_drops_cancelled_fetches_and_refuses_reused_ids(
+        brokers: BrokerCluster, kafka: str) -> None:
+    """The leader's side of ReplicaFetchStream, driven by hand as a follower would."""
+    import trio_asyncio
+
+    from kelp import grpc
+    from kelp.routes import BROKER
+    from kelp.rpc.broker import v1 as pb
+
+    create(kafka, NewTopic("by-hand", 1, 3))
+    state = partition_states(brokers.etcd.endpoint)[("by-hand", 0)]
+    follower = next(b for b in state.replicas if b != state.leader)
+    leader = brokers.brokers[state.leader]
+
+    def fetch(request_id: int, max_wait_ms: int, epoch: int = state.leader_epoch
+              ) -> pb.ReplicaFetchRequest:
+        return pb.ReplicaFetchRequest(topic="by-hand", partition=0, replica_id=follower,
+                                      leader_epoch=epoch, fetch_offset=0, max_bytes=1 << 20,
+                                      max_wait_ms=max_wait_ms, request_id=request_id)
+
+    async def talk() -> None:
+        async with trio_asyncio.open_loop():
+            channel = grpc.Channel(grpc.Address.parse(f"127.0.0.1:{leader.grpc_port}"))
+            try:
+                async with channel.open_stream(BROKER.replica_fetch_stream) as stream:
+                    stream.send(fetch(7, 2_000))  # nothing to fetch: it parks
+                    stream.send(fetch(7, 2_000))  # the same id while 7 is parked
+                    with trio.fail_after(5):
+                        reused = await stream.recv()
+                    assert reused.request_id == 7 and reused.error_code == 44  # POLICY_VIOLATION
+                    stream.send(pb.ReplicaFetchRequest(request_id=7, cancel=True))
+                    stream.send(fetch(8, 5_000, epoch=state.leader_epoch + 5))  # a future epoch
+                    with trio.fail_after(5):
+                        refused = await stream.recv()
+                    assert refused.request_id == 8
+                    assert refused.error_code == 75  # UNKNOWN_LEADER_EPOCH
+                    stream.send(fetch(9, 300))  # parks 0.3 s, then answers empty
+                    with trio.fail_after(5):
+                        answered = await stream.recv()
+                    assert answered.request_id == 9 and answered.error_code == 0
+                    assert answered.records == b"" and answered.log_end_offset == 0
+                    # 7 was cancelled: its empty answer, due 2 s after it parked, never comes.
+                    late = None
+                    with trio.move_on_after(2.5):
+                        late = await stream.recv()
+                    assert late is None, f"a reply to a cancelled fetch: {late}"
+            finally:
+                channel.close()
+
+    trio.run(talk)

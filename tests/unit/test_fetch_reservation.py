@@ -59,7 +59,7 @@ async def test_data_appended_while_waiting_for_room_is_not_sent(service: BrokerS
     request = pb.FetchRequest(request_id=1, max_bytes=1_000_000, min_bytes=1, max_wait_ms=0,
                               partitions=[pb.FetchPartition(topic="t", partition=0, offset=0,
                                                             max_bytes=1_000_000)])
-    await service._fetch_task(request, trio.CancelScope(), {}, sender)  # type: ignore[arg-type]
+    await service._fetch_task(request, sender)  # type: ignore[arg-type]
     ((size, reserved),) = sender.sent
     assert reserved == len(BATCH) and size == len(BATCH)  # one batch, not six
 
@@ -70,5 +70,5 @@ async def test_a_fetch_with_nothing_available_sends_no_data(service: BrokerServi
     request = pb.FetchRequest(request_id=1, max_bytes=1_000_000, min_bytes=1, max_wait_ms=0,
                               partitions=[pb.FetchPartition(topic="t", partition=0, offset=0,
                                                             max_bytes=1_000_000)])
-    await service._fetch_task(request, trio.CancelScope(), {}, sender)  # type: ignore[arg-type]
+    await service._fetch_task(request, sender)  # type: ignore[arg-type]
     assert sender.sent == [(0, 0)]

@@ -184,3 +184,28 @@ def test_grpc_addresses_take_unix_paths_and_host_ports() -> None:
     assert str(grpc.Address.parse("[::1]:80")) == "[::1]:80"
     with pytest.raises(ValueError, match="unix:/path"):
         grpc.Address.parse("nonsense")
+
+
+async def test_a_follower_falls_back_to_unary_fetches_where_no_stream_is_served(
+        tmp_path: Path) -> None:
+    """A leader without ReplicaFetchStream (here: a server with only the Sidecar service, as
+    an older kelp would be) ends the stream at once, every time; the link then leaves the
+    stream for a while and its fetches say None (the caller's cue for the unary call)
+    instead of failing."""
+    from broker.replica_links import LeaderLink
+    from kelp.rpc.broker import v1 as broker_pb
+
+    address = grpc.Address(path=str(tmp_path / "s.sock"))
+    async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
+        await nursery.start(grpc.serve, grpc.service_mapping(Complete()), address)
+        channel = grpc.Channel(address)
+        try:
+            link = LeaderLink(channel, "old-leader")
+            nursery.start_soon(link.run)
+            with trio.fail_after(5):
+                while not link.unsupported:
+                    await trio.sleep(0.01)
+            assert await link.fetch(broker_pb.ReplicaFetchRequest(), timeout=1) is None
+        finally:
+            channel.close()
+            nursery.cancel_scope.cancel()

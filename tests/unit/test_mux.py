@@ -182,3 +182,50 @@ async def test_submit_without_a_stream_is_refused() -> None:
     with pytest.raises(trio.ClosedResourceError):
         mux.submit(pb.ReadRequest())
     assert mux.outstanding == 0
+
+
+# -- serve_each: the server's side ---------------------------------------------------------------
+
+async def test_serve_each_runs_each_request_cancels_by_id_and_refuses_past_its_limit():
+    from kelp.mux import serve_each
+    from kelp.rpc.broker import v1 as broker_pb
+
+    requests_in, requests = trio.open_memory_channel[broker_pb.ReplicaFetchRequest | None](16)
+    release = trio.Event()
+    finished: list[int] = []
+    cancelled: list[int] = []
+    refused: list[int] = []
+
+    async def run(request: broker_pb.ReplicaFetchRequest) -> None:
+        try:
+            await release.wait()
+            finished.append(request.request_id)
+        except trio.Cancelled:
+            cancelled.append(request.request_id)
+            raise
+
+    def send(request_id: int, cancel: bool = False) -> None:
+        requests_in.send_nowait(broker_pb.ReplicaFetchRequest(request_id=request_id,
+                                                              cancel=cancel))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: serve_each(requests.receive, run, limit=3,
+                                              refuse=lambda r: refused.append(r.request_id)))
+        for request_id in (1, 2, 3):
+            send(request_id)
+        send(4)  # a fourth while three run
+        send(2)  # an id still running
+        send(2, cancel=True)
+        send(9, cancel=True)  # no such request: nothing happens
+        await trio.testing.wait_all_tasks_blocked()
+        assert refused == [4, 2] and cancelled == [2]
+        send(5)  # 2's place is free again
+        await trio.testing.wait_all_tasks_blocked()
+        release.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert sorted(finished) == [1, 3, 5]
+        release = trio.Event()
+        send(6)  # parked when the stream ends: cancelled with it
+        await trio.testing.wait_all_tasks_blocked()
+        requests_in.send_nowait(None)
+    assert refused == [4, 2] and cancelled == [2, 6] and sorted(finished) == [1, 3, 5]

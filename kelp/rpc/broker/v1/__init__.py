@@ -2290,6 +2290,11 @@ class ReplicaFetchReply(betterproto2.Message):
 
     leader_epoch: "int" = betterproto2.field(7, betterproto2.TYPE_INT32)
 
+    request_id: "int" = betterproto2.field(8, betterproto2.TYPE_UINT64)
+    """
+    ReplicaFetchStream only: the request's
+    """
+
 
 default_message_pool.register_message("broker.v1", "ReplicaFetchReply", ReplicaFetchReply)
 
@@ -2322,6 +2327,16 @@ class ReplicaFetchRequest(betterproto2.Message):
     topic_id: "str" = betterproto2.field(8, betterproto2.TYPE_STRING)
     """
     the cluster's id of the topic (a re-created name differs)
+    """
+
+    request_id: "int" = betterproto2.field(9, betterproto2.TYPE_UINT64)
+    """
+    ReplicaFetchStream only: echoed by the reply
+    """
+
+    cancel: "bool" = betterproto2.field(10, betterproto2.TYPE_BOOL)
+    """
+    ReplicaFetchStream only: drop the parked fetch request_id
     """
 
 
@@ -3537,6 +3552,31 @@ class BrokerStub(betterproto2_grpclib.ServiceStub):
             metadata=metadata,
         )
 
+    async def replica_fetch_stream(
+        self,
+        messages: "AsyncIterable[ReplicaFetchRequest] | Iterable[ReplicaFetchRequest]",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "AsyncIterator[ReplicaFetchReply]":
+        """
+        The same fetches on one long-lived stream per follower and leader (each request carries a
+        request_id its reply echoes; replies in any order; cancel drops a parked fetch): a unary
+        call costs a new HTTP/2 stream and about 1.5 ms, twice on every replicated append's path.
+        """
+
+        async for response in self._stream_stream(
+            "/broker.v1.Broker/ReplicaFetchStream",
+            messages,
+            ReplicaFetchRequest,
+            ReplicaFetchReply,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        ):
+            yield response
+
     async def leader_epoch_end(
         self,
         message: "LeaderEpochEndRequest",
@@ -3873,6 +3913,18 @@ class BrokerBase(betterproto2_grpclib.ServiceBase):
         """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def replica_fetch_stream(
+        self, messages: "AsyncIterator[ReplicaFetchRequest]"
+    ) -> "AsyncIterator[ReplicaFetchReply]":
+        """
+        The same fetches on one long-lived stream per follower and leader (each request carries a
+        request_id its reply echoes; replies in any order; cancel drops a parked fetch): a unary
+        call costs a new HTTP/2 stream and about 1.5 ms, twice on every replicated append's path.
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+        yield ReplicaFetchReply()
 
     async def leader_epoch_end(self, message: "LeaderEpochEndRequest") -> "LeaderEpochEndReply":
 
@@ -4257,6 +4309,16 @@ class BrokerBase(betterproto2_grpclib.ServiceBase):
         response = await self.replica_fetch(request)
         await stream.send_message(response)
 
+    async def __rpc_replica_fetch_stream(
+        self, stream: "grpclib.server.Stream[ReplicaFetchRequest, ReplicaFetchReply]"
+    ) -> None:
+        request = stream.__aiter__()
+        await self._call_rpc_handler_server_stream(
+            self.replica_fetch_stream,
+            stream,
+            request,
+        )
+
     async def __rpc_leader_epoch_end(
         self, stream: "grpclib.server.Stream[LeaderEpochEndRequest, LeaderEpochEndReply]"
     ) -> None:
@@ -4554,6 +4616,12 @@ class BrokerBase(betterproto2_grpclib.ServiceBase):
             "/broker.v1.Broker/ReplicaFetch": grpclib.const.Handler(
                 self.__rpc_replica_fetch,
                 grpclib.const.Cardinality.UNARY_UNARY,
+                ReplicaFetchRequest,
+                ReplicaFetchReply,
+            ),
+            "/broker.v1.Broker/ReplicaFetchStream": grpclib.const.Handler(
+                self.__rpc_replica_fetch_stream,
+                grpclib.const.Cardinality.STREAM_STREAM,
                 ReplicaFetchRequest,
                 ReplicaFetchReply,
             ),
