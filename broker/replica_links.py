@@ -30,7 +30,10 @@ log = logging.getLogger("kelp.replication")
 # Fetches outstanding on one stream: one per partition followed from that leader is the norm.
 MAX_OUTSTANDING_FETCHES = 4096
 RECONNECT_S = 0.2
-# A stream the leader ends at once this many times in a row, before any reply: not served.
+MAX_RECONNECT_S = 5.0
+# A stream the leader ends at once (within QUICK_END_S of opening, before any reply) this many
+# times in a row: not served.
+QUICK_END_S = 1.0
 EMPTY_ENDS_FOR_UNSUPPORTED = 3
 RETRY_UNSUPPORTED_S = 10.0
 
@@ -55,24 +58,30 @@ class LeaderLink:
         self.unsupported = False  # the leader does not serve the stream: unary calls for now
 
     async def run(self) -> None:
-        """Until cancelled: the stream kept open, reopened after a pause when it fails. A
-        leader that ends it at once, before any reply, on every try (an older kelp without
-        the method: grpclib resets the stream rather than saying UNIMPLEMENTED to it) gets
-        unary fetches only, and the stream is tried again much later."""
+        """Until cancelled: the stream kept open, reopened after a pause when it fails (a
+        longer one each time the leader cannot be reached). A leader that ends it at once,
+        before any reply, on every try (an older kelp without the method: grpclib resets the
+        stream rather than saying UNIMPLEMENTED to it) gets unary fetches only, and the
+        stream is tried again later."""
         empty_ends = 0
+        pause = RECONNECT_S
         while True:
             replies = 0
             error: BaseException | None = None
             try:
                 async with self.channel.open_stream(BROKER.replica_fetch_stream) as stream:
+                    opened = trio.current_time()
                     self.fetches.stream = stream
                     while (reply := await stream.recv()) is not None:
                         replies += 1
                         self.fetches.deliver(reply)
                     error = stream.error  # how it ended (the pump keeps the failure)
-                empty_ends = 0 if replies else empty_ends + 1
+                quick = trio.current_time() - opened < QUICK_END_S
+                empty_ends = empty_ends + 1 if quick and not replies else 0
+                pause = RECONNECT_S
             except Exception as exc:  # not connected at all: the leader is away
                 error = exc
+                pause = min(pause * 2, MAX_RECONNECT_S)  # a departed broker: ever less often
             finally:
                 self.fetches.stream = None
                 self.fetches.fail(LinkLost(f"fetch stream to {self.address} ended"))
@@ -88,7 +97,7 @@ class LeaderLink:
             log.debug("fetch stream ended", extra={
                 "leader": self.address,
                 "error": grpc.describe_failure(error) if isinstance(error, Exception) else ""})
-            await trio.sleep(RECONNECT_S)
+            await trio.sleep(pause)
 
     async def fetch(self, request: pb.ReplicaFetchRequest, timeout: float
                     ) -> pb.ReplicaFetchReply | None:

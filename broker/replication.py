@@ -324,7 +324,18 @@ class Replication:
         parked fetch of that id. What a stream may have outstanding, and the reply bytes
         queued for it, are bounded."""
         async def one(request: pb.ReplicaFetchRequest) -> None:
-            reply, reserved = await self._replica_fetch(request, send)
+            try:
+                reply, reserved = await self._replica_fetch(request, send)
+            except Exception as exc:
+                # This fetch's failure (a read error, a bug) is its reply, as a failed unary
+                # call was: the stream and every other partition's fetch on it go on.
+                log.exception("replica fetch failed on the leader", extra={
+                    "topic": request.topic, "partition": request.partition})
+                reply, reserved = pb.ReplicaFetchReply(
+                    error_code=(ErrorCode.kafka_storage_error if isinstance(exc, OSError)
+                                else ErrorCode.unknown_server_error),
+                    error_message=f"kelp: {type(exc).__name__}: {exc}", high_watermark=-1,
+                    log_start_offset=-1, log_end_offset=-1), 0
             reply.request_id = request.request_id
             send(reply, size=len(reply.records), reserved=reserved)
 
@@ -388,9 +399,11 @@ class Replication:
         # On a stream: the bytes this reply may take, reserved before reading (a follower's
         # many partitions must not queue more than the stream's bound between them).
         reserved = 0
-        if stream is not None:
-            budget = reserved = await stream.reserve(min(budget, plog.bytes_after(offset)))
         try:
+            if stream is not None:
+                # The log may have shrunk under the park (truncated, deleted): bytes_after
+                # raises OffsetOutOfRange like the read would.
+                budget = reserved = await stream.reserve(min(budget, plog.bytes_after(offset)))
             read = await plog.read(offset, budget)
             reply.records = read.records
         except OffsetOutOfRange as exc:

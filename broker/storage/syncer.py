@@ -12,8 +12,9 @@ So the data syncs are submitted to Linux's native AIO (``io_submit`` with
 ``IOCB_CMD_FDSYNC``, since Linux 4.18): the kernel runs them in its own workers, in
 parallel, and signals an eventfd that trio waits on like any socket. No Python thread, no
 GIL. What is left for a thread (a directory's fsync after a segment roll, the checkpoints
-once a second) runs after the data is durable, as before. Where AIO is missing or refused
-(another OS, a seccomp filter, a filesystem without it), the syncs go to a worker thread.
+once a second) runs after the data is durable, in that partition's own task. Where AIO is
+missing or refused (another OS, Linux before 4.18, a seccomp filter), the syncs go to a
+worker thread; so does a file the kernel will not take an AIO sync for.
 
 No task of its own: the first partition to arrive while no round runs leads one, shielded
 (once submitted, the files are in the kernel's hands and must stay open until it answers);
@@ -57,8 +58,10 @@ class Syncer:
         self.counters = {"rounds": 0, "jobs": 0, "aio_syncs": 0, "thread_syncs": 0}
 
     async def sync(self, job: SyncJob) -> None:
-        """Run ``job`` in the next round; raises what its sync raised. Cancelled before a round
-        took it, it is dropped; after, the cancel waits for the round (its files are in use)."""
+        """Run ``job`` in the next round, then its ``after`` (here, in this partition's own
+        task: a slow one holds no other partition); raises what either raised. Cancelled
+        before a round took it, it is dropped; after, the cancel waits for the round (its
+        files are in use)."""
         self._pending.append(job)
         try:
             while not job.taken:
@@ -77,6 +80,8 @@ class Syncer:
             await job.done.wait()
         if job.error is not None:
             raise job.error
+        if job.after is not None:
+            await trio.to_thread.run_sync(job.after, limiter=IO_LIMITER)
 
     async def _lead(self) -> None:
         jobs, self._pending = self._pending, []
@@ -85,6 +90,7 @@ class Syncer:
         self._round_done = trio.Event()
         self.counters["rounds"] += 1
         self.counters["jobs"] += len(jobs)
+        synced = False
         try:
             with trio.CancelScope(shield=True):
                 try:
@@ -92,21 +98,11 @@ class Syncer:
                 except Exception as exc:  # the round's own failure: nobody's data is known safe
                     for job in jobs:
                         job.error = job.error or exc
-                later = []
-                for job in jobs:  # a partition with nothing more to do is answered at once
-                    if job.error is None and job.after is not None:
-                        later.append(job)
-                    else:
-                        job.done.set()
-                for job in later:
-                    assert job.after is not None
-                    try:
-                        await trio.to_thread.run_sync(job.after, limiter=IO_LIMITER)
-                    except Exception as exc:
-                        job.error = exc
-                    job.done.set()
+                synced = True
         finally:
             for job in jobs:
+                if not synced and job.error is None:  # interrupted (KeyboardInterrupt): unknown
+                    job.error = RuntimeError("the sync round was interrupted")
                 job.done.set()
             done, self._round_done = self._round_done, None
             done.set()
@@ -168,6 +164,14 @@ _IOCB_CMD_FDSYNC = 3
 _IOCB_FLAG_RESFD = 1
 
 
+def _kernel_version() -> tuple[int, int]:
+    try:
+        major, minor = os.uname().release.split(".")[:2]
+        return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+    except ValueError:
+        return (0, 0)
+
+
 class _Iocb(ctypes.Structure):  # struct iocb, little-endian layout (linux/aio_abi.h)
     _fields_ = [("aio_data", ctypes.c_uint64), ("aio_key", ctypes.c_uint32),
                 ("aio_rw_flags", ctypes.c_int32), ("aio_lio_opcode", ctypes.c_uint16),
@@ -199,6 +203,8 @@ class NativeAio:
         name = ctypes.util.find_library("c")
         if os.uname().sysname != "Linux" or numbers is None or name is None:
             raise AioUnavailable(errno.ENOSYS, "no Linux native AIO here")
+        if _kernel_version() < (4, 18):  # IOCB_CMD_FDSYNC came with 4.18: EINVAL before
+            raise AioUnavailable(errno.ENOSYS, "Linux before 4.18 has no AIO fsync")
         if ctypes.sizeof(_Iocb) != 64 or ctypes.sizeof(_IoEvent) != 32:
             raise AioUnavailable(errno.ENOSYS, "unexpected AIO structure layout")
         self._setup, self._destroy, self._submit, self._getevents = numbers
@@ -212,6 +218,7 @@ class NativeAio:
         self._eventfd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._events = (_IoEvent * MAX_EVENTS)()
         self._round = 0
+        self.refusals = 0  # fds the kernel refused an AIO sync for (synced in a thread)
         self._no_wait = _Timespec(0, 0)
 
     def _call(self, number: int, *args: object) -> int:
@@ -232,6 +239,7 @@ class NativeAio:
                         aio_flags=_IOCB_FLAG_RESFD, aio_resfd=self._eventfd)
                   for index, fd in enumerate(fds)]
         at = waiting = 0
+        refused: list[int] = []  # indexes the kernel would not take: synced in a thread
         while at < len(blocks) or waiting:
             room = MAX_EVENTS - waiting
             if at < len(blocks) and room:
@@ -242,12 +250,17 @@ class NativeAio:
                 except OSError as exc:
                     if exc.errno in (errno.ENOSYS, errno.EPERM) and not at and not waiting:
                         raise AioUnavailable(exc.errno, str(exc)) from None
-                    results[at] = -(exc.errno or errno.EIO)  # this fd's own refusal
-                    at += 1
+                    if exc.errno != errno.EAGAIN or not waiting:
+                        # This fd's own refusal (a file without AIO fsync, a bad descriptor):
+                        # a thread's fdatasync says what is true of it.
+                        refused.append(at)
+                        at += 1
+                        continue
+                    submitted = 0  # the queue is full: wait for completions, then go on
+                else:
+                    at += submitted
+                    waiting += submitted
                     continue
-                at += submitted
-                waiting += submitted
-                continue
             await trio.lowlevel.wait_readable(self._eventfd)
             try:
                 os.eventfd_read(self._eventfd)
@@ -259,6 +272,12 @@ class NativeAio:
                 if event.data & ~0xFFFFFFFF == tag:
                     results[event.data & 0xFFFFFFFF] = event.res
                     waiting -= 1
+        if refused:
+            self.refusals += len(refused)
+            errors = await trio.to_thread.run_sync(
+                _fdatasync_lists, [[fds[index]] for index in refused], limiter=IO_LIMITER)
+            for index, error in zip(refused, errors, strict=True):
+                results[index] = -(error.errno or errno.EIO) if error is not None else 0
         return results
 
     def close(self) -> None:
