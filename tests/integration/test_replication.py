@@ -527,6 +527,10 @@ def test_a_fetch_stream_echoes_ids_drops_cancelled_fetches_and_refuses_reused_id
     state = partition_states(brokers.etcd.endpoint)[("by-hand", 0)]
     follower = next(b for b in state.replicas if b != state.leader)
     leader = brokers.brokers[state.leader]
+    # etcd names the leader before that broker has taken the lead up: until then it answers
+    # NOT_LEADER_OR_FOLLOWER at once, and nothing would park.
+    wait_for(lambda: "by-hand-0" in leader.cluster()["replication"]["leading"],
+             "the leader leading by-hand-0")
 
     def fetch(request_id: int, max_wait_ms: int, epoch: int = state.leader_epoch
               ) -> pb.ReplicaFetchRequest:
