@@ -139,9 +139,15 @@ class Cluster:
         return f"127.0.0.1:{self.kafka_port}"
 
     def start(self) -> Cluster:
+        """Start both; if either fails to start, whatever did start is stopped (a test that
+        calls this before its own ``try`` leaves no broker behind)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.broker.start()
-        self.gateway.start()
+        try:
+            self.broker.start()
+            self.gateway.start()
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def stop(self) -> None:
