@@ -331,20 +331,18 @@ class Replication:
                 # call was: the stream and every other partition's fetch on it go on.
                 log.exception("replica fetch failed on the leader", extra={
                     "topic": request.topic, "partition": request.partition})
-                reply, reserved = pb.ReplicaFetchReply(
+                reply, reserved = _no_records(
                     error_code=(ErrorCode.kafka_storage_error if isinstance(exc, OSError)
                                 else ErrorCode.unknown_server_error),
-                    error_message=f"kelp: {type(exc).__name__}: {exc}", high_watermark=-1,
-                    log_start_offset=-1, log_end_offset=-1), 0
+                    error_message=f"kelp: {type(exc).__name__}: {exc}"), 0
             reply.request_id = request.request_id
             send(reply, size=len(reply.records), reserved=reserved)
 
         def refuse(request: pb.ReplicaFetchRequest) -> None:
-            send(pb.ReplicaFetchReply(
+            send(_no_records(
                 request_id=request.request_id, error_code=ErrorCode.policy_violation,
                 error_message=f"over {MAX_STREAM_FETCHES} fetches outstanding on this "
-                "stream, or a request id already in use",
-                high_watermark=-1, log_start_offset=-1, log_end_offset=-1))
+                "stream, or a request id already in use"))
 
         await serve_each(recv, one, limit=MAX_STREAM_FETCHES, refuse=refuse)
 
@@ -358,7 +356,7 @@ class Replication:
         them back by sending the reply with them; if no reply is made they are released
         here."""
         key = (request.topic, request.partition)
-        reply = pb.ReplicaFetchReply(high_watermark=-1, log_start_offset=-1, log_end_offset=-1)
+        reply = _no_records()
         led = self.led.get(key)
         plog = self._log(key)
         if led is None or plog is None:
@@ -616,6 +614,12 @@ class Replication:
         if reply.high_watermark >= 0:
             plog.set_high_watermark(min(reply.high_watermark, plog.log_end_offset))
         return None
+
+
+def _no_records(**fields: object) -> pb.ReplicaFetchReply:
+    """A ReplicaFetch reply before (or without) a read: the log's marks unknown (-1)."""
+    return pb.ReplicaFetchReply(high_watermark=-1, log_start_offset=-1, log_end_offset=-1,
+                                **fields)  # type: ignore[arg-type]
 
 
 def _rearm(plog: PartitionLog, woken: trio.Event) -> trio.Event:
