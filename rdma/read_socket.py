@@ -19,6 +19,7 @@ import errno
 import itertools
 import logging
 import os
+import select
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -120,6 +121,37 @@ class FramedSocket:
                 return None
             self._frames.feed(data)
             await self._take_turns()
+
+    def receive_ready(self, timeout_s: float) -> list[bytes]:
+        """The whole frames that arrive within ``timeout_s``, waited for in place (blocking
+        the thread, not in trio's loop): for a lone small read whose answer is due in tens of
+        microseconds, a trip through trio's scheduler and a receiving task costs as much
+        again. Empty when none came; a failure or the peer's close is left for
+        :meth:`receive` to report."""
+        bodies: list[bytes] = []
+        waited = False
+        while True:
+            body = self._frames.next()
+            if body is not None:
+                bodies.append(body)
+                continue
+            try:
+                data = self._sock.recv(RECEIVE_BYTES)
+            except BlockingIOError:
+                if bodies or waited:
+                    return bodies
+                poller = select.poll()
+                poller.register(self._sock, select.POLLIN)
+                if not poller.poll(timeout_s * 1000):
+                    return bodies
+                waited = True
+                continue
+            except OSError:
+                return bodies
+            if not data:
+                # Closed: whatever follows is receive()'s to see (a close is seen again).
+                return bodies
+            self._frames.feed(data)
 
     async def _take_turns(self) -> None:
         # A peer that never pauses must not starve the other tasks, but a yield per frame
@@ -226,6 +258,21 @@ class ReadSocketStream:
     async def recv(self) -> sidecar_pb.ReadReply | None:
         body = await self._conn.receive()
         return None if body is None else wire.decode_reply(body, self.hello.pool_path)
+
+    def recv_ready(self, timeout_s: float) -> list[sidecar_pb.ReadReply]:
+        """The replies that arrive within ``timeout_s``, waited for in place (see
+        :meth:`FramedSocket.receive_ready`)."""
+        replies = []
+        for body in self._conn.receive_ready(timeout_s):
+            try:
+                replies.append(wire.decode_reply(body, self.hello.pool_path))
+            except wire.WireError:
+                # As if recv had met it: the connection ends (its receiving task sees it
+                # closed) and the replies before it are delivered.
+                log.warning("malformed frame from the sidecar", exc_info=True)
+                self._conn.close()
+                break
+        return replies
 
 
 @contextlib.asynccontextmanager

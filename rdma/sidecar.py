@@ -29,7 +29,7 @@ from kelp import __version__, grpc, http, httpd, metrics, process
 from kelp.reads import MAX_READ_BYTES, BadReadRequest, parse_read_request
 from kelp.routes import SIDECAR
 from kelp.rpc.sidecar import v1 as sidecar_pb
-from rdma import read_socket
+from rdma import read_socket, wire
 from rdma.pool import Account, ReleaseRefused
 from rdma.reader import Fetched, Reader, ReaderConfig, ReadFailed
 
@@ -122,6 +122,10 @@ class Sidecar(sidecar_pb.SidecarBase):
         socket = self.config.read_socket
         return os.path.abspath(socket) if socket is not None else ""
 
+    def read_socket_copy_max(self) -> int:
+        """The most bytes a read on the read socket may have copied into its reply."""
+        return wire.MAX_COPY if self.config.read_socket is not None else 0
+
     def uptime_ms(self) -> int:
         return int((time.monotonic() - self.started) * 1000)
 
@@ -151,7 +155,8 @@ class Sidecar(sidecar_pb.SidecarBase):
                            ) -> sidecar_pb.CapabilitiesReply:
         self.counters["grpc_requests"] += 1
         return sidecar_pb.CapabilitiesReply(**self.reader.capabilities(),
-                                            read_socket=self.read_socket_path())
+                                            read_socket=self.read_socket_path(),
+                                            read_socket_copy_max=self.read_socket_copy_max())
 
     @grpc.per_connection
     @grpc.on_unsent("take_back_loan")
@@ -378,6 +383,7 @@ class Sidecar(sidecar_pb.SidecarBase):
             "zero_copy": True,
             "grpc_socket": str(self.config.socket),
             "read_socket": self.read_socket_path(),
+            "read_socket_copy_max": self.read_socket_copy_max(),
             "grpc_methods": sorted(route.path.rsplit("/", 1)[1] for route in SIDECAR),
             "http_endpoints": ["/capabilities", "/health", "/metrics", "/ping", "/read",
                                "/stats"],

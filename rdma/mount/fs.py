@@ -219,9 +219,10 @@ class KelpFs(pyfuse3.Operations):
         if (size <= SMALL_READ and offset != last_end and first == last
                 and not self._held(node, first)):
             # A random reader: fetch just the bytes asked for, not the whole block (a 4 MiB
-            # copy for a 4 KiB read), and give the buffer back at once. (A sequential reader's
-            # reads can come out of order too, but the kernel's readahead makes them big.)
-            loan = await self._fetch(node, offset, min(size, node.size - offset))
+            # copy for a 4 KiB read), copied into the sidecar's reply rather than lent (no
+            # release to send after). (A sequential reader's reads can come out of order too,
+            # but the kernel's readahead makes them big.)
+            loan = await self._fetch(node, offset, min(size, node.size - offset), copy=True)
             try:
                 piece = bytes(loan.data)
             finally:
@@ -301,8 +302,10 @@ class KelpFs(pyfuse3.Operations):
             _, evicted = self._blocks.popitem(last=False)
             self.source.release(evicted)
 
-    async def _fetch(self, node: Node, start: int, length: int) -> Loan:
-        """``length`` bytes of ``node`` from ``start`` (within one block)."""
+    async def _fetch(self, node: Node, start: int, length: int, *, copy: bool = False
+                     ) -> Loan:
+        """``length`` bytes of ``node`` from ``start`` (within one block); ``copy``: see
+        :meth:`Source.read`."""
         pieces = node.locate(start, length)
         self._fit_share()
         # The limiter without a schedule point when it has room: each trip round trio's
@@ -316,7 +319,7 @@ class KelpFs(pyfuse3.Operations):
             self._make_room()
             if len(pieces) == 1:
                 chunk, inside, take = pieces[0]
-                return await self.source.read(chunk.file_id, inside, take)
+                return await self.source.read(chunk.file_id, inside, take, copy=copy)
             data = bytearray()
             for chunk, inside, take in pieces:  # chunks smaller than a block
                 loan = await self.source.read(chunk.file_id, inside, take)

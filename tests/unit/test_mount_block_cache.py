@@ -28,7 +28,7 @@ class GatedSource:
         self.reads: list[int] = []
         self._handles = itertools.count(1)
 
-    async def read(self, file_id: str, offset: int, size: int) -> Loan:
+    async def read(self, file_id: str, offset: int, size: int, *, copy: bool = False) -> Loan:
         index = offset // BLOCK
         self.reads.append(index)
         await self.gates.setdefault(index, trio.Event()).wait()

@@ -16,12 +16,20 @@ from rdma import wire
 
 HANDLES = st.lists(st.integers(1, 2**63 - 1), max_size=40)
 FILE_IDS = st.text(st.characters(min_codepoint=33, max_codepoint=126), max_size=wire.MAX_FILE_ID)
-READS = st.builds(
+LOAN_READS = st.builds(
     lambda file_id, offset, size, request_id, release: sidecar_pb.ReadRequest(
         file_id=file_id, offset=offset, size=size, zero_copy=True, request_id=request_id,
         release=release),
     FILE_IDS, st.integers(0, 2**64 - 1), st.integers(0, 2**32 - 1), st.integers(0, 2**64 - 1),
     HANDLES)
+# A read whose bytes come back in the reply (COPY): at most MAX_COPY of them.
+COPY_READS = st.builds(
+    lambda file_id, offset, size, request_id, release: sidecar_pb.ReadRequest(
+        file_id=file_id, offset=offset, size=size, zero_copy=False, request_id=request_id,
+        release=release),
+    FILE_IDS, st.integers(0, 2**64 - 1), st.integers(1, wire.MAX_COPY),
+    st.integers(0, 2**64 - 1), HANDLES)
+READS = LOAN_READS | COPY_READS
 
 
 @st.composite
@@ -30,7 +38,10 @@ def replies(draw: st.DrawFn) -> sidecar_pb.ReadReply:
         lambda offset, length, handle: sidecar_pb.SharedBuffer(
             path="/dev/shm/kelp-pool", offset=offset, length=length, handle=handle),
         st.integers(0, 2**64 - 1), st.integers(0, 2**32 - 1), st.integers(1, 2**63 - 1)))
-    return sidecar_pb.ReadReply(
+    # The bytes of a copied read, or a loan, or neither (a refusal): never both.
+    data = draw(st.binary(min_size=1, max_size=300)) if shared is None and draw(
+        st.booleans()) else b""
+    return sidecar_pb.ReadReply(data=data,
         status=draw(st.sampled_from([200, 400, 403, 404, 416, 502, 503, 504])),
         error=draw(st.text(max_size=200)), shared=shared,
         transport=draw(st.sampled_from(["", "ucx", "http"])),
@@ -113,3 +124,44 @@ def test_what_cannot_be_encoded_is_refused() -> None:
                                                 release=list(range(1, wire.MAX_RELEASES + 2))))
     with pytest.raises(UnicodeEncodeError):
         wire.encode_read(sidecar_pb.ReadRequest(file_id="1,ü", size=1))
+
+
+def test_a_copied_read_is_its_own_kind_and_a_bare_release_never_is() -> None:
+    copied = wire.encode_read(sidecar_pb.ReadRequest(file_id="1,ab", size=4096))
+    lent = wire.encode_read(sidecar_pb.ReadRequest(file_id="1,ab", size=4096, zero_copy=True))
+    release = wire.encode_read(sidecar_pb.ReadRequest(release=[5]))
+    # An older sidecar knows READ only: a reader that was not told COPY exists sends READ for
+    # its loans and its releases.
+    assert (copied[4], lent[4], release[4]) == (wire.COPY, wire.READ, wire.READ)
+    assert wire.decode_read(release[4:]).release == [5]
+
+
+def test_copied_reads_and_data_replies_stay_within_max_copy() -> None:
+    with pytest.raises(wire.WireError, match="copied read"):
+        wire.encode_read(sidecar_pb.ReadRequest(file_id="1,ab", size=wire.MAX_COPY + 1))
+    body = bytearray(wire.encode_read(sidecar_pb.ReadRequest(file_id="1,ab", size=1))[4:])
+    for size in (0, wire.MAX_COPY + 1):
+        struct.pack_into("<I", body, 17, size)
+        with pytest.raises(wire.WireError, match="copied read"):
+            wire.decode_read(bytes(body))
+    with pytest.raises(wire.WireError):
+        wire.encode_reply(sidecar_pb.ReadReply(status=200, data=b"x" * (wire.MAX_COPY + 1)))
+    with pytest.raises(wire.WireError):  # bytes and a loan: which is the answer?
+        wire.encode_reply(sidecar_pb.ReadReply(status=200, data=b"x", shared=(
+            sidecar_pb.SharedBuffer(path="/p", offset=0, length=1, handle=3))))
+
+
+# Where a REPLY's handle, pool offset and length sit in its body ("<BQhBQQIH").
+HANDLE_AT, POOL_OFFSET_AT, LENGTH_AT = 12, 20, 28
+
+
+@pytest.mark.parametrize("field, value", [
+    (HANDLE_AT, 1), (POOL_OFFSET_AT, 8), (LENGTH_AT, 0), (LENGTH_AT, 1 << 31), (LENGTH_AT, 99)],
+    ids=["with-a-handle", "with-a-pool-offset", "no-bytes", "over-max-copy", "past-the-frame"])
+def test_a_data_reply_that_lies_is_refused(field: int, value: int) -> None:
+    body = bytearray(wire.encode_reply(sidecar_pb.ReadReply(status=200, data=b"abcd"))[4:])
+    assert body[0] == wire.DATA
+    assert wire.decode_reply(bytes(body), "/p").data == b"abcd"
+    struct.pack_into("<I" if field == LENGTH_AT else "<Q", body, field, value)
+    with pytest.raises(wire.WireError, match="data reply"):
+        wire.decode_reply(bytes(body), "/p")

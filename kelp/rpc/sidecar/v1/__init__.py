@@ -96,6 +96,12 @@ class CapabilitiesReply(betterproto2.Message):
     cost, for local readers; empty when the sidecar serves none (--no-read-socket).
     """
 
+    read_socket_copy_max: "int" = betterproto2.field(13, betterproto2.TYPE_UINT32)
+    """
+    The most bytes a read on the read socket may ask to have copied into its reply instead of
+    lent (a small read: no loan to give back); 0 from a sidecar that copies none.
+    """
+
 
 default_message_pool.register_message("sidecar.v1", "CapabilitiesReply", CapabilitiesReply)
 
