@@ -110,7 +110,10 @@ class FramedSocket:
                 data = self._sock.recv(RECEIVE_BYTES)
             except BlockingIOError:
                 self._unbroken = 0
-                await trio.lowlevel.wait_readable(self._sock)
+                try:
+                    await trio.lowlevel.wait_readable(self._sock)
+                except trio.ClosedResourceError:  # aborted meanwhile: say why
+                    raise trio.BrokenResourceError(self.error) from None
                 continue
             except OSError as exc:
                 self._fail(f"receive: {exc}")
@@ -122,36 +125,43 @@ class FramedSocket:
             self._frames.feed(data)
             await self._take_turns()
 
-    def receive_ready(self, timeout_s: float) -> list[bytes]:
-        """The whole frames that arrive within ``timeout_s``, waited for in place (blocking
-        the thread, not in trio's loop): for a lone small read whose answer is due in tens of
-        microseconds, a trip through trio's scheduler and a receiving task costs as much
-        again. Empty when none came; a failure or the peer's close is left for
-        :meth:`receive` to report."""
-        bodies: list[bytes] = []
-        waited = False
-        while True:
-            body = self._frames.next()
-            if body is not None:
-                bodies.append(body)
-                continue
-            try:
-                data = self._sock.recv(RECEIVE_BYTES)
-            except BlockingIOError:
-                if bodies or waited:
-                    return bodies
-                poller = select.poll()
-                poller.register(self._sock, select.POLLIN)
-                if not poller.poll(timeout_s * 1000):
-                    return bodies
-                waited = True
-                continue
-            except OSError:
+    def receive_ready(self, timeout_ms: int) -> list[bytes]:
+        """The whole frames already here or arriving within ``timeout_ms`` (poll counts in
+        milliseconds), waited for in place: blocking the thread, not in trio's loop. For a
+        lone small read answered within a millisecond, the trip through trio's scheduler and
+        a receiving task costs as much again. The work is bounded: one wait, then one
+        receive of at most ``RECEIVE_BYTES``. Empty when nothing came, when this socket
+        still holds queued bytes (the request is not out: nothing can come) or when the
+        peer closed (:meth:`receive` sees the close too); a failure or a malformed frame
+        ends the connection, and the task in :meth:`receive` gets its reason."""
+        if self.error is not None or self._queued:
+            return []
+        try:
+            bodies = self._whole_frames()
+            if bodies:
                 return bodies
+            poller = select.poll()
+            poller.register(self._sock, select.POLLIN)
+            if not poller.poll(timeout_ms):
+                return []
+            data = self._sock.recv(RECEIVE_BYTES)
             if not data:
-                # Closed: whatever follows is receive()'s to see (a close is seen again).
-                return bodies
+                return []
             self._frames.feed(data)
+            return self._whole_frames()
+        except BlockingIOError:
+            return []
+        except (OSError, wire.WireError) as exc:
+            # The replies taken before it are dropped with the connection: its end fails
+            # every read still waiting.
+            self.abort(f"receive: {exc}")
+            return []
+
+    def _whole_frames(self) -> list[bytes]:
+        bodies = []
+        while (body := self._frames.next()) is not None:
+            bodies.append(body)
+        return bodies
 
     async def _take_turns(self) -> None:
         # A peer that never pauses must not starve the other tasks, but a yield per frame
@@ -165,6 +175,11 @@ class FramedSocket:
     def _fail(self, why: str) -> None:
         if self.error is None:
             self.error = why
+
+    def abort(self, why: str) -> None:
+        """Fail the connection for ``why`` and close it (what the other end broke)."""
+        self._fail(why)
+        self.close()
 
     def close(self) -> None:
         self._fail("closed")
@@ -251,27 +266,28 @@ class ReadSocketStream:
     def __init__(self, conn: FramedSocket, hello: wire.Hello) -> None:
         self._conn = conn
         self.hello = hello
+        # The most bytes a read may have copied into its reply: what the sidecar announced
+        # (Capabilities.read_socket_copy_max), set by the reader; 0: every read is lent.
+        self.copy_max = 0
 
     def send(self, message: sidecar_pb.ReadRequest, size: int = 0) -> None:
-        self._conn.send(wire.encode_read(message))
+        self._conn.send(wire.encode_read(message, copy_max=self.copy_max))
 
     async def recv(self) -> sidecar_pb.ReadReply | None:
         body = await self._conn.receive()
         return None if body is None else wire.decode_reply(body, self.hello.pool_path)
 
-    def recv_ready(self, timeout_s: float) -> list[sidecar_pb.ReadReply]:
-        """The replies that arrive within ``timeout_s``, waited for in place (see
+    def recv_ready(self, timeout_ms: int) -> list[sidecar_pb.ReadReply]:
+        """The replies here or arriving within ``timeout_ms``, waited for in place (see
         :meth:`FramedSocket.receive_ready`)."""
         replies = []
-        for body in self._conn.receive_ready(timeout_s):
+        for body in self._conn.receive_ready(timeout_ms):
             try:
                 replies.append(wire.decode_reply(body, self.hello.pool_path))
-            except wire.WireError:
-                # As if recv had met it: the connection ends (its receiving task sees it
-                # closed) and the replies before it are delivered.
-                log.warning("malformed frame from the sidecar", exc_info=True)
-                self._conn.close()
-                break
+            except wire.WireError as exc:
+                # As if recv had met it: the connection ends, with this reason.
+                self._conn.abort(f"malformed reply: {exc}")
+                return []
         return replies
 
 

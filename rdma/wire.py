@@ -23,7 +23,8 @@ Every frame is ``u32 body length`` then the body, whose first byte is its kind::
                                       bytes of data between the error and the releases
 
 A sidecar announces COPY in its Capabilities (``read_socket_copy_max``); a reader sends it
-to no other (an older sidecar would close the connection on the unknown kind).
+to no other (an older sidecar would close the connection on the unknown kind): ``encode_read``
+makes a COPY only within the ``copy_max`` it is given.
 
 Every length is checked against the frame it claims to be in and against the limits below; a
 frame that breaks one is a :class:`WireError`, and the connection that sent it is closed.
@@ -101,16 +102,17 @@ def encode_hello(client_buffers: int, pool_path: str) -> bytes:
     return _frame(_HELLO.pack(HELLO, VERSION, client_buffers, len(path)) + path)
 
 
-def encode_read(request: sidecar_pb.ReadRequest) -> bytes:
-    """A READ, or a COPY when the request is a read (size > 0) without ``zero_copy``."""
+def encode_read(request: sidecar_pb.ReadRequest, *, copy_max: int = 0) -> bytes:
+    """A COPY for a read (size > 0) without ``zero_copy`` of at most ``copy_max`` bytes (what
+    the sidecar announced, capped at ``MAX_COPY``); a READ otherwise, so a request for a
+    sidecar that announced nothing is always one it knows."""
     file_id = request.file_id.encode("ascii")
     if len(file_id) > MAX_FILE_ID:
         raise WireError(f"file id of {len(file_id)} bytes; at most {MAX_FILE_ID}")
     if not 0 <= request.size <= 0xFFFFFFFF:
         raise WireError(f"read size {request.size} does not fit 32 bits")
-    kind = READ if request.zero_copy or not request.size else COPY
-    if kind == COPY and request.size > MAX_COPY:
-        raise WireError(f"a copied read of {request.size} bytes; at most {MAX_COPY}")
+    copy = not request.zero_copy and 0 < request.size <= min(copy_max, MAX_COPY)
+    kind = COPY if copy else READ
     return _frame(_READ.pack(kind, request.request_id, request.offset, request.size,
                              len(file_id)) + file_id + _handles(list(request.release)))
 

@@ -30,7 +30,7 @@ from kelp.mux import Multiplexed, Stream
 from kelp.routes import BROKER, SIDECAR
 from kelp.rpc.broker import v1 as broker_pb
 from kelp.rpc.sidecar import v1 as sidecar_pb
-from rdma import read_socket
+from rdma import read_socket, wire
 from rdma.read_socket import ReadSocketStream
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ log = logging.getLogger("kelp.mount")
 MAX_OUTSTANDING_READS = 256
 # The longest a lone small read waits for its reply in place, its loop blocked (see
 # Source._wait_in_place): a sidecar that copies inline answers well within it.
-WAIT_IN_PLACE_S = 0.001
+WAIT_IN_PLACE_MS = 1
 
 
 class SourceError(Exception):
@@ -144,7 +144,8 @@ class Source:
             if capabilities.read_socket and self.config.read_socket:
                 async with read_socket.connect(capabilities.read_socket) as fast:
                     self.share = fast.hello.client_buffers or None
-                    self.copy_max = capabilities.read_socket_copy_max
+                    fast.copy_max = min(capabilities.read_socket_copy_max, wire.MAX_COPY)
+                    self.copy_max = fast.copy_max
                     await self._deliver(fast)
             else:
                 async with channel.open_stream(SIDECAR.read_stream) as stream:
@@ -224,12 +225,18 @@ class Source:
             raise SourceError(503, self.sidecar_problem or f"sidecar stream: {exc}") from None
         if reply.status != 200:
             raise SourceError(reply.status, f"sidecar: {reply.error}")
-        self.counters["sidecar_reads"] += 1
-        if not zero_copy:
+        # Taken for what it is, whatever was asked: a loan is given back even where a copy
+        # was wanted.
+        shared = reply.shared
+        if shared is None or not shared.handle:
             if len(reply.data) != size:
                 raise SourceError(502, f"sidecar answered {len(reply.data)} bytes, not {size}")
+            self.counters["sidecar_reads"] += 1
             return Loan(memoryview(reply.data))
-        shared = reply.shared
+        if shared.length != size:
+            self.release(Loan(memoryview(b""), shared.handle))
+            raise SourceError(502, f"sidecar lent {shared.length} bytes, not {size}")
+        self.counters["sidecar_reads"] += 1
         pool = self._pools.get(shared.path)
         if pool is None:
             fd = os.open(shared.path, os.O_RDONLY)
@@ -245,13 +252,15 @@ class Source:
         blocking poll of the read socket, and hand it over ourselves. That saves two trips
         round trio's loop (the receiving task's, then this task's): 15-25 % of a random
         4 KiB read through the mount on a slow VM. The mount's other tasks (the next FUSE
-        request) wait meanwhile, at most ``WAIT_IN_PLACE_S`` and never past trio's next
+        request) wait meanwhile, at most ``WAIT_IN_PLACE_MS`` and never past trio's next
         deadline; a reply that takes longer is waited for the usual way."""
         stream = self._reads.stream
         if not isinstance(stream, ReadSocketStream) or self._reads.outstanding != 1:
             return
-        next_deadline = trio.lowlevel.current_statistics().seconds_to_next_deadline
-        for reply in stream.recv_ready(max(0.0, min(WAIT_IN_PLACE_S, next_deadline))):
+        # poll waits in whole milliseconds: a deadline due sooner gets no wait here.
+        if trio.lowlevel.current_statistics().seconds_to_next_deadline < WAIT_IN_PLACE_MS / 1e3:
+            return
+        for reply in stream.recv_ready(WAIT_IN_PLACE_MS):
             self.counters["replies_in_place"] += 1
             self._reads.deliver(reply)
 

@@ -147,7 +147,7 @@ def test_a_raw_copied_read_gets_its_bytes_in_a_data_frame(rig: Rig) -> None:
     sock, hello = _connect(_read_socket(rig))
     try:
         sock.sendall(wire.encode_read(sidecar_pb.ReadRequest(
-            file_id=file_id, offset=100, size=5000, request_id=3)))
+            file_id=file_id, offset=100, size=5000, request_id=3), copy_max=wire.MAX_COPY))
         body = _receive(sock)
         assert body[0] == wire.DATA
         reply = wire.decode_reply(body, hello.pool_path)
@@ -228,8 +228,8 @@ def test_a_loan_is_released_only_by_its_reader(rig: Rig) -> None:
 
 
 _TRUNCATED = wire.encode_read(sidecar_pb.ReadRequest(file_id="3,01637037d6", size=1))[:-1]
-_OVERSIZED_COPY = bytearray(wire.encode_read(sidecar_pb.ReadRequest(file_id="3,01637037d6",
-                                                                     size=1)))
+_OVERSIZED_COPY = bytearray(wire.encode_read(
+    sidecar_pb.ReadRequest(file_id="3,01637037d6", size=1), copy_max=wire.MAX_COPY))
 struct.pack_into("<I", _OVERSIZED_COPY, 4 + 17, wire.MAX_COPY + 1)  # its size field
 
 
@@ -270,11 +270,11 @@ def test_a_bad_read_is_answered_not_dropped(rig: Rig) -> None:
     try:
         for request_id, request in enumerate([
                 sidecar_pb.ReadRequest(file_id="not-a-file-id", size=10, zero_copy=True),
-                sidecar_pb.ReadRequest(file_id="not-a-file-id", size=10),  # copied
+                sidecar_pb.ReadRequest(file_id="not-a-file-id", size=10),
                 sidecar_pb.ReadRequest(file_id="3,01637037d6", size=1 << 30, zero_copy=True)],
                 start=1):
             request.request_id = request_id
-            sock.sendall(wire.encode_read(request))
+            sock.sendall(wire.encode_read(request, copy_max=wire.MAX_COPY))  # the 2nd: a COPY
             reply = wire.decode_reply(_receive(sock), hello.pool_path)
             assert (reply.request_id, reply.status) == (request_id, 400), reply.error
             assert reply.shared is None and not reply.data and reply.error

@@ -229,3 +229,19 @@ async def test_serve_each_runs_each_request_cancels_by_id_and_refuses_past_its_l
         await trio.testing.wait_all_tasks_blocked()
         requests_in.send_nowait(None)
     assert refused == [4, 2] and cancelled == [2, 6] and sorted(finished) == [1, 3, 5]
+
+
+async def test_a_reply_delivered_during_the_send_is_returned_without_waiting() -> None:
+    """``sent`` runs right after the request is queued (the mount waits for its reply in
+    place there): a reply it delivers is the call's answer, with no further wait, even for a
+    caller whose scope was cancelled meanwhile (the reply is in: dropping it would lose it)."""
+    mux, stream = connected()
+
+    def answer_at_once() -> None:
+        (request,) = stream.sent
+        mux.deliver(pb.ReadReply(request_id=request.request_id, status=200))
+
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        reply = await mux.call(pb.ReadRequest(file_id="1,ab", size=1), sent=answer_at_once)
+    assert reply.status == 200 and mux.outstanding == 0

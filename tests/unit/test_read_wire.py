@@ -65,7 +65,7 @@ def _bodies(stream: bytes, cuts: list[int]) -> list[bytes]:
 @given(st.lists(READS, min_size=1, max_size=5), st.lists(st.integers(0, 4000), max_size=8))
 def test_reads_round_trip_however_the_stream_is_cut(requests: list[sidecar_pb.ReadRequest],
                                                     cuts: list[int]) -> None:
-    stream = b"".join(wire.encode_read(r) for r in requests)
+    stream = b"".join(wire.encode_read(r, copy_max=wire.MAX_COPY) for r in requests)
     decoded = [wire.decode_read(b) for b in _bodies(stream, [c % len(stream) for c in cuts])]
     assert decoded == requests
 
@@ -126,20 +126,31 @@ def test_what_cannot_be_encoded_is_refused() -> None:
         wire.encode_read(sidecar_pb.ReadRequest(file_id="1,ü", size=1))
 
 
-def test_a_copied_read_is_its_own_kind_and_a_bare_release_never_is() -> None:
-    copied = wire.encode_read(sidecar_pb.ReadRequest(file_id="1,ab", size=4096))
-    lent = wire.encode_read(sidecar_pb.ReadRequest(file_id="1,ab", size=4096, zero_copy=True))
-    release = wire.encode_read(sidecar_pb.ReadRequest(release=[5]))
-    # An older sidecar knows READ only: a reader that was not told COPY exists sends READ for
-    # its loans and its releases.
-    assert (copied[4], lent[4], release[4]) == (wire.COPY, wire.READ, wire.READ)
-    assert wire.decode_read(release[4:]).release == [5]
+def _kind(request: sidecar_pb.ReadRequest, copy_max: int) -> int:
+    return wire.encode_read(request, copy_max=copy_max)[4]
+
+
+def test_a_copy_is_sent_only_within_what_the_sidecar_announced() -> None:
+    small = sidecar_pb.ReadRequest(file_id="1,ab", size=4096)
+    assert _kind(small, copy_max=wire.MAX_COPY) == wire.COPY
+    # An older sidecar announces nothing and knows READ only: whatever the request says, it
+    # gets READ frames (a copy asked of it is lent instead); so do reads past the limit,
+    # loans, and bare releases.
+    assert _kind(small, copy_max=0) == wire.READ
+    assert _kind(small, copy_max=4095) == wire.READ
+    big = sidecar_pb.ReadRequest(file_id="1,ab", size=wire.MAX_COPY + 1)
+    assert _kind(big, copy_max=2 * wire.MAX_COPY) == wire.READ
+    lent = sidecar_pb.ReadRequest(file_id="1,ab", size=4096, zero_copy=True)
+    assert _kind(lent, copy_max=wire.MAX_COPY) == wire.READ
+    release = sidecar_pb.ReadRequest(release=[5])
+    assert _kind(release, copy_max=wire.MAX_COPY) == wire.READ
+    assert wire.decode_read(wire.encode_read(release, copy_max=wire.MAX_COPY)[4:]).release == [5]
 
 
 def test_copied_reads_and_data_replies_stay_within_max_copy() -> None:
-    with pytest.raises(wire.WireError, match="copied read"):
-        wire.encode_read(sidecar_pb.ReadRequest(file_id="1,ab", size=wire.MAX_COPY + 1))
-    body = bytearray(wire.encode_read(sidecar_pb.ReadRequest(file_id="1,ab", size=1))[4:])
+    body = bytearray(wire.encode_read(sidecar_pb.ReadRequest(file_id="1,ab", size=1),
+                                      copy_max=wire.MAX_COPY)[4:])
+    assert body[0] == wire.COPY
     for size in (0, wire.MAX_COPY + 1):
         struct.pack_into("<I", body, 17, size)
         with pytest.raises(wire.WireError, match="copied read"):
