@@ -4,6 +4,9 @@ broker's copy (``--no-sidecar``), the sidecar's raw reads (read socket and gRPC 
 the mount asks for them: 1 MiB zero-copy loans, 4 KiB copied into the reply where the read
 socket allows it) and the local file, all in one run.
 
+The floors under a random read through the mount are measured in the same run
+(``bench.fuse_floor``): a FUSE file system that returns zeros, and a Unix-socket round trip.
+
 "Cold" runs drop the file's pages from the page cache first (through the mount that is FUSE's
 own cache, so every byte comes through kelp); "warm" runs read it again with its pages cached,
 which the mount allows for sealed segments (they never change), as the kernel does for the
@@ -25,6 +28,7 @@ from pathlib import Path
 import trio
 import trio_asyncio
 
+from bench import fuse_floor
 from bench.rdma import fill_topic
 from rdma.mount.source import Source, SourceConfig
 from tests.kelp_procs import Cluster, Proc
@@ -36,10 +40,11 @@ RANDOM_PASSES = 5
 
 _RANDOM_SCRIPT = """
 import os, random, sys, time
-path, count = sys.argv[1], int(sys.argv[2])
+path, count, drop = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "drop"
 fd = os.open(path, os.O_RDONLY)
 size = os.fstat(fd).st_size
-os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+if drop:  # a FUSE file's pages: every read then comes through its daemon
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 rng = random.Random(9)
 offsets = [rng.randrange(0, size - 4096) & ~4095 for _ in range(count)]
 started = time.perf_counter()
@@ -60,10 +65,12 @@ def _dd_seconds(path: Path, *, cold: bool = True) -> float:
     return time.perf_counter() - started
 
 
-def _random_seconds(path: Path, passes: int = 1) -> float:
-    """Seconds for ``RANDOM_READS`` random 4 KiB preads: the median of ``passes`` runs."""
+def _random_seconds(path: Path, passes: int = 1, *, drop: bool = True) -> float:
+    """Seconds for ``RANDOM_READS`` random 4 KiB preads: the median of ``passes`` runs, each
+    after dropping the file's cached pages (``drop``: for a FUSE file, its own cache)."""
     runs = sorted(float(subprocess.run(
-        [sys.executable, "-c", _RANDOM_SCRIPT, str(path), str(RANDOM_READS)], check=True,
+        [sys.executable, "-c", _RANDOM_SCRIPT, str(path), str(RANDOM_READS),
+         "drop" if drop else "keep"], check=True,
         capture_output=True, text=True, timeout=300).stdout) for _ in range(passes))
     return runs[len(runs) // 2]
 
@@ -122,6 +129,31 @@ def _mount(workdir: Path, name: str, cluster: Cluster, *args: str) -> tuple[Proc
                 workdir / f"{name}.log"), mountpoint
 
 
+def _fuse_floor_seconds(workdir: Path) -> float:
+    """Seconds for the random reads against ``bench.fuse_floor``'s zeros file system (the
+    median of ``RANDOM_PASSES`` after a warm-up); the mount is gone when this returns."""
+    mountpoint = workdir / "floor"
+    mountpoint.mkdir()
+    server = subprocess.Popen([sys.executable, "-m", "bench.fuse_floor", str(mountpoint)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        if server.stdout.readline().strip() != "ready":
+            raise RuntimeError("the FUSE floor file system did not start")
+        path = mountpoint / fuse_floor.FILE_NAME.decode()
+        _random_seconds(path)
+        return _random_seconds(path, RANDOM_PASSES)
+    finally:
+        server.terminate()
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(5)
+        subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False,
+                       capture_output=True, timeout=10)
+
+
 def run() -> list[tuple[str, str, str, float]]:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -151,14 +183,20 @@ def run() -> list[tuple[str, str, str, float]]:
                 "local warm": min(_dd_seconds(local, cold=False) for _ in range(2)),
             }
             # The first pass after mounting opens the chunks' UCX sessions; the figures are
-            # the median of the passes after it (this machine's noise is +-20 % a pass).
+            # the median of the passes after it (this machine's noise is +-20 % a pass). The
+            # segment itself is in the page cache, as a live one is: the cold dd above dropped
+            # it, and the local baseline is a cached pread.
+            _dd_seconds(local, cold=False)
             _random_seconds(mounted)
             plain_file = plain_point / "topics" / TOPIC / "0" / name
             _random_seconds(plain_file)
             per_read = {"mount": _random_seconds(mounted, RANDOM_PASSES) / RANDOM_READS,
                         "no-sidecar": _random_seconds(plain_file, RANDOM_PASSES) / RANDOM_READS,
-                        "local": _random_seconds(local, RANDOM_PASSES) / RANDOM_READS}
+                        "local": _random_seconds(local, RANDOM_PASSES, drop=False)
+                        / RANDOM_READS}
             apis = _sidecar_runs(socket, cluster.broker_port, segment["chunks"])
+            floor_us = _fuse_floor_seconds(workdir) / RANDOM_READS * 1e6
+            socket_us = fuse_floor.socket_round_trip_us()
         finally:
             mount.stop()
             plain.stop()
@@ -170,6 +208,10 @@ def run() -> list[tuple[str, str, str, float]]:
         f"{what} {rate:.2f}" for what, rate in gbps.items()))
     print("random 4 KiB preads, us each: " + ", ".join(
         f"{what} {took:.1f}" for what, took in us.items()))
+    print(f"floors on this machine: random 4 KiB through a FUSE file system that returns "
+          f"zeros (no IPC) {floor_us:.1f} us, a Unix-socket round trip to another process "
+          f"{socket_us:.1f} us; together {floor_us + socket_us:.1f} us, under any mount that "
+          "asks another process")
     for api, (rate, took) in apis.items():
         print(f"sidecar raw over the {api}: sequential 1 MiB x4 {rate:.2f} GB/s, random 4 KiB "
               f"{took * 1e6:.1f} us each")
@@ -183,6 +225,8 @@ def run() -> list[tuple[str, str, str, float]]:
          f"{us['local']:.1f} us", us["local"] / us["mount"]),
         ("mount dd 1M cold vs mount --no-sidecar", f"{gbps['mount cold']:.2f} GB/s",
          f"{gbps['no-sidecar cold']:.2f} GB/s", gbps["mount cold"] / gbps["no-sidecar cold"]),
+        ("mount random 4K vs FUSE + socket floor", f"{us['mount']:.1f} us",
+         f"{floor_us + socket_us:.1f} us", (floor_us + socket_us) / us["mount"]),
         ("mount random 4K vs mount --no-sidecar", f"{us['mount']:.1f} us",
          f"{us['no-sidecar']:.1f} us", us["no-sidecar"] / us["mount"]),
         ("sidecar 4K read: read socket vs gRPC", f"{fast[1] * 1e6:.1f} us",
