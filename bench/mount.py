@@ -65,14 +65,15 @@ def _dd_seconds(path: Path, *, cold: bool = True) -> float:
     return time.perf_counter() - started
 
 
-def _random_seconds(path: Path, passes: int = 1, *, drop: bool = True) -> float:
-    """Seconds for ``RANDOM_READS`` random 4 KiB preads: the median of ``passes`` runs, each
-    after dropping the file's cached pages (``drop``: for a FUSE file, its own cache)."""
-    runs = sorted(float(subprocess.run(
+def _random_seconds(path: Path, *, drop: bool = True) -> float:
+    """Seconds for ``RANDOM_READS`` random 4 KiB preads: the median of ``RANDOM_PASSES`` runs
+    after one not counted (a mount's first opens the chunks' UCX sessions), each after
+    dropping the file's cached pages (``drop``: for a FUSE file, its own cache)."""
+    runs = [float(subprocess.run(
         [sys.executable, "-c", _RANDOM_SCRIPT, str(path), str(RANDOM_READS),
          "drop" if drop else "keep"], check=True,
-        capture_output=True, text=True, timeout=300).stdout) for _ in range(passes))
-    return runs[len(runs) // 2]
+        capture_output=True, text=True, timeout=300).stdout) for _ in range(1 + RANDOM_PASSES)]
+    return sorted(runs[1:])[RANDOM_PASSES // 2]
 
 
 async def _sidecar_seconds(source: Source, pieces: list[tuple[str, int, int]],
@@ -130,8 +131,8 @@ def _mount(workdir: Path, name: str, cluster: Cluster, *args: str) -> tuple[Proc
 
 
 def _fuse_floor_seconds(workdir: Path) -> float:
-    """Seconds for the random reads against ``bench.fuse_floor``'s zeros file system (the
-    median of ``RANDOM_PASSES`` after a warm-up); the mount is gone when this returns."""
+    """Seconds for the random reads against ``bench.fuse_floor``'s zeros file system; the
+    mount is gone when this returns."""
     mountpoint = workdir / "floor"
     mountpoint.mkdir()
     server = subprocess.Popen([sys.executable, "-m", "bench.fuse_floor", str(mountpoint)],
@@ -140,9 +141,7 @@ def _fuse_floor_seconds(workdir: Path) -> float:
         assert server.stdout is not None
         if server.stdout.readline().strip() != "ready":
             raise RuntimeError("the FUSE floor file system did not start")
-        path = mountpoint / fuse_floor.FILE_NAME.decode()
-        _random_seconds(path)
-        return _random_seconds(path, RANDOM_PASSES)
+        return _random_seconds(mountpoint / fuse_floor.FILE_NAME.decode())
     finally:
         server.terminate()
         try:
@@ -182,18 +181,14 @@ def run() -> list[tuple[str, str, str, float]]:
                 "local cold": min(_dd_seconds(local) for _ in range(2)),
                 "local warm": min(_dd_seconds(local, cold=False) for _ in range(2)),
             }
-            # The first pass after mounting opens the chunks' UCX sessions; the figures are
-            # the median of the passes after it (this machine's noise is +-20 % a pass). The
-            # segment itself is in the page cache, as a live one is: the cold dd above dropped
-            # it, and the local baseline is a cached pread.
+            # Medians of several passes (this machine's noise is +-20 % a pass). The segment
+            # itself is in the page cache, as a live one is: the cold dd above dropped it, and
+            # the local baseline is a cached pread.
             _dd_seconds(local, cold=False)
-            _random_seconds(mounted)
             plain_file = plain_point / "topics" / TOPIC / "0" / name
-            _random_seconds(plain_file)
-            per_read = {"mount": _random_seconds(mounted, RANDOM_PASSES) / RANDOM_READS,
-                        "no-sidecar": _random_seconds(plain_file, RANDOM_PASSES) / RANDOM_READS,
-                        "local": _random_seconds(local, RANDOM_PASSES, drop=False)
-                        / RANDOM_READS}
+            per_read = {"mount": _random_seconds(mounted) / RANDOM_READS,
+                        "no-sidecar": _random_seconds(plain_file) / RANDOM_READS,
+                        "local": _random_seconds(local, drop=False) / RANDOM_READS}
             apis = _sidecar_runs(socket, cluster.broker_port, segment["chunks"])
             floor_us = _fuse_floor_seconds(workdir) / RANDOM_READS * 1e6
             socket_us = fuse_floor.socket_round_trip_us()

@@ -56,6 +56,7 @@ class FramedSocket:
         self._has_queued = trio.Event()
         self._frames = wire.FrameBuffer()
         self._unbroken = 0  # frames and receives in a row that needed no wait
+        self._poller: select.poll | None = None  # receive_ready's, once it is used
         self.error: str | None = None
 
     def send(self, frame: bytes) -> None:
@@ -140,9 +141,10 @@ class FramedSocket:
             bodies = self._whole_frames()
             if bodies:
                 return bodies
-            poller = select.poll()
-            poller.register(self._sock, select.POLLIN)
-            if not poller.poll(timeout_ms):
+            if self._poller is None:  # made once: this is a hot path
+                self._poller = select.poll()
+                self._poller.register(self._sock, select.POLLIN)
+            if not self._poller.poll(timeout_ms):
                 return []
             data = self._sock.recv(RECEIVE_BYTES)
             if not data:

@@ -8,7 +8,7 @@ zero-copy loans: the reply names a slot of the sidecar's shared-memory pool, whi
 maps read-only once and hands to the kernel without copying; the slot is given back inside a
 later request on the same stream (loans belong to the connection that took them; the sidecar
 takes back a stream's loans when it ends). A small read asked with ``copy`` comes back as
-bytes in the reply instead, when the read socket allows it (``copy_max``): there is no loan,
+bytes in the reply instead, when the read socket allows it (its ``copy_max``): no loan,
 so no release follows. ``share`` is how many loans the sidecar lets this connection hold at
 once. When the sidecar is unavailable (and ``fallback`` allows it) the mount has the broker
 copy the same range (ReadChunk), like SeaweedFS's ``-rdma.fallback``.
@@ -95,7 +95,6 @@ class Source:
         self.share: int | None = None
         self.brokers: Brokers | None = None
         self.transport = ""  # how reads reach the sidecar now: "read socket" or "grpc"
-        self.copy_max = 0  # the most bytes a read may have copied into its reply (read socket)
 
     # -- the sidecar stream ---------------------------------------------------------------------
 
@@ -145,7 +144,6 @@ class Source:
                 async with read_socket.connect(capabilities.read_socket) as fast:
                     self.share = fast.hello.client_buffers or None
                     fast.copy_max = min(capabilities.read_socket_copy_max, wire.MAX_COPY)
-                    self.copy_max = fast.copy_max
                     await self._deliver(fast)
             else:
                 async with channel.open_stream(SIDECAR.read_stream) as stream:
@@ -154,7 +152,6 @@ class Source:
             self.sidecar_problem = f"sidecar {self.config.sidecar}: {exc}"
         finally:
             self._reads.stream = None
-            self.copy_max = 0
             self._connected = trio.Event()
             self._to_release.clear()  # the sidecar takes back a dead stream's loans
             self._reads.fail(SourceError(503, self.sidecar_problem or "sidecar stream ended"))
@@ -217,7 +214,9 @@ class Source:
             # Room first, then the releases: a read cancelled while waiting for room must
             # leave them to be sent, or the sidecar would hold those buffers for nothing.
             await self._reads.wait_for_room()
-            zero_copy = not copy or size > self.copy_max
+            stream = self._reads.stream
+            zero_copy = (not copy or not isinstance(stream, ReadSocketStream)
+                         or size > stream.copy_max)
             reply = await self._reads.call(sidecar_pb.ReadRequest(
                 file_id=file_id, offset=offset, size=size, zero_copy=zero_copy,
                 release=self._take_releases()), sent=None if zero_copy else self._wait_in_place)
