@@ -251,9 +251,18 @@ async def open_worker(
     """
     worker = Worker(config)
     body_error: BaseException | None = None
+    # The progress task is shielded from the cancellation that ends the block: closing
+    # endpoints gracefully needs the worker progressed (the peer's acknowledgement has to be
+    # read), so it stops only once the closes are done or have timed out.
+    progress_scope = trio.CancelScope(shield=True)
+
+    async def progress() -> None:
+        with progress_scope:
+            await worker._progress_loop()
+
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(worker._progress_loop, name="ucx-progress")
+            nursery.start_soon(progress, name="ucx-progress")
             try:
                 yield worker
             except BaseException as exc:
@@ -261,6 +270,7 @@ async def open_worker(
             finally:
                 with trio.CancelScope(shield=True):
                     await worker._close_all(close_timeout)
+                progress_scope.cancel()
                 nursery.cancel_scope.cancel()
     finally:
         worker._destroy()

@@ -283,15 +283,26 @@ async def _run_reads_in_trio(rig: Rig, ranges: list[tuple[str, int, int, bytes]]
     return await _grpc_reads(rig, ranges, zero_copy=False)
 
 
+def _stop_seconds(proc: Proc) -> float:
+    started = time.monotonic()
+    assert proc.stop() == 0
+    return time.monotonic() - started
+
+
 def test_sidecar_restarts_cleanly(rig: Rig) -> None:
+    file_id, offset, size, expected = _ranges(rig, count=1, seed=7)[5]
+    target = f"/read?file_id={file_id}&offset={offset}&size={size}"
+    assert rig.http(target)[2]["x-kelp-transport"] == "ucx"  # an endpoint to close
     pool_files = list(Path("/dev/shm").glob(f"kelp-sidecar-{rig.sidecar.popen.pid}"))
     assert pool_files, "the buffer pool lives in /dev/shm while the sidecar runs"
-    assert rig.sidecar.stop() == 0
+    # The UCX endpoint is closed gracefully, well inside UCX's 5 s close timeout (both ends
+    # once waited all of it: their workers were no longer progressed once stopping).
+    assert _stop_seconds(rig.sidecar) < 3
     assert not pool_files[0].exists(), "the pool file must go with the sidecar"
     rig.sidecar.start()
-    file_id, offset, size, expected = _ranges(rig, count=1, seed=7)[5]
-    status, body, headers = rig.http(f"/read?file_id={file_id}&offset={offset}&size={size}")
+    status, body, headers = rig.http(target)
     assert (status, body, headers["x-kelp-transport"]) == (200, expected, "ucx")
+    assert _stop_seconds(rig.cluster.broker) < 3  # with the sidecar's endpoint open
 
 
 def test_ping_reaches_the_broker_over_a_kept_alive_connection(rig: Rig) -> None:
