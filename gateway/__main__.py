@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+# isort: off
+import kelp.server_start  # noqa: F401 - first, before anything imports kio
+# isort: on
+
 import argparse
 import logging
 import ssl

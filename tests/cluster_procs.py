@@ -78,8 +78,15 @@ class BrokerCluster:
 
     def start(self) -> BrokerCluster:
         self.etcd.start()
-        for broker in self.brokers:
-            broker.proc.start()
+        try:
+            # All at once: each broker spends its first second importing, and they find each
+            # other through etcd whatever the order.
+            logs = [broker.proc.launch() for broker in self.brokers]
+            for broker, seen in zip(self.brokers, logs, strict=True):
+                broker.proc.wait_for_log(broker.proc.ready, start_at=seen)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def stop(self) -> None:
