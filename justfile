@@ -54,7 +54,7 @@ fuzz *ARGS:
     {{python}} -m kelp.fuzz {{ARGS}}
 
 # Long crash harnesses: 50 SIGKILL cycles per durability policy, and 50 broker SIGKILLs
-# under a transactional producer (CI runs 10 of each).
+# under a transactional producer (CI runs 6 of each).
 soak:
     KELP_CRASH_CYCLES=50 {{python}} -m pytest tests/integration/test_crash_harness.py -s
     KELP_TXN_KILL_CYCLES=50 {{python}} -m pytest tests/integration/test_transactions.py -s -k sigkill

@@ -143,11 +143,8 @@ class Cluster:
         calls this before its own ``try`` leaves no broker behind)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         try:
-            # Both start at once (the gateway waits for its broker as it would in production):
-            # each process spends its first second importing, and there are two cores.
-            broker_log, gateway_log = self.broker.launch(), self.gateway.launch()
-            self.broker.wait_for_log(self.broker.ready, start_at=broker_log)
-            self.gateway.wait_for_log(self.gateway.ready, start_at=gateway_log)
+            self.broker.start()
+            self.gateway.start()
         except BaseException:
             self.stop()
             raise

@@ -19,7 +19,7 @@ from confluent_kafka import Producer
 from tests.kelp_procs import Cluster
 from tests.partition_reader import read_partition
 
-CYCLES = int(os.environ.get("KELP_CRASH_CYCLES", "10"))
+CYCLES = int(os.environ.get("KELP_CRASH_CYCLES", "6"))
 
 
 def run_harness(cluster: Cluster, topic: str, cycles: int) -> tuple[int, int]:

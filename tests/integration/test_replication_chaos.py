@@ -7,7 +7,8 @@ checked: no acknowledged record lost, none stored twice, each at the offset its 
 the client was told one), each partition in the order it was produced, the group consumer saw
 every acknowledged record, and its consumption resumed within the session timeout whenever a
 partition leader died.
-``KELP_CLUSTER_KILL_CYCLES`` sets the number of kills (10 here; ``just soak`` runs more).
+``KELP_CLUSTER_KILL_CYCLES`` sets the number of kills (6 here, each broker twice; ``just soak``
+runs more).
 
 Brokers 1, 2 and 0 are killed in turn; whichever leads the coordination partition
 (``__consumer_offsets-0``: groups, committed offsets, transactions) hands coordination to
@@ -45,7 +46,7 @@ from tests.cluster_procs import (
     wait_for,
 )
 
-CYCLES = int(os.environ.get("KELP_CLUSTER_KILL_CYCLES", "10"))
+CYCLES = int(os.environ.get("KELP_CLUSTER_KILL_CYCLES", "6"))
 
 PARTITIONS = 6
 SESSION_TIMEOUT_S = 10.0

@@ -28,7 +28,7 @@ from kafka.errors import TransactionalIdNotFoundError
 from tests.kelp_procs import Cluster
 from tests.txn_clients import read_topic
 
-SIGKILL_CYCLES = int(os.environ.get("KELP_TXN_KILL_CYCLES", "10"))
+SIGKILL_CYCLES = int(os.environ.get("KELP_TXN_KILL_CYCLES", "6"))
 
 
 def create(bootstrap: str, topic: str, partitions: int) -> None:
