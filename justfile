@@ -29,9 +29,19 @@ mount MOUNTPOINT *ARGS:
 loadtest PROFILE="quick" *ARGS:
     {{python}} -m kelp.loadtest {{PROFILE}} {{ARGS}}
 
-# Run the test suite (first fetching the Java and KafkaJS clients it drives, if missing).
+# Run the test suite (first fetching the Java and KafkaJS clients it drives, if missing). With
+# no arguments: the unit tests on two workers (CPU-bound and independent of each other), then
+# the integration tests one at a time (they start real processes, and some measure rates and
+# CPU use). With arguments: pytest with them (`just test tests/unit/test_mux.py -x`).
 test *ARGS: clients ucx
-    {{python}} -m pytest {{ARGS}}
+    {{ if ARGS == "" { "just _test-all" } else { python + " -m pytest " + ARGS } }}
+
+_test-all:
+    #!/usr/bin/env bash
+    set -u
+    {{python}} -m pytest -n 2 tests/unit; unit=$?
+    {{python}} -m pytest tests/integration tests/e2e; rest=$?
+    exit $(( unit != 0 ? unit : rest ))
 
 # Compile the libucp binding (cffi API mode) against the libucx-cu12 wheel's headers; it falls
 # back to ABI mode without a compiler. Processes also build it on first use.
