@@ -21,8 +21,9 @@ import os
 import resource
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import trio
 import trio_asyncio
@@ -83,11 +84,28 @@ def open_file_limit() -> int:
     return soft if soft != resource.RLIM_INFINITY else 1 << 20
 
 
+def log_asyncio_error(loop: object, context: dict[str, Any]) -> None:
+    """asyncio's handler for errors nothing else saw (a grpclib channel garbage-collected
+    unclosed, say, after an etcd restart): logged. trio-asyncio's default handler raises them
+    into the loop's nursery, which ended the whole process over a leaked socket."""
+    exception = context.get("exception")
+    log.error("unhandled asyncio error: %s", context.get("message") or repr(exception),
+              exc_info=exception if isinstance(exception, BaseException) else None)
+
+
+@contextlib.asynccontextmanager
+async def asyncio_loop() -> AsyncIterator[trio_asyncio.TrioEventLoop]:
+    """trio-asyncio's loop (grpclib runs on it), with `log_asyncio_error` as its handler."""
+    async with trio_asyncio.open_loop() as loop:
+        loop.set_exception_handler(log_asyncio_error)
+        yield loop
+
+
 def run(main: Callable[[], Awaitable[None]]) -> None:
     raise_open_file_limit()
 
     async def root() -> None:
-        async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
+        async with asyncio_loop(), trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
             supervisor_fd = os.environ.get(SUPERVISOR_FD_ENV)
             if supervisor_fd and supervisor_fd.isdigit():

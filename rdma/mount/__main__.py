@@ -20,9 +20,8 @@ from pathlib import Path
 
 import pyfuse3
 import trio
-import trio_asyncio
 
-from kelp import cluster_token, grpc, logs
+from kelp import cluster_token, grpc, logs, process
 from rdma.mount.fs import KelpFs, MountConfig
 from rdma.mount.source import Source, SourceConfig
 
@@ -178,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
 
     async def root() -> None:
-        async with trio_asyncio.open_loop():
+        async with process.asyncio_loop():
             await serve(args)
 
     try:
