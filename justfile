@@ -34,7 +34,7 @@ loadtest PROFILE="quick" *ARGS:
 # the integration tests one at a time (they start real processes, and some measure rates and
 # CPU use). With arguments: pytest with them (`just test tests/unit/test_mux.py -x`).
 test *ARGS: clients ucx
-    {{ if ARGS == "" { "just _test-all" } else { python + " -m pytest " + ARGS } }}
+    {{ if ARGS == "" { just_executable() + " -f " + justfile() + " _test-all" } else { python + " -m pytest " + ARGS } }}
 
 _test-all:
     #!/usr/bin/env bash

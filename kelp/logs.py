@@ -83,7 +83,8 @@ class RateLimited:
         self._last = time.monotonic()
         self.suppressed = 0
 
-    def log(self, level: int, msg: str, *, exc_info: bool = False, **extra: Any) -> None:
+    def log(self, level: int, msg: str, *, exc_info: bool | BaseException = False,
+            **extra: Any) -> None:
         now = time.monotonic()
         self._tokens = min(self.burst, self._tokens + (now - self._last) / self.interval_s)
         self._last = now

@@ -29,6 +29,7 @@ import trio
 import trio_asyncio
 
 from kelp.address import parse_host_port
+from kelp.logs import RateLimited
 
 log = logging.getLogger("kelp.process")
 
@@ -84,13 +85,17 @@ def open_file_limit() -> int:
     return soft if soft != resource.RLIM_INFINITY else 1 << 20
 
 
+asyncio_error_log = RateLimited(log, interval_s=1.0)  # a peer may cause them at will
+
+
 def log_asyncio_error(loop: object, context: dict[str, Any]) -> None:
     """asyncio's handler for errors nothing else saw (a grpclib channel garbage-collected
     unclosed, say, after an etcd restart): logged. trio-asyncio's default handler raises them
     into the loop's nursery, which ended the whole process over a leaked socket."""
     exception = context.get("exception")
-    log.error("unhandled asyncio error: %s", context.get("message") or repr(exception),
-              exc_info=exception if isinstance(exception, BaseException) else None)
+    asyncio_error_log.log(
+        logging.ERROR, f"unhandled asyncio error: {context.get('message') or exception!r}",
+        exc_info=exception if isinstance(exception, BaseException) else False)
 
 
 @contextlib.asynccontextmanager

@@ -268,10 +268,12 @@ async def open_worker(
             except BaseException as exc:
                 body_error = exc  # re-raised below, outside the nursery, so it stays unwrapped
             finally:
-                with trio.CancelScope(shield=True):
-                    await worker._close_all(close_timeout)
-                progress_scope.cancel()
-                nursery.cancel_scope.cancel()
+                try:
+                    with trio.CancelScope(shield=True):
+                        await worker._close_all(close_timeout)
+                finally:
+                    progress_scope.cancel()  # shielded: nothing else would ever end it
+                    nursery.cancel_scope.cancel()
     finally:
         worker._destroy()
     if body_error is not None:
